@@ -1,0 +1,15 @@
+"""Engines run guarded SQL. Each declares its dialect and allowlists as data."""
+
+from __future__ import annotations
+
+from saferoom.engines.base import Engine, EngineSpec
+from saferoom.engines.duckdb import DUCKDB
+
+SPECS: dict[str, EngineSpec] = {DUCKDB.name: DUCKDB}
+
+
+def spec_for(engine: str) -> EngineSpec:
+    return SPECS[engine]
+
+
+__all__ = ["Engine", "EngineSpec", "SPECS", "spec_for"]

@@ -1,0 +1,167 @@
+"""The embedded engine: DuckDB, read-only and closed.
+
+Sources are attached read-only into an in-memory database. Before any user
+query runs, external access is disabled, extension autoload and autoinstall
+are off, and the configuration is locked, so even SQL that slipped past the
+guard could not read files, load code or loosen a setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from saferoom.engines.base import Catalog, EngineSpec, Templates
+from saferoom.errors import EngineError
+from saferoom.secrets import Secret
+
+TOKEN_FUNCTION = "__saferoom_token"
+
+_FUNCTIONS = """
+    Count CountIf Sum Avg Min Max Median Mode Stddev StddevPop StddevSamp Variance VariancePop
+    Corr CovarPop CovarSamp ApproxDistinct ApproxQuantile Quantile PercentileCont PercentileDisc
+    AnyValue ArgMax ArgMin First Last ArrayAgg GroupConcat LogicalAnd LogicalOr
+    RowNumber Rank DenseRank PercentRank CumeDist Ntile Lag Lead FirstValue LastValue NthValue
+    Abs Ceil Floor Round Sqrt Exp Ln Log Pow Sign Greatest Least Coalesce Nullif Rand
+    Lower Upper Length Trim Substring Left Right Replace Concat ConcatWs Pad Reverse StrPosition
+    SplitPart StartsWith Contains RegexpLike RegexpReplace RegexpExtract Repeat Initcap Levenshtein
+    Chr Ascii Split MD5 SHA SHA2 Hex
+    DateTrunc TimestampTrunc Extract DateDiff DateAdd DateSub Year Month Day Hour Minute Second
+    DayOfWeek DayOfYear DayOfMonth Week Quarter TimeToStr StrToTime StrToDate CurrentDate
+    CurrentTimestamp CurrentTime DateFromParts LastDay TimeToUnix UnixToTime
+    ArrayContains ArraySize Explode Unnest
+""".split()
+
+_ANONYMOUS = """
+    AGE DATE_PART HASH NOW LEN ARRAY_LENGTH LIST_SUM LIST_AVG LIST_SORT LIST_DISTINCT LIST_UNIQUE
+    QUANTILE_DISC QUANTILE_CONT ROUND_EVEN TRUNC EVEN ISNAN ISINF ISFINITE FACTORIAL GAMMA
+    STRIP_ACCENTS JACCARD HAMMING DAMERAU_LEVENSHTEIN JARO_WINKLER_SIMILARITY PRINTF FORMAT
+    TIME_BUCKET DAYNAME MONTHNAME ISODOW ISOYEAR YEARWEEK EPOCH EPOCH_MS BIT_LENGTH ENDS_WITH
+    SUFFIX PREFIX REGEXP_FULL_MATCH REGEXP_SPLIT_TO_ARRAY STRING_SPLIT ARRAY_TO_STRING
+    MAKE_TIMESTAMP DATE_SUB DATE_ADD DATEDIFF DATESUB DATEADD ENTROPY KURTOSIS SKEWNESS
+    REGR_SLOPE REGR_INTERCEPT REGR_R2 REGR_COUNT FAVG FSUM BIT_AND BIT_OR BIT_XOR
+""".split()
+
+DUCKDB = EngineSpec(
+    name="duckdb",
+    dialect="duckdb",
+    default_schema="main",
+    functions=frozenset(_FUNCTIONS),
+    anonymous_functions=frozenset(_ANONYMOUS),
+    templates=Templates(
+        mask="CASE WHEN length(__v) > 4 THEN repeat('*', length(__v) - 4) || right(__v, 4) ELSE repeat('*', length(__v)) END",
+        tokenize=f"{TOKEN_FUNCTION}(__v)",
+        generalize_date="date_trunc('__p', __v)",
+        generalize_number="floor(__v / __p) * __p",
+        generalize_text="left(__v, __p)",
+    ),
+    date_types=("DATE", "TIMESTAMP"),
+    number_types=("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+                  "UINTEGER", "UBIGINT", "UHUGEINT", "DECIMAL", "FLOAT", "DOUBLE", "REAL"),
+    text_types=("VARCHAR", "TEXT", "STRING", "CHAR", "BPCHAR"),
+)
+
+_CLOSED_CONFIG = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+
+
+class DuckDBEngine:
+    """One in-memory DuckDB with every source attached read-only, then locked."""
+
+    spec = DUCKDB
+
+    def __init__(self, sources: dict[str, Path], token_key: Secret | None = None) -> None:
+        self._lock = threading.Lock()
+        self._paths = {name: str(path) for name, path in sources.items()}
+        self._conn = duckdb.connect(":memory:", config=_CLOSED_CONFIG)
+        try:
+            for name, path in sources.items():
+                self._attach(name, path)
+            if token_key is not None:
+                self._conn.execute(token_macro(token_key))
+            self._conn.execute("SET enable_external_access = false")
+            self._conn.execute("SET lock_configuration = true")
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _attach(self, name: str, path: Path) -> None:
+        if not path.is_file():
+            raise EngineError(f"source `{name}`: database file {path.name} does not exist; check sources.{name}.path")
+        statement = exp.Attach(
+            this=exp.alias_(exp.Literal.string(str(path)), exp.to_identifier(name, quoted=True)),
+            expressions=[exp.AttachOption(this=exp.var("READ_ONLY"))],
+        )
+        try:
+            self._conn.execute(statement.sql("duckdb"))
+        except duckdb.Error as exc:
+            raise EngineError(f"source `{name}` cannot be opened: {self._scrub(str(exc))}") from None
+
+    def catalog(self) -> Catalog:
+        rows = self._conn.execute(
+            "SELECT database_name, schema_name, table_name, column_name, data_type FROM duckdb_columns() "
+            "WHERE NOT internal AND database_name NOT IN ('memory', 'system', 'temp') ORDER BY column_index"
+        ).fetchall()
+        catalog: Catalog = {}
+        for database, schema, table, column, data_type in rows:
+            catalog.setdefault((database.lower(), schema.lower(), table.lower()), {})[column.lower()] = data_type
+        return catalog
+
+    def stream(self, sql: str, batch_size: int = 65536) -> pa.RecordBatchReader:
+        with self._errors(), self._lock:
+            return self._conn.cursor().sql(sql).to_arrow_reader(batch_size)
+
+    def column_types(self, sql: str) -> list[tuple[str, str]]:
+        with self._errors(), self._lock:
+            relation = self._conn.cursor().sql(sql)
+            return [(name, str(kind)) for name, kind in zip(relation.columns, relation.types)]
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except duckdb.Error as exc:
+            raise EngineError(self._scrub(str(exc))) from None
+
+    def _scrub(self, message: str) -> str:
+        """Keep the engine's explanation; drop echoed SQL, paths and internal names."""
+        message = message.split("\n\nLINE ")[0].split("\nLINE ")[0].strip()
+        for name, path in self._paths.items():
+            message = message.replace(path, f"<source {name}>")
+        message = re.sub(r"(/[\w.\-]+)+", "<path>", message)
+        return re.sub(TOKEN_FUNCTION, "tokenize", message, flags=re.IGNORECASE)
+
+
+def token_macro(key: Secret) -> str:
+    """HMAC-SHA256 as a DuckDB macro; the key lives only inside the engine.
+
+    HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)) with keys longer than the
+    block hashed first, exactly as RFC 2104 and Python's ``hmac`` compute it.
+    """
+    block = key.reveal().encode()
+    if len(block) > 64:
+        block = hashlib.sha256(block).digest()
+    block = block.ljust(64, b"\0")
+    inner = bytes(b ^ 0x36 for b in block).hex()
+    outer = bytes(b ^ 0x5C for b in block).hex()
+    body = sqlglot.parse_one(
+        "sha256(unhex(__o) || unhex(sha256(unhex(__i) || encode(CAST(v AS VARCHAR)))))", read="duckdb"
+    ).transform(lambda n: _key_literal(n, inner, outer))
+    return f"CREATE MACRO memory.main.{TOKEN_FUNCTION}(v) AS {body.sql('duckdb')}"
+
+
+def _key_literal(node: exp.Expression, inner: str, outer: str) -> exp.Expression:
+    if isinstance(node, exp.Column) and node.name in ("__i", "__o"):
+        return exp.Literal.string(inner if node.name == "__i" else outer)
+    return node

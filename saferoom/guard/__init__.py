@@ -1,0 +1,109 @@
+"""The guard: every query passes through :meth:`Guard.rewrite` or is refused.
+
+The rewrite is a pipeline of small functions over the sqlglot tree::
+
+    parse → check_statement → check_nodes → substitute_tables → generate
+
+The engine only ever runs SQL generated from the rewritten tree, never the
+text the user sent, so the guard and the engine cannot disagree about what
+a query means.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from saferoom.engines.base import Catalog, EngineSpec
+from saferoom.errors import EngineError, QueryRejected
+from saferoom.guard.tables import Resolver, substitute_tables
+from saferoom.guard.validate import check_nodes, check_statement, parse
+from saferoom.guard.views import build_view
+from saferoom.policy import Action, ColumnRule, Policy
+
+__all__ = ["Guard", "GuardedQuery"]
+
+CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class GuardedQuery:
+    """A query the guard accepted: the SQL the engine runs and what it touches."""
+
+    sql: str
+    tables: tuple[str, ...]
+
+
+class Guard:
+    """Rewrites queries for one user acting as one role."""
+
+    def __init__(self, policy: Policy, user: str, role: str, spec: EngineSpec, catalog: Catalog) -> None:
+        self.policy, self.user, self.role, self.spec = policy, user, role, spec
+        self._attributes = policy.user(user).attributes
+        self._catalog = catalog
+        self._resolver = Resolver(policy, spec.default_schema)
+        self._views: dict[str, exp.Select] = {}
+        self._rewrites: OrderedDict[str, GuardedQuery] = OrderedDict()
+
+    def rewrite(self, sql: str) -> GuardedQuery:
+        cached = self._rewrites.get(sql)
+        if cached is not None:
+            self._rewrites.move_to_end(sql)
+            return cached
+        guarded = self._rewrite(sql)
+        self._rewrites[sql] = guarded
+        if len(self._rewrites) > CACHE_SIZE:
+            self._rewrites.popitem(last=False)
+        return guarded
+
+    def _rewrite(self, sql: str) -> GuardedQuery:
+        tree = parse(sql, self.spec)
+        tree = check_statement(tree, self.spec)
+        tree = check_nodes(tree, self.spec)
+        tree, touched = substitute_tables(tree, self._resolver, self.view)
+        return GuardedQuery(tree.sql(dialect=self.spec.dialect, comments=False), tuple(dict.fromkeys(touched)))
+
+    def view(self, table: str) -> exp.Select:
+        """The policy view of a table for this user and role (built once, copied per use)."""
+        if table not in self._views:
+            self._views[table] = build_view(
+                self.policy, self.role, self._attributes, self.policy.tables[table], self.types(table), self.spec
+            )
+        return self._views[table].copy()
+
+    def types(self, table: str) -> dict[str, str]:
+        ref = self.policy.tables[table]
+        key = (ref.source.lower(), (ref.schema or self.spec.default_schema).lower(), ref.name.lower())
+        if key not in self._catalog:
+            raise EngineError(f"table {table} is in the policy but not in source `{ref.source}`; run `saferoom lint`")
+        return self._catalog[key]
+
+    def hidden(self, tables: tuple[str, ...]) -> dict[str, ColumnRule]:
+        """Columns of these tables that this role is denied, by name."""
+        rules = (self.policy.rule(self.role, t, c) for t in tables for c in self.policy.columns(t))
+        return {r.column: r for r in rules if r.action is Action.DENY}
+
+    def explain_missing(self, error: EngineError, tables: tuple[str, ...]) -> Exception:
+        """Turn "column not found" for a denied column into the policy's explanation."""
+        named = {n.lower() for n in re.findall(r'"([^"]+)"', error.message)}
+        for name, rule in self.hidden(tables).items():
+            if name in named:
+                return self.refusal(rule)
+        return error
+
+    def refusal(self, rule: ColumnRule) -> QueryRejected:
+        threats = "; ".join(f"{t}: {self.policy.threat(t)}" for t in rule.threats) or "no threat named"
+        seeing = self.policy.roles_seeing(rule.table, rule.column)
+        who = ", ".join(f"{r} ({a.value})" for r, a in seeing) or "no role"
+        return QueryRejected(
+            f"column `{rule.column}` of {rule.table} is tagged `{rule.tag}` ({threats}). "
+            f"Role `{self.role}` is denied it, so it does not exist in your queries. "
+            f"Roles that may see it: {who}. Leave it out, or ask the security team for a role that includes it.",
+            column=f"{rule.table}.{rule.column}",
+            tag=rule.tag,
+            threats=rule.threats,
+            allowed_roles=[r for r, _ in seeing],
+        )

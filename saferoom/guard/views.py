@@ -1,0 +1,129 @@
+"""Policy views: the only form in which a query ever sees a table.
+
+A policy view is ``(SELECT <masked columns> FROM <table> WHERE <row filter>)``.
+When a row filter exists, every column is also wrapped in ``CASE WHEN
+<filter> THEN ... END``: the engine's optimizer may evaluate a user's
+predicate before the view's WHERE (filter pushdown and reordering are legal
+for it), and the CASE guarantees such an early evaluation sees only NULLs for
+a row the filter removes, never its values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sqlglot
+from sqlglot import exp
+
+from saferoom.engines.base import ColumnTypes, EngineSpec
+from saferoom.policy import Action, ColumnRule, Policy, TableRef
+from saferoom.policy.filters import bind_filter
+from saferoom.policy.model import Attribute
+
+INNER_ALIAS = "__saferoom_t"
+REDACTED = "REDACTED"
+
+
+def visible_columns(policy: Policy, role: str, table: str, types: ColumnTypes) -> list[tuple[ColumnRule, str]]:
+    """Listed columns that exist in the source, in source order, minus denied ones."""
+    listed = policy.columns(table)
+    rules = [(policy.rule(role, table, name), kind) for name, kind in types.items() if name in listed]
+    return [(rule, kind) for rule, kind in rules if rule.action is not Action.DENY]
+
+
+def build_view(
+    policy: Policy,
+    role: str,
+    attributes: dict[str, Attribute],
+    table: TableRef,
+    types: ColumnTypes,
+    spec: EngineSpec,
+) -> exp.Select:
+    predicate = policy.row_filter(role, table.key)
+    bound = _qualify(bind_filter(predicate, attributes)) if predicate is not None else None
+    projections = [
+        exp.alias_(_guarded(masked(rule, kind, spec), bound), exp.to_identifier(rule.column, quoted=True))
+        for rule, kind in visible_columns(policy, role, table.key, types)
+    ]
+    physical = exp.Table(
+        this=exp.to_identifier(table.name, quoted=True),
+        db=exp.to_identifier(table.schema or spec.default_schema, quoted=True),
+        catalog=exp.to_identifier(table.source, quoted=True),
+        alias=exp.TableAlias(this=exp.to_identifier(INNER_ALIAS)),
+    )
+    select = exp.Select(expressions=projections).from_(physical, copy=False)
+    return select.where(bound, copy=False) if bound is not None else select
+
+
+def masked(rule: ColumnRule, kind: str, spec: EngineSpec) -> exp.Expression:
+    """The expression a role sees for one column."""
+    column = exp.column(rule.column, table=INNER_ALIAS, quoted=True)
+    action, options = rule.action, rule.spec
+    if action is Action.ALLOW:
+        return column
+    if action is Action.NULL:
+        return _typed_null(kind, spec)
+    if action is Action.REDACT:
+        return exp.Literal.string(options.text or REDACTED)
+    if action is Action.MASK:
+        return _template(spec, spec.templates.mask, exp.cast(column, spec.text_type))
+    if action is Action.TOKENIZE:
+        return _template(spec, spec.templates.tokenize, column)
+    if action is Action.GENERALIZE:
+        return _generalized(column, kind, rule, spec)
+    raise AssertionError(f"no expression for action {action}")  # deny never reaches here
+
+
+def _generalized(column: exp.Expression, kind: str, rule: ColumnRule, spec: EngineSpec) -> exp.Expression:
+    options, type_class = rule.spec, spec.type_class(kind)
+    if type_class == "date":
+        unit = exp.Literal.string(options.date_unit or "month")
+        return _cast(_template(spec, spec.templates.generalize_date, column, unit), kind, spec)
+    if type_class == "number":
+        width = exp.Literal.number(options.bucket or 10)
+        return _cast(_template(spec, spec.templates.generalize_number, column, width), kind, spec)
+    if type_class == "text":
+        length = exp.Literal.number(options.prefix if options.prefix is not None else 3)
+        return _template(spec, spec.templates.generalize_text, column, length)
+    return _typed_null(kind, spec)  # nothing coarser than the value exists for this type
+
+
+def _guarded(expression: exp.Expression, predicate: exp.Expression | None) -> exp.Expression:
+    if predicate is None:
+        return expression
+    return exp.Case(ifs=[exp.If(this=predicate.copy(), true=expression)])
+
+
+def _qualify(predicate: exp.Expression) -> exp.Expression:
+    """Pin the filter's columns to the raw table, so none can bind to an outer query."""
+    for column in predicate.find_all(exp.Column):
+        if not column.table:
+            column.set("table", exp.to_identifier(INNER_ALIAS))
+    return predicate
+
+
+def _typed_null(kind: str, spec: EngineSpec) -> exp.Expression:
+    return _cast(exp.Null(), kind, spec)
+
+
+def _cast(expression: exp.Expression, kind: str, spec: EngineSpec) -> exp.Expression:
+    try:
+        return exp.Cast(this=expression, to=exp.DataType.build(kind, dialect=spec.dialect))
+    except (sqlglot.errors.SqlglotError, ValueError):
+        return expression
+
+
+def _template(spec: EngineSpec, sql: str, value: exp.Expression, param: exp.Expression | None = None) -> exp.Expression:
+    def fill(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and node.name == "__v":
+            return value.copy()
+        if param is not None and isinstance(node, (exp.Column, exp.Var, exp.Literal)) and node.name.lower() == "__p":
+            return param.copy()
+        return node
+
+    return _parsed(sql, spec.dialect).copy().transform(fill)
+
+
+@lru_cache(maxsize=64)
+def _parsed(sql: str, dialect: str) -> exp.Expression:
+    return sqlglot.parse_one(sql, read=dialect)

@@ -1,0 +1,222 @@
+"""Policy as code: load a ``saferoom.yaml`` and answer "what does this role get?"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from sqlglot import exp
+
+from saferoom import secrets
+from saferoom.errors import AccessDenied, PolicyError
+from saferoom.policy.filters import parse_filter, raw_columns
+from saferoom.policy.loader import LineMap, policy_hash, read_policy_file
+from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, Role, User
+
+__all__ = ["Policy", "ColumnRule", "TableRef", "load_policy", "Action", "ActionSpec"]
+
+DIALECTS = {"duckdb": "duckdb"}
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table the policy lists: ``source.table`` or ``source.schema.table``."""
+
+    key: str
+    source: str
+    schema: str | None
+    name: str
+
+    @classmethod
+    def parse(cls, key: str) -> "TableRef":
+        parts = key.split(".")
+        if len(parts) == 2 and all(parts):
+            return cls(key, parts[0], None, parts[1])
+        if len(parts) == 3 and all(parts):
+            return cls(key, parts[0], parts[1], parts[2])
+        raise ValueError(f"table `{key}` must be written source.table or source.schema.table")
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """What one role gets for one column, and why."""
+
+    table: str
+    column: str
+    tags: tuple[str, ...]
+    action: Action
+    spec: ActionSpec
+    tag: str | None
+    threats: tuple[str, ...]
+
+    @property
+    def reason(self) -> str:
+        if self.tag is None:
+            return "untagged (public)"
+        threats = ", ".join(self.threats) or "no threat named"
+        return f"tag {self.tag} ({threats})"
+
+
+class Policy:
+    """A validated policy. Build it with :func:`load_policy`."""
+
+    def __init__(self, model: PolicyModel, *, path: Path, lines: LineMap, digest: str) -> None:
+        self.model = model
+        self.path = path
+        self.base = path.parent
+        self.lines = lines
+        self.hash = digest
+        self.tables: dict[str, TableRef] = {}
+        self._check()
+
+    @cached_property
+    def token_key(self) -> secrets.Secret | None:
+        ref = self.model.secrets.get("token_key")
+        return secrets.resolve(ref, self.base) if ref else None
+
+    def user(self, name: str) -> User:
+        try:
+            return self.model.users[name]
+        except KeyError:
+            raise AccessDenied(
+                f"user `{name}` is not in the policy; ask the security team to add them under `users:` in {self.path.name}"
+            ) from None
+
+    def role_for(self, user: str, role: str | None) -> tuple[str, Role]:
+        """The one role a session acts as: the named one, or the user's first."""
+        roles = self.user(user).roles
+        chosen = role or roles[0]
+        if chosen not in roles:
+            raise AccessDenied(f"user `{user}` does not hold role `{chosen}`; their roles are: {', '.join(roles)}")
+        return chosen, self.model.roles[chosen]
+
+    def columns(self, table: str) -> dict[str, tuple[str, ...]]:
+        """The listed columns of a table (lower-cased name -> tags); unlisted columns do not exist."""
+        spec = self.model.tables[table]
+        return {name.lower(): _tags(tags) for name, tags in spec.items()}
+
+    def rule(self, role: str, table: str, column: str) -> ColumnRule:
+        tags = self.columns(table)[column]
+        actions = self.model.roles[role].columns
+        best: tuple[ActionSpec, str | None] = (ActionSpec(action=Action.ALLOW), None)
+        for tag in tags:
+            spec = _spec(actions.get(tag, Action.DENY))
+            if best[1] is None or spec.action.strictness < best[0].action.strictness:
+                best = (spec, tag)
+        spec, tag = best
+        threats = tuple(self.model.tags[tag].threats) if tag else ()
+        return ColumnRule(table, column, tags, spec.action, spec, tag, threats)
+
+    def roles_seeing(self, table: str, column: str) -> list[tuple[str, Action]]:
+        rules = ((role, self.rule(role, table, column).action) for role in self.model.roles)
+        return [(role, action) for role, action in rules if action is not Action.DENY]
+
+    def row_filter(self, role: str, table: str) -> exp.Expression | None:
+        text = self.model.roles[role].rows.get(table)
+        return parse_filter(text, self.dialect(table)) if text else None
+
+    def dialect(self, table: str) -> str:
+        return DIALECTS[self.model.sources[self.tables[table].source].engine]
+
+    def threat(self, name: str) -> str:
+        return self.model.threats.get(name, name)
+
+    def _check(self) -> None:
+        self._check_tags()
+        self._check_tables()
+        self._check_roles()
+        self._check_secrets()
+
+    def _fail(self, message: str, *loc: str) -> PolicyError:
+        return PolicyError(message, file=str(self.path), line=self.lines.line(loc))
+
+    def _check_tags(self) -> None:
+        for name, tag in self.model.tags.items():
+            if name == PUBLIC:
+                raise self._fail("`public` is reserved for untagged columns; pick another tag name", "tags", name)
+            for threat in tag.threats:
+                if threat not in self.model.threats:
+                    raise self._fail(f"tag `{name}` names threat `{threat}`, which is not under `threats:`", "tags", name)
+
+    def _check_tables(self) -> None:
+        for key, columns in self.model.tables.items():
+            try:
+                ref = TableRef.parse(key)
+            except ValueError as exc:
+                raise self._fail(str(exc), "tables", key) from None
+            if ref.source not in self.model.sources:
+                raise self._fail(f"table `{key}` is in source `{ref.source}`, which is not under `sources:`", "tables", key)
+            for column, tags in columns.items():
+                for tag in _tags(tags):
+                    if tag not in self.model.tags:
+                        raise self._fail(
+                            f"column `{key}.{column}` has tag `{tag}`, which is not under `tags:` (use `public` for none)",
+                            "tables", key, column,
+                        )
+            self.tables[key] = ref
+
+    def _check_roles(self) -> None:
+        for user, spec in self.model.users.items():
+            for role in spec.roles:
+                if role not in self.model.roles:
+                    raise self._fail(f"user `{user}` has role `{role}`, which is not under `roles:`", "users", user)
+        for name, role in self.model.roles.items():
+            for tag in role.columns:
+                if tag not in self.model.tags:
+                    raise self._fail(f"role `{name}` gives an action for tag `{tag}`, which is not under `tags:`", "roles", name, "columns", tag)
+            for table in role.rows:
+                self._check_filter(name, table)
+
+    def _check_filter(self, role: str, table: str) -> None:
+        loc = ("roles", role, "rows", table)
+        if table not in self.tables:
+            raise self._fail(f"role `{role}` filters table `{table}`, which is not under `tables:`", *loc)
+        try:
+            predicate = self.row_filter(role, table)
+        except ValueError as exc:
+            raise self._fail(f"row filter for `{table}`: {exc}", *loc) from None
+        unknown = raw_columns(predicate) - set(self.columns(table)) if predicate else set()
+        if unknown:
+            raise self._fail(f"row filter for `{table}` uses column(s) {', '.join(sorted(unknown))} that the table does not list", *loc)
+        from saferoom.guard.validate import check_filter  # the guard's allowlist, shared with queries
+
+        try:
+            check_filter(predicate, self.dialect(table)) if predicate else None
+        except Exception as exc:
+            raise self._fail(f"row filter for `{table}`: {exc}", *loc) from None
+
+    def _check_secrets(self) -> None:
+        for name, ref in self.model.secrets.items():
+            if not secrets.is_reference(ref):
+                raise self._fail(
+                    f"secret `{name}` is written as a value; write env:NAME or file:PATH and keep the value out of the policy",
+                    "secrets", name,
+                )
+        try:
+            self.token_key
+        except ValueError as exc:
+            raise self._fail(f"secret `token_key` cannot be resolved: {exc}", "secrets", "token_key") from None
+        uses_tokens = any(
+            _spec(a).action is Action.TOKENIZE for role in self.model.roles.values() for a in role.columns.values()
+        )
+        if uses_tokens and self.token_key is None:
+            raise self._fail("a role uses `tokenize` but `secrets.token_key` is not set", "roles")
+        if self.token_key is not None and len(self.token_key.reveal().encode()) < 16:
+            raise self._fail("secret `token_key` is too short; use at least 32 random bytes", "secrets", "token_key")
+
+
+def _tags(tags: str | list[str]) -> tuple[str, ...]:
+    items = [tags] if isinstance(tags, str) else list(tags)
+    return tuple(t for t in items if t != PUBLIC)
+
+
+def _spec(action: Action | ActionSpec) -> ActionSpec:
+    return action if isinstance(action, ActionSpec) else ActionSpec(action=action)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Load and check a policy file. Raises :class:`PolicyError` naming file and line."""
+    path = Path(path).resolve()
+    model, lines, raw = read_policy_file(path)
+    return Policy(model, path=path, lines=lines, digest=policy_hash(raw))

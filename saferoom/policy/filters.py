@@ -1,0 +1,68 @@
+"""Row filters: SQL predicates over a raw table with ``{user.<attribute>}`` placeholders.
+
+A placeholder is parsed as a marker column and later replaced by a literal node
+holding the user's attribute, so an attribute value can never change the shape
+of the SQL (no string pasting, no injection).
+"""
+
+from __future__ import annotations
+
+import re
+
+import sqlglot
+from sqlglot import exp
+
+from saferoom.policy.model import Attribute
+
+_PLACEHOLDER = re.compile(r"\{\s*user\.([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+_MARKER = "__saferoom_attr__"
+
+
+def parse_filter(text: str, dialect: str) -> exp.Expression:
+    """Parse a row filter; ``ValueError`` when it is not a single SQL predicate."""
+    if "{" in _PLACEHOLDER.sub("", text):
+        raise ValueError("placeholders are written {user.<attribute>}, e.g. region = {user.region}")
+    marked = _PLACEHOLDER.sub(_MARKER + r"\1", text)
+    try:
+        expressions = sqlglot.parse(f"SELECT 1 WHERE {marked}", read=dialect)
+    except sqlglot.errors.SqlglotError as exc:
+        raise ValueError(f"the row filter is not valid SQL: {_first_line(exc)}") from None
+    select = expressions[0] if len(expressions) == 1 else None
+    if not isinstance(select, exp.Select) or {k for k, v in select.args.items() if v} != {"expressions", "where"}:
+        raise ValueError("a row filter must be one SQL predicate, like region = {user.region}")
+    return select.args["where"].this
+
+
+def placeholders(predicate: exp.Expression) -> set[str]:
+    return {c.name[len(_MARKER):] for c in predicate.find_all(exp.Column) if c.name.startswith(_MARKER)}
+
+
+def raw_columns(predicate: exp.Expression) -> set[str]:
+    return {c.name.lower() for c in predicate.find_all(exp.Column) if not c.name.startswith(_MARKER)}
+
+
+def bind_filter(predicate: exp.Expression, attributes: dict[str, Attribute]) -> exp.Expression:
+    """Replace placeholders by literals; a user without a needed attribute gets FALSE."""
+    if any(name not in attributes for name in placeholders(predicate)):
+        return exp.false()
+
+    def bind(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and node.name.startswith(_MARKER):
+            return literal(attributes[node.name[len(_MARKER):]])
+        return node
+
+    return predicate.copy().transform(bind)
+
+
+def literal(value: Attribute) -> exp.Expression:
+    if isinstance(value, list):
+        return exp.Tuple(expressions=[literal(v) for v in value])
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    if isinstance(value, (int, float)):
+        return exp.Literal.number(value)
+    return exp.Literal.string(str(value))
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

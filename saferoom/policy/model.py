@@ -1,0 +1,94 @@
+"""The policy file's format (version 1), as typed models.
+
+These models check shape only; cross-references (a tag that names a threat, a
+role that names a tag) are checked in :mod:`saferoom.policy.loader`, where the
+line numbers live.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PUBLIC = "public"
+
+
+class Action(str, Enum):
+    """What a role gets for a tag. Ordered from strictest to most open."""
+
+    DENY = "deny"
+    NULL = "null"
+    REDACT = "redact"
+    TOKENIZE = "tokenize"
+    MASK = "mask"
+    GENERALIZE = "generalize"
+    ALLOW = "allow"
+
+    @property
+    def strictness(self) -> int:
+        return list(Action).index(self)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DuckDBSource(Strict):
+    engine: Literal["duckdb"]
+    path: str = Field(description="Database file; relative paths resolve against the policy file's folder.")
+
+
+Source = Annotated[Union[DuckDBSource], Field(discriminator="engine")]
+
+
+class Tag(Strict):
+    threats: list[str] = Field(default_factory=list, description="Threat names from `threats:`.")
+    description: str | None = None
+
+
+class ActionSpec(Strict):
+    """An action with its options, e.g. ``{action: generalize, bucket: 1000, prefix: 2}``."""
+
+    action: Action
+    bucket: float | None = Field(default=None, gt=0, description="generalize: width of a numeric bucket.")
+    prefix: int | None = Field(default=None, ge=0, description="generalize: characters of a string kept.")
+    date_unit: Literal["year", "quarter", "month", "week", "day"] | None = Field(
+        default=None, description="generalize: dates and timestamps truncate to this unit (month)."
+    )
+    text: str | None = Field(default=None, description="redact: the constant shown instead (REDACTED).")
+
+
+class Role(Strict):
+    description: str | None = None
+    columns: dict[str, Action | ActionSpec] = Field(
+        default_factory=dict, description="tag -> action; a tag not listed is denied."
+    )
+    rows: dict[str, str] = Field(
+        default_factory=dict, description="table -> SQL predicate over the raw table; {user.attr} binds a literal."
+    )
+    max_rows: int | None = Field(default=None, gt=0, description="Results are cut after this many rows.")
+
+
+Attribute = Union[str, int, float, bool, list[Union[str, int, float, bool]]]
+
+
+class User(Strict):
+    roles: list[str] = Field(min_length=1)
+    attributes: dict[str, Attribute] = Field(default_factory=dict)
+
+
+class PolicyModel(Strict):
+    """A saferoom policy: sources, threat model, classification, users and roles."""
+
+    version: Literal[1]
+    sources: dict[str, Source]
+    secrets: dict[str, str] = Field(default_factory=dict, description="name -> env:NAME or file:PATH")
+    threats: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, Tag] = Field(default_factory=dict)
+    tables: dict[str, dict[str, str | list[str]]] = Field(
+        description="source.table or source.schema.table -> column -> tag(s); 'public' means untagged."
+    )
+    users: dict[str, User] = Field(default_factory=dict)
+    roles: dict[str, Role] = Field(default_factory=dict)

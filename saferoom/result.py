@@ -1,0 +1,100 @@
+"""Query results: Arrow record batches underneath, pandas and polars on request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from saferoom.errors import EngineError
+
+if TYPE_CHECKING:
+    import pandas
+    import polars
+
+
+class Result:
+    """Rows a guarded query returned, cut at the role's ``max_rows``.
+
+    ``truncated`` is true when the query had more rows than the role may
+    receive; only the first ``max_rows`` are kept.
+    """
+
+    def __init__(self, reader: pa.RecordBatchReader, *, max_rows: int | None, sql: str = "") -> None:
+        self._reader: pa.RecordBatchReader | None = reader
+        self.schema: pa.Schema = reader.schema
+        self.max_rows = max_rows
+        self.sql = sql
+        self._batches: list[pa.RecordBatch] = []
+        self._truncated = False
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Stream the record batches; a second call replays what was read."""
+        yield from self._batches
+        while self._reader is not None:
+            batch = self._next()
+            if batch is None:
+                break
+            self._batches.append(batch)
+            yield batch
+
+    def _next(self) -> pa.RecordBatch | None:
+        assert self._reader is not None
+        try:
+            batch = self._reader.read_next_batch()
+        except StopIteration:
+            return self._finish()
+        except pa.ArrowException as exc:
+            self._finish()
+            raise EngineError(f"the query failed while streaming: {str(exc).splitlines()[0]}") from None
+        if self.max_rows is None:
+            return batch
+        room = self.max_rows - sum(b.num_rows for b in self._batches)
+        if batch.num_rows > room or (room == 0 and batch.num_rows):
+            self._truncated = True
+            self._finish()
+            return batch.slice(0, room) if room > 0 else None
+        return batch
+
+    def _finish(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        return None
+
+    def _drain(self) -> None:
+        for _ in self.batches():
+            pass
+
+    @property
+    def truncated(self) -> bool:
+        self._drain()
+        return self._truncated
+
+    @property
+    def num_rows(self) -> int:
+        self._drain()
+        return sum(b.num_rows for b in self._batches)
+
+    def to_arrow(self) -> pa.Table:
+        self._drain()
+        return pa.Table.from_batches(self._batches, schema=self.schema)
+
+    def to_pandas(self) -> "pandas.DataFrame":
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> "polars.DataFrame":
+        import polars
+
+        frame = polars.from_arrow(self.to_arrow())
+        assert isinstance(frame, polars.DataFrame)
+        return frame
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        return self.to_arrow().to_pylist()
+
+    def __repr__(self) -> str:
+        state = "streaming" if self._reader is not None else f"{self.num_rows} rows"
+        cut = ", truncated" if self._truncated else ""
+        return f"<Result {state}{cut}: {', '.join(self.schema.names)}>"

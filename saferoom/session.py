@@ -1,0 +1,99 @@
+"""Sessions: the one object a notebook, the command line and the server all use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+from saferoom.engines.duckdb import DuckDBEngine
+from saferoom.errors import EngineError, QueryRejected, UsageError
+from saferoom.explain import Explanation, OutputColumn, TableInfo, catalog, output_sources, table_info
+from saferoom.guard import Guard, GuardedQuery
+from saferoom.policy import Policy, load_policy
+from saferoom.result import Result
+
+DEFAULT_POLICY = "saferoom.yaml"
+
+
+class Session:
+    """A user acting as exactly one role against the policy's sources."""
+
+    def __init__(self, policy: Policy, user: str, role: str | None = None) -> None:
+        self.policy = policy
+        self.user = user
+        self.role, role_spec = policy.role_for(user, role)
+        self.max_rows = role_spec.max_rows
+        self._engine = open_engine(policy)
+        self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog())
+
+    def guard(self, sql: str) -> GuardedQuery:
+        """Check and rewrite a query without running it."""
+        return self._guard.rewrite(sql)
+
+    def query(self, sql: str) -> Result:
+        """Run a query; what comes back is already shaped by the policy."""
+        guarded = self._guard.rewrite(sql)
+        try:
+            reader = self._engine.stream(guarded.sql)
+        except EngineError as exc:
+            raise self._guard.explain_missing(exc, guarded.tables) from None
+        return Result(reader, max_rows=self.max_rows, sql=guarded.sql)
+
+    def tables(self) -> list[TableInfo]:
+        """The catalog as this user sees it: each column's action and the reason for it."""
+        return catalog(self._guard)
+
+    def explain(self, sql: str) -> Explanation:
+        """What a query will see, column by column, or why it is refused."""
+        try:
+            guarded = self._guard.rewrite(sql)
+            types = self._column_types(guarded)
+        except QueryRejected as exc:
+            return Explanation(self.role, (), (), refused=exc.message)
+        sources = output_sources(self._guard, sql, guarded.tables, [n for n, _ in types])
+        columns = tuple(OutputColumn(n, t, s) for (n, t), s in zip(types, sources))
+        notes = (f"results are cut at {self.max_rows} rows for role {self.role}",) if self.max_rows else ()
+        return Explanation(self.role, tuple(table_info(self._guard, t) for t in guarded.tables), columns, notes=notes)
+
+    def _column_types(self, guarded: GuardedQuery) -> list[tuple[str, str]]:
+        try:
+            return self._engine.column_types(guarded.sql)
+        except EngineError as exc:
+            raise self._guard.explain_missing(exc, guarded.tables) from None
+
+    def close(self) -> None:
+        self._engine.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Session user={self.user!r} role={self.role!r} policy={self.policy.path.name!r}>"
+
+
+def open_engine(policy: Policy) -> DuckDBEngine:
+    paths = {name: _path(policy, source.path) for name, source in policy.model.sources.items()}
+    return DuckDBEngine(paths, policy.token_key)
+
+
+def _path(policy: Policy, path: str) -> Path:
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else policy.base / candidate
+
+
+def connect(
+    policy: str | Path | Policy | None = None,
+    user: str | None = None,
+    role: str | None = None,
+) -> Session:
+    """Open a session. ``policy`` and ``user`` default to ``SAFEROOM_POLICY`` and ``SAFEROOM_USER``."""
+    policy = policy or os.environ.get("SAFEROOM_POLICY") or DEFAULT_POLICY
+    user = user or os.environ.get("SAFEROOM_USER")
+    if not user:
+        raise UsageError("say who is asking: connect(..., user='alice') or set SAFEROOM_USER")
+    loaded = policy if isinstance(policy, Policy) else load_policy(policy)
+    return Session(loaded, user, role)
