@@ -37,7 +37,7 @@ class Session:
         try:
             reader = self._engine.stream(guarded.sql)
         except EngineError as exc:
-            raise self._guard.explain_missing(exc, guarded.tables) from None
+            raise self._guard.explain_missing(exc, sql, guarded.tables) from None
         return Result(reader, max_rows=self.max_rows, sql=guarded.sql)
 
     def tables(self) -> list[TableInfo]:
@@ -48,7 +48,7 @@ class Session:
         """What a query will see, column by column, or why it is refused."""
         try:
             guarded = self._guard.rewrite(sql)
-            types = self._column_types(guarded)
+            types = self._column_types(sql, guarded)
         except QueryRejected as exc:
             return Explanation(self.role, (), (), refused=exc.message)
         sources = output_sources(self._guard, sql, guarded.tables, [n for n, _ in types])
@@ -56,11 +56,11 @@ class Session:
         notes = (f"results are cut at {self.max_rows} rows for role {self.role}",) if self.max_rows else ()
         return Explanation(self.role, tuple(table_info(self._guard, t) for t in guarded.tables), columns, notes=notes)
 
-    def _column_types(self, guarded: GuardedQuery) -> list[tuple[str, str]]:
+    def _column_types(self, sql: str, guarded: GuardedQuery) -> list[tuple[str, str]]:
         try:
             return self._engine.column_types(guarded.sql)
         except EngineError as exc:
-            raise self._guard.explain_missing(exc, guarded.tables) from None
+            raise self._guard.explain_missing(exc, sql, guarded.tables) from None
 
     def close(self) -> None:
         self._engine.close()

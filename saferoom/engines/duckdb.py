@@ -140,6 +140,7 @@ class DuckDBEngine:
         for name, path in self._paths.items():
             message = message.replace(path, f"<source {name}>")
         message = re.sub(r"(/[\w.\-]+)+", "<path>", message)
+        message = re.sub(r"'[^']*'", "'…'", message)  # values quoted back could be another row's data
         return re.sub(TOKEN_FUNCTION, "tokenize", message, flags=re.IGNORECASE)
 
 

@@ -2,7 +2,7 @@
 
 The rewrite is a pipeline of small functions over the sqlglot tree::
 
-    parse → check_statement → check_nodes → substitute_tables → generate
+    parse → check_statement → check_nodes → unqualify_columns → substitute_tables → generate
 
 The engine only ever runs SQL generated from the rewritten tree, never the
 text the user sent, so the guard and the engine cannot disagree about what
@@ -19,7 +19,7 @@ from sqlglot import exp
 
 from saferoom.engines.base import Catalog, EngineSpec
 from saferoom.errors import EngineError, QueryRejected
-from saferoom.guard.tables import Resolver, substitute_tables
+from saferoom.guard.tables import Resolver, substitute_tables, unqualify_columns
 from saferoom.guard.validate import check_nodes, check_statement, parse
 from saferoom.guard.views import build_view
 from saferoom.policy import Action, ColumnRule, Policy
@@ -63,6 +63,7 @@ class Guard:
         tree = parse(sql, self.spec)
         tree = check_statement(tree, self.spec)
         tree = check_nodes(tree, self.spec)
+        tree = unqualify_columns(tree, self._resolver)
         tree, touched = substitute_tables(tree, self._resolver, self.view)
         return GuardedQuery(tree.sql(dialect=self.spec.dialect, comments=False), tuple(dict.fromkeys(touched)))
 
@@ -86,9 +87,12 @@ class Guard:
         rules = (self.policy.rule(self.role, t, c) for t in tables for c in self.policy.columns(t))
         return {r.column: r for r in rules if r.action is Action.DENY}
 
-    def explain_missing(self, error: EngineError, tables: tuple[str, ...]) -> Exception:
-        """Turn "column not found" for a denied column into the policy's explanation."""
+    def explain_missing(self, error: EngineError, sql: str, tables: tuple[str, ...]) -> Exception:
+        """Turn a binder error about a denied column into the policy's explanation."""
+        if "Binder Error" not in error.message:
+            return error
         named = {n.lower() for n in re.findall(r'"([^"]+)"', error.message)}
+        named |= {c.name.lower() for c in parse(sql, self.spec).find_all(exp.Column)}
         for name, rule in self.hidden(tables).items():
             if name in named:
                 return self.refusal(rule)

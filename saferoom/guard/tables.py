@@ -38,6 +38,10 @@ class Resolver:
             raise QueryRejected(f"table `{written}` is ambiguous: write one of {', '.join(sorted(keys))}")
         raise QueryRejected(f"unknown table `{written}`.{self._suggest(written)} Run `saferoom tables` to list what you can query.")
 
+    def names_table(self, column: exp.Column) -> bool:
+        parts = tuple(p.name.lower() for p in column.parts[:-1])
+        return len(self._names.get(parts, [])) == 1
+
     def _suggest(self, written: str) -> str:
         names = sorted({".".join(n) for n in self._names})
         close = difflib.get_close_matches(written.lower(), names, n=1)
@@ -88,3 +92,12 @@ def _replace(table: exp.Table, ctes: frozenset[str], resolver: Resolver, view_fo
     touched.append(key)
     alias = table.args.get("alias") or exp.TableAlias(this=table.this.copy())
     table.replace(exp.Subquery(this=view_for(key), alias=alias))
+
+
+def unqualify_columns(tree: exp.Expression, resolver: Resolver) -> exp.Expression:
+    """``prod.main.cards.pan`` names the view aliased ``cards``; drop the source and schema."""
+    for column in tree.find_all(exp.Column):
+        if column.args.get("db") and resolver.names_table(column):
+            column.set("catalog", None)
+            column.set("db", None)
+    return tree

@@ -1,0 +1,187 @@
+"""The command line: thin verbs over the same Session a notebook uses."""
+
+from __future__ import annotations
+
+import io
+import logging
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import pyarrow as pa
+import pyarrow.csv
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import saferoom
+from saferoom.errors import SaferoomError
+from saferoom.explain import Explanation, TableInfo
+from saferoom.policy import load_policy
+from saferoom.policy.model import PolicyModel
+
+app = typer.Typer(help="saferoom: ordinary SQL for data scientists; sensitive data stays put.", no_args_is_help=True, add_completion=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+PolicyOpt = Annotated[Path, typer.Option("--policy", "-p", envvar="SAFEROOM_POLICY", help="Policy file.")]
+UserOpt = Annotated[str, typer.Option("--user", "-u", envvar="SAFEROOM_USER", help="Who is asking.")]
+RoleOpt = Annotated[str | None, typer.Option("--role", "-r", help="Act as this role (default: the user's first).")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+SqlArg = Annotated[str, typer.Argument(help="The SQL, or - to read it from stdin.")]
+
+
+@app.command()
+def query(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = Format.table) -> None:
+    """Run a guarded query.
+
+    Example: saferoom query "select region, sum(amount) from orders group by 1" -u alice
+    """
+    with saferoom.connect(policy, user=user, role=role) as session:
+        result = session.query(_sql(sql))
+        _print_arrow(result.to_arrow(), format)
+        if result.truncated:
+            err.print(f"[yellow]Result cut at {result.max_rows} rows for role {session.role}.[/]")
+
+
+@app.command()
+def tables(policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = Format.table) -> None:
+    """List the tables and columns you can query, with the action on each and why."""
+    with saferoom.connect(policy, user=user, role=role) as session:
+        catalog = session.tables()
+        if format is Format.table:
+            for info in catalog:
+                out.print(_table_view(info))
+        else:
+            _print_rows([{"table": t.name, **c.__dict__} for t in catalog for c in t.columns], format)
+
+
+@app.command()
+def explain(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = Format.table) -> None:
+    """Show what a query will see, column by column, and the threat behind each action."""
+    with saferoom.connect(policy, user=user, role=role) as session:
+        explanation = session.explain(_sql(sql))
+    if format is not Format.table:
+        out.print_json(json.dumps(explanation.to_dict(), default=str))
+    else:
+        _print_explanation(explanation)
+    if explanation.refused:
+        raise typer.Exit(saferoom.QueryRejected.exit_code)
+
+
+@app.command()
+def lint(policy: PolicyOpt = Path("saferoom.yaml"), strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False) -> None:
+    """Check a policy against the live sources: unclassified and missing columns."""
+    from saferoom.lint import ERROR, lint as run_lint
+    from saferoom.session import open_engine
+
+    loaded = load_policy(policy)
+    engine = open_engine(loaded)
+    try:
+        findings = run_lint(loaded, engine.catalog(), engine.spec.default_schema)
+    finally:
+        engine.close()
+    for finding in findings:
+        colour = "red" if finding.level == ERROR else "yellow"
+        out.print(f"[{colour}]{finding.level}[/]: {finding.message}")
+    failed = [f for f in findings if f.level == ERROR or strict]
+    out.print(f"{len(findings)} finding(s) in {policy}" if findings else f"[green]{policy} matches its sources.[/]")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def schema() -> None:
+    """Print the policy file's JSON Schema, for editor completion."""
+    out.print_json(json.dumps(PolicyModel.model_json_schema()))
+
+
+@app.command()
+def demo(dir: Annotated[Path, typer.Option("--dir", help="Folder for the demo database and policy.")] = Path("demo"), customers: int = 20_000) -> None:
+    """Build a synthetic fintech database and walk through what each role sees."""
+    from saferoom.walkthrough import run
+
+    run(dir, customers, out)
+
+
+def _sql(sql: str) -> str:
+    return sys.stdin.read() if sql == "-" else sql
+
+
+def _print_arrow(table: pa.Table, format: Format) -> None:
+    if format is Format.csv:
+        buffer = io.BytesIO()
+        pyarrow.csv.write_csv(table, buffer)
+        sys.stdout.write(buffer.getvalue().decode())
+    else:
+        _print_rows(table.to_pylist(), format, table.column_names)
+
+
+def _print_rows(rows: list[dict[str, Any]], format: Format, columns: list[str] | None = None) -> None:
+    if format is Format.json:
+        sys.stdout.write(json.dumps(rows, default=str, indent=1) + "\n")
+        return
+    columns = columns or (list(rows[0]) if rows else [])
+    if format is Format.csv:
+        _print_arrow(pa.Table.from_pylist(rows), format)
+        return
+    view = Table(*columns)
+    for row in rows:
+        view.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+    out.print(view)
+
+
+def _table_view(info: TableInfo) -> Table:
+    title = info.name + (f"  [dim](rows filtered: {info.row_filter})[/]" if info.row_filter else "")
+    view = Table("column", "type", "you get", "why", title=title, title_justify="left")
+    for c in info.columns:
+        shown = "[red]deny (not queryable)[/]" if c.action == "deny" else c.action
+        view.add_row(c.name, c.type, shown, c.reason)
+    return view
+
+
+def _print_explanation(explanation: Explanation) -> None:
+    if explanation.refused:
+        out.print(f"[red]Refused[/] for role {explanation.role}: {explanation.refused}")
+        return
+    view = Table("output column", "type", "comes from", title=f"As role {explanation.role}", title_justify="left")
+    for column in explanation.columns:
+        sources = "; ".join(f"{s.name}: {s.action} ({s.reason})" for s in column.sources) or "computed"
+        view.add_row(column.name, column.type, sources)
+    out.print(view)
+    for info in explanation.tables:
+        if info.row_filter:
+            out.print(f"Rows of {info.name} are filtered: {info.row_filter}")
+    for note in explanation.notes:
+        out.print(note)
+
+
+def main() -> NoReturn:
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)  # its parse fallbacks are ours to report
+    try:
+        app(standalone_mode=False)
+    except SaferoomError as exc:
+        err.print(f"[red]Error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(0)

@@ -1,0 +1,45 @@
+"""Check a policy against the live source catalogs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saferoom.engines.base import Catalog
+from saferoom.policy import Policy
+
+ERROR, WARNING = "error", "warning"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    table: str
+    column: str | None
+    message: str
+
+
+def lint(policy: Policy, catalog: Catalog, default_schema: str) -> list[Finding]:
+    """Listed tables and columns missing from the source, and source columns nobody classified."""
+    findings: list[Finding] = []
+    listed: set[tuple[str, str, str]] = set()
+    for key, ref in policy.tables.items():
+        address = (ref.source.lower(), (ref.schema or default_schema).lower(), ref.name.lower())
+        listed.add(address)
+        findings += _compare(key, policy.columns(key), catalog.get(address))
+    for address, columns in catalog.items():
+        if address[0] in policy.model.sources and address not in listed:
+            name = ".".join(address)
+            findings.append(Finding(WARNING, name, None, f"table {name} ({len(columns)} columns) is not classified, so nobody can query it"))
+    return findings
+
+
+def _compare(table: str, listed: dict[str, tuple[str, ...]], actual: dict[str, str] | None) -> list[Finding]:
+    if actual is None:
+        return [Finding(ERROR, table, None, f"table {table} is in the policy but not in the source")]
+    missing = [Finding(ERROR, table, c, f"column {table}.{c} is classified but does not exist in the source") for c in listed if c not in actual]
+    unclassified = [
+        Finding(WARNING, table, c, f"column {table}.{c} ({kind}) is not classified, so it does not exist for anyone; tag it or mark it public")
+        for c, kind in actual.items()
+        if c not in listed
+    ]
+    return missing + unclassified

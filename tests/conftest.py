@@ -1,0 +1,88 @@
+"""Shared fixtures: a real DuckDB file of synthetic customers with planted canaries."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import saferoom
+from saferoom.demo import DemoSize, write_demo
+
+# Values planted in the source that must never reach an analyst.
+CANARY_NAME = "Zebediah Canaryfield"
+CANARY_EMAIL = "zebediah.canaryfield@canary.example"
+CANARY_SSN = "212-45-6789"
+CANARY_PAN = "4929111122223333"
+CANARY_BIRTH = "1977-07-13"
+CANARY_ZIP = "90210"
+# An order in a region alice's row filter removes.
+HIDDEN_ORDER_ID = 990000001
+HIDDEN_AMOUNT = "31337.77"
+
+
+@dataclass
+class Room:
+    folder: Path
+    policy: Path
+    database: Path
+    key: str
+
+    def connect(self, user: str, role: str | None = None) -> saferoom.Session:
+        return saferoom.connect(self.policy, user=user, role=role)
+
+    def raw(self, sql: str) -> list[tuple]:
+        with duckdb.connect(str(self.database), read_only=True) as con:
+            return con.execute(sql).fetchall()
+
+    def token(self, value: object) -> str:
+        return hmac.new(self.key.encode(), str(value).encode(), hashlib.sha256).hexdigest()
+
+
+def plant_canaries(database: Path) -> None:
+    with duckdb.connect(str(database)) as con:
+        con.execute(
+            "INSERT INTO customers VALUES (999001, ?, ?, ?, DATE '1977-07-13', ?, 'premium')",
+            [CANARY_NAME, CANARY_EMAIL, CANARY_SSN, CANARY_ZIP],
+        )
+        con.execute("INSERT INTO cards VALUES (999001, 999001, ?)", [CANARY_PAN])
+        con.execute(
+            "INSERT INTO orders VALUES (?, 999001, ?, 'US', TIMESTAMP '2024-02-29 12:00:00')",
+            [HIDDEN_ORDER_ID, HIDDEN_AMOUNT],
+        )
+        con.execute("ALTER TABLE customers ADD COLUMN internal_score DOUBLE DEFAULT 0.731")
+
+
+@pytest.fixture(scope="session")
+def room(tmp_path_factory: pytest.TempPathFactory) -> Room:
+    folder = tmp_path_factory.mktemp("room")
+    policy = write_demo(folder, DemoSize(customers=3000), seed=11)
+    plant_canaries(folder / "prod.duckdb")
+    return Room(folder, policy, folder / "prod.duckdb", (folder / "token.key").read_text())
+
+
+@pytest.fixture(scope="session")
+def alice(room: Room) -> Iterator[saferoom.Session]:
+    with room.connect("alice") as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def ivan(room: Room) -> Iterator[saferoom.Session]:
+    with room.connect("ivan") as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def secrets_of(room: Room) -> set[str]:
+    """Every raw sensitive value an analyst must never receive, plus the key."""
+    values: set[str] = {room.key, CANARY_NAME, CANARY_EMAIL, CANARY_SSN, CANARY_PAN}
+    for (name, email, ssn) in room.raw("SELECT name, email, ssn FROM customers"):
+        values |= {name, email, ssn}
+    values |= {pan for (pan,) in room.raw("SELECT pan FROM cards")}
+    return values

@@ -1,0 +1,187 @@
+"""Bypass attempts: each is refused, or returns nothing protected and no hidden row."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import saferoom
+from tests.leaks import leaks, message_leaks
+
+ATTACKS = [
+    # naming a denied column, in every spelling
+    "select pan from cards",
+    'select "PAN" from cards',
+    'select "Pan" from "Cards"',
+    "select cards.pan from cards",
+    "select c.pan from prod.cards c",
+    "select prod.main.cards.pan from prod.main.cards",
+    "select pan/**/from cards",
+    "select list(pan) from cards",
+    "select count(*) from cards where pan like '4929%'",
+    "select * from cards where pan = '4929111122223333'",
+    "select card_id from cards order by pan",
+    "select max(length(pan)) from cards",
+    # stars and whole-row references only see the policy view
+    "select * from cards",
+    "select * from prod.main.cards",
+    "select cards from cards",
+    "select * from cards natural join customers",
+    "select * exclude (card_id) from cards",
+    "select columns('.*') from cards",
+    # CTEs and subqueries
+    "with cards as (select * from prod.cards) select * from cards",
+    "with x as (select pan from cards) select * from x",
+    "with customers as (select 1 as pan) select * from customers, prod.cards",
+    "with recursive r(n) as (select 1 union all select n + 1 from r where n < 3) select * from r, cards",
+    "select (select max(pan) from cards)",
+    "select pan from (select * from cards) t",
+    "select * from (select * from (select * from prod.main.cards) a) b",
+    "select name from customers where exists (select 1 from cards where cards.pan like '4%')",
+    # set operations
+    "select name from customers union select pan from cards",
+    "select ssn from customers union all select email from customers",
+    "select order_id from orders union all select order_id from orders where region = 'US'",
+    "select order_id from orders except select order_id from orders where region = 'EU'",
+    # lateral, windows, grouping on masked columns
+    "select * from customers c, lateral (select * from orders o where o.customer_id = c.customer_id) x",
+    "select row_number() over (order by ssn) as n, name from customers",
+    "select name, count(*) from customers group by name order by 2 desc limit 5",
+    "select min(birth_date), max(birth_date), min(zip), max(zip) from customers",
+    "select first(name order by ssn) from customers",
+    "select string_agg(email, ',') from customers",
+    # casts and functions over masked values
+    "select cast(ssn as varchar), substr(name, 1, 3), upper(email) from customers",
+    "select * from customers where name = 'Zebediah Canaryfield'",
+    "select * from customers where ssn = '212-45-6789'",
+    "select birth_date from customers where customer_id = 999001",
+    # filtered-out rows
+    "select * from orders",
+    "select * from orders where region = 'US'",
+    "select * from orders where region <> 'EU' or 1 = 1",
+    "select count(*), sum(amount) from orders where region = 'US'",
+    "select * from prod.orders o where o.order_id = 990000001",
+    'select * from "ORDERS" where "REGION" = \'US\'',
+    "select * from PROD.MAIN.ORDERS where region = 'US'",
+    "select * from orders o1 join prod.main.orders o2 using (order_id) where o2.region = 'US'",
+    "select * from (values (1)) v(x) join orders on true where orders.region = 'US'",
+    "select count(*) from customers c where exists (select 1 from orders o where o.region = 'US' and o.customer_id = c.customer_id)",
+    "select * from orders where cast(case when region = 'US' then 'x' else '1' end as integer) = 1",
+    "select * from orders where case when region = 'US' then amount * 99999999999999999999 else 0 end = 0",
+    "select max(order_id) from orders",
+    # unclassified columns do not exist
+    "select internal_score from customers",
+    "select * from customers",
+    # multiple statements and comments
+    "select 1; select pan from cards",
+    "select 1 -- ; select pan from cards",
+    "select /* */ 1; drop table prod.cards",
+    # files, table functions, catalogs
+    "select * from read_csv('/etc/passwd')",
+    "select * from read_parquet('prod.duckdb')",
+    "select * from 'prod.duckdb'",
+    "select * from '/etc/passwd'",
+    "select * from glob('*')",
+    "select * from duckdb_tables()",
+    "select * from duckdb_functions()",
+    "select * from information_schema.tables",
+    "select * from information_schema.columns",
+    "select * from sqlite_master",
+    "select * from pg_catalog.pg_class",
+    "select * from memory.main.__saferoom_token",
+    "select * from query('select * from prod.cards')",
+    "select * from query_table('prod.main.cards')",
+    "select * from prod.main.duckdb_settings()",
+    "select * from cards tablesample 10 percent",
+    # settings, variables, side effects
+    "select current_setting('threads')",
+    "select getvariable('x')",
+    "select getenv('HOME')",
+    "select error('boom')",
+    "select $1",
+    "select __saferoom_token(ssn) from customers",
+    "select * from prod.main.customers as __saferoom_t",
+    "set enable_external_access = true",
+    "reset lock_configuration",
+    "pragma database_list",
+    "attach 'x.db' as y",
+    "detach prod",
+    "install httpfs",
+    "load httpfs",
+    "copy (select * from customers) to '/tmp/x.csv'",
+    "export database '/tmp/export'",
+    "call pragma_table_info('customers')",
+    "begin transaction",
+    "insert into prod.orders values (1, 1, 1, 'EU', now())",
+    "update prod.orders set region = 'EU'",
+    "delete from prod.cards",
+    "create table t as select * from prod.cards",
+    "create macro m(x) as x",
+    "with x as (delete from prod.orders returning *) select * from x",
+    "select * into stolen from customers",
+    "select * from customers for update",
+    "describe customers",
+    "show tables",
+    "summarize cards",
+    "checkpoint",
+    "vacuum",
+]
+
+
+def test_there_are_enough_attacks() -> None:
+    assert len(ATTACKS) >= 60
+
+
+@pytest.mark.parametrize("sql", ATTACKS)
+def test_attack_is_refused_or_harmless(alice: saferoom.Session, secrets_of: set[str], room, sql: str) -> None:
+    try:
+        table = alice.query(sql).to_arrow()
+    except saferoom.SaferoomError as exc:
+        assert not message_leaks(str(exc), secrets_of, room.key), str(exc)
+        return
+    assert not leaks(table, secrets_of, room.key), sql
+
+
+@pytest.mark.parametrize("sql", [a for a in ATTACKS if "pan" in a and "cards" in a][:6])
+def test_denied_column_refusal_explains_the_rule(alice: saferoom.Session, sql: str) -> None:
+    with pytest.raises(saferoom.QueryRejected) as caught:
+        alice.query(sql).to_arrow()
+    if caught.value.column:
+        assert caught.value.column == "prod.cards.pan"
+        assert caught.value.tag == "pci"
+        assert "card-theft" in caught.value.threats
+        assert caught.value.allowed_roles == ("investigator",)
+        assert "investigator" in str(caught.value)
+
+
+def test_filtered_row_never_raises_through_a_failing_cast(alice: saferoom.Session, room) -> None:
+    sql = "select count(*) from orders where cast(case when region = 'US' then 'x' else '1' end as integer) = 1"
+    (count,) = alice.query(sql).to_arrow().column(0).to_pylist()
+    assert count == room.raw("select count(*) from orders where region = 'EU'")[0][0]
+
+
+def test_filtered_row_never_overflows(alice: saferoom.Session, room) -> None:
+    sql = "select count(*) from orders where (case when region <> 'EU' then 9223372036854775807 + order_id else 0 end) = 0"
+    (count,) = alice.query(sql).to_arrow().column(0).to_pylist()
+    assert count == room.raw("select count(*) from orders where region = 'EU'")[0][0]
+
+
+def test_generated_sql_never_carries_the_key(alice: saferoom.Session, room) -> None:
+    sql = alice.guard("select name, email from customers").sql
+    assert room.key not in sql
+    assert not re.search(r"'[0-9a-fA-F]{64,}'", sql)
+
+
+def test_explain_never_carries_the_key(alice: saferoom.Session, room) -> None:
+    text = repr(alice.explain("select name, ssn from customers")) + repr(alice.tables())
+    assert room.key not in text
+    assert "Zebediah" not in text
+
+
+def test_attribute_injection_is_a_literal(room, tmp_path) -> None:
+    text = room.policy.read_text().replace("attributes: {region: EU}", "attributes: {region: \"EU' OR '1'='1\"}")
+    policy = tmp_path / "saferoom.yaml"
+    policy.write_text(text.replace("path: prod.duckdb", f"path: {room.database}").replace("file:token.key", f"file:{room.folder / 'token.key'}"))
+    with saferoom.connect(policy, user="alice") as session:
+        assert session.query("select count(*) from orders").to_arrow().column(0).to_pylist() == [0]
