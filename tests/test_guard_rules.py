@@ -1,0 +1,116 @@
+"""Each rule of the guard, as SQL in and SQL out (fixtures in tests/fixtures/guard)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from saferoom.engines.duckdb import DUCKDB
+from saferoom.errors import QueryRejected
+from saferoom.guard import Guard
+from saferoom.guard.tables import Resolver, substitute_tables, unqualify_columns
+from saferoom.guard.validate import check_nodes, check_statement, parse
+from saferoom.guard.views import build_view
+from saferoom.policy import load_policy
+
+FIXTURES = Path(__file__).parent / "fixtures" / "guard"
+
+POLICY = """\
+version: 1
+sources: {prod: {engine: duckdb, path: prod.duckdb}}
+secrets: {token_key: file:token.key}
+threats: {card-theft: Card data is stolen, reidentification: A person is re-identified}
+tags: {pci: {threats: [card-theft]}, pii: {threats: [reidentification]}, quasi: {threats: [reidentification]}, key: {}}
+tables:
+  prod.customers: {customer_id: key, name: pii, birth_date: quasi, zip: quasi, segment: public}
+  prod.cards: {card_id: public, customer_id: key, pan: pci}
+  prod.orders: {order_id: public, amount: quasi, region: public}
+users:
+  alice: {roles: [analyst], attributes: {region: EU}}
+  nobody: {roles: [analyst]}
+  ivan: {roles: [investigator]}
+roles:
+  analyst:
+    columns: {pii: tokenize, quasi: generalize, pci: deny, key: tokenize}
+    rows: {prod.orders: "region = {user.region}"}
+  investigator:
+    columns: {pii: allow, quasi: allow, pci: mask, key: allow}
+"""
+
+CATALOG = {
+    ("prod", "main", "customers"): {"customer_id": "BIGINT", "name": "VARCHAR", "birth_date": "DATE", "zip": "VARCHAR", "segment": "VARCHAR", "unlisted": "VARCHAR"},
+    ("prod", "main", "cards"): {"card_id": "BIGINT", "customer_id": "BIGINT", "pan": "VARCHAR"},
+    ("prod", "main", "orders"): {"order_id": "BIGINT", "amount": "DOUBLE", "region": "VARCHAR"},
+}
+
+
+def cases(name: str) -> list[tuple[str, str]]:
+    lines = [line for line in (FIXTURES / name).read_text().splitlines() if not line.startswith("--")]
+    blocks = "\n".join(lines).strip().split("\n\n")
+    return [tuple(block.strip().split("\n")) for block in blocks]  # type: ignore[misc]
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("rules")
+    (folder / "token.key").write_text("k" * 64)
+    (folder / "saferoom.yaml").write_text(POLICY)
+    return load_policy(folder / "saferoom.yaml")
+
+
+def stub_view(table: str) -> exp.Select:
+    return exp.select("*").from_(exp.to_identifier(f"view_of_{table}", quoted=True))
+
+
+def expect(expected: str, run) -> None:
+    if expected.startswith("REFUSED: "):
+        with pytest.raises(QueryRejected) as caught:
+            run()
+        assert expected[len("REFUSED: "):] in str(caught.value)
+    else:
+        assert run() == expected
+
+
+@pytest.mark.parametrize("sql, expected", cases("substitute_tables.sql"))
+def test_substitute_tables(policy, sql: str, expected: str) -> None:
+    resolver = Resolver(policy, "main")
+    expect(expected, lambda: substitute_tables(sqlglot.parse_one(sql, read="duckdb"), resolver, stub_view)[0].sql("duckdb"))
+
+
+@pytest.mark.parametrize("sql, expected", cases("unqualify_columns.sql"))
+def test_unqualify_columns(policy, sql: str, expected: str) -> None:
+    resolver = Resolver(policy, "main")
+    assert unqualify_columns(sqlglot.parse_one(sql, read="duckdb"), resolver).sql("duckdb") == expected
+
+
+@pytest.mark.parametrize("sql, expected", cases("check_nodes.sql"))
+def test_check_nodes(sql: str, expected: str) -> None:
+    def run() -> str:
+        check_nodes(check_statement(parse(sql, DUCKDB), DUCKDB), DUCKDB)
+        return "OK"
+
+    expect(expected, run)
+
+
+@pytest.mark.parametrize("case, expected", cases("build_view.sql"))
+def test_build_view(policy, case: str, expected: str) -> None:
+    role, user, table = case.split()
+    view = build_view(policy, role, policy.user(user).attributes, policy.tables[table], CATALOG[tuple(table.split(".")[:1] + ["main"] + table.split(".")[1:])], DUCKDB)
+    assert view.sql("duckdb") == expected
+
+
+def test_rewrites_are_cached_and_stable(policy) -> None:
+    guard = Guard(policy, "alice", "analyst", DUCKDB, CATALOG)
+    first = guard.rewrite("select region, sum(amount) from orders group by 1")
+    assert guard.rewrite("select region, sum(amount) from orders group by 1") is first
+    assert first.tables == ("prod.orders",)
+    assert "__saferoom_t.region = 'EU'" in first.sql
+
+
+def test_views_are_copied_not_shared(policy) -> None:
+    guard = Guard(policy, "alice", "analyst", DUCKDB, CATALOG)
+    assert guard.view("prod.cards") is not guard.view("prod.cards")
+    assert guard.view("prod.cards").sql() == guard.view("prod.cards").sql()

@@ -1,0 +1,154 @@
+"""The policy file: the format works as written, and every mistake names file and line."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import saferoom
+from saferoom.demo import POLICY
+from saferoom.policy import Action, load_policy
+from saferoom.policy.model import PolicyModel
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "token.key").write_text("k" * 64)
+    path = tmp_path / "saferoom.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_policy_loads_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFEROOM_TOKEN_KEY", "x" * 40)
+    policy = load_policy(write(tmp_path, POLICY.replace("file:token.key ", "env:SAFEROOM_TOKEN_KEY")))
+    assert set(policy.tables) == {"prod.customers", "prod.cards", "prod.orders"}
+    assert policy.rule("analyst", "prod.cards", "pan").action is Action.DENY
+    assert policy.rule("investigator", "prod.cards", "pan").action is Action.MASK
+    assert policy.rule("analyst", "prod.customers", "segment").action is Action.ALLOW
+    assert policy.token_key is not None and "x" not in repr(policy.token_key)
+    assert policy.hash.startswith("sha256:")
+
+
+@pytest.mark.parametrize("tags, expected", [
+    ("[pii, quasi]", Action.TOKENIZE),
+    ("[quasi, public]", Action.GENERALIZE),
+    ("[quasi, pci]", Action.DENY),
+    ("[quasi, secret]", Action.DENY),  # a tag the role does not mention is denied
+    ("public", Action.ALLOW),
+])
+def test_strictest_action_wins(tmp_path: Path, tags: str, expected: Action) -> None:
+    text = POLICY.replace("{customer_id: key, name: pii,", f"{{customer_id: key, name: {tags},")
+    text = text.replace("  key: {}", "  key: {}\n  secret: {}")
+    policy = load_policy(write(tmp_path, text))
+    assert policy.rule("analyst", "prod.customers", "name").action is expected
+
+
+BROKEN = [
+    ("version: 1\nsources: {}\ntables: {}\nsurprise: 1\n", 4, "unknown key `surprise`"),
+    ("version: 2\nsources: {}\ntables: {}\n", 1, "version"),
+    ("version: 1\nsources: {}\n", None, "missing required key `tables`"),
+    ("version: 1\nsources: [\n", 3, "not valid YAML"),
+    ("", None, "empty"),
+    ("- 1\n- 2\n", 1, "mapping"),
+    (POLICY.replace("  pci: {threats: [card-theft]}", "  pci: {threats: [card-thief]}"), 12, "threat `card-thief`"),
+    (POLICY.replace("name: pii, email", "name: pi, email"), 17, "tag `pi`"),
+    (POLICY.replace("prod.cards:", "prod.card.s.x:"), 18, "source.table"),
+    (POLICY.replace("prod.orders:", "other.orders:"), 19, "source `other`"),
+    (POLICY.replace("roles: [investigator]", "roles: [inspector]"), 22, "role `inspector`"),
+    (POLICY.replace("pci: deny, key", "pcx: deny, key"), 25, "tag `pcx`"),
+    (POLICY.replace("token_key: file:token.key", "token_key: hunter2-literal"), 7, "written as a value"),
+    (POLICY.replace("token_key: file:token.key", "token_key: env:SAFEROOM_TEST_UNSET_VARIABLE"), 7, "SAFEROOM_TEST_UNSET_VARIABLE"),
+    (POLICY.replace("token_key: file:token.key", "token_key: file:missing.key"), 7, "cannot read secret file"),
+    (POLICY.replace('"region = {user.region}"', '"region = = {user.region}"'), 26, "not valid SQL"),
+    (POLICY.replace('"region = {user.region}"', '"regoin = {user.region}"'), 26, "regoin"),
+    (POLICY.replace('"region = {user.region}"', '"region = getenv(\'X\')"'), 26, "getenv"),
+    (POLICY.replace('"region = {user.region}"', '"region in (select region from prod.orders)"'), 26, "subqueries"),
+    (POLICY.replace('"region = {user.region}"', '"region = {usr.region}"'), 26, "placeholders"),
+    (POLICY.replace("rows: {prod.orders:", "rows: {prod.nothing:"), 26, "prod.nothing"),
+    (POLICY.replace("    max_rows: 100000", "    max_rows: -5"), 27, "max_rows"),
+    (POLICY.replace("pci: deny, key", "pci: obliterate, key"), 25, "pci"),
+    (POLICY.replace("  ivan: {roles: [investigator]}", "  ivan: {roles: [investigator]}\n  ivan: {roles: [analyst]}"), 23, "duplicate key `ivan`"),
+    (POLICY.replace("  key: {}", "  public: {}"), 15, "reserved"),
+]
+
+
+@pytest.mark.parametrize("text, line, fragment", BROKEN)
+def test_broken_policies_name_file_and_line(tmp_path: Path, text: str, line: int | None, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(saferoom.PolicyError) as caught:
+        load_policy(path)
+    assert fragment in str(caught.value)
+    assert caught.value.file == str(path)
+    if line is not None:
+        assert caught.value.line == line, str(caught.value)
+    assert str(caught.value).startswith(f"{path}:")
+
+
+def test_literal_secret_is_never_echoed(tmp_path: Path) -> None:
+    path = write(tmp_path, POLICY.replace("token_key: file:token.key", "token_key: hunter2-literal"))
+    with pytest.raises(saferoom.PolicyError) as caught:
+        load_policy(path)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_short_token_key_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, POLICY)
+    (tmp_path / "token.key").write_text("short")
+    with pytest.raises(saferoom.PolicyError, match="too short"):
+        load_policy(path)
+
+
+def test_missing_policy_file_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(saferoom.PolicyError, match="cannot read"):
+        load_policy(tmp_path / "nope.yaml")
+
+
+def test_action_options(tmp_path: Path, room) -> None:
+    text = POLICY.replace("quasi: generalize", "quasi: {action: generalize, prefix: 2, date_unit: year}")
+    text = text.replace("pii: tokenize", "pii: {action: redact, text: '[gone]'}")
+    text = text.replace("path: prod.duckdb", f"path: {room.database}")
+    with saferoom.connect(write(tmp_path, text), user="alice") as session:
+        rows = session.query("select name, zip, birth_date from customers limit 50").to_arrow()
+    assert set(rows.column("name").to_pylist()) == {"[gone]"}
+    assert {len(z) for z in rows.column("zip").to_pylist()} == {2}
+    assert {(d.month, d.day) for d in rows.column("birth_date").to_pylist()} == {(1, 1)}
+
+
+def test_null_action_keeps_the_column_typed(tmp_path: Path, room) -> None:
+    text = POLICY.replace("quasi: generalize", "quasi: 'null'").replace("path: prod.duckdb", f"path: {room.database}")
+    with saferoom.connect(write(tmp_path, text), user="alice") as session:
+        rows = session.query("select birth_date, zip from customers limit 5").to_arrow()
+    assert rows.column("birth_date").null_count == 5
+    assert str(rows.schema.field("birth_date").type) == "date32[day]"
+
+
+def test_unknown_user_and_foreign_role_are_refused(room) -> None:
+    with pytest.raises(saferoom.AccessDenied, match="mallory"):
+        room.connect("mallory")
+    with pytest.raises(saferoom.AccessDenied, match="does not hold role `investigator`"):
+        room.connect("alice", role="investigator")
+
+
+def test_user_without_the_filter_attribute_sees_no_rows(tmp_path: Path, room) -> None:
+    text = POLICY.replace("{roles: [analyst], attributes: {region: EU}}", "{roles: [analyst]}").replace("path: prod.duckdb", f"path: {room.database}")
+    with saferoom.connect(write(tmp_path, text), user="alice") as session:
+        assert session.query("select count(*) from orders").to_arrow().column(0).to_pylist() == [0]
+
+
+def test_json_schema_describes_the_format() -> None:
+    schema = PolicyModel.model_json_schema()
+    assert {"version", "sources", "tables", "roles", "users", "tags", "threats", "secrets"} <= set(schema["properties"])
+    json.dumps(schema)
+    actions = json.dumps(schema)
+    for action in Action:
+        assert action.value in actions
+
+
+def test_docs_policy_example_is_the_demo_policy() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "policy.md").read_text()
+    for line in textwrap.dedent(POLICY).splitlines():
+        if line.strip().startswith(("prod.", "analyst:", "investigator:")):
+            assert line.split("#")[0].strip() in docs
