@@ -169,19 +169,8 @@ def _print_explanation(explanation: Explanation) -> None:
 def main() -> NoReturn:
     logging.getLogger("sqlglot").setLevel(logging.ERROR)  # its parse fallbacks are ours to report
     try:
-        app(standalone_mode=False)
+        app()  # standalone: usage errors exit 2, typer.Exit carries its code
     except SaferoomError as exc:
         err.print(f"[red]Error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
     sys.exit(0)

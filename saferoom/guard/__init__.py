@@ -15,6 +15,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import sqlglot
 from sqlglot import exp
 
 from saferoom.engines.base import Catalog, EngineSpec
@@ -60,6 +61,14 @@ class Guard:
         return guarded
 
     def _rewrite(self, sql: str) -> GuardedQuery:
+        try:
+            return self._pipeline(sql)
+        except RecursionError:
+            raise QueryRejected("the query is nested too deeply to check; simplify it") from None
+        except sqlglot.errors.SqlglotError as exc:
+            raise QueryRejected(f"the query could not be checked: {str(exc).splitlines()[0][:200]}") from None
+
+    def _pipeline(self, sql: str) -> GuardedQuery:
         tree = parse(sql, self.spec)
         tree = check_statement(tree, self.spec)
         tree = check_nodes(tree, self.spec)

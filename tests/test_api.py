@@ -1,0 +1,59 @@
+"""The public API is curated; this fails when it drifts."""
+
+from __future__ import annotations
+
+import saferoom
+
+EXPECTED = {
+    "AccessDenied", "Action", "ColumnInfo", "EngineError", "Explanation", "OutputColumn", "Policy",
+    "PolicyError", "QueryRejected", "Result", "SaferoomError", "Session", "TableInfo", "UsageError",
+    "__version__", "connect", "load_policy",
+}
+
+
+def test_public_api_does_not_drift() -> None:
+    assert set(saferoom.__all__) == EXPECTED
+    for name in saferoom.__all__:
+        assert hasattr(saferoom, name), name
+
+
+def test_errors_share_one_root() -> None:
+    for name in ("PolicyError", "QueryRejected", "AccessDenied", "EngineError", "UsageError"):
+        assert issubclass(getattr(saferoom, name), saferoom.SaferoomError)
+
+
+def test_connect_needs_a_user(room, monkeypatch) -> None:
+    monkeypatch.delenv("SAFEROOM_USER", raising=False)
+    try:
+        saferoom.connect(room.policy)
+    except saferoom.UsageError as exc:
+        assert "SAFEROOM_USER" in str(exc)
+    else:
+        raise AssertionError("connect without a user must fail")
+
+
+def test_connect_reads_the_environment(room, monkeypatch) -> None:
+    monkeypatch.setenv("SAFEROOM_POLICY", str(room.policy))
+    monkeypatch.setenv("SAFEROOM_USER", "ivan")
+    with saferoom.connect() as session:
+        assert (session.user, session.role) == ("ivan", "investigator")
+
+
+def test_explain_names_actions_and_threats(alice: saferoom.Session) -> None:
+    explanation = alice.explain("select name, segment, count(*) as n from customers group by all")
+    by_name = {c.name: c for c in explanation.columns}
+    assert [s.action for s in by_name["name"].sources] == ["tokenize"]
+    assert by_name["name"].sources[0].threats == ("reidentification",)
+    assert [s.action for s in by_name["segment"].sources] == ["allow"]
+    assert by_name["n"].sources == ()
+    refused = alice.explain("select pan from cards")
+    assert refused.refused and "card-theft" in refused.refused
+
+
+def test_tables_show_the_rule_for_every_listed_column(alice: saferoom.Session) -> None:
+    catalog = {t.name: t for t in alice.tables()}
+    assert set(catalog) == {"prod.customers", "prod.cards", "prod.orders"}
+    pan = {c.name: c for c in catalog["prod.cards"].columns}["pan"]
+    assert (pan.action, pan.tag, pan.threats) == ("deny", "pci", ("card-theft",))
+    assert "internal_score" not in {c.name for c in catalog["prod.customers"].columns}
+    assert catalog["prod.orders"].row_filter == "region = {user.region}"

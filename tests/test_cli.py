@@ -1,0 +1,102 @@
+"""The command line, run as a real process."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+
+def saferoom(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}
+    return subprocess.run(
+        [sys.executable, "-c", "from saferoom.cli import main; main()", *args],
+        capture_output=True, text=True, input=stdin, env=env, cwd=cwd, timeout=120,
+    )
+
+
+def test_query_json(room) -> None:
+    done = saferoom("query", "-p", str(room.policy), "-u", "alice", "-f", "json", "select region, count(*) as n from orders group by 1")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"region": "EU", "n": room.raw("select count(*) from orders where region = 'EU'")[0][0]}]
+
+
+def test_query_csv_from_stdin(room) -> None:
+    done = saferoom("query", "-p", str(room.policy), "-u", "ivan", "-f", "csv", "-", stdin="select card_id, pan from cards order by card_id limit 3")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert len(rows) == 3 and all(r["pan"].startswith("************") for r in rows)
+
+
+def test_refusal_exits_3_with_the_explanation(room) -> None:
+    done = saferoom("query", "-p", str(room.policy), "-u", "alice", "select pan from cards")
+    assert done.returncode == 3
+    assert "Error:" in done.stderr and "card-theft" in done.stderr and "investigator" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_policy_error_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "saferoom.yaml"
+    bad.write_text("version: 1\nsources: {}\ntables: {}\nroles: {x: {colums: {}}}\n")
+    done = saferoom("tables", "-p", str(bad), "-u", "alice")
+    assert done.returncode == 2
+    assert f"{bad}:4" in done.stderr and "colums" in done.stderr
+
+
+def test_unknown_user_exits_4(room) -> None:
+    done = saferoom("query", "-p", str(room.policy), "-u", "mallory", "select 1")
+    assert done.returncode == 4 and "mallory" in done.stderr
+
+
+def test_tables_and_explain(room) -> None:
+    tables = saferoom("tables", "-p", str(room.policy), "-u", "alice", "-f", "json")
+    assert tables.returncode == 0, tables.stderr
+    pan = [r for r in json.loads(tables.stdout) if r["table"] == "prod.cards" and r["name"] == "pan"]
+    assert pan[0]["action"] == "deny"
+    explained = saferoom("explain", "-p", str(room.policy), "-u", "alice", "select name, zip from customers")
+    assert explained.returncode == 0, explained.stderr
+    assert "tokenize" in explained.stdout and "generalize" in explained.stdout
+    refused = saferoom("explain", "-p", str(room.policy), "-u", "alice", "select pan from cards")
+    assert refused.returncode == 3 and "Refused" in refused.stdout
+
+
+def test_schema_is_json_schema() -> None:
+    done = saferoom("schema")
+    assert done.returncode == 0
+    assert "roles" in json.loads(done.stdout)["properties"]
+
+
+def test_lint_reports_unclassified_and_missing(room, tmp_path: Path) -> None:
+    text = room.policy.read_text().replace("path: prod.duckdb", f"path: {room.database}").replace("file:token.key", f"file:{room.folder / 'token.key'}")
+    policy = tmp_path / "saferoom.yaml"
+    policy.write_text(text)
+    clean = saferoom("lint", "-p", str(policy))
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "internal_score" in clean.stdout  # unclassified: a warning
+    strict = saferoom("lint", "-p", str(policy), "--strict")
+    assert strict.returncode == 1
+    policy.write_text(text.replace("segment: public}", "segment: public, loyalty_tier: public}"))
+    missing = saferoom("lint", "-p", str(policy))
+    assert missing.returncode == 1 and "loyalty_tier" in missing.stdout
+
+
+def test_demo_builds_and_walks_through(tmp_path: Path) -> None:
+    done = saferoom("demo", "--dir", str(tmp_path / "demo"), "--customers", "2000")
+    assert done.returncode == 0, done.stderr
+    assert "Refused" in done.stdout and "card-theft" in done.stdout
+    assert "************" in done.stdout  # the investigator's masked card numbers
+    with duckdb.connect(str(tmp_path / "demo" / "prod.duckdb"), read_only=True) as con:
+        assert con.execute("select count(*) from customers").fetchone() == (2000,)
+    assert oct((tmp_path / "demo" / "token.key").stat().st_mode)[-3:] == "600"
+
+
+@pytest.mark.parametrize("args", [["query"], ["nonsense"], ["query", "-f", "xml", "select 1"]])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    assert saferoom(*args).returncode == 2

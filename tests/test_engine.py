@@ -1,0 +1,79 @@
+"""The DuckDB engine is closed even to SQL the guard never sees."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+
+from saferoom.engines.duckdb import DuckDBEngine
+from saferoom.errors import EngineError
+from saferoom.secrets import Secret
+
+
+@pytest.fixture()
+def engine(room):
+    engine = DuckDBEngine({"prod": room.database}, Secret(room.key))
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("sql, fragment", [
+    ("select * from read_csv('/etc/passwd')", "disabled"),
+    ("set enable_external_access = true", "locked"),
+    ("set lock_configuration = false", "locked"),
+    ("set autoload_known_extensions = true", "locked"),
+    ("insert into prod.orders select * from prod.orders limit 1", "read-only"),
+    ("copy (select 1) to '/tmp/saferoom-should-not-exist.csv'", "disabled"),
+    ("attach '/tmp/saferoom-x.duckdb' as x", ""),
+    ("install httpfs", ""),
+])
+def test_engine_refuses_what_the_guard_would(engine: DuckDBEngine, sql: str, fragment: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        engine.stream(sql).read_all()
+    assert fragment.lower() in str(caught.value).lower()
+    assert "/tmp/" not in str(caught.value)
+
+
+def test_token_macro_is_rfc2104_hmac(engine: DuckDBEngine) -> None:
+    key = "a-long-key-" * 10  # longer than one block, so it is hashed first
+    long_engine = DuckDBEngine({}, Secret(key))
+    try:
+        got = long_engine.stream("select __saferoom_token('4111111111111111') as t").read_all().column(0).to_pylist()
+    finally:
+        long_engine.close()
+    assert got == [hmac.new(key.encode(), b"4111111111111111", hashlib.sha256).hexdigest()]
+
+
+def test_null_tokenizes_to_null(engine: DuckDBEngine) -> None:
+    assert engine.stream("select __saferoom_token(NULL) as t").read_all().column(0).to_pylist() == [None]
+
+
+def test_missing_database_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(EngineError, match="does not exist"):
+        DuckDBEngine({"prod": tmp_path / "absent.duckdb"})
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path) -> None:
+    bad = tmp_path / "bad.duckdb"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(EngineError, match="source `prod` cannot be opened") as caught:
+        DuckDBEngine({"prod": bad})
+    assert str(tmp_path) not in str(caught.value)
+
+
+def test_source_file_is_never_modified(room) -> None:
+    before = hashlib.sha256(room.database.read_bytes()).hexdigest()
+    with room.connect("alice") as session:
+        session.query("select count(*) from orders").to_arrow()
+    assert hashlib.sha256(room.database.read_bytes()).hexdigest() == before
+
+
+def test_secret_never_prints() -> None:
+    secret = Secret("hunter2hunter2hunter2")
+    assert "hunter2" not in repr(secret) + str(secret) + f"{secret}"
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(secret)
