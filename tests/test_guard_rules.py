@@ -110,7 +110,25 @@ def test_rewrites_are_cached_and_stable(policy) -> None:
     assert "__saferoom_t.region = 'EU'" in first.sql
 
 
-def test_views_are_copied_not_shared(policy) -> None:
+def test_views_are_rendered_once_and_spliced_whole(policy) -> None:
     guard = Guard(policy, "alice", "analyst", DUCKDB, CATALOG)
+    guarded = guard.rewrite("select * from cards c join cards d using (card_id)")
+    view = build_view(policy, "analyst", {"region": "EU"}, policy.tables["prod.cards"], CATALOG[("prod", "main", "cards")], DUCKDB)
+    assert guarded.sql.count(f"({view.sql('duckdb')})") == 2
     assert guard.view("prod.cards") is not guard.view("prod.cards")
-    assert guard.view("prod.cards").sql() == guard.view("prod.cards").sql()
+
+
+@pytest.mark.parametrize("sql, kept", [
+    ("select region, sum(amount) from orders group by 1", {"region", "amount"}),
+    ("select count(*) from orders", {"order_id"}),
+    ("select * from orders", None),
+    ("select o from orders o", None),
+    ("select count(o.*) from orders o", None),
+    ("select * from orders natural join cards", None),
+    ("select o.region from orders o join cards c using (card_id)", {"region"}),
+])
+def test_views_are_cut_to_named_columns(policy, sql: str, kept: set[str] | None) -> None:
+    guard = Guard(policy, "ivan", "investigator", DUCKDB, CATALOG)
+    guarded = guard.rewrite(sql)
+    shown = {c for c in CATALOG[("prod", "main", "orders")] if f'AS "{c}"' in guarded.sql.split("FROM \"prod\".\"main\".\"orders\"")[0]}
+    assert shown == (kept if kept is not None else {"order_id", "amount", "region"})

@@ -20,7 +20,8 @@ from sqlglot import exp
 
 from saferoom.engines.base import Catalog, EngineSpec
 from saferoom.errors import EngineError, QueryRejected
-from saferoom.guard.tables import Resolver, substitute_tables, unqualify_columns
+from saferoom.guard.tables import Resolver, referenced_names, substitute_tables, unqualify_columns
+from saferoom.guard.render import render, rendered
 from saferoom.guard.validate import check_nodes, check_statement, parse
 from saferoom.guard.views import build_view
 from saferoom.policy import Action, ColumnRule, Policy
@@ -46,7 +47,7 @@ class Guard:
         self._attributes = policy.user(user).attributes
         self._catalog = catalog
         self._resolver = Resolver(policy, spec.default_schema)
-        self._views: dict[str, exp.Select] = {}
+        self._views: dict[tuple[str, frozenset[str] | None], str] = {}
         self._rewrites: OrderedDict[str, GuardedQuery] = OrderedDict()
 
     def rewrite(self, sql: str) -> GuardedQuery:
@@ -73,16 +74,20 @@ class Guard:
         tree = check_statement(tree, self.spec)
         tree = check_nodes(tree, self.spec)
         tree = unqualify_columns(tree, self._resolver)
-        tree, touched = substitute_tables(tree, self._resolver, self.view)
-        return GuardedQuery(tree.sql(dialect=self.spec.dialect, comments=False), tuple(dict.fromkeys(touched)))
+        names = referenced_names(tree)
+        tree, touched = substitute_tables(tree, self._resolver, lambda table: self.view(table, names))
+        return GuardedQuery(render(tree, self.spec.dialect), tuple(dict.fromkeys(touched)))
 
-    def view(self, table: str) -> exp.Select:
-        """The policy view of a table for this user and role (built once, copied per use)."""
-        if table not in self._views:
-            self._views[table] = build_view(
-                self.policy, self.role, self._attributes, self.policy.tables[table], self.types(table), self.spec
-            )
-        return self._views[table].copy()
+    def view(self, table: str, names: frozenset[str] | None = None) -> exp.Var:
+        """The policy view of a table for this user and role, cut to ``names``; rendered once."""
+        types = self.types(table)
+        keep = None if names is None else _keep(types, names)
+        key = (table, keep)
+        if key not in self._views:
+            ref = self.policy.tables[table]
+            select = build_view(self.policy, self.role, self._attributes, ref, types, self.spec, keep=keep)
+            self._views[key] = render(select, self.spec.dialect)
+        return rendered(self._views[key])
 
     def types(self, table: str) -> dict[str, str]:
         ref = self.policy.tables[table]
@@ -120,3 +125,9 @@ class Guard:
             threats=rule.threats,
             allowed_roles=[r for r, _ in seeing],
         )
+
+
+def _keep(types: dict[str, str], names: frozenset[str]) -> frozenset[str]:
+    """The columns a query names; at least one, since a view cannot be empty."""
+    keep = frozenset(c for c in types if c in names)
+    return keep or frozenset(list(types)[:1])

@@ -15,7 +15,7 @@ from sqlglot import exp
 from saferoom.errors import QueryRejected
 from saferoom.policy import Policy, TableRef
 
-ViewFor = Callable[[str], exp.Select]
+ViewFor = Callable[[str], exp.Expression]
 
 
 class Resolver:
@@ -101,3 +101,26 @@ def unqualify_columns(tree: exp.Expression, resolver: Resolver) -> exp.Expressio
             column.set("catalog", None)
             column.set("db", None)
     return tree
+
+
+def referenced_names(tree: exp.Expression) -> frozenset[str] | None:
+    """Every name the query could use to reach a view column; None when it may need them all.
+
+    Views are cut to these columns so the engine plans less. Cutting only
+    ever removes columns: a name missed here is a binder error, never a leak.
+    """
+    names: set[str] = set()
+    tables: set[str] = set()
+    single: set[str] = set()
+    for node in tree.walk():
+        if isinstance(node, exp.Identifier):
+            names.add(node.name.lower())
+        elif isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
+            return None
+        elif isinstance(node, exp.Table):
+            tables.add(node.alias_or_name.lower())
+        elif isinstance(node, exp.Column) and not node.args.get("table"):
+            single.add(node.name.lower())
+        elif isinstance(node, exp.Join) and str(node.args.get("method") or "").upper() == "NATURAL":
+            return None
+    return None if single & tables else frozenset(names)  # a table used as a value needs its whole row

@@ -38,13 +38,18 @@ def build_view(
     table: TableRef,
     types: ColumnTypes,
     spec: EngineSpec,
+    keep: frozenset[str] | None = None,
 ) -> exp.Select:
+    """The policy view of one table; ``keep`` cuts it to the columns a query names."""
     predicate = policy.row_filter(role, table.key)
     bound = _qualify(bind_filter(predicate, attributes)) if predicate is not None else None
     projections = [
         exp.alias_(_guarded(masked(rule, kind, spec), bound), exp.to_identifier(rule.column, quoted=True))
         for rule, kind in visible_columns(policy, role, table.key, types)
+        if keep is None or rule.column in keep
     ]
+    if not projections:  # every kept column is denied: still a valid, empty-handed view
+        projections = [exp.alias_(exp.Null(), exp.to_identifier(INNER_ALIAS + "_none", quoted=True))]
     physical = exp.Table(
         this=exp.to_identifier(table.name, quoted=True),
         db=exp.to_identifier(table.schema or spec.default_schema, quoted=True),
