@@ -105,9 +105,9 @@ def guard_overhead(session: saferoom.Session, repeat: int) -> list[tuple[str, fl
     for label, sql in (("simple", SIMPLE), ("3-table join", JOIN), ("60-line CTE", CTE_60)):
         guard.rewrite(sql)  # views built once per role, as in a real session
         n = max(repeat * 30, 200)
-        base = median_us(lambda: sqlglot.parse_one(sql, read="duckdb").sql("duckdb"), n)
-        cold = median_us(lambda: guard._rewrite(sql), n)
-        cached = median_us(lambda: guard.rewrite(sql), n * 10)
+        base = median_us(lambda sql=sql: sqlglot.parse_one(sql, read="duckdb").sql("duckdb"), n)
+        cold = median_us(lambda sql=sql: guard._rewrite(sql), n)
+        cached = median_us(lambda sql=sql: guard.rewrite(sql), n * 10)
         rows.append((label, base, cold, cached))
     return rows
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import logging
 import json
+import logging
 import sys
 from enum import Enum
 from pathlib import Path
@@ -82,7 +82,8 @@ def explain(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOp
 @app.command()
 def lint(policy: PolicyOpt = Path("saferoom.yaml"), strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False) -> None:
     """Check a policy against the live sources: unclassified and missing columns."""
-    from saferoom.lint import ERROR, lint as run_lint
+    from saferoom.lint import ERROR
+    from saferoom.lint import lint as run_lint
     from saferoom.session import open_engine
 
     loaded = load_policy(policy)

@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-FIRST = "James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William Barbara Richard Susan Joseph Jessica Thomas Sarah Carlos Maria Wei Aisha Lars Sofia Yuki Omar Ingrid Mateo Priya Noah".split()
-LAST = "Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Chen Kowalski Nguyen Okafor Schmidt Rossi Tanaka Haddad Larsen Silva".split()
-DOMAINS = "gmail.com yahoo.com outlook.com proton.me icloud.com fastmail.com".split()
+FIRST = ["James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "David", "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas", "Sarah", "Carlos", "Maria", "Wei", "Aisha", "Lars", "Sofia", "Yuki", "Omar", "Ingrid", "Mateo", "Priya", "Noah"]
+LAST = ["Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez", "Hernandez", "Lopez", "Wilson", "Anderson", "Thomas", "Taylor", "Moore", "Jackson", "Martin", "Lee", "Chen", "Kowalski", "Nguyen", "Okafor", "Schmidt", "Rossi", "Tanaka", "Haddad", "Larsen", "Silva"]
+DOMAINS = ["gmail.com", "yahoo.com", "outlook.com", "proton.me", "icloud.com", "fastmail.com"]
 SEGMENTS = ["retail", "premium", "business"]
 REGIONS = ["EU", "US", "APAC"]
 

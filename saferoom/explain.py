@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from saferoom.errors import EngineError
 from saferoom.guard import Guard
 from saferoom.guard.validate import parse
 from saferoom.policy import Action, ColumnRule
@@ -76,7 +77,7 @@ def catalog(guard: Guard) -> list[TableInfo]:
 def _exists(guard: Guard, table: str) -> bool:
     try:
         guard.types(table)
-    except Exception:
+    except EngineError:
         return False
     return True
 

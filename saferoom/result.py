@@ -61,7 +61,6 @@ class Result:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        return None
 
     def _drain(self) -> None:
         for _ in self.batches():
@@ -81,10 +80,10 @@ class Result:
         self._drain()
         return pa.Table.from_batches(self._batches, schema=self.schema)
 
-    def to_pandas(self) -> "pandas.DataFrame":
+    def to_pandas(self) -> pandas.DataFrame:
         return self.to_arrow().to_pandas()
 
-    def to_polars(self) -> "polars.DataFrame":
+    def to_polars(self) -> polars.DataFrame:
         import polars
 
         frame = polars.from_arrow(self.to_arrow())

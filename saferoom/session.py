@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 from saferoom.engines.duckdb import DuckDBEngine
 from saferoom.errors import EngineError, QueryRejected, UsageError
@@ -65,10 +65,10 @@ class Session:
     def close(self) -> None:
         self._engine.close()
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

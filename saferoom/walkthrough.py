@@ -17,8 +17,8 @@ STEPS = [
     ("alice", "An analyst sees customers with identifiers tokenized and quasi-identifiers coarsened.",
      "select customer_id, name, email, birth_date, zip, segment from customers order by segment, birth_date limit 5"),
     ("alice", "Tokens are deterministic, so joins and COUNT(DISTINCT) still work. Her row filter keeps her to EU orders.",
-     "select region, c.segment, count(distinct o.customer_id) as customers, sum(amount) as revenue\n"
-     "from orders o join customers c using (customer_id) group by all order by revenue desc"),
+     ("select region, c.segment, count(distinct o.customer_id) as customers, sum(amount) as revenue\n"
+      "from orders o join customers c using (customer_id) group by all order by revenue desc")),
     ("ivan", "An investigator sees names and birth dates, and card numbers masked to the last four digits.",
      "select c.name, c.birth_date, k.pan from customers c join cards k using (customer_id) order by k.card_id limit 5"),
     ("alice", "The analyst asks for card numbers. The guard refuses and says why, and who may see them.",

@@ -7,7 +7,15 @@ from decimal import Decimal
 
 import pyarrow as pa
 
-from tests.conftest import CANARY_BIRTH, CANARY_EMAIL, CANARY_NAME, CANARY_PAN, CANARY_SSN, HIDDEN_AMOUNT, HIDDEN_ORDER_ID
+from tests.conftest import (
+    CANARY_BIRTH,
+    CANARY_EMAIL,
+    CANARY_NAME,
+    CANARY_PAN,
+    CANARY_SSN,
+    HIDDEN_AMOUNT,
+    HIDDEN_ORDER_ID,
+)
 
 SUBSTRINGS = ("Zebediah", "Canaryfield", "canaryfield", CANARY_SSN, CANARY_PAN, CANARY_EMAIL, CANARY_NAME, CANARY_BIRTH)
 DIGIT_RUNS = re.compile(r"\d{3}-\d{2}-\d{4}|\d{13,19}")

@@ -18,7 +18,7 @@ def saferoom(*args: str, stdin: str | None = None, cwd: Path | None = None) -> s
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}
     return subprocess.run(
         [sys.executable, "-c", "from saferoom.cli import main; main()", *args],
-        capture_output=True, text=True, input=stdin, env=env, cwd=cwd, timeout=120,
+        check=False, capture_output=True, text=True, input=stdin, env=env, cwd=cwd, timeout=120,
     )
 
 

@@ -12,4 +12,4 @@ def spec_for(engine: str) -> EngineSpec:
     return SPECS[engine]
 
 
-__all__ = ["Engine", "EngineSpec", "SPECS", "spec_for"]
+__all__ = ["SPECS", "Engine", "EngineSpec", "spec_for"]

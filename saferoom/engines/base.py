@@ -16,16 +16,7 @@ import pyarrow as pa
 # windows, operators, literals. Functions are per engine; statements other
 # than queries are never here, so they are refused everywhere.
 STRUCTURE = frozenset(
-    """
-    Select Union Intersect Except Values Subquery With CTE From Join Lateral Where Group Having
-    Qualify Order Ordered Limit Offset Distinct Window WindowSpec GroupingSets Cube Rollup
-    Table TableAlias Alias Column Identifier Star Literal Null Boolean Var Paren Tuple
-    Interval DataType DataTypeParam Filter WithinGroup IgnoreNulls RespectNulls
-    Add Sub Mul Div IntDiv Mod Neg Not And Or EQ NEQ GT GTE LT LTE NullSafeEQ NullSafeNEQ
-    Is In Between Like ILike SimilarTo Escape Exists Any All Case If Cast TryCast
-    DPipe BitwiseAnd BitwiseOr BitwiseXor BitwiseNot BitwiseLeftShift BitwiseRightShift
-    Bracket Array Struct PropertyEQ Lambda Slice
-    """.split()
+    ["Select", "Union", "Intersect", "Except", "Values", "Subquery", "With", "CTE", "From", "Join", "Lateral", "Where", "Group", "Having", "Qualify", "Order", "Ordered", "Limit", "Offset", "Distinct", "Window", "WindowSpec", "GroupingSets", "Cube", "Rollup", "Table", "TableAlias", "Alias", "Column", "Identifier", "Star", "Literal", "Null", "Boolean", "Var", "Paren", "Tuple", "Interval", "DataType", "DataTypeParam", "Filter", "WithinGroup", "IgnoreNulls", "RespectNulls", "Add", "Sub", "Mul", "Div", "IntDiv", "Mod", "Neg", "Not", "And", "Or", "EQ", "NEQ", "GT", "GTE", "LT", "LTE", "NullSafeEQ", "NullSafeNEQ", "Is", "In", "Between", "Like", "ILike", "SimilarTo", "Escape", "Exists", "Any", "All", "Case", "If", "Cast", "TryCast", "DPipe", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "BitwiseLeftShift", "BitwiseRightShift", "Bracket", "Array", "Struct", "PropertyEQ", "Lambda", "Slice"]
 )
 
 

@@ -12,6 +12,7 @@ a query means.
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -20,8 +21,8 @@ from sqlglot import exp
 
 from saferoom.engines.base import Catalog, EngineSpec
 from saferoom.errors import EngineError, QueryRejected
-from saferoom.guard.tables import Resolver, referenced_names, substitute_tables, unqualify_columns
 from saferoom.guard.render import render, rendered
+from saferoom.guard.tables import Resolver, referenced_names, substitute_tables, unqualify_columns
 from saferoom.guard.validate import check_nodes, check_statement, parse
 from saferoom.guard.views import build_view
 from saferoom.policy import Action, ColumnRule, Policy
@@ -49,16 +50,18 @@ class Guard:
         self._resolver = Resolver(policy, spec.default_schema)
         self._views: dict[tuple[str, frozenset[str] | None], str] = {}
         self._rewrites: OrderedDict[str, GuardedQuery] = OrderedDict()
+        self._lock = threading.Lock()
 
     def rewrite(self, sql: str) -> GuardedQuery:
+        """The guarded form of ``sql``, or :class:`QueryRejected`. Repeats are a dictionary lookup."""
         cached = self._rewrites.get(sql)
         if cached is not None:
-            self._rewrites.move_to_end(sql)
             return cached
         guarded = self._rewrite(sql)
-        self._rewrites[sql] = guarded
-        if len(self._rewrites) > CACHE_SIZE:
-            self._rewrites.popitem(last=False)
+        with self._lock:
+            self._rewrites[sql] = guarded
+            if len(self._rewrites) > CACHE_SIZE:
+                self._rewrites.popitem(last=False)
         return guarded
 
     def _rewrite(self, sql: str) -> GuardedQuery:

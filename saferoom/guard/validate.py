@@ -9,6 +9,8 @@ on the list, not because someone remembered to forbid it.
 
 from __future__ import annotations
 
+import re
+
 import sqlglot
 from sqlglot import exp
 
@@ -17,6 +19,7 @@ from saferoom.engines.base import EngineSpec
 from saferoom.errors import QueryRejected
 from saferoom.policy.filters import bind_filter, placeholders
 
+_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Values, exp.Subquery)
 RESERVED_PREFIX = "__saferoom"
 TABLE_ARGS = frozenset({"this", "db", "catalog", "alias"})
@@ -57,6 +60,8 @@ def check_nodes(tree: exp.Expression, spec: EngineSpec) -> exp.Expression:
             raise QueryRejected(f"names starting with {RESERVED_PREFIX} are reserved for saferoom")
         elif isinstance(node, exp.Table):
             _check_table(node)
+        elif isinstance(node, exp.Var) and not _WORD.match(node.name):
+            raise QueryRejected(f"`{node.name[:40]}` is not allowed here")  # Var is emitted verbatim
     return tree
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 from sqlglot import exp
 
 from saferoom import secrets
-from saferoom.errors import AccessDenied, PolicyError
+from saferoom.errors import AccessDenied, PolicyError, QueryRejected
 from saferoom.policy.filters import parse_filter, raw_columns
 from saferoom.policy.loader import LineMap, policy_hash, read_policy_file
 from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, Role, User
 
-__all__ = ["Policy", "ColumnRule", "TableRef", "load_policy", "Action", "ActionSpec"]
+__all__ = ["Action", "ActionSpec", "ColumnRule", "Policy", "TableRef", "load_policy"]
 
 DIALECTS = {"duckdb": "duckdb"}
 
@@ -29,7 +29,7 @@ class TableRef:
     name: str
 
     @classmethod
-    def parse(cls, key: str) -> "TableRef":
+    def parse(cls, key: str) -> TableRef:
         parts = key.split(".")
         if len(parts) == 2 and all(parts):
             return cls(key, parts[0], None, parts[1])
@@ -183,7 +183,7 @@ class Policy:
 
         try:
             check_filter(predicate, self.dialect(table)) if predicate else None
-        except Exception as exc:
+        except QueryRejected as exc:
             raise self._fail(f"row filter for `{table}`: {exc}", *loc) from None
 
     def _check_secrets(self) -> None:
@@ -194,15 +194,15 @@ class Policy:
                     "secrets", name,
                 )
         try:
-            self.token_key
+            key = self.token_key
         except ValueError as exc:
             raise self._fail(f"secret `token_key` cannot be resolved: {exc}", "secrets", "token_key") from None
         uses_tokens = any(
             _spec(a).action is Action.TOKENIZE for role in self.model.roles.values() for a in role.columns.values()
         )
-        if uses_tokens and self.token_key is None:
+        if uses_tokens and key is None:
             raise self._fail("a role uses `tokenize` but `secrets.token_key` is not set", "roles")
-        if self.token_key is not None and len(self.token_key.reveal().encode()) < 16:
+        if key is not None and len(key.reveal().encode()) < 16:
             raise self._fail("secret `token_key` is too short; use at least 32 random bytes", "secrets", "token_key")
 
 

@@ -20,7 +20,7 @@ from saferoom.policy.model import PolicyModel
 Loc = tuple[str, ...]
 
 
-def read_policy_file(path: str | Path) -> tuple[PolicyModel, "LineMap", bytes]:
+def read_policy_file(path: str | Path) -> tuple[PolicyModel, LineMap, bytes]:
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -31,7 +31,7 @@ def read_policy_file(path: str | Path) -> tuple[PolicyModel, "LineMap", bytes]:
     return _validate(data, lines), lines, raw
 
 
-def _parse_yaml(raw: bytes, lines: "LineMap") -> Any:
+def _parse_yaml(raw: bytes, lines: LineMap) -> Any:
     try:
         node = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
     except UnicodeDecodeError:
@@ -47,7 +47,7 @@ def _parse_yaml(raw: bytes, lines: "LineMap") -> Any:
     return yaml.safe_load(raw)
 
 
-def _validate(data: Any, lines: "LineMap") -> PolicyModel:
+def _validate(data: Any, lines: LineMap) -> PolicyModel:
     if not isinstance(data, dict):
         raise PolicyError("the policy must be a mapping with `version: 1` at the top", file=lines.file, line=1)
     try:
@@ -56,7 +56,7 @@ def _validate(data: Any, lines: "LineMap") -> PolicyModel:
         raise _explain_validation(exc, lines) from None
 
 
-def _explain_validation(exc: ValidationError, lines: "LineMap") -> PolicyError:
+def _explain_validation(exc: ValidationError, lines: LineMap) -> PolicyError:
     err = exc.errors()[0]
     loc = tuple(str(p) for p in err["loc"] if not str(p).startswith(("function-", "Action", "ActionSpec")))
     loc = tuple(p for p in loc if p not in ("duckdb", "str", "list[str]"))

@@ -8,7 +8,7 @@ line numbers live.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,7 +40,7 @@ class DuckDBSource(Strict):
     path: str = Field(description="Database file; relative paths resolve against the policy file's folder.")
 
 
-Source = Annotated[Union[DuckDBSource], Field(discriminator="engine")]
+Source = DuckDBSource  # becomes a union discriminated by `engine` as engines are added
 
 
 class Tag(Strict):
@@ -71,7 +71,7 @@ class Role(Strict):
     max_rows: int | None = Field(default=None, gt=0, description="Results are cut after this many rows.")
 
 
-Attribute = Union[str, int, float, bool, list[Union[str, int, float, bool]]]
+Attribute = str | int | float | bool | list[str | int | float | bool]
 
 
 class User(Strict):
