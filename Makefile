@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 	$(BIN)/saferoom demo --dir demo
 
 test: $(VENV)/.dev
+	$(BIN)/ruff check saferoom tests bench
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed

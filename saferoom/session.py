@@ -52,7 +52,7 @@ class Session:
         except QueryRejected as exc:
             return Explanation(self.role, (), (), refused=exc.message)
         sources = output_sources(self._guard, sql, guarded.tables, [n for n, _ in types])
-        columns = tuple(OutputColumn(n, t, s) for (n, t), s in zip(types, sources))
+        columns = tuple(OutputColumn(n, t, s) for (n, t), s in zip(types, sources, strict=True))
         notes = (f"results are cut at {self.max_rows} rows for role {self.role}",) if self.max_rows else ()
         return Explanation(self.role, tuple(table_info(self._guard, t) for t in guarded.tables), columns, notes=notes)
 

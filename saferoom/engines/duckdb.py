@@ -101,7 +101,7 @@ class DuckDBEngine:
     def column_types(self, sql: str) -> list[tuple[str, str]]:
         with self._errors(), self._lock:
             relation = self._conn.cursor().sql(sql)
-            return [(name, str(kind)) for name, kind in zip(relation.columns, relation.types)]
+            return [(name, str(kind)) for name, kind in zip(relation.columns, relation.types, strict=True)]
 
     def close(self) -> None:
         self._conn.close()

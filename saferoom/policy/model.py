@@ -7,7 +7,7 @@ line numbers live.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 PUBLIC = "public"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What a role gets for a tag. Ordered from strictest to most open."""
 
     DENY = "deny"
