@@ -101,6 +101,57 @@ def lint(policy: PolicyOpt = Path("saferoom.yaml"), strict: Annotated[bool, type
         raise typer.Exit(1)
 
 
+@app.command("build")
+def build_command(
+    name: Annotated[str, typer.Argument(help="The build, as named under `builds:` in the policy.")],
+    policy: PolicyOpt = Path("saferoom.yaml"),
+    plan: Annotated[bool, typer.Option("--plan", help="Print what would happen; write nothing.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Rebuild every table, even unchanged ones.")] = False,
+) -> None:
+    """Build a closed analytics database: identifiers tokenized, quasi-identifiers coarsened, card data gone.
+
+    Example: saferoom build analytics --policy saferoom.yaml
+    """
+    from saferoom.build import build
+    from saferoom.build import plan as make_plan
+    from saferoom.progress import build_progress
+
+    loaded = load_policy(policy)
+    if plan:
+        _print_plan(make_plan(loaded, name))
+        return
+    with build_progress(err) as progress:
+        manifest = build(loaded, name, full=full, progress=progress)
+    view = Table("table", "rows in", "rows out", "carried over", "k-anonymity", title=f"Built {manifest.target['path']}", title_justify="left")
+    for t in manifest.tables:
+        k = t.k_anonymity
+        kinfo = f"smallest group {k['smallest_group'] or 'none left'}, {k['rows_suppressed']} suppressed" if k else ""
+        view.add_row(t.table, str(t.rows_in), str(t.rows_out), "yes" if t.carried_over else "", kinfo)
+    out.print(view)
+    out.print(f"Manifest {name}.manifest.json, fingerprints {manifest.fingerprints['file']} ({manifest.fingerprints['values']} values), policy fragment {name}.saferoom.yaml")
+
+
+def _print_plan(build_plan: object) -> None:
+    from saferoom.build import BuildPlan
+
+    assert isinstance(build_plan, BuildPlan)
+    out.print(f"Build [bold]{build_plan.name}[/] as role {build_plan.role} into {build_plan.engine} {build_plan.target}")
+    for table in build_plan.tables:
+        view = Table("column", "type", "action", "why", "fingerprinted", title=f"{table.table} → {table.name}", title_justify="left")
+        for c in table.columns:
+            view.add_row(c.name, c.type, c.action, c.reason, "yes" if c.fingerprinted else "")
+        out.print(view)
+        if table.row_filter:
+            out.print(f"  rows kept: {table.row_filter}")
+        if table.row_filter_left:
+            out.print(f"  [yellow]needs a user, left to the analytics policy:[/] {table.row_filter_left}")
+        if table.removed:
+            out.print(f"  removed (values fingerprinted): {', '.join(table.removed)}")
+        if table.k_columns and build_plan.k_anonymity:
+            k = build_plan.k_anonymity
+            out.print(f"  k-anonymity: k={k.k} over {', '.join(table.k_columns)} ({k.on_violation})")
+
+
 @app.command()
 def schema() -> None:
     """Print the policy file's JSON Schema, for editor completion."""

@@ -146,7 +146,23 @@ roles:
     max_rows: 100000
   investigator:
     columns: {pii: allow, quasi: allow, pci: mask, key: allow}
+  reporting:                   # what the analytics build publishes
+    columns: {pii: tokenize, quasi: {action: generalize, date_unit: year, prefix: 1}, pci: deny, key: tokenize}
+builds:
+  analytics:
+    role: reporting
+    target: {engine: duckdb, path: analytics.duckdb}
+    k_anonymity: {columns: [birth_date, zip], k: 5, on_violation: suppress}
 """
+
+SERVE_BUILD = ("""    rows: {prod.orders: "region = {user.region}"}""",
+               """    rows: {prod.orders: "region = {user.region}", analytics.orders: "region = {user.region}"}""")
+
+
+def serve_build(policy: Path) -> None:
+    """What the security team does after the first build: include its fragment, carry the row filter."""
+    text = policy.read_text().replace(*SERVE_BUILD)
+    policy.write_text(text + "includes: [analytics.saferoom.yaml]\n")
 
 
 def write_demo(folder: str | Path, size: DemoSize = DemoSize(), seed: int = 7) -> Path:

@@ -5,6 +5,7 @@
     ├── QueryRejected      the guard refused a query (column, tag, threats, roles that may see it)
     ├── AccessDenied       unknown user, or a role the user does not hold
     ├── EngineError        the database failed; message scrubbed of paths and settings
+    ├── BuildError         `saferoom build` could not finish; the last good build is untouched
     └── UsageError         the caller asked for something that cannot be done (bad argument)
 
 Each class carries ``exit_code`` for the command line, so every surface renders
@@ -75,6 +76,12 @@ class EngineError(SaferoomError):
     """The database refused or failed to run a guarded query."""
 
     exit_code = 5
+
+
+class BuildError(SaferoomError):
+    """A build failed before it swapped anything in; the previous target is untouched."""
+
+    exit_code = 6
 
 
 class UsageError(SaferoomError):

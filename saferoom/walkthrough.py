@@ -7,11 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.syntax import Syntax
 from rich.table import Table
 
 import saferoom
-from saferoom.demo import DemoSize, write_demo
+from saferoom.build import build
+from saferoom.demo import DemoSize, serve_build, write_demo
+from saferoom.policy import load_policy
 
 STEPS = [
     ("alice", "An analyst sees customers with identifiers tokenized and quasi-identifiers coarsened.",
@@ -39,15 +40,17 @@ def run(folder: Path, customers: int, out: Console) -> None:
     finally:
         for session in sessions.values():
             session.close()
+    _split(policy, out)
     out.print("Try it yourself:")
-    out.print(f"  saferoom query --policy {policy} --user alice \"select segment, count(*) from customers group by 1\"")
-    out.print(f"  saferoom explain --policy {policy} --user alice \"select name, zip from customers\"")
+    out.print(f"  saferoom query --policy {policy} --user alice \"select segment, count(*) from prod.customers group by 1\"")
+    out.print(f"  saferoom explain --policy {policy} --user alice \"select name, zip from analytics.customers\"")
 
 
 def _step(session: saferoom.Session, story: str, sql: str, out: Console) -> None:
-    out.rule(f"{session.user} (role {session.role})")
-    out.print(story)
-    out.print(Syntax(sql, "sql", word_wrap=True, background_color="default"))
+    if story:
+        out.rule(f"{session.user} (role {session.role})")
+        out.print(story)
+    out.print("\n".join(f"  {line}" for line in escape(sql).splitlines()), style="cyan")
     try:
         table = session.query(sql).to_arrow()
     except saferoom.QueryRejected as exc:
@@ -57,6 +60,27 @@ def _step(session: saferoom.Session, story: str, sql: str, out: Console) -> None
     for row in table.to_pylist():
         view.add_row(*(_short(v) for v in row.values()))
     out.print(view)
+
+
+SPLIT_QUESTION = ("select c.segment, count(distinct o.customer_id) as buyers, sum(o.amount) as revenue\n"
+                  "from {0}orders o join {0}customers c using (customer_id) group by 1 order by 1")
+
+
+def _split(policy: Path, out: Console) -> None:
+    out.rule("The split: saferoom build analytics")
+    out.print("A closed analytics database: identifiers tokenized, quasi-identifiers coarsened to year and first zip "
+              "digit, card numbers gone, groups smaller than 5 suppressed. Then one line in the policy serves it.")
+    manifest = build(load_policy(policy), "analytics")
+    for table in manifest.tables:
+        k = table.k_anonymity
+        note = f", {k['rows_suppressed']} suppressed for k={k['k']}" if k else ""
+        out.print(f"  {table.table} → analytics.{table.name}: {table.rows_out} of {table.rows_in} rows{note}")
+    out.print(f"  fingerprints of {manifest.fingerprints['values']} removed values in analytics.fingerprints\n")
+    serve_build(policy)
+    with saferoom.connect(policy, user="alice") as session:
+        for prefix, where in (("prod.", "production, through the guard"), ("analytics.", "the analytics database")):
+            out.print(f"The same question asked of {where}:")
+            _step(session, "", SPLIT_QUESTION.format(prefix), out)
 
 
 def _catalog(session: saferoom.Session, out: Console) -> None:

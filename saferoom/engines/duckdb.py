@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import re
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from saferoom.errors import EngineError
 from saferoom.secrets import Secret
 
 TOKEN_FUNCTION = "__saferoom_token"
+FINGERPRINT_FUNCTION = "__saferoom_fingerprint"
 
 _FUNCTIONS = ["Count", "CountIf", "Sum", "Avg", "Min", "Max", "Median", "Mode", "Stddev", "StddevPop", "StddevSamp", "Variance", "VariancePop", "Corr", "CovarPop", "CovarSamp", "ApproxDistinct", "ApproxQuantile", "Quantile", "PercentileCont", "PercentileDisc", "AnyValue", "ArgMax", "ArgMin", "First", "Last", "ArrayAgg", "GroupConcat", "LogicalAnd", "LogicalOr", "RowNumber", "Rank", "DenseRank", "PercentRank", "CumeDist", "Ntile", "Lag", "Lead", "FirstValue", "LastValue", "NthValue", "Abs", "Ceil", "Floor", "Round", "Sqrt", "Exp", "Ln", "Log", "Pow", "Sign", "Greatest", "Least", "Coalesce", "Nullif", "Rand", "Lower", "Upper", "Length", "Trim", "Substring", "Left", "Right", "Replace", "Concat", "ConcatWs", "Pad", "Reverse", "StrPosition", "SplitPart", "StartsWith", "Contains", "RegexpLike", "RegexpReplace", "RegexpExtract", "Repeat", "Initcap", "Levenshtein", "Chr", "Ascii", "Split", "MD5", "SHA", "SHA2", "Hex", "DateTrunc", "TimestampTrunc", "Extract", "DateDiff", "DateAdd", "DateSub", "Year", "Month", "Day", "Hour", "Minute", "Second", "DayOfWeek", "DayOfYear", "DayOfMonth", "Week", "Quarter", "TimeToStr", "StrToTime", "StrToDate", "CurrentDate", "CurrentTimestamp", "CurrentTime", "DateFromParts", "LastDay", "TimeToUnix", "UnixToTime", "ArrayContains", "ArraySize", "Explode", "Unnest"]
 
@@ -73,26 +75,19 @@ class DuckDBEngine:
             raise
 
     def _attach(self, name: str, path: Path) -> None:
+        self._attach_to(self._conn, name, path, self._paths)
+
+    @staticmethod
+    def _attach_to(conn: duckdb.DuckDBPyConnection, name: str, path: Path, paths: dict[str, str]) -> None:
         if not path.is_file():
             raise EngineError(f"source `{name}`: database file {path.name} does not exist; check sources.{name}.path")
-        statement = exp.Attach(
-            this=exp.alias_(exp.Literal.string(str(path)), exp.to_identifier(name, quoted=True)),
-            expressions=[exp.AttachOption(this=exp.var("READ_ONLY"))],
-        )
         try:
-            self._conn.execute(statement.sql("duckdb"))
+            conn.execute(attach_sql(path, name, read_only=True))
         except duckdb.Error as exc:
-            raise EngineError(f"source `{name}` cannot be opened: {self._scrub(str(exc))}") from None
+            raise EngineError(f"source `{name}` cannot be opened: {scrub(str(exc), paths)}") from None
 
     def catalog(self) -> Catalog:
-        rows = self._conn.execute(
-            "SELECT database_name, schema_name, table_name, column_name, data_type FROM duckdb_columns() "
-            "WHERE NOT internal AND database_name NOT IN ('memory', 'system', 'temp') ORDER BY column_index"
-        ).fetchall()
-        catalog: Catalog = {}
-        for database, schema, table, column, data_type in rows:
-            catalog.setdefault((database.lower(), schema.lower(), table.lower()), {})[column.lower()] = data_type
-        return catalog
+        return read_catalog(self._conn)
 
     def stream(self, sql: str, batch_size: int = 65536) -> pa.RecordBatchReader:
         with self._errors(), self._lock:
@@ -114,16 +109,73 @@ class DuckDBEngine:
             raise EngineError(self._scrub(str(exc))) from None
 
     def _scrub(self, message: str) -> str:
-        """Keep the engine's explanation; drop echoed SQL, paths and internal names."""
-        message = message.split("\n\nLINE ")[0].split("\nLINE ")[0].strip()
-        for name, path in self._paths.items():
-            message = message.replace(path, f"<source {name}>")
-        message = re.sub(r"(/[\w.\-]+)+", "<path>", message)
-        message = re.sub(r"'[^']*'", "'…'", message)  # values quoted back could be another row's data
-        return re.sub(TOKEN_FUNCTION, "tokenize", message, flags=re.IGNORECASE)
+        return scrub(message, self._paths)
 
 
-def token_macro(key: Secret) -> str:
+def scrub(message: str, paths: dict[str, str]) -> str:
+    """Keep the engine's explanation; drop echoed SQL, paths, quoted values and internal names."""
+    message = message.split("\n\nLINE ")[0].split("\nLINE ")[0].strip()
+    for name, path in paths.items():
+        message = message.replace(path, f"<source {name}>")
+    message = re.sub(r"(/[\w.\-]+)+", "<path>", message)
+    message = re.sub(r"'[^']*'", "'…'", message)  # values quoted back could be another row's data
+    return re.sub(TOKEN_FUNCTION, "tokenize", message, flags=re.IGNORECASE)
+
+
+def attach_sql(path: Path, name: str, *, read_only: bool) -> str:
+    options = [exp.AttachOption(this=exp.var("READ_ONLY"))] if read_only else []
+    statement = exp.Attach(
+        this=exp.alias_(exp.Literal.string(str(path)), exp.to_identifier(name, quoted=True)), expressions=options
+    )
+    return statement.sql("duckdb")
+
+
+def read_catalog(conn: duckdb.DuckDBPyConnection) -> Catalog:
+    """Every attached source's tables and column types, names lower-cased."""
+    rows = conn.execute(
+        "SELECT database_name, schema_name, table_name, column_name, data_type FROM duckdb_columns() "
+        "WHERE NOT internal AND database_name NOT IN ('memory', 'system', 'temp') ORDER BY column_index"
+    ).fetchall()
+    catalog: Catalog = {}
+    for database, schema, table, column, data_type in rows:
+        catalog.setdefault((database.lower(), schema.lower(), table.lower()), {})[column.lower()] = data_type
+    return catalog
+
+
+def build_connection(sources: dict[str, Path], token_key: Secret | None) -> duckdb.DuckDBPyConnection:
+    """A connection for `saferoom build`: sources read-only, the token and fingerprint macros.
+
+    Only SQL that saferoom generates runs here, and it must write the target,
+    so external access stays on; extensions stay off.
+    """
+    conn = duckdb.connect(":memory:", config={**_CLOSED_CONFIG, "preserve_insertion_order": False})
+    try:
+        for name, path in sources.items():
+            DuckDBEngine._attach_to(conn, name, path, {})
+        if token_key is not None:
+            conn.execute(token_macro(token_key))
+            conn.execute(fingerprint_macro(fingerprint_key(token_key)))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def fingerprint_key(token_key: Secret) -> Secret:
+    """A key derived one way from the token key: holding it does not let anyone compute tokens."""
+    return Secret(hmac.new(token_key.reveal().encode(), b"saferoom fingerprint key v1", hashlib.sha256).hexdigest())
+
+
+def fingerprint_macro(key: Secret) -> str:
+    """64-bit keyed hash of a value's normalised text (trimmed, lower case)."""
+    hmac_sql = token_macro(key, name="__saferoom_fp_hmac")
+    return (
+        hmac_sql + f"; CREATE MACRO memory.main.{FINGERPRINT_FUNCTION}(v) AS "
+        "CAST('0x' || left(memory.main.__saferoom_fp_hmac(lower(trim(CAST(v AS VARCHAR)))), 16) AS UBIGINT)"
+    )
+
+
+def token_macro(key: Secret, name: str = TOKEN_FUNCTION) -> str:
     """HMAC-SHA256 as a DuckDB macro; the key lives only inside the engine.
 
     HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)) with keys longer than the
@@ -138,7 +190,7 @@ def token_macro(key: Secret) -> str:
     body = sqlglot.parse_one(
         "sha256(unhex(__o) || unhex(sha256(unhex(__i) || encode(CAST(v AS VARCHAR)))))", read="duckdb"
     ).transform(lambda n: _key_literal(n, inner, outer))
-    return f"CREATE MACRO memory.main.{TOKEN_FUNCTION}(v) AS {body.sql('duckdb')}"
+    return f"CREATE MACRO memory.main.{name}(v) AS {body.sql('duckdb')}"
 
 
 def _key_literal(node: exp.Expression, inner: str, outer: str) -> exp.Expression:

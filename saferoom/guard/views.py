@@ -17,7 +17,7 @@ from sqlglot import exp
 
 from saferoom.engines.base import ColumnTypes, EngineSpec
 from saferoom.policy import Action, ColumnRule, Policy, TableRef
-from saferoom.policy.filters import bind_filter
+from saferoom.policy.filters import bind_filter, placeholders
 from saferoom.policy.model import Attribute
 
 INNER_ALIAS = "__saferoom_t"
@@ -39,9 +39,16 @@ def build_view(
     types: ColumnTypes,
     spec: EngineSpec,
     keep: frozenset[str] | None = None,
+    user_filters: bool = True,
 ) -> exp.Select:
-    """The policy view of one table; ``keep`` cuts it to the columns a query names."""
+    """The policy view of one table; ``keep`` cuts it to the columns a query names.
+
+    A build has no user: with ``user_filters=False`` a filter that needs a user
+    attribute is left out (the analytics database's own policy carries it).
+    """
     predicate = policy.row_filter(role, table.key)
+    if predicate is not None and not user_filters and placeholders(predicate):
+        predicate = None
     bound = _qualify(bind_filter(predicate, attributes)) if predicate is not None else None
     projections = [
         exp.alias_(_guarded(masked(rule, kind, spec), bound), exp.to_identifier(rule.column, quoted=True))

@@ -126,6 +126,7 @@ class Policy:
         self._check_tags()
         self._check_tables()
         self._check_roles()
+        self._check_builds()
         self._check_secrets()
 
     def _fail(self, message: str, *loc: str) -> PolicyError:
@@ -185,6 +186,20 @@ class Policy:
             check_filter(predicate, self.dialect(table)) if predicate else None
         except QueryRejected as exc:
             raise self._fail(f"row filter for `{table}`: {exc}", *loc) from None
+
+    def _check_builds(self) -> None:
+        for name, build in self.model.builds.items():
+            loc = ("builds", name)
+            if build.role not in self.model.roles:
+                raise self._fail(f"build `{name}` uses role `{build.role}`, which is not under `roles:`", *loc, "role")
+            for table in build.tables or []:
+                if table not in self.tables:
+                    raise self._fail(f"build `{name}` lists table `{table}`, which is not under `tables:`", *loc, "tables")
+            if build.k_anonymity:
+                listed = {c for t in self.tables for c in self.columns(t)}
+                missing = [c for c in build.k_anonymity.columns if c.lower() not in listed]
+                if missing:
+                    raise self._fail(f"k_anonymity column(s) {', '.join(missing)} are in no listed table", *loc, "k_anonymity")
 
     def _check_secrets(self) -> None:
         for name, ref in self.model.secrets.items():

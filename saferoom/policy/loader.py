@@ -28,6 +28,8 @@ def read_policy_file(path: str | Path) -> tuple[PolicyModel, LineMap, bytes]:
         raise PolicyError(f"cannot read the policy file: {exc.strerror}", file=str(path)) from None
     lines = LineMap(str(path))
     data = _parse_yaml(raw, lines)
+    if isinstance(data, dict) and data.get("includes"):
+        data, raw = _merge_includes(data, path, lines, raw)
     return _validate(data, lines), lines, raw
 
 
@@ -45,6 +47,43 @@ def _parse_yaml(raw: bytes, lines: LineMap) -> Any:
         raise PolicyError("the policy file is empty; start from `saferoom demo` or docs/policy.md", file=lines.file)
     lines.index(node, ())
     return yaml.safe_load(raw)
+
+
+MERGEABLE = ("sources", "threats", "tags", "tables")
+
+
+def _merge_includes(data: dict[str, Any], path: Path, lines: LineMap, raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """Merge each included fragment's sources, threats, tags and tables; a name defined twice is an error."""
+    includes = data["includes"]
+    line = lines.line(("includes",))
+    if not isinstance(includes, list):
+        raise PolicyError("`includes` is a list of fragment files", file=lines.file, line=line)
+    for item in includes:
+        fragment_path = path.parent / str(item)
+        fragment, fragment_raw = _read_fragment(fragment_path, lines.file, line)
+        raw += b"\0" + fragment_raw  # the policy hash covers what was included
+        for section in MERGEABLE:
+            merged = dict(data.get(section) or {})
+            for key, value in (fragment.get(section) or {}).items():
+                if key in merged:
+                    raise PolicyError(f"{section}.{key} is defined both here and in {item}", file=lines.file, line=line)
+                merged[key] = value
+            data[section] = merged
+    return data, raw
+
+
+def _read_fragment(path: Path, file: str, line: int | None) -> tuple[dict[str, Any], bytes]:
+    try:
+        raw = path.read_bytes()
+        fragment = yaml.safe_load(raw)
+    except OSError as exc:
+        raise PolicyError(f"cannot read included fragment {path.name}: {exc.strerror}", file=file, line=line) from None
+    except yaml.YAMLError:
+        raise PolicyError(f"included fragment {path.name} is not valid YAML", file=file, line=line) from None
+    extra = set(fragment or {}) - set(MERGEABLE) if isinstance(fragment, dict) else {"(not a mapping)"}
+    if extra:
+        raise PolicyError(f"fragment {path.name} may only hold {', '.join(MERGEABLE)}; found {', '.join(sorted(extra))}", file=file, line=line)
+    return fragment or {}, raw
 
 
 def _validate(data: Any, lines: LineMap) -> PolicyModel:

@@ -79,6 +79,26 @@ class User(Strict):
     attributes: dict[str, Attribute] = Field(default_factory=dict)
 
 
+class Target(Strict):
+    engine: Literal["duckdb", "parquet"]
+    path: str = Field(description="A DuckDB file, or a folder of Parquet files; relative to the policy's folder.")
+
+
+class KAnonymity(Strict):
+    columns: list[str] = Field(min_length=1, description="Output columns that together could single a person out.")
+    k: int = Field(ge=2, description="Every combination of those columns must occur at least k times.")
+    on_violation: Literal["suppress", "fail", "report"] = "suppress"
+
+
+class Build(Strict):
+    """A closed analytics database made from the sources through one role's eyes."""
+
+    role: str = Field(description="Column actions come from this role; its row filters without {user.*} apply.")
+    target: Target
+    tables: list[str] | None = Field(default=None, description="Tables to build (default: every table).")
+    k_anonymity: KAnonymity | None = None
+
+
 class PolicyModel(Strict):
     """A saferoom policy: sources, threat model, classification, users and roles."""
 
@@ -92,3 +112,7 @@ class PolicyModel(Strict):
     )
     users: dict[str, User] = Field(default_factory=dict)
     roles: dict[str, Role] = Field(default_factory=dict)
+    builds: dict[str, Build] = Field(default_factory=dict)
+    includes: list[str] = Field(
+        default_factory=list, description="Policy fragments (sources, tags, threats, tables) to merge, e.g. from a build."
+    )

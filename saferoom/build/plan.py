@@ -1,0 +1,146 @@
+"""What a build will do, table by table, before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlglot import exp
+
+from saferoom.engines.base import Catalog
+from saferoom.engines.duckdb import DUCKDB
+from saferoom.errors import BuildError, UsageError
+from saferoom.guard.views import build_view, visible_columns
+from saferoom.policy import Action, Policy
+from saferoom.policy.filters import placeholders
+from saferoom.policy.model import Build, KAnonymity
+
+K_COLUMN = "__saferoom_k"
+MIN_FINGERPRINT_LENGTH = 4  # shorter values (small integers, codes) would match everything
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    name: str
+    type: str
+    action: str
+    tag: str | None
+    threats: tuple[str, ...]
+    reason: str
+    fingerprinted: bool
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    table: str
+    name: str
+    select: exp.Select
+    columns: tuple[ColumnPlan, ...]
+    k_columns: tuple[str, ...]
+    row_filter: str | None
+    row_filter_left: str | None
+    recipe: str = field(compare=False)
+    removed: tuple[str, ...] = ()
+
+    @property
+    def sql(self) -> str:
+        return self.select.sql("duckdb")
+
+    @property
+    def fingerprinted(self) -> list[str]:
+        """Text columns the build changed or removed; their raw values go into the fingerprint index."""
+        return [c.name for c in self.columns if c.fingerprinted] + list(self.removed)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    name: str
+    role: str
+    engine: str
+    target: Path
+    tables: tuple[TablePlan, ...]
+    k_anonymity: KAnonymity | None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.target.parent / f"{self.name}.manifest.json"
+
+    @property
+    def fingerprints_path(self) -> Path:
+        return self.target.parent / f"{self.name}.fingerprints"
+
+    @property
+    def fragment_path(self) -> Path:
+        return self.target.parent / f"{self.name}.saferoom.yaml"
+
+
+def make_plan(policy: Policy, name: str, catalog: Catalog, version: str) -> BuildPlan:
+    build = _build(policy, name)
+    target = _resolve(policy, build.target.path)
+    _check_target(policy, target)
+    tables = [_table(policy, build, key, catalog, version) for key in _tables(policy, name, build)]
+    return BuildPlan(name, build.role, build.target.engine, target, tuple(tables), build.k_anonymity)
+
+
+def _build(policy: Policy, name: str) -> Build:
+    if name not in policy.model.builds:
+        known = ", ".join(sorted(policy.model.builds)) or "none are defined"
+        raise UsageError(f"no build named `{name}` in {policy.path.name} (builds: {known}); add it under `builds:`")
+    return policy.model.builds[name]
+
+
+def _tables(policy: Policy, name: str, build: Build) -> list[str]:
+    if build.tables:
+        return list(build.tables)
+    return [key for key, ref in policy.tables.items() if ref.source != name]  # never read a build into itself
+
+
+def _resolve(policy: Policy, path: str) -> Path:
+    candidate = Path(path).expanduser()
+    return (candidate if candidate.is_absolute() else policy.base / candidate).resolve()
+
+
+def _check_target(policy: Policy, target: Path) -> None:
+    for name, source in policy.model.sources.items():
+        if _resolve(policy, source.path) == target and name not in policy.model.builds:
+            raise BuildError(f"the build target {target.name} is source `{name}`; a build never overwrites a source")
+    if not target.parent.is_dir():
+        raise BuildError(f"the folder for the build target does not exist: {target.parent}")
+
+
+def _table(policy: Policy, build: Build, key: str, catalog: Catalog, version: str) -> TablePlan:
+    ref = policy.tables[key]
+    address = (ref.source.lower(), (ref.schema or DUCKDB.default_schema).lower(), ref.name.lower())
+    if address not in catalog:
+        raise BuildError(f"table {key} is in the policy but not in source `{ref.source}`; run `saferoom lint`")
+    types = catalog[address]
+    select = build_view(policy, build.role, {}, ref, types, DUCKDB, user_filters=False)
+    rules = visible_columns(policy, build.role, key, types)
+    columns = tuple(
+        ColumnPlan(r.column, kind, r.action.value, r.tag, r.threats, r.reason, _fingerprinted(r.action, kind))
+        for r, kind in rules
+    )
+    names = {c.name for c in columns}
+    listed = policy.columns(key)
+    removed = tuple(c for c, kind in types.items() if c in listed and c not in names and DUCKDB.type_class(kind) == "text")
+    k = build.k_anonymity
+    k_columns = tuple(c.lower() for c in k.columns) if k and all(c.lower() in names for c in k.columns) else ()
+    text = policy.model.roles[build.role].rows.get(key)
+    user_dependent = bool(text) and bool(placeholders(policy.row_filter(build.role, key)))
+    recipe = hashlib.sha256(f"{version}|{select.sql('duckdb')}|{k_columns}|{k.k if k else 0}|{k.on_violation if k else ''}".encode())
+    return TablePlan(
+        key, _target_name(policy, key), select, columns, k_columns,
+        None if user_dependent else text, text if user_dependent else None, recipe.hexdigest(), removed,
+    )
+
+
+def _fingerprinted(action: Action, kind: str) -> bool:
+    """Text the build removed or changed: names, emails, SSNs, card numbers. Numbers and dates are everywhere."""
+    return action is not Action.ALLOW and DUCKDB.type_class(kind) == "text"
+
+
+def _target_name(policy: Policy, key: str) -> str:
+    ref = policy.tables[key]
+    clashes = [k for k, r in policy.tables.items() if r.name.lower() == ref.name.lower()]
+    return ref.name.lower() if len(clashes) == 1 else f"{ref.source}_{ref.name}".lower()

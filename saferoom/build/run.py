@@ -1,0 +1,436 @@
+"""Run a build: every table through the role's policy view, into a target swapped in whole.
+
+Work happens inside DuckDB as SQL that saferoom generates (no Python loop over
+rows). The target is written under a temporary name and swapped in only when
+everything succeeded; a build that fails or is killed leaves the last good
+database, manifest and fingerprint index untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+from sqlglot import exp
+
+from saferoom.build import fingerprints
+from saferoom.build.plan import K_COLUMN, MIN_FINGERPRINT_LENGTH, BuildPlan, TablePlan
+from saferoom.engines.duckdb import attach_sql, build_connection, fingerprint_key, scrub
+from saferoom.errors import BuildError
+from saferoom.policy import Policy
+
+Progress = Callable[[str, float], None]
+TARGET, PREVIOUS = "__saferoom_target", "__saferoom_previous"
+META_TABLE = "saferoom_build"
+
+
+@dataclass
+class TableResult:
+    table: str
+    name: str
+    source_identity: str
+    recipe: str
+    rows_in: int
+    rows_out: int
+    carried_over: bool
+    row_filter: str | None
+    row_filter_left_to_policy: str | None
+    columns: list[dict[str, Any]]
+    k_anonymity: dict[str, Any] | None = None
+    fingerprinted_values: int = 0
+
+
+@dataclass
+class Manifest:
+    build: str
+    build_id: str
+    saferoom_version: str
+    policy_hash: str
+    role: str
+    target: dict[str, str]
+    started_at: str
+    finished_at: str = ""
+    source_snapshot: str = ""
+    tables: list[TableResult] = field(default_factory=list)
+    fingerprints: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(policy: Policy, plan: BuildPlan, version: str, *, full: bool = False, progress: Progress | None = None) -> Manifest:
+    if policy.token_key is None:
+        raise BuildError("a build needs `secrets.token_key` (it keys tokens and the fingerprint index)")
+    with _locked(plan.target):
+        _remove_stale(plan.target)
+        previous = None if full else _previous(plan)
+        conn = build_connection(_source_paths(policy), policy.token_key)
+        try:
+            return _run(conn, policy, plan, version, previous, progress or (lambda _t, _f: None))
+        except duckdb.Error as exc:
+            raise BuildError(f"the build failed; the last good build is untouched: {scrub(str(exc), {})}") from None
+        finally:
+            conn.close()
+
+
+def _run(conn: duckdb.DuckDBPyConnection, policy: Policy, plan: BuildPlan, version: str,
+         previous: Manifest | None, progress: Progress) -> Manifest:
+    manifest = Manifest(plan.name, uuid.uuid4().hex, version, policy.hash, plan.role,
+                        {"engine": plan.engine, "path": plan.target.name}, _now())
+    staging = _staging(plan)
+    writer = DuckDBWriter(conn, staging) if plan.engine == "duckdb" else ParquetWriter(conn, staging)
+    old = _old_sections(plan) if previous else {}
+    try:
+        writer.open(plan.target if previous else None)
+        sections = []
+        for table in plan.tables:
+            result, section = _table(conn, table, writer, previous, old, plan, progress)
+            manifest.tables.append(result)
+            sections.append(section)
+        writer.finish(manifest.build_id, policy.hash)
+    except BaseException:
+        writer.discard()
+        raise
+    key = fingerprint_key(policy.token_key)  # type: ignore[arg-type]
+    count = fingerprints.write(_tmp_sibling(plan.fingerprints_path), key, sections)
+    manifest.source_snapshot = _snapshot(manifest.tables)
+    manifest.fingerprints = {"file": plan.fingerprints_path.name, "values": count, "key_id": fingerprints.key_id(key)}
+    manifest.finished_at = _now()
+    writer.swap(plan.target)  # the moment the new build becomes the build
+    os.replace(_tmp_sibling(plan.fingerprints_path), plan.fingerprints_path)
+    _write_json(plan.manifest_path, manifest.to_dict())
+    write_fragment(plan, manifest)
+    return manifest
+
+
+def _table(conn: duckdb.DuckDBPyConnection, table: TablePlan, writer: Writer, previous: Manifest | None,
+           old: dict[str, fingerprints.Section], plan: BuildPlan, progress: Progress) -> tuple[TableResult, fingerprints.Section]:
+    progress(table.table, 0.0)
+    identity, rows_in = _identity(conn, table)
+    before = _previous_table(previous, table)
+    carried = before is not None and before.recipe == table.recipe and before.source_identity == identity
+    if carried:
+        writer.carry(table.name)
+    else:
+        with _watch(conn, lambda f: progress(table.table, f)):
+            writer.write(table.name, _select(table, plan))
+    result = TableResult(
+        table.table, table.name, identity, table.recipe, rows_in, writer.count(table.name), carried,
+        table.row_filter, table.row_filter_left, [asdict(c) for c in table.columns],
+    )
+    if table.k_columns and plan.k_anonymity:
+        result.k_anonymity = _k_result(conn, table, writer, plan, before if carried else None)
+    section = old[table.table] if carried and table.table in old else _fingerprints(conn, table)
+    result.fingerprinted_values = len(section.hashes)
+    progress(table.table, 1.0)
+    return result, section
+
+
+def _select(table: TablePlan, plan: BuildPlan) -> exp.Select:
+    """The policy view, with k-anonymity suppression applied in the same statement."""
+    k = plan.k_anonymity
+    if not table.k_columns or k is None or k.on_violation != "suppress":
+        return table.select
+    window = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column(c, quoted=True) for c in table.k_columns])
+    counted = exp.select(exp.Star(), exp.alias_(window, K_COLUMN)).from_(table.select.subquery("v"))
+    keep = exp.select(exp.Star(except_=[exp.column(K_COLUMN)])).from_(counted.subquery("c"))
+    return keep.where(exp.GTE(this=exp.column(K_COLUMN), expression=exp.Literal.number(k.k)))
+
+
+def _k_result(conn: duckdb.DuckDBPyConnection, table: TablePlan, writer: Writer, plan: BuildPlan,
+              carried: TableResult | None) -> dict[str, Any]:
+    if carried is not None and carried.k_anonymity:
+        return carried.k_anonymity
+    k = plan.k_anonymity
+    assert k is not None
+    before = _smallest_group(conn, table.select, table.k_columns)
+    after = _smallest_group(conn, writer.source(table.name), table.k_columns)
+    rows_view = conn.execute(exp.select(exp.Count(this=exp.Star())).from_(table.select.subquery("v")).sql("duckdb")).fetchall()[0][0]
+    result = {"columns": list(table.k_columns), "k": k.k, "on_violation": k.on_violation,
+              "smallest_group_before": before, "smallest_group": after, "rows_suppressed": rows_view - writer.count(table.name)}
+    if k.on_violation == "fail" and before is not None and before < k.k:
+        raise BuildError(f"k-anonymity fails for {table.table}: a group of {before} rows over {', '.join(table.k_columns)} is below k={k.k}")
+    return result
+
+
+def _smallest_group(conn: duckdb.DuckDBPyConnection, source: exp.Expression, columns: tuple[str, ...]) -> int | None:
+    groups = exp.select(exp.alias_(exp.Count(this=exp.Star()), "n")).from_(source.subquery("g") if isinstance(source, exp.Select) else source)
+    groups = groups.group_by(*[exp.column(c, quoted=True) for c in columns])
+    return conn.execute(exp.select(exp.Min(this=exp.column("n"))).from_(groups.subquery("s")).sql("duckdb")).fetchall()[0][0]
+
+
+def _identity(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> tuple[str, int]:
+    """Order-independent content hash of the source table (all columns), and its row count."""
+    source = table.select.args["from_"].this.copy()
+    source.set("alias", exp.TableAlias(this=exp.to_identifier("t")))
+    row = exp.func("hash", exp.column("t"))
+    query = exp.select(exp.Count(this=exp.Star()), exp.Sum(this=exp.cast(row, "HUGEINT")), exp.func("bit_xor", row)).from_(source)
+    count, total, xor = conn.execute(query.sql("duckdb")).fetchall()[0]
+    return f"{count}:{total}:{xor}", int(count)
+
+
+def _fingerprints(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> fingerprints.Section:
+    """Keyed hashes of every distinct value of every column the build removed or changed."""
+    columns = tuple(table.fingerprinted)
+    if not columns:
+        return fingerprints.Section(table.table, (), np.zeros(0, dtype=np.uint64))
+    source = table.select.args["from_"].this
+    parts = []
+    for column in columns:
+        value = exp.column(column, quoted=True)
+        text = exp.func("trim", exp.cast(value, "VARCHAR"))
+        parts.append(
+            exp.select(exp.alias_(exp.func("__saferoom_fingerprint", value), "h")).from_(source.copy())
+            .where(exp.GTE(this=exp.func("length", text), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH)))
+        )
+    union = parts[0]
+    for part in parts[1:]:
+        union = exp.union(union, part, distinct=False)
+    query = exp.select("h").distinct().from_(union.subquery("u")).order_by("h")
+    hashes = conn.sql(query.sql("duckdb")).to_arrow_table().column("h").to_numpy()
+    return fingerprints.Section(table.table, columns, hashes.astype(np.uint64))
+
+
+class Writer(ABC):
+    """Where the tables go: a DuckDB file or a folder of Parquet files, staged then swapped."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, staging: Path) -> None:
+        self.conn, self.staging = conn, staging
+        self._previous: Path | None = None
+
+    @abstractmethod
+    def open(self, previous: Path | None) -> None: ...
+    @abstractmethod
+    def write(self, name: str, select: exp.Select) -> None: ...
+    @abstractmethod
+    def carry(self, name: str) -> None: ...
+    @abstractmethod
+    def source(self, name: str) -> exp.Expression: ...
+    @abstractmethod
+    def finish(self, build_id: str, policy_hash: str) -> None: ...
+    @abstractmethod
+    def swap(self, target: Path) -> None: ...
+    @abstractmethod
+    def discard(self) -> None: ...
+
+    def count(self, name: str) -> int:
+        return self.conn.execute(exp.select(exp.Count(this=exp.Star())).from_(self.source(name)).sql("duckdb")).fetchall()[0][0]
+
+
+class DuckDBWriter(Writer):
+    def open(self, previous: Path | None) -> None:
+        self.conn.execute(attach_sql(self.staging, TARGET, read_only=False))
+        if previous is not None and previous.is_file():
+            self.conn.execute(attach_sql(previous, PREVIOUS, read_only=True))
+            self._previous = previous
+
+    def _table(self, name: str, database: str = TARGET) -> exp.Table:
+        return exp.table_(name, db="main", catalog=database, quoted=True)
+
+    def write(self, name: str, select: exp.Select) -> None:
+        self.conn.execute(exp.Create(this=self._table(name), kind="TABLE", expression=select).sql("duckdb"))
+
+    def carry(self, name: str) -> None:
+        self.write(name, exp.select("*").from_(self._table(name, PREVIOUS)))
+
+    def source(self, name: str) -> exp.Expression:
+        return self._table(name)
+
+    def finish(self, build_id: str, policy_hash: str) -> None:
+        meta = exp.select(exp.alias_(exp.Literal.string(build_id), "build_id"), exp.alias_(exp.Literal.string(policy_hash), "policy_hash"),
+                          exp.alias_(exp.Literal.string(_now()), "built_at"))
+        self.write(META_TABLE, meta)
+        if self._previous is not None:
+            self.conn.execute(f"DETACH {PREVIOUS}")
+        self.conn.execute(f"DETACH {TARGET}")
+
+    def swap(self, target: Path) -> None:
+        os.replace(self.staging, target)
+        _fsync_dir(target.parent)
+
+    def discard(self) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self.conn.execute(f"DETACH DATABASE IF EXISTS {TARGET}")
+        self.staging.unlink(missing_ok=True)
+        self.staging.with_name(self.staging.name + ".wal").unlink(missing_ok=True)
+
+
+class ParquetWriter(Writer):
+    def open(self, previous: Path | None) -> None:
+        self.staging.mkdir()
+        self._previous = previous if previous is not None and previous.is_dir() else None
+
+    def _file(self, name: str) -> Path:
+        return self.staging / f"{name}.parquet"
+
+    def write(self, name: str, select: exp.Select) -> None:
+        copy = exp.Copy(this=select.subquery(), kind=True, files=[exp.Literal.string(str(self._file(name)))],
+                        params=[exp.CopyParameter(this=exp.var("FORMAT"), expression=exp.var("PARQUET")),
+                                exp.CopyParameter(this=exp.var("COMPRESSION"), expression=exp.var("ZSTD"))])
+        self.conn.execute(copy.sql("duckdb"))
+
+    def carry(self, name: str) -> None:
+        assert self._previous is not None
+        os.link(self._previous / f"{name}.parquet", self._file(name))
+
+    def source(self, name: str) -> exp.Expression:
+        return exp.func("read_parquet", exp.Literal.string(str(self._file(name))))
+
+    def finish(self, build_id: str, policy_hash: str) -> None:
+        _write_json(self.staging / "_saferoom_build.json", {"build_id": build_id, "policy_hash": policy_hash, "built_at": _now()})
+
+    def swap(self, target: Path) -> None:
+        link = target.with_name(f".{target.name}.link-{os.getpid()}")
+        link.unlink(missing_ok=True)
+        link.symlink_to(self.staging.name)
+        old = target.resolve() if target.is_symlink() else None
+        os.replace(link, target)  # atomic: readers see the old folder or the new one
+        _fsync_dir(target.parent)
+        if old is not None and old != self.staging.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _staging(plan: BuildPlan) -> Path:
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+    if plan.engine == "parquet":
+        if plan.target.exists() and not plan.target.is_symlink():
+            raise BuildError(f"{plan.target.name} exists and was not made by saferoom build; move it away first")
+        return plan.target.with_name(f".{plan.target.name}.build-{stamp}")
+    return plan.target.with_name(f".{plan.target.name}.building-{stamp}")
+
+
+def _remove_stale(target: Path) -> None:
+    """Leftovers of a build that was killed: safe to remove while we hold the lock."""
+    live = target.resolve() if target.is_symlink() else None
+    for stale in target.parent.glob(f".{target.name}.build*"):
+        if stale != live:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    lock = target.with_name(f".{target.name}.lock")
+    try:
+        handle = lock.open("a")
+    except OSError as exc:
+        raise BuildError(f"cannot write beside the build target {target.name}: {exc.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildError(f"another build of {target.name} is running") from None
+        yield
+
+
+@contextlib.contextmanager
+def _watch(conn: duckdb.DuckDBPyConnection, report: Callable[[float], None]) -> Iterator[None]:
+    """Report DuckDB's own progress of the running statement."""
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.25):
+            with contextlib.suppress(duckdb.Error):
+                fraction = conn.query_progress()
+                if fraction >= 0:
+                    report(min(fraction / 100.0, 0.99))
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _previous(plan: BuildPlan) -> Manifest | None:
+    """The last build's manifest, if it describes the target that is actually there."""
+    try:
+        data = json.loads(plan.manifest_path.read_text())
+        tables = [TableResult(**t) for t in data.pop("tables")]
+        manifest = Manifest(**data, tables=tables)
+    except (OSError, ValueError, TypeError):
+        return None
+    return manifest if _target_build_id(plan) == manifest.build_id else None
+
+
+def _target_build_id(plan: BuildPlan) -> str | None:
+    try:
+        if plan.engine == "parquet":
+            return json.loads((plan.target / "_saferoom_build.json").read_text())["build_id"]
+        with duckdb.connect(str(plan.target), read_only=True) as con:
+            return con.execute(f"SELECT build_id FROM {META_TABLE}").fetchall()[0][0]
+    except (OSError, ValueError, KeyError, duckdb.Error):
+        return None
+
+
+def _previous_table(previous: Manifest | None, table: TablePlan) -> TableResult | None:
+    return next((t for t in previous.tables if t.table == table.table), None) if previous else None
+
+
+def _old_sections(plan: BuildPlan) -> dict[str, fingerprints.Section]:
+    try:
+        return {s.table: s for s in fingerprints.read(plan.fingerprints_path)[1]}
+    except (OSError, ValueError, BuildError):
+        return {}
+
+
+def _source_paths(policy: Policy) -> dict[str, Path]:
+    from saferoom.session import _path
+
+    return {name: _path(policy, source.path) for name, source in policy.model.sources.items() if name not in policy.model.builds}
+
+
+def _snapshot(tables: list[TableResult]) -> str:
+    return "sha256:" + hashlib.sha256("|".join(f"{t.table}={t.source_identity}" for t in tables).encode()).hexdigest()
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.next")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_fragment(plan: BuildPlan, manifest: Manifest) -> None:
+    """A policy fragment that serves the built database: add `includes: [<file>]` to the policy."""
+    from saferoom.build.fragment import fragment
+
+    text = fragment(plan, manifest)
+    tmp = plan.fragment_path.with_name(f".{plan.fragment_path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, plan.fragment_path)
+
+
