@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,8 +98,9 @@ def _tables(policy: Policy, name: str, build: Build) -> list[str]:
 
 
 def _resolve(policy: Policy, path: str) -> Path:
+    """Absolute, without following a final symlink (a Parquet target is one)."""
     candidate = Path(path).expanduser()
-    return (candidate if candidate.is_absolute() else policy.base / candidate).resolve()
+    return Path(os.path.abspath(candidate if candidate.is_absolute() else policy.base / candidate))
 
 
 def _check_target(policy: Policy, target: Path) -> None:

@@ -278,7 +278,7 @@ class ParquetWriter(Writer):
         return self.staging / f"{name}.parquet"
 
     def write(self, name: str, select: exp.Select) -> None:
-        copy = exp.Copy(this=select.subquery(), kind=True, files=[exp.Literal.string(str(self._file(name)))],
+        copy = exp.Copy(this=select.subquery(), kind=False, files=[exp.Literal.string(str(self._file(name)))],
                         params=[exp.CopyParameter(this=exp.var("FORMAT"), expression=exp.var("PARQUET")),
                                 exp.CopyParameter(this=exp.var("COMPRESSION"), expression=exp.var("ZSTD"))])
         self.conn.execute(copy.sql("duckdb"))
@@ -308,7 +308,7 @@ class ParquetWriter(Writer):
 
 
 def _staging(plan: BuildPlan) -> Path:
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     if plan.engine == "parquet":
         if plan.target.exists() and not plan.target.is_symlink():
             raise BuildError(f"{plan.target.name} exists and was not made by saferoom build; move it away first")

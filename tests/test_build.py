@@ -1,0 +1,277 @@
+"""`saferoom build`: nothing sensitive crosses over, nothing is half-written, tokens match the guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+import saferoom
+from saferoom.build import build, fingerprints, plan
+from saferoom.engines.duckdb import fingerprint_key
+from saferoom.errors import BuildError, UsageError
+from tests.conftest import CANARY_EMAIL, CANARY_NAME, CANARY_PAN, CANARY_SSN
+
+CANARIES = [CANARY_NAME, CANARY_EMAIL, CANARY_SSN, CANARY_PAN, "Zebediah", "canaryfield"]
+
+BUILDS = """
+builds:
+  analytics:
+    role: {role}
+    target: {{engine: {engine}, path: {target}}}
+    k_anonymity: {{columns: [birth_date, zip], k: {k}, on_violation: {violation}}}
+"""
+
+
+def policy_with_build(room, folder: Path, *, engine: str = "duckdb", role: str = "analyst", k: int = 5,
+                      violation: str = "suppress", extra: str = "") -> saferoom.Policy:
+    text = room.policy.read_text().replace("path: prod.duckdb", f"path: {room.database}")
+    text = text.replace("file:token.key", f"file:{room.folder / 'token.key'}")
+    text = text.split("builds:")[0] + extra
+    target = folder / ("analytics.duckdb" if engine == "duckdb" else "analytics")
+    text += BUILDS.format(role=role, engine=engine, target=target, k=k, violation=violation)
+    path = folder / "saferoom.yaml"
+    path.write_text(text)
+    return saferoom.load_policy(path)
+
+
+def values_of_duckdb(path: Path) -> list[str]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = [t for (t,) in con.execute("select table_name from duckdb_tables()").fetchall()]
+        return [str(v) for t in tables for row in con.execute(f'select * from "{t}"').fetchall() for v in row]
+
+
+def values_of_parquet(folder: Path) -> list[str]:
+    return [str(v) for f in folder.glob("*.parquet") for col in pq.read_table(f).columns for v in col.to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def built(room, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("build")
+    policy = policy_with_build(room, folder)
+    return policy, build(policy, "analytics"), folder
+
+
+def test_no_raw_value_in_the_built_bytes_or_values(built, room) -> None:
+    _, manifest, folder = built
+    data = (folder / "analytics.duckdb").read_bytes()
+    for canary in CANARIES:
+        assert canary.encode() not in data
+    values = set(values_of_duckdb(folder / "analytics.duckdb"))
+    raw = {v for row in room.raw("select name, email, ssn from customers") for v in row}
+    raw |= {p for (p,) in room.raw("select pan from cards")}
+    assert not values & raw
+    assert not any(c in v for v in values for c in CANARIES)
+
+
+def test_manifest_says_what_happened(built, room) -> None:
+    policy, manifest, folder = built
+    on_disk = json.loads((folder / "analytics.manifest.json").read_text())
+    assert on_disk["build_id"] == manifest.build_id and on_disk["policy_hash"] == policy.hash
+    tables = {t["table"]: t for t in on_disk["tables"]}
+    assert tables["prod.cards"]["rows_in"] == room.raw("select count(*) from cards")[0][0]
+    assert "pan" not in [c["name"] for c in tables["prod.cards"]["columns"]]
+    name = next(c for c in tables["prod.customers"]["columns"] if c["name"] == "name")
+    assert (name["action"], name["tag"], name["threats"]) == ("tokenize", "pii", ["reidentification"])
+    k = tables["prod.customers"]["k_anonymity"]
+    assert k["rows_suppressed"] == tables["prod.customers"]["rows_in"] - tables["prod.customers"]["rows_out"]
+    assert on_disk["source_snapshot"].startswith("sha256:")
+    assert tables["prod.orders"]["row_filter_left_to_policy"] == "region = {user.region}"
+
+
+def test_k_anonymity_holds_after_suppression(built) -> None:
+    _, manifest, folder = built
+    customers = next(t for t in manifest.tables if t.table == "prod.customers")
+    assert customers.k_anonymity["rows_suppressed"] > 0  # month x 3-digit zip singles people out
+    with duckdb.connect(str(folder / "analytics.duckdb"), read_only=True) as con:
+        smallest = con.execute("select min(n) from (select count(*) n from customers group by birth_date, zip)").fetchall()[0][0]
+    assert smallest is None or smallest >= 5
+    assert customers.k_anonymity["smallest_group"] == smallest
+
+
+def test_tokens_equal_the_guards_and_join(built, alice: saferoom.Session) -> None:
+    _, _, folder = built
+    with duckdb.connect(str(folder / "analytics.duckdb"), read_only=True) as con:
+        built_tokens = {t for (t,) in con.execute("select customer_id from cards").fetchall()}
+        joined = con.execute("select count(*) from orders o join cards c using (customer_id)").fetchall()[0][0]
+    guard_tokens = set(alice.query("select customer_id from cards").to_arrow().column(0).to_pylist())
+    assert built_tokens == guard_tokens
+    assert joined > 0
+
+
+def test_fingerprints_hold_removed_values_and_no_cleartext(built, room) -> None:
+    policy, manifest, folder = built
+    index = folder / "analytics.fingerprints"
+    data = index.read_bytes()
+    assert not any(c.encode() in data for c in CANARIES)
+    header, sections = fingerprints.read(index)
+    key = fingerprint_key(policy.token_key)
+    assert header["key_id"] == fingerprints.key_id(key)
+    probes = fingerprints.fingerprint(key, [CANARY_NAME, f"  {CANARY_EMAIL.upper()} ", CANARY_SSN, CANARY_PAN, "Not A Customer", "nobody@example.org"])
+    assert fingerprints.contains(sections, probes).tolist() == [True, True, True, True, False, False]
+    assert manifest.fingerprints["values"] == sum(len(s.hashes) for s in sections)
+
+
+def test_fragment_serves_the_built_database(built, alice: saferoom.Session) -> None:
+    policy, _, folder = built
+    text = policy.path.read_text() + "includes: [analytics.saferoom.yaml]\n"
+    served = folder / "served.yaml"
+    served.write_text(text)
+    with saferoom.connect(served, user="alice") as session:
+        count = session.query("select count(*) from analytics.orders where order_id = 990000001").to_arrow().column(0).to_pylist()
+        tokens = session.query("select customer_id from analytics.cards").to_arrow().column(0).to_pylist()
+    assert count == [1]  # the build left the user-dependent filter to the analytics policy
+    assert set(tokens) == set(alice.query("select customer_id from cards").to_arrow().column(0).to_pylist())
+
+
+def test_incremental_build_carries_unchanged_tables(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path)
+    first = build(policy, "analytics")
+    assert not any(t.carried_over for t in first.tables)
+    second = build(policy, "analytics")
+    assert all(t.carried_over for t in second.tables)
+    assert [t.rows_out for t in second.tables] == [t.rows_out for t in first.tables]
+    again = build(policy, "analytics", full=True)
+    assert not any(t.carried_over for t in again.tables)
+    with duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True) as con:
+        assert con.execute("select build_id from saferoom_build").fetchall() == [(again.build_id,)]
+
+
+def test_changed_source_table_is_rebuilt(room, tmp_path: Path) -> None:
+    database = tmp_path / "prod.duckdb"
+    database.write_bytes(room.database.read_bytes())
+    policy = policy_with_build(room, tmp_path)
+    text = policy.path.read_text().replace(f"path: {room.database}", f"path: {database}")
+    policy.path.write_text(text)
+    build(saferoom.load_policy(policy.path), "analytics")
+    with duckdb.connect(str(database)) as con:
+        con.execute("insert into orders select order_id + 5000000, customer_id, amount, region, created_at from orders limit 3")
+    manifest = build(saferoom.load_policy(policy.path), "analytics")
+    carried = {t.table: t.carried_over for t in manifest.tables}
+    assert carried == {"prod.customers": True, "prod.cards": True, "prod.orders": False}
+
+
+def test_parquet_target(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path, engine="parquet")
+    manifest = build(policy, "analytics")
+    target = tmp_path / "analytics"
+    assert target.is_symlink()
+    assert {p.name for p in target.glob("*.parquet")} == {"customers.parquet", "cards.parquet", "orders.parquet"}
+    values = values_of_parquet(target)
+    assert not any(c in v for v in values for c in CANARIES)
+    assert pq.read_table(target / "cards.parquet").column_names == ["card_id", "customer_id"]
+    old = target.resolve()
+    second = build(policy, "analytics", full=True)
+    assert target.resolve() != old and not old.exists()
+    assert second.build_id != manifest.build_id
+
+
+def test_k_anonymity_fail_writes_nothing(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path, violation="fail")
+    with pytest.raises(BuildError, match="k-anonymity fails"):
+        build(policy, "analytics")
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".analytics.duckdb.lock"] == ["saferoom.yaml"]
+
+
+def test_k_anonymity_report_keeps_rows(room, tmp_path: Path) -> None:
+    manifest = build(policy_with_build(room, tmp_path, violation="report"), "analytics")
+    customers = next(t for t in manifest.tables if t.table == "prod.customers")
+    assert customers.rows_out == customers.rows_in and customers.k_anonymity["smallest_group"] < 5
+
+
+def test_plan_writes_nothing(room, tmp_path: Path) -> None:
+    built_plan = plan(policy_with_build(room, tmp_path), "analytics")
+    assert [t.table for t in built_plan.tables] == ["prod.customers", "prod.cards", "prod.orders"]
+    assert "pan" in next(t for t in built_plan.tables if t.table == "prod.cards").removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saferoom.yaml"]
+
+
+def test_unknown_build_is_a_usage_error(room, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no build named `nightly`.*analytics"):
+        build(policy_with_build(room, tmp_path), "nightly")
+
+
+def test_unwritable_target_is_a_clear_error(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path)
+    text = policy.path.read_text().replace(f"path: {tmp_path / 'analytics.duckdb'}", f"path: {tmp_path / 'missing' / 'analytics.duckdb'}")
+    policy.path.write_text(text)
+    with pytest.raises(BuildError, match="does not exist"):
+        build(saferoom.load_policy(policy.path), "analytics")
+
+
+def test_missing_source_table_fails_before_writing(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path)
+    text = policy.path.read_text().replace("  prod.orders:", "  prod.refunds: {refund_id: public}\n  prod.orders:")
+    policy.path.write_text(text)
+    with pytest.raises(BuildError, match="prod.refunds"):
+        build(saferoom.load_policy(policy.path), "analytics")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saferoom.yaml"]
+
+
+def test_build_refuses_to_overwrite_a_source(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path)
+    text = policy.path.read_text().replace(f"path: {tmp_path / 'analytics.duckdb'}", f"path: {room.database}")
+    policy.path.write_text(text)
+    with pytest.raises(BuildError, match="never overwrites a source"):
+        build(saferoom.load_policy(policy.path), "analytics")
+
+
+KILLER = """
+import sys, saferoom
+from saferoom.build import build
+build(saferoom.load_policy(sys.argv[1]), "analytics", full=True)
+"""
+
+
+def test_killed_build_leaves_the_last_good_one(room, tmp_path: Path) -> None:
+    big = tmp_path / "big.duckdb"
+    with duckdb.connect(str(big)) as con:
+        con.execute("create table events as select range as id, 'customer-' || range as email from range(3000000)")
+    (tmp_path / "token.key").write_text("k" * 64)
+    (tmp_path / "saferoom.yaml").write_text(f"""version: 1
+sources: {{big: {{engine: duckdb, path: {big}}}}}
+secrets: {{token_key: file:token.key}}
+tags: {{pii: {{}}}}
+tables: {{big.events: {{id: public, email: pii}}}}
+roles: {{analyst: {{columns: {{pii: tokenize}}}}}}
+builds: {{analytics: {{role: analyst, target: {{engine: duckdb, path: analytics.duckdb}}}}}}
+""")
+    policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
+    good = build(policy, "analytics")
+    before = (tmp_path / "analytics.duckdb").read_bytes()
+    child = subprocess.Popen([sys.executable, "-c", KILLER, str(tmp_path / "saferoom.yaml")])
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".analytics.duckdb.building-*")) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert (tmp_path / "analytics.duckdb").read_bytes() == before
+    with duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True) as con:
+        assert con.execute("select count(*) from events").fetchall() == [(3000000,)]
+        assert con.execute("select build_id from saferoom_build").fetchall() == [(good.build_id,)]
+    assert json.loads((tmp_path / "analytics.manifest.json").read_text())["build_id"] == good.build_id
+    again = build(policy, "analytics")  # clears the leftovers and carries the good table over
+    assert not list(tmp_path.glob(".analytics.duckdb.building-*"))
+    assert again.tables[0].carried_over
+
+
+def test_cli_build_and_plan(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path)
+    run = [sys.executable, "-c", "from saferoom.cli import main; main()"]
+    planned = subprocess.run([*run, "build", "analytics", "-p", str(policy.path), "--plan"], capture_output=True, text=True, check=False)
+    assert planned.returncode == 0, planned.stderr
+    assert "removed (values fingerprinted): pan" in planned.stdout
+    done = subprocess.run([*run, "build", "analytics", "-p", str(policy.path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "prod.customers" in done.stdout and "fingerprints" in done.stdout
+    missing = subprocess.run([*run, "build", "nightly", "-p", str(policy.path)], capture_output=True, text=True, check=False)
+    assert missing.returncode == 2 and "no build named" in missing.stderr
