@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+import sqlglot
 
 import saferoom
 from saferoom.build import build, fingerprints, plan
@@ -275,3 +277,30 @@ def test_cli_build_and_plan(room, tmp_path: Path) -> None:
     assert "prod.customers" in done.stdout and "fingerprints" in done.stdout
     missing = subprocess.run([*run, "build", "nightly", "-p", str(policy.path)], capture_output=True, text=True, check=False)
     assert missing.returncode == 2 and "no build named" in missing.stderr
+
+
+def test_distinct_token_join_gives_the_same_tokens(room, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = importlib.import_module("saferoom.build.run")
+    monkeypatch.setattr(run, "DISTINCT_MIN_ROWS", 0)
+    monkeypatch.setattr(run, "DISTINCT_MAX_RATIO", 1.01)
+    build(policy_with_build(room, tmp_path), "analytics")
+    with duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True) as con:
+        built = dict(con.execute("select order_id, customer_id from orders").fetchall())
+    raw = dict(room.raw("select order_id, customer_id from orders"))
+    assert built == {order: room.token(customer) for order, customer in raw.items()}
+
+
+def test_distinct_tokens_rewrite() -> None:
+    from saferoom.build.tokens import distinct_tokens
+    from saferoom.guard.views import INNER_ALIAS
+
+    view = sqlglot.parse_one(
+        f'SELECT __saferoom_token("{INNER_ALIAS}"."k") AS "k", "{INNER_ALIAS}"."x" AS "x" '
+        f'FROM "s"."main"."t" AS {INNER_ALIAS} WHERE {INNER_ALIAS}.x > 1', read="duckdb")
+    out = distinct_tokens(view, {"k"}, {"k": "BIGINT"}).sql("duckdb")
+    assert out == (
+        'SELECT __saferoom_tok_0.t AS "k", "__saferoom_t"."x" AS "x" FROM "s"."main"."t" AS __saferoom_t '
+        'LEFT JOIN (SELECT v, __SAFEROOM_TOKEN(v) AS t FROM (SELECT DISTINCT "__saferoom_t"."k" AS v '
+        'FROM "s"."main"."t" AS __saferoom_t WHERE __saferoom_t.x > 1) AS d) AS __saferoom_tok_0 '
+        'ON "__saferoom_t"."k" = __saferoom_tok_0.v WHERE __saferoom_t.x > 1'
+    )

@@ -43,6 +43,7 @@ class TablePlan:
     row_filter_left: str | None
     recipe: str = field(compare=False)
     removed: tuple[str, ...] = ()
+    types: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def sql(self) -> str:
@@ -133,7 +134,7 @@ def _table(policy: Policy, build: Build, key: str, catalog: Catalog, version: st
     recipe = hashlib.sha256(f"{version}|{select.sql('duckdb')}|{k_columns}|{k.k if k else 0}|{k.on_violation if k else ''}".encode())
     return TablePlan(
         key, _target_name(policy, key), select, columns, k_columns,
-        None if user_dependent else text, text if user_dependent else None, recipe.hexdigest(), removed,
+        None if user_dependent else text, text if user_dependent else None, recipe.hexdigest(), removed, types,
     )
 
 

@@ -29,11 +29,15 @@ from sqlglot import exp
 
 from saferoom.build import fingerprints
 from saferoom.build.plan import K_COLUMN, MIN_FINGERPRINT_LENGTH, BuildPlan, TablePlan
+from saferoom.build.tokens import distinct_tokens, token_calls
 from saferoom.engines.duckdb import attach_sql, build_connection, fingerprint_key, scrub
 from saferoom.errors import BuildError
+from saferoom.guard.views import INNER_ALIAS
 from saferoom.policy import Policy
 
 Progress = Callable[[str, float], None]
+DISTINCT_MIN_ROWS = 100_000
+DISTINCT_MAX_RATIO = 0.5
 TARGET, PREVIOUS = "__saferoom_target", "__saferoom_previous"
 META_TABLE = "saferoom_build"
 
@@ -126,8 +130,9 @@ def _table(conn: duckdb.DuckDBPyConnection, table: TablePlan, writer: Writer, pr
     if carried:
         writer.carry(table.name)
     else:
+        select = _select(table, plan, _repetitive(conn, table, rows_in))
         with _watch(conn, lambda f: progress(table.table, f)):
-            writer.write(table.name, _select(table, plan))
+            writer.write(table.name, select)
     result = TableResult(
         table.table, table.name, identity, table.recipe, rows_in, writer.count(table.name), carried,
         table.row_filter, table.row_filter_left, [asdict(c) for c in table.columns],
@@ -140,13 +145,25 @@ def _table(conn: duckdb.DuckDBPyConnection, table: TablePlan, writer: Writer, pr
     return result, section
 
 
-def _select(table: TablePlan, plan: BuildPlan) -> exp.Select:
-    """The policy view, with k-anonymity suppression applied in the same statement."""
+def _repetitive(conn: duckdb.DuckDBPyConnection, table: TablePlan, rows: int) -> set[str]:
+    """Tokenized columns whose values repeat enough that tokenizing distinct values first pays."""
+    columns = sorted(token_calls(table.select))
+    if rows < DISTINCT_MIN_ROWS or not columns:
+        return set()
+    source = table.select.args["from_"].this.copy()
+    counts = [exp.func("approx_count_distinct", exp.column(c, table=INNER_ALIAS, quoted=True)) for c in columns]
+    distinct = conn.execute(exp.select(*counts).from_(source).sql("duckdb")).fetchall()[0]
+    return {c for c, n in zip(columns, distinct, strict=True) if n < rows * DISTINCT_MAX_RATIO}
+
+
+def _select(table: TablePlan, plan: BuildPlan, repetitive: set[str] = frozenset()) -> exp.Select:  # type: ignore[assignment]
+    """The policy view, tokenizing repeated values once, with k-anonymity suppression in the same statement."""
+    select = distinct_tokens(table.select, repetitive, table.types) if repetitive else table.select
     k = plan.k_anonymity
     if not table.k_columns or k is None or k.on_violation != "suppress":
-        return table.select
+        return select
     window = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column(c, quoted=True) for c in table.k_columns])
-    counted = exp.select(exp.Star(), exp.alias_(window, K_COLUMN)).from_(table.select.subquery("v"))
+    counted = exp.select(exp.Star(), exp.alias_(window, K_COLUMN)).from_(select.subquery("v"))
     keep = exp.select(exp.Star(except_=[exp.column(K_COLUMN)])).from_(counted.subquery("c"))
     return keep.where(exp.GTE(this=exp.column(K_COLUMN), expression=exp.Literal.number(k.k)))
 
@@ -191,16 +208,17 @@ def _fingerprints(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> fingerpr
     source = table.select.args["from_"].this
     parts = []
     for column in columns:
-        value = exp.column(column, quoted=True)
-        text = exp.func("trim", exp.cast(value, "VARCHAR"))
+        text = exp.func("lower", exp.func("trim", exp.cast(exp.column(column, quoted=True), "VARCHAR")))
         parts.append(
-            exp.select(exp.alias_(exp.func("__saferoom_fingerprint", value), "h")).from_(source.copy())
-            .where(exp.GTE(this=exp.func("length", text), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH)))
+            exp.select(exp.alias_(text, "v")).from_(source.copy())
+            .where(exp.GTE(this=exp.func("length", text.copy()), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH)))
         )
     union = parts[0]
     for part in parts[1:]:
         union = exp.union(union, part, distinct=False)
-    query = exp.select("h").distinct().from_(union.subquery("u")).order_by("h")
+    values = exp.select("v").distinct().from_(union.subquery("u"))  # each distinct value hashed once
+    hashed = exp.select(exp.alias_(exp.func("__saferoom_fingerprint", exp.column("v")), "h")).from_(values.subquery("d"))
+    query = exp.select("h").distinct().from_(hashed.subquery("x")).order_by("h")
     hashes = conn.sql(query.sql("duckdb")).to_arrow_table().column("h").to_numpy()
     return fingerprints.Section(table.table, columns, hashes.astype(np.uint64))
 

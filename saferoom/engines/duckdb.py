@@ -64,6 +64,7 @@ class DuckDBEngine:
         self._paths = {name: str(path) for name, path in sources.items()}
         self._conn = duckdb.connect(":memory:", config=_CLOSED_CONFIG)
         try:
+            self._conn.execute("SET enable_progress_bar = false")  # never draw on a notebook's stdout
             for name, path in sources.items():
                 self._attach(name, path)
             if token_key is not None:
@@ -150,6 +151,7 @@ def build_connection(sources: dict[str, Path], token_key: Secret | None) -> duck
     """
     conn = duckdb.connect(":memory:", config={**_CLOSED_CONFIG, "preserve_insertion_order": False})
     try:
+        conn.execute("SET enable_progress_bar = false")
         for name, path in sources.items():
             DuckDBEngine._attach_to(conn, name, path, {})
         if token_key is not None:
