@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,12 @@ class Room:
             return con.execute(sql).fetchall()
 
     def token(self, value: object) -> str:
-        return hmac.new(self.key.encode(), str(value).encode(), hashlib.sha256).hexdigest()
+        return token(self.key, value)
+
+
+def token(key: str, value: object) -> str:
+    """A token as saferoom defines it: the first 128 bits of HMAC-SHA256 of the text, in UUID form."""
+    return str(uuid.UUID(hmac.new(key.encode(), str(value).encode(), hashlib.sha256).hexdigest()[:32]))
 
 
 def plant_canaries(database: Path) -> None:

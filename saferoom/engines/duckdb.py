@@ -170,18 +170,20 @@ def fingerprint_key(token_key: Secret) -> Secret:
 
 def fingerprint_macro(key: Secret) -> str:
     """64-bit keyed hash of a value's normalised text (trimmed, lower case)."""
-    hmac_sql = token_macro(key, name="__saferoom_fp_hmac")
+    hmac_sql = token_macro(key, name="__saferoom_fp_hmac", as_token=False)
     return (
         hmac_sql + f"; CREATE MACRO memory.main.{FINGERPRINT_FUNCTION}(v) AS "
         "CAST('0x' || left(memory.main.__saferoom_fp_hmac(lower(trim(CAST(v AS VARCHAR)))), 16) AS UBIGINT)"
     )
 
 
-def token_macro(key: Secret, name: str = TOKEN_FUNCTION) -> str:
+def token_macro(key: Secret, name: str = TOKEN_FUNCTION, *, as_token: bool = True) -> str:
     """HMAC-SHA256 as a DuckDB macro; the key lives only inside the engine.
 
     HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)) with keys longer than the
     block hashed first, exactly as RFC 2104 and Python's ``hmac`` compute it.
+    A token is its first 128 bits as a UUID: fixed width, so it stores, joins
+    and groups like a number, and prints as text (truncation as in RFC 4868).
     """
     block = key.reveal().encode()
     if len(block) > 64:
@@ -192,6 +194,8 @@ def token_macro(key: Secret, name: str = TOKEN_FUNCTION) -> str:
     body = sqlglot.parse_one(
         "sha256(unhex(__o) || unhex(sha256(unhex(__i) || encode(CAST(v AS VARCHAR)))))", read="duckdb"
     ).transform(lambda n: _key_literal(n, inner, outer))
+    if as_token:
+        body = exp.cast(exp.func("left", body, exp.Literal.number(32)), "UUID")
     return f"CREATE MACRO memory.main.{name}(v) AS {body.sql('duckdb')}"
 
 
