@@ -2,6 +2,7 @@
 
 from saferoom.errors import (
     AccessDenied,
+    BuildError,
     EngineError,
     PolicyError,
     QueryRejected,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDenied",
     "Action",
+    "BuildError",
     "ColumnInfo",
     "EngineError",
     "Explanation",
