@@ -47,7 +47,7 @@ def query(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt 
 
     Example: saferoom query "select region, sum(amount) from orders group by 1" -u alice
     """
-    with saferoom.connect(policy, user=user, role=role) as session:
+    with _connect(policy, user, role) as session:
         result = session.query(_sql(sql))
         _print_arrow(result.to_arrow(), format)
         if result.truncated:
@@ -57,7 +57,7 @@ def query(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt 
 @app.command()
 def tables(policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = Format.table) -> None:
     """List the tables and columns you can query, with the action on each and why."""
-    with saferoom.connect(policy, user=user, role=role) as session:
+    with _connect(policy, user, role) as session:
         catalog = session.tables()
         if format is Format.table:
             for info in catalog:
@@ -69,7 +69,7 @@ def tables(policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: 
 @app.command()
 def explain(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = Format.table) -> None:
     """Show what a query will see, column by column, and the threat behind each action."""
-    with saferoom.connect(policy, user=user, role=role) as session:
+    with _connect(policy, user, role) as session:
         explanation = session.explain(_sql(sql))
     if format is not Format.table:
         out.print_json(json.dumps(explanation.to_dict(), default=str))
@@ -152,6 +152,116 @@ def _print_plan(build_plan: object) -> None:
             out.print(f"  k-anonymity: k={k.k} over {', '.join(table.k_columns)} ({k.on_violation})")
 
 
+StateOpt = Annotated[Path, typer.Option("--state", help="The gateway's state folder: tokens and the audit log.")]
+token_app = typer.Typer(help="Personal API tokens for the gateway.", no_args_is_help=True)
+audit_app = typer.Typer(help="The gateway's tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+
+
+@app.command()
+def serve(
+    policy: PolicyOpt = Path("saferoom.yaml"),
+    state: StateOpt = Path("saferoom-state"),
+    host: Annotated[str, typer.Option(help="Address to listen on; beyond loopback, use TLS.")] = "127.0.0.1",
+    port: int = 8470,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    jwks: Annotated[str | None, typer.Option(help="Accept OIDC bearer JWTs verified against this JWKS (file or URL).")] = None,
+    jwt_audience: str | None = None,
+    jwt_issuer: str | None = None,
+    jwt_claim: Annotated[str, typer.Option(help="The JWT claim that names the user.")] = "sub",
+) -> None:
+    """Run the gateway: it holds the credentials and the policy; people hold personal tokens.
+
+    Example: saferoom serve --policy saferoom.yaml --state /var/lib/saferoom
+    """
+    from saferoom.identity import JWTSettings
+    from saferoom.server.run import serve as run_server
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not (tls_cert and tls_key):
+        raise SaferoomError("serving beyond loopback needs --tls-cert and --tls-key")
+    settings = JWTSettings(jwks, jwt_audience, jwt_issuer, jwt_claim) if jwks else None
+    run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=settings)
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option("--user", "-u", help="Whose token it is.")],
+    state: StateOpt = Path("saferoom-state"),
+    role: Annotated[str | None, typer.Option(help="Bind the token to one role.")] = None,
+    ttl: Annotated[str | None, typer.Option(help="Lifetime, like 30d, 12h or 90m.")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="Check the user and role against this policy.")] = None,
+) -> None:
+    """Create a token and print it once; only its hash is kept."""
+    from saferoom.identity import TokenStore, parse_ttl
+
+    if policy is not None:
+        load_policy(policy).role_for(user, role)
+    token, record = TokenStore(state).create(user, role, parse_ttl(ttl))
+    sys.stdout.write(token + "\n")
+    err.print(f"Token {record.id} for {user}" + (f" as {role}" if role else "") + (f", expires {record.expires}" if record.expires else "") + ". It is shown only now.")
+
+
+@token_app.command("list")
+def token_list(state: StateOpt = Path("saferoom-state"), format: FormatOpt = Format.table) -> None:
+    """List tokens (never their secrets)."""
+    from saferoom.identity import TokenStore
+
+    _print_rows([r.public() for r in TokenStore(state).list()], format, ["id", "user", "role", "created", "expires", "revoked"])
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (from `token list`).")], state: StateOpt = Path("saferoom-state")) -> None:
+    """Revoke a token; it is refused from the next request on."""
+    from saferoom.identity import TokenStore
+
+    record = TokenStore(state).revoke(token_id)
+    out.print(f"Revoked token {record.id} of {record.user}.")
+
+
+@app.command()
+def login(url: Annotated[str, typer.Option(help="The gateway, e.g. https://saferoom.internal:8470")],
+          token_file: Annotated[Path | None, typer.Option(help="Read the token from this file instead of stdin.")] = None) -> None:
+    """Save a gateway URL and your token (mode 0600) so notebooks need no secrets."""
+    from saferoom.client import RemoteSession, save_credentials
+
+    token = (token_file.read_text() if token_file else sys.stdin.readline()).strip()
+    with RemoteSession(url, token) as session:
+        path = save_credentials(url, token)
+        out.print(f"Signed in to {url} as {session.user} (role {session.role}); saved to {path}.")
+
+
+@audit_app.command("verify")
+def audit_verify(state: StateOpt = Path("saferoom-state")) -> None:
+    """Check the hash chain; exits 1 on any break."""
+    from saferoom.audit import verify
+
+    result = verify(state)
+    if result.ok:
+        out.print(f"[green]The audit log verifies:[/] {result.records} records, chain and head intact.")
+        return
+    where = f" at line {result.line}" if result.line else ""
+    out.print(f"[red]The audit log does not verify{where}:[/] {result.problem} ({result.records} good records before it)")
+    raise typer.Exit(1)
+
+
+@audit_app.command("report")
+def audit_report(state: StateOpt = Path("saferoom-state"), format: FormatOpt = Format.table) -> None:
+    """Per user and per tag: queries, refusals, rows and bytes; flags sudden jumps in volume."""
+    from saferoom.audit import report
+
+    summary = report(state)
+    if format is not Format.table:
+        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+        return
+    rows = [{"user": u, **{k: c.get(k, 0) for k in ("queries", "refused", "rows", "bytes")}} for u, c in summary["users"].items()]
+    _print_rows(rows, format, ["user", "queries", "refused", "rows", "bytes"])
+    _print_rows([{"tag": t, "queries": n} for t, n in summary["tags"].items()], format, ["tag", "queries"])
+    for flag in summary["flags"]:
+        out.print(f"[yellow]flag:[/] {flag}")
+
+
 @app.command()
 def schema() -> None:
     """Print the policy file's JSON Schema, for editor completion."""
@@ -164,6 +274,13 @@ def demo(dir: Annotated[Path, typer.Option("--dir", help="Folder for the demo da
     from saferoom.walkthrough import run
 
     run(dir, customers, out)
+
+
+def _connect(policy: Path, user: str, role: str | None) -> Any:
+    """Embedded with --policy/--user; through the gateway when SAFEROOM_URL or `saferoom login` says so."""
+    if not user and not policy.exists():
+        return saferoom.connect(role=role)
+    return saferoom.connect(policy, user=user, role=role)
 
 
 def _sql(sql: str) -> str:

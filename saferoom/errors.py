@@ -6,10 +6,14 @@
     ├── AccessDenied       unknown user, or a role the user does not hold
     ├── EngineError        the database failed; message scrubbed of paths and settings
     ├── BuildError         `saferoom build` could not finish; the last good build is untouched
+    ├── AuthError          no valid credential (missing, malformed, expired, revoked or forged token)
+    ├── AuditError         the audit log cannot be written, so nothing runs (fail closed)
+    ├── LimitExceeded      a role's limit (bytes per day, concurrent queries, time) was reached
     └── UsageError         the caller asked for something that cannot be done (bad argument)
 
-Each class carries ``exit_code`` for the command line, so every surface renders
-errors the same way.
+Each class carries ``exit_code`` for the command line and ``http_status`` for
+the gateway, so every surface renders errors the same way; ``fields()`` is the
+structured part the gateway sends and the client raises again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class SaferoomError(Exception):
     """Root of every error saferoom raises on purpose."""
 
     exit_code = 1
+    http_status = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -29,11 +34,15 @@ class SaferoomError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def fields(self) -> dict[str, object]:
+        return {}
+
 
 class PolicyError(SaferoomError):
     """The policy file is malformed, inconsistent or refers to something missing."""
 
     exit_code = 2
+    http_status = 500
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
         where = ""
@@ -49,6 +58,7 @@ class QueryRejected(SaferoomError):
     """The guard refused the query. The message explains the rule in plain words."""
 
     exit_code = 3
+    http_status = 403
 
     def __init__(
         self,
@@ -65,26 +75,71 @@ class QueryRejected(SaferoomError):
         self.threats = tuple(threats)
         self.allowed_roles = tuple(allowed_roles)
 
+    def fields(self) -> dict[str, object]:
+        return {"column": self.column, "tag": self.tag, "threats": list(self.threats), "allowed_roles": list(self.allowed_roles)}
+
 
 class AccessDenied(SaferoomError):
     """The user is unknown, or asked to act as a role they do not hold."""
 
     exit_code = 4
+    http_status = 403
 
 
 class EngineError(SaferoomError):
     """The database refused or failed to run a guarded query."""
 
     exit_code = 5
+    http_status = 400
 
 
 class BuildError(SaferoomError):
     """A build failed before it swapped anything in; the previous target is untouched."""
 
     exit_code = 6
+    http_status = 500
+
+
+class AuthError(SaferoomError):
+    """No valid credential: missing, malformed, expired, revoked or forged."""
+
+    exit_code = 7
+    http_status = 401
+
+
+class AuditError(SaferoomError):
+    """The audit log cannot be written; the query does not run."""
+
+    exit_code = 8
+    http_status = 503
+
+
+class LimitExceeded(SaferoomError):
+    """A role's limit was reached: bytes per day, concurrent queries or statement time."""
+
+    exit_code = 9
+    http_status = 429
 
 
 class UsageError(SaferoomError):
     """A bad argument from the caller: a missing file, an unknown format."""
 
     exit_code = 2
+    http_status = 400
+
+
+ERRORS: dict[str, type[SaferoomError]] = {
+    cls.__name__: cls
+    for cls in (SaferoomError, PolicyError, QueryRejected, AccessDenied, EngineError, BuildError, AuthError,
+                AuditError, LimitExceeded, UsageError)
+}
+
+
+def from_fields(kind: str, message: str, fields: dict[str, object]) -> SaferoomError:
+    """Rebuild an error the gateway sent, as the same class the embedded session raises."""
+    cls = ERRORS.get(kind, SaferoomError)
+    if cls is QueryRejected:
+        return QueryRejected(message, **{k: v for k, v in fields.items() if k in ("column", "tag", "threats", "allowed_roles")})  # type: ignore[arg-type]
+    error = cls.__new__(cls)
+    SaferoomError.__init__(error, message)
+    return error

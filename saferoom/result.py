@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from saferoom.errors import EngineError
+from saferoom.errors import EngineError, SaferoomError
 
 if TYPE_CHECKING:
     import pandas
@@ -21,8 +21,11 @@ class Result:
     receive; only the first ``max_rows`` are kept.
     """
 
-    def __init__(self, reader: pa.RecordBatchReader, *, max_rows: int | None, sql: str = "") -> None:
+    def __init__(
+        self, reader: pa.RecordBatchReader, *, max_rows: int | None, sql: str = "", tables: tuple[str, ...] = ()
+    ) -> None:
         self._reader: pa.RecordBatchReader | None = reader
+        self.tables = tables
         self.schema: pa.Schema = reader.schema
         self.max_rows = max_rows
         self.sql = sql
@@ -48,6 +51,9 @@ class Result:
         except pa.ArrowException as exc:
             self._finish()
             raise EngineError(f"the query failed while streaming: {str(exc).splitlines()[0]}") from None
+        except SaferoomError:
+            self._finish()
+            raise
         if self.max_rows is None:
             return batch
         room = self.max_rows - sum(b.num_rows for b in self._batches)

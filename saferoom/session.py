@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Self
 
+from saferoom.client import RemoteSession
 from saferoom.engines.duckdb import DuckDBEngine
 from saferoom.errors import EngineError, QueryRejected, UsageError
 from saferoom.explain import Explanation, OutputColumn, TableInfo, catalog, output_sources, table_info
@@ -19,12 +20,14 @@ DEFAULT_POLICY = "saferoom.yaml"
 class Session:
     """A user acting as exactly one role against the policy's sources."""
 
-    def __init__(self, policy: Policy, user: str, role: str | None = None) -> None:
+    def __init__(self, policy: Policy, user: str, role: str | None = None, *, engine: DuckDBEngine | None = None) -> None:
         self.policy = policy
         self.user = user
         self.role, role_spec = policy.role_for(user, role)
         self.max_rows = role_spec.max_rows
-        self._engine = open_engine(policy)
+        self.timeout = role_spec.timeout_seconds
+        self._owns_engine = engine is None
+        self._engine = engine or open_engine(policy)
         self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog())
 
     def guard(self, sql: str) -> GuardedQuery:
@@ -35,10 +38,10 @@ class Session:
         """Run a query; what comes back is already shaped by the policy."""
         guarded = self._guard.rewrite(sql)
         try:
-            reader = self._engine.stream(guarded.sql)
+            reader = self._engine.stream(guarded.sql, timeout=self.timeout)
         except EngineError as exc:
             raise self._guard.explain_missing(exc, sql, guarded.tables) from None
-        return Result(reader, max_rows=self.max_rows, sql=guarded.sql)
+        return Result(reader, max_rows=self.max_rows, sql=guarded.sql, tables=guarded.tables)
 
     def tables(self) -> list[TableInfo]:
         """The catalog as this user sees it: each column's action and the reason for it."""
@@ -63,7 +66,8 @@ class Session:
             raise self._guard.explain_missing(exc, sql, guarded.tables) from None
 
     def close(self) -> None:
-        self._engine.close()
+        if self._owns_engine:
+            self._engine.close()
 
     def __enter__(self) -> Self:
         return self
@@ -73,6 +77,14 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session user={self.user!r} role={self.role!r} policy={self.policy.path.name!r}>"
+
+
+def _gateway_configured() -> bool:
+    from saferoom.client import load_credentials
+
+    if os.environ.get("SAFEROOM_POLICY"):
+        return False
+    return bool(os.environ.get("SAFEROOM_URL") or load_credentials().get("url"))
 
 
 def open_engine(policy: Policy) -> DuckDBEngine:
@@ -89,8 +101,23 @@ def connect(
     policy: str | Path | Policy | None = None,
     user: str | None = None,
     role: str | None = None,
-) -> Session:
-    """Open a session. ``policy`` and ``user`` default to ``SAFEROOM_POLICY`` and ``SAFEROOM_USER``."""
+    *,
+    url: str | None = None,
+    token: str | None = None,
+) -> Session | RemoteSession:
+    """Open a session: embedded with a policy file, or through a gateway with a URL and a token.
+
+    With no arguments: ``SAFEROOM_URL`` and ``SAFEROOM_TOKEN`` (or what `saferoom login`
+    saved) reach a gateway; otherwise ``SAFEROOM_POLICY`` and ``SAFEROOM_USER`` open the
+    embedded engine.
+    """
+    if url or (policy is None and _gateway_configured()):
+        from saferoom.client import load_credentials
+
+        saved = load_credentials()
+        url = url or os.environ.get("SAFEROOM_URL") or saved.get("url")
+        token = token or os.environ.get("SAFEROOM_TOKEN") or (saved.get("token") if saved.get("url") == url else None)
+        return RemoteSession(str(url), token or "", role)
     policy = policy or os.environ.get("SAFEROOM_POLICY") or DEFAULT_POLICY
     user = user or os.environ.get("SAFEROOM_USER")
     if not user:

@@ -22,7 +22,7 @@ import sqlglot
 from sqlglot import exp
 
 from saferoom.engines.base import Catalog, EngineSpec, Templates
-from saferoom.errors import EngineError
+from saferoom.errors import EngineError, LimitExceeded
 from saferoom.secrets import Secret
 
 TOKEN_FUNCTION = "__saferoom_token"
@@ -90,9 +90,31 @@ class DuckDBEngine:
     def catalog(self) -> Catalog:
         return read_catalog(self._conn)
 
-    def stream(self, sql: str, batch_size: int = 65536) -> pa.RecordBatchReader:
-        with self._errors(), self._lock:
-            return self._conn.cursor().sql(sql).to_arrow_reader(batch_size)
+    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None) -> pa.RecordBatchReader:
+        """Arrow record batches of a query; past ``timeout`` seconds the query is interrupted."""
+        with self._lock:
+            cursor = self._conn.cursor()
+        timer = threading.Timer(timeout, cursor.interrupt) if timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            with self._errors(timeout):
+                reader = cursor.sql(sql).to_arrow_reader(batch_size)
+        except BaseException:
+            if timer:
+                timer.cancel()
+            raise
+        return pa.RecordBatchReader.from_batches(reader.schema, self._batches(reader, timer, timeout))
+
+    def _batches(self, reader: pa.RecordBatchReader, timer: threading.Timer | None, timeout: float | None) -> Iterator[pa.RecordBatch]:
+        try:
+            with self._errors(timeout):
+                yield from reader
+        finally:
+            if timer:
+                timer.cancel()
+            reader.close()
 
     def column_types(self, sql: str) -> list[tuple[str, str]]:
         with self._errors(), self._lock:
@@ -103,10 +125,12 @@ class DuckDBEngine:
         self._conn.close()
 
     @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self, timeout: float | None = None) -> Iterator[None]:
         try:
             yield
-        except duckdb.Error as exc:
+        except (duckdb.Error, pa.ArrowException) as exc:
+            if "INTERRUPT" in str(exc).upper():
+                raise LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds") from None
             raise EngineError(self._scrub(str(exc))) from None
 
     def _scrub(self, message: str) -> str:

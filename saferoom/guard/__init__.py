@@ -38,6 +38,7 @@ class GuardedQuery:
 
     sql: str
     tables: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...] = ()  # (table, column) the query can reach, for the audit log
 
 
 class Guard:
@@ -79,7 +80,12 @@ class Guard:
         tree = unqualify_columns(tree, self._resolver)
         names = referenced_names(tree)
         tree, touched = substitute_tables(tree, self._resolver, lambda table: self.view(table, names))
-        return GuardedQuery(render(tree, self.spec.dialect), tuple(dict.fromkeys(touched)))
+        tables = tuple(dict.fromkeys(touched))
+        return GuardedQuery(render(tree, self.spec.dialect), tables, self._reached(tables, names))
+
+    def _reached(self, tables: tuple[str, ...], names: frozenset[str] | None) -> tuple[tuple[str, str], ...]:
+        listed = ((t, c) for t in tables for c in self.policy.columns(t))
+        return tuple((t, c) for t, c in listed if names is None or c in names)
 
     def view(self, table: str, names: frozenset[str] | None = None) -> exp.Var:
         """The policy view of a table for this user and role, cut to ``names``; rendered once."""

@@ -69,6 +69,10 @@ class Role(Strict):
         default_factory=dict, description="table -> SQL predicate over the raw table; {user.attr} binds a literal."
     )
     max_rows: int | None = Field(default=None, gt=0, description="Results are cut after this many rows.")
+    max_bytes_per_day: int | None = Field(default=None, gt=0, description="Gateway: result bytes per user per day.")
+    max_concurrent: int | None = Field(default=None, gt=0, description="Gateway: queries at once per user.")
+    timeout_seconds: float | None = Field(default=None, gt=0, description="A query running longer is stopped.")
+    audit: bool = Field(default=False, description="May read the gateway's audit log.")
 
 
 Attribute = str | int | float | bool | list[str | int | float | bool]

@@ -1,0 +1,165 @@
+"""The gateway client: the same session API as embedded mode, over HTTP.
+
+Results arrive as an Arrow IPC stream and are decoded batch by batch as the
+bytes come in; nothing buffers the whole body. Errors arrive as the same
+exception classes, with the same explanations, as in embedded mode.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import pyarrow as pa
+
+from saferoom.errors import AuthError, SaferoomError, UsageError, from_fields
+from saferoom.explain import ColumnInfo, Explanation, OutputColumn, TableInfo
+from saferoom.result import Result
+
+CHUNK = 1 << 20
+
+
+def credentials_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "saferoom" / "credentials.json"
+
+
+def save_credentials(url: str, token: str) -> Path:
+    """What `saferoom login` writes: readable by its owner only."""
+    path = credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(".credentials.json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"url": url, "token": token}, out)
+    os.replace(tmp, path)
+    return path
+
+
+def load_credentials() -> dict[str, str]:
+    try:
+        return json.loads(credentials_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class RemoteSession:
+    """A session against a gateway: ``query``, ``tables``, ``explain``, as embedded."""
+
+    def __init__(self, url: str, token: str, role: str | None = None, *, verify: bool | str = True) -> None:
+        if not token:
+            raise AuthError("no token: pass token=, set SAFEROOM_TOKEN, or run `saferoom login`")
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
+                                  timeout=httpx.Timeout(30.0, read=None), verify=verify)
+        me = self._json("GET", "/v1/whoami", params=_role(role))
+        self.user, self.role, self.requested_role = me["user"], me["role"], role
+
+    def query(self, sql: str) -> Result:
+        request = self._http.build_request("POST", "/v1/query", json={"sql": sql, "role": self.requested_role})
+        response = self._send(request, stream=True)
+        return RemoteResult(response)
+
+    def tables(self) -> list[TableInfo]:
+        return [_table(t) for t in self._json("GET", "/v1/tables", params=_role(self.requested_role))]
+
+    def explain(self, sql: str) -> Explanation:
+        data = self._json("POST", "/v1/explain", json={"sql": sql, "role": self.requested_role})
+        columns = tuple(OutputColumn(c["name"], c["type"], tuple(ColumnInfo(**_info(s)) for s in c["sources"])) for c in data["columns"])
+        return Explanation(data["role"], tuple(_table(t) for t in data["tables"]), columns, data["refused"], tuple(data["notes"]))
+
+    def audit(self, limit: int = 200) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/audit", params={"limit": limit, **_role(self.requested_role)})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RemoteSession user={self.user!r} role={self.role!r} url={self.url!r}>"
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(self._http.build_request(method, path, **kwargs))
+        return response.json()
+
+    def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
+        try:
+            response = self._http.send(request, stream=stream)
+        except httpx.HTTPError as exc:
+            raise UsageError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            if stream:
+                response.read()
+            raise _error(response)
+        return response
+
+
+class RemoteResult(Result):
+    """Batches decoded as the stream arrives; the trailer says whether the result was cut."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._body = io.BufferedReader(_ResponseFile(response.iter_bytes(CHUNK)), CHUNK)
+        reader = pa.ipc.open_stream(self._body)
+        super().__init__(pa.RecordBatchReader.from_batches(reader.schema, self._read(reader)), max_rows=None)
+        self.request_id = response.headers.get("X-Saferoom-Request")
+
+    def _read(self, reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from reader
+            status = json.loads(self._body.read() or b"{}")
+            self._truncated = bool(status.get("truncated"))
+            if "error" in status:
+                raise from_fields(status["error"]["type"], status["error"]["message"], status["error"])
+        finally:
+            self._response.close()
+
+
+class _ResponseFile(io.RawIOBase):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._left = chunks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            try:
+                self._left = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._left))
+        buffer[:size] = self._left[:size]
+        self._left = self._left[size:]
+        return size
+
+
+def _error(response: httpx.Response) -> SaferoomError:
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return SaferoomError(f"the gateway answered {response.status_code}: {response.text[:200]}")
+    return from_fields(error.get("type", "SaferoomError"), error.get("message", ""), error)
+
+
+def _role(role: str | None) -> dict[str, str]:
+    return {"role": role} if role else {}
+
+
+def _info(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "threats": tuple(data["threats"])}
+
+
+def _table(data: dict[str, Any]) -> TableInfo:
+    return TableInfo(data["name"], tuple(ColumnInfo(**_info(c)) for c in data["columns"]), data.get("row_filter"))

@@ -1,0 +1,201 @@
+"""Who is asking: personal API tokens, and optionally OIDC bearer tokens (JWT).
+
+A personal token reads ``sr_<id>_<secret>``. Only the SHA-256 of the secret is
+stored (``DIR/tokens.json``, mode 0600), looked up by id and compared in
+constant time, with an expiry and a revocation flag. The token is shown once,
+when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from saferoom.errors import AuthError, UsageError
+
+TOKENS = "tokens.json"
+_SHAPE = re.compile(r"^sr_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_DUMMY = hashlib.sha256(b"no such token").hexdigest()
+_TTL = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified caller: the user, the role they asked for, and how they proved it."""
+
+    user: str
+    role: str | None
+    method: str
+    token_id: str | None = None
+
+
+@dataclass
+class TokenRecord:
+    id: str
+    user: str
+    role: str | None
+    created: str
+    expires: str | None
+    revoked: bool
+    secret_sha256: str
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["secret_sha256"]
+        return data
+
+
+def parse_ttl(text: str | None) -> timedelta | None:
+    if not text:
+        return None
+    match = _TTL.match(text.strip())
+    if not match:
+        raise UsageError(f"--ttl {text!r}: write a number and a unit, like 30d, 12h or 90m")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+class TokenStore:
+    """Personal API tokens kept as hashes in ``DIR/tokens.json``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / TOKENS
+        self._lock = threading.Lock()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def create(self, user: str, role: str | None = None, ttl: timedelta | None = None) -> tuple[str, TokenRecord]:
+        """Make a token; the returned string is the only time the secret exists in clear."""
+        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        created = datetime.now(UTC)
+        record = TokenRecord(
+            token_id, user, role, created.isoformat(timespec="seconds"),
+            (created + ttl).isoformat(timespec="seconds") if ttl else None, False, _hash(secret),
+        )
+        with self._lock:
+            records = self._load()
+            records[token_id] = record
+            self._save(records)
+        return f"sr_{token_id}_{secret}", record
+
+    def revoke(self, token_id: str) -> TokenRecord:
+        with self._lock:
+            records = self._load()
+            if token_id not in records:
+                raise UsageError(f"no token with id {token_id}; `saferoom token list` shows them")
+            records[token_id].revoked = True
+            self._save(records)
+            return records[token_id]
+
+    def list(self) -> list[TokenRecord]:
+        return sorted(self._load().values(), key=lambda r: r.created)
+
+    def verify(self, token: str) -> Identity:
+        match = _SHAPE.match(token)
+        if not match:
+            raise AuthError("the token is malformed; tokens look like sr_<id>_<secret>")
+        token_id, secret = match.groups()
+        record = self._load().get(token_id)
+        expected = record.secret_sha256 if record else _DUMMY
+        if not hmac.compare_digest(_hash(secret), expected) or record is None:
+            raise AuthError("the token is not valid")
+        if record.revoked:
+            raise AuthError("the token was revoked; ask for a new one")
+        if record.expires and datetime.fromisoformat(record.expires) <= datetime.now(UTC):
+            raise AuthError("the token has expired; ask for a new one")
+        return Identity(record.user, record.role, "token", record.id)
+
+    def _load(self) -> dict[str, TokenRecord]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        return {item["id"]: TokenRecord(**item) for item in data}
+
+    def _save(self, records: dict[str, TokenRecord]) -> None:
+        tmp = self.path.with_name(f".{TOKENS}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump([asdict(r) for r in records.values()], out, indent=1)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class JWTSettings:
+    """Bearer JWTs from an identity provider, verified against its JWKS."""
+
+    jwks: str
+    audience: str | None = None
+    issuer: str | None = None
+    claim: str = "sub"
+
+
+class JWTVerifier:
+    def __init__(self, settings: JWTSettings) -> None:
+        import jwt
+
+        self.settings = settings
+        if settings.jwks.startswith(("http://", "https://")):
+            self._client: Any = jwt.PyJWKClient(settings.jwks)
+            self._keys = None
+        else:
+            self._client = None
+            self._keys = jwt.PyJWKSet.from_json(Path(settings.jwks).read_text())
+
+    def verify(self, token: str) -> Identity:
+        import jwt
+
+        try:
+            key = self._key(token)
+            claims = jwt.decode(token, key, algorithms=["RS256", "ES256", "EdDSA"],
+                                audience=self.settings.audience, issuer=self.settings.issuer,
+                                options={"require": ["exp"]})
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"the bearer token is not valid: {exc}") from None
+        user = claims.get(self.settings.claim)
+        if not isinstance(user, str) or not user:
+            raise AuthError(f"the bearer token has no `{self.settings.claim}` claim")
+        return Identity(user, None, "jwt")
+
+    def _key(self, token: str) -> Any:
+        import jwt
+
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token).key
+        kid = jwt.get_unverified_header(token).get("kid")
+        for key in self._keys.keys:
+            if key.key_id == kid:
+                return key.key
+        raise AuthError("the bearer token was signed by a key the gateway does not know")
+
+
+class Authenticator:
+    """Tries personal tokens, then JWTs when configured."""
+
+    def __init__(self, store: TokenStore, jwt: JWTVerifier | None = None) -> None:
+        self.store, self.jwt = store, jwt
+
+    def identify(self, authorization: str | None) -> Identity:
+        if not authorization:
+            raise AuthError("no credential: send `Authorization: Bearer <token>` (saferoom login stores one)")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("use `Authorization: Bearer <token>`")
+        token = token.strip()
+        if token.startswith("sr_") or self.jwt is None:
+            return self.store.verify(token)
+        return self.jwt.verify(token)

@@ -1,0 +1,104 @@
+"""The HTTP layer of the gateway: each route a few lines over :class:`Gateway`."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from saferoom import __version__
+from saferoom.audit import read
+from saferoom.errors import AccessDenied, AuthError, SaferoomError, UsageError
+from saferoom.server.gateway import Gateway
+from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body
+
+Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+
+
+class QueryRequest(BaseModel):
+    sql: str = Field(description="One read-only SQL statement.")
+    role: str | None = Field(default=None, description="Act as this role (default: the user's first).")
+    format: str | None = Field(default=None, description="arrow (default), json or csv.")
+
+
+class ExplainRequest(BaseModel):
+    sql: str
+    role: str | None = None
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(title="saferoom gateway", version=__version__, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+
+    @app.exception_handler(SaferoomError)
+    async def saferoom_error(_request: Request, exc: SaferoomError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
+
+    @app.get("/healthz", summary="Liveness")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "policy": gateway.policy.hash}
+
+    @app.get("/v1/whoami", summary="Who the token belongs to and the role it acts as")
+    def whoami(authorization: Auth = None, role: str | None = None) -> dict[str, Any]:
+        identity = gateway.identify(authorization)
+        session = gateway.session(identity, role)
+        roles = gateway.policy.user(identity.user).roles
+        return {"user": session.user, "role": session.role, "roles": roles, "audit": gateway.may_audit(session)}
+
+    @app.get("/v1/tables", summary="The catalog as the caller sees it")
+    def tables(authorization: Auth = None, role: str | None = None) -> list[dict[str, Any]]:
+        return [t.to_dict() for t in gateway.session(gateway.identify(authorization), role).tables()]
+
+    @app.post("/v1/explain", summary="What a query will see, column by column")
+    def explain(request: ExplainRequest, authorization: Auth = None) -> dict[str, Any]:
+        return gateway.session(gateway.identify(authorization), request.role).explain(request.sql).to_dict()
+
+    @app.post("/v1/query", summary="Run a guarded query; an Arrow IPC stream by default, JSON or CSV on request",
+              responses={200: {"content": {MEDIA["arrow"]: {}, MEDIA["json"]: {}, MEDIA["csv"]: {}}}})
+    def query(request: Annotated[QueryRequest, Body()], authorization: Auth = None,
+              accept: Annotated[str | None, Header()] = None) -> StreamingResponse:
+        identity = gateway.identify(authorization)
+        session = gateway.session(identity, request.role)
+        kind = _format(request.format, accept)
+        started = time.perf_counter()
+        result, decision = gateway.start(session, request.sql, identity)
+        return StreamingResponse(_stream(gateway, result, decision, kind, started), media_type=MEDIA[kind],
+                                 headers={"X-Saferoom-Request": decision["request_id"]})
+
+    @app.get("/v1/audit", summary="The audit log (roles with audit: true)")
+    def audit(authorization: Auth = None, role: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> list[dict[str, Any]]:
+        session = gateway.session(gateway.identify(authorization), role)
+        if not gateway.may_audit(session):
+            raise AccessDenied(f"role `{session.role}` may not read the audit log; roles with `audit: true` may")
+        return read(gateway.state, limit)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return resources.files("saferoom.server").joinpath("static/index.html").read_text()
+
+    return app
+
+
+def _format(requested: str | None, accept: str | None) -> str:
+    if requested:
+        if requested not in BODIES:
+            raise UsageError(f"format {requested!r} is not one of arrow, json, csv")
+        return requested
+    accept = accept or ""
+    return "json" if "application/json" in accept else "csv" if "text/csv" in accept else "arrow"
+
+
+def _stream(gateway: Gateway, result: Any, decision: dict[str, Any], kind: str, started: float):  # type: ignore[no-untyped-def]
+    outcome = Outcome()
+    try:
+        yield from BODIES[kind](result, outcome)
+    finally:
+        gateway.release(decision["user"])
+        truncated = bool(getattr(result, "_truncated", False))
+        gateway.finish(decision, rows=outcome.rows, size=outcome.bytes, started=started, truncated=truncated, error=outcome.error)

@@ -1,0 +1,116 @@
+"""Result bodies: Arrow IPC (default), JSON or CSV, produced batch by batch.
+
+An Arrow body is a standard IPC stream followed, after its end-of-stream
+marker, by one JSON line: ``{"rows": n, "truncated": bool, "error": ...}``.
+Arrow readers stop at the marker; saferoom's client reads the line, so a cut
+or a failure mid-stream still reaches the caller.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv
+
+from saferoom.errors import SaferoomError
+from saferoom.result import Result
+
+ARROW = "application/vnd.apache.arrow.stream"
+MEDIA = {"arrow": ARROW, "json": "application/json", "csv": "text/csv; charset=utf-8"}
+
+
+class _Sink(io.RawIOBase):
+    """Collects what the IPC writer emits so it can be sent as it comes."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        self._position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def take(self) -> bytes:
+        chunk, self._chunks = b"".join(self._chunks), []
+        return chunk
+
+
+class Outcome:
+    """What a stream sent, for the audit record written when it ends."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.bytes = 0
+        self.error: SaferoomError | None = None
+
+    def count(self, chunk: bytes) -> bytes:
+        self.bytes += len(chunk)
+        return chunk
+
+
+def arrow_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
+    sink = _Sink()
+    writer = pa.ipc.new_stream(sink, result.schema)
+    yield outcome.count(sink.take())
+    try:
+        for batch in result.batches():
+            writer.write_batch(batch)
+            outcome.rows += batch.num_rows
+            yield outcome.count(sink.take())
+    except SaferoomError as exc:
+        outcome.error = exc
+    writer.close()
+    yield outcome.count(sink.take() + _trailer(result, outcome))
+
+
+def json_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
+    yield outcome.count(b'{"columns": ' + json.dumps(result.schema.names).encode() + b', "rows": [')
+    first = True
+    try:
+        for batch in result.batches():
+            for row in batch.to_pylist():
+                yield outcome.count((b"" if first else b",") + json.dumps(list(row.values()), default=str).encode())
+                first = False
+            outcome.rows += batch.num_rows
+    except SaferoomError as exc:
+        outcome.error = exc
+    yield outcome.count(b'], "status": ' + _trailer(result, outcome).rstrip() + b"}")
+
+
+def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
+    header = True
+    try:
+        for batch in result.batches():
+            buffer = io.BytesIO()
+            pyarrow.csv.write_csv(pa.Table.from_batches([batch]), buffer, pyarrow.csv.WriteOptions(include_header=header))
+            header = False
+            outcome.rows += batch.num_rows
+            yield outcome.count(buffer.getvalue())
+    except SaferoomError as exc:
+        outcome.error = exc
+
+
+BODIES = {"arrow": arrow_body, "json": json_body, "csv": csv_body}
+
+
+def _trailer(result: Result, outcome: Outcome) -> bytes:
+    status: dict[str, Any] = {"rows": outcome.rows, "truncated": result.truncated if outcome.error is None else False}
+    if outcome.error is not None:
+        status["error"] = error_body(outcome.error)["error"]
+    return json.dumps(status).encode() + b"\n"
+
+
+def error_body(exc: SaferoomError) -> dict[str, Any]:
+    return {"error": {"type": type(exc).__name__, "message": str(exc), **exc.fields()}}
