@@ -110,8 +110,7 @@ class Gateway:
             self.audit.append(record)  # durable before any result byte exists
             try:
                 return session.query(sql), record
-            except SaferoomError as exc:
-                self.release(session.user)
+            except SaferoomError as exc:  # _limits releases the slot as this propagates
                 self.finish(record, rows=0, size=0, started=time.perf_counter(), error=exc)
                 raise
 

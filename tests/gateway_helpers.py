@@ -1,0 +1,102 @@
+"""A real gateway process on 127.0.0.1 for the tests, and ways to stop it (politely or with kill -9)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+CANARY_DB_PASSWORD = "canary-db-password-7f3e9c2a1b"
+
+SERVE = "from saferoom.cli import main; main()"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    policy: Path
+    state: Path
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        env = {**os.environ, "SAFEROOM_TEST_DB_PASSWORD": CANARY_DB_PASSWORD}
+        log = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVE, "serve", "-p", str(self.policy), "--state", str(self.state), "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the gateway did not start: {self.log.read_text()[-2000:]}")
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def hup(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
+    def token(self, user: str, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(self.state), "-u", user, *args],
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+
+GATEWAY_ROLES = """
+  security:
+    columns: {}
+    audit: true
+  limited:
+    columns: {pii: tokenize, key: tokenize}
+    max_concurrent: 1
+    max_bytes_per_day: 20000
+    timeout_seconds: 1
+"""
+
+GATEWAY_USERS = """  sam: {roles: [security]}
+  lee: {roles: [limited]}
+"""
+
+
+def gateway_policy(room, folder: Path) -> Path:
+    text = room.policy.read_text().split("builds:")[0]
+    text = text.replace("path: prod.duckdb", f"path: {room.database}").replace("file:token.key", f"file:{room.folder / 'token.key'}")
+    text = text.replace("  token_key:", "  db_password: env:SAFEROOM_TEST_DB_PASSWORD\n  token_key:")
+    text = text.replace("roles:\n", "roles:\n" + GATEWAY_ROLES.lstrip("\n"), 1)
+    text = text.replace("users:\n", "users:\n" + GATEWAY_USERS, 1)
+    path = folder / "saferoom.yaml"
+    path.write_text(text)
+    return path

@@ -1,0 +1,293 @@
+"""The gateway, as a real process on 127.0.0.1: identity, the audit trail, limits, faults."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+
+import saferoom
+from saferoom.audit import verify
+from saferoom.client import RemoteSession
+from tests.gateway_helpers import CANARY_DB_PASSWORD, SERVE, Server, free_port, gateway_policy
+
+
+@pytest.fixture(scope="module")
+def server(room, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gateway")
+    running = Server(gateway_policy(room, folder), folder / "state", free_port(), folder / "server.log").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def tokens(server):
+    return {user: server.token(user) for user in ("alice", "ivan", "sam", "lee")}
+
+
+def post(server, token: str | None, sql: str, **extra) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{server.url}/v1/query", json={"sql": sql, **extra}, headers=headers, timeout=30)
+
+
+def test_health_and_openapi(server) -> None:
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert {"/v1/query", "/v1/tables", "/v1/explain", "/v1/whoami", "/v1/audit", "/healthz"} <= set(paths)
+
+
+def test_bad_tokens_get_401_and_no_data(server, tokens) -> None:
+    store_dir = server.state
+    expired = server.token("alice", "--ttl", "1s")
+    revoked = server.token("alice")
+    subprocess.run([sys.executable, "-c", SERVE, "token", "revoke", revoked.split("_")[1], "--state", str(store_dir)], check=True, capture_output=True)
+    real_id = tokens["alice"].split("_")[1]
+    forged = [f"sr_{real_id}_{'A' * 43}", f"sr_{'0' * 12}_{'B' * 43}", tokens["alice"][:-1] + ("x" if tokens["alice"][-1] != "x" else "y")]
+    time.sleep(1.2)
+    for token in [None, "", "garbage", "Bearer", expired, revoked, *forged]:
+        response = post(server, token, "select * from prod.orders")
+        assert response.status_code == 401, (token, response.text)
+        body = response.json()
+        assert set(body) == {"error"} and body["error"]["type"] == "AuthError"
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_token_cannot_act_as_someone_else(server, tokens) -> None:
+    assert post(server, tokens["alice"], "select 1", role="investigator").status_code == 403
+    bound = server.token("ivan", "--role", "investigator")
+    assert httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {bound}"}).json()["user"] == "ivan"
+    response = httpx.get(f"{server.url}/v1/whoami", params={"user": "ivan"}, headers={"Authorization": f"Bearer {tokens['alice']}"})
+    assert response.json()["user"] == "alice"
+
+
+def test_client_matches_the_embedded_session(server, tokens, alice) -> None:
+    with RemoteSession(server.url, tokens["alice"]) as remote:
+        sql = "select region, count(*) as n, sum(amount) as s from prod.orders group by 1 order by 1"
+        assert remote.query(sql).to_arrow().equals(alice.query(sql).to_arrow())
+        tokens_remote = remote.query("select customer_id from prod.cards order by card_id").to_pylist()
+        assert tokens_remote == alice.query("select customer_id from prod.cards order by card_id").to_pylist()
+        assert [t.name for t in remote.tables()] == [t.name for t in alice.tables()]
+        assert remote.explain("select name from prod.customers").columns[0].sources[0].action == "tokenize"
+        with pytest.raises(saferoom.QueryRejected) as caught:
+            remote.query("select pan from prod.cards").to_arrow()
+        assert caught.value.column == "prod.cards.pan" and caught.value.allowed_roles == ("investigator",)
+        with pytest.raises(saferoom.QueryRejected, match="not allowed"):
+            remote.query("select * from read_csv('/etc/passwd')")
+        assert remote.query("select 1 as x").to_polars().shape == (1, 1)
+
+
+def test_formats(server, tokens) -> None:
+    sql = "select card_id from prod.cards order by card_id limit 3"
+    arrow = post(server, tokens["ivan"], sql)
+    assert arrow.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    reader = pa.ipc.open_stream(io.BytesIO(arrow.content))
+    assert reader.read_all().column(0).to_pylist() == [1, 2, 3]
+    as_json = post(server, tokens["ivan"], sql, format="json").json()
+    assert as_json["rows"] == [[1], [2], [3]] and as_json["status"]["rows"] == 3
+    as_csv = httpx.post(f"{server.url}/v1/query", json={"sql": sql}, headers={"Authorization": f"Bearer {tokens['ivan']}", "Accept": "text/csv"})
+    assert as_csv.text.split() == ['"card_id"', "1", "2", "3"]
+    assert post(server, tokens["ivan"], sql, format="xml").status_code == 400
+
+
+def test_audit_endpoint_is_for_audit_roles(server, tokens) -> None:
+    denied = httpx.get(f"{server.url}/v1/audit", headers={"Authorization": f"Bearer {tokens['alice']}"})
+    assert denied.status_code == 403
+    records = httpx.get(f"{server.url}/v1/audit", headers={"Authorization": f"Bearer {tokens['sam']}"}).json()
+    assert records and {"seq", "hash", "prev", "event"} <= set(records[-1])
+
+
+def test_limits(server, tokens) -> None:
+    lee = tokens["lee"]
+    slow = "select count(*) from prod.orders a, prod.orders b, prod.orders c"
+    stopped = post(server, lee, slow)
+    assert stopped.status_code == 429 and "timeout_seconds" in stopped.json()["error"]["message"]
+    messages: list[str] = []
+
+    def run() -> None:
+        messages.append(post(server, lee, slow).json()["error"]["message"])
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert any("max_concurrent" in m for m in messages) and any("timeout_seconds" in m for m in messages)
+    for _ in range(5):
+        post(server, lee, "select * from prod.orders")
+    over = post(server, lee, "select 1")
+    assert over.status_code == 429 and "max_bytes_per_day" in over.json()["error"]["message"]
+
+
+def test_nothing_secret_in_responses_logs_or_audit(server, tokens, room) -> None:
+    bodies = []
+    for user, token in tokens.items():
+        for sql in ["select * from prod.customers limit 5", "select pan from prod.cards", "select * from read_csv('x')",
+                    "select cast('x' as integer)", "select 1;", "select getenv('HOME')", "select * from prod.cards limit 3"]:
+            bodies.append(post(server, token, sql, format="json").text)
+        bodies.append(httpx.get(f"{server.url}/v1/tables", headers={"Authorization": f"Bearer {token}"}).text)
+        bodies.append(httpx.post(f"{server.url}/v1/explain", json={"sql": "select name, ssn from prod.customers"},
+                                 headers={"Authorization": f"Bearer {token}"}).text)
+    bodies.append(httpx.get(f"{server.url}/v1/audit", headers={"Authorization": f"Bearer {tokens['sam']}"}).text)
+    everything = "\n".join(bodies) + server.log.read_text() + (server.state / "audit.log").read_text()
+    assert CANARY_DB_PASSWORD not in everything
+    assert room.key not in everything
+    for token in tokens.values():
+        assert token.split("_")[2] not in everything  # no token secret is ever echoed or logged
+    assert "secret_sha256" not in "\n".join(bodies)
+
+
+def test_audit_chain_verifies_and_detects_tampering(server, tokens, tmp_path: Path) -> None:
+    post(server, tokens["alice"], "select count(*) from prod.orders")
+    time.sleep(0.2)
+    assert verify(server.state).ok
+    lines = (server.state / "audit.log").read_text().splitlines()
+    assert len(lines) > 6
+
+    def tampered(change) -> bool:
+        copy = tmp_path / f"state-{change.__name__}"
+        shutil.copytree(server.state, copy)
+        (copy / "audit.log").write_text("\n".join(change(list(lines))) + "\n")
+        return not verify(copy).ok
+
+    def edit(ls):
+        record = json.loads(ls[3])
+        record["user"] = "mallory"
+        ls[3] = json.dumps(record, sort_keys=True)
+        return ls
+
+    def delete(ls):
+        return ls[:2] + ls[3:]
+
+    def reorder(ls):
+        ls[2], ls[3] = ls[3], ls[2]
+        return ls
+
+    def cut_tail(ls):
+        return ls[:-1]
+
+    for change in (edit, delete, reorder, cut_tail):
+        assert tampered(change), change.__name__
+    done = subprocess.run([sys.executable, "-c", SERVE, "audit", "verify", "--state", str(tmp_path / "state-edit")], capture_output=True, text=True)
+    assert done.returncode == 1 and "edited" in done.stdout
+
+
+def test_policy_reload_keeps_the_old_policy_when_the_new_one_is_broken(server, tokens) -> None:
+    before = httpx.get(f"{server.url}/healthz").json()["policy"]
+    good = server.policy.read_text()
+    try:
+        server.policy.write_text(good.replace("version: 1", "version: 1\nsurprise: true"))
+        server.hup()
+        time.sleep(2.5)
+        assert httpx.get(f"{server.url}/healthz").json()["policy"] == before
+        assert post(server, tokens["alice"], "select count(*) from prod.orders").status_code == 200
+        server.policy.write_text(good.replace("  sam: {roles: [security]}", "  sam: {roles: [security]}\n  nora: {roles: [analyst]}"))
+        server.hup()
+        time.sleep(2.5)
+        assert httpx.get(f"{server.url}/healthz").json()["policy"] != before
+    finally:
+        server.policy.write_text(good)
+        server.hup()
+        time.sleep(1.5)
+    assert "policy reload refused" in server.log.read_text()
+
+
+def test_kill9_under_load_loses_no_answered_query(room, tmp_path: Path) -> None:
+    server = Server(gateway_policy(room, tmp_path), tmp_path / "state", free_port(), tmp_path / "server.log").start()
+    token = server.token("alice")
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(f"{server.url}/v1/query", json={"sql": "select region, count(*) from prod.orders group by 1"},
+                                         headers={"Authorization": f"Bearer {token}"})
+                    if response.status_code == 200 and response.content.endswith(b"\n"):
+                        answered.append(response.headers["X-Saferoom-Request"])
+                except httpx.HTTPError:
+                    return
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    [t.start() for t in threads]
+    time.sleep(1.5)
+    server.kill9()
+    stop.set()
+    [t.join() for t in threads]
+    assert len(answered) > 20
+    server.start()
+    try:
+        assert post(server, token, "select 1").status_code == 200
+        time.sleep(0.2)
+    finally:
+        server.stop()
+    assert verify(server.state).ok
+    logged = {json.loads(line)["request_id"] for line in (server.state / "audit.log").read_text().splitlines()
+              if json.loads(line).get("event") == "decision"}
+    assert set(answered) <= logged
+
+
+def test_login_then_connect_with_no_arguments(server, tokens, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", SERVE, "login", "--url", server.url], input=tokens["ivan"] + "\n",
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    saved = tmp_path / "saferoom" / "credentials.json"
+    assert oct(saved.stat().st_mode)[-3:] == "600"
+    for name in ("SAFEROOM_URL", "SAFEROOM_TOKEN", "SAFEROOM_POLICY", "SAFEROOM_USER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    with saferoom.connect() as session:
+        assert (session.user, session.role) == ("ivan", "investigator")
+        assert session.query("select count(*) as n from prod.cards").to_pylist()[0]["n"] > 0
+    cli = subprocess.run([sys.executable, "-c", SERVE, "query", "-f", "json", "select 1 as one"], capture_output=True, text=True, env=env)
+    assert json.loads(cli.stdout) == [{"one": 1}], cli.stderr
+
+
+def test_oidc_bearer_tokens(room, tmp_path: Path) -> None:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
+    policy = gateway_policy(room, tmp_path)
+    port = free_port()
+    env = {**os.environ}
+    process = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "-p", str(policy), "--state", str(tmp_path / "state"),
+                                "--port", str(port), "--jwks", str(tmp_path / "jwks.json"), "--jwt-audience", "saferoom",
+                                "--jwt-claim", "preferred_username"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+        def sign(signer, **claims) -> str:
+            body = {"preferred_username": "ivan", "aud": "saferoom", "exp": int(time.time()) + 300, **claims}
+            return jwt.encode(body, signer, algorithm="RS256", headers={"kid": "k1"})
+
+        def whoami(token: str) -> httpx.Response:
+            return httpx.get(f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+
+        assert whoami(sign(key)).json()["user"] == "ivan"
+        assert whoami(sign(other)).status_code == 401  # forged: signed by a key the gateway does not trust
+        assert whoami(sign(key, exp=int(time.time()) - 10)).status_code == 401
+        assert whoami(sign(key, aud="someone-else")).status_code == 401
+        assert whoami(sign(key, preferred_username="mallory")).status_code == 403  # not a user in the policy
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
