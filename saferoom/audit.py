@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections import Counter, defaultdict
@@ -23,6 +24,7 @@ from typing import Any
 
 from saferoom.errors import AuditError
 
+log = logging.getLogger("saferoom.audit")
 GENESIS = "0" * 64
 LOG, HEAD = "audit.log", "audit.head"
 
@@ -53,6 +55,7 @@ class AuditLog:
         self._queue: list[_Pending] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._later: list[_Pending] = []
         self._file = self.path.open("a", encoding="utf-8")
         self._writer = threading.Thread(target=self._run, name="saferoom-audit", daemon=True)
         self._writer.start()
@@ -69,6 +72,16 @@ class AuditLog:
         if pending.error is not None:
             raise AuditError(f"the audit log cannot be written, so the query does not run: {pending.error}") from None
         return pending.record
+
+    def append_later(self, record: dict[str, Any]) -> None:
+        """Queue ``record`` for the next group commit without waiting for it (failures are logged)."""
+        pending = _Pending(dict(record))
+        with self._cond:
+            if self._closed:
+                raise AuditError("the audit log is closed")
+            self._queue.append(pending)
+            self._later.append(pending)
+            self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
@@ -109,6 +122,11 @@ class AuditLog:
             self._seq, self._prev = seq, prev
         for pending in batch:
             pending.done.set()
+        with self._cond:
+            failed = [p for p in self._later if p.done.is_set() and p.error is not None]
+            self._later = [p for p in self._later if not p.done.is_set()]
+        for pending in failed:
+            log.error("an audit record could not be written: %s", pending.error)
 
     def _truncate_partial(self) -> None:
         """After a failed write, drop whatever part of it reached the file."""

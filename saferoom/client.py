@@ -110,7 +110,7 @@ class RemoteResult(Result):
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        self._body = io.BufferedReader(_ResponseFile(response.iter_bytes(CHUNK)), CHUNK)
+        self._body = _ResponseFile(response.iter_raw())
         reader = pa.ipc.open_stream(self._body)
         super().__init__(pa.RecordBatchReader.from_batches(reader.schema, self._read(reader)), max_rows=None)
         self.request_id = response.headers.get("X-Saferoom-Request")
@@ -127,22 +127,46 @@ class RemoteResult(Result):
 
 
 class _ResponseFile(io.RawIOBase):
+    """The response body as a file whose ``read(n)`` returns exactly n bytes (Arrow expects it).
+
+    Each byte is copied once, from the network chunk into the block Arrow asked for.
+    """
+
     def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks, self._left = chunks, b""
+        self._chunks = chunks
+        self._chunk = memoryview(b"")
+        self._at = 0
 
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int = -1) -> bytes | bytearray:  # type: ignore[override]
+        if size < 0:
+            return b"".join([bytes(self._chunk[self._at:]), *self._chunks])
+        if len(self._chunk) - self._at >= size:
+            self._at += size
+            return self._chunk[self._at - size : self._at].tobytes()
+        out = bytearray(size)
+        filled = 0
+        while filled < size and self._more():
+            take = min(size - filled, len(self._chunk) - self._at)
+            out[filled : filled + take] = self._chunk[self._at : self._at + take]
+            self._at += take
+            filled += take
+        return out if filled == size else out[:filled]
+
     def readinto(self, buffer: Any) -> int:
-        while not self._left:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _more(self) -> bool:
+        while self._at >= len(self._chunk):
             try:
-                self._left = next(self._chunks)
+                self._chunk, self._at = memoryview(next(self._chunks)), 0
             except StopIteration:
-                return 0
-        size = min(len(buffer), len(self._left))
-        buffer[:size] = self._left[:size]
-        self._left = self._left[size:]
-        return size
+                return False
+        return True
 
 
 def _error(response: httpx.Response) -> SaferoomError:

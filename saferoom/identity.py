@@ -70,6 +70,7 @@ class TokenStore:
     def __init__(self, folder: Path) -> None:
         self.path = folder / TOKENS
         self._lock = threading.Lock()
+        self._cache: tuple[tuple[int, int, int], dict[str, TokenRecord]] | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
     def create(self, user: str, role: str | None = None, ttl: timedelta | None = None) -> tuple[str, TokenRecord]:
@@ -114,11 +115,16 @@ class TokenStore:
         return Identity(record.user, record.role, "token", record.id)
 
     def _load(self) -> dict[str, TokenRecord]:
+        """The records, re-read only when the file changed (`token revoke` from another process)."""
         try:
-            data = json.loads(self.path.read_text())
+            stat = self.path.stat()
         except FileNotFoundError:
             return {}
-        return {item["id"]: TokenRecord(**item) for item in data}
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._cache is None or self._cache[0] != stamp:
+            data = json.loads(self.path.read_text())
+            self._cache = (stamp, {item["id"]: TokenRecord(**item) for item in data})
+        return {k: TokenRecord(**asdict(v)) for k, v in self._cache[1].items()}
 
     def _save(self, records: dict[str, TokenRecord]) -> None:
         tmp = self.path.with_name(f".{TOKENS}.{os.getpid()}.tmp")

@@ -116,9 +116,13 @@ class Gateway:
 
     def finish(self, decision: dict[str, Any], *, rows: int, size: int, started: float,
                truncated: bool = False, error: SaferoomError | None = None) -> None:
-        """The second record of a query: what actually left, written when the stream ends."""
+        """The second record of a query: what actually left, queued when the stream ends.
+
+        The decision record was made durable before the first byte; this one joins
+        the next group commit without holding the response open.
+        """
         self._bytes[(decision["user"], _today())] += size
-        self.audit.append({"event": "result", "request_id": decision["request_id"], "time": now(),
+        self.audit.append_later({"event": "result", "request_id": decision["request_id"], "time": now(),
                            "user": decision["user"], "role": decision["role"], "rows": rows, "bytes": size,
                            "truncated": truncated, "error": str(error) if error else None,
                            "error_type": type(error).__name__ if error else None,

@@ -55,15 +55,43 @@ class Outcome:
         self.bytes = 0
         self.error: SaferoomError | None = None
 
-    def count(self, chunk: bytes) -> bytes:
-        self.bytes += len(chunk)
+    def count(self, chunk: Any) -> Any:
+        self.bytes += chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
         return chunk
 
 
+EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+SMALL = 1 << 18  # small results leave in one chunk; large ones stream batch by batch
+
+
 def arrow_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
+    if any(pa.types.is_dictionary(f.type) for f in result.schema):
+        yield from _arrow_with_dictionaries(result, outcome)
+        return
+    pending: list[Any] = [result.schema.serialize()]
+    size = pending[0].size
+    try:
+        for batch in result.batches():
+            message = batch.serialize()  # one IPC message
+            outcome.rows += batch.num_rows
+            if size + message.size < SMALL:
+                pending.append(message)
+                size += message.size
+                continue
+            if pending:
+                yield outcome.count(b"".join(pending))
+            yield outcome.count(memoryview(message))  # large: sent as is, no copy
+            pending, size = [], 0
+    except SaferoomError as exc:
+        outcome.error = exc
+    pending += [EOS, _trailer(result, outcome)]
+    yield outcome.count(b"".join(pending))
+
+
+def _arrow_with_dictionaries(result: Result, outcome: Outcome) -> Iterator[bytes]:
+    """Dictionary-encoded columns need the IPC writer's dictionary messages."""
     sink = _Sink()
     writer = pa.ipc.new_stream(sink, result.schema)
-    yield outcome.count(sink.take())
     try:
         for batch in result.batches():
             writer.write_batch(batch)
