@@ -60,14 +60,14 @@ def throughput(policy: Path, server: Server, token: str, repeat: int) -> tuple[f
     return statistics.median(embedded_s), statistics.median(gateway_s), rows
 
 
-def requests_per_second(server: Server, token: str, clients: int, seconds: float) -> float:
+def requests_per_second(server: Server, token: str, clients: int, seconds: float, sql: str = SMALL) -> float:
     done = [0] * clients
     stop = threading.Event()
 
     def work(i: int) -> None:
         with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
             while not stop.is_set():
-                response = http.post(f"{server.url}/v1/query", json={"sql": SMALL})
+                response = http.post(f"{server.url}/v1/query", json={"sql": sql})
                 response.raise_for_status()
                 done[i] += 1
 
@@ -97,10 +97,7 @@ def main() -> None:
             embedded, gateway, rows = throughput(policy, server, token, args.repeat)
             peak = peak_rss_mb(server.process.pid)
             rate = requests_per_second(server, token, args.clients, args.seconds)
-            global SMALL
-            small, SMALL = SMALL, "select 1"
-            trivial = requests_per_second(server, token, args.clients, args.seconds)
-            SMALL = small
+            trivial = requests_per_second(server, token, args.clients, args.seconds, "select 1")
             audited = sum(1 for _ in (Path(state) / "audit.log").open())
         finally:
             server.stop()
