@@ -1,9 +1,13 @@
 """saferoom: ordinary SQL for data scientists; sensitive data stays put."""
 
+from saferoom.client import RemoteSession
 from saferoom.errors import (
     AccessDenied,
+    AuditError,
+    AuthError,
     BuildError,
     EngineError,
+    LimitExceeded,
     PolicyError,
     QueryRejected,
     SaferoomError,
@@ -19,14 +23,18 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDenied",
     "Action",
+    "AuditError",
+    "AuthError",
     "BuildError",
     "ColumnInfo",
     "EngineError",
     "Explanation",
+    "LimitExceeded",
     "OutputColumn",
     "Policy",
     "PolicyError",
     "QueryRejected",
+    "RemoteSession",
     "Result",
     "SaferoomError",
     "Session",

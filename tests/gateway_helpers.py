@@ -79,6 +79,7 @@ GATEWAY_ROLES = """
   security:
     columns: {}
     audit: true
+    max_rows: 5
   limited:
     columns: {pii: tokenize, key: tokenize}
     max_concurrent: 1

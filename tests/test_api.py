@@ -5,7 +5,7 @@ from __future__ import annotations
 import saferoom
 
 EXPECTED = {
-    "AccessDenied", "Action", "BuildError", "ColumnInfo", "EngineError", "Explanation", "OutputColumn", "Policy",
+    "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "LimitExceeded", "RemoteSession", "EngineError", "Explanation", "OutputColumn", "Policy",
     "PolicyError", "QueryRejected", "Result", "SaferoomError", "Session", "TableInfo", "UsageError",
     "__version__", "connect", "load_policy",
 }
@@ -18,7 +18,7 @@ def test_public_api_does_not_drift() -> None:
 
 
 def test_errors_share_one_root() -> None:
-    for name in ("PolicyError", "QueryRejected", "AccessDenied", "EngineError", "UsageError", "BuildError"):
+    for name in ("PolicyError", "QueryRejected", "AccessDenied", "EngineError", "UsageError", "BuildError", "AuthError", "AuditError", "LimitExceeded"):
         assert issubclass(getattr(saferoom, name), saferoom.SaferoomError)
 
 

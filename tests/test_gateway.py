@@ -291,3 +291,16 @@ def test_oidc_bearer_tokens(room, tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_client_reports_truncation_and_errors_mid_stream(server, tokens, alice) -> None:
+    with RemoteSession(server.url, tokens["alice"]) as remote:
+        sql = "select * from prod.orders order by order_id"
+        assert remote.query(sql).to_arrow().equals(alice.query(sql).to_arrow())
+        with pytest.raises(saferoom.EngineError):
+            remote.query("select cast(region as integer) from prod.orders").to_arrow()
+    with RemoteSession(server.url, tokens["sam"]) as security:
+        cut = security.query("select order_id from prod.orders")
+        assert cut.num_rows == 5 and cut.truncated
+        whole = security.query("select order_id from prod.orders limit 5")
+        assert whole.num_rows == 5 and not whole.truncated
