@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from saferoom import __version__
@@ -61,14 +62,19 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.post("/v1/query", summary="Run a guarded query; an Arrow IPC stream by default, JSON or CSV on request",
               responses={200: {"content": {MEDIA["arrow"]: {}, MEDIA["json"]: {}, MEDIA["csv"]: {}}}})
     def query(request: Annotated[QueryRequest, Body()], authorization: Auth = None,
-              accept: Annotated[str | None, Header()] = None) -> StreamingResponse:
+              accept: Annotated[str | None, Header()] = None) -> Response:
         identity = gateway.identify(authorization)
         session = gateway.session(identity, request.role)
         kind = _format(request.format, accept)
         started = time.perf_counter()
         result, decision = gateway.start(session, request.sql, identity)
-        return StreamingResponse(_stream(gateway, result, decision, kind, started), media_type=MEDIA[kind],
-                                 headers={"X-Saferoom-Request": decision["request_id"]})
+        body = _stream(gateway, result, decision, kind, started)
+        headers = {"X-Saferoom-Request": decision["request_id"]}
+        first = next(body, b"")
+        rest = next(body, None)
+        if rest is None:  # a small result is already whole: send it without streaming machinery
+            return Response(first, media_type=MEDIA[kind], headers=headers)
+        return StreamingResponse(itertools.chain([first, rest], body), media_type=MEDIA[kind], headers=headers)
 
     @app.get("/v1/audit", summary="The audit log (roles with audit: true)")
     def audit(authorization: Auth = None, role: str | None = None,
