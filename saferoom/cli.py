@@ -155,6 +155,8 @@ def _print_plan(build_plan: object) -> None:
 StateOpt = Annotated[Path, typer.Option("--state", help="The gateway's state folder: tokens and the audit log.")]
 token_app = typer.Typer(help="Personal API tokens for the gateway.", no_args_is_help=True)
 audit_app = typer.Typer(help="The gateway's tamper-evident audit log.", no_args_is_help=True)
+packages_app = typer.Typer(help="Curated, pinned, audited Python packages for rooms without internet.", no_args_is_help=True)
+app.add_typer(packages_app, name="packages")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 
@@ -260,6 +262,47 @@ def audit_report(state: StateOpt = Path("saferoom-state"), format: FormatOpt = F
     _print_rows([{"tag": t, "queries": n} for t, n in summary["tags"].items()], format, ["tag", "queries"])
     for flag in summary["flags"]:
         out.print(f"[yellow]flag:[/] {flag}")
+
+
+@packages_app.command("sync")
+def packages_sync(
+    dest: Annotated[Path, typer.Option("--dest", help="Where snapshots go: DEST/<date>/ and DEST/latest.")],
+    policy: PolicyOpt = Path("saferoom.yaml"),
+    index_url: Annotated[str | None, typer.Option(help="Upstream PEP 503 index (default: the public one pip uses).")] = None,
+) -> None:
+    """Resolve, download, audit and publish a dated snapshot of the approved packages.
+
+    Example: saferoom packages sync --policy saferoom.yaml --dest /srv/packages
+    """
+    from saferoom.packages import sync
+
+    with err.status("Resolving and auditing packages...") as status:
+        report = sync(load_policy(policy), dest, index_url, progress=lambda message: status.update(escape(message)))
+    view = Table("package", "version", "license", "targets", title=f"Snapshot {report.snapshot}: admitted", title_justify="left")
+    for entry in report.admitted:
+        view.add_row(str(entry["project"]), str(entry["version"]), str(entry["license"]), str(len(entry["targets"])))  # type: ignore[arg-type]
+    out.print(view)
+    for refused in report.refused_versions:
+        out.print(f"[yellow]refused[/] {refused['project']} {refused['version']}: {escape(refused['reason'])}")
+    for refused in report.refused_requirements:
+        out.print(f"[red]requirement refused[/] {refused['requirement']}: {escape(refused['reason'])}")
+    out.print(f"pip install --index-url file://{(dest / 'latest' / 'simple').resolve()} <package>")
+
+
+@packages_app.command("check")
+def packages_check(
+    snapshot: Annotated[Path, typer.Argument(help="A snapshot folder, or the folder holding `latest`.")],
+    vulnerabilities: Annotated[Path, typer.Option(help="A newer OSV export (folder of JSON files, or its zip).")],
+) -> None:
+    """Audit a snapshot again against a newer vulnerability export; exits 1 on findings. Downloads nothing."""
+    from saferoom.packages import check
+
+    findings = check(snapshot, vulnerabilities)
+    for finding in findings:
+        out.print(f"[red]vulnerable[/] {finding.project} {finding.version} ({finding.file}): {', '.join(finding.advisories)}")
+    if findings:
+        raise typer.Exit(1)
+    out.print("[green]No admitted package has a known vulnerability in this export.[/]")
 
 
 @app.command()

@@ -9,6 +9,7 @@
     ├── AuthError          no valid credential (missing, malformed, expired, revoked or forged token)
     ├── AuditError         the audit log cannot be written, so nothing runs (fail closed)
     ├── LimitExceeded      a role's limit (bytes per day, concurrent queries, time) was reached
+    ├── PackagesError      a package snapshot could not be made; the previous one is untouched
     └── UsageError         the caller asked for something that cannot be done (bad argument)
 
 Each class carries ``exit_code`` for the command line and ``http_status`` for
@@ -121,6 +122,13 @@ class LimitExceeded(SaferoomError):
     http_status = 429
 
 
+class PackagesError(SaferoomError):
+    """A package sync failed (unreachable upstream, tampered wheel); the previous snapshot is untouched."""
+
+    exit_code = 10
+    http_status = 502
+
+
 class UsageError(SaferoomError):
     """A bad argument from the caller: a missing file, an unknown format."""
 
@@ -131,7 +139,7 @@ class UsageError(SaferoomError):
 ERRORS: dict[str, type[SaferoomError]] = {
     cls.__name__: cls
     for cls in (SaferoomError, PolicyError, QueryRejected, AccessDenied, EngineError, BuildError, AuthError,
-                AuditError, LimitExceeded, UsageError)
+                AuditError, LimitExceeded, PackagesError, UsageError)
 }
 
 

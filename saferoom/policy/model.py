@@ -103,6 +103,17 @@ class Build(Strict):
     k_anonymity: KAnonymity | None = None
 
 
+class Packages(Strict):
+    """The curated package index for rooms without internet."""
+
+    requirements: list[str] = Field(min_length=1, description="The approved top-level set, as pip requirements.")
+    python: list[str] = Field(default_factory=lambda: ["3.11"], description="Python versions to resolve for.")
+    platforms: list[str] = Field(default_factory=lambda: ["manylinux_2_17_x86_64"], description="Wheel platform tags.")
+    licenses: list[str] = Field(min_length=1, description="SPDX ids; a package under any other license is refused.")
+    deny: list[str] = Field(default_factory=list, description="Requirements that must never be admitted, e.g. requests<2.31.")
+    vulnerabilities: str | None = Field(default=None, description="A local OSV export: a folder of JSON files, or its zip.")
+
+
 class PolicyModel(Strict):
     """A saferoom policy: sources, threat model, classification, users and roles."""
 
@@ -117,6 +128,7 @@ class PolicyModel(Strict):
     users: dict[str, User] = Field(default_factory=dict)
     roles: dict[str, Role] = Field(default_factory=dict)
     builds: dict[str, Build] = Field(default_factory=dict)
+    packages: Packages | None = None
     includes: list[str] = Field(
         default_factory=list, description="Policy fragments (sources, tags, threats, tables) to merge, e.g. from a build."
     )

@@ -1,0 +1,37 @@
+"""Offline, curated Python packages: a pinned, audited index for rooms without internet."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from saferoom.errors import UsageError
+from saferoom.packages.osv import Vulnerabilities
+from saferoom.packages.sync import Report, sync
+
+__all__ = ["Finding", "Report", "check", "sync"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    project: str
+    version: str
+    file: str
+    advisories: tuple[str, ...]
+
+
+def check(snapshot: Path, vulnerabilities: Path) -> list[Finding]:
+    """Audit a snapshot again against a newer vulnerability export, without downloading anything."""
+    folder = snapshot / "latest" if (snapshot / "latest").exists() else snapshot
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{snapshot} is not a saferoom package snapshot (no report.json)") from None
+    vulns = Vulnerabilities.load(vulnerabilities)
+    findings = []
+    for entry in report["admitted"]:
+        advisories = vulns.affecting(entry["project"], entry["version"])
+        if advisories:
+            findings.append(Finding(entry["project"], entry["version"], entry["file"], tuple(a.id for a in advisories)))
+    return findings

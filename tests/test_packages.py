@@ -1,0 +1,186 @@
+"""Offline packages: a curated, audited snapshot that plain pip installs from, and nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import saferoom
+from saferoom.errors import PackagesError, UsageError
+from saferoom.packages import check, sync
+from tests.wheels import Upstream, make_wheel, write_upstream
+
+POLICY = """\
+version: 1
+sources: {}
+tables: {}
+packages:
+  requirements: [alpha, gamma, "delta>=2", epsilon]
+  python: ["3.11", "3.12"]
+  platforms: [manylinux_2_17_x86_64, macosx_11_0_arm64]
+  licenses: [MIT, Apache-2.0, BSD-3-Clause]
+  deny: ["delta>=2.5"]
+  vulnerabilities: osv/
+"""
+
+ADVISORY = {
+    "id": "PYSEC-2026-1", "summary": "beta 1.1 leaks memory",
+    "affected": [{"package": {"ecosystem": "PyPI", "name": "beta"}, "versions": ["1.1"]}],
+}
+NEWER = {
+    "id": "GHSA-xxxx-2026", "summary": "alpha is bad before 2.0",
+    "affected": [{"package": {"ecosystem": "PyPI", "name": "alpha"},
+                  "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "2.0"}]}]}],
+}
+
+
+ONE_TARGET = ("  python: [\"3.11\", \"3.12\"]\n  platforms: [manylinux_2_17_x86_64, macosx_11_0_arm64]",
+              "  python: [\"3.11\"]\n  platforms: [manylinux_2_17_x86_64]")
+
+
+@pytest.fixture()
+def world(tmp_path: Path, request: pytest.FixtureRequest):
+    files = tmp_path / "upstream" / "files"
+    files.mkdir(parents=True)
+    wheels = [
+        make_wheel(files, "alpha", "1.0", requires=("beta>=1",), expression="MIT"),
+        make_wheel(files, "beta", "1.0", license="MIT"),
+        make_wheel(files, "beta", "1.1", classifiers=("License :: OSI Approved :: MIT License",)),
+        make_wheel(files, "gamma", "1.0", expression="GPL-3.0-only"),
+        make_wheel(files, "delta", "2.0", expression="Apache-2.0"),
+        make_wheel(files, "delta", "2.5", expression="Apache-2.0"),
+        make_wheel(files, "epsilon", "1.0", license="BSD-3-Clause"),
+    ]
+    write_upstream(tmp_path / "upstream", wheels)
+    (tmp_path / "osv").mkdir()
+    (tmp_path / "osv" / "PYSEC-2026-1.json").write_text(json.dumps(ADVISORY))
+    every_target = request.node.name.startswith("test_sync_admits")
+    (tmp_path / "saferoom.yaml").write_text(POLICY if every_target else POLICY.replace(*ONE_TARGET))
+    upstream = Upstream(tmp_path / "upstream")
+    yield tmp_path, upstream
+    upstream.close()
+
+
+def pip(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update({"PIP_CONFIG_FILE": os.devnull, **(env_extra or {})})
+    return subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"], capture_output=True,
+                          text=True, env=env, check=False)
+
+
+def test_sync_admits_clean_versions_and_refuses_with_reasons(world) -> None:
+    folder, upstream = world
+    report = sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    admitted = {(e["project"], e["version"]) for e in report.admitted}
+    assert admitted == {("alpha", "1.0"), ("beta", "1.0"), ("delta", "2.0"), ("epsilon", "1.0")}
+    refused = {(r["project"], r["version"]): r["reason"] for r in report.refused_versions}
+    assert "PYSEC-2026-1" in refused[("beta", "1.1")]
+    assert "delta>=2.5" in refused[("delta", "2.5")]
+    assert "GPL-3.0-only" in refused[("gamma", "1.0")]
+    assert report.refused_requirements == [{"requirement": "gamma", "reason": "no allowed version of gamma "
+                                            "(1.0: license 'GPL-3.0-only' is not in the allowed list)"}]
+    latest = folder / "mirror" / "latest"
+    assert latest.is_symlink() and (folder / "mirror" / report.snapshot).is_dir()
+    lock = (latest / "locks" / "py3.11-manylinux_2_17_x86_64.txt").read_text()
+    assert "beta==1.0 --hash=sha256:" in lock and "gamma" not in lock
+    page = (latest / "simple" / "beta" / "index.html").read_text()
+    assert "#sha256=" in page and "beta-1.1" not in page
+    assert json.loads((latest / "simple" / "beta" / "index.json").read_text())["files"][0]["hashes"]["sha256"]
+
+
+def test_pip_installs_from_the_snapshot_offline(world, tmp_path: Path) -> None:
+    folder, upstream = world
+    sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    upstream.close()  # the room has no internet
+    index = f"file://{folder / 'mirror' / 'latest' / 'simple'}"
+    target = tmp_path / "site"
+    done = pip("install", "--index-url", index, "--target", str(target), "alpha")
+    assert done.returncode == 0, done.stderr
+    assert (target / "beta" / "__init__.py").read_text() == "VERSION = '1.0'\n"
+    refused = pip("install", "--index-url", index, "--target", str(tmp_path / "other"), "gamma")
+    assert refused.returncode != 0
+    locked = pip("install", "--index-url", index, "--target", str(tmp_path / "locked"), "--require-hashes",
+                 "-r", str(folder / "mirror" / "latest" / "locks" / "py3.11-manylinux_2_17_x86_64.txt"))
+    assert locked.returncode == 0, locked.stderr
+
+
+def test_tampered_wheel_fails_its_hash_and_keeps_the_previous_snapshot(world) -> None:
+    folder, upstream = world
+    policy = saferoom.load_policy(folder / "saferoom.yaml")
+    first = sync(policy, folder / "mirror", upstream.url)
+    wheel = folder / "upstream" / "files" / "epsilon-1.0-py3-none-any.whl"
+    wheel.write_bytes(wheel.read_bytes() + b"tampered")
+    with pytest.raises(PackagesError, match="does not match its published hash"):
+        sync(policy, folder / "mirror", upstream.url)
+    assert os.readlink(folder / "mirror" / "latest") == first.snapshot
+    assert sorted(p.name for p in (folder / "mirror").iterdir()) == [first.snapshot, "latest"]
+
+
+def test_tampered_snapshot_wheel_fails_pip_hash_check(world, tmp_path: Path) -> None:
+    folder, upstream = world
+    sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    wheel = folder / "mirror" / "latest" / "files" / "beta-1.0-py3-none-any.whl"
+    wheel.write_bytes(wheel.read_bytes()[:-10] + b"0123456789")
+    done = pip("install", "--index-url", f"file://{folder / 'mirror' / 'latest' / 'simple'}", "--target", str(tmp_path / "t"), "beta")
+    assert done.returncode != 0 and "hash" in (done.stdout + done.stderr).lower()
+
+
+def test_upstream_dying_mid_download_is_a_clear_error(world) -> None:
+    folder, upstream = world
+    policy = saferoom.load_policy(folder / "saferoom.yaml")
+    first = sync(policy, folder / "mirror", upstream.url)
+    upstream.break_downloads = True
+    shutil.rmtree(folder / "mirror" / ".cache", ignore_errors=True)
+    with pytest.raises(PackagesError):
+        sync(policy, folder / "mirror", upstream.url)
+    assert os.readlink(folder / "mirror" / "latest") == first.snapshot
+    assert not [p for p in (folder / "mirror").iterdir() if p.name.startswith(".")]
+
+
+def test_unresolvable_requirement_is_a_clear_error(world) -> None:
+    folder, upstream = world
+    (folder / "saferoom.yaml").write_text(POLICY.replace(*ONE_TARGET).replace("epsilon]", "epsilon, zeta]"))
+    with pytest.raises(PackagesError, match="`zeta` cannot be resolved"):
+        sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    assert not (folder / "mirror" / "latest").exists()
+
+
+def test_corrupt_osv_export_is_a_clear_error(world) -> None:
+    folder, upstream = world
+    (folder / "osv" / "broken.json").write_text("{not json")
+    with pytest.raises(UsageError, match="broken.json"):
+        sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+
+
+def test_check_reaudits_without_downloading(world) -> None:
+    folder, upstream = world
+    sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    upstream.close()
+    newer = folder / "osv-newer"
+    newer.mkdir()
+    (newer / "GHSA.json").write_text(json.dumps(NEWER))
+    findings = check(folder / "mirror", newer)
+    assert [(f.project, f.version, f.advisories) for f in findings] == [("alpha", "1.0", ("GHSA-xxxx-2026",))]
+    assert check(folder / "mirror", folder / "osv") == []
+    done = subprocess.run([sys.executable, "-c", "from saferoom.cli import main; main()", "packages", "check",
+                           str(folder / "mirror"), "--vulnerabilities", str(newer)], capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "GHSA-xxxx-2026" in done.stdout
+
+
+def test_cli_sync_and_snapshots_side_by_side(world) -> None:
+    folder, upstream = world
+    run = [sys.executable, "-c", "from saferoom.cli import main; main()", "packages", "sync", "--policy",
+           str(folder / "saferoom.yaml"), "--dest", str(folder / "mirror"), "--index-url", upstream.url]
+    first = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "gamma" in first.stdout and "alpha" in first.stdout
+    second = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert second.returncode == 0
+    snapshots = sorted(p.name for p in (folder / "mirror").iterdir() if not p.name.startswith(".") and p.name != "latest")
+    assert len(snapshots) == 2 and os.readlink(folder / "mirror" / "latest") == snapshots[-1]
