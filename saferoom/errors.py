@@ -10,6 +10,7 @@
     ├── AuditError         the audit log cannot be written, so nothing runs (fail closed)
     ├── LimitExceeded      a role's limit (bytes per day, concurrent queries, time) was reached
     ├── PackagesError      a package snapshot could not be made; the previous one is untouched
+    ├── NotFound           a package or file that is not there
     └── UsageError         the caller asked for something that cannot be done (bad argument)
 
 Each class carries ``exit_code`` for the command line and ``http_status`` for
@@ -129,6 +130,13 @@ class PackagesError(SaferoomError):
     http_status = 502
 
 
+class NotFound(SaferoomError):
+    """The thing asked for does not exist (a package, a file)."""
+
+    exit_code = 2
+    http_status = 404
+
+
 class UsageError(SaferoomError):
     """A bad argument from the caller: a missing file, an unknown format."""
 
@@ -139,7 +147,7 @@ class UsageError(SaferoomError):
 ERRORS: dict[str, type[SaferoomError]] = {
     cls.__name__: cls
     for cls in (SaferoomError, PolicyError, QueryRejected, AccessDenied, EngineError, BuildError, AuthError,
-                AuditError, LimitExceeded, PackagesError, UsageError)
+                AuditError, LimitExceeded, PackagesError, NotFound, UsageError)
 }
 
 

@@ -8,6 +8,7 @@ when it is created.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -199,9 +200,18 @@ class Authenticator:
         if not authorization:
             raise AuthError("no credential: send `Authorization: Bearer <token>` (saferoom login stores one)")
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme.lower() == "basic":  # pip sends the token as a password: https://__token__:<token>@host/simple/
+            token = _basic_password(token)
+        elif scheme.lower() != "bearer" or not token.strip():
             raise AuthError("use `Authorization: Bearer <token>`")
         token = token.strip()
         if token.startswith("sr_") or self.jwt is None:
             return self.store.verify(token)
         return self.jwt.verify(token)
+
+
+def _basic_password(encoded: str) -> str:
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[2]
+    except (ValueError, UnicodeDecodeError):
+        raise AuthError("malformed Basic credentials") from None

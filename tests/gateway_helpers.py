@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -31,6 +31,7 @@ class Server:
     port: int
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -40,7 +41,8 @@ class Server:
         env = {**os.environ, "SAFEROOM_TEST_DB_PASSWORD": CANARY_DB_PASSWORD}
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVE, "serve", "-p", str(self.policy), "--state", str(self.state), "--port", str(self.port)],
+            [sys.executable, "-c", SERVE, "serve", "-p", str(self.policy), "--state", str(self.state), "--port", str(self.port),
+             *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.time() + 30

@@ -184,3 +184,29 @@ def test_cli_sync_and_snapshots_side_by_side(world) -> None:
     assert second.returncode == 0
     snapshots = sorted(p.name for p in (folder / "mirror").iterdir() if not p.name.startswith(".") and p.name != "latest")
     assert len(snapshots) == 2 and os.readlink(folder / "mirror" / "latest") == snapshots[-1]
+
+
+def test_the_gateway_serves_the_index_to_authenticated_pip(world, room, tmp_path: Path) -> None:
+    from tests.gateway_helpers import Server, free_port, gateway_policy
+
+    folder, upstream = world
+    sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    upstream.close()
+    server = Server(gateway_policy(room, tmp_path), tmp_path / "state", free_port(), tmp_path / "server.log")
+    server.extra = ["--packages", str(folder / "mirror")]
+    server.start()
+    try:
+        token = server.token("alice")
+        host = f"127.0.0.1:{server.port}"
+        done = pip("install", "--index-url", f"http://__token__:{token}@{host}/simple/", "--target", str(tmp_path / "site"), "alpha")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (tmp_path / "site" / "alpha" / "__init__.py").exists()
+        anonymous = pip("install", "--index-url", f"http://{host}/simple/", "--target", str(tmp_path / "no"), "alpha")
+        assert anonymous.returncode != 0
+        import httpx
+
+        sneaky = httpx.get(f"http://{host}/files/..%2f..%2fsaferoom.yaml", headers={"Authorization": f"Bearer {token}"})
+        assert sneaky.status_code in (400, 404)
+    finally:
+        server.stop()
+    assert '"event": "package"' in (tmp_path / "state" / "audit.log").read_text()

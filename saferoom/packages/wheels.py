@@ -85,7 +85,7 @@ def _expression(expression: str) -> tuple[str, ...]:
 
 
 def allowed(wheel: Wheel, licenses: list[str]) -> bool:
-    permitted = {l.lower() for l in licenses}
+    permitted = {name.lower() for name in licenses}
     for option in wheel.licenses:
         parts = [p.strip(" ()").lower() for p in re.split(r"\s+AND\s+", option)]
         if all(p in permitted for p in parts):

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from saferoom import __version__
-from saferoom.audit import read
-from saferoom.errors import AccessDenied, AuthError, SaferoomError, UsageError
+from saferoom.audit import now, read
+from saferoom.errors import AccessDenied, AuthError, NotFound, SaferoomError, UsageError
 from saferoom.server.gateway import Gateway
 from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body
 
@@ -84,11 +86,42 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise AccessDenied(f"role `{session.role}` may not read the audit log; roles with `audit: true` may")
         return read(gateway.state, limit)
 
+    @app.get("/simple/", summary="The offline package index (PEP 503); pip's Basic auth with the token as password")
+    @app.get("/simple/{project}/", summary="One project's files in the package index")
+    def simple(authorization: Auth = None, project: str | None = None, accept: Annotated[str | None, Header()] = None) -> Response:
+        gateway.identify(authorization)
+        page = "index.json" if "application/vnd.pypi.simple.v1+json" in (accept or "") else "index.html"
+        media = "application/vnd.pypi.simple.v1+json" if page == "index.json" else "text/html"
+        folder = _package_path(gateway, "simple", *([project] if project else []))
+        return FileResponse(folder / page, media_type=media)
+
+    @app.get("/files/{filename}", summary="A wheel from the offline package index")
+    def package_file(filename: str, authorization: Auth = None) -> Response:
+        identity = gateway.identify(authorization)
+        path = _package_path(gateway, "files", filename)
+        gateway.audit.append_later({"event": "package", "time": now(), "user": identity.user, "file": filename})
+        return FileResponse(path, media_type="application/octet-stream")
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return resources.files("saferoom.server").joinpath("static/index.html").read_text()
 
     return app
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _package_path(gateway: Gateway, *parts: str) -> Path:
+    """A file of the latest snapshot; names are checked so no request can leave it."""
+    if gateway.packages is None:
+        raise UsageError("this gateway serves no package index (start it with --packages DIR)")
+    if not all(_SAFE_NAME.match(p) for p in parts[1:]):
+        raise UsageError("not a package or file name")
+    path = gateway.packages / "latest" / Path(*parts)
+    if not path.exists():
+        raise NotFound(f"{'/'.join(parts[1:]) or 'the index'} is not in the package snapshot")
+    return path
 
 
 def _format(requested: str | None, accept: str | None) -> str:

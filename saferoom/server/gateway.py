@@ -41,8 +41,9 @@ class Room:
 
 
 class Gateway:
-    def __init__(self, policy_path: Path, state: Path, jwt: JWTVerifier | None = None) -> None:
+    def __init__(self, policy_path: Path, state: Path, jwt: JWTVerifier | None = None, packages: Path | None = None) -> None:
         self.policy_path = policy_path.resolve()
+        self.packages = packages
         self.state = state
         self.auth = Authenticator(TokenStore(state), jwt)
         self.audit = AuditLog(state)

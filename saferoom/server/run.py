@@ -17,9 +17,10 @@ WATCH_SECONDS = 1.0
 
 
 def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 8470,
-          tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None) -> None:
+          tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None,
+          packages: Path | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None)
+    gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(gateway, stop), name="saferoom-policy-watch", daemon=True)
     watcher.start()
