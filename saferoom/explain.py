@@ -71,7 +71,9 @@ def table_info(guard: Guard, table: str) -> TableInfo:
 
 
 def catalog(guard: Guard) -> list[TableInfo]:
-    return [table_info(guard, t) for t in guard.policy.tables if _exists(guard, t)]
+    engine = guard.spec.name
+    tables = [t for t, ref in guard.policy.tables.items() if guard.policy.model.sources[ref.source].engine == engine]
+    return [table_info(guard, t) for t in tables if _exists(guard, t)]
 
 
 def _exists(guard: Guard, table: str) -> bool:

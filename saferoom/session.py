@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Self
 
 from saferoom.client import RemoteSession
+from saferoom.engines.base import Engine
 from saferoom.engines.duckdb import DuckDBEngine
 from saferoom.errors import EngineError, QueryRejected, UsageError
 from saferoom.explain import Explanation, OutputColumn, TableInfo, catalog, output_sources, table_info
@@ -20,14 +21,15 @@ DEFAULT_POLICY = "saferoom.yaml"
 class Session:
     """A user acting as exactly one role against the policy's sources."""
 
-    def __init__(self, policy: Policy, user: str, role: str | None = None, *, engine: DuckDBEngine | None = None) -> None:
+    def __init__(self, policy: Policy, user: str, role: str | None = None, *, engine: Engine | None = None,
+                 backend: str | None = None) -> None:
         self.policy = policy
         self.user = user
         self.role, role_spec = policy.role_for(user, role)
         self.max_rows = role_spec.max_rows
         self.timeout = role_spec.timeout_seconds
         self._owns_engine = engine is None
-        self._engine = engine or open_engine(policy)
+        self._engine = engine or open_engine(policy, backend)
         self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog())
 
     def guard(self, sql: str) -> GuardedQuery:
@@ -87,9 +89,20 @@ def _gateway_configured() -> bool:
     return bool(os.environ.get("SAFEROOM_URL") or load_credentials().get("url"))
 
 
-def open_engine(policy: Policy) -> DuckDBEngine:
-    paths = {name: _path(policy, source.path) for name, source in policy.model.sources.items()}
-    return DuckDBEngine(paths, policy.token_key)
+def open_engine(policy: Policy, backend: str | None = None) -> Engine:
+    """The engine for one family of sources: DuckDB files (attached together) or a PostgreSQL database."""
+    families = {s.engine for s in policy.model.sources.values()}
+    backend = backend or ("duckdb" if "duckdb" in families or not families else "postgres")
+    if backend == "duckdb":
+        paths = {n: _path(policy, s.path) for n, s in policy.model.sources.items() if s.engine == "duckdb"}
+        return DuckDBEngine(paths, policy.token_key)
+    postgres = [n for n, s in policy.model.sources.items() if s.engine == "postgres"]
+    if len(postgres) != 1:
+        raise UsageError(f"a session reads one PostgreSQL source; the policy has {len(postgres)}")
+    from saferoom.engines.postgres import PostgresEngine
+
+    source = policy.model.sources[postgres[0]]
+    return PostgresEngine(postgres[0], source.url, policy.source_password(postgres[0]), policy.token_key)
 
 
 def _path(policy: Policy, path: str) -> Path:
@@ -104,6 +117,7 @@ def connect(
     *,
     url: str | None = None,
     token: str | None = None,
+    backend: str | None = None,
 ) -> Session | RemoteSession:
     """Open a session: embedded with a policy file, or through a gateway with a URL and a token.
 
@@ -123,4 +137,4 @@ def connect(
     if not user:
         raise UsageError("say who is asking: connect(..., user='alice') or set SAFEROOM_USER")
     loaded = policy if isinstance(policy, Policy) else load_policy(policy)
-    return Session(loaded, user, role)
+    return Session(loaded, user, role, backend=backend)

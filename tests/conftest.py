@@ -92,3 +92,52 @@ def secrets_of(room: Room) -> set[str]:
         values |= {name, email, ssn}
     values |= {pan for (pan,) in room.raw("SELECT pan FROM cards")}
     return values
+
+
+@dataclass
+class PgRoom:
+    server: object
+    policy: Path
+    room: Room
+
+    def connect(self, user: str, role: str | None = None) -> saferoom.Session:
+        return saferoom.connect(self.policy, user=user, role=role)
+
+
+@pytest.fixture(scope="session")
+def pg_room(room: Room, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgRoom]:
+    import os
+    import socket
+
+    import adbc_driver_postgresql.dbapi as dbapi
+
+    from tests import pg
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = pg.start(port)
+    try:
+        with dbapi.connect(server.admin_uri(), autocommit=True) as admin, admin.cursor() as cur:
+            cur.execute("CREATE DATABASE prod")
+            cur.execute(f"CREATE ROLE reader LOGIN PASSWORD '{pg.READER_PASSWORD}'")
+        with dbapi.connect(server.admin_uri("prod"), autocommit=True) as admin, admin.cursor() as cur:
+            with duckdb.connect(str(room.database), read_only=True) as source:
+                for table in ("customers", "cards", "orders"):
+                    cur.adbc_ingest(table, source.sql(f"select * from {table}").to_arrow_table(), mode="create")
+            cur.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
+        os.environ["SAFEROOM_TEST_PG_PASSWORD"] = pg.READER_PASSWORD
+        text = room.policy.read_text().split("builds:")[0].replace("file:token.key", f"file:{room.folder / 'token.key'}")
+        text = text.replace("    engine: duckdb\n    path: prod.duckdb",
+                            f"    engine: postgres\n    url: {server.reader_url()}\n    password: env:SAFEROOM_TEST_PG_PASSWORD")
+        folder = tmp_path_factory.mktemp("pg-policy")
+        (folder / "saferoom.yaml").write_text(text)
+        yield PgRoom(server, folder / "saferoom.yaml", room)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_alice(pg_room: PgRoom) -> Iterator[saferoom.Session]:
+    with pg_room.connect("alice") as session:
+        yield session

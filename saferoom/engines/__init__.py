@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from saferoom.engines.base import Engine, EngineSpec
 from saferoom.engines.duckdb import DUCKDB
+from saferoom.engines.postgres import POSTGRES
 
-SPECS: dict[str, EngineSpec] = {DUCKDB.name: DUCKDB}
+SPECS: dict[str, EngineSpec] = {DUCKDB.name: DUCKDB, POSTGRES.name: POSTGRES}
 
 
 def spec_for(engine: str) -> EngineSpec:

@@ -43,6 +43,7 @@ class EngineSpec:
     date_types: tuple[str, ...] = ("DATE", "TIMESTAMP")
     number_types: tuple[str, ...] = ()
     text_types: tuple[str, ...] = ()
+    catalog_in_names: bool = True  # DuckDB names attached databases; PostgreSQL only its own
     allowed_nodes: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +71,8 @@ class Engine(Protocol):
 
     def catalog(self) -> Catalog: ...
 
-    def stream(self, sql: str) -> pa.RecordBatchReader: ...
+    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None) -> pa.RecordBatchReader: ...
+
+    def column_types(self, sql: str) -> list[tuple[str, str]]: ...
 
     def close(self) -> None: ...

@@ -48,7 +48,7 @@ class Guard:
         self.policy, self.user, self.role, self.spec = policy, user, role, spec
         self._attributes = policy.user(user).attributes
         self._catalog = catalog
-        self._resolver = Resolver(policy, spec.default_schema)
+        self._resolver = Resolver(policy, spec.default_schema, spec.name)
         self._views: dict[tuple[str, frozenset[str] | None], str] = {}
         self._rewrites: OrderedDict[str, GuardedQuery] = OrderedDict()
         self._lock = threading.Lock()
@@ -112,7 +112,7 @@ class Guard:
 
     def explain_missing(self, error: EngineError, sql: str, tables: tuple[str, ...]) -> Exception:
         """Turn a binder error about a denied column into the policy's explanation."""
-        if "Binder Error" not in error.message:
+        if not re.search(r"binder error|column .* does not exist|not found", error.message, re.IGNORECASE):
             return error
         named = {n.lower() for n in re.findall(r'"([^"]+)"', error.message)}
         named |= {c.name.lower() for c in parse(sql, self.spec).find_all(exp.Column)}

@@ -21,9 +21,11 @@ ViewFor = Callable[[str], exp.Expression]
 class Resolver:
     """Maps the names a user may write (t, source.t, source.schema.t) to policy tables."""
 
-    def __init__(self, policy: Policy, default_schema: str) -> None:
+    def __init__(self, policy: Policy, default_schema: str, engine: str | None = None) -> None:
         self._names: dict[tuple[str, ...], list[str]] = {}
         for key, ref in policy.tables.items():
+            if engine is not None and policy.model.sources[ref.source].engine != engine:
+                continue  # a session reads one engine's sources
             schema = (ref.schema or default_schema).lower()
             for name in _spellings(ref, schema, default_schema):
                 self._names.setdefault(name, []).append(key)

@@ -60,7 +60,7 @@ def build_view(
     physical = exp.Table(
         this=exp.to_identifier(table.name, quoted=True),
         db=exp.to_identifier(table.schema or spec.default_schema, quoted=True),
-        catalog=exp.to_identifier(table.source, quoted=True),
+        catalog=exp.to_identifier(table.source, quoted=True) if spec.catalog_in_names else None,
         alias=exp.TableAlias(this=exp.to_identifier(INNER_ALIAS)),
     )
     select = exp.Select(expressions=projections).from_(physical, copy=False)

@@ -16,7 +16,7 @@ from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, Role,
 
 __all__ = ["Action", "ActionSpec", "ColumnRule", "Policy", "TableRef", "load_policy"]
 
-DIALECTS = {"duckdb": "duckdb"}
+DIALECTS = {"duckdb": "duckdb", "postgres": "postgres"}
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,27 @@ class Policy:
                 if missing:
                     raise self._fail(f"k_anonymity column(s) {', '.join(missing)} are in no listed table", *loc, "k_anonymity")
 
+    def source_password(self, name: str) -> secrets.Secret | None:
+        source = self.model.sources[name]
+        ref = getattr(source, "password", None)
+        return secrets.resolve(ref, self.base) if ref else None
+
+    def _check_sources(self) -> None:
+        for name, source in self.model.sources.items():
+            if source.engine != "postgres":
+                continue
+            loc = ("sources", name)
+            if "@" in source.url.split("://", 1)[-1].split("/", 1)[0] and ":" in source.url.split("://", 1)[-1].split("@", 1)[0]:
+                raise self._fail(f"source `{name}` has a password in its url; move it to `password: env:NAME`", *loc, "url")
+            if source.password is not None and not secrets.is_reference(source.password):
+                raise self._fail(f"source `{name}`: the password is written as a value; write env:NAME or file:PATH", *loc, "password")
+            try:
+                self.source_password(name)
+            except ValueError as exc:
+                raise self._fail(f"source `{name}`: the password cannot be resolved: {exc}", *loc, "password") from None
+
     def _check_secrets(self) -> None:
+        self._check_sources()
         for name, ref in self.model.secrets.items():
             if not secrets.is_reference(ref):
                 raise self._fail(

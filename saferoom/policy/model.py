@@ -8,7 +8,7 @@ line numbers live.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,7 +40,13 @@ class DuckDBSource(Strict):
     path: str = Field(description="Database file; relative paths resolve against the policy file's folder.")
 
 
-Source = DuckDBSource  # becomes a union discriminated by `engine` as engines are added
+class PostgresSource(Strict):
+    engine: Literal["postgres"]
+    url: str = Field(description="postgresql://user@host:5432/db (no password here; libpq options as query parameters).")
+    password: str | None = Field(default=None, description="A reference: env:NAME or file:PATH.")
+
+
+Source = Annotated[DuckDBSource | PostgresSource, Field(discriminator="engine")]
 
 
 class Tag(Strict):

@@ -1,0 +1,227 @@
+"""PostgreSQL as a source: read-only sessions, a statement timeout, results as Arrow via ADBC.
+
+Each connection is made read-only (``default_transaction_read_only``) with an
+empty ``search_path`` (the guard's SQL names every table), and gets a
+session-local token function in ``pg_temp`` computing the same HMAC-SHA256 as
+DuckDB from PostgreSQL's built-in ``sha256``: no extension, and the key lives
+only in that session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pyarrow as pa
+
+from saferoom.engines.base import Catalog, EngineSpec, Templates
+from saferoom.errors import EngineError, LimitExceeded
+from saferoom.secrets import Secret
+
+TOKEN_FUNCTION = "pg_temp.saferoom_token"
+
+_FUNCTIONS = """
+    Count Sum Avg Min Max Stddev StddevPop StddevSamp Variance VariancePop Corr CovarPop CovarSamp
+    PercentileCont PercentileDisc ArrayAgg GroupConcat LogicalAnd LogicalOr
+    RowNumber Rank DenseRank PercentRank CumeDist Ntile Lag Lead FirstValue LastValue NthValue
+    Abs Ceil Floor Round Sqrt Exp Ln Log Pow Sign Greatest Least Coalesce Nullif
+    Lower Upper Length Trim Substring Left Right Replace Concat ConcatWs Pad Reverse StrPosition
+    SplitPart StartsWith RegexpLike RegexpReplace Repeat Initcap Chr Ascii MD5
+    DateTrunc TimestampTrunc Extract DateAdd DateSub CurrentDate CurrentTimestamp TimeToStr Unnest Explode
+""".split()
+
+_ANONYMOUS = "AGE DATE_PART TO_CHAR BTRIM TRUNC WIDTH_BUCKET JUSTIFY_DAYS MAKE_DATE".split()
+
+POSTGRES = EngineSpec(
+    name="postgres",
+    dialect="postgres",
+    default_schema="public",
+    functions=frozenset(_FUNCTIONS),
+    anonymous_functions=frozenset(_ANONYMOUS),
+    templates=Templates(
+        mask="CASE WHEN length(__v) > 4 THEN repeat('*', length(__v) - 4) || right(__v, 4) ELSE repeat('*', length(__v)) END",
+        tokenize=f"{TOKEN_FUNCTION}(__v)",
+        generalize_date="date_trunc('__p', __v)",
+        generalize_number="floor(CAST(__v AS NUMERIC) / __p) * __p",
+        generalize_text="left(__v, __p)",
+    ),
+    text_type="TEXT",
+    date_types=("DATE", "TIMESTAMP"),
+    number_types=("SMALLINT", "INTEGER", "BIGINT", "NUMERIC", "DECIMAL", "REAL", "DOUBLE PRECISION"),
+    text_types=("TEXT", "CHARACTER VARYING", "CHARACTER", "VARCHAR", "CHAR"),
+    catalog_in_names=False,
+)
+
+
+def token_function(key: Secret) -> str:
+    """The session's token function: the first 128 bits of HMAC-SHA256 of the text, as a UUID."""
+    block = key.reveal().encode()
+    if len(block) > 64:
+        import hashlib
+
+        block = hashlib.sha256(block).digest()
+    block = block.ljust(64, b"\0")
+    inner, outer = bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+    return (
+        f"CREATE FUNCTION {TOKEN_FUNCTION}(v anyelement) RETURNS text LANGUAGE sql IMMUTABLE AS $$ "
+        f"SELECT CAST(CAST(left(encode(sha256(decode('{outer}', 'hex') || sha256(decode('{inner}', 'hex') || "
+        f"convert_to(CAST(v AS text), 'UTF8'))), 'hex'), 32) AS uuid) AS text) $$"
+    )
+
+
+class PostgresEngine:
+    """Connections to one PostgreSQL database, read-only, pooled, each with the token function."""
+
+    spec = POSTGRES
+
+    def __init__(self, name: str, url: str, password: Secret | None, token_key: Secret | None = None) -> None:
+        self.name = name
+        self._uri = _with_password(url, password)
+        self._secrets = [s for s in (password.reveal() if password else None, self._uri) if s]
+        self._token_key = token_key
+        self._idle: list[object] = []
+        self._lock = threading.Lock()
+        self._release(self._connect())  # fail now, with a clear error, if the source is unreachable
+
+    def _connect(self) -> object:
+        import adbc_driver_postgresql.dbapi as dbapi
+
+        with self._errors():
+            conn = dbapi.connect(self._uri, autocommit=True)
+            with conn.cursor() as cur:
+                if self._token_key is not None:
+                    cur.execute(token_function(self._token_key))
+                cur.execute("SET default_transaction_read_only = on")
+                cur.execute("SET search_path = ''")
+            return conn
+
+    def _acquire(self) -> object:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def _release(self, conn: object) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+    def catalog(self) -> Catalog:
+        sql = ("SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+               "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY table_schema, table_name, ordinal_position")
+        catalog: Catalog = {}
+        for schema, table, column, kind in self._rows(sql):
+            catalog.setdefault((self.name.lower(), schema.lower(), table.lower()), {})[column.lower()] = kind.upper()
+        return catalog
+
+    def _rows(self, sql: str) -> list[tuple[object, ...]]:
+        conn = self._acquire()
+        try:
+            with self._errors(), conn.cursor() as cur:  # type: ignore[attr-defined]
+                cur.execute(sql)
+                return cur.fetchall()
+        finally:
+            self._release(conn)
+
+    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None) -> pa.RecordBatchReader:
+        conn = self._acquire()
+        cur = conn.cursor()  # type: ignore[attr-defined]
+        try:
+            with self._errors(timeout):
+                cur.execute(f"SET statement_timeout = {int((timeout or 0) * 1000)}")
+                cur.execute(sql)
+                reader = cur.fetch_record_batch()
+        except BaseException:
+            cur.close()
+            self._release(conn)
+            raise
+        schema = _decimal_schema(reader.schema)
+        return pa.RecordBatchReader.from_batches(schema, self._batches(reader, schema, cur, conn, timeout))
+
+    def _batches(self, reader: pa.RecordBatchReader, schema: pa.Schema, cur: object, conn: object,
+                 timeout: float | None) -> Iterator[pa.RecordBatch]:
+        try:
+            with self._errors(timeout):
+                for batch in reader:
+                    yield batch if batch.schema.equals(schema) else _as_decimal(batch, schema)
+        finally:
+            cur.close()  # type: ignore[attr-defined]
+            self._release(conn)
+
+    def column_types(self, sql: str) -> list[tuple[str, str]]:
+        reader = self.stream(f"SELECT * FROM ({sql}) AS q LIMIT 0")
+        return [(f.name, str(f.type)) for f in reader.schema]
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def _errors(self, timeout: float | None = None) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # ADBC raises its own DB-API classes; translate all of them, once, here
+            if isinstance(exc, EngineError | LimitExceeded):
+                raise
+            message = str(exc)
+            if "statement timeout" in message:
+                raise LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds") from None
+            raise EngineError(self._scrub(message)) from None
+
+    def _scrub(self, message: str) -> str:
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        message = re.sub(r"postgres(ql)?://\S+", "<source>", message)
+        message = re.sub(r"'[^']*'", "'…'", message)
+        message = re.sub(r'(\w+)?(\s*)"([^"]*)"', _keep_identifiers, message)
+        message = message.split("\nLINE ")[0].split("\nQUERY:")[0]
+        message = re.sub(r"^(ProgrammingError|OperationalError|InternalError|DatabaseError|Error): ", "", message)
+        return re.sub(r"pg_temp\.saferoom_token", "tokenize", message.strip(), flags=re.IGNORECASE)[:500]
+
+
+NUMERIC = pa.decimal128(38, 10)
+
+
+def _decimal_schema(schema: pa.Schema) -> pa.Schema:
+    """ADBC hands NUMERIC over as text; saferoom returns exact decimals, as DuckDB does."""
+    fields = [f.with_type(NUMERIC).with_metadata(None) if _is_numeric(f) else f for f in schema]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def _is_numeric(field: pa.Field) -> bool:
+    return (field.metadata or {}).get(b"ADBC:postgresql:typname") == b"numeric"
+
+
+def _as_decimal(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    try:
+        columns = [_storage(c).cast(f.type) if c.type != f.type else c for c, f in zip(batch.columns, schema, strict=True)]
+    except pa.ArrowInvalid:
+        raise EngineError("a NUMERIC value has more than 10 decimal places; round it in the query") from None
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _storage(column: pa.Array) -> pa.Array:
+    return column.storage if isinstance(column.type, pa.ExtensionType) else column
+
+
+_NAMED = {"column", "relation", "table", "function", "schema", "type", "operator", "role", "database", "reference"}
+
+
+def _keep_identifiers(match: re.Match[str]) -> str:
+    """PostgreSQL quotes names and values alike; keep names (for explanations), hide values."""
+    word, space, text = match.group(1) or "", match.group(2), match.group(3)
+    return match.group(0) if word.lower() in _NAMED else f'{word}{space}"…"'
+
+
+def _with_password(url: str, password: Secret | None) -> str:
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user}:{quote(password.reveal(), safe='')}@{host}" if user else parts.netloc
+    return urlunsplit(parts._replace(netloc=netloc))

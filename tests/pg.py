@@ -1,0 +1,88 @@
+"""A real PostgreSQL server for the tests: initdb and pg_ctl in a temporary folder.
+
+PostgreSQL refuses to run as root, so when the suite runs as root (as CI does)
+the server runs as an unprivileged user this fixture creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+USER = "saferoom-pg"
+READER_PASSWORD = "canary-pg-password-5d1e"
+
+
+def bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+def _account() -> tuple[int, int] | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True)
+        entry = pwd.getpwnam(USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+@dataclass
+class Postgres:
+    base: Path
+    port: int
+    bin: Path
+    account: tuple[int, int] | None
+
+    @property
+    def socket(self) -> str:
+        return str(self.base / "sock")
+
+    def admin_uri(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?host={self.socket}"
+
+    def reader_url(self, database: str = "prod") -> str:
+        return f"postgresql://reader@127.0.0.1:{self.port}/{database}"
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        uid_gid = {"user": self.account[0], "group": self.account[1]} if self.account else {}
+        done = subprocess.run(args, check=False, capture_output=True, text=True, **uid_gid)  # type: ignore[call-overload]
+        if done.returncode != 0:
+            raise RuntimeError(f"{Path(args[0]).name} failed: {done.stdout[-1000:]} {done.stderr[-1000:]}")
+        return done
+
+    def stop(self) -> None:
+        try:
+            self.run(str(self.bin / "pg_ctl"), "-D", str(self.base / "data"), "stop", "-m", "fast", "-w")
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def start(port: int) -> Postgres:
+    """Start a server in a fresh folder under the system temp dir (pytest's own is private to root)."""
+    base = Path(tempfile.mkdtemp(prefix="saferoom-pg-"))
+    found = bindir()
+    if found is None:
+        raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    account = _account()
+    (base / "sock").mkdir(parents=True)
+    if account:
+        for path in (base, base / "sock"):
+            os.chown(path, *account)
+    server = Postgres(base, port, found, account)
+    server.run(str(found / "initdb"), "-D", str(base / "data"), "-U", "postgres", "--auth-local=trust",
+               "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-sync")
+    server.run(str(found / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "server.log"), "-w", "start",
+               "-o", f"-p {port} -k {base / 'sock'} -c listen_addresses=127.0.0.1 -c fsync=off")
+    return server

@@ -1,0 +1,114 @@
+"""PostgreSQL as a source: the same guard, the same tokens, the same red team, on a real server."""
+
+from __future__ import annotations
+
+import pytest
+
+import saferoom
+from saferoom.errors import EngineError
+from tests.leaks import leaks, message_leaks
+from tests.pg import READER_PASSWORD
+from tests.test_redteam import ATTACKS
+
+PG_ATTACKS = [
+    "select pg_read_file('/etc/passwd')",
+    "select * from pg_read_file('postgresql.conf')",
+    "copy (select * from customers) to program 'cat > /tmp/x'",
+    "copy customers to '/tmp/x.csv'",
+    "select set_config('default_transaction_read_only', 'off', false)",
+    "select current_setting('data_directory')",
+    "select * from dblink('dbname=prod', 'select pan from cards') as t(pan text)",
+    "select lo_import('/etc/passwd')",
+    "select lo_export(1, '/tmp/x')",
+    "select ctid, xmin, * from orders",
+    "select xmin from cards",
+    "select * from orders for update",
+    "select * from orders for share",
+    "select pg_sleep(10)",
+    "select pg_terminate_backend(1)",
+    "select nextval('seq')",
+    "select * from pg_catalog.pg_shadow",
+    "select * from pg_stat_activity",
+    "select usename, passwd from pg_user",
+    "select * from public.cards",
+    "select * from prod.public.cards where pan like '4%'",
+    "select version()",
+    "select current_user, session_user",
+    "select inet_server_addr()",
+    "select txid_current()",
+    "select query_to_xml('select pan from cards', true, true, '')",
+    "do $$ begin perform 1; end $$",
+    "select * from orders; set role postgres",
+]
+
+
+@pytest.mark.parametrize("sql", ATTACKS + PG_ATTACKS)
+def test_attack_on_postgres_is_refused_or_harmless(pg_alice, secrets_of, room, sql: str) -> None:
+    try:
+        table = pg_alice.query(sql).to_arrow()
+    except saferoom.SaferoomError as exc:
+        assert not message_leaks(str(exc), secrets_of, room.key), str(exc)
+        assert READER_PASSWORD not in str(exc)
+        return
+    assert not leaks(table, secrets_of, room.key), sql
+
+
+def test_denied_column_is_explained_on_postgres(pg_alice) -> None:
+    with pytest.raises(saferoom.QueryRejected) as caught:
+        pg_alice.query("select pan from cards").to_arrow()
+    assert caught.value.column == "prod.cards.pan" and "card-theft" in str(caught.value)
+
+
+def test_numbers_match_the_source(pg_alice, room) -> None:
+    got = pg_alice.query("select region, count(*) as n, sum(amount) as s from orders group by 1 order by 1").to_pylist()
+    expected = room.raw("select region, count(*), sum(amount) from orders where region = 'EU' group by 1 order by 1")
+    assert [(r["region"], r["n"], r["s"]) for r in got] == expected
+
+
+def test_tokens_equal_duckdbs(pg_alice, alice) -> None:
+    sql = "select card_id, customer_id from cards order by card_id"
+    assert pg_alice.query(sql).to_pylist() == alice.query(sql).to_pylist()
+    sql = "select name, email, ssn from customers order by customer_id limit 200"
+    assert pg_alice.query(sql).to_pylist() == alice.query(sql).to_pylist()
+
+
+def test_generalize_and_mask_match_duckdbs(pg_room, ivan) -> None:
+    with pg_room.connect("ivan") as pg_ivan:
+        sql = "select card_id, pan from cards order by card_id limit 100"
+        assert pg_ivan.query(sql).to_pylist() == ivan.query(sql).to_pylist()
+    with pg_room.connect("alice") as pg_alice2:
+        rows = pg_alice2.query("select birth_date, zip from customers order by customer_id limit 100").to_pylist()
+    assert {r["birth_date"].day for r in rows} == {1} and {len(r["zip"]) for r in rows} == {3}
+
+
+def test_filtered_rows_never_raise_on_postgres(pg_alice, room) -> None:
+    sql = "select count(*) as n from orders where cast(case when region = 'US' then 'x' else '1' end as integer) = 1"
+    assert pg_alice.query(sql).to_pylist() == [{"n": room.raw("select count(*) from orders where region = 'EU'")[0][0]}]
+
+
+def test_postgres_session_is_read_only_underneath(pg_alice) -> None:
+    engine = pg_alice._engine
+    for sql in ("insert into public.orders (order_id) values (1)", "create table public.x (a int)",
+                "select set_config('default_transaction_read_only', 'off', false); insert into public.orders (order_id) values (1)"):
+        with pytest.raises(EngineError):
+            engine.stream(sql).read_all()
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(pg_room, monkeypatch) -> None:
+    monkeypatch.setenv("SAFEROOM_TEST_PG_PASSWORD", "not-the-password-9f2")
+    with pytest.raises(EngineError) as caught:
+        pg_room.connect("alice")
+    assert "not-the-password-9f2" not in str(caught.value) and "authentication" in str(caught.value).lower()
+
+
+def test_lint_compares_with_the_live_catalog(pg_room) -> None:
+    from saferoom.lint import lint
+    from saferoom.session import open_engine
+
+    policy = saferoom.load_policy(pg_room.policy)
+    engine = open_engine(policy)
+    try:
+        findings = lint(policy, engine.catalog(), engine.spec.default_schema)
+    finally:
+        engine.close()
+    assert [(f.level, f.table, f.column) for f in findings] == [("warning", "prod.customers", "internal_score")]
