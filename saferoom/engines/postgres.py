@@ -214,7 +214,7 @@ _NAMED = {"column", "relation", "table", "function", "schema", "type", "operator
 
 def _keep_identifiers(match: re.Match[str]) -> str:
     """PostgreSQL quotes names and values alike; keep names (for explanations), hide values."""
-    word, space, text = match.group(1) or "", match.group(2), match.group(3)
+    word, space = match.group(1) or "", match.group(2)
     return match.group(0) if word.lower() in _NAMED else f'{word}{space}"…"'
 
 
