@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -87,11 +88,13 @@ def lint(policy: PolicyOpt = Path("saferoom.yaml"), strict: Annotated[bool, type
     from saferoom.session import open_engine
 
     loaded = load_policy(policy)
-    engine = open_engine(loaded)
-    try:
-        findings = run_lint(loaded, engine.catalog(), engine.spec.default_schema)
-    finally:
-        engine.close()
+    findings = []
+    for backend in sorted({s.engine for s in loaded.model.sources.values()}):
+        engine = open_engine(loaded, backend)
+        try:
+            findings += run_lint(loaded, engine.catalog(), engine.spec.default_schema, backend)
+        finally:
+            engine.close()
     for finding in findings:
         colour = "red" if finding.level == ERROR else "yellow"
         out.print(f"[{colour}]{finding.level}[/]: {finding.message}")
@@ -304,6 +307,46 @@ def packages_check(
     if findings:
         raise typer.Exit(1)
     out.print("[green]No admitted package has a known vulnerability in this export.[/]")
+
+
+@app.command("compile")
+def compile_command(
+    policy: PolicyOpt = Path("saferoom.yaml"),
+    engine: Annotated[str, typer.Option(help="The database to compile for.")] = "postgres",
+    schema: Annotated[str, typer.Option(help="Prefix of the schemas and roles it makes.")] = "saferoom",
+    apply: Annotated[bool, typer.Option("--apply", help="Run it (needs a role that may create roles and schemas).")] = False,
+    drop: Annotated[bool, typer.Option("--drop", help="Remove everything it made.")] = False,
+    admin_url: Annotated[str | None, typer.Option(help="Connect as this user to apply (default: the source's url).")] = None,
+) -> None:
+    """Compile the policy into per-role views and roles inside PostgreSQL, for tools that connect directly.
+
+    Example: saferoom compile --policy saferoom.yaml --apply --admin-url postgresql://admin@db/prod
+    The admin password comes from SAFEROOM_ADMIN_PASSWORD; the token key is never printed.
+    """
+    from saferoom import compile as compiler
+    from saferoom.secrets import Secret
+    from saferoom.session import open_engine
+
+    if engine != "postgres":
+        raise SaferoomError(f"compile supports postgres (asked for {engine})")
+    loaded = load_policy(policy)
+    if apply or drop:
+        source = next((n for n, s in loaded.model.sources.items() if s.engine == "postgres"), None)
+        if source is None:
+            raise SaferoomError("the policy has no postgres source")
+        url = admin_url or loaded.model.sources[source].url
+        secret = os.environ.get("SAFEROOM_ADMIN_PASSWORD")
+        password = Secret(secret) if secret else (None if admin_url else loaded.source_password(source))
+        count = compiler.apply(loaded, url, password, schema, drop=drop)
+        out.print(f"{'Dropped' if drop else 'Applied'}: {count} statements.")
+        return
+    reader = open_engine(loaded, "postgres")
+    try:
+        statements = compiler.compile_sql(loaded, reader.catalog(), schema) + list(compiler.role_grants(loaded, schema))
+    finally:
+        reader.close()
+    sys.stdout.write("-- saferoom compile: the token key is loaded by --apply, never printed\n")
+    sys.stdout.write(";\n".join(statements) + ";\n")
 
 
 @app.command()

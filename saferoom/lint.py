@@ -18,11 +18,13 @@ class Finding:
     message: str
 
 
-def lint(policy: Policy, catalog: Catalog, default_schema: str) -> list[Finding]:
+def lint(policy: Policy, catalog: Catalog, default_schema: str, engine: str | None = None) -> list[Finding]:
     """Listed tables and columns missing from the source, and source columns nobody classified."""
     findings: list[Finding] = []
     listed: set[tuple[str, str, str]] = set()
     for key, ref in policy.tables.items():
+        if engine and policy.model.sources[ref.source].engine != engine:
+            continue
         address = (ref.source.lower(), (ref.schema or default_schema).lower(), ref.name.lower())
         listed.add(address)
         findings += _compare(key, policy.columns(key), catalog.get(address))

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import saferoom
@@ -112,3 +118,54 @@ def test_lint_compares_with_the_live_catalog(pg_room) -> None:
     finally:
         engine.close()
     assert [(f.level, f.table, f.column) for f in findings] == [("warning", "prod.customers", "internal_score")]
+
+
+def psql(pg_room, user: str, password: str, sql: str) -> subprocess.CompletedProcess[str]:
+    server = pg_room.server
+    env = {**os.environ, "PGPASSWORD": password}
+    client = server.bin / "psql" if (server.bin / "psql").exists() else Path(shutil.which("psql") or "psql")
+    return subprocess.run([str(client), "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(server.port), "-U", user,
+                           "-d", "prod", "-v", "ON_ERROR_STOP=1", "-c", sql], capture_output=True, text=True, env=env, check=False)
+
+
+def test_compiled_views_show_what_the_guard_shows(pg_room, pg_alice, room) -> None:
+    import adbc_driver_postgresql.dbapi as dbapi
+
+    from saferoom import compile as compiler
+
+    policy = saferoom.load_policy(pg_room.policy)
+    admin = pg_room.server.admin_uri("prod")
+    with dbapi.connect(pg_room.server.admin_uri(), autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'alice') THEN "
+                    "CREATE ROLE alice LOGIN PASSWORD 'alice-db-pass'; END IF; END $$")
+    for _ in range(2):  # idempotent
+        compiler.apply(policy, admin, None)
+    sql = "select region, count(*) from {}orders group by 1 order by 1"
+    shown = psql(pg_room, "alice", "alice-db-pass", sql.format("saferoom_analyst."))
+    assert shown.returncode == 0, shown.stderr
+    guard = pg_alice.query(sql.format("")).to_pylist()
+    assert shown.stdout.split() == [f"{r['region']}|{r['count_star()'] if 'count_star()' in r else r['count']}" for r in guard]
+    tokens = psql(pg_room, "alice", "alice-db-pass", "select customer_id from saferoom_analyst.cards order by card_id limit 5")
+    assert tokens.stdout.split() == [r["customer_id"] for r in pg_alice.query("select customer_id from cards order by card_id limit 5").to_pylist()]
+    for forbidden in ("select * from public.orders", "select * from saferoom.secret", "select pan from saferoom_analyst.cards",
+                      "select * from saferoom.user_attributes"):
+        refused = psql(pg_room, "alice", "alice-db-pass", forbidden)
+        assert refused.returncode != 0, forbidden
+    printed = subprocess.run([sys.executable, "-c", "from saferoom.cli import main; main()", "compile", "-p", str(pg_room.policy)],
+                             capture_output=True, text=True, check=False)
+    assert printed.returncode == 0, printed.stderr
+    assert "CREATE VIEW" in printed.stdout and room.key not in printed.stdout
+    from saferoom.compile import key_pads
+
+    assert all(p.hex() not in printed.stdout for p in key_pads(policy.token_key))
+    compiler.apply(policy, admin, None, drop=True)
+    gone = psql(pg_room, "alice", "alice-db-pass", "select 1 from saferoom_analyst.orders")
+    assert gone.returncode != 0 and "does not exist" in gone.stderr
+
+
+def test_cli_lint_on_postgres(pg_room) -> None:
+    env = {**os.environ, "SAFEROOM_TEST_PG_PASSWORD": os.environ["SAFEROOM_TEST_PG_PASSWORD"]}
+    done = subprocess.run([sys.executable, "-c", "from saferoom.cli import main; main()", "lint", "-p", str(pg_room.policy)],
+                          capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "internal_score" in done.stdout and READER_PASSWORD not in done.stdout + done.stderr

@@ -10,6 +10,7 @@ a row the filter removes, never its values.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import sqlglot
@@ -40,6 +41,7 @@ def build_view(
     spec: EngineSpec,
     keep: frozenset[str] | None = None,
     user_filters: bool = True,
+    binder: Callable[[exp.Expression], exp.Expression] | None = None,
 ) -> exp.Select:
     """The policy view of one table; ``keep`` cuts it to the columns a query names.
 
@@ -49,7 +51,10 @@ def build_view(
     predicate = policy.row_filter(role, table.key)
     if predicate is not None and not user_filters and placeholders(predicate):
         predicate = None
-    bound = _qualify(bind_filter(predicate, attributes)) if predicate is not None else None
+    if predicate is not None:
+        bound = _qualify(binder(predicate) if binder else bind_filter(predicate, attributes))
+    else:
+        bound = None
     projections = [
         exp.alias_(_guarded(masked(rule, kind, spec), bound), exp.to_identifier(rule.column, quoted=True))
         for rule, kind in visible_columns(policy, role, table.key, types)

@@ -1,0 +1,189 @@
+"""`saferoom compile`: the same policy as database views, for tools that connect straight to PostgreSQL.
+
+Per role ``R``: a schema ``saferoom_R`` of views implementing R's column actions
+and row filters, and a database role ``saferoom_R`` with USAGE and SELECT on those
+views only. Row filters on user attributes read ``current_user``'s values from a
+mapping table. The token key lives in ``saferoom.secret``, readable only by its
+owner; tokens come from a SECURITY DEFINER function, so no analyst role can read
+the key. Running it again converges; ``--drop`` removes everything it made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Iterator
+
+from sqlglot import exp
+
+from saferoom.engines.postgres import POSTGRES
+from saferoom.errors import UsageError
+from saferoom.guard.views import build_view
+from saferoom.policy import Policy
+from saferoom.policy.filters import _MARKER
+from saferoom.secrets import Secret
+
+SCHEMA = "saferoom"
+
+
+def spec_for(schema: str):  # type: ignore[no-untyped-def]
+    templates = dataclasses.replace(POSTGRES.templates, tokenize=f"{schema}.token(__v)")
+    return dataclasses.replace(POSTGRES, templates=templates)
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def ident(name: str) -> str:
+    """Names that go into DDL must be plain words; anything else is refused, not quoted around."""
+    if not _NAME.match(name):
+        raise UsageError(f"`{name}` cannot be a database name; use letters, digits and _")
+    return name
+
+
+def role_name(schema: str, role: str) -> str:
+    return ident(f"{schema}_{role}".lower().replace("-", "_"))
+
+
+def compile_sql(policy: Policy, catalog: dict[tuple[str, str, str], dict[str, str]], schema: str = SCHEMA) -> list[str]:
+    """The statements that create or update everything; the token key is set separately, never printed."""
+    schema = ident(schema)
+    statements = list(_private(schema))
+    spec = spec_for(schema)
+    for role in policy.model.roles:
+        statements += list(_role(policy, role, catalog, schema, spec))
+    statements += list(_attributes(policy, schema))
+    return statements
+
+
+def drop_sql(policy: Policy, schema: str = SCHEMA) -> list[str]:
+    """Schemas first (their grants go with them), then whatever else the roles were given, then the roles."""
+    schema = ident(schema)
+    names = [role_name(schema, role) for role in policy.model.roles]
+    statements = [f'DROP SCHEMA IF EXISTS "{name}" CASCADE' for name in names]
+    statements.append(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    statements += [_if_role(name, f'DROP OWNED BY "{name}"; DROP ROLE "{name}"', exists=True) for name in names]
+    return statements
+
+
+def set_key_sql(schema: str = SCHEMA) -> str:
+    """Parameterised: the key's pads travel as bound values, never inside SQL text."""
+    return (f'INSERT INTO "{schema}".secret (id, inner_pad, outer_pad) VALUES (1, $1, $2) '
+            "ON CONFLICT (id) DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad")
+
+
+def key_pads(key: Secret) -> tuple[bytes, bytes]:
+    """HMAC's K ^ ipad and K ^ opad (RFC 2104), so the database needs only its built-in sha256."""
+    block = key.reveal().encode()
+    block = hashlib.sha256(block).digest() if len(block) > 64 else block
+    block = block.ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
+
+
+def _private(schema: str) -> Iterator[str]:
+    yield f'CREATE SCHEMA IF NOT EXISTS "{schema}"'
+    yield f'REVOKE ALL ON SCHEMA "{schema}" FROM PUBLIC'
+    yield (f'CREATE TABLE IF NOT EXISTS "{schema}".secret (id int PRIMARY KEY CHECK (id = 1), '
+           "inner_pad bytea NOT NULL, outer_pad bytea NOT NULL)")
+    yield f'REVOKE ALL ON "{schema}".secret FROM PUBLIC'
+    yield (f'CREATE TABLE IF NOT EXISTS "{schema}".user_attributes (db_user name NOT NULL, attribute text NOT NULL, '
+           "value text NOT NULL, PRIMARY KEY (db_user, attribute))")
+    yield f'REVOKE ALL ON "{schema}".user_attributes FROM PUBLIC'
+    yield (
+        f'CREATE OR REPLACE FUNCTION "{schema}".token(v anyelement) RETURNS text LANGUAGE sql STABLE SECURITY DEFINER '
+        "SET search_path = '' AS $$ SELECT CAST(CAST(left(encode(sha256(s.outer_pad || sha256(s.inner_pad || "
+        f"convert_to(CAST(v AS text), 'UTF8'))), 'hex'), 32) AS uuid) AS text) FROM \"{schema}\".secret AS s WHERE s.id = 1 $$"
+    )
+    yield f'REVOKE ALL ON FUNCTION "{schema}".token(anyelement) FROM PUBLIC'
+
+
+def _role(policy: Policy, role: str, catalog: dict[tuple[str, str, str], dict[str, str]], schema: str, spec) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    name = role_name(schema, role)
+    yield _if_role(name, f'CREATE ROLE "{name}" NOLOGIN', exists=False)
+    yield f'CREATE SCHEMA IF NOT EXISTS "{name}"'
+    yield f'REVOKE ALL ON SCHEMA "{name}" FROM PUBLIC'
+    yield f'GRANT USAGE ON SCHEMA "{name}" TO "{name}"'
+    yield f'GRANT USAGE ON SCHEMA "{schema}" TO "{name}"'
+    yield f'GRANT EXECUTE ON FUNCTION "{schema}".token(anyelement) TO "{name}"'
+    for key, ref in policy.tables.items():
+        if policy.model.sources[ref.source].engine != "postgres":
+            continue
+        address = (ref.source.lower(), (ref.schema or spec.default_schema).lower(), ref.name.lower())
+        if address not in catalog:
+            raise UsageError(f"table {key} is in the policy but not in the database; run `saferoom lint`")
+        view = build_view(policy, role, {}, ref, catalog[address], spec, binder=lambda p: _current_user_filter(p, schema))
+        table = ident(ref.name)
+        yield f'DROP VIEW IF EXISTS "{name}"."{table}"'
+        yield f'CREATE VIEW "{name}"."{table}" WITH (security_barrier = true) AS {view.sql("postgres")}'
+        yield f'GRANT SELECT ON "{name}"."{table}" TO "{name}"'
+
+
+def _current_user_filter(predicate: exp.Expression, schema: str) -> exp.Expression:
+    """{user.attr} becomes the current database user's value from the mapping table (no value: no rows)."""
+
+    def bind(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and node.name.startswith(_MARKER):
+            attribute = node.name[len(_MARKER):]
+            table = exp.table_("user_attributes", db=schema, quoted=True, alias="ua")
+            lookup = exp.select(exp.column("value", table="ua")).from_(table).where(
+                exp.and_(exp.column("db_user", table="ua").eq(exp.func("current_user")),
+                         exp.column("attribute", table="ua").eq(exp.Literal.string(attribute)))
+            )
+            return exp.Subquery(this=lookup)
+        return node
+
+    return predicate.copy().transform(bind)
+
+
+def _attributes(policy: Policy, schema: str) -> Iterator[str]:
+    yield f'DELETE FROM "{schema}".user_attributes'
+    for user, spec in policy.model.users.items():
+        for attribute, value in spec.attributes.items():
+            if isinstance(value, list):
+                raise UsageError(f"user {user}: list attribute `{attribute}` cannot be compiled to a view filter yet")
+            row = exp.Tuple(expressions=[exp.Literal.string(user), exp.Literal.string(attribute), exp.Literal.string(str(value))])
+            yield f'INSERT INTO "{schema}".user_attributes VALUES {row.sql("postgres")}'
+
+
+def _if_role(name: str, statement: str, *, exists: bool) -> str:
+    test = "" if exists else "NOT "
+    return f"DO $$ BEGIN IF {test}EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN {statement}; END IF; END $$"
+
+
+def role_grants(policy: Policy, schema: str = SCHEMA) -> Iterator[str]:
+    """Give each policy user that exists as a database role the database role of their first role."""
+    for user, spec in policy.model.users.items():
+        target, login = role_name(schema, spec.roles[0]), ident(user)
+        yield f"DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{login}') THEN GRANT \"{target}\" TO \"{login}\"; END IF; END $$"
+
+
+__all__ = ["compile_sql", "drop_sql", "key_pads", "role_grants", "set_key_sql"]
+
+
+def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str = SCHEMA, *, drop: bool = False) -> int:
+    """Run the compiled SQL in one transaction; returns the number of statements run."""
+    import adbc_driver_postgresql.dbapi as dbapi
+
+    from saferoom.engines.postgres import PostgresEngine, _with_password
+
+    if drop:
+        statements = drop_sql(policy, schema)
+    else:
+        source = next(n for n, s in policy.model.sources.items() if s.engine == "postgres")
+        reader = PostgresEngine(source, policy.model.sources[source].url, policy.source_password(source))
+        try:
+            statements = compile_sql(policy, reader.catalog(), schema) + list(role_grants(policy, schema))
+        finally:
+            reader.close()
+    try:
+        with dbapi.connect(_with_password(admin_url, password)) as conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+            if not drop and policy.token_key is not None:
+                cur.execute(set_key_sql(schema), parameters=key_pads(policy.token_key))
+            conn.commit()
+    except Exception as exc:  # translate the driver's errors once, here, without echoing credentials
+        message = str(exc).replace(password.reveal(), "***") if password else str(exc)
+        raise UsageError(f"compile --apply failed, nothing was changed: {message.splitlines()[0][:300]}") from None
+    return len(statements)
