@@ -183,7 +183,7 @@ def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str =
             if not drop and policy.token_key is not None:
                 cur.execute(set_key_sql(schema), parameters=key_pads(policy.token_key))
             conn.commit()
-    except Exception as exc:  # translate the driver's errors once, here, without echoing credentials
+    except dbapi.Error as exc:  # translate the driver's errors once, here, without echoing credentials
         message = str(exc).replace(password.reveal(), "***") if password else str(exc)
         raise UsageError(f"compile --apply failed, nothing was changed: {message.splitlines()[0][:300]}") from None
     return len(statements)
