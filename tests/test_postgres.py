@@ -169,3 +169,33 @@ def test_cli_lint_on_postgres(pg_room) -> None:
                           capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "internal_score" in done.stdout and READER_PASSWORD not in done.stdout + done.stderr
+
+
+def test_build_from_postgres_matches_the_duckdb_build(pg_room, room, tmp_path: Path) -> None:
+    import duckdb
+
+    from saferoom.build import build, fingerprints
+    from saferoom.engines.duckdb import fingerprint_key
+    from tests.conftest import CANARY_NAME, CANARY_PAN
+
+    text = pg_room.policy.read_text() + (
+        "builds:\n  analytics:\n    role: analyst\n"
+        f"    target: {{engine: duckdb, path: {tmp_path / 'analytics.duckdb'}}}\n"
+        "    k_anonymity: {columns: [birth_date, zip], k: 5, on_violation: suppress}\n"
+    )
+    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
+    manifest = build(policy, "analytics")
+    tables = {t.table: t for t in manifest.tables}
+    assert tables["prod.orders"].rows_out == room.raw("select count(*) from orders")[0][0]
+    assert tables["prod.customers"].k_anonymity["rows_suppressed"] > 0
+    data = (tmp_path / "analytics.duckdb").read_bytes()
+    assert CANARY_NAME.encode() not in data and CANARY_PAN.encode() not in data
+    with duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True) as con:
+        built = {str(t) for (t,) in con.execute("select customer_id from cards").fetchall()}
+    assert built == {room.token(c) for (c,) in room.raw("select customer_id from cards")}
+    _, sections = fingerprints.read(tmp_path / "analytics.fingerprints")
+    probes = fingerprints.fingerprint(fingerprint_key(policy.token_key), [CANARY_NAME, CANARY_PAN, "Nobody Atall"])
+    assert fingerprints.contains(sections, probes).tolist() == [True, True, False]
+    again = build(policy, "analytics")
+    assert all(t.carried_over for t in again.tables)

@@ -13,15 +13,26 @@ def plan(policy: Policy, name: str) -> BuildPlan:
     """What ``build`` would do, without writing anything."""
     from saferoom import __version__
     from saferoom.build.run import _source_paths
-    from saferoom.engines.duckdb import build_connection
+    from saferoom.engines.duckdb import build_connection, read_catalog
 
     conn = build_connection(_source_paths(policy), None)
     try:
-        from saferoom.engines.duckdb import read_catalog
-
-        return make_plan(policy, name, read_catalog(conn), __version__)
+        catalog = read_catalog(conn)
     finally:
         conn.close()
+    for source in _postgres_sources(policy):
+        from saferoom.build.postgres import PostgresSide
+
+        side = PostgresSide(policy, source)
+        try:
+            catalog |= side.engine.catalog()
+        finally:
+            side.close()
+    return make_plan(policy, name, catalog, __version__)
+
+
+def _postgres_sources(policy: Policy) -> list[str]:
+    return [n for n, s in policy.model.sources.items() if s.engine == "postgres" and n not in policy.model.builds]
 
 
 def build(policy: Policy, name: str, *, full: bool = False, progress: Progress | None = None) -> Manifest:

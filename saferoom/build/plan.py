@@ -9,8 +9,8 @@ from pathlib import Path
 
 from sqlglot import exp
 
+from saferoom.engines import SPECS
 from saferoom.engines.base import Catalog
-from saferoom.engines.duckdb import DUCKDB
 from saferoom.errors import BuildError, UsageError
 from saferoom.guard.views import build_view, visible_columns
 from saferoom.policy import Action, Policy
@@ -44,6 +44,7 @@ class TablePlan:
     recipe: str = field(compare=False)
     removed: tuple[str, ...] = ()
     types: dict[str, str] = field(default_factory=dict, compare=False)
+    engine: str = "duckdb"  # where the policy view runs: the source's engine
 
     @property
     def sql(self) -> str:
@@ -106,7 +107,7 @@ def _resolve(policy: Policy, path: str) -> Path:
 
 def _check_target(policy: Policy, target: Path) -> None:
     for name, source in policy.model.sources.items():
-        if _resolve(policy, source.path) == target and name not in policy.model.builds:
+        if source.engine == "duckdb" and _resolve(policy, source.path) == target and name not in policy.model.builds:
             raise BuildError(f"the build target {target.name} is source `{name}`; a build never overwrites a source")
     if not target.parent.is_dir():
         raise BuildError(f"the folder for the build target does not exist: {target.parent}")
@@ -114,33 +115,35 @@ def _check_target(policy: Policy, target: Path) -> None:
 
 def _table(policy: Policy, build: Build, key: str, catalog: Catalog, version: str) -> TablePlan:
     ref = policy.tables[key]
-    address = (ref.source.lower(), (ref.schema or DUCKDB.default_schema).lower(), ref.name.lower())
+    engine = policy.model.sources[ref.source].engine
+    spec = SPECS[engine]
+    address = (ref.source.lower(), (ref.schema or spec.default_schema).lower(), ref.name.lower())
     if address not in catalog:
         raise BuildError(f"table {key} is in the policy but not in source `{ref.source}`; run `saferoom lint`")
     types = catalog[address]
-    select = build_view(policy, build.role, {}, ref, types, DUCKDB, user_filters=False)
+    select = build_view(policy, build.role, {}, ref, types, spec, user_filters=False)
     rules = visible_columns(policy, build.role, key, types)
     columns = tuple(
-        ColumnPlan(r.column, kind, r.action.value, r.tag, r.threats, r.reason, _fingerprinted(r.action, kind))
+        ColumnPlan(r.column, kind, r.action.value, r.tag, r.threats, r.reason, _fingerprinted(r.action, spec.type_class(kind)))
         for r, kind in rules
     )
     names = {c.name for c in columns}
     listed = policy.columns(key)
-    removed = tuple(c for c, kind in types.items() if c in listed and c not in names and DUCKDB.type_class(kind) == "text")
+    removed = tuple(c for c, kind in types.items() if c in listed and c not in names and spec.type_class(kind) == "text")
     k = build.k_anonymity
     k_columns = tuple(c.lower() for c in k.columns) if k and all(c.lower() in names for c in k.columns) else ()
     text = policy.model.roles[build.role].rows.get(key)
     user_dependent = bool(text) and bool(placeholders(policy.row_filter(build.role, key)))
-    recipe = hashlib.sha256(f"{version}|{select.sql('duckdb')}|{k_columns}|{k.k if k else 0}|{k.on_violation if k else ''}".encode())
+    recipe = hashlib.sha256(f"{version}|{engine}|{select.sql(spec.dialect)}|{k_columns}|{k.k if k else 0}|{k.on_violation if k else ''}".encode())
     return TablePlan(
         key, _target_name(policy, key), select, columns, k_columns,
-        None if user_dependent else text, text if user_dependent else None, recipe.hexdigest(), removed, types,
+        None if user_dependent else text, text if user_dependent else None, recipe.hexdigest(), removed, types, engine,
     )
 
 
-def _fingerprinted(action: Action, kind: str) -> bool:
+def _fingerprinted(action: Action, type_class: str) -> bool:
     """Text the build removed or changed: names, emails, SSNs, card numbers. Numbers and dates are everywhere."""
-    return action is not Action.ALLOW and DUCKDB.type_class(kind) == "text"
+    return action is not Action.ALLOW and type_class == "text"
 
 
 def _target_name(policy: Policy, key: str) -> str:

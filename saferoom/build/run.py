@@ -25,20 +25,21 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 from sqlglot import exp
 
 from saferoom.build import fingerprints
 from saferoom.build.plan import K_COLUMN, MIN_FINGERPRINT_LENGTH, BuildPlan, TablePlan
 from saferoom.build.tokens import distinct_tokens, token_calls
 from saferoom.engines.duckdb import attach_sql, build_connection, fingerprint_key, scrub
-from saferoom.errors import BuildError
+from saferoom.errors import BuildError, EngineError
 from saferoom.guard.views import INNER_ALIAS
 from saferoom.policy import Policy
 
 Progress = Callable[[str, float], None]
 DISTINCT_MIN_ROWS = 100_000
 DISTINCT_MAX_RATIO = 0.5
-TARGET, PREVIOUS = "__saferoom_target", "__saferoom_previous"
+TARGET, PREVIOUS, INCOMING = "__saferoom_target", "__saferoom_previous", "__saferoom_incoming"
 META_TABLE = "saferoom_build"
 
 
@@ -83,15 +84,28 @@ def run(policy: Policy, plan: BuildPlan, version: str, *, full: bool = False, pr
         _remove_stale(plan.target)
         previous = None if full else _previous(plan)
         conn = build_connection(_source_paths(policy), policy.token_key)
+        sides = _postgres_sides(policy, plan)
         try:
-            return _run(conn, policy, plan, version, previous, progress or (lambda _t, _f: None))
+            return _run(conn, sides, policy, plan, version, previous, progress or (lambda _t, _f: None))
         except duckdb.Error as exc:
             raise BuildError(f"the build failed; the last good build is untouched: {scrub(str(exc), {})}") from None
+        except EngineError as exc:
+            raise BuildError(f"the build failed reading a source; the last good build is untouched: {exc}") from None
         finally:
             conn.close()
+            for side in sides.values():
+                side.close()
 
 
-def _run(conn: duckdb.DuckDBPyConnection, policy: Policy, plan: BuildPlan, version: str,
+def _postgres_sides(policy: Policy, plan: BuildPlan) -> dict[str, Any]:
+    """One connection per PostgreSQL source the build reads; DuckDB sources are attached to ``conn``."""
+    from saferoom.build.postgres import PostgresSide
+
+    names = {policy.tables[t.table].source for t in plan.tables if t.engine == "postgres"}
+    return {name: PostgresSide(policy, name) for name in names}
+
+
+def _run(conn: duckdb.DuckDBPyConnection, sides: dict[str, Any], policy: Policy, plan: BuildPlan, version: str,
          previous: Manifest | None, progress: Progress) -> Manifest:
     manifest = Manifest(plan.name, uuid.uuid4().hex, version, policy.hash, plan.role,
                         {"engine": plan.engine, "path": plan.target.name}, _now())
@@ -102,7 +116,8 @@ def _run(conn: duckdb.DuckDBPyConnection, policy: Policy, plan: BuildPlan, versi
         writer.open(plan.target if previous else None)
         sections = []
         for table in plan.tables:
-            result, section = _table(conn, table, writer, previous, old, plan, progress)
+            side = sides.get(policy.tables[table.table].source) if table.engine == "postgres" else None
+            result, section = _table(conn, side, table, writer, previous, old, plan, progress)
             manifest.tables.append(result)
             sections.append(section)
         writer.finish(manifest.build_id, policy.hash)
@@ -121,14 +136,16 @@ def _run(conn: duckdb.DuckDBPyConnection, policy: Policy, plan: BuildPlan, versi
     return manifest
 
 
-def _table(conn: duckdb.DuckDBPyConnection, table: TablePlan, writer: Writer, previous: Manifest | None,
+def _table(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer: Writer, previous: Manifest | None,
            old: dict[str, fingerprints.Section], plan: BuildPlan, progress: Progress) -> tuple[TableResult, fingerprints.Section]:
     progress(table.table, 0.0)
-    identity, rows_in = _identity(conn, table)
+    identity, rows_in = side.identity(table) if side else _identity(conn, table)
     before = _previous_table(previous, table)
     carried = before is not None and before.recipe == table.recipe and before.source_identity == identity
     if carried:
         writer.carry(table.name)
+    elif side is not None:
+        writer.write_reader(table.name, side.reader(_select(table, plan)))  # the view runs in PostgreSQL
     else:
         select = _select(table, plan, _repetitive(conn, table, rows_in))
         with _watch(conn, lambda f: progress(table.table, f)):
@@ -138,8 +155,11 @@ def _table(conn: duckdb.DuckDBPyConnection, table: TablePlan, writer: Writer, pr
         table.row_filter, table.row_filter_left, [asdict(c) for c in table.columns],
     )
     if table.k_columns and plan.k_anonymity:
-        result.k_anonymity = _k_result(conn, table, writer, plan, before if carried else None)
-    section = old[table.table] if carried and table.table in old else _fingerprints(conn, table)
+        result.k_anonymity = _k_result(conn, side, table, writer, plan, before if carried else None)
+    if carried and table.table in old:
+        section = old[table.table]
+    else:
+        section = side.fingerprints(table) if side else _fingerprints(conn, table)
     result.fingerprinted_values = len(section.hashes)
     progress(table.table, 1.0)
     return result, section
@@ -164,19 +184,23 @@ def _select(table: TablePlan, plan: BuildPlan, repetitive: set[str] = frozenset(
         return select
     window = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column(c, quoted=True) for c in table.k_columns])
     counted = exp.select(exp.Star(), exp.alias_(window, K_COLUMN)).from_(select.subquery("v"))
-    keep = exp.select(exp.Star(except_=[exp.column(K_COLUMN)])).from_(counted.subquery("c"))
+    names = [exp.column(p.alias_or_name, quoted=True) for p in table.select.expressions]
+    keep = exp.select(*names).from_(counted.subquery("c"))
     return keep.where(exp.GTE(this=exp.column(K_COLUMN), expression=exp.Literal.number(k.k)))
 
 
-def _k_result(conn: duckdb.DuckDBPyConnection, table: TablePlan, writer: Writer, plan: BuildPlan,
+def _k_result(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer: Writer, plan: BuildPlan,
               carried: TableResult | None) -> dict[str, Any]:
     if carried is not None and carried.k_anonymity:
         return carried.k_anonymity
     k = plan.k_anonymity
     assert k is not None
-    before = _smallest_group(conn, table.select, table.k_columns)
+    if side is not None:
+        before, rows_view = side.smallest_group(table.select, table.k_columns), side.count(table.select)
+    else:
+        before = _smallest_group(conn, table.select, table.k_columns)
+        rows_view = conn.execute(exp.select(exp.Count(this=exp.Star())).from_(table.select.subquery("v")).sql("duckdb")).fetchall()[0][0]
     after = _smallest_group(conn, writer.source(table.name), table.k_columns)
-    rows_view = conn.execute(exp.select(exp.Count(this=exp.Star())).from_(table.select.subquery("v")).sql("duckdb")).fetchall()[0][0]
     result = {"columns": list(table.k_columns), "k": k.k, "on_violation": k.on_violation,
               "smallest_group_before": before, "smallest_group": after, "rows_suppressed": rows_view - writer.count(table.name)}
     if k.on_violation == "fail" and before is not None and before < k.k:
@@ -236,6 +260,14 @@ class Writer(ABC):
     def write(self, name: str, select: exp.Select) -> None: ...
     @abstractmethod
     def carry(self, name: str) -> None: ...
+
+    def write_reader(self, name: str, reader: pa.RecordBatchReader) -> None:
+        """Rows that arrive as Arrow (a PostgreSQL source): DuckDB reads the stream as it comes."""
+        self.conn.register(INCOMING, reader)
+        try:
+            self.write(name, exp.select("*").from_(exp.to_identifier(INCOMING)))
+        finally:
+            self.conn.unregister(INCOMING)
     @abstractmethod
     def source(self, name: str) -> exp.Expression: ...
     @abstractmethod
@@ -413,7 +445,8 @@ def _old_sections(plan: BuildPlan) -> dict[str, fingerprints.Section]:
 def _source_paths(policy: Policy) -> dict[str, Path]:
     from saferoom.session import _path
 
-    return {name: _path(policy, source.path) for name, source in policy.model.sources.items() if name not in policy.model.builds}
+    return {name: _path(policy, source.path) for name, source in policy.model.sources.items()
+            if name not in policy.model.builds and source.engine == "duckdb"}
 
 
 def _snapshot(tables: list[TableResult]) -> str:

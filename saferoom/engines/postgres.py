@@ -56,15 +56,29 @@ POSTGRES = EngineSpec(
 )
 
 
-def token_function(key: Secret) -> str:
-    """The session's token function: the first 128 bits of HMAC-SHA256 of the text, as a UUID."""
+def _pads(key: Secret) -> tuple[str, str]:
     block = key.reveal().encode()
     if len(block) > 64:
         import hashlib
 
         block = hashlib.sha256(block).digest()
     block = block.ljust(64, b"\0")
-    inner, outer = bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+    return bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+
+
+def fingerprint_function(key: Secret) -> str:
+    """64 bits of HMAC-SHA256 of the trimmed, lower-cased text, as DuckDB's fingerprint macro computes them."""
+    inner, outer = _pads(key)
+    return (
+        "CREATE FUNCTION pg_temp.saferoom_fingerprint(v text) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ "
+        f"SELECT CAST(CAST('x' || left(encode(sha256(decode('{outer}', 'hex') || sha256(decode('{inner}', 'hex') || "
+        "convert_to(lower(trim(v)), 'UTF8'))), 'hex'), 16) AS bit(64)) AS bigint) $$"
+    )
+
+
+def token_function(key: Secret) -> str:
+    """The session's token function: the first 128 bits of HMAC-SHA256 of the text, as a UUID."""
+    inner, outer = _pads(key)
     return (
         f"CREATE FUNCTION {TOKEN_FUNCTION}(v anyelement) RETURNS text LANGUAGE sql IMMUTABLE AS $$ "
         f"SELECT CAST(CAST(left(encode(sha256(decode('{outer}', 'hex') || sha256(decode('{inner}', 'hex') || "
@@ -77,8 +91,10 @@ class PostgresEngine:
 
     spec = POSTGRES
 
-    def __init__(self, name: str, url: str, password: Secret | None, token_key: Secret | None = None) -> None:
+    def __init__(self, name: str, url: str, password: Secret | None, token_key: Secret | None = None,
+                 fingerprint_key: Secret | None = None) -> None:
         self.name = name
+        self._fingerprint_key = fingerprint_key
         self._uri = _with_password(url, password)
         self._secrets = [s for s in (password.reveal() if password else None, self._uri) if s]
         self._token_key = token_key
@@ -94,6 +110,8 @@ class PostgresEngine:
             with conn.cursor() as cur:
                 if self._token_key is not None:
                     cur.execute(token_function(self._token_key))
+                if self._fingerprint_key is not None:
+                    cur.execute(fingerprint_function(self._fingerprint_key))
                 cur.execute("SET default_transaction_read_only = on")
                 cur.execute("SET search_path = ''")
             return conn

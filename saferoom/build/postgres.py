@@ -1,0 +1,70 @@
+"""A build's reads from a PostgreSQL source: the policy view runs in PostgreSQL, rows stream to the target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from sqlglot import exp
+
+from saferoom.build import fingerprints
+from saferoom.build.plan import MIN_FINGERPRINT_LENGTH, TablePlan
+from saferoom.engines.duckdb import fingerprint_key
+from saferoom.engines.postgres import PostgresEngine
+from saferoom.policy import Policy
+
+
+class PostgresSide:
+    """Everything a build asks of one PostgreSQL source, answered by PostgreSQL."""
+
+    def __init__(self, policy: Policy, name: str) -> None:
+        source = policy.model.sources[name]
+        key = policy.token_key
+        self.engine = PostgresEngine(name, source.url, policy.source_password(name), key,
+                                     fingerprint_key(key) if key is not None else None)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def scalar(self, query: exp.Expression) -> object:
+        return self.engine.stream(query.sql("postgres")).read_all().column(0)[0].as_py()
+
+    def identity(self, table: TablePlan) -> tuple[str, int]:
+        """Order-independent hash of every row's text, and the row count."""
+        source = table.select.args["from_"].this.copy()
+        source.set("alias", exp.TableAlias(this=exp.to_identifier("t")))
+        row = exp.func("hashtextextended", exp.cast(exp.column("t"), "TEXT"), exp.Literal.number(0))
+        query = exp.select(exp.Count(this=exp.Star()), exp.cast(exp.Sum(this=exp.cast(row, "NUMERIC")), "TEXT"),
+                           exp.func("bit_xor", row.copy())).from_(source)
+        result = self.engine.stream(query.sql("postgres")).read_all().to_pylist()[0]
+        count, total, xor = result.values()
+        return f"{count}:{total}:{xor}", int(count)
+
+    def count(self, select: exp.Select) -> int:
+        return int(self.scalar(exp.select(exp.Count(this=exp.Star())).from_(select.subquery("v"))))  # type: ignore[arg-type]
+
+    def smallest_group(self, select: exp.Select, columns: tuple[str, ...]) -> int | None:
+        groups = exp.select(exp.alias_(exp.Count(this=exp.Star()), "n")).from_(select.subquery("g"))
+        groups = groups.group_by(*[exp.column(c, quoted=True) for c in columns])
+        value = self.scalar(exp.select(exp.Min(this=exp.column("n"))).from_(groups.subquery("s")))
+        return None if value is None else int(value)  # type: ignore[arg-type]
+
+    def reader(self, select: exp.Select) -> pa.RecordBatchReader:
+        return self.engine.stream(select.sql("postgres"))
+
+    def fingerprints(self, table: TablePlan) -> fingerprints.Section:
+        columns = tuple(table.fingerprinted)
+        if not columns:
+            return fingerprints.Section(table.table, (), np.zeros(0, dtype=np.uint64))
+        source = table.select.args["from_"].this
+        parts = []
+        for column in columns:
+            text = exp.func("lower", exp.func("trim", exp.cast(exp.column(column, quoted=True), "TEXT")))
+            parts.append(exp.select(exp.alias_(text, "v")).from_(source.copy())
+                         .where(exp.GTE(this=exp.func("length", text.copy()), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))))
+        union = parts[0]
+        for part in parts[1:]:
+            union = exp.union(union, part, distinct=True)
+        hashed = exp.select(exp.alias_(exp.func("pg_temp.saferoom_fingerprint", exp.column("v")), "h")).from_(union.subquery("u"))
+        signed = self.engine.stream(exp.select("h").distinct().from_(hashed.subquery("x")).sql("postgres")).read_all()
+        hashes = np.sort(signed.column("h").to_numpy().astype(np.int64).view(np.uint64))
+        return fingerprints.Section(table.table, columns, hashes)
