@@ -199,3 +199,19 @@ def test_build_from_postgres_matches_the_duckdb_build(pg_room, room, tmp_path: P
     assert fingerprints.contains(sections, probes).tolist() == [True, True, False]
     again = build(policy, "analytics")
     assert all(t.carried_over for t in again.tables)
+
+
+def test_gateway_serves_a_postgres_source(pg_room, pg_alice, tmp_path: Path) -> None:
+    from saferoom.client import RemoteSession
+    from tests.gateway_helpers import Server, free_port
+
+    server = Server(pg_room.policy, tmp_path / "state", free_port(), tmp_path / "server.log").start()
+    try:
+        with RemoteSession(server.url, server.token("alice")) as remote:
+            sql = "select region, count(*) as n, sum(amount) as total from orders group by 1 order by 1"
+            assert remote.query(sql).to_pylist() == pg_alice.query(sql).to_pylist()
+            with pytest.raises(saferoom.QueryRejected):
+                remote.query("select pg_read_file('/etc/passwd')")
+    finally:
+        server.stop()
+    assert READER_PASSWORD not in server.log.read_text()
