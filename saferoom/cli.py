@@ -349,6 +349,53 @@ def compile_command(
     sys.stdout.write(";\n".join(statements) + ";\n")
 
 
+class CheckFormat(StrEnum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+
+
+@app.command("check")
+def check_command(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to check (folders recursively, honouring .gitignore).")],
+    fingerprints: Annotated[Path | None, typer.Option(help="A fingerprint index from `saferoom build`.")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="Derive the fingerprint key from this policy's token key.")] = None,
+    format: Annotated[CheckFormat, typer.Option("--format", "-f")] = CheckFormat.text,
+    min_cell: Annotated[int, typer.Option(help="Counts below this are small cells.")] = 10,
+) -> None:
+    """The airlock: find PII, secrets, real customer values and small cells before anything leaves.
+
+    Exit 0 when clean, 1 with findings, 2 on a usage or read error.
+    Example: saferoom check report.csv notebooks/ --fingerprints analytics.fingerprints -p saferoom.yaml
+    """
+    from saferoom.check import check
+    from saferoom.check.sarif import sarif
+    from saferoom.secrets import Secret
+
+    key = None
+    if fingerprints is not None:
+        if os.environ.get("SAFEROOM_FINGERPRINT_KEY"):
+            key = Secret(os.environ["SAFEROOM_FINGERPRINT_KEY"])
+        elif policy is not None and load_policy(policy).token_key is not None:
+            from saferoom.engines.duckdb import fingerprint_key
+
+            key = fingerprint_key(load_policy(policy).token_key)  # type: ignore[arg-type]
+    with err.status("Checking...") as status:
+        report = check([str(p) for p in paths], fingerprints=fingerprints, key=key, min_cell=min_cell,
+                       progress=lambda f: status.update(f"Checking {escape(f)}"))
+    if format is CheckFormat.json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
+    elif format is CheckFormat.sarif:
+        sys.stdout.write(json.dumps(sarif(report, saferoom.__version__), indent=1) + "\n")
+    else:
+        for f in report.findings:
+            out.print(f"[red]{f.kind}[/] {escape(f.file)} {f.location}: {escape(f.preview)} ({f.rule}) [dim]sha256:{f.sha256}[/]")
+        for file, problem in report.errors:
+            out.print(f"[yellow]unreadable[/] {escape(file)}: {escape(problem)}")
+        out.print(f"{report.files} file(s), {len(report.findings)} finding(s), {len(report.errors)} unreadable.")
+    raise typer.Exit(report.exit_code)
+
+
 @app.command()
 def schema() -> None:
     """Print the policy file's JSON Schema, for editor completion."""

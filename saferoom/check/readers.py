@@ -1,0 +1,182 @@
+"""Every format the airlock reads, turned into one shape: cells of text with where they came from.
+
+A cell is (file, row, column, text): a table's value, a line of text, a
+notebook cell's source or output. Tables also come back whole, for the
+disclosure checks. A file that cannot be read is an error to report, never a
+file silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+CHUNK = 1 << 20  # very long lines are read in overlapping chunks, never whole
+OVERLAP = 256
+TABLES = {".csv", ".tsv", ".parquet", ".jsonl", ".ndjson", ".xlsx", ".xls"}
+
+
+@dataclass
+class Read:
+    cells: list[pl.DataFrame] = field(default_factory=list)
+    tables: list[tuple[str, pl.DataFrame]] = field(default_factory=list)
+
+
+class Unreadable(Exception):
+    """A file saferoom cannot read; the message says why."""
+
+
+def read(path: Path, label: str) -> Read:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in TABLES or suffix == ".json":
+            return _table_file(path, label, suffix)
+        if suffix == ".ipynb":
+            return Read(cells=[_notebook(path, label)])
+        return Read(cells=[_text(path, label)])
+    except Unreadable:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Unreadable(getattr(exc, "strerror", None) or str(exc)) from None
+    except (pl.exceptions.PolarsError, ValueError, KeyError, TypeError) as exc:
+        raise Unreadable(f"not a readable {suffix.lstrip('.') or 'text'} file: {str(exc).splitlines()[0][:200]}") from None
+
+
+def frame_cells(frame: pl.DataFrame, label: str) -> pl.DataFrame:
+    """Every value of a table as text, column by column, with its row (1-based, header excluded)."""
+    parts = [
+        pl.DataFrame({"text": frame.get_column(name).cast(pl.String, strict=False)})
+        .with_row_index("row", offset=1)
+        .with_columns(pl.lit(str(name)).alias("column"))
+        for name in frame.columns
+    ]
+    names = pl.DataFrame({"row": [0] * len(frame.columns), "column": [None] * len(frame.columns), "text": [str(c) for c in frame.columns]})
+    cells = pl.concat([names.cast({"row": pl.UInt32, "column": pl.String}), *[p.select("row", "column", "text") for p in parts]]) if parts else names
+    return cells.drop_nulls("text").with_columns(pl.lit(label).alias("file"))
+
+
+def _table_file(path: Path, label: str, suffix: str) -> Read:
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
+            frame = pl.DataFrame(data, infer_schema_length=None).select(pl.all().cast(pl.String, strict=False))
+            return Read([frame_cells(frame, label)], [(label, frame)])
+        return Read(cells=[_leaves(data, label)])
+    frames = _frames(path, suffix)
+    return Read([frame_cells(f, f"{label}{sheet}") for sheet, f in frames], [(f"{label}{sheet}", f) for sheet, f in frames])
+
+
+def _frames(path: Path, suffix: str) -> list[tuple[str, pl.DataFrame]]:
+    if suffix in (".csv", ".tsv"):
+        return [("", pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema=False,
+                                 truncate_ragged_lines=True, encoding="utf8-lossy"))]
+    if suffix == ".parquet":
+        return [("", pl.read_parquet(path))]
+    if suffix in (".jsonl", ".ndjson"):
+        return [("", pl.read_ndjson(path, infer_schema_length=None))]
+    sheets = pl.read_excel(path, sheet_id=0)
+    return [(f" [{name}]", frame) for name, frame in sheets.items()]
+
+
+def _leaves(data: object, label: str) -> pl.DataFrame:
+    """Every scalar of a JSON document, with its path as the column."""
+    paths, texts = [], []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+        elif node is not None:
+            paths.append(where or "$")
+            texts.append(str(node))
+
+    walk(data, "$")
+    return pl.DataFrame({"row": [0] * len(texts), "column": paths, "text": texts},
+                        schema={"row": pl.UInt32, "column": pl.String, "text": pl.String}).with_columns(pl.lit(label).alias("file"))
+
+
+def _text(path: Path, label: str) -> pl.DataFrame:
+    with path.open("rb") as f:
+        head = f.read(8192)
+    if b"\0" in head:
+        raise Unreadable("a binary file; saferoom reads text, tables and notebooks")
+    if path.stat().st_size > 64 * CHUNK:
+        return _chunks(path, label)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if max((len(line) for line in text.splitlines()), default=0) > CHUNK:
+        return _chunks(path, label)
+    lines = text.splitlines()
+    return pl.DataFrame({"row": list(range(1, len(lines) + 1)), "column": [None] * len(lines), "text": lines},
+                        schema={"row": pl.UInt32, "column": pl.String, "text": pl.String}).with_columns(pl.lit(label).alias("file"))
+
+
+def _chunks(path: Path, label: str) -> pl.DataFrame:
+    """Large files in overlapping 1 MiB pieces, so memory stays bounded and no match is cut in two."""
+    starts, texts = [], []
+    with path.open("rb") as f:
+        offset = 0
+        while True:
+            f.seek(max(0, offset - OVERLAP))
+            block = f.read(CHUNK + OVERLAP)
+            if not block:
+                break
+            if b"\0" in block[:8192] and offset == 0:
+                raise Unreadable("a binary file; saferoom reads text, tables and notebooks")
+            starts.append(offset)
+            texts.append(block.decode("utf-8", errors="replace"))
+            offset += CHUNK
+            if len(block) < CHUNK:
+                break
+    return pl.DataFrame({"row": starts, "column": ["bytes"] * len(starts), "text": texts},
+                        schema={"row": pl.UInt64, "column": pl.String, "text": pl.String}).with_columns(
+        pl.col("row").cast(pl.UInt32, strict=False), pl.lit(label).alias("file"))
+
+
+def _notebook(path: Path, label: str) -> pl.DataFrame:
+    try:
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        cells = notebook["cells"]
+    except (ValueError, KeyError, TypeError):
+        raise Unreadable("not a valid notebook (its JSON does not parse or has no cells)") from None
+    rows, columns, texts = [], [], []
+    for number, cell in enumerate(cells, 1):
+        for part, text in _notebook_texts(cell):
+            for line in text.splitlines():
+                rows.append(number)
+                columns.append(part)
+                texts.append(line)
+    return pl.DataFrame({"row": rows, "column": columns, "text": texts},
+                        schema={"row": pl.UInt32, "column": pl.String, "text": pl.String}).with_columns(pl.lit(label).alias("file"))
+
+
+def _notebook_texts(cell: dict[str, object]) -> Iterator[tuple[str, str]]:
+    """Source, every output (text, HTML tables, errors) and images' alt text."""
+    yield "source", _joined(cell.get("source", ""))
+    for output in cell.get("outputs", []) or []:  # type: ignore[union-attr]
+        data = output.get("data", {}) if isinstance(output, dict) else {}
+        for mime, value in data.items():
+            if mime.startswith("text/") or mime.endswith("json"):
+                yield f"output {mime}", _joined(value)
+        if isinstance(output, dict) and "text" in output:
+            yield "output stream", _joined(output["text"])
+        if isinstance(output, dict) and "traceback" in output:
+            yield "output error", _joined(output["traceback"])
+    for alt in re.findall(r"!\[([^\]]*)\]|alt=\"([^\"]*)\"", _joined(cell.get("source", ""))):
+        yield "image alt text", " ".join(a for a in alt if a)
+
+
+def _joined(value: object) -> str:
+    if isinstance(value, list):
+        return "".join(str(v) for v in value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+__all__ = ["Read", "Unreadable", "frame_cells", "read"]

@@ -1,0 +1,160 @@
+"""Run the detectors, the fingerprint index and the disclosure rules over cells."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from saferoom.check.detectors import DETECTORS
+from saferoom.secrets import Secret
+
+COUNT_COLUMN = re.compile(r"^(n|count|cnt|num|number|freq|frequency|patients|customers|people|.*_count|.*_n|n_.*)$", re.I)
+SUPPRESSED = {"*", "<10", "< 10", "c", "~", "suppressed", "redacted", "[suppressed]", "x"}
+TOTAL = re.compile(r"(?i)^(total|all|overall|sum)$")
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    file: str
+    location: str
+    rule: str
+    preview: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return self.__dict__.copy()
+
+
+def mask(value: str) -> str:
+    """Enough to find it again, never the value: first and last two characters."""
+    value = value.strip()
+    return f"{value[:2]}{'*' * max(3, len(value) - 4)}{value[-2:]}" if len(value) >= 8 else "*" * max(3, len(value))
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.strip().encode()).hexdigest()
+
+
+def location(row: int | None, column: str | None) -> str:
+    if column == "bytes":
+        return f"byte {row}"
+    if column and row:
+        return f"row {row}, column {column}"
+    if column and column.startswith(("$", "source", "output", "image")):
+        return f"{column} (cell {row})" if row else column
+    if column:
+        return f"header, column {column}"
+    return f"line {row}"
+
+
+def detect(cells: pl.DataFrame) -> list[Finding]:
+    findings: list[Finding] = []
+    for detector in DETECTORS:
+        hits = cells.filter(pl.col("text").str.contains(detector.pattern))
+        if hits.is_empty():
+            continue
+        matches = hits.with_columns(pl.col("text").str.extract_all(detector.pattern).alias("match")).explode("match")
+        for file, row, column, match in matches.select("file", "row", "column", "match").iter_rows():
+            value = _group(detector, match) if match else None
+            if value and detector.valid(value):
+                findings.append(Finding(detector.kind, file, location(row, column), detector.rule, mask(value), digest(value)))
+    return _once_per_chunked_value(findings)
+
+
+def _once_per_chunked_value(findings: list[Finding]) -> list[Finding]:
+    """Overlapping chunks of a huge file can show one match twice; report it once."""
+    seen: set[tuple[str, str, str]] = set()
+    kept = []
+    for finding in findings:
+        key = (finding.file, finding.kind, finding.sha256)
+        if finding.location.startswith("byte "):
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append(finding)
+    return kept
+
+
+def _group(detector, match: str) -> str | None:  # type: ignore[no-untyped-def]
+    if detector.group == 0:
+        return match
+    inner = re.search(detector.pattern, match)
+    return inner.group(detector.group) if inner else None
+
+
+def fingerprint_matches(cells: pl.DataFrame, key: Secret, index: list[object]) -> list[Finding]:
+    """Cells, and word runs of up to three words in text, that equal a real value the build removed."""
+    from saferoom.build.fingerprints import contains
+    from saferoom.engines.duckdb import fingerprint_macro
+
+    candidates = _candidates(cells)
+    if candidates.is_empty():
+        return []
+    with duckdb.connect() as con:
+        con.execute(fingerprint_macro(key))
+        con.register("candidates", candidates.select("value").unique().to_arrow())
+        hashed = con.sql("SELECT value, memory.main.__saferoom_fingerprint(value) AS h FROM candidates").pl()
+    found = hashed.filter(pl.Series(contains(index, hashed.get_column("h").to_numpy().astype(np.uint64))))  # type: ignore[arg-type]
+    hits = candidates.join(found.select("value"), on="value")
+    return [Finding("real-value", file, location(row, column), "equals a real sensitive value (fingerprint index)",
+                    mask(value), digest(value)) for file, row, column, value in hits.select("file", "row", "column", "value").iter_rows()]
+
+
+def _candidates(cells: pl.DataFrame) -> pl.DataFrame:
+    """Whole cells, and in free text every run of one to three words (names hide in sentences)."""
+    whole = cells.select("file", "row", "column", pl.col("text").str.strip_chars().alias("value"))
+    prose = cells.filter(pl.col("column").is_null() | pl.col("column").str.starts_with("source")
+                         | pl.col("column").str.starts_with("output"))
+    words = prose.with_columns(pl.col("text").str.extract_all(r"[\w.@'+-]+").alias("w"))
+    runs = [whole]
+    for size in (1, 2, 3):
+        gram = pl.concat_str([pl.element().shift(-i) for i in range(size)], separator=" ")
+        runs.append(words.select("file", "row", "column", pl.col("w").list.eval(gram).alias("value")).explode("value"))
+    return pl.concat(runs).drop_nulls("value").filter(pl.col("value").str.len_chars() >= 4)
+
+
+def disclosure(tables: list[tuple[str, pl.DataFrame]], min_cell: int) -> list[Finding]:
+    """Counts below the minimum cell size, and a lone suppressed cell that totals would give back."""
+    findings: list[Finding] = []
+    for label, frame in tables:
+        for name in frame.columns:
+            if not COUNT_COLUMN.match(str(name)):
+                continue
+            values = frame.get_column(name).cast(pl.String, strict=False)
+            numbers = values.cast(pl.Float64, strict=False)
+            for row in (numbers.to_frame("n").with_row_index("row", 1).filter((pl.col("n") > 0) & (pl.col("n") < min_cell))
+                        .get_column("row").to_list()):
+                findings.append(Finding("small-cell", label, location(row, str(name)),
+                                        f"a count below the minimum cell size of {min_cell}", "<small>", digest(f"{label}:{row}:{name}")))
+            findings += _recoverable(label, frame, str(name), values)
+    return findings
+
+
+def _recoverable(label: str, frame: pl.DataFrame, name: str, values: pl.Series) -> list[Finding]:
+    suppressed = values.str.strip_chars().str.to_lowercase().is_in(list(SUPPRESSED))
+    first = frame.get_column(frame.columns[0]).cast(pl.String, strict=False).fill_null("")
+    has_total = bool(first.str.strip_chars().str.contains(TOTAL.pattern).any())
+    if has_total and int(suppressed.sum()) == 1:
+        row = int(suppressed.arg_true()[0]) + 1
+        return [Finding("recoverable-cell", label, location(row, name),
+                        "one suppressed cell with its total present: subtraction gives it back", "<suppressed>",
+                        digest(f"{label}:{row}:{name}:recoverable"))]
+    return []
+
+
+def read_allowlist(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    hashes = set()
+    for line in path.read_text().splitlines():
+        token = line.split("#", 1)[0].strip().removeprefix("sha256:")
+        if re.fullmatch(r"[0-9a-f]{64}", token):
+            hashes.add(token)
+    return hashes

@@ -1,0 +1,234 @@
+"""The airlock: a generated corpus of planted secrets and look-alikes, every format, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+import saferoom.check as airlock
+from saferoom.check.scan import digest
+
+PLANTED = {  # kind -> values that must be found
+    "card-number": ["4539 1488 0343 6467", "5555555555554444", "378282246310005", "6011111111111117"],
+    "ssn": ["123-45-6789", "212-67-8910", "078-12-3456"],
+    "email": ["jane.roe@gmail.com", "k.okafor@bank-customer.co.uk"],
+    "phone": ["(212) 456-7890", "+1 415-555-2671"],
+    "iban": ["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432"],
+    "ip-address": ["172.16.254.1", "8.8.4.4"],
+    "private-key": ["-----BEGIN RSA PRIVATE KEY-----"],
+    "cloud-key": ["AKIAIOSFODNN7EXAMPLE"],
+    "connection-string": ["postgresql://admin:s3cretPassw0rd@db.internal:5432/prod"],
+    "bearer-token": ["Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.abc123def456"],
+    "secret-assignment": ['api_key = "Zx9kQ2vL7mN4pR8sT1wY6bC3dF5gH0jK"'],
+}
+LOOKALIKES = [  # values that must not be found
+    "1234567812345670",  # 16 digits, fails Luhn
+    "4111 1111 1111 1112", "order 0000000000000000", "666-12-3456", "900-12-3456", "123-00-4567", "123-45-0000",
+    "invoice 987-65-4321", "docs@example.com", "user@test.example", "127.0.0.1", "0.0.0.0", "192.0.2.44",
+    "550e8400-e29b-41d4-a716-446655440000", "d41d8cd98f00b204e9800998ecf8427e", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "DE89 3704 0044 0532 0130 01", "postgresql://admin:${DB_PASSWORD}@db:5432/prod", "password = 'changeme'",
+    "(555) 010-0199", "version 1.2.3.4567", "SKU 4000-1234-5678",
+]
+FORMATS = ["csv", "tsv", "parquet", "json", "jsonl", "xlsx", "ipynb", "html", "md", "txt", "py"]
+
+
+def write(folder: Path, fmt: str, values: list[str], name: str) -> Path:
+    path = folder / f"{name}.{fmt}"
+    frame = pd.DataFrame({"id": range(len(values)), "note": values})
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "tsv":
+        frame.to_csv(path, index=False, sep="\t")
+    elif fmt == "parquet":
+        frame.to_parquet(path)
+    elif fmt == "json":
+        path.write_text(frame.to_json(orient="records"))
+    elif fmt == "jsonl":
+        path.write_text(frame.to_json(orient="records", lines=True))
+    elif fmt == "xlsx":
+        frame.to_excel(path, index=False)
+    elif fmt == "ipynb":
+        cells = [{"cell_type": "code", "source": ["x = 1\n"], "outputs": [
+            {"output_type": "execute_result", "data": {"text/html": [f"<table><tr><td>{v}</td></tr></table>" for v in values]}}]}]
+        path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    elif fmt == "html":
+        path.write_text("<html><body>" + "".join(f"<p>{v}</p>\n" for v in values) + "</body></html>")
+    elif fmt == "md":
+        path.write_text("# Notes\n\n" + "".join(f"- {v}\n" for v in values))
+    elif fmt == "txt":
+        path.write_text("\n".join(values) + "\n")
+    else:
+        path.write_text("".join(f"value_{i} = {v!r}\n" if not v.startswith(("api_key", "-----")) else f"{v}\n" for i, v in enumerate(values)))
+    return path
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_planted_values_are_all_found_in_every_format(tmp_path: Path, fmt: str) -> None:
+    values = [v for vs in PLANTED.values() for v in vs]
+    write(tmp_path, fmt, values, "planted")
+    report = airlock.check(tmp_path, allow=tmp_path / "none")
+    assert not report.errors, report.errors
+    found = {f.sha256 for f in report.findings}
+    missing = [(kind, v) for kind, vs in PLANTED.items() for v in vs if digest(_matched(kind, v)) not in found]
+    assert not missing, missing  # recall 100%
+
+
+def _matched(kind: str, value: str) -> str:
+    if kind == "secret-assignment":
+        return value.split('"')[1]
+    if kind == "connection-string":
+        return value.rsplit("/", 1)[0]  # the match ends at the host: the part that carries the password
+    return value
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_lookalikes_are_not_findings(tmp_path: Path, fmt: str) -> None:
+    write(tmp_path, fmt, LOOKALIKES, "clean")
+    report = airlock.check(tmp_path, allow=tmp_path / "none")
+    assert not report.errors
+    assert report.findings == [], [(f.kind, f.preview, f.location) for f in report.findings]
+
+
+def not_luhn(rng: np.random.Generator, digits: int) -> str:
+    """An order id that is not a card number: its check digit is wrong."""
+    from saferoom.check.detectors import luhn
+
+    body = "".join(str(d) for d in rng.integers(0, 10, digits))
+    return body if not luhn(body) else body[:-1] + str((int(body[-1]) + 1) % 10)
+
+
+def test_false_positives_stay_under_one_percent_of_clean_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for i in range(120):
+        words = ["order", "invoice", "sku", "total", "region", "EU", "ref"]
+        lines = [f"{rng.choice(words)} {not_luhn(rng, int(rng.integers(3, 20)))} {rng.choice(LOOKALIKES)}" for _ in range(30)]
+        (tmp_path / f"clean{i}.txt").write_text("\n".join(lines))
+    report = airlock.check(tmp_path)
+    flagged = {f.file for f in report.findings}
+    assert len(flagged) / 120 < 0.01, sorted({(f.kind, f.preview) for f in report.findings})
+
+
+def test_bad_input_is_reported_and_the_scan_continues(tmp_path: Path) -> None:
+    (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 40)
+    good = pl.DataFrame({"a": list(range(1000))})
+    good.write_parquet(tmp_path / "whole.parquet")
+    (tmp_path / "truncated.parquet").write_bytes((tmp_path / "whole.parquet").read_bytes()[:200])
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    locked = tmp_path / "locked.txt"
+    locked.write_text("123-45-6789")
+    (tmp_path / "fine.txt").write_text("card 4539 1488 0343 6467\n")
+    os.chmod(locked, 0)
+    try:
+        report = airlock.check(tmp_path)
+    finally:
+        os.chmod(locked, 0o644)
+    problems = dict(report.errors)
+    assert "binary" in problems[str(tmp_path / "junk.bin")]
+    assert str(tmp_path / "truncated.parquet") in problems
+    assert "notebook" in problems[str(tmp_path / "broken.ipynb")]
+    if os.geteuid() != 0:  # root reads anything; elsewhere the file is reported
+        assert str(locked) in problems
+    assert any(f.kind == "card-number" and f.file.endswith("fine.txt") for f in report.findings)
+    assert report.exit_code == 2
+
+
+def test_a_two_gigabyte_single_line_is_reported_without_reading_it_whole(tmp_path: Path) -> None:
+    big = tmp_path / "one-line.txt"
+    with big.open("wb") as f:
+        f.write(b"start " + b"x" * 100)
+        f.truncate(2 * 1024**3)  # sparse: 2 GB on one line, mostly NUL bytes
+    (tmp_path / "after.txt").write_text("212-67-8910\n")
+    report = airlock.check(tmp_path)
+    assert "binary" in dict(report.errors)[str(big)]
+    assert [Path(f.file).name for f in report.findings] == ["after.txt"]
+
+
+def test_long_text_line_keeps_matches_across_chunk_edges(tmp_path: Path) -> None:
+    from saferoom.check.readers import CHUNK
+
+    text = "a" * (CHUNK - 10) + " 4539 1488 0343 6467 " + "b" * (CHUNK * 2)
+    (tmp_path / "long.txt").write_text(text)
+    report = airlock.check(tmp_path / "long.txt")
+    assert [f.kind for f in report.findings] == ["card-number"]
+
+
+def test_findings_never_print_the_value_and_allowlist_by_hash(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("ssn 212-67-8910 and card 4539148803436467\n")
+    report = airlock.check(tmp_path)
+    text = json.dumps(report.to_dict())
+    assert "212-67-8910" not in text and "4539148803436467" not in text
+    (tmp_path / ".saferoom-allow").write_text(f"sha256:{digest('212-67-8910')}  # test fixture SSN\n")
+    again = airlock.check(tmp_path, allow=tmp_path / ".saferoom-allow")
+    assert [f.kind for f in again.findings] == ["card-number"]
+
+
+def test_gitignore_is_respected(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("secrets/\n*.log\n")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "x.txt").write_text("212-67-8910")
+    (tmp_path / "run.log").write_text("212-67-8910")
+    (tmp_path / "kept.txt").write_text("212-67-8910")
+    report = airlock.check(tmp_path)
+    assert {Path(f.file).name for f in report.findings} == {"kept.txt"}
+
+
+def test_small_cells_and_recoverable_suppression(tmp_path: Path) -> None:
+    pd.DataFrame({"region": ["north", "south", "east"], "count": [120, 4, 57]}).to_csv(tmp_path / "counts.csv", index=False)
+    pd.DataFrame({"group": ["a", "b", "c", "Total"], "n": ["40", "*", "33", "80"]}).to_csv(tmp_path / "suppressed.csv", index=False)
+    pd.DataFrame({"group": ["a", "b"], "n": ["40", "55"]}).to_csv(tmp_path / "fine.csv", index=False)
+    report = airlock.check(tmp_path)
+    kinds = {(Path(f.file).name, f.kind, f.location) for f in report.findings}
+    assert kinds == {("counts.csv", "small-cell", "row 2, column count"), ("suppressed.csv", "recoverable-cell", "row 2, column n")}
+
+
+def test_dataframes_are_checked_directly() -> None:
+    frame = pl.DataFrame({"who": ["Jane"], "email": ["jane.roe@gmail.com"], "n": [2]})
+    report = airlock.check(frame)
+    assert {f.kind for f in report.findings} == {"email", "small-cell"}
+    assert {f.kind for f in airlock.check(frame.to_pandas()).findings} == {"email", "small-cell"}
+
+
+def test_fingerprints_catch_real_values_no_pattern_would(room, tmp_path: Path) -> None:
+    from saferoom.build import build
+    from saferoom.engines.duckdb import fingerprint_key
+    from tests.conftest import CANARY_NAME
+    from tests.test_build import policy_with_build
+
+    policy = policy_with_build(room, tmp_path)
+    build(policy, "analytics")
+    (tmp_path / "slides.md").write_text(f"# Churn\n\nOur best customer, {CANARY_NAME}, left in March.\nBob Example stayed.\n")
+    key = fingerprint_key(policy.token_key)
+    report = airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.fingerprints", key=key)
+    real = [f for f in report.findings if f.kind == "real-value"]
+    assert [f.location for f in real] == ["line 3"] and CANARY_NAME not in json.dumps(report.to_dict())
+    from saferoom.errors import UsageError
+    from saferoom.secrets import Secret
+
+    with pytest.raises(UsageError, match="does not match"):
+        airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.fingerprints", key=Secret("wrong" * 8))
+
+
+def test_cli_exit_codes_and_sarif(tmp_path: Path) -> None:
+    run = [sys.executable, "-c", "from saferoom.cli import main; main()", "check"]
+    (tmp_path / "clean.txt").write_text("nothing to see\n")
+    assert subprocess.run([*run, str(tmp_path / "clean.txt")], capture_output=True, check=False).returncode == 0
+    (tmp_path / "leak.csv").write_text("name,ssn\nJane,212-67-8910\n")
+    done = subprocess.run([*run, str(tmp_path / "leak.csv"), "-f", "sarif"], capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    sarif = json.loads(done.stdout)
+    result = sarif["runs"][0]["results"][0]
+    assert sarif["version"] == "2.1.0" and result["ruleId"] == "ssn"
+    assert result["locations"][0]["physicalLocation"]["region"]["startLine"] == 2
+    assert "212-67-8910" not in done.stdout
+    missing = subprocess.run([*run, str(tmp_path / "nope.txt")], capture_output=True, text=True, check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stdout
+    hooks = (Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text()
+    assert "entry: saferoom check" in hooks
