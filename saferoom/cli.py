@@ -380,9 +380,14 @@ def check_command(
             from saferoom.engines.duckdb import fingerprint_key
 
             key = fingerprint_key(load_policy(policy).token_key)  # type: ignore[arg-type]
-    with err.status("Checking...") as status:
+    from rich.progress import Progress
+
+    from saferoom.check import files
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("Checking", total=len(files(paths)) or None)
         report = check([str(p) for p in paths], fingerprints=fingerprints, key=key, min_cell=min_cell,
-                       progress=lambda f: status.update(f"Checking {escape(f)}"))
+                       progress=lambda f: bar.update(task, advance=1, description=escape(Path(f).name)[:40]))
     if format is CheckFormat.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
     elif format is CheckFormat.sarif:

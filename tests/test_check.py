@@ -232,3 +232,12 @@ def test_cli_exit_codes_and_sarif(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "does not exist" in missing.stdout
     hooks = (Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text()
     assert "entry: saferoom check" in hooks
+
+
+def test_dates_of_birth_next_to_names(tmp_path: Path) -> None:
+    pd.DataFrame({"name": ["Jane Roe"], "dob": ["1977-07-13"], "segment": ["retail"]}).to_csv(tmp_path / "people.csv", index=False)
+    pd.DataFrame({"product": ["x"], "launch_date": ["2020-01-01"]}).to_csv(tmp_path / "products.csv", index=False)
+    (tmp_path / "note.md").write_text("Jane Roe (born 13/07/1977) called.\nThe release is on 2024-01-01.\n")
+    report = airlock.check(tmp_path)
+    found = {(Path(f.file).name, f.kind, f.location) for f in report.findings}
+    assert found == {("people.csv", "birth-date", "column dob beside column name"), ("note.md", "birth-date", "line 1")}

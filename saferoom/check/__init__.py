@@ -12,7 +12,7 @@ import polars as pl
 from pathspec import GitIgnoreSpec, PathSpec
 
 from saferoom.check.readers import Unreadable, frame_cells, read
-from saferoom.check.scan import Finding, detect, disclosure, fingerprint_matches, read_allowlist
+from saferoom.check.scan import Finding, birth_dates, detect, disclosure, fingerprint_matches, read_allowlist
 from saferoom.errors import UsageError
 from saferoom.secrets import Secret
 
@@ -37,6 +37,14 @@ class Report:
                 "errors": [{"file": f, "problem": p} for f, p in self.errors]}
 
 
+def files(paths: list[Path]) -> list[Path]:
+    """The files a check of ``paths`` would read, for a progress bar."""
+    found: list[Path] = []
+    for path in paths:
+        found += list(_walk(path)) if path.is_dir() else [path]
+    return found
+
+
 def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None = None, min_cell: int = 10,
           allow: Path | None = None, progress: Callable[[str], None] | None = None) -> Report:
     """Check files, folders or a DataFrame (pandas or polars). See docs/check.md."""
@@ -51,7 +59,7 @@ def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None =
         found = detect(cells) if cells is not None else []
         if index is not None and cells is not None:
             found += fingerprint_matches(cells, key, index)  # type: ignore[arg-type]
-        found += disclosure(loaded.tables, min_cell)
+        found += disclosure(loaded.tables, min_cell) + birth_dates(cells, loaded.tables)
         report.findings += [f for f in found if f.sha256 not in allowed]
     return report
 

@@ -158,3 +158,28 @@ def read_allowlist(path: Path) -> set[str]:
         if re.fullmatch(r"[0-9a-f]{64}", token):
             hashes.add(token)
     return hashes
+
+
+BIRTH_COLUMN = re.compile(r"(?i)^(dob|birth.?date|date.?of.?birth|birthday|born)$")
+NAME_COLUMN = re.compile(r"(?i)^(name|full.?name|first.?name|last.?name|surname|given.?name|customer|patient)$")
+DATE = r"\b(?:\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}\.\d{1,2}\.\d{4})\b"
+BIRTH_WORDS = r"(?i)\b(?:born|dob|d\.o\.b\.?|date of birth|birth ?date|birthday)\b"
+
+
+def birth_dates(cells: pl.DataFrame | None, tables: list[tuple[str, pl.DataFrame]]) -> list[Finding]:
+    """Dates of birth next to names: a birth-date column in a table with a name column, or a date said to be a birth date."""
+    findings = []
+    for label, frame in tables:
+        births = [c for c in frame.columns if BIRTH_COLUMN.match(str(c))]
+        names = [c for c in frame.columns if NAME_COLUMN.match(str(c))]
+        if births and names:
+            values = frame.get_column(births[0]).cast(pl.String, strict=False).drop_nulls()
+            if len(values):
+                findings.append(Finding("birth-date", label, f"column {births[0]} beside column {names[0]}",
+                                        "dates of birth next to names", mask(values[0]), digest(f"{label}:{births[0]}")))
+    if cells is not None:
+        prose = cells.filter(pl.col("text").str.contains(BIRTH_WORDS) & pl.col("text").str.contains(DATE))
+        for file, row, column, text in prose.select("file", "row", "column", "text").iter_rows():
+            value = re.search(DATE, text).group(0)  # type: ignore[union-attr]
+            findings.append(Finding("birth-date", file, location(row, column), "a date of birth in text", mask(value), digest(value)))
+    return findings
