@@ -48,16 +48,26 @@ def read(path: Path, label: str) -> Read:
 
 
 def frame_cells(frame: pl.DataFrame, label: str) -> pl.DataFrame:
-    """Every value of a table as text, column by column, with its row (1-based, header excluded)."""
-    parts = [
-        pl.DataFrame({"text": frame.get_column(name).cast(pl.String, strict=False)})
-        .with_row_index("row", offset=1)
-        .with_columns(pl.lit(str(name)).alias("column"))
-        for name in frame.columns
-    ]
+    """Every value of a table that could hold something sensitive, as text, with its row (1-based).
+
+    Text columns are read whole. Of integer columns only values long enough to be a card or an
+    account number are kept; floats, dates and booleans cannot carry the patterns and are skipped.
+    """
+    parts = [_column_cells(frame, name) for name in frame.columns]
+    parts = [p for p in parts if p is not None]
     names = pl.DataFrame({"row": [0] * len(frame.columns), "column": [None] * len(frame.columns), "text": [str(c) for c in frame.columns]})
-    cells = pl.concat([names.cast({"row": pl.UInt32, "column": pl.String}), *[p.select("row", "column", "text") for p in parts]]) if parts else names
+    cells = pl.concat([names.cast({"row": pl.UInt32, "column": pl.String}), *parts], how="vertical_relaxed") if parts else names
     return cells.drop_nulls("text").with_columns(pl.lit(label).alias("file"))
+
+
+def _column_cells(frame: pl.DataFrame, name: str) -> pl.DataFrame | None:
+    column = frame.get_column(name)
+    indexed = pl.DataFrame({"value": column}).with_row_index("row", offset=1)
+    if column.dtype.is_integer():
+        indexed = indexed.filter(pl.col("value").abs() >= 10**12)
+    elif column.dtype != pl.String and column.dtype != pl.Categorical:
+        return None
+    return indexed.select("row", pl.lit(str(name)).alias("column"), pl.col("value").cast(pl.String, strict=False).alias("text"))
 
 
 def _table_file(path: Path, label: str, suffix: str) -> Read:

@@ -54,17 +54,26 @@ def location(row: int | None, column: str | None) -> str:
     return f"line {row}"
 
 
+ANY = "|".join(f"(?:{d.pattern.removeprefix('(?i)')})" for d in DETECTORS if not d.pattern.startswith("(?i)"))
+ANY_CASELESS = "(?i)" + "|".join(f"(?:{d.pattern.removeprefix('(?i)')})" for d in DETECTORS if d.pattern.startswith("(?i)"))
+
+
 def detect(cells: pl.DataFrame) -> list[Finding]:
+    """One pass over everything with all patterns at once; each detector then reads only those hits."""
+    candidates = cells.filter(pl.col("text").str.contains(ANY) | pl.col("text").str.contains(ANY_CASELESS))
     findings: list[Finding] = []
     for detector in DETECTORS:
-        hits = cells.filter(pl.col("text").str.contains(detector.pattern))
+        hits = candidates.filter(pl.col("text").str.contains(detector.pattern))
         if hits.is_empty():
             continue
         matches = hits.with_columns(pl.col("text").str.extract_all(detector.pattern).alias("match")).explode("match")
-        for file, row, column, match in matches.select("file", "row", "column", "match").iter_rows():
-            value = _group(detector, match) if match else None
-            if value and detector.valid(value):
-                findings.append(Finding(detector.kind, file, location(row, column), detector.rule, mask(value), digest(value)))
+        valid = {m for m in matches.get_column("match").drop_nulls().unique().to_list() if _valid(detector, m)}
+        if not valid:
+            continue
+        for file, row, column, match in matches.filter(pl.col("match").is_in(list(valid))).select(
+                "file", "row", "column", "match").iter_rows():
+            value = _group(detector, match)
+            findings.append(Finding(detector.kind, file, location(row, column), detector.rule, mask(value), digest(value)))
     return _once_per_chunked_value(findings)
 
 
@@ -80,6 +89,12 @@ def _once_per_chunked_value(findings: list[Finding]) -> list[Finding]:
             seen.add(key)
         kept.append(finding)
     return kept
+
+
+def _valid(detector, match: str) -> bool:  # type: ignore[no-untyped-def]
+    """Each distinct match is validated once, however often it repeats."""
+    value = _group(detector, match)
+    return bool(value) and detector.valid(value)
 
 
 def _group(detector, match: str) -> str | None:  # type: ignore[no-untyped-def]
@@ -178,7 +193,9 @@ def birth_dates(cells: pl.DataFrame | None, tables: list[tuple[str, pl.DataFrame
                 findings.append(Finding("birth-date", label, f"column {births[0]} beside column {names[0]}",
                                         "dates of birth next to names", mask(values[0]), digest(f"{label}:{births[0]}")))
     if cells is not None:
-        prose = cells.filter(pl.col("text").str.contains(BIRTH_WORDS) & pl.col("text").str.contains(DATE))
+        prose = cells.filter(pl.col("column").is_null() | pl.col("column").str.starts_with("source")
+                             | pl.col("column").str.starts_with("output"))
+        prose = prose.filter(pl.col("text").str.contains(BIRTH_WORDS) & pl.col("text").str.contains(DATE))
         for file, row, column, text in prose.select("file", "row", "column", "text").iter_rows():
             value = re.search(DATE, text).group(0)  # type: ignore[union-attr]
             findings.append(Finding("birth-date", file, location(row, column), "a date of birth in text", mask(value), digest(value)))
