@@ -92,10 +92,17 @@ def _gateway_configured() -> bool:
 def open_engine(policy: Policy, backend: str | None = None) -> Engine:
     """The engine for one family of sources: DuckDB files (attached together) or a PostgreSQL database."""
     families = {s.engine for s in policy.model.sources.values()}
-    backend = backend or ("duckdb" if "duckdb" in families or not families else "postgres")
+    backend = backend or ("duckdb" if "duckdb" in families or not families else "postgres" if "postgres" in families else "spark")
     if backend == "duckdb":
         paths = {n: _path(policy, s.path) for n, s in policy.model.sources.items() if s.engine == "duckdb"}
         return DuckDBEngine(paths, policy.token_key)
+    if backend == "spark":
+        from saferoom.engines.spark import SparkEngine
+
+        sparks = [n for n, s in policy.model.sources.items() if s.engine == "spark"]
+        if len(sparks) != 1:
+            raise UsageError(f"a session reads one Spark source; the policy has {len(sparks)}")
+        return SparkEngine(sparks[0], policy.model.sources[sparks[0]], policy.base, policy.token_key)
     postgres = [n for n, s in policy.model.sources.items() if s.engine == "postgres"]
     if len(postgres) != 1:
         raise UsageError(f"a session reads one PostgreSQL source; the policy has {len(postgres)}")

@@ -141,3 +141,26 @@ def pg_room(room: Room, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pg
 def pg_alice(pg_room: PgRoom) -> Iterator[saferoom.Session]:
     with pg_room.connect("alice") as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def spark_room(room: Room, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same data as the DuckDB room, as Parquet files a local Spark reads."""
+    pytest.importorskip("pyspark")
+    folder = tmp_path_factory.mktemp("lake")
+    with duckdb.connect(str(room.database), read_only=True) as con:
+        for table in ("customers", "cards", "orders"):
+            con.execute(f"COPY {table} TO '{folder / table}.parquet' (FORMAT parquet)")
+    text = room.policy.read_text().split("builds:")[0].replace("file:token.key", f"file:{room.folder / 'token.key'}")
+    lake = ("  lake:\n    engine: spark\n    master: local[2]\n    tables:\n"
+            + "".join(f"      {t}: {{format: parquet, path: {folder / t}.parquet}}\n" for t in ("customers", "cards", "orders")))
+    text = text.replace("  prod:\n    engine: duckdb\n    path: prod.duckdb          # relative paths resolve against this file's folder\n", lake)
+    text = text.replace("prod.", "lake.")
+    (folder / "saferoom.yaml").write_text(text)
+    return folder / "saferoom.yaml"
+
+
+@pytest.fixture(scope="session")
+def spark_alice(spark_room: Path) -> Iterator[saferoom.Session]:
+    with saferoom.connect(spark_room, user="alice") as session:
+        yield session

@@ -44,6 +44,7 @@ class EngineSpec:
     number_types: tuple[str, ...] = ()
     text_types: tuple[str, ...] = ()
     catalog_in_names: bool = True  # DuckDB names attached databases; PostgreSQL only its own
+    physical: str | None = None  # a template for the engine's own name of a table, e.g. "__saferoom_{source}_{name}"
     allowed_nodes: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -112,7 +112,7 @@ class Guard:
 
     def explain_missing(self, error: EngineError, sql: str, tables: tuple[str, ...]) -> Exception:
         """Turn a binder error about a denied column into the policy's explanation."""
-        if not re.search(r"binder error|column .* does not exist|not found", error.message, re.IGNORECASE):
+        if not re.search(r"binder error|column .* does not exist|not found|cannot be resolved", error.message, re.IGNORECASE):
             return error
         named = {n.lower() for n in re.findall(r'"([^"]+)"', error.message)}
         named |= {c.name.lower() for c in parse(sql, self.spec).find_all(exp.Column)}

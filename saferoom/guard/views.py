@@ -62,14 +62,23 @@ def build_view(
     ]
     if not projections:  # every kept column is denied: still a valid, empty-handed view
         projections = [exp.alias_(exp.Null(), exp.to_identifier(INNER_ALIAS + "_none", quoted=True))]
-    physical = exp.Table(
+    physical = _physical(table, spec)
+    select = exp.Select(expressions=projections).from_(physical, copy=False)
+    return select.where(bound, copy=False) if bound is not None else select
+
+
+def _physical(table: TableRef, spec: EngineSpec) -> exp.Table:
+    """The engine's own name for a policy table, aliased so only the view can see it."""
+    alias = exp.TableAlias(this=exp.to_identifier(INNER_ALIAS))
+    if spec.physical:
+        name = spec.physical.format(source=table.source, schema=table.schema or "", name=table.name).lower()
+        return exp.Table(this=exp.to_identifier(name, quoted=True), alias=alias)
+    return exp.Table(
         this=exp.to_identifier(table.name, quoted=True),
         db=exp.to_identifier(table.schema or spec.default_schema, quoted=True),
         catalog=exp.to_identifier(table.source, quoted=True) if spec.catalog_in_names else None,
-        alias=exp.TableAlias(this=exp.to_identifier(INNER_ALIAS)),
+        alias=alias,
     )
-    select = exp.Select(expressions=projections).from_(physical, copy=False)
-    return select.where(bound, copy=False) if bound is not None else select
 
 
 def masked(rule: ColumnRule, kind: str, spec: EngineSpec) -> exp.Expression:

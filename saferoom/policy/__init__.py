@@ -16,7 +16,7 @@ from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, Role,
 
 __all__ = ["Action", "ActionSpec", "ColumnRule", "Policy", "TableRef", "load_policy"]
 
-DIALECTS = {"duckdb": "duckdb", "postgres": "postgres"}
+DIALECTS = {"duckdb": "duckdb", "postgres": "postgres", "spark": "spark"}
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,19 @@ class PostgresSource(Strict):
     password: str | None = Field(default=None, description="A reference: env:NAME or file:PATH.")
 
 
-Source = Annotated[DuckDBSource | PostgresSource, Field(discriminator="engine")]
+class SparkTable(Strict):
+    format: Literal["parquet", "delta", "orc", "csv", "json"] = "parquet"
+    path: str = Field(description="Where the table's files are; relative paths resolve against the policy's folder.")
+
+
+class SparkSource(Strict):
+    engine: Literal["spark"]
+    master: str | None = Field(default="local[2]", description="local[N] or spark://host:7077.")
+    connect: str | None = Field(default=None, description="A Spark Connect endpoint, sc://host:15002 (instead of master).")
+    tables: dict[str, SparkTable] = Field(default_factory=dict, description="Tables from files; others come from the catalog.")
+
+
+Source = Annotated[DuckDBSource | PostgresSource | SparkSource, Field(discriminator="engine")]
 
 
 class Tag(Strict):

@@ -1,0 +1,170 @@
+"""Spark as a source: the policy's views run on Spark's executors; results come back as Arrow.
+
+Tables declared by path are registered as temporary views under reserved
+names (``__saferoom_<source>_<table>``) that no user query can name. The token
+function is a session-scoped SQL function holding the key, computing the same
+HMAC-SHA256 with Spark's ``sha2`` as DuckDB and PostgreSQL do. No user SQL
+reaches Spark: only the guard's generated SELECT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from saferoom.engines.base import Catalog, EngineSpec, Templates
+from saferoom.errors import EngineError, LimitExceeded
+from saferoom.secrets import Secret
+
+TOKEN_FUNCTION = "saferoom_token"
+PHYSICAL = "__saferoom_{source}_{name}"
+
+_FUNCTIONS = """
+    Count CountIf Sum Avg Min Max Stddev StddevPop StddevSamp Variance VariancePop Corr CovarPop CovarSamp
+    ApproxDistinct PercentileCont PercentileDisc AnyValue ArgMax ArgMin First Last ArrayAgg LogicalAnd LogicalOr
+    RowNumber Rank DenseRank PercentRank CumeDist Ntile Lag Lead FirstValue LastValue NthValue
+    Abs Ceil Floor Round Sqrt Exp Ln Log Pow Sign Greatest Least Coalesce Nullif
+    Lower Upper Length Trim Substring Left Right Replace Concat ConcatWs Pad Reverse StrPosition
+    SplitPart StartsWith RegexpLike RegexpReplace RegexpExtract Repeat Initcap MD5 SHA SHA2
+    DateTrunc TimestampTrunc Extract DateDiff DateAdd DateSub Year Month Day Hour Minute Second
+    DayOfWeek DayOfYear DayOfMonth Week Quarter TimeToStr StrToTime StrToDate CurrentDate CurrentTimestamp LastDay
+""".split()
+
+SPARK = EngineSpec(
+    name="spark",
+    dialect="spark",
+    default_schema="default",
+    functions=frozenset(_FUNCTIONS),
+    anonymous_functions=frozenset("DATE_FORMAT MONTHS_BETWEEN NVL NVL2 IFNULL".split()),
+    templates=Templates(
+        mask="CASE WHEN length(__v) > 4 THEN concat(repeat('*', length(__v) - 4), right(__v, 4)) ELSE repeat('*', length(__v)) END",
+        tokenize=f"{TOKEN_FUNCTION}(__v)",
+        generalize_date="date_trunc('__p', __v)",
+        generalize_number="floor(CAST(__v AS DECIMAL(38, 10)) / __p) * __p",
+        generalize_text="left(__v, __p)",
+    ),
+    text_type="STRING",
+    date_types=("DATE", "TIMESTAMP"),
+    number_types=("TINYINT", "SMALLINT", "INT", "BIGINT", "DECIMAL", "DOUBLE", "FLOAT"),
+    text_types=("STRING", "VARCHAR", "CHAR"),
+    catalog_in_names=False,
+    physical=PHYSICAL,
+)
+
+
+def token_function(key: Secret) -> str:
+    """A temporary SQL function: the first 128 bits of HMAC-SHA256 of the text, in UUID form."""
+    block = key.reveal().encode()
+    if len(block) > 64:
+        import hashlib
+
+        block = hashlib.sha256(block).digest()
+    block = block.ljust(64, b"\0")
+    inner, outer = bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+    digest = (f"sha2(concat(unhex('{outer}'), unhex(sha2(concat(unhex('{inner}'), encode(CAST(v AS STRING), 'UTF-8')), 256))), 256)")
+    parts = ", ".join(f"substr({digest}, {start}, {size})" for start, size in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12)))
+    return f"CREATE OR REPLACE TEMPORARY FUNCTION {TOKEN_FUNCTION}(v STRING) RETURNS STRING RETURN concat_ws('-', {parts})"
+
+
+class SparkEngine:
+    """One SparkSession (local, cluster, or Spark Connect) serving one Spark source."""
+
+    spec = SPARK
+
+    def __init__(self, name: str, source: Any, base: Path, token_key: Secret | None = None) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        with self._errors():
+            self.session = _session(source)
+            for table, spec in source.tables.items():
+                path = Path(spec.path).expanduser()
+                path = path if path.is_absolute() else base / path
+                if not path.exists():
+                    raise EngineError(f"source `{name}`: table {table} has no files at {spec.path}")
+                frame = self.session.read.format(spec.format).load(str(path))
+                frame.createOrReplaceTempView(PHYSICAL.format(source=name, name=table).lower())
+            if token_key is not None:
+                self.session.sql(token_function(token_key))
+
+    def catalog(self) -> Catalog:
+        catalog: Catalog = {}
+        for view in self.session.catalog.listTables():
+            prefix = f"__saferoom_{self.name}_".lower()
+            if view.name.lower().startswith(prefix):
+                table = view.name.lower()[len(prefix):]
+                columns = self.session.table(view.name).dtypes
+                catalog[(self.name.lower(), "default", table)] = {c.lower(): t.upper() for c, t in columns}
+        return catalog
+
+    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None) -> pa.RecordBatchReader:
+        group = f"saferoom-{uuid.uuid4().hex}"
+        context = self.session.sparkContext
+        timer = threading.Timer(timeout, context.cancelJobGroup, args=(group,)) if timeout else None
+        with self._errors(timeout):
+            with self._lock:
+                context.setJobGroup(group, "saferoom query", interruptOnCancel=True)
+                if timer:
+                    timer.daemon = True
+                    timer.start()
+                try:
+                    table = self.session.sql(sql).toArrow()
+                finally:
+                    if timer:
+                        timer.cancel()
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(batch_size))
+
+    def column_types(self, sql: str) -> list[tuple[str, str]]:
+        with self._errors():
+            return [(f.name, f.dataType.simpleString()) for f in self.session.sql(sql).schema.fields]
+
+    def close(self) -> None:
+        pass  # the session is shared for the life of the process; Spark takes long to start
+
+    @contextlib.contextmanager
+    def _errors(self, timeout: float | None = None) -> Iterator[None]:
+        try:
+            yield
+        except (EngineError, LimitExceeded):
+            raise
+        except Exception as exc:  # pyspark raises many classes; all are translated here, once
+            message = str(exc)
+            if "cancel" in message.lower() and timeout:
+                raise LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds") from None
+            raise EngineError(_scrub(message)) from None
+
+
+_SESSIONS: dict[str, Any] = {}
+
+
+def _session(source: Any) -> Any:
+    from pyspark.sql import SparkSession
+
+    key = source.connect or source.master
+    if key not in _SESSIONS:
+        builder = SparkSession.builder.appName("saferoom")
+        if source.connect:
+            builder = builder.remote(source.connect)
+        else:
+            builder = builder.master(source.master).config("spark.ui.enabled", "false").config(
+                "spark.sql.session.timeZone", "UTC").config("spark.sql.ansi.enabled", "true")
+        _SESSIONS[key] = builder.getOrCreate()
+        if not source.connect:
+            _SESSIONS[key].sparkContext.setLogLevel("OFF")  # Spark logs query plans, and plans hold the token function
+    logging.getLogger("SQLQueryContextLogger").disabled = True  # pyspark logs failed queries' plans too
+    return _SESSIONS[key]
+
+
+def _scrub(message: str) -> str:
+    first = message.strip().splitlines()[0] if message.strip() else "Spark failed"
+    first = re.sub(r"'[^']*'", "'…'", first)
+    first = re.sub(r"(/[\w.\-]+)+", "<path>", first)
+    first = re.sub(r"unhex\([^)]*\)", "unhex(…)", first, flags=re.IGNORECASE)
+    return re.sub(r"\[SQLSTATE: \w+\]|\bSQLSTATE: \w+", "", first).strip()[:400]
