@@ -134,11 +134,18 @@ class SparkEngine:
             yield
         except (EngineError, LimitExceeded):
             raise
-        except Exception as exc:  # pyspark raises many classes; all are translated here, once
+        except _spark_errors() as exc:  # pyspark's and the JVM's errors are translated here, once
             message = str(exc)
             if "cancel" in message.lower() and timeout:
                 raise LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds") from None
             raise EngineError(_scrub(message)) from None
+
+
+def _spark_errors() -> tuple[type[BaseException], ...]:
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    return (PySparkException, Py4JError, ValueError)
 
 
 _SESSIONS: dict[str, Any] = {}
