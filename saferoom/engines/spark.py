@@ -161,7 +161,8 @@ def _session(source: Any) -> Any:
             builder = builder.remote(source.connect)
         else:
             builder = builder.master(source.master).config("spark.ui.enabled", "false").config(
-                "spark.sql.session.timeZone", "UTC").config("spark.sql.ansi.enabled", "true")
+                "spark.sql.session.timeZone", "UTC").config("spark.sql.ansi.enabled", "true").config(
+                "spark.ui.showConsoleProgress", "false")
         _SESSIONS[key] = builder.getOrCreate()
         if not source.connect:
             _SESSIONS[key].sparkContext.setLogLevel("OFF")  # Spark logs query plans, and plans hold the token function
