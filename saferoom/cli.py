@@ -327,9 +327,13 @@ def compile_command(
     from saferoom.secrets import Secret
     from saferoom.session import open_engine
 
-    if engine != "postgres":
-        raise SaferoomError(f"compile supports postgres (asked for {engine})")
+    if engine not in ("postgres", "spark"):
+        raise SaferoomError(f"compile supports postgres and spark (asked for {engine})")
     loaded = load_policy(policy)
+    if engine == "spark":
+        spark = open_engine(loaded, "spark")
+        sys.stdout.write(";\n".join(compiler.compile_spark(loaded, spark.catalog(), schema)) + ";\n")
+        return
     if apply or drop:
         source = next((n for n, s in loaded.model.sources.items() if s.engine == "postgres"), None)
         if source is None:

@@ -20,7 +20,7 @@ from sqlglot import exp
 from saferoom.engines.postgres import POSTGRES
 from saferoom.errors import UsageError
 from saferoom.guard.views import build_view
-from saferoom.policy import Policy
+from saferoom.policy import Action, ActionSpec, Policy
 from saferoom.policy.filters import _MARKER
 from saferoom.secrets import Secret
 
@@ -187,3 +187,34 @@ def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str =
         message = str(exc).replace(password.reveal(), "***") if password else str(exc)
         raise UsageError(f"compile --apply failed, nothing was changed: {message.splitlines()[0][:300]}") from None
     return len(statements)
+
+
+def compile_spark(policy: Policy, catalog: dict[tuple[str, str, str], dict[str, str]], schema: str = SCHEMA) -> list[str]:
+    """Per-role databases of views for Spark, over the declared files.
+
+    Spark's catalog has no place a role could use a key without reading it, so a role that
+    tokenizes is left out with the reason: serve it through the gateway, or from a build.
+    """
+    from saferoom.engines.spark import SPARK
+
+    physical = dataclasses.replace(SPARK, physical=None, catalog_in_names=False)
+    statements = []
+    for role in policy.model.roles:
+        name = role_name(schema, role)
+        if any((a.action if isinstance(a, ActionSpec) else a) is Action.TOKENIZE for a in policy.model.roles[role].columns.values()):
+            statements.append(f"-- role {role}: tokenize needs a protected key, which a Spark catalog cannot hold; "
+                              "serve it through the gateway or from `saferoom build`")
+            continue
+        statements.append(f"CREATE DATABASE IF NOT EXISTS `{name}`")
+        for ref in policy.tables.values():
+            source = policy.model.sources[ref.source]
+            if source.engine != "spark" or ref.name not in source.tables:
+                continue
+            files = source.tables[ref.name]
+            address = (ref.source.lower(), "default", ref.name.lower())
+            view = build_view(policy, role, {}, ref, catalog[address], physical, user_filters=False)
+            view.args["from_"].this.replace(exp.Table(this=exp.to_identifier(files.path, quoted=True), db=exp.to_identifier(files.format),
+                                                      alias=exp.TableAlias(this=exp.to_identifier("__saferoom_t"))))
+            statements.append(f"CREATE OR REPLACE VIEW `{name}`.`{ident(ref.name)}` AS {view.sql('spark')}")
+    return statements
+

@@ -86,3 +86,72 @@ def test_nothing_secret_reaches_the_logs(spark_alice, room, capfd) -> None:
     captured = capfd.readouterr()
     pads = token_function(Secret(room.key)).split("unhex('")[1][:64]
     assert pads not in captured.out + captured.err and room.key not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("engine", ["parquet", "duckdb"])
+def test_build_from_spark(spark_room, room, tmp_path, engine: str) -> None:
+    import duckdb
+
+    from saferoom.build import build, fingerprints
+    from saferoom.engines.duckdb import fingerprint_key
+    from tests.conftest import CANARY_NAME
+
+    target = tmp_path / ("analytics" if engine == "parquet" else "analytics.duckdb")
+    text = spark_room.read_text() + (f"builds:\n  analytics:\n    role: analyst\n    target: {{engine: {engine}, path: {target}}}\n"
+                                     "    k_anonymity: {columns: [birth_date, zip], k: 5, on_violation: suppress}\n")
+    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
+    manifest = build(policy, "analytics")
+    tables = {t.table: t for t in manifest.tables}
+    assert tables["lake.orders"].rows_out == room.raw("select count(*) from orders")[0][0]
+    assert tables["lake.customers"].k_anonymity["rows_suppressed"] > 0
+    source = f"read_parquet('{target}/cards.parquet/*.parquet')" if engine == "parquet" else "cards"
+    with duckdb.connect(str(target) if engine == "duckdb" else ":memory:", read_only=engine == "duckdb") as con:
+        built = {str(t) for (t,) in con.execute(f"select customer_id from {source}").fetchall()}
+    assert built == {room.token(c) for (c,) in room.raw("select customer_id from cards")}
+    _, sections = fingerprints.read(tmp_path / "analytics.fingerprints")
+    probes = fingerprints.fingerprint(fingerprint_key(policy.token_key), [CANARY_NAME, "Nobody Atall"])
+    assert fingerprints.contains(sections, probes).tolist() == [True, False]
+    assert all(t.carried_over for t in build(policy, "analytics").tables)
+
+
+def test_compile_for_spark_makes_views_that_mask_and_filter(spark_room, alice, tmp_path) -> None:
+    from saferoom.compile import compile_spark
+    from saferoom.engines.spark import SparkEngine
+
+    text = spark_room.read_text().replace("pii: tokenize", "pii: redact").replace("key: tokenize", "key: 'null'")
+    text = text.replace('rows: {lake.orders: "region = {user.region}"}', 'rows: {lake.orders: "region = \'EU\'"}')
+    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
+    engine = SparkEngine("lake", policy.model.sources["lake"], policy.base)
+    statements = compile_spark(policy, engine.catalog())
+    for statement in statements:
+        if not statement.startswith("--"):
+            engine.session.sql(statement)
+    rows = engine.session.sql("select region, count(*) as n from saferoom_analyst.orders group by region").toArrow().to_pylist()
+    assert rows == alice.query("select region, count(*) as n from orders group by region").to_pylist()
+    cards = engine.session.sql("select * from saferoom_analyst.cards").toArrow()
+    assert cards.column_names == ["card_id", "customer_id"] and cards.column("customer_id").null_count == cards.num_rows
+    names = engine.session.sql("select distinct name from saferoom_analyst.customers").toArrow().column(0).to_pylist()
+    assert names == ["REDACTED"]
+    assert "CREATE DATABASE IF NOT EXISTS `saferoom_investigator`" in statements
+
+
+def test_unreachable_spark_connect_is_a_clear_error(spark_room, tmp_path) -> None:
+    text = spark_room.read_text().replace("    master: local[2]\n", "    connect: sc://127.0.0.1:1\n")
+    (tmp_path / "saferoom.yaml").write_text(text)
+    with pytest.raises(saferoom.EngineError, match="Spark Connect"):
+        saferoom.connect(tmp_path / "saferoom.yaml", user="alice")
+
+
+def test_gateway_serves_a_spark_source(spark_room, spark_alice, tmp_path) -> None:
+    from saferoom.client import RemoteSession
+    from tests.gateway_helpers import Server, free_port
+
+    server = Server(spark_room, tmp_path / "state", free_port(), tmp_path / "server.log").start()
+    try:
+        with RemoteSession(server.url, server.token("alice")) as remote:
+            sql = "select region, count(*) as n from orders group by region order by region"
+            assert remote.query(sql).to_pylist() == spark_alice.query(sql).to_pylist()
+    finally:
+        server.stop()

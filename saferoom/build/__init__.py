@@ -20,19 +20,27 @@ def plan(policy: Policy, name: str) -> BuildPlan:
         catalog = read_catalog(conn)
     finally:
         conn.close()
-    for source in _postgres_sources(policy):
-        from saferoom.build.postgres import PostgresSide
-
-        side = PostgresSide(policy, source)
-        try:
-            catalog |= side.engine.catalog()
-        finally:
-            side.close()
+    for source in _remote_sources(policy):
+        catalog |= _remote_catalog(policy, source)
     return make_plan(policy, name, catalog, __version__)
 
 
-def _postgres_sources(policy: Policy) -> list[str]:
-    return [n for n, s in policy.model.sources.items() if s.engine == "postgres" and n not in policy.model.builds]
+def _remote_sources(policy: Policy) -> list[str]:
+    return [n for n, s in policy.model.sources.items() if s.engine in ("postgres", "spark") and n not in policy.model.builds]
+
+
+def _remote_catalog(policy: Policy, source: str) -> dict:  # type: ignore[type-arg]
+    if policy.model.sources[source].engine == "spark":
+        from saferoom.engines.spark import SparkEngine
+
+        return SparkEngine(source, policy.model.sources[source], policy.base).catalog()
+    from saferoom.build.postgres import PostgresSide
+
+    side = PostgresSide(policy, source)
+    try:
+        return side.engine.catalog()
+    finally:
+        side.close()
 
 
 def build(policy: Policy, name: str, *, full: bool = False, progress: Progress | None = None) -> Manifest:

@@ -84,7 +84,7 @@ def run(policy: Policy, plan: BuildPlan, version: str, *, full: bool = False, pr
         _remove_stale(plan.target)
         previous = None if full else _previous(plan)
         conn = build_connection(_source_paths(policy), policy.token_key)
-        sides = _postgres_sides(policy, plan)
+        sides = _remote_sides(policy, plan)
         try:
             return _run(conn, sides, policy, plan, version, previous, progress or (lambda _t, _f: None))
         except duckdb.Error as exc:
@@ -97,12 +97,19 @@ def run(policy: Policy, plan: BuildPlan, version: str, *, full: bool = False, pr
                 side.close()
 
 
-def _postgres_sides(policy: Policy, plan: BuildPlan) -> dict[str, Any]:
-    """One connection per PostgreSQL source the build reads; DuckDB sources are attached to ``conn``."""
+def _remote_sides(policy: Policy, plan: BuildPlan) -> dict[str, Any]:
+    """One connection per PostgreSQL or Spark source the build reads; DuckDB sources are attached to ``conn``."""
     from saferoom.build.postgres import PostgresSide
 
-    names = {policy.tables[t.table].source for t in plan.tables if t.engine == "postgres"}
-    return {name: PostgresSide(policy, name) for name in names}
+    sides: dict[str, Any] = {}
+    for name in {policy.tables[t.table].source for t in plan.tables if t.engine != "duckdb"}:
+        if policy.model.sources[name].engine == "spark":
+            from saferoom.build.spark import SparkSide
+
+            sides[name] = SparkSide(policy, name)
+        else:
+            sides[name] = PostgresSide(policy, name)
+    return sides
 
 
 def _run(conn: duckdb.DuckDBPyConnection, sides: dict[str, Any], policy: Policy, plan: BuildPlan, version: str,
@@ -116,7 +123,7 @@ def _run(conn: duckdb.DuckDBPyConnection, sides: dict[str, Any], policy: Policy,
         writer.open(plan.target if previous else None)
         sections = []
         for table in plan.tables:
-            side = sides.get(policy.tables[table.table].source) if table.engine == "postgres" else None
+            side = sides.get(policy.tables[table.table].source) if table.engine != "duckdb" else None
             result, section = _table(conn, side, table, writer, previous, old, plan, progress)
             manifest.tables.append(result)
             sections.append(section)
@@ -144,8 +151,10 @@ def _table(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer:
     carried = before is not None and before.recipe == table.recipe and before.source_identity == identity
     if carried:
         writer.carry(table.name)
+    elif side is not None and isinstance(writer, ParquetWriter) and hasattr(side, "write_parquet"):
+        writer.write_cluster(table.name, side, _select(table, plan))  # Spark writes Parquet in parallel
     elif side is not None:
-        writer.write_reader(table.name, side.reader(_select(table, plan)))  # the view runs in PostgreSQL
+        writer.write_reader(table.name, side.reader(_select(table, plan)))  # the view runs in the source
     else:
         select = _select(table, plan, _repetitive(conn, table, rows_in))
         with _watch(conn, lambda f: progress(table.table, f)):
@@ -327,6 +336,9 @@ class ParquetWriter(Writer):
     def _file(self, name: str) -> Path:
         return self.staging / f"{name}.parquet"
 
+    def write_cluster(self, name: str, side: Any, select: exp.Select) -> None:
+        side.write_parquet(select, self._file(name))
+
     def write(self, name: str, select: exp.Select) -> None:
         copy = exp.Copy(this=select.subquery(), kind=False, files=[exp.Literal.string(str(self._file(name)))],
                         params=[exp.CopyParameter(this=exp.var("FORMAT"), expression=exp.var("PARQUET")),
@@ -335,10 +347,15 @@ class ParquetWriter(Writer):
 
     def carry(self, name: str) -> None:
         assert self._previous is not None
-        os.link(self._previous / f"{name}.parquet", self._file(name))
+        old = self._previous / f"{name}.parquet"
+        if old.is_dir():
+            shutil.copytree(old, self._file(name), copy_function=os.link)
+        else:
+            os.link(old, self._file(name))
 
     def source(self, name: str) -> exp.Expression:
-        return exp.func("read_parquet", exp.Literal.string(str(self._file(name))))
+        path = self._file(name)
+        return exp.func("read_parquet", exp.Literal.string(str(path / "*.parquet") if path.is_dir() else str(path)))
 
     def finish(self, build_id: str, policy_hash: str) -> None:
         _write_json(self.staging / "_saferoom_build.json", {"build_id": build_id, "policy_hash": policy_hash, "built_at": _now()})

@@ -155,6 +155,8 @@ def _session(source: Any) -> Any:
     from pyspark.sql import SparkSession
 
     key = source.connect or source.master
+    if source.connect:
+        return _remote(source.connect)
     if key not in _SESSIONS:
         builder = SparkSession.builder.appName("saferoom")
         if source.connect:
@@ -168,6 +170,22 @@ def _session(source: Any) -> Any:
             _SESSIONS[key].sparkContext.setLogLevel("OFF")  # Spark logs query plans, and plans hold the token function
     logging.getLogger("SQLQueryContextLogger").disabled = True  # pyspark logs failed queries' plans too
     return _SESSIONS[key]
+
+
+def _remote(url: str) -> Any:
+    """A Spark Connect session; a missing client library or an unreachable endpoint is a clear error."""
+    if url not in _SESSIONS:
+        try:
+            from pyspark.sql import SparkSession
+
+            session = SparkSession.builder.remote(url).getOrCreate()
+            session.sql("SELECT 1").collect()
+        except ImportError as exc:
+            raise EngineError(f"Spark Connect needs the client libraries (pip install 'pyspark[connect]'): {exc.name}") from None
+        except _spark_errors() as exc:
+            raise EngineError(f"cannot reach the Spark Connect endpoint {url}: {_scrub(str(exc))}") from None
+        _SESSIONS[url] = session
+    return _SESSIONS[url]
 
 
 def _scrub(message: str) -> str:

@@ -1,0 +1,89 @@
+"""A build's reads from a Spark source: the policy view runs on Spark; Parquet is written by the cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from sqlglot import exp
+
+from saferoom.build import fingerprints
+from saferoom.build.plan import MIN_FINGERPRINT_LENGTH, TablePlan
+from saferoom.engines.duckdb import fingerprint_key
+from saferoom.engines.spark import SparkEngine
+from saferoom.policy import Policy
+from saferoom.secrets import Secret
+
+
+def fingerprint_function(key: Secret) -> str:
+    """64 bits of HMAC-SHA256 of the trimmed, lower-cased text, as two 32-bit halves (Spark has no uint64)."""
+    block = key.reveal().encode().ljust(64, b"\0")
+    inner, outer = bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+    digest = (f"sha2(concat(unhex('{outer}'), unhex(sha2(concat(unhex('{inner}'), "
+              "encode(lower(trim(v)), 'UTF-8')), 256))), 256)")
+    return ("CREATE OR REPLACE TEMPORARY FUNCTION saferoom_fingerprint(v STRING) RETURNS STRING RETURN "
+            f"{digest}")
+
+
+class SparkSide:
+    """Everything a build asks of a Spark source, answered by Spark."""
+
+    def __init__(self, policy: Policy, name: str) -> None:
+        key = policy.token_key
+        self.engine = SparkEngine(name, policy.model.sources[name], policy.base, key)
+        if key is not None:
+            self.engine.session.sql(fingerprint_function(fingerprint_key(key)))
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _sql(self, query: exp.Expression) -> pa.Table:
+        return self.engine.stream(query.sql("spark")).read_all()
+
+    def identity(self, table: TablePlan) -> tuple[str, int]:
+        source = table.select.args["from_"].this.copy()
+        source.set("alias", exp.TableAlias(this=exp.to_identifier("t")))
+        row = exp.func("xxhash64", exp.Star())
+        query = exp.select(exp.Count(this=exp.Star()), exp.cast(exp.Sum(this=exp.cast(row, "DECIMAL(38, 0)")), "STRING"),
+                           exp.func("bit_xor", row.copy())).from_(source)
+        count, total, xor = self._sql(query).to_pylist()[0].values()
+        return f"{count}:{total}:{xor}", int(count)
+
+    def count(self, select: exp.Select) -> int:
+        return int(self._sql(exp.select(exp.Count(this=exp.Star())).from_(select.subquery("v"))).column(0)[0].as_py())
+
+    def smallest_group(self, select: exp.Select, columns: tuple[str, ...]) -> int | None:
+        groups = exp.select(exp.alias_(exp.Count(this=exp.Star()), "n")).from_(select.subquery("g"))
+        groups = groups.group_by(*[exp.column(c, quoted=True) for c in columns])
+        value = self._sql(exp.select(exp.Min(this=exp.column("n"))).from_(groups.subquery("s"))).column(0)[0].as_py()
+        return None if value is None else int(value)
+
+    def reader(self, select: exp.Select) -> pa.RecordBatchReader:
+        return self.engine.stream(select.sql("spark"))
+
+    def write_parquet(self, select: exp.Select, path: Path) -> None:
+        """Written in parallel by Spark's executors: a folder of part files."""
+        self.engine.session.sql(select.sql("spark")).write.mode("overwrite").parquet(str(path))
+
+    def fingerprints(self, table: TablePlan) -> fingerprints.Section:
+        columns = tuple(table.fingerprinted)
+        if not columns:
+            return fingerprints.Section(table.table, (), np.zeros(0, dtype=np.uint64))
+        source = table.select.args["from_"].this
+        parts = []
+        for column in columns:
+            text = exp.func("lower", exp.func("trim", exp.cast(exp.column(column, quoted=True), "STRING")))
+            parts.append(exp.select(exp.alias_(text, "v")).from_(source.copy())
+                         .where(exp.GTE(this=exp.func("length", text.copy()), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))))
+        union = parts[0]
+        for part in parts[1:]:
+            union = exp.union(union, part, distinct=True)
+        digest = exp.func("saferoom_fingerprint", exp.column("v"))
+        halves = [exp.alias_(exp.cast(exp.func("conv", exp.func("substr", digest.copy(), exp.Literal.number(start), exp.Literal.number(8)),
+                                                 exp.Literal.number(16), exp.Literal.number(10)), "BIGINT"), name)
+                  for start, name in ((1, "hi"), (9, "lo"))]
+        table_ = self._sql(exp.select(*halves).distinct().from_(union.subquery("u")))
+        hi = table_.column("hi").to_numpy().astype(np.uint64)
+        lo = table_.column("lo").to_numpy().astype(np.uint64)
+        return fingerprints.Section(table.table, columns, np.sort((hi << np.uint64(32)) | lo))
