@@ -29,10 +29,13 @@ sources:
     master: local[2]
     tables: {{orders: {{format: parquet, path: {path}}}}}
 secrets: {{token_key: env:BENCH_TOKEN_KEY}}
+tags: {{key: {{}}}}
 tables:
-  lake.orders: {{order_id: public, customer_id: public, amount: public, region: public}}
+  lake.orders: {{order_id: public, customer_id: key, amount: public, region: public}}
 users: {{ana: {{roles: [analyst]}}}}
-roles: {{analyst: {{columns: {{}}}}}}
+roles: {{analyst: {{columns: {{key: allow}}}}, reporting: {{columns: {{key: tokenize}}}}}}
+builds:
+  analytics: {{role: reporting, target: {{engine: parquet, path: {target}}}}}
 """
 QUERIES = {
     "scan into Arrow": "select order_id, customer_id, amount, region from {}",
@@ -48,7 +51,7 @@ def make(rows: int) -> Path:
             con.execute(f"""COPY (SELECT range AS order_id, (range * 7919) % 200000 AS customer_id,
                 round((hash(range) % 100000) / 100.0, 2)::DECIMAL(12, 2) AS amount,
                 ['EU', 'US', 'APAC'][1 + (range % 3)::INT] AS region FROM range({rows})) TO '{path}' (FORMAT parquet)""")
-    (DATA / "saferoom.yaml").write_text(POLICY.format(path=path))
+    (DATA / "saferoom.yaml").write_text(POLICY.format(path=path, target=DATA / "analytics"))
     return path
 
 
@@ -76,6 +79,22 @@ def main() -> None:
                     times[name].append(time.perf_counter() - start)
             d, g = statistics.median(times["direct"]), statistics.median(times["guarded"])
             print(f"{label:<18}{d:>8.2f}s{g:>8.2f}s{g / d:>7.2f}x")
+        from saferoom.build import build
+
+        copy = DATA / "copy"
+        plain = _timed(lambda: spark.sql(f"select * from parquet.`{path}`").write.mode("overwrite").parquet(str(copy)), args.repeat)
+        policy = saferoom.load_policy(DATA / "saferoom.yaml")
+        built = _timed(lambda: build(policy, "analytics", full=True), args.repeat)
+        print(f"{'build (tokenized key) vs CTAS copy':<36}{plain:>8.2f}s{built:>8.2f}s{built / plain:>7.2f}x")
+
+
+def _timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from sqlglot import exp
 from saferoom.build import fingerprints
 from saferoom.build.plan import K_COLUMN, MIN_FINGERPRINT_LENGTH, BuildPlan, TablePlan
 from saferoom.build.tokens import distinct_tokens, token_calls
-from saferoom.engines.duckdb import attach_sql, build_connection, fingerprint_key, scrub
+from saferoom.engines.duckdb import TOKEN_FUNCTION, attach_sql, build_connection, fingerprint_key, scrub
 from saferoom.errors import BuildError, EngineError
 from saferoom.guard.views import INNER_ALIAS
 from saferoom.policy import Policy
@@ -151,10 +151,13 @@ def _table(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer:
     carried = before is not None and before.recipe == table.recipe and before.source_identity == identity
     if carried:
         writer.carry(table.name)
-    elif side is not None and isinstance(writer, ParquetWriter) and hasattr(side, "write_parquet"):
-        writer.write_cluster(table.name, side, _select(table, plan))  # Spark writes Parquet in parallel
     elif side is not None:
-        writer.write_reader(table.name, side.reader(_select(table, plan)))  # the view runs in the source
+        repeated = side.repetitive(table, rows_in) if hasattr(side, "repetitive") else set()
+        select = _select(table, plan, repeated, getattr(side, "token_function", TOKEN_FUNCTION))
+        if isinstance(writer, ParquetWriter) and hasattr(side, "write_parquet"):
+            writer.write_cluster(table.name, side, select)  # Spark writes Parquet in parallel
+        else:
+            writer.write_reader(table.name, side.reader(select))  # the view runs in the source
     else:
         select = _select(table, plan, _repetitive(conn, table, rows_in))
         with _watch(conn, lambda f: progress(table.table, f)):
@@ -185,9 +188,10 @@ def _repetitive(conn: duckdb.DuckDBPyConnection, table: TablePlan, rows: int) ->
     return {c for c, n in zip(columns, distinct, strict=True) if n < rows * DISTINCT_MAX_RATIO}
 
 
-def _select(table: TablePlan, plan: BuildPlan, repetitive: set[str] = frozenset()) -> exp.Select:  # type: ignore[assignment]
+def _select(table: TablePlan, plan: BuildPlan, repetitive: set[str] = frozenset(),  # type: ignore[assignment]
+            function: str = TOKEN_FUNCTION) -> exp.Select:
     """The policy view, tokenizing repeated values once, with k-anonymity suppression in the same statement."""
-    select = distinct_tokens(table.select, repetitive, table.types) if repetitive else table.select
+    select = distinct_tokens(table.select, repetitive, table.types, function) if repetitive else table.select
     k = plan.k_anonymity
     if not table.k_columns or k is None or k.on_violation != "suppress":
         return select

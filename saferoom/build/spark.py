@@ -29,6 +29,8 @@ def fingerprint_function(key: Secret) -> str:
 class SparkSide:
     """Everything a build asks of a Spark source, answered by Spark."""
 
+    token_function = "saferoom_token"
+
     def __init__(self, policy: Policy, name: str) -> None:
         key = policy.token_key
         self.engine = SparkEngine(name, policy.model.sources[name], policy.base, key)
@@ -49,6 +51,19 @@ class SparkSide:
                            exp.func("bit_xor", row.copy())).from_(source)
         count, total, xor = self._sql(query).to_pylist()[0].values()
         return f"{count}:{total}:{xor}", int(count)
+
+    def repetitive(self, table: TablePlan, rows: int) -> set[str]:
+        """Tokenized columns whose values repeat enough that tokenizing distinct values first pays."""
+        from saferoom.build.run import DISTINCT_MAX_RATIO, DISTINCT_MIN_ROWS
+        from saferoom.build.tokens import token_calls
+        from saferoom.guard.views import INNER_ALIAS
+
+        columns = sorted(token_calls(table.select, self.token_function))
+        if rows < DISTINCT_MIN_ROWS or not columns:
+            return set()
+        counts = [exp.func("approx_count_distinct", exp.column(c, table=INNER_ALIAS, quoted=True)) for c in columns]
+        distinct = self._sql(exp.select(*counts).from_(table.select.args["from_"].this.copy())).to_pylist()[0].values()
+        return {c for c, n in zip(columns, distinct, strict=True) if n < rows * DISTINCT_MAX_RATIO}
 
     def count(self, select: exp.Select) -> int:
         return int(self._sql(exp.select(exp.Count(this=exp.Star())).from_(select.subquery("v"))).column(0)[0].as_py())

@@ -16,21 +16,21 @@ from saferoom.guard.views import INNER_ALIAS
 EXACT_TEXT = ("FLOAT", "DOUBLE", "REAL")  # -0.0 = 0.0 but their text differs: join on the text
 
 
-def token_calls(select: exp.Select) -> dict[str, list[exp.Anonymous]]:
+def token_calls(select: exp.Select, function: str = TOKEN_FUNCTION) -> dict[str, list[exp.Anonymous]]:
     """Token calls of the view, by the raw column they tokenize."""
     calls: dict[str, list[exp.Anonymous]] = {}
     for node in select.find_all(exp.Anonymous):
         arg = node.expressions[0] if node.expressions else None
-        if node.name.lower() == TOKEN_FUNCTION and isinstance(arg, exp.Column) and arg.table == INNER_ALIAS:
+        if node.name.lower() == function and isinstance(arg, exp.Column) and arg.table == INNER_ALIAS:
             calls.setdefault(arg.name, []).append(node)
     return calls
 
 
-def distinct_tokens(select: exp.Select, columns: set[str], types: dict[str, str]) -> exp.Select:
+def distinct_tokens(select: exp.Select, columns: set[str], types: dict[str, str], function: str = TOKEN_FUNCTION) -> exp.Select:
     """Rewrite a policy view so each column in ``columns`` is tokenized once per distinct value."""
     select = select.copy()
     source, where = select.args["from_"].this, select.args.get("where")
-    for i, (column, calls) in enumerate(sorted(token_calls(select).items())):
+    for i, (column, calls) in enumerate(sorted(token_calls(select, function).items())):
         if column not in columns:
             continue
         alias = f"__saferoom_tok_{i}"
@@ -38,7 +38,7 @@ def distinct_tokens(select: exp.Select, columns: set[str], types: dict[str, str]
         values = exp.select(exp.alias_(key, "v")).distinct().from_(source.copy())
         if where is not None:
             values = values.where(where.this.copy())
-        mapping = exp.select("v", exp.alias_(exp.Anonymous(this=TOKEN_FUNCTION, expressions=[exp.column("v")]), "t"))
+        mapping = exp.select("v", exp.alias_(exp.Anonymous(this=function, expressions=[exp.column("v")]), "t"))
         mapping = mapping.from_(values.subquery("d"))
         on = exp.EQ(this=_key(column, types.get(column, "")), expression=exp.column("v", table=alias))
         select = select.join(mapping.subquery(alias), on=on, join_type="left", copy=False)
