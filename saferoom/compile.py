@@ -11,7 +11,6 @@ the key. Running it again converges; ``--drop`` removes everything it made.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from collections.abc import Iterator
 
@@ -22,7 +21,7 @@ from saferoom.errors import UsageError
 from saferoom.guard.views import build_view
 from saferoom.policy import Action, ActionSpec, Policy
 from saferoom.policy.filters import _MARKER
-from saferoom.secrets import Secret
+from saferoom.secrets import Secret, hmac_pads
 
 SCHEMA = "saferoom"
 
@@ -75,10 +74,7 @@ def set_key_sql(schema: str = SCHEMA) -> str:
 
 def key_pads(key: Secret) -> tuple[bytes, bytes]:
     """HMAC's K ^ ipad and K ^ opad (RFC 2104), so the database needs only its built-in sha256."""
-    block = key.reveal().encode()
-    block = hashlib.sha256(block).digest() if len(block) > 64 else block
-    block = block.ljust(64, b"\0")
-    return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
+    return hmac_pads(key)
 
 
 def _private(schema: str) -> Iterator[str]:

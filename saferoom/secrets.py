@@ -7,6 +7,7 @@ value is read at the edge and wrapped in :class:`Secret`, whose ``repr`` and
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -62,3 +63,14 @@ def resolve(reference: str, base: Path) -> Secret:
             raise ValueError(f"secret file {path} is empty")
         return Secret(value)
     raise ValueError("a secret must be a reference (env:NAME or file:PATH), never the value itself")
+
+
+def hmac_pads(key: Secret) -> tuple[bytes, bytes]:
+    """RFC 2104's K ^ ipad and K ^ opad, so engines can compute HMAC-SHA256 with a plain sha256.
+
+    A key longer than SHA-256's 64-byte block is hashed first, exactly as Python's ``hmac`` does.
+    """
+    block = key.reveal().encode()
+    block = hashlib.sha256(block).digest() if len(block) > 64 else block
+    block = block.ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)

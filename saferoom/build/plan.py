@@ -150,3 +150,17 @@ def _target_name(policy: Policy, key: str) -> str:
     ref = policy.tables[key]
     clashes = [k for k, r in policy.tables.items() if r.name.lower() == ref.name.lower()]
     return ref.name.lower() if len(clashes) == 1 else f"{ref.source}_{ref.name}".lower()
+
+
+def fingerprint_values(table: TablePlan, text_type: str) -> exp.Expression:
+    """The normalised text of every value the build removed or changed (trimmed, lower case, long enough)."""
+    source = table.select.args["from_"].this
+    parts = []
+    for column in table.fingerprinted:
+        text = exp.func("lower", exp.func("trim", exp.cast(exp.column(column, quoted=True), text_type)))
+        parts.append(exp.select(exp.alias_(text, "v")).from_(source.copy())
+                     .where(exp.GTE(this=exp.func("length", text.copy()), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))))
+    union: exp.Expression = parts[0]
+    for part in parts[1:]:
+        union = exp.union(union, part, distinct=True)
+    return union

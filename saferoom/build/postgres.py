@@ -7,7 +7,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from saferoom.build import fingerprints
-from saferoom.build.plan import MIN_FINGERPRINT_LENGTH, TablePlan
+from saferoom.build.plan import TablePlan, fingerprint_values
 from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.postgres import PostgresEngine
 from saferoom.policy import Policy
@@ -55,15 +55,7 @@ class PostgresSide:
         columns = tuple(table.fingerprinted)
         if not columns:
             return fingerprints.Section(table.table, (), np.zeros(0, dtype=np.uint64))
-        source = table.select.args["from_"].this
-        parts = []
-        for column in columns:
-            text = exp.func("lower", exp.func("trim", exp.cast(exp.column(column, quoted=True), "TEXT")))
-            parts.append(exp.select(exp.alias_(text, "v")).from_(source.copy())
-                         .where(exp.GTE(this=exp.func("length", text.copy()), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))))
-        union = parts[0]
-        for part in parts[1:]:
-            union = exp.union(union, part, distinct=True)
+        union = fingerprint_values(table, "TEXT")
         hashed = exp.select(exp.alias_(exp.func("pg_temp.saferoom_fingerprint", exp.column("v")), "h")).from_(union.subquery("u"))
         signed = self.engine.stream(exp.select("h").distinct().from_(hashed.subquery("x")).sql("postgres")).read_all()
         hashes = np.sort(signed.column("h").to_numpy().astype(np.int64).view(np.uint64))

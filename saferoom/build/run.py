@@ -29,7 +29,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from saferoom.build import fingerprints
-from saferoom.build.plan import K_COLUMN, MIN_FINGERPRINT_LENGTH, BuildPlan, TablePlan
+from saferoom.build.plan import K_COLUMN, BuildPlan, TablePlan, fingerprint_values
 from saferoom.build.tokens import distinct_tokens, token_calls
 from saferoom.engines.duckdb import TOKEN_FUNCTION, attach_sql, build_connection, fingerprint_key, scrub
 from saferoom.errors import BuildError, EngineError
@@ -242,17 +242,7 @@ def _fingerprints(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> fingerpr
     columns = tuple(table.fingerprinted)
     if not columns:
         return fingerprints.Section(table.table, (), np.zeros(0, dtype=np.uint64))
-    source = table.select.args["from_"].this
-    parts = []
-    for column in columns:
-        text = exp.func("lower", exp.func("trim", exp.cast(exp.column(column, quoted=True), "VARCHAR")))
-        parts.append(
-            exp.select(exp.alias_(text, "v")).from_(source.copy())
-            .where(exp.GTE(this=exp.func("length", text.copy()), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH)))
-        )
-    union = parts[0]
-    for part in parts[1:]:
-        union = exp.union(union, part, distinct=False)
+    union = fingerprint_values(table, "VARCHAR")
     values = exp.select("v").distinct().from_(union.subquery("u"))  # each distinct value hashed once
     hashed = exp.select(exp.alias_(exp.func("__saferoom_fingerprint", exp.column("v")), "h")).from_(values.subquery("d"))
     query = exp.select("h").distinct().from_(hashed.subquery("x")).order_by("h")

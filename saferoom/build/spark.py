@@ -9,17 +9,16 @@ import pyarrow as pa
 from sqlglot import exp
 
 from saferoom.build import fingerprints
-from saferoom.build.plan import MIN_FINGERPRINT_LENGTH, TablePlan
+from saferoom.build.plan import TablePlan, fingerprint_values
 from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.spark import SparkEngine
 from saferoom.policy import Policy
-from saferoom.secrets import Secret
+from saferoom.secrets import Secret, hmac_pads
 
 
 def fingerprint_function(key: Secret) -> str:
     """64 bits of HMAC-SHA256 of the trimmed, lower-cased text, as two 32-bit halves (Spark has no uint64)."""
-    block = key.reveal().encode().ljust(64, b"\0")
-    inner, outer = bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+    inner, outer = (pad.hex() for pad in hmac_pads(key))
     digest = (f"sha2(concat(unhex('{outer}'), unhex(sha2(concat(unhex('{inner}'), "
               "encode(lower(trim(v)), 'UTF-8')), 256))), 256)")
     return ("CREATE OR REPLACE TEMPORARY FUNCTION saferoom_fingerprint(v STRING) RETURNS STRING RETURN "
@@ -85,15 +84,7 @@ class SparkSide:
         columns = tuple(table.fingerprinted)
         if not columns:
             return fingerprints.Section(table.table, (), np.zeros(0, dtype=np.uint64))
-        source = table.select.args["from_"].this
-        parts = []
-        for column in columns:
-            text = exp.func("lower", exp.func("trim", exp.cast(exp.column(column, quoted=True), "STRING")))
-            parts.append(exp.select(exp.alias_(text, "v")).from_(source.copy())
-                         .where(exp.GTE(this=exp.func("length", text.copy()), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))))
-        union = parts[0]
-        for part in parts[1:]:
-            union = exp.union(union, part, distinct=True)
+        union = fingerprint_values(table, "STRING")
         digest = exp.func("saferoom_fingerprint", exp.column("v"))
         halves = [exp.alias_(exp.cast(exp.func("conv", exp.func("substr", digest.copy(), exp.Literal.number(start), exp.Literal.number(8)),
                                                  exp.Literal.number(16), exp.Literal.number(10)), "BIGINT"), name)

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from saferoom.engines.base import Catalog, EngineSpec, Templates
 from saferoom.errors import EngineError, LimitExceeded
-from saferoom.secrets import Secret
+from saferoom.secrets import Secret, hmac_pads
 
 TOKEN_FUNCTION = "pg_temp.saferoom_token"
 
@@ -57,13 +57,8 @@ POSTGRES = EngineSpec(
 
 
 def _pads(key: Secret) -> tuple[str, str]:
-    block = key.reveal().encode()
-    if len(block) > 64:
-        import hashlib
-
-        block = hashlib.sha256(block).digest()
-    block = block.ljust(64, b"\0")
-    return bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+    inner, outer = hmac_pads(key)
+    return inner.hex(), outer.hex()
 
 
 def fingerprint_function(key: Secret) -> str:

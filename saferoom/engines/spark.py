@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from saferoom.engines.base import Catalog, EngineSpec, Templates
 from saferoom.errors import EngineError, LimitExceeded
-from saferoom.secrets import Secret
+from saferoom.secrets import Secret, hmac_pads
 
 TOKEN_FUNCTION = "saferoom_token"
 PHYSICAL = "__saferoom_{source}_{name}"
@@ -62,13 +62,7 @@ SPARK = EngineSpec(
 
 def token_function(key: Secret) -> str:
     """A temporary SQL function: the first 128 bits of HMAC-SHA256 of the text, in UUID form."""
-    block = key.reveal().encode()
-    if len(block) > 64:
-        import hashlib
-
-        block = hashlib.sha256(block).digest()
-    block = block.ljust(64, b"\0")
-    inner, outer = bytes(b ^ 0x36 for b in block).hex(), bytes(b ^ 0x5C for b in block).hex()
+    inner, outer = (pad.hex() for pad in hmac_pads(key))
     digest = (f"sha2(concat(unhex('{outer}'), unhex(sha2(concat(unhex('{inner}'), encode(CAST(v AS STRING), 'UTF-8')), 256))), 256)")
     parts = ", ".join(f"substr({digest}, {start}, {size})" for start, size in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12)))
     return f"CREATE OR REPLACE TEMPORARY FUNCTION {TOKEN_FUNCTION}(v STRING) RETURNS STRING RETURN concat_ws('-', {parts})"
