@@ -155,3 +155,18 @@ def test_gateway_serves_a_spark_source(spark_room, spark_alice, tmp_path) -> Non
             assert remote.query(sql).to_pylist() == spark_alice.query(sql).to_pylist()
     finally:
         server.stop()
+
+
+def test_schema_drift_is_reported(spark_room, tmp_path) -> None:
+    from saferoom.lint import lint
+    from saferoom.session import open_engine
+
+    text = spark_room.read_text().replace("segment: public}", "segment: public, loyalty_tier: public}")
+    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
+    engine = open_engine(policy, "spark")
+    findings = lint(policy, engine.catalog(), engine.spec.default_schema, "spark")
+    errors = [(f.level, f.column) for f in findings if f.level == "error"]
+    assert errors == [("error", "loyalty_tier")]
+    warnings = {f.column for f in findings if f.level == "warning"}
+    assert "internal_score" in warnings
