@@ -25,7 +25,8 @@ def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 847
     watcher = threading.Thread(target=_watch, args=(gateway, stop), name="saferoom-policy-watch", daemon=True)
     watcher.start()
     signal.signal(signal.SIGHUP, lambda *_: gateway.reload())
-    config = uvicorn.Config(create_app(gateway), host=host, port=port, log_level="info",
+    # the audit log is the request log: every query, who asked, what left; no second, weaker copy
+    config = uvicorn.Config(create_app(gateway), host=host, port=port, log_level="info", access_log=False,
                             ssl_certfile=str(tls_cert) if tls_cert else None,
                             ssl_keyfile=str(tls_key) if tls_key else None)
     try:
