@@ -12,7 +12,7 @@ from sqlglot import exp
 from saferoom.engines import SPECS
 from saferoom.engines.base import Catalog
 from saferoom.errors import BuildError, UsageError
-from saferoom.guard.views import build_view, visible_columns
+from saferoom.guard.views import INNER_ALIAS, build_view, visible_columns
 from saferoom.policy import Action, Policy
 from saferoom.policy.filters import placeholders
 from saferoom.policy.model import Build, KAnonymity
@@ -164,3 +164,25 @@ def fingerprint_values(table: TablePlan, text_type: str) -> exp.Expression:
     for part in parts[1:]:
         union = exp.union(union, part, distinct=True)
     return union
+
+
+def _from(source: exp.Expression, alias: str) -> exp.Expression:
+    return source.subquery(alias) if isinstance(source, exp.Select) else source
+
+
+def count_query(source: exp.Expression) -> exp.Select:
+    """Rows of a view (or of a written table), in any engine's dialect."""
+    return exp.select(exp.Count(this=exp.Star())).from_(_from(source, "v"))
+
+
+def smallest_group_query(source: exp.Expression, columns: tuple[str, ...]) -> exp.Select:
+    """The size of the smallest group over ``columns``: what k-anonymity is measured by."""
+    groups = exp.select(exp.alias_(exp.Count(this=exp.Star()), "n")).from_(_from(source, "g"))
+    groups = groups.group_by(*[exp.column(c, quoted=True) for c in columns])
+    return exp.select(exp.Min(this=exp.column("n"))).from_(groups.subquery("s"))
+
+
+def distinct_estimates_query(table: TablePlan, columns: list[str]) -> exp.Select:
+    """Approximate distinct counts of raw columns, to decide where tokenizing distinct values first pays."""
+    counts = [exp.func("approx_count_distinct", exp.column(c, table=INNER_ALIAS, quoted=True)) for c in columns]
+    return exp.select(*counts).from_(table.select.args["from_"].this.copy())

@@ -39,15 +39,6 @@ class PostgresSide:
         count, total, xor = result.values()
         return f"{count}:{total}:{xor}", int(count)
 
-    def count(self, select: exp.Select) -> int:
-        return int(self.scalar(exp.select(exp.Count(this=exp.Star())).from_(select.subquery("v"))))  # type: ignore[arg-type]
-
-    def smallest_group(self, select: exp.Select, columns: tuple[str, ...]) -> int | None:
-        groups = exp.select(exp.alias_(exp.Count(this=exp.Star()), "n")).from_(select.subquery("g"))
-        groups = groups.group_by(*[exp.column(c, quoted=True) for c in columns])
-        value = self.scalar(exp.select(exp.Min(this=exp.column("n"))).from_(groups.subquery("s")))
-        return None if value is None else int(value)  # type: ignore[arg-type]
-
     def reader(self, select: exp.Select) -> pa.RecordBatchReader:
         return self.engine.stream(select.sql("postgres"))
 

@@ -29,11 +29,18 @@ import pyarrow as pa
 from sqlglot import exp
 
 from saferoom.build import fingerprints
-from saferoom.build.plan import K_COLUMN, BuildPlan, TablePlan, fingerprint_values
+from saferoom.build.plan import (
+    K_COLUMN,
+    BuildPlan,
+    TablePlan,
+    count_query,
+    distinct_estimates_query,
+    fingerprint_values,
+    smallest_group_query,
+)
 from saferoom.build.tokens import distinct_tokens, token_calls
 from saferoom.engines.duckdb import TOKEN_FUNCTION, attach_sql, build_connection, fingerprint_key, scrub
 from saferoom.errors import BuildError, EngineError
-from saferoom.guard.views import INNER_ALIAS
 from saferoom.policy import Policy
 
 Progress = Callable[[str, float], None]
@@ -182,9 +189,7 @@ def _repetitive(conn: duckdb.DuckDBPyConnection, table: TablePlan, rows: int) ->
     columns = sorted(token_calls(table.select))
     if rows < DISTINCT_MIN_ROWS or not columns:
         return set()
-    source = table.select.args["from_"].this.copy()
-    counts = [exp.func("approx_count_distinct", exp.column(c, table=INNER_ALIAS, quoted=True)) for c in columns]
-    distinct = conn.execute(exp.select(*counts).from_(source).sql("duckdb")).fetchall()[0]
+    distinct = conn.execute(distinct_estimates_query(table, columns).sql("duckdb")).fetchall()[0]
     return {c for c, n in zip(columns, distinct, strict=True) if n < rows * DISTINCT_MAX_RATIO}
 
 
@@ -208,12 +213,12 @@ def _k_result(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writ
         return carried.k_anonymity
     k = plan.k_anonymity
     assert k is not None
-    if side is not None:
-        before, rows_view = side.smallest_group(table.select, table.k_columns), side.count(table.select)
-    else:
-        before = _smallest_group(conn, table.select, table.k_columns)
-        rows_view = conn.execute(exp.select(exp.Count(this=exp.Star())).from_(table.select.subquery("v")).sql("duckdb")).fetchall()[0][0]
-    after = _smallest_group(conn, writer.source(table.name), table.k_columns)
+    def at_source(query: exp.Select) -> Any:
+        return side.scalar(query) if side is not None else _scalar(conn, query)
+
+    before = at_source(smallest_group_query(table.select, table.k_columns))
+    rows_view = at_source(count_query(table.select))
+    after = _scalar(conn, smallest_group_query(writer.source(table.name), table.k_columns))
     result = {"columns": list(table.k_columns), "k": k.k, "on_violation": k.on_violation,
               "smallest_group_before": before, "smallest_group": after, "rows_suppressed": rows_view - writer.count(table.name)}
     if k.on_violation == "fail" and before is not None and before < k.k:
@@ -221,10 +226,8 @@ def _k_result(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writ
     return result
 
 
-def _smallest_group(conn: duckdb.DuckDBPyConnection, source: exp.Expression, columns: tuple[str, ...]) -> int | None:
-    groups = exp.select(exp.alias_(exp.Count(this=exp.Star()), "n")).from_(source.subquery("g") if isinstance(source, exp.Select) else source)
-    groups = groups.group_by(*[exp.column(c, quoted=True) for c in columns])
-    return conn.execute(exp.select(exp.Min(this=exp.column("n"))).from_(groups.subquery("s")).sql("duckdb")).fetchall()[0][0]
+def _scalar(conn: duckdb.DuckDBPyConnection, query: exp.Select) -> Any:
+    return conn.execute(query.sql("duckdb")).fetchall()[0][0]
 
 
 def _identity(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> tuple[str, int]:
@@ -281,7 +284,7 @@ class Writer(ABC):
     def discard(self) -> None: ...
 
     def count(self, name: str) -> int:
-        return self.conn.execute(exp.select(exp.Count(this=exp.Star())).from_(self.source(name)).sql("duckdb")).fetchall()[0][0]
+        return _scalar(self.conn, count_query(self.source(name)))
 
 
 class DuckDBWriter(Writer):

@@ -9,7 +9,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from saferoom.build import fingerprints
-from saferoom.build.plan import TablePlan, fingerprint_values
+from saferoom.build.plan import TablePlan, distinct_estimates_query, fingerprint_values
 from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.spark import SparkEngine
 from saferoom.policy import Policy
@@ -55,23 +55,15 @@ class SparkSide:
         """Tokenized columns whose values repeat enough that tokenizing distinct values first pays."""
         from saferoom.build.run import DISTINCT_MAX_RATIO, DISTINCT_MIN_ROWS
         from saferoom.build.tokens import token_calls
-        from saferoom.guard.views import INNER_ALIAS
 
         columns = sorted(token_calls(table.select, self.token_function))
         if rows < DISTINCT_MIN_ROWS or not columns:
             return set()
-        counts = [exp.func("approx_count_distinct", exp.column(c, table=INNER_ALIAS, quoted=True)) for c in columns]
-        distinct = self._sql(exp.select(*counts).from_(table.select.args["from_"].this.copy())).to_pylist()[0].values()
+        distinct = self._sql(distinct_estimates_query(table, columns)).to_pylist()[0].values()
         return {c for c, n in zip(columns, distinct, strict=True) if n < rows * DISTINCT_MAX_RATIO}
 
-    def count(self, select: exp.Select) -> int:
-        return int(self._sql(exp.select(exp.Count(this=exp.Star())).from_(select.subquery("v"))).column(0)[0].as_py())
-
-    def smallest_group(self, select: exp.Select, columns: tuple[str, ...]) -> int | None:
-        groups = exp.select(exp.alias_(exp.Count(this=exp.Star()), "n")).from_(select.subquery("g"))
-        groups = groups.group_by(*[exp.column(c, quoted=True) for c in columns])
-        value = self._sql(exp.select(exp.Min(this=exp.column("n"))).from_(groups.subquery("s"))).column(0)[0].as_py()
-        return None if value is None else int(value)
+    def scalar(self, query: exp.Expression) -> object:
+        return self._sql(query).column(0)[0].as_py()
 
     def reader(self, select: exp.Select) -> pa.RecordBatchReader:
         return self.engine.stream(select.sql("spark"))
