@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqlglot import exp
@@ -12,6 +12,7 @@ from sqlglot import exp
 from saferoom.engines import SPECS
 from saferoom.engines.base import Catalog
 from saferoom.errors import BuildError, UsageError
+from saferoom.explain import ColumnInfo, column_info
 from saferoom.guard.views import INNER_ALIAS, build_view, visible_columns
 from saferoom.policy import Action, Policy
 from saferoom.policy.filters import placeholders
@@ -22,14 +23,10 @@ MIN_FINGERPRINT_LENGTH = 4  # shorter values (small integers, codes) would match
 
 
 @dataclass(frozen=True)
-class ColumnPlan:
-    name: str
-    type: str
-    action: str
-    tag: str | None
-    threats: tuple[str, ...]
-    reason: str
-    fingerprinted: bool
+class ColumnPlan(ColumnInfo):
+    """A column as the build's role sees it, and whether its raw values go into the fingerprint index."""
+
+    fingerprinted: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ def _table(policy: Policy, build: Build, key: str, catalog: Catalog, version: st
     select = build_view(policy, build.role, {}, ref, types, spec, user_filters=False)
     rules = visible_columns(policy, build.role, key, types)
     columns = tuple(
-        ColumnPlan(r.column, kind, r.action.value, r.tag, r.threats, r.reason, _fingerprinted(r.action, spec.type_class(kind)))
+        ColumnPlan(**asdict(column_info(r, kind)), fingerprinted=_fingerprinted(r.action, spec.type_class(kind)))
         for r, kind in rules
     )
     names = {c.name for c in columns}
