@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ class Identity:
     token_id: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TokenRecord:
     id: str
     user: str
@@ -83,9 +83,7 @@ class TokenStore:
             (created + ttl).isoformat(timespec="seconds") if ttl else None, False, _hash(secret),
         )
         with self._lock:
-            records = self._load()
-            records[token_id] = record
-            self._save(records)
+            self._save({**self._load(), token_id: record})
         return f"sr_{token_id}_{secret}", record
 
     def revoke(self, token_id: str) -> TokenRecord:
@@ -93,9 +91,9 @@ class TokenStore:
             records = self._load()
             if token_id not in records:
                 raise UsageError(f"no token with id {token_id}; `saferoom token list` shows them")
-            records[token_id].revoked = True
-            self._save(records)
-            return records[token_id]
+            revoked = replace(records[token_id], revoked=True)
+            self._save({**records, token_id: revoked})
+            return revoked
 
     def list(self) -> list[TokenRecord]:
         return sorted(self._load().values(), key=lambda r: r.created)
@@ -116,7 +114,7 @@ class TokenStore:
         return Identity(record.user, record.role, "token", record.id)
 
     def _load(self) -> dict[str, TokenRecord]:
-        """The records, re-read only when the file changed (`token revoke` from another process)."""
+        """The records (shared, immutable), re-read only when the file changed (`token revoke` from another process)."""
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -125,7 +123,7 @@ class TokenStore:
         if self._cache is None or self._cache[0] != stamp:
             data = json.loads(self.path.read_text())
             self._cache = (stamp, {item["id"]: TokenRecord(**item) for item in data})
-        return {k: TokenRecord(**asdict(v)) for k, v in self._cache[1].items()}
+        return self._cache[1]
 
     def _save(self, records: dict[str, TokenRecord]) -> None:
         tmp = self.path.with_name(f".{TOKENS}.{os.getpid()}.tmp")
