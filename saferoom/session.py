@@ -90,26 +90,30 @@ def _gateway_configured() -> bool:
 
 
 def open_engine(policy: Policy, backend: str | None = None) -> Engine:
-    """The engine for one family of sources: DuckDB files (attached together) or a PostgreSQL database."""
+    """The engine for one family of sources: DuckDB files (attached together), a PostgreSQL database or a Spark source."""
     families = {s.engine for s in policy.model.sources.values()}
     backend = backend or ("duckdb" if "duckdb" in families or not families else "postgres" if "postgres" in families else "spark")
     if backend == "duckdb":
         paths = {n: _path(policy, s.path) for n, s in policy.model.sources.items() if s.engine == "duckdb"}
         return DuckDBEngine(paths, policy.token_key)
+    name = _only_source(policy, backend)
+    source = policy.model.sources[name]
     if backend == "spark":
         from saferoom.engines.spark import SparkEngine
 
-        sparks = [n for n, s in policy.model.sources.items() if s.engine == "spark"]
-        if len(sparks) != 1:
-            raise UsageError(f"a session reads one Spark source; the policy has {len(sparks)}")
-        return SparkEngine(sparks[0], policy.model.sources[sparks[0]], policy.base, policy.token_key)
-    postgres = [n for n, s in policy.model.sources.items() if s.engine == "postgres"]
-    if len(postgres) != 1:
-        raise UsageError(f"a session reads one PostgreSQL source; the policy has {len(postgres)}")
+        return SparkEngine(name, source, policy.base, policy.token_key)
     from saferoom.engines.postgres import PostgresEngine
 
-    source = policy.model.sources[postgres[0]]
-    return PostgresEngine(postgres[0], source.url, policy.source_password(postgres[0]), policy.token_key)
+    return PostgresEngine(name, source.url, policy.source_password(name), policy.token_key)
+
+
+def _only_source(policy: Policy, engine: str) -> str:
+    """PostgreSQL and Spark sessions read one source each (one database, one cluster)."""
+    names = [n for n, s in policy.model.sources.items() if s.engine == engine]
+    if len(names) != 1:
+        label = "PostgreSQL" if engine == "postgres" else engine.capitalize()
+        raise UsageError(f"a session reads one {label} source; the policy has {len(names)}")
+    return names[0]
 
 
 def _path(policy: Policy, path: str) -> Path:

@@ -148,22 +148,16 @@ _SESSIONS: dict[str, Any] = {}
 def _session(source: Any) -> Any:
     from pyspark.sql import SparkSession
 
-    key = source.connect or source.master
     if source.connect:
         return _remote(source.connect)
-    if key not in _SESSIONS:
-        builder = SparkSession.builder.appName("saferoom")
-        if source.connect:
-            builder = builder.remote(source.connect)
-        else:
-            builder = builder.master(source.master).config("spark.ui.enabled", "false").config(
-                "spark.sql.session.timeZone", "UTC").config("spark.sql.ansi.enabled", "true").config(
-                "spark.ui.showConsoleProgress", "false")
-        _SESSIONS[key] = builder.getOrCreate()
-        if not source.connect:
-            _SESSIONS[key].sparkContext.setLogLevel("OFF")  # Spark logs query plans, and plans hold the token function
+    if source.master not in _SESSIONS:
+        builder = SparkSession.builder.appName("saferoom").master(source.master).config("spark.ui.enabled", "false").config(
+            "spark.sql.session.timeZone", "UTC").config("spark.sql.ansi.enabled", "true").config(
+            "spark.ui.showConsoleProgress", "false")
+        _SESSIONS[source.master] = builder.getOrCreate()
+        _SESSIONS[source.master].sparkContext.setLogLevel("OFF")  # Spark logs query plans, and plans hold the token function
     logging.getLogger("SQLQueryContextLogger").disabled = True  # pyspark logs failed queries' plans too
-    return _SESSIONS[key]
+    return _SESSIONS[source.master]
 
 
 def _remote(url: str) -> Any:
