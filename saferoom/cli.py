@@ -389,8 +389,9 @@ def check_command(
     from saferoom.check import files
 
     with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("Checking", total=len(files(paths)) or None)
-        report = check([str(p) for p in paths], fingerprints=fingerprints, key=key, min_cell=min_cell,
+        targets = files(paths)  # walked once: the bar's total and the files to check
+        task = bar.add_task("Checking", total=len(targets) or None)
+        report = check([str(p) for p in targets], fingerprints=fingerprints, key=key, min_cell=min_cell,
                        progress=lambda f: bar.update(task, advance=1, description=escape(Path(f).name)[:40]))
     if format is CheckFormat.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
