@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -52,14 +51,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = pg.start(port)
+    server = pg.start_with_reader()
     try:
-        with dbapi.connect(server.admin_uri(), autocommit=True) as conn, conn.cursor() as cur:
-            cur.execute("CREATE DATABASE prod")
-            cur.execute(f"CREATE ROLE reader LOGIN PASSWORD '{pg.READER_PASSWORD}'")
         with dbapi.connect(server.admin_uri("prod"), autocommit=True) as conn, conn.cursor() as cur:
             cur.execute(f"""CREATE TABLE orders AS SELECT i AS order_id, (i * 7919) % 200000 AS customer_id,
                 round(((i * 31) % 100000) / 100.0, 2)::numeric(12, 2) AS amount,

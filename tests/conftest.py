@@ -107,20 +107,13 @@ class PgRoom:
 @pytest.fixture(scope="session")
 def pg_room(room: Room, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgRoom]:
     import os
-    import socket
 
     import adbc_driver_postgresql.dbapi as dbapi
 
     from tests import pg
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = pg.start(port)
+    server = pg.start_with_reader()
     try:
-        with dbapi.connect(server.admin_uri(), autocommit=True) as admin, admin.cursor() as cur:
-            cur.execute("CREATE DATABASE prod")
-            cur.execute(f"CREATE ROLE reader LOGIN PASSWORD '{pg.READER_PASSWORD}'")
         with dbapi.connect(server.admin_uri("prod"), autocommit=True) as admin, admin.cursor() as cur:
             with duckdb.connect(str(room.database), read_only=True) as source:
                 for table in ("customers", "cards", "orders"):

@@ -61,3 +61,16 @@ def message_leaks(message: str, secrets: set[str], key: str) -> list[str]:
     if "/" in message and re.search(r"/(tmp|root|home|work)/", message):
         found.append("filesystem path")
     return found
+
+
+def assert_refused_or_harmless(session: object, sql: str, secrets: set[str], key: str, unseen: tuple[str, ...] = ()) -> None:
+    """A bypass attempt either raises a SaferoomError that leaks nothing, or returns nothing protected."""
+    import saferoom
+
+    try:
+        table = session.query(sql).to_arrow()  # type: ignore[attr-defined]
+    except saferoom.SaferoomError as exc:
+        assert not message_leaks(str(exc), secrets, key), str(exc)
+        assert not any(s in str(exc) for s in unseen), str(exc)
+        return
+    assert not leaks(table, secrets, key), sql

@@ -86,3 +86,23 @@ def start(port: int) -> Postgres:
     server.run(str(found / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "server.log"), "-w", "start",
                "-o", f"-p {port} -k {base / 'sock'} -c listen_addresses=127.0.0.1 -c fsync=off")
     return server
+
+
+def start_with_reader() -> Postgres:
+    """A server on a free port with database ``prod`` and the login role ``reader`` (no grants yet)."""
+    import socket
+
+    import adbc_driver_postgresql.dbapi as dbapi
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = start(port)
+    try:
+        with dbapi.connect(server.admin_uri(), autocommit=True) as admin, admin.cursor() as cur:
+            cur.execute("CREATE DATABASE prod")
+            cur.execute(f"CREATE ROLE reader LOGIN PASSWORD '{READER_PASSWORD}'")
+    except BaseException:
+        server.stop()
+        raise
+    return server

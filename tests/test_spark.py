@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import saferoom
-from tests.leaks import leaks, message_leaks
+from tests.leaks import assert_refused_or_harmless
 from tests.test_redteam import ATTACKS
 
 SPARK_ATTACKS = [
@@ -35,12 +35,7 @@ SPARK_ATTACKS = [
 
 @pytest.mark.parametrize("sql", ATTACKS + SPARK_ATTACKS)
 def test_attack_on_spark_is_refused_or_harmless(spark_alice, secrets_of, room, sql: str) -> None:
-    try:
-        table = spark_alice.query(sql).to_arrow()
-    except saferoom.SaferoomError as exc:
-        assert not message_leaks(str(exc), secrets_of, room.key), str(exc)
-        return
-    assert not leaks(table, secrets_of, room.key), sql
+    assert_refused_or_harmless(spark_alice, sql, secrets_of, room.key)
 
 
 def test_tokens_and_numbers_match_duckdb(spark_alice, alice) -> None:
