@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Self
 
-from saferoom.client import RemoteSession
+from saferoom.client import RemoteSession, load_credentials
 from saferoom.engines.base import Engine
 from saferoom.engines.duckdb import DuckDBEngine
 from saferoom.errors import EngineError, QueryRejected, UsageError
@@ -81,14 +81,6 @@ class Session:
         return f"<Session user={self.user!r} role={self.role!r} policy={self.policy.path.name!r}>"
 
 
-def _gateway_configured() -> bool:
-    from saferoom.client import load_credentials
-
-    if os.environ.get("SAFEROOM_POLICY"):
-        return False
-    return bool(os.environ.get("SAFEROOM_URL") or load_credentials().get("url"))
-
-
 def open_engine(policy: Policy, backend: str | None = None) -> Engine:
     """The engine for one family of sources: DuckDB files (attached together), a PostgreSQL database or a Spark source."""
     families = {s.engine for s in policy.model.sources.values()}
@@ -136,10 +128,9 @@ def connect(
     saved) reach a gateway; otherwise ``SAFEROOM_POLICY`` and ``SAFEROOM_USER`` open the
     embedded engine.
     """
-    if url or (policy is None and _gateway_configured()):
-        from saferoom.client import load_credentials
-
-        saved = load_credentials()
+    embedded = policy is not None or bool(os.environ.get("SAFEROOM_POLICY"))
+    saved = {} if embedded and not url else load_credentials()  # read once, and only when a gateway may be meant
+    if url or (not embedded and (os.environ.get("SAFEROOM_URL") or saved.get("url"))):
         url = url or os.environ.get("SAFEROOM_URL") or saved.get("url")
         token = token or os.environ.get("SAFEROOM_TOKEN") or (saved.get("token") if saved.get("url") == url else None)
         return RemoteSession(str(url), token or "", role)
