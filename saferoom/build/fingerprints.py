@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from saferoom.errors import UsageError
 from saferoom.secrets import Secret
@@ -49,6 +50,19 @@ def fingerprint(key: Secret, values: list[str]) -> np.ndarray:
     secret = key.reveal().encode()
     digests = [hmac.new(secret, v.strip().lower().encode(), hashlib.sha256).digest()[:8] for v in values]
     return np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64)
+
+
+def as_uint64(column: pa.ChunkedArray) -> np.ndarray:
+    """A column of non-null 64-bit hashes as numpy (without the pandas import ``to_numpy`` brings)."""
+    parts = [np.frombuffer(c.buffers()[1], dtype=np.uint64, count=len(c), offset=c.offset * 8) for c in column.chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def unique_sorted(hashes: np.ndarray) -> np.ndarray:
+    """Drop repeats from sorted hashes (two values can share a 64-bit hash)."""
+    if len(hashes) < 2:
+        return hashes
+    return hashes[np.concatenate(([True], hashes[1:] != hashes[:-1]))]
 
 
 def write(path: Path, key: Secret, sections: list[Section]) -> int:

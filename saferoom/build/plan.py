@@ -149,7 +149,7 @@ def _target_name(policy: Policy, key: str) -> str:
     return ref.name.lower() if len(clashes) == 1 else f"{ref.source}_{ref.name}".lower()
 
 
-def fingerprint_values(table: TablePlan, text_type: str) -> exp.Expression:
+def fingerprint_values(table: TablePlan, text_type: str, *, distinct: bool = True) -> exp.Expression:
     """The normalised text of every value the build removed or changed (trimmed, lower case, long enough)."""
     source = table.select.args["from_"].this
     parts = []
@@ -159,7 +159,7 @@ def fingerprint_values(table: TablePlan, text_type: str) -> exp.Expression:
                      .where(exp.GTE(this=exp.func("length", text.copy()), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))))
     union: exp.Expression = parts[0]
     for part in parts[1:]:
-        union = exp.union(union, part, distinct=True)
+        union = exp.union(union, part, distinct=distinct)
     return union
 
 

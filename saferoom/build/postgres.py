@@ -49,5 +49,5 @@ class PostgresSide:
         union = fingerprint_values(table, "TEXT")
         hashed = exp.select(exp.alias_(exp.func("pg_temp.saferoom_fingerprint", exp.column("v")), "h")).from_(union.subquery("u"))
         signed = self.engine.stream(exp.select("h").distinct().from_(hashed.subquery("x")).sql("postgres")).read_all()
-        hashes = np.sort(signed.column("h").to_numpy().astype(np.int64).view(np.uint64))
+        hashes = np.sort(fingerprints.as_uint64(signed.column("h")))
         return fingerprints.Section(table.table, columns, hashes)

@@ -245,12 +245,12 @@ def _fingerprints(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> fingerpr
     columns = tuple(table.fingerprinted)
     if not columns:
         return fingerprints.Section(table.table, (), np.zeros(0, dtype=np.uint64))
-    union = fingerprint_values(table, "VARCHAR")
+    union = fingerprint_values(table, "VARCHAR", distinct=False)
     values = exp.select("v").distinct().from_(union.subquery("u"))  # each distinct value hashed once
-    hashed = exp.select(exp.alias_(exp.func("__saferoom_fingerprint", exp.column("v")), "h")).from_(values.subquery("d"))
-    query = exp.select("h").distinct().from_(hashed.subquery("x")).order_by("h")
-    hashes = conn.sql(query.sql("duckdb")).to_arrow_table().column("h").to_numpy()
-    return fingerprints.Section(table.table, columns, hashes.astype(np.uint64))
+    # ORDER BY keeps the hashing in DuckDB's parallel pipeline (a bare projection at the root runs on one thread)
+    query = exp.select(exp.alias_(exp.func("__saferoom_fingerprint", exp.column("v")), "h")).from_(values.subquery("d")).order_by("h")
+    hashes = fingerprints.as_uint64(conn.sql(query.sql("duckdb")).to_arrow_table().column("h"))
+    return fingerprints.Section(table.table, columns, fingerprints.unique_sorted(hashes))
 
 
 class Writer(ABC):

@@ -107,13 +107,13 @@ def _group(detector, match: str) -> str | None:  # type: ignore[no-untyped-def]
 def fingerprint_matches(cells: pl.DataFrame, key: Secret, index: list[object]) -> list[Finding]:
     """Cells, and word runs of up to three words in text, that equal a real value the build removed."""
     from saferoom.build.fingerprints import contains
-    from saferoom.engines.duckdb import fingerprint_macro
+    from saferoom.engines.duckdb import fingerprint_function
 
     candidates = _candidates(cells)
     if candidates.is_empty():
         return []
     with duckdb.connect() as con:
-        con.execute(fingerprint_macro(key))
+        fingerprint_function(con, key)
         con.register("candidates", candidates.select("value").unique().to_arrow())
         hashed = con.sql("SELECT value, memory.main.__saferoom_fingerprint(value) AS h FROM candidates").pl()
     found = hashed.filter(pl.Series(contains(index, hashed.get_column("h").to_numpy().astype(np.uint64))))  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
+from saferoom import keyed
 from saferoom.engines.base import Catalog, EngineSpec, Templates
 from saferoom.errors import EngineError, LimitExceeded
 from saferoom.secrets import Secret
@@ -179,12 +180,33 @@ def build_connection(sources: dict[str, Path], token_key: Secret | None) -> duck
         for name, path in sources.items():
             DuckDBEngine._attach_to(conn, name, path, {})
         if token_key is not None:
-            conn.execute(token_macro(token_key))
-            conn.execute(fingerprint_macro(fingerprint_key(token_key)))
+            keyed_functions(conn, token_key)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def keyed_functions(conn: duckdb.DuckDBPyConnection, token_key: Secret) -> None:
+    """The token and fingerprint functions: the compiled kernel where installed, else SQL macros."""
+    if not keyed.available():
+        conn.execute(token_macro(token_key))
+    else:
+        keyed.register(conn, "__saferoom_hmac_token", token_key, keyed.TOKEN_BYTES)
+        conn.execute(f"CREATE MACRO memory.main.{TOKEN_FUNCTION}(v) AS __saferoom_hmac_token(CAST(v AS VARCHAR))")
+    fingerprint_function(conn, fingerprint_key(token_key))
+
+
+def fingerprint_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
+    """``__saferoom_fingerprint(v)`` under the fingerprint key (see :func:`fingerprint_macro`)."""
+    if not keyed.available():
+        conn.execute(fingerprint_macro(key))
+        return
+    keyed.register(conn, "__saferoom_hmac_fp", key, keyed.FINGERPRINT_BYTES)
+    conn.execute(f"CREATE MACRO memory.main.{FINGERPRINT_FUNCTION}(v) AS __saferoom_hmac_fp({_FINGERPRINT_TEXT})")
+
+
+_FINGERPRINT_TEXT = "lower(trim(CAST(v AS VARCHAR)))"
 
 
 def fingerprint_key(token_key: Secret) -> Secret:
@@ -197,7 +219,7 @@ def fingerprint_macro(key: Secret) -> str:
     hmac_sql = token_macro(key, name="__saferoom_fp_hmac", as_token=False)
     return (
         hmac_sql + f"; CREATE MACRO memory.main.{FINGERPRINT_FUNCTION}(v) AS "
-        "CAST('0x' || left(memory.main.__saferoom_fp_hmac(lower(trim(CAST(v AS VARCHAR)))), 16) AS UBIGINT)"
+        f"CAST('0x' || left(memory.main.__saferoom_fp_hmac({_FINGERPRINT_TEXT}), 16) AS UBIGINT)"
     )
 
 
@@ -209,10 +231,7 @@ def token_macro(key: Secret, name: str = TOKEN_FUNCTION, *, as_token: bool = Tru
     A token is its first 128 bits as a UUID: fixed width, so it stores, joins
     and groups like a number, and prints as text (truncation as in RFC 4868).
     """
-    block = key.reveal().encode()
-    if len(block) > 64:
-        block = hashlib.sha256(block).digest()
-    block = block.ljust(64, b"\0")
+    block = keyed.key_block(key)
     inner = bytes(b ^ 0x36 for b in block).hex()
     outer = bytes(b ^ 0x5C for b in block).hex()
     body = sqlglot.parse_one(
