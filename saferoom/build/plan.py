@@ -155,8 +155,9 @@ def fingerprint_values(table: TablePlan, text_type: str, *, distinct: bool = Tru
     parts = []
     for column in table.fingerprinted:
         text = exp.func("lower", exp.func("trim", exp.cast(exp.column(column, quoted=True), text_type)))
-        parts.append(exp.select(exp.alias_(text, "v")).from_(source.copy())
-                     .where(exp.GTE(this=exp.func("length", text.copy()), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))))
+        normalised = exp.select(exp.alias_(text, "v")).from_(source.copy()).subquery("n")
+        long_enough = exp.GTE(this=exp.func("length", exp.column("v")), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))
+        parts.append(exp.select("v").from_(normalised).where(long_enough))
     union: exp.Expression = parts[0]
     for part in parts[1:]:
         union = exp.union(union, part, distinct=distinct)

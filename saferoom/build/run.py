@@ -39,7 +39,14 @@ from saferoom.build.plan import (
     smallest_group_query,
 )
 from saferoom.build.tokens import distinct_tokens, token_calls
-from saferoom.engines.duckdb import TOKEN_FUNCTION, attach_sql, build_connection, fingerprint_key, scrub
+from saferoom.engines.duckdb import (
+    FINGERPRINT_TEXT_FUNCTION,
+    TOKEN_FUNCTION,
+    attach_sql,
+    build_connection,
+    fingerprint_key,
+    scrub,
+)
 from saferoom.errors import BuildError, EngineError
 from saferoom.policy import Policy
 
@@ -248,7 +255,8 @@ def _fingerprints(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> fingerpr
     union = fingerprint_values(table, "VARCHAR", distinct=False)
     values = exp.select("v").distinct().from_(union.subquery("u"))  # each distinct value hashed once
     # ORDER BY keeps the hashing in DuckDB's parallel pipeline (a bare projection at the root runs on one thread)
-    query = exp.select(exp.alias_(exp.func("__saferoom_fingerprint", exp.column("v")), "h")).from_(values.subquery("d")).order_by("h")
+    hashed = exp.func(FINGERPRINT_TEXT_FUNCTION, exp.column("v"))  # the values are normalised already
+    query = exp.select(exp.alias_(hashed, "h")).from_(values.subquery("d")).order_by("h")
     hashes = fingerprints.as_uint64(conn.sql(query.sql("duckdb")).to_arrow_table().column("h"))
     return fingerprints.Section(table.table, columns, fingerprints.unique_sorted(hashes))
 

@@ -28,6 +28,7 @@ from saferoom.secrets import Secret
 
 TOKEN_FUNCTION = "__saferoom_token"
 FINGERPRINT_FUNCTION = "__saferoom_fingerprint"
+FINGERPRINT_TEXT_FUNCTION = "__saferoom_fingerprint_text"
 
 _FUNCTIONS = ["Count", "CountIf", "Sum", "Avg", "Min", "Max", "Median", "Mode", "Stddev", "StddevPop", "StddevSamp", "Variance", "VariancePop", "Corr", "CovarPop", "CovarSamp", "ApproxDistinct", "ApproxQuantile", "Quantile", "PercentileCont", "PercentileDisc", "AnyValue", "ArgMax", "ArgMin", "First", "Last", "ArrayAgg", "GroupConcat", "LogicalAnd", "LogicalOr", "RowNumber", "Rank", "DenseRank", "PercentRank", "CumeDist", "Ntile", "Lag", "Lead", "FirstValue", "LastValue", "NthValue", "Abs", "Ceil", "Floor", "Round", "Sqrt", "Exp", "Ln", "Log", "Pow", "Sign", "Greatest", "Least", "Coalesce", "Nullif", "Rand", "Lower", "Upper", "Length", "Trim", "Substring", "Left", "Right", "Replace", "Concat", "ConcatWs", "Pad", "Reverse", "StrPosition", "SplitPart", "StartsWith", "Contains", "RegexpLike", "RegexpReplace", "RegexpExtract", "Repeat", "Initcap", "Levenshtein", "Chr", "Ascii", "Split", "MD5", "SHA", "SHA2", "Hex", "DateTrunc", "TimestampTrunc", "Extract", "DateDiff", "DateAdd", "DateSub", "Year", "Month", "Day", "Hour", "Minute", "Second", "DayOfWeek", "DayOfYear", "DayOfMonth", "Week", "Quarter", "TimeToStr", "StrToTime", "StrToDate", "CurrentDate", "CurrentTimestamp", "CurrentTime", "DateFromParts", "LastDay", "TimeToUnix", "UnixToTime", "ArrayContains", "ArraySize", "Explode", "Unnest"]
 
@@ -198,12 +199,12 @@ def keyed_functions(conn: duckdb.DuckDBPyConnection, token_key: Secret) -> None:
 
 
 def fingerprint_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
-    """``__saferoom_fingerprint(v)`` under the fingerprint key (see :func:`fingerprint_macro`)."""
-    if not keyed.available():
+    """``__saferoom_fingerprint(v)``, and ``…_text(t)`` for text already trimmed and lower-cased."""
+    if keyed.available():
+        keyed.register(conn, FINGERPRINT_TEXT_FUNCTION, key, keyed.FINGERPRINT_BYTES)
+    else:
         conn.execute(fingerprint_macro(key))
-        return
-    keyed.register(conn, "__saferoom_hmac_fp", key, keyed.FINGERPRINT_BYTES)
-    conn.execute(f"CREATE MACRO memory.main.{FINGERPRINT_FUNCTION}(v) AS __saferoom_hmac_fp({_FINGERPRINT_TEXT})")
+    conn.execute(f"CREATE MACRO memory.main.{FINGERPRINT_FUNCTION}(v) AS {FINGERPRINT_TEXT_FUNCTION}({_FINGERPRINT_TEXT})")
 
 
 _FINGERPRINT_TEXT = "lower(trim(CAST(v AS VARCHAR)))"
@@ -215,11 +216,11 @@ def fingerprint_key(token_key: Secret) -> Secret:
 
 
 def fingerprint_macro(key: Secret) -> str:
-    """64-bit keyed hash of a value's normalised text (trimmed, lower case)."""
+    """64-bit keyed hash of text as SQL (the fallback for the compiled kernel)."""
     hmac_sql = token_macro(key, name="__saferoom_fp_hmac", as_token=False)
     return (
-        hmac_sql + f"; CREATE MACRO memory.main.{FINGERPRINT_FUNCTION}(v) AS "
-        f"CAST('0x' || left(memory.main.__saferoom_fp_hmac({_FINGERPRINT_TEXT}), 16) AS UBIGINT)"
+        hmac_sql + f"; CREATE MACRO memory.main.{FINGERPRINT_TEXT_FUNCTION}(v) AS "
+        "CAST('0x' || left(memory.main.__saferoom_fp_hmac(v), 16) AS UBIGINT)"
     )
 
 
