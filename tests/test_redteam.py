@@ -101,6 +101,8 @@ ATTACKS = [
     "select error('boom')",
     "select $1",
     "select __saferoom_token(ssn) from customers",
+    "select __saferoom_hmac_token(ssn) from customers",
+    "select system.main.__saferoom_hmac_token(ssn) from customers",
     "select * from prod.main.customers as __saferoom_t",
     "set enable_external_access = true",
     "reset lock_configuration",

@@ -70,7 +70,7 @@ class DuckDBEngine:
             for name, path in sources.items():
                 self._attach(name, path)
             if token_key is not None:
-                self._conn.execute(token_macro(token_key))
+                token_function(self._conn, token_key)
             self._conn.execute("SET enable_external_access = false")
             self._conn.execute("SET lock_configuration = true")
         except BaseException:
@@ -146,7 +146,7 @@ def scrub(message: str, paths: dict[str, str]) -> str:
         message = message.replace(path, f"<source {name}>")
     message = re.sub(r"(/[\w.\-]+)+", "<path>", message)
     message = re.sub(r"'[^']*'", "'…'", message)  # values quoted back could be another row's data
-    return re.sub(TOKEN_FUNCTION, "tokenize", message, flags=re.IGNORECASE)
+    return re.sub(r"__saferoom_(hmac_)?token", "tokenize", message, flags=re.IGNORECASE)
 
 
 def attach_sql(path: Path, name: str, *, read_only: bool) -> str:
@@ -189,13 +189,18 @@ def build_connection(sources: dict[str, Path], token_key: Secret | None) -> duck
 
 
 def keyed_functions(conn: duckdb.DuckDBPyConnection, token_key: Secret) -> None:
-    """The token and fingerprint functions: the compiled kernel where installed, else SQL macros."""
-    if not keyed.available():
-        conn.execute(token_macro(token_key))
-    else:
-        keyed.register(conn, "__saferoom_hmac_token", token_key, keyed.TOKEN_BYTES)
-        conn.execute(f"CREATE MACRO memory.main.{TOKEN_FUNCTION}(v) AS __saferoom_hmac_token(CAST(v AS VARCHAR))")
+    """The token and fingerprint functions of a build."""
+    token_function(conn, token_key)
     fingerprint_function(conn, fingerprint_key(token_key))
+
+
+def token_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
+    """``__saferoom_token(v)``: the compiled kernel where installed, else the SQL macro (same tokens)."""
+    if not keyed.available():
+        conn.execute(token_macro(key))
+        return
+    keyed.register(conn, "__saferoom_hmac_token", key, keyed.TOKEN_BYTES)
+    conn.execute(f"CREATE MACRO memory.main.{TOKEN_FUNCTION}(v) AS __saferoom_hmac_token(CAST(v AS VARCHAR))")
 
 
 def fingerprint_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
