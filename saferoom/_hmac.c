@@ -102,7 +102,55 @@ static void compress_shani(uint32_t state[8], const uint8_t *data, size_t blocks
     _mm_storeu_si128((__m128i *)&state[0], s0);
     _mm_storeu_si128((__m128i *)&state[4], s1);
 }
+
+/* Two messages, one block each, interleaved: a block is a chain of dependent SHA
+ * instructions, so a second independent chain fills the gaps in the pipeline. */
+__attribute__((target("sha,sse4.1,ssse3")))
+static void compress2_shani(uint32_t state[2][8], const uint8_t block[2][64]) {
+    const __m128i order = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i s0[2], s1[2], abef[2], cdgh[2], w[2][16];
+    for (int k = 0; k < 2; k++) {
+        __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state[k][0]), 0xB1);
+        s1[k] = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state[k][4]), 0x1B);
+        s0[k] = _mm_alignr_epi8(tmp, s1[k], 8);
+        s1[k] = _mm_blend_epi16(s1[k], tmp, 0xF0);
+        abef[k] = s0[k];
+        cdgh[k] = s1[k];
+    }
+    for (int i = 0; i < 16; i++) {
+        __m128i constants = _mm_loadu_si128((const __m128i *)&K[4 * i]);
+        for (int k = 0; k < 2; k++) {
+            if (i < 4) {
+                w[k][i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block[k] + 16 * i)), order);
+            } else {
+                __m128i x = _mm_sha256msg1_epu32(w[k][i - 4], w[k][i - 3]);
+                x = _mm_add_epi32(x, _mm_alignr_epi8(w[k][i - 1], w[k][i - 2], 4));
+                w[k][i] = _mm_sha256msg2_epu32(x, w[k][i - 1]);
+            }
+            __m128i msg = _mm_add_epi32(w[k][i], constants);
+            s1[k] = _mm_sha256rnds2_epu32(s1[k], s0[k], msg);
+            s0[k] = _mm_sha256rnds2_epu32(s0[k], s1[k], _mm_shuffle_epi32(msg, 0x0E));
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        s0[k] = _mm_add_epi32(s0[k], abef[k]);
+        s1[k] = _mm_add_epi32(s1[k], cdgh[k]);
+        __m128i tmp = _mm_shuffle_epi32(s0[k], 0x1B);
+        __m128i dchg = _mm_shuffle_epi32(s1[k], 0xB1);
+        _mm_storeu_si128((__m128i *)&state[k][0], _mm_blend_epi16(tmp, dchg, 0xF0));
+        _mm_storeu_si128((__m128i *)&state[k][4], _mm_alignr_epi8(dchg, tmp, 8));
+    }
+}
 #endif
+
+typedef void (*compress2_fn)(uint32_t state[2][8], const uint8_t block[2][64]);
+
+static void compress2_portable(uint32_t state[2][8], const uint8_t block[2][64]) {
+    compress_portable(state[0], block[0], 1);
+    compress_portable(state[1], block[1], 1);
+}
+
+static compress2_fn compress2 = compress2_portable;
 
 static compress_fn pick_compress(void) {
 #ifdef SAFEROOM_X86
@@ -114,6 +162,13 @@ static compress_fn pick_compress(void) {
 }
 
 static compress_fn compress = compress_portable;
+
+static void use(compress_fn chosen) {
+    compress = chosen;
+#ifdef SAFEROOM_X86
+    compress2 = chosen == compress_shani ? compress2_shani : compress2_portable;
+#endif
+}
 
 /* The state after the one 64-byte key block, shared by every value. */
 static void key_state(uint32_t out[8], const uint8_t block[64], uint8_t pad) {
@@ -146,6 +201,56 @@ static void hmac_one(const uint32_t inner[8], const uint32_t outer[8], const uin
     finish(out, digest, 32);
 }
 
+#define SHORT 55 /* bytes of message that fit the final block beside padding and length */
+
+/* The one final block of a message of at most SHORT bytes that follows the 64-byte key block. */
+static void short_block(uint8_t block[64], const uint8_t *msg, size_t len) {
+    memset(block, 0, 64);
+    memcpy(block, msg, len);
+    block[len] = 0x80;
+    uint64_t bits = (uint64_t)(64 + len) * 8;
+    for (int i = 0; i < 8; i++) block[63 - i] = (uint8_t)(bits >> (8 * i));
+}
+
+/* Two short messages at once: both inner hashes, then both outer hashes. */
+static void hmac_two(const uint32_t inner[8], const uint32_t outer[8], const uint8_t *msg[2], const size_t len[2],
+                     uint32_t out[2][8]) {
+    uint8_t block[2][64];
+    uint32_t st[2][8];
+    for (int k = 0; k < 2; k++) {
+        short_block(block[k], msg[k], len[k]);
+        memcpy(st[k], inner, 32);
+    }
+    compress2(st, (const uint8_t (*)[64])block);
+    for (int k = 0; k < 2; k++) {
+        uint8_t digest[32];
+        for (int i = 0; i < 8; i++) store_be32(digest + 4 * i, st[k][i]);
+        short_block(block[k], digest, 32);
+        memcpy(out[k], outer, 32);
+    }
+    compress2(out, (const uint8_t (*)[64])block);
+}
+
+static int64_t offset_at(const uint8_t *offsets, Py_ssize_t size, Py_ssize_t i) {
+    if (size == 8) {
+        int64_t v;
+        memcpy(&v, offsets + 8 * i, 8);
+        return v;
+    }
+    int32_t v;
+    memcpy(&v, offsets + 4 * i, 4);
+    return v;
+}
+
+static void emit(uint8_t *dst, Py_ssize_t i, Py_ssize_t width, const uint32_t h[8]) {
+    if (width == 8) {
+        uint64_t v = ((uint64_t)h[0] << 32) | h[1];
+        memcpy(dst + 8 * i, &v, 8);
+    } else {
+        for (int j = 0; j < 4; j++) store_be32(dst + 16 * i + 4 * j, h[j]);
+    }
+}
+
 PyDoc_STRVAR(column_doc,
 "column(key_block, offsets, offset_size, data, count, out, width)\n\n"
 "HMAC-SHA256 of ``count`` strings given as Arrow buffers: ``offsets`` holds\n"
@@ -164,43 +269,42 @@ static PyObject *column(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "column(): buffers do not match count and width");
         goto done;
     }
+    const uint8_t *offs = offsets.buf;
+    for (Py_ssize_t i = 0; i <= count; i++) { /* every offset checked before any is used */
+        int64_t at = offset_at(offs, offset_size, i);
+        if (at < 0 || at > data.len || (i > 0 && at < offset_at(offs, offset_size, i - 1))) {
+            PyErr_SetString(PyExc_ValueError, "column(): an offset points outside the data buffer");
+            goto done;
+        }
+    }
     uint32_t inner[8], outer[8];
     key_state(inner, key.buf, 0x36);
     key_state(outer, key.buf, 0x5c);
-    int bad = 0;
     Py_BEGIN_ALLOW_THREADS
     const uint8_t *bytes = data.buf;
     uint8_t *dst = out.buf;
-    for (Py_ssize_t i = 0; i < count && !bad; i++) {
-        int64_t start, end;
-        if (offset_size == 8) {
-            memcpy(&start, (const uint8_t *)offsets.buf + 8 * i, 8);
-            memcpy(&end, (const uint8_t *)offsets.buf + 8 * (i + 1), 8);
-        } else {
-            int32_t s, e;
-            memcpy(&s, (const uint8_t *)offsets.buf + 4 * i, 4);
-            memcpy(&e, (const uint8_t *)offsets.buf + 4 * (i + 1), 4);
-            start = s;
-            end = e;
-        }
-        if (start < 0 || end < start || end > data.len) {
-            bad = 1;
-            break;
+    Py_ssize_t i = 0;
+    while (i < count) {
+        int64_t a = offset_at(offs, offset_size, i), b = offset_at(offs, offset_size, i + 1);
+        if (i + 1 < count) {
+            int64_t c = offset_at(offs, offset_size, i + 2);
+            if (b - a <= SHORT && c - b <= SHORT) {
+                const uint8_t *msg[2] = {bytes + a, bytes + b};
+                const size_t len[2] = {(size_t)(b - a), (size_t)(c - b)};
+                uint32_t h[2][8];
+                hmac_two(inner, outer, msg, len, h);
+                emit(dst, i, width, h[0]);
+                emit(dst, i + 1, width, h[1]);
+                i += 2;
+                continue;
+            }
         }
         uint32_t h[8];
-        hmac_one(inner, outer, bytes + start, (size_t)(end - start), h);
-        if (width == 8) {
-            uint64_t v = ((uint64_t)h[0] << 32) | h[1];
-            memcpy(dst + 8 * i, &v, 8);
-        } else {
-            for (int j = 0; j < 4; j++) store_be32(dst + 16 * i + 4 * j, h[j]);
-        }
+        hmac_one(inner, outer, bytes + a, (size_t)(b - a), h);
+        emit(dst, i, width, h);
+        i += 1;
     }
     Py_END_ALLOW_THREADS
-    if (bad) {
-        PyErr_SetString(PyExc_ValueError, "column(): an offset points outside the data buffer");
-        goto done;
-    }
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&key);
@@ -216,7 +320,7 @@ static PyObject *accelerated(PyObject *self, PyObject *unused) {
 
 /* Tests run both paths on one machine: off forces the portable code, on restores the best. */
 static PyObject *set_accelerated(PyObject *self, PyObject *flag) {
-    compress = PyObject_IsTrue(flag) ? pick_compress() : compress_portable;
+    use(PyObject_IsTrue(flag) ? pick_compress() : compress_portable);
     return PyBool_FromLong(compress != compress_portable);
 }
 
@@ -230,6 +334,6 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "saferoom._hmac", "HMAC-SHA256 over Arrow string buffers.", -1, methods};
 
 PyMODINIT_FUNC PyInit__hmac(void) {
-    compress = pick_compress();
+    use(pick_compress());
     return PyModule_Create(&module);
 }

@@ -297,10 +297,15 @@ def test_distinct_tokens_rewrite() -> None:
     view = sqlglot.parse_one(
         f'SELECT __saferoom_token("{INNER_ALIAS}"."k") AS "k", "{INNER_ALIAS}"."x" AS "x" '
         f'FROM "s"."main"."t" AS {INNER_ALIAS} WHERE {INNER_ALIAS}.x > 1', read="duckdb")
-    out = distinct_tokens(view, {"k"}, {"k": "BIGINT"}).sql("duckdb")
+    out = distinct_tokens(view, {"k": 1000}, {"k": "BIGINT"}).sql("duckdb")
     assert out == (
         'SELECT __saferoom_tok_0.t AS "k", "__saferoom_t"."x" AS "x" FROM "s"."main"."t" AS __saferoom_t '
         'LEFT JOIN (SELECT v, __SAFEROOM_TOKEN(v) AS t FROM (SELECT DISTINCT "__saferoom_t"."k" AS v '
         'FROM "s"."main"."t" AS __saferoom_t WHERE __saferoom_t.x > 1) AS d) AS __saferoom_tok_0 '
         'ON "__saferoom_t"."k" = __saferoom_tok_0.v WHERE __saferoom_t.x > 1'
     )
+    # on a cluster, a small map is broadcast to the executors; a large one is left to the planner
+    small = distinct_tokens(view, {"k": 1000}, {"k": "BIGINT"}, broadcast_below=5000).sql("spark")
+    assert small.startswith("SELECT /*+ BROADCAST(__saferoom_tok_0) */ __saferoom_tok_0.t AS `k`")
+    large = distinct_tokens(view, {"k": 10_000}, {"k": "BIGINT"}, broadcast_below=5000).sql("spark")
+    assert "/*+" not in large

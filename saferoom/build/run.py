@@ -17,7 +17,7 @@ import shutil
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,8 +166,9 @@ def _table(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer:
     if carried:
         writer.carry(table.name)
     elif side is not None:
-        repeated = side.repetitive(table, rows_in) if hasattr(side, "repetitive") else set()
-        select = _select(table, plan, repeated, getattr(side, "token_function", TOKEN_FUNCTION))
+        repeated = side.repetitive(table, rows_in) if hasattr(side, "repetitive") else {}
+        select = _select(table, plan, repeated, getattr(side, "token_function", TOKEN_FUNCTION),
+                         getattr(side, "broadcast_below", None))
         if isinstance(writer, ParquetWriter) and hasattr(side, "write_parquet"):
             writer.write_cluster(table.name, side, select)  # Spark writes Parquet in parallel
         else:
@@ -191,19 +192,24 @@ def _table(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer:
     return result, section
 
 
-def _repetitive(conn: duckdb.DuckDBPyConnection, table: TablePlan, rows: int) -> set[str]:
-    """Tokenized columns whose values repeat enough that tokenizing distinct values first pays."""
+def _repetitive(conn: duckdb.DuckDBPyConnection, table: TablePlan, rows: int) -> dict[str, int]:
+    """Tokenized columns whose values repeat enough that tokenizing distinct values first pays, with their estimated
+    distinct values."""
     columns = sorted(token_calls(table.select))
     if rows < DISTINCT_MIN_ROWS or not columns:
-        return set()
+        return {}
     distinct = conn.execute(distinct_estimates_query(table, columns).sql("duckdb")).fetchall()[0]
-    return {c for c, n in zip(columns, distinct, strict=True) if n < rows * DISTINCT_MAX_RATIO}
+    return repeated_columns(columns, distinct, rows)
 
 
-def _select(table: TablePlan, plan: BuildPlan, repetitive: set[str] = frozenset(),  # type: ignore[assignment]
-            function: str = TOKEN_FUNCTION) -> exp.Select:
+def repeated_columns(columns: list[str], distinct: Iterable[int], rows: int) -> dict[str, int]:
+    return {c: n for c, n in zip(columns, distinct, strict=True) if n < rows * DISTINCT_MAX_RATIO}
+
+
+def _select(table: TablePlan, plan: BuildPlan, repetitive: dict[str, int] | None = None, function: str = TOKEN_FUNCTION,
+            broadcast_below: int | None = None) -> exp.Select:
     """The policy view, tokenizing repeated values once, with k-anonymity suppression in the same statement."""
-    select = distinct_tokens(table.select, repetitive, table.types, function) if repetitive else table.select
+    select = distinct_tokens(table.select, repetitive, table.types, function, broadcast_below) if repetitive else table.select
     k = plan.k_anonymity
     if not table.k_columns or k is None or k.on_violation != "suppress":
         return select

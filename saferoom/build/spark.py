@@ -9,7 +9,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from saferoom.build import fingerprints
-from saferoom.build.plan import TablePlan, distinct_estimates_query, fingerprint_values
+from saferoom.build.plan import TablePlan, fingerprint_values
 from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.spark import SparkEngine
 from saferoom.policy import Policy
@@ -29,10 +29,12 @@ class SparkSide:
     """Everything a build asks of a Spark source, answered by Spark."""
 
     token_function = "saferoom_token"
+    broadcast_below = 5_000_000  # distinct values: a token map this small is sent whole to every executor
 
     def __init__(self, policy: Policy, name: str) -> None:
         key = policy.token_key
         self.engine = SparkEngine(name, policy.model.sources[name], policy.base, key)
+        self._estimates: dict[str, dict[str, int]] = {}
         if key is not None:
             self.engine.session.sql(fingerprint_function(fingerprint_key(key)))
 
@@ -43,24 +45,34 @@ class SparkSide:
         return self.engine.stream(query.sql("spark")).read_all()
 
     def identity(self, table: TablePlan) -> tuple[str, int]:
+        """Content hash and row count; the same pass estimates the tokenized columns' distinct values."""
         source = table.select.args["from_"].this.copy()
         source.set("alias", exp.TableAlias(this=exp.to_identifier("t")))
         row = exp.func("xxhash64", exp.Star())
+        columns = self._token_columns(table)
+        estimates = [exp.func("approx_count_distinct", exp.column(c, table="t", quoted=True)) for c in columns]
         query = exp.select(exp.Count(this=exp.Star()), exp.cast(exp.Sum(this=exp.cast(row, "DECIMAL(38, 0)")), "STRING"),
-                           exp.func("bit_xor", row.copy())).from_(source)
-        count, total, xor = self._sql(query).to_pylist()[0].values()
+                           exp.func("bit_xor", row.copy()), *estimates).from_(source)
+        count, total, xor, *distinct = self._sql(query).to_pylist()[0].values()
+        self._estimates[table.table] = dict(zip(columns, distinct, strict=True))
         return f"{count}:{total}:{xor}", int(count)
 
-    def repetitive(self, table: TablePlan, rows: int) -> set[str]:
-        """Tokenized columns whose values repeat enough that tokenizing distinct values first pays."""
-        from saferoom.build.run import DISTINCT_MAX_RATIO, DISTINCT_MIN_ROWS
+    def _token_columns(self, table: TablePlan) -> list[str]:
         from saferoom.build.tokens import token_calls
 
-        columns = sorted(token_calls(table.select, self.token_function))
+        return sorted(token_calls(table.select, self.token_function))
+
+    def repetitive(self, table: TablePlan, rows: int) -> dict[str, int]:
+        """Tokenized columns whose values repeat enough that tokenizing distinct values first pays."""
+        from saferoom.build.run import DISTINCT_MIN_ROWS, repeated_columns
+
+        columns = self._token_columns(table)
         if rows < DISTINCT_MIN_ROWS or not columns:
-            return set()
-        distinct = self._sql(distinct_estimates_query(table, columns)).to_pylist()[0].values()
-        return {c for c, n in zip(columns, distinct, strict=True) if n < rows * DISTINCT_MAX_RATIO}
+            return {}
+        if table.table not in self._estimates:
+            self.identity(table)
+        estimates = self._estimates[table.table]
+        return repeated_columns(columns, [estimates[c] for c in columns], rows)
 
     def scalar(self, query: exp.Expression) -> object:
         return self._sql(query).column(0)[0].as_py()

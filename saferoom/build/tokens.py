@@ -26,14 +26,20 @@ def token_calls(select: exp.Select, function: str = TOKEN_FUNCTION) -> dict[str,
     return calls
 
 
-def distinct_tokens(select: exp.Select, columns: set[str], types: dict[str, str], function: str = TOKEN_FUNCTION) -> exp.Select:
-    """Rewrite a policy view so each column in ``columns`` is tokenized once per distinct value."""
+def distinct_tokens(select: exp.Select, columns: dict[str, int], types: dict[str, str], function: str = TOKEN_FUNCTION,
+                    broadcast_below: int | None = None) -> exp.Select:
+    """Rewrite a policy view so each column in ``columns`` (with its estimated distinct values) is tokenized
+    once per distinct value. On a cluster, maps smaller than ``broadcast_below`` values are broadcast to
+    every executor, so the big side is joined where it lies instead of being shuffled."""
     select = select.copy()
     source, where = select.args["from_"].this, select.args.get("where")
+    broadcast = []
     for i, (column, calls) in enumerate(sorted(token_calls(select, function).items())):
         if column not in columns:
             continue
         alias = f"__saferoom_tok_{i}"
+        if broadcast_below is not None and columns[column] < broadcast_below:
+            broadcast.append(exp.to_table(alias))
         key = _key(column, types.get(column, ""))
         values = exp.select(exp.alias_(key, "v")).distinct().from_(source.copy())
         if where is not None:
@@ -44,6 +50,8 @@ def distinct_tokens(select: exp.Select, columns: set[str], types: dict[str, str]
         select = select.join(mapping.subquery(alias), on=on, join_type="left", copy=False)
         for call in calls:
             call.replace(exp.column("t", table=alias))
+    if broadcast:
+        select.set("hint", exp.Hint(expressions=[exp.JoinHint(this="BROADCAST", expressions=broadcast)]))
     return select
 
 
