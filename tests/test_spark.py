@@ -165,3 +165,41 @@ def test_schema_drift_is_reported(spark_room, tmp_path) -> None:
     assert errors == [("error", "loyalty_tier")]
     warnings = {f.column for f in findings if f.level == "warning"}
     assert "internal_score" in warnings
+
+
+def test_file_identity_changes_with_any_byte_and_skips_remote_files(tmp_path) -> None:
+    from saferoom.build.spark import _files_identity, _local_files
+
+    part = tmp_path / "part-0.parquet"
+    part.write_bytes(b"PAR1" + bytes(1000) + b"PAR1")
+    first = _files_identity([part])
+    assert _files_identity([part]) == first
+    part.write_bytes(b"PAR1" + bytes(999) + b"\x01PAR1")  # same size, one byte different
+    assert _files_identity([part]) != first
+    assert _local_files([f"file://{tmp_path}/a%20b.parquet"]) == [tmp_path / "a b.parquet"]
+    assert _local_files([f"file://{part}", "s3a://bucket/part-1.parquet"]) is None  # read on the cluster instead
+    assert _local_files([]) is None
+
+
+def test_spark_build_rebuilds_a_table_whose_files_changed(spark_room, room, tmp_path) -> None:
+    import duckdb
+
+    from saferoom.build import build
+
+    pond = tmp_path / "orders.parquet"
+    with duckdb.connect(str(room.database), read_only=True) as con:
+        con.execute(f"COPY (SELECT * FROM orders) TO '{pond}' (FORMAT parquet)")
+        changed = f"COPY (SELECT * REPLACE (amount + 1 AS amount) FROM orders) TO '{pond}' (FORMAT parquet)"
+    text = spark_room.read_text().replace("lake:", "pond:", 1).replace("lake.", "pond.")
+    text = text.replace(str(spark_room.parent / "orders.parquet"), str(pond))
+    text += f"builds:\n  analytics:\n    role: analyst\n    target: {{engine: parquet, path: {tmp_path / 'out'}}}\n"
+    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
+    first = {t.table: t for t in build(policy, "analytics").tables}
+    assert first["pond.orders"].source_identity.startswith("files:")
+    assert first["pond.orders"].rows_in == room.raw("select count(*) from orders")[0][0]
+    assert all(t.carried_over for t in build(policy, "analytics").tables)
+    with duckdb.connect(str(room.database), read_only=True) as con:
+        con.execute(changed)
+    again = {t.table: t.carried_over for t in build(saferoom.load_policy(tmp_path / "saferoom.yaml"), "analytics").tables}
+    assert again == {"pond.customers": True, "pond.cards": True, "pond.orders": False}
