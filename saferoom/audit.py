@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,12 +225,38 @@ def _check_head(folder: Path, seq: int, digest: str, count: int) -> Verification
 
 
 def read(folder: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Every record, oldest first; with ``limit``, only the last ``limit``, read from the end of the file."""
     path = folder / LOG
     if not path.exists():
         return []
+    if limit:
+        newest = []
+        for record in newest_first(folder):
+            if len(newest) == limit:
+                break
+            newest.append(record)
+        return newest[::-1]
     with path.open(encoding="utf-8") as lines:
-        records = [json.loads(line) for line in lines if line.strip()]
-    return records[-limit:] if limit else records
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def newest_first(folder: Path, block: int = 1 << 20) -> Iterator[dict[str, Any]]:
+    """Records from the end of the log backwards, a block at a time: the cost is what is read, not the log's size."""
+    path = folder / LOG
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        carry = b""
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            lines = (handle.read(end - start) + carry).split(b"\n")
+            carry = lines.pop(0) if start > 0 else b""  # the first line may begin in the block before
+            for line in reversed(lines):
+                if line.strip():
+                    yield json.loads(line)
+            end = start
 
 
 def report(folder: Path, jump: float = 10.0) -> dict[str, Any]:

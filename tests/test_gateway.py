@@ -100,6 +100,7 @@ def test_formats(server, tokens) -> None:
 
 
 def test_audit_endpoint_is_for_audit_roles(server, tokens) -> None:
+    assert post(server, tokens["alice"], "select 1").status_code == 200  # at least one record, run alone or not
     denied = httpx.get(f"{server.url}/v1/audit", headers={"Authorization": f"Bearer {tokens['alice']}"})
     assert denied.status_code == 403
     records = httpx.get(f"{server.url}/v1/audit", headers={"Authorization": f"Bearer {tokens['sam']}"}).json()
@@ -304,3 +305,32 @@ def test_client_reports_truncation_and_errors_mid_stream(server, tokens, alice) 
         assert cut.num_rows == 5 and cut.truncated
         whole = security.query("select order_id from prod.orders limit 5")
         assert whole.num_rows == 5 and not whole.truncated
+
+
+def test_audit_log_reads_backwards_across_blocks(server, tokens) -> None:
+    from saferoom.audit import newest_first, read
+
+    post(server, tokens["alice"], "select count(*) from prod.orders")
+    time.sleep(0.2)
+    everything = read(server.state)
+    assert len(everything) > 6
+    for block in (64, 333, 1 << 20):  # lines split across every kind of block edge
+        assert list(newest_first(server.state, block=block)) == everything[::-1]
+    assert read(server.state, limit=5) == everything[-5:]
+    assert read(server.state, limit=10 ** 6) == everything
+
+
+def test_a_restarted_gateway_remembers_todays_bytes(room, tmp_path: Path) -> None:
+    server = Server(gateway_policy(room, tmp_path), tmp_path / "state", free_port(), tmp_path / "server.log").start()
+    try:
+        lee = server.token("lee")
+        for _ in range(5):
+            post(server, lee, "select * from prod.orders")
+        assert post(server, lee, "select 1").status_code == 429
+        server.stop()
+        server.start()
+        over = post(server, lee, "select 1")
+        assert over.status_code == 429 and "max_bytes_per_day" in over.json()["error"]["message"]
+        assert post(server, server.token("alice"), "select 1").status_code == 200  # only lee's budget is spent
+    finally:
+        server.stop()

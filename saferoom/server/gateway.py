@@ -14,7 +14,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -155,11 +155,17 @@ class Gateway:
             self._running[user] -= 1
 
     def _count_bytes_today(self) -> None:
-        from saferoom.audit import read
+        """Today's bytes per user, from the log's tail: records are in time order, so reading stops at yesterday
+        (a day back, in case a record was queued across midnight)."""
+        from saferoom.audit import newest_first
 
         today = _today()
-        for record in read(self.state):
-            if record.get("event") == "result" and str(record.get("time", "")).startswith(today):
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
+        for record in newest_first(self.state):
+            day = str(record.get("time", ""))[:10]
+            if day < yesterday:
+                break
+            if record.get("event") == "result" and day == today:
                 self._bytes[(record["user"], today)] += record.get("bytes") or 0
 
     def close(self) -> None:
