@@ -15,6 +15,7 @@ import hashlib
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from saferoom.secrets import Secret
 
@@ -48,6 +49,9 @@ def hmac_column(block: bytes, values: pa.Array | pa.ChunkedArray, width: int) ->
     if _hmac is None:
         raise RuntimeError("saferoom was installed without its compiled HMAC kernel")
     array = _one_chunk(values)
+    kind = pa.uuid() if width == TOKEN_BYTES else pa.uint64()
+    if len(array) == 0:
+        return pa.array([], type=kind)
     if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
         array = array.cast(pa.large_string())
     validity, offsets, data = array.buffers()
@@ -56,7 +60,6 @@ def hmac_column(block: bytes, values: pa.Array | pa.ChunkedArray, width: int) ->
     out = np.empty(len(array) * width, dtype=np.uint8)
     offsets_view = memoryview(offsets)[start : start + (len(array) + 1) * offset_size]
     _hmac.column(block, offsets_view, offset_size, data if data is not None else b"", len(array), out, width)
-    kind = pa.uuid() if width == TOKEN_BYTES else pa.uint64()
     buffers = [_validity(array, validity), pa.py_buffer(out)]
     return pa.Array.from_buffers(kind, len(array), buffers, null_count=array.null_count)
 
@@ -72,7 +75,7 @@ def _validity(array: pa.Array, validity: pa.Buffer | None) -> pa.Buffer | None:
         return None
     if array.offset % 8 == 0:
         return validity.slice(array.offset // 8)
-    return pa.compute.is_valid(array).buffers()[1]
+    return pc.is_valid(array).buffers()[1]
 
 
 def register(conn: duckdb.DuckDBPyConnection, name: str, key: Secret, width: int) -> None:

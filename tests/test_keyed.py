@@ -76,6 +76,13 @@ def test_any_text_matches_python_hmac(key: str, values: list[str | None], cut: i
     assert computed(key, array, keyed.TOKEN_BYTES) == expected(key, array.to_pylist(), keyed.TOKEN_BYTES)
 
 
+def test_empty_and_all_null_columns() -> None:
+    assert computed("key", pa.array([], type=pa.string()), 16) == []
+    assert computed("key", pa.chunked_array([], type=pa.string()), 8) == []
+    assert computed("key", pa.array([None, None], type=pa.string()), 16) == [None, None]
+    assert computed("key", pa.array(["", None]), 16) == expected("key", ["", None], 16)
+
+
 def test_chunked_and_string_view_inputs() -> None:
     chunked = pa.chunked_array([["a", "bb"], [None, "ccc"]])
     assert computed("key", chunked, 16) == expected("key", ["a", "bb", None, "ccc"], 16)
