@@ -170,12 +170,19 @@ static void use(compress_fn chosen) {
 #endif
 }
 
+/* Key material is not left behind on the stack (a volatile write is not optimised away). */
+static void wipe(void *memory, size_t size) {
+    volatile uint8_t *bytes = memory;
+    while (size--) *bytes++ = 0;
+}
+
 /* The state after the one 64-byte key block, shared by every value. */
 static void key_state(uint32_t out[8], const uint8_t block[64], uint8_t pad) {
     uint8_t padded[64];
     for (int i = 0; i < 64; i++) padded[i] = block[i] ^ pad;
     memcpy(out, IV, sizeof(IV));
     compress(out, padded, 1);
+    wipe(padded, sizeof(padded));
 }
 
 /* Continue from ``state`` (64 bytes already hashed) over message, padding included. */
@@ -305,6 +312,8 @@ static PyObject *column(PyObject *self, PyObject *args) {
         i += 1;
     }
     Py_END_ALLOW_THREADS
+    wipe(inner, sizeof(inner));
+    wipe(outer, sizeof(outer));
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&key);
