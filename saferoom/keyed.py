@@ -10,14 +10,12 @@ gets the SQL macro instead, with the same tokens.
 
 from __future__ import annotations
 
-import hashlib
-
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from saferoom.secrets import Secret
+from saferoom.secrets import Secret, hmac_block
 
 try:
     from saferoom import _hmac
@@ -34,14 +32,6 @@ def available() -> bool:
 def accelerated() -> bool:
     """True when the kernel runs on the CPU's SHA instructions."""
     return _hmac is not None and _hmac.accelerated()
-
-
-def key_block(key: Secret) -> bytes:
-    """The key as HMAC uses it: hashed if longer than a block, zero-padded to 64 bytes."""
-    block = key.reveal().encode()
-    if len(block) > 64:
-        block = hashlib.sha256(block).digest()
-    return block.ljust(64, b"\0")
 
 
 def hmac_column(block: bytes, values: pa.Array | pa.ChunkedArray, width: int) -> pa.Array:
@@ -80,7 +70,7 @@ def _validity(array: pa.Array, validity: pa.Buffer | None) -> pa.Buffer | None:
 
 def register(conn: duckdb.DuckDBPyConnection, name: str, key: Secret, width: int) -> None:
     """``name(VARCHAR)`` in ``conn``: the kernel over each vector DuckDB hands it."""
-    block = key_block(key)
+    block = hmac_block(key)
     kind = "UUID" if width == TOKEN_BYTES else "UBIGINT"
     conn.create_function(name, lambda values: hmac_column(block, values, width), ["VARCHAR"], kind,
                          type="arrow", null_handling="special", side_effects=False)

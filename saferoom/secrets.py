@@ -65,12 +65,15 @@ def resolve(reference: str, base: Path) -> Secret:
     raise ValueError("a secret must be a reference (env:NAME or file:PATH), never the value itself")
 
 
-def hmac_pads(key: Secret) -> tuple[bytes, bytes]:
-    """RFC 2104's K ^ ipad and K ^ opad, so engines can compute HMAC-SHA256 with a plain sha256.
-
-    A key longer than SHA-256's 64-byte block is hashed first, exactly as Python's ``hmac`` does.
-    """
+def hmac_block(key: Secret) -> bytes:
+    """The key as HMAC-SHA256 uses it: hashed first if longer than the 64-byte block (as Python's ``hmac``
+    does), then zero-padded to 64 bytes."""
     block = key.reveal().encode()
     block = hashlib.sha256(block).digest() if len(block) > 64 else block
-    block = block.ljust(64, b"\0")
+    return block.ljust(64, b"\0")
+
+
+def hmac_pads(key: Secret) -> tuple[bytes, bytes]:
+    """RFC 2104's K ^ ipad and K ^ opad, so engines can compute HMAC-SHA256 with a plain sha256."""
+    block = hmac_block(key)
     return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)

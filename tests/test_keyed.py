@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from saferoom import keyed
 from saferoom.engines.duckdb import keyed_functions
-from saferoom.secrets import Secret
+from saferoom.secrets import Secret, hmac_block
 
 if not keyed.available():
     if os.environ.get("SAFEROOM_REQUIRE_KERNEL"):  # CI: a machine with a compiler must build the kernel
@@ -44,7 +44,7 @@ def expected(key: str, values: list[str | None], width: int) -> list[object]:
 
 
 def computed(key: str, array: pa.Array, width: int) -> list[object]:
-    got = keyed.hmac_column(keyed.key_block(Secret(key)), array, width).to_pylist()
+    got = keyed.hmac_column(hmac_block(Secret(key)), array, width).to_pylist()
     return [g.bytes if hasattr(g, "bytes") else g for g in got]
 
 

@@ -24,7 +24,7 @@ from sqlglot import exp
 from saferoom import keyed
 from saferoom.engines.base import Catalog, EngineSpec, Templates
 from saferoom.errors import EngineError, LimitExceeded
-from saferoom.secrets import Secret
+from saferoom.secrets import Secret, hmac_pads
 
 TOKEN_FUNCTION = "__saferoom_token"
 FINGERPRINT_FUNCTION = "__saferoom_fingerprint"
@@ -237,9 +237,7 @@ def token_macro(key: Secret, name: str = TOKEN_FUNCTION, *, as_token: bool = Tru
     A token is its first 128 bits as a UUID: fixed width, so it stores, joins
     and groups like a number, and prints as text (truncation as in RFC 4868).
     """
-    block = keyed.key_block(key)
-    inner = bytes(b ^ 0x36 for b in block).hex()
-    outer = bytes(b ^ 0x5C for b in block).hex()
+    inner, outer = (pad.hex() for pad in hmac_pads(key))
     body = sqlglot.parse_one(
         "sha256(unhex(__o) || unhex(sha256(unhex(__i) || encode(CAST(v AS VARCHAR)))))", read="duckdb"
     ).transform(lambda n: _key_literal(n, inner, outer))
