@@ -7,6 +7,12 @@ file (``audit.head``, the last seq and hash) makes cutting records off the end
 detectable too. Writes are durable (fsync) before ``append`` returns, and
 concurrent appends share one fsync (group commit), so durability does not
 cost a disk flush per query.
+
+The head is two fixed 128-byte slots written in place, in turn, each with a
+checksum: a write torn by a crash leaves the other slot whole, and no file is
+created or renamed per commit. The log is flushed before the head, so after a
+crash the head may lag the log, never lead it; a log that ends before its head
+has lost records, and nothing more is written to it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 import os
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +59,8 @@ class AuditLog:
         folder.mkdir(parents=True, exist_ok=True)
         self.path, self.head_path = folder / LOG, folder / HEAD
         self._seq, self._prev = self._recover()
+        self._head = Head(self.head_path)
+        self._head.write(self._seq, self._prev)
         self._queue: list[_Pending] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -90,6 +98,7 @@ class AuditLog:
             self._cond.notify()
         self._writer.join()
         self._file.close()
+        self._head.close()
 
     def _run(self) -> None:
         while True:
@@ -114,7 +123,7 @@ class AuditLog:
             self._file.write("\n".join(lines) + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
-            _write_head(self.head_path, seq, prev)
+            self._head.write(seq, prev)
         except OSError as exc:
             for pending in batch:
                 pending.error = exc
@@ -139,21 +148,107 @@ class AuditLog:
             pass
 
     def _recover(self) -> tuple[int, str]:
+        """The last record's seq and hash, after checking the log still holds every record its head saw."""
         _repair(self.path)
         last = _last_line(self.path)
-        if last is None:
-            return 0, GENESIS
-        record = json.loads(last)
-        return int(record["seq"]), str(record["hash"])
+        seq, digest = (0, GENESIS) if last is None else (int(json.loads(last)["seq"]), str(json.loads(last)["hash"]))
+        problem = _head_problem(self.path.parent, seq, lambda at: _hash_at(self.path.parent, at, seq, digest))
+        if problem:
+            raise AuditError(f"the audit log in {self.path.parent} has lost records: {problem}. Nothing more is written "
+                             "to it; run `saferoom audit verify`, keep audit.log and audit.head as evidence, and start "
+                             "the gateway with a new --state folder")
+        return seq, digest
 
 
-def _write_head(path: Path, seq: int, digest: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as out:
-        out.write(json.dumps({"seq": seq, "hash": digest}))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+SLOT = 128
+
+
+class Head:
+    """The last seq and hash, in two slots written in turn (see the module's docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        created = not path.exists()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if created:
+            _fsync_dir(path.parent)
+        slots = _slots(path)
+        newest = max(slots, key=lambda position: slots[position], default=1)
+        self._turn = 1 - newest  # never overwrite the newest whole slot first
+
+    def write(self, seq: int, digest: str) -> None:
+        body = json.dumps({"seq": seq, "hash": digest, "check": _slot_check(seq, digest)}).encode()
+        os.pwrite(self._fd, body.ljust(SLOT - 1) + b"\n", SLOT * self._turn)
+        os.fdatasync(self._fd)
+        self._turn ^= 1
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _slot_check(seq: int, digest: str) -> str:
+    return hashlib.sha256(f"{seq}:{digest}".encode()).hexdigest()[:16]
+
+
+def _slots(path: Path) -> dict[int, tuple[int, str]]:
+    """The whole slots of a head file by position, 0 or 1 (a torn or empty slot is left out)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    slots = {}
+    for position in (0, 1):
+        try:
+            slot = json.loads(data[position * SLOT : (position + 1) * SLOT])
+            seq, digest = int(slot["seq"]), str(slot["hash"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if slot.get("check") == _slot_check(seq, digest):
+            slots[position] = (seq, digest)
+    return slots or _whole_file_head(data)
+
+
+def _whole_file_head(data: bytes) -> dict[int, tuple[int, str]]:
+    """A head written by saferoom before slots: one JSON object, replaced whole on each commit."""
+    try:
+        head = json.loads(data)
+        return {0: (int(head["seq"]), str(head["hash"]))} if "check" not in head else {}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def read_head(folder: Path) -> tuple[int, str] | None:
+    """The newest whole slot of the head: the last seq and hash the log had when it was flushed."""
+    return max(_slots(folder / HEAD).values(), default=None)
+
+
+def _head_problem(folder: Path, seq: int, hash_at: Callable[[int], str | None]) -> str | None:
+    """Why the log (ending at ``seq``) does not hold what its head saw; None when it does."""
+    head = read_head(folder)
+    if head is None:
+        return None if seq == 0 else f"the log ends at record {seq} but its head is missing or unreadable"
+    at, digest = head
+    if at > seq:
+        return f"the log ends at record {seq} but the head says {at} (records cut off the end)"
+    if hash_at(at) != digest:
+        return f"record {at} is not the record the head saw (records replaced at the end)"
+    return None
+
+
+def _hash_at(folder: Path, at: int, last: int, last_hash: str) -> str | None:
+    """The hash of record ``at``, read from the end of the log (the head lags by a commit at most)."""
+    if at == last:
+        return last_hash
+    if at == 0:
+        return GENESIS
+    return next((r.get("hash") for r in newest_first(folder) if r.get("seq") == at), None)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _repair(path: Path) -> None:
@@ -188,7 +283,8 @@ def verify(folder: Path) -> Verification:
     path = folder / LOG
     if not path.exists():
         return Verification(False, 0, f"no audit log in {folder}")
-    prev, seq, count = GENESIS, 0, 0
+    head = read_head(folder)
+    prev, seq, count, seen = GENESIS, 0, 0, {0: GENESIS}
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             problem = _check(line, prev, seq + 1)
@@ -196,7 +292,10 @@ def verify(folder: Path) -> Verification:
                 return Verification(False, count, problem, number)
             record = json.loads(line)
             prev, seq, count = record["hash"], record["seq"], count + 1
-    return _check_head(folder, seq, prev, count)
+            if head is not None and seq == head[0]:
+                seen[seq] = prev
+    problem = _head_problem(folder, seq, seen.get)
+    return Verification(problem is None, count, problem)
 
 
 def _check(line: str, prev: str, seq: int) -> str | None:
@@ -212,16 +311,6 @@ def _check(line: str, prev: str, seq: int) -> str | None:
     if _digest(prev, record) != claimed:
         return "its hash does not match its content (edited)"
     return None
-
-
-def _check_head(folder: Path, seq: int, digest: str, count: int) -> Verification:
-    try:
-        head = json.loads((folder / HEAD).read_text())
-    except (OSError, ValueError):
-        return Verification(count == 0, count, None if count == 0 else "the head file is missing or unreadable")
-    if head.get("seq") != seq or head.get("hash") != digest:
-        return Verification(False, count, f"the log ends at record {seq} but the head says {head.get('seq')} (records cut off the end)")
-    return Verification(True, count)
 
 
 def read(folder: Path, limit: int | None = None) -> list[dict[str, Any]]:
