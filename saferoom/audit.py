@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from saferoom.durable import fsync_dir
 from saferoom.errors import AuditError
 
 log = logging.getLogger("saferoom.audit")
@@ -170,7 +171,7 @@ class Head:
         created = not path.exists()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if created:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         slots = _slots(path)
         newest = max(slots, key=lambda position: slots[position], default=1)
         self._turn = 1 - newest  # never overwrite the newest whole slot first
@@ -242,13 +243,6 @@ def _hash_at(folder: Path, at: int, last: int, last_hash: str) -> str | None:
         return GENESIS
     return next((r.get("hash") for r in newest_first(folder) if r.get("seq") == at), None)
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _repair(path: Path) -> None:

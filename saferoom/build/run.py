@@ -39,6 +39,7 @@ from saferoom.build.plan import (
     smallest_group_query,
 )
 from saferoom.build.tokens import distinct_tokens, token_calls
+from saferoom.durable import fsync_dir
 from saferoom.engines.duckdb import (
     FINGERPRINT_TEXT_FUNCTION,
     TOKEN_FUNCTION,
@@ -330,7 +331,7 @@ class DuckDBWriter(Writer):
 
     def swap(self, target: Path) -> None:
         os.replace(self.staging, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     def discard(self) -> None:
         with contextlib.suppress(duckdb.Error):
@@ -377,7 +378,7 @@ class ParquetWriter(Writer):
         link.symlink_to(self.staging.name)
         old = target.resolve() if target.is_symlink() else None
         os.replace(link, target)  # atomic: readers see the old folder or the new one
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if old is not None and old != self.staging.resolve():
             shutil.rmtree(old, ignore_errors=True)
 
@@ -490,13 +491,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, path)
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _now() -> str:
