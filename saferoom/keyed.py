@@ -68,6 +68,23 @@ def _validity(array: pa.Array, validity: pa.Buffer | None) -> pa.Buffer | None:
     return pc.is_valid(array).buffers()[1]
 
 
+_HEX = np.frombuffer(b"".join(f"{b:02x}".encode() for b in range(256)), dtype=np.uint8).reshape(256, 2)
+_DASHES = (8, 13, 18, 23)  # where a UUID's text has its dashes
+
+
+def token_text(block: bytes, values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Tokens as UUID text (``8-4-4-4-12`` lower-case hex), for engines without a UUID type (Spark)."""
+    tokens = hmac_column(block, values, TOKEN_BYTES)
+    raw = np.frombuffer(tokens.storage.buffers()[1], dtype=np.uint8, count=16 * len(tokens)).reshape(-1, 16)
+    hexed = _HEX[raw].reshape(-1, 32)
+    text = np.full((len(tokens), 36), ord("-"), dtype=np.uint8)
+    keep = np.array([i for i in range(36) if i not in _DASHES])
+    text[:, keep] = hexed
+    offsets = np.arange(0, 36 * (len(tokens) + 1), 36, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), len(tokens), [tokens.buffers()[0], pa.py_buffer(offsets), pa.py_buffer(text)],
+                                 null_count=tokens.null_count)
+
+
 def register(conn: duckdb.DuckDBPyConnection, name: str, key: Secret, width: int) -> None:
     """``name(VARCHAR)`` in ``conn``: the kernel over each vector DuckDB hands it."""
     block = hmac_block(key)

@@ -27,6 +27,7 @@ SPARK_ATTACKS = [
     "select transform(order_id) using 'cat' as (x) from orders",
     "select * from __saferoom_lake_cards",
     "select saferoom_token(pan) from cards",
+    "select __saferoom_spark_hmac(pan) from cards",
     "select * from global_temp.anything",
     "select input_file_name() from orders",
     "select current_user()",
@@ -203,3 +204,29 @@ def test_spark_build_rebuilds_a_table_whose_files_changed(spark_room, room, tmp_
         con.execute(changed)
     again = {t.table: t.carried_over for t in build(saferoom.load_policy(tmp_path / "saferoom.yaml"), "analytics").tables}
     assert again == {"pond.customers": True, "pond.cards": True, "pond.orders": False}
+
+
+def test_tokens_come_from_the_compiled_kernel_in_local_workers(spark_alice, alice) -> None:
+    from saferoom import keyed
+
+    if not keyed.available():
+        pytest.skip("saferoom was installed without its C kernel")
+    assert spark_alice._engine.native_tokens  # the probe token matched Python's hmac
+    sql = "select customer_id, count(*) as n from cards group by 1 order by 1"
+    assert spark_alice.query(sql).to_arrow().to_pylist() == [
+        {"customer_id": str(r["customer_id"]), "n": r["n"]} for r in alice.query(sql).to_arrow().to_pylist()]
+
+
+def test_without_the_kernel_spark_computes_the_same_tokens_in_sql(spark_room, alice, monkeypatch) -> None:
+    from saferoom import keyed
+    from saferoom.engines.spark import SparkEngine
+
+    policy = saferoom.load_policy(spark_room)
+    native = SparkEngine("lake", policy.model.sources["lake"], policy.base, policy.token_key)
+    sql = "select saferoom_token(customer_id) as t from __saferoom_lake_cards order by customer_id"
+    expected = native.stream(sql).read_all().column("t").to_pylist()
+    monkeypatch.setattr(keyed, "_hmac", None)  # as installed without a C compiler
+    fallback = SparkEngine("lake", policy.model.sources["lake"], policy.base, policy.token_key)
+    assert not fallback.native_tokens
+    assert fallback.stream(sql).read_all().column("t").to_pylist() == expected
+    assert all(t is None or len(t) == 36 for t in expected)

@@ -2,16 +2,21 @@
 
 Tables declared by path are registered as temporary views under reserved
 names (``__saferoom_<source>_<table>``) that no user query can name. The token
-function is a session-scoped SQL function holding the key, computing the same
-HMAC-SHA256 with Spark's ``sha2`` as DuckDB and PostgreSQL do. No user SQL
-reaches Spark: only the guard's generated SELECT.
+function is session-scoped: saferoom's compiled kernel in the Python workers
+where they have it, else a SQL function computing the same HMAC-SHA256 with
+Spark's ``sha2``, as DuckDB and PostgreSQL do. No user SQL reaches Spark: only
+the guard's generated SELECT.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
+import os
 import re
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,7 +27,7 @@ import pyarrow as pa
 
 from saferoom.engines.base import Catalog, EngineSpec, Templates
 from saferoom.errors import EngineError, LimitExceeded
-from saferoom.secrets import Secret, hmac_pads
+from saferoom.secrets import Secret, hmac_block, hmac_pads
 
 TOKEN_FUNCTION = "saferoom_token"
 PHYSICAL = "__saferoom_{source}_{name}"
@@ -70,6 +75,33 @@ def token_function(key: Secret) -> str:
     return f"CREATE OR REPLACE TEMPORARY FUNCTION {TOKEN_FUNCTION}(v STRING) RETURNS STRING RETURN {uuid}"
 
 
+NATIVE_FUNCTION = "__saferoom_spark_hmac"
+
+
+def _native_tokens(session: Any, key: Secret) -> bool:
+    """Tokens by saferoom's compiled kernel in Spark's Python workers, if they have it (5x Spark's ``sha2``).
+
+    An Arrow UDF hashes whole batches; the key travels in the UDF's closure, never in a query plan. A probe
+    token is checked against Python's ``hmac``: executors without saferoom (or a different interpreter) fail
+    the probe, and the SQL function serves instead. Same tokens either way.
+    """
+    from saferoom import keyed
+
+    if not keyed.available():
+        return False
+    from pyspark.sql.functions import arrow_udf
+
+    block = hmac_block(key)
+    session.udf.register(NATIVE_FUNCTION, arrow_udf(lambda values: keyed.token_text(block, values), "string"))
+    session.sql(f"CREATE OR REPLACE TEMPORARY FUNCTION {TOKEN_FUNCTION}(v STRING) RETURNS STRING RETURN {NATIVE_FUNCTION}(v)")
+    probe = "saferoom probe"
+    expected = str(uuid.UUID(bytes=hmac.new(key.reveal().encode(), probe.encode(), hashlib.sha256).digest()[:16]))
+    try:
+        return session.sql(f"SELECT {TOKEN_FUNCTION}('{probe}')").collect()[0][0] == expected
+    except _spark_errors():
+        return False
+
+
 class SparkEngine:
     """One SparkSession (local, cluster, or Spark Connect) serving one Spark source."""
 
@@ -87,7 +119,8 @@ class SparkEngine:
                     raise EngineError(f"source `{name}`: table {table} has no files at {spec.path}")
                 frame = self.session.read.format(spec.format).load(str(path))
                 frame.createOrReplaceTempView(PHYSICAL.format(source=name, name=table).lower())
-            if token_key is not None:
+            self.native_tokens = token_key is not None and _native_tokens(self.session, token_key)
+            if token_key is not None and not self.native_tokens:
                 self.session.sql(token_function(token_key))
 
     def catalog(self) -> Catalog:
@@ -153,6 +186,8 @@ def _session(source: Any) -> Any:
     if source.connect:
         return _remote(source.connect)
     if source.master not in _SESSIONS:
+        if source.master.startswith("local"):
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local Python workers run saferoom's interpreter
         builder = SparkSession.builder.appName("saferoom").master(source.master).config("spark.ui.enabled", "false").config(
             "spark.sql.session.timeZone", "UTC").config("spark.sql.ansi.enabled", "true").config(
             "spark.ui.showConsoleProgress", "false")
