@@ -230,3 +230,18 @@ def test_without_the_kernel_spark_computes_the_same_tokens_in_sql(spark_room, al
     assert not fallback.native_tokens
     assert fallback.stream(sql).read_all().column("t").to_pylist() == expected
     assert all(t is None or len(t) == 36 for t in expected)
+
+
+def test_a_second_token_key_on_the_same_spark_session_is_refused(spark_room, room, tmp_path) -> None:
+    from saferoom.engines.spark import SparkEngine
+
+    policy = saferoom.load_policy(spark_room)
+    (tmp_path / "other.key").write_text("another-key-" * 4)
+    text = spark_room.read_text()
+    assert f"file:{room.folder / 'token.key'}" in text
+    (tmp_path / "saferoom.yaml").write_text(text.replace(f"file:{room.folder / 'token.key'}", f"file:{tmp_path / 'other.key'}"))
+    rotated = saferoom.load_policy(tmp_path / "saferoom.yaml")
+    assert rotated.token_key != policy.token_key
+    with pytest.raises(saferoom.EngineError, match="another token key"):
+        SparkEngine("lake", rotated.model.sources["lake"], rotated.base, rotated.token_key)
+    SparkEngine("lake", policy.model.sources["lake"], policy.base, policy.token_key)  # the same key is fine

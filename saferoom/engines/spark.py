@@ -76,6 +76,16 @@ def token_function(key: Secret) -> str:
 
 
 NATIVE_FUNCTION = "__saferoom_spark_hmac"
+_TOKEN_KEYS: dict[int, str] = {}  # Spark session → the id of the key its token function holds
+
+
+def _claim_token_key(session: Any, source: str, key: Secret) -> None:
+    """One token key per Spark session: the token function is session-wide, so a second key would silently
+    change every token of the first. Refused instead (a gateway keeps serving its previous policy)."""
+    key_id = hashlib.sha256(b"saferoom spark key id\0" + key.reveal().encode()).hexdigest()[:16]
+    if _TOKEN_KEYS.setdefault(id(session), key_id) != key_id:
+        raise EngineError(f"source `{source}`: this process already serves Spark with another token key; "
+                          "restart it to change `secrets.token_key`")
 
 
 def _native_tokens(session: Any, key: Secret) -> bool:
@@ -119,6 +129,8 @@ class SparkEngine:
                     raise EngineError(f"source `{name}`: table {table} has no files at {spec.path}")
                 frame = self.session.read.format(spec.format).load(str(path))
                 frame.createOrReplaceTempView(PHYSICAL.format(source=name, name=table).lower())
+            if token_key is not None:
+                _claim_token_key(self.session, name, token_key)
             self.native_tokens = token_key is not None and _native_tokens(self.session, token_key)
             if token_key is not None and not self.native_tokens:
                 self.session.sql(token_function(token_key))
