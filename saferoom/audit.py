@@ -17,6 +17,7 @@ has lost records, and nothing more is written to it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -66,7 +67,7 @@ class AuditLog:
         self._cond = threading.Condition()
         self._closed = False
         self._later: list[_Pending] = []
-        self._file = self.path.open("a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # queries can hold values
         self._writer = threading.Thread(target=self._run, name="saferoom-audit", daemon=True)
         self._writer.start()
 
@@ -98,7 +99,7 @@ class AuditLog:
             self._closed = True
             self._cond.notify()
         self._writer.join()
-        self._file.close()
+        os.close(self._fd)
         self._head.close()
 
     def _run(self) -> None:
@@ -109,7 +110,10 @@ class AuditLog:
                 batch, self._queue = self._queue, []
                 if not batch and self._closed:
                     return
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any failure, or every query waits forever
+                self._settle(batch, exc)
 
     def _commit(self, batch: list[_Pending]) -> None:
         seq, prev = self._seq, self._prev
@@ -121,32 +125,37 @@ class AuditLog:
             pending.record = record
             lines.append(json.dumps(record, sort_keys=True, default=str))
         try:
-            self._file.write("\n".join(lines) + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._head.write(seq, prev)
+            self._write(("\n".join(lines) + "\n").encode(), seq, prev)
         except OSError as exc:
-            for pending in batch:
-                pending.error = exc
-            self._truncate_partial()
-        else:
-            self._seq, self._prev = seq, prev
+            self._settle(batch, exc)
+            return
+        self._seq, self._prev = seq, prev
+        self._settle(batch, None)
+
+    def _write(self, data: bytes, seq: int, digest: str) -> None:
+        """Append, flush, then move the head; a failure anywhere cuts the log back to where it was."""
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+            self._head.write(seq, digest)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # never a partial or unacknowledged record, never a broken chain
+                os.fsync(self._fd)
+            raise
+
+    def _settle(self, batch: list[_Pending], error: BaseException | None) -> None:
         for pending in batch:
+            pending.error = error
             pending.done.set()
         with self._cond:
             failed = [p for p in self._later if p.done.is_set() and p.error is not None]
             self._later = [p for p in self._later if not p.done.is_set()]
         for pending in failed:
             log.error("an audit record could not be written: %s", pending.error)
-
-    def _truncate_partial(self) -> None:
-        """After a failed write, drop whatever part of it reached the file."""
-        try:
-            self._file.close()
-            _repair(self.path)
-            self._file = self.path.open("a", encoding="utf-8")
-        except OSError:
-            pass
 
     def _recover(self) -> tuple[int, str]:
         """The last record's seq and hash, after checking the log still holds every record its head saw."""

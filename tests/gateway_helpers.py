@@ -32,6 +32,7 @@ class Server:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     extra: list[str] = field(default_factory=list)
+    max_file_bytes: int | None = None  # RLIMIT_FSIZE: a write past it fails as on a full disk
 
     @property
     def url(self) -> str:
@@ -41,7 +42,7 @@ class Server:
         env = {**os.environ, "SAFEROOM_TEST_DB_PASSWORD": CANARY_DB_PASSWORD}
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVE, "serve", "-p", str(self.policy), "--state", str(self.state), "--port", str(self.port),
+            [sys.executable, "-c", self._limits() + SERVE, "serve", "-p", str(self.policy), "--state", str(self.state), "--port", str(self.port),
              *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
@@ -53,6 +54,13 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.1)
         raise RuntimeError(f"the gateway did not start: {self.log.read_text()[-2000:]}")
+
+    def _limits(self) -> str:
+        """Code the server runs first: a file-size limit, so a write past it fails as on a full disk
+        (Python ignores SIGXFSZ, so the write raises instead of killing the process)."""
+        if not self.max_file_bytes:
+            return ""
+        return f"import resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({self.max_file_bytes}, {self.max_file_bytes})); "
 
     def kill9(self) -> None:
         assert self.process is not None

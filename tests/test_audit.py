@@ -79,3 +79,24 @@ def test_a_head_written_before_slots_is_still_read(tmp_path: Path) -> None:
     log.append({"event": "decision", "user": "alice"})
     log.close()
     assert [r["seq"] for r in read(tmp_path)] == [1, 2, 3, 4] and verify(tmp_path).ok
+
+
+def test_a_failed_write_is_cut_back_and_the_log_goes_on_when_it_can(tmp_path: Path) -> None:
+    import os
+
+    log = AuditLog(tmp_path)
+    try:
+        log.append({"event": "decision", "user": "alice"})
+        writable, log._fd = log._fd, os.open(tmp_path / LOG, os.O_RDONLY)  # every write now fails, as on a full disk
+        with pytest.raises(AuditError, match="cannot be written"):
+            log.append({"event": "decision", "user": "bob"})
+        log.append_later({"event": "result", "user": "bob"})  # a queued record that fails is logged, not lost silently
+        with pytest.raises(AuditError):
+            log.append({"event": "decision", "user": "carol"})
+        os.close(log._fd)
+        log._fd = writable
+        record = log.append({"event": "decision", "user": "dave"})
+    finally:
+        log.close()
+    assert record["seq"] == 2  # the failed records took no place in the chain
+    assert [r["user"] for r in read(tmp_path)] == ["alice", "dave"] and verify(tmp_path).ok

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 import saferoom
-from saferoom.audit import verify
+from saferoom.audit import read, verify
 from saferoom.client import RemoteSession
 from tests.gateway_helpers import CANARY_DB_PASSWORD, SERVE, Server, free_port, gateway_policy
 
@@ -234,6 +234,32 @@ def test_kill9_under_load_loses_no_answered_query(room, tmp_path: Path) -> None:
     logged = {json.loads(line)["request_id"] for line in (server.state / "audit.log").read_text().splitlines()
               if json.loads(line).get("event") == "decision"}
     assert set(answered) <= logged
+
+
+def test_a_full_disk_stops_queries_and_loses_no_answered_one(room, tmp_path: Path) -> None:
+    """When the audit log cannot grow, queries fail with 503 and no data; what was answered stays logged."""
+    server = Server(gateway_policy(room, tmp_path), tmp_path / "state", free_port(), tmp_path / "server.log",
+                    max_file_bytes=24_000)
+    server.start()
+    token = server.token("alice")
+    answered, refused = [], None
+    try:
+        for _ in range(300):
+            response = post(server, token, "select order_id, amount from prod.orders limit 3")
+            if response.status_code != 200:
+                refused = response
+                break
+            answered.append(response.headers["X-Saferoom-Request"])
+        assert refused is not None and len(answered) > 3
+        assert refused.status_code == 503 and refused.json()["error"]["type"] == "AuditError"
+        assert "audit log" in refused.json()["error"]["message"] and b"order_id" not in refused.content
+        again = post(server, token, "select 1")
+        assert again.status_code == 503  # still full: still closed
+    finally:
+        server.stop()
+    assert verify(server.state).ok  # the torn write was cut back to the last whole record
+    decisions = {r["request_id"] for r in read(server.state) if r.get("event") == "decision"}
+    assert set(answered) <= decisions
 
 
 def test_login_then_connect_with_no_arguments(server, tokens, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
