@@ -309,3 +309,27 @@ def test_distinct_tokens_rewrite() -> None:
     assert small.startswith("SELECT /*+ BROADCAST(__saferoom_tok_0) */ __saferoom_tok_0.t AS `k`")
     large = distinct_tokens(view, {"k": 10_000}, {"k": "BIGINT"}, broadcast_below=5000).sql("spark")
     assert "/*+" not in large
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "parquet"])
+def test_full_disk_fails_the_build_and_keeps_the_last_good_one(room, tmp_path: Path, engine: str) -> None:
+    """A write that cannot grow its file (RLIMIT_FSIZE, as on a full disk): a clear error, nothing half-written."""
+    policy = policy_with_build(room, tmp_path, engine=engine)
+    good = build(policy, "analytics")
+    target = tmp_path / ("analytics.duckdb" if engine == "duckdb" else "analytics")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("analytics") and p.is_file()}
+    limit = 64 * 1024  # far below a table of the room, far above the lock and the manifest
+    code = f"import resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); from saferoom.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, "build", "analytics", "-p", str(policy.path), "--full"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == BuildError.exit_code, done.stdout + done.stderr
+    assert "the last good build is untouched" in done.stderr and "File too large" in done.stderr, done.stderr
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("analytics") and p.is_file()}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if ".build" in p.name and p != target.resolve()]
+    assert json.loads((tmp_path / "analytics.manifest.json").read_text())["build_id"] == good.build_id
+    if engine == "duckdb":
+        with duckdb.connect(str(target), read_only=True) as con:
+            assert con.execute("select build_id from saferoom_build").fetchall() == [(good.build_id,)]
+    else:
+        assert json.loads((target / "_saferoom_build.json").read_text())["build_id"] == good.build_id
