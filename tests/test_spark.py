@@ -245,3 +245,27 @@ def test_a_second_token_key_on_the_same_spark_session_is_refused(spark_room, roo
     with pytest.raises(saferoom.EngineError, match="another token key"):
         SparkEngine("lake", rotated.model.sources["lake"], rotated.base, rotated.token_key)
     SparkEngine("lake", policy.model.sources["lake"], policy.base, policy.token_key)  # the same key is fine
+
+
+def test_a_catalog_table_is_served_like_a_file_table(spark_room, alice, tmp_path) -> None:
+    from saferoom.engines.spark import SparkEngine
+
+    policy = saferoom.load_policy(spark_room)
+    engine = SparkEngine("lake", policy.model.sources["lake"], policy.base)
+    cards = spark_room.parent / "cards.parquet"
+    engine.session.sql(f"CREATE TABLE IF NOT EXISTS saferoom_test_cards USING parquet LOCATION '{cards}'")
+    declared = f"cards: {{format: parquet, path: {cards}}}"
+    assert declared in spark_room.read_text()
+    (tmp_path / "saferoom.yaml").write_text(spark_room.read_text().replace(declared, "cards: {table: saferoom_test_cards}"))
+    sql = "select count(*) as n, count(distinct customer_id) as customers from cards"
+    with saferoom.connect(tmp_path / "saferoom.yaml", user="alice") as session:
+        assert session.query(sql).to_arrow().to_pylist() == alice.query(sql).to_arrow().to_pylist()
+        with pytest.raises(saferoom.QueryRejected):
+            session.query("select * from saferoom_test_cards")  # the catalog name is not a policy table
+    (tmp_path / "saferoom.yaml").write_text(spark_room.read_text().replace(declared, "cards: {table: sales.nowhere}"))
+    with pytest.raises(saferoom.EngineError, match="catalog has no table sales.nowhere"):
+        saferoom.connect(tmp_path / "saferoom.yaml", user="alice")
+    both = spark_room.read_text().replace(declared, f"cards: {{path: {cards}, table: saferoom_test_cards}}")
+    (tmp_path / "saferoom.yaml").write_text(both)
+    with pytest.raises(saferoom.PolicyError, match="either `path`"):
+        saferoom.load_policy(tmp_path / "saferoom.yaml")

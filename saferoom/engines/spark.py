@@ -123,17 +123,24 @@ class SparkEngine:
         with self._errors():
             self.session = _session(source)
             for table, spec in source.tables.items():
-                path = Path(spec.path).expanduser()
-                path = path if path.is_absolute() else base / path
-                if not path.exists():
-                    raise EngineError(f"source `{name}`: table {table} has no files at {spec.path}")
-                frame = self.session.read.format(spec.format).load(str(path))
-                frame.createOrReplaceTempView(PHYSICAL.format(source=name, name=table).lower())
+                self._frame(table, spec, base).createOrReplaceTempView(PHYSICAL.format(source=name, name=table).lower())
             if token_key is not None:
                 _claim_token_key(self.session, name, token_key)
             self.native_tokens = token_key is not None and _native_tokens(self.session, token_key)
             if token_key is not None and not self.native_tokens:
                 self.session.sql(token_function(token_key))
+
+    def _frame(self, table: str, spec: Any, base: Path) -> Any:
+        """A declared table: files at a path, or a table of the session's catalog."""
+        if spec.table is not None:
+            if not self.session.catalog.tableExists(spec.table):
+                raise EngineError(f"source `{self.name}`: table {table}: the Spark catalog has no table {spec.table}")
+            return self.session.table(spec.table)
+        path = Path(spec.path).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.exists():
+            raise EngineError(f"source `{self.name}`: table {table} has no files at {spec.path}")
+        return self.session.read.format(spec.format).load(str(path))
 
     def catalog(self) -> Catalog:
         catalog: Catalog = {}

@@ -106,7 +106,7 @@ def _explain_validation(exc: ValidationError, lines: LineMap) -> PolicyError:
     elif kind == "missing":
         message = f"missing required key `{where}`"
     else:
-        message = f"{where}: {err['msg']}"
+        message = f"{where}: {err['msg'].removeprefix('Value error, ')}"
     more = len(exc.errors()) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"

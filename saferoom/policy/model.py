@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PUBLIC = "public"
 
@@ -48,14 +48,21 @@ class PostgresSource(Strict):
 
 class SparkTable(Strict):
     format: Literal["parquet", "delta", "orc", "csv", "json"] = "parquet"
-    path: str = Field(description="Where the table's files are; relative paths resolve against the policy's folder.")
+    path: str | None = Field(default=None, description="Where the table's files are; relative paths resolve against the policy's folder.")
+    table: str | None = Field(default=None, description="Or a table of the session's catalog (Hive metastore, Delta, …): `db.name`.")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> SparkTable:
+        if (self.path is None) == (self.table is None):
+            raise ValueError("give a Spark table either `path` (files) or `table` (a catalog table), not both or neither")
+        return self
 
 
 class SparkSource(Strict):
     engine: Literal["spark"]
     master: str | None = Field(default="local[2]", description="local[N] or spark://host:7077.")
     connect: str | None = Field(default=None, description="A Spark Connect endpoint, sc://host:15002 (instead of master).")
-    tables: dict[str, SparkTable] = Field(default_factory=dict, description="Tables from files; others come from the catalog.")
+    tables: dict[str, SparkTable] = Field(default_factory=dict, description="Tables by path (files) or by name in the session's catalog.")
 
 
 Source = Annotated[DuckDBSource | PostgresSource | SparkSource, Field(discriminator="engine")]
