@@ -210,3 +210,22 @@ def test_the_gateway_serves_the_index_to_authenticated_pip(world, room, tmp_path
     finally:
         server.stop()
     assert '"event": "package"' in (tmp_path / "state" / "audit.log").read_text()
+
+
+def test_a_full_disk_keeps_the_previous_snapshot(world) -> None:
+    """A sync whose files cannot grow (RLIMIT_FSIZE, as on a full disk) fails clearly; `latest` is untouched."""
+    folder, upstream = world
+    first = sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    shutil.rmtree(folder / "mirror" / ".cache", ignore_errors=True)  # the wheels must be fetched again
+    before = sorted(p.name for p in (folder / "mirror").iterdir())
+    limit = 200  # smaller than any wheel or index page
+    code = f"import resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); from saferoom.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, "packages", "sync", "--policy", str(folder / "saferoom.yaml"),
+                           "--dest", str(folder / "mirror"), "--index-url", upstream.url], capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "the disk is full" in done.stderr and "previous snapshot is untouched" in done.stderr, done.stderr
+    assert os.readlink(folder / "mirror" / "latest") == first.snapshot
+    assert sorted(p.name for p in (folder / "mirror").iterdir()) == before  # no half-made snapshot left
+    ok = pip("download", "--no-deps", "--index-url", f"file://{folder / 'mirror' / 'latest' / 'simple'}",
+             "--dest", str(folder / "got"), "epsilon")
+    assert ok.returncode == 0, ok.stderr

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -159,6 +161,9 @@ class Resolver:
         output = done.stdout + done.stderr
         if "DO NOT MATCH THE HASHES" in output.upper():
             raise PackagesError(f"a wheel from {self.index} does not match its published hash (tampered or corrupt); nothing was admitted")
+        if done.returncode != 0 and _DISK_FULL.search(output):
+            raise PackagesError(f"pip could not write its downloads in {self.work}: the disk is full or a file-size limit "
+                                "was reached; free space and run again (the previous snapshot is untouched)")
         if done.returncode != 0 and _unreachable(output):
             raise PackagesError(f"the upstream index {self.index} could not be read: {_last_error(output)}")
         return done.returncode == 0, output
@@ -175,6 +180,9 @@ class Resolver:
         return None
 
 
+_DISK_FULL = re.compile(r"errno 2[78]\b|oserror\(2[78],|no space left on device|file too large", re.IGNORECASE)
+
+
 def _unreachable(output: str) -> bool:
     signs = ("connection refused", "connectionerror", "max retries exceeded", "remote end closed", "incompleteread",
              "connection broken", "could not fetch url", "read timed out")
@@ -188,8 +196,9 @@ def _last_error(output: str) -> str:
 
 def _publish(dest: Path, index: str, targets: list[Target], chosen: dict[Target, list[Wheel]], resolver: Resolver,
              say: Progress) -> Report:
-    stage = Path(tempfile.mkdtemp(dir=dest, prefix=".snapshot-"))
+    stage = dest / f".snapshot-{os.getpid()}-{secrets.token_hex(4)}"
     try:
+        stage.mkdir()
         files = stage / "files"
         files.mkdir()
         unique: dict[str, Wheel] = {}
@@ -205,8 +214,11 @@ def _publish(dest: Path, index: str, targets: list[Target], chosen: dict[Target,
         (stage / "report.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
         os.chmod(stage, 0o755)
         os.replace(stage, dest / name)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise PackagesError(f"the snapshot could not be written in {dest}: {exc.strerror}; free space and run again "
+                                "(the previous snapshot is untouched)") from None
         raise
     _point_latest(dest, name)
     say(f"snapshot {name}: {len(report.admitted)} wheels admitted")
