@@ -62,6 +62,14 @@ class Postgres:
             raise RuntimeError(f"{Path(args[0]).name} failed: {done.stdout[-1000:]} {done.stderr[-1000:]}")
         return done
 
+    def crash(self) -> None:
+        """Stop the server the hard way (no checkpoint, connections cut), as a crash or failover would."""
+        self.run(str(self.bin / "pg_ctl"), "-D", str(self.base / "data"), "stop", "-m", "immediate", "-w")
+
+    def resume(self) -> None:
+        self.run(str(self.bin / "pg_ctl"), "-D", str(self.base / "data"), "-l", str(self.base / "server.log"), "-w", "start",
+                 "-o", f"-p {self.port} -k {self.base / 'sock'} -c listen_addresses=127.0.0.1 -c fsync=off")
+
     def stop(self) -> None:
         try:
             self.run(str(self.bin / "pg_ctl"), "-D", str(self.base / "data"), "stop", "-m", "fast", "-w")
@@ -83,8 +91,7 @@ def start(port: int) -> Postgres:
     server = Postgres(base, port, found, account)
     server.run(str(found / "initdb"), "-D", str(base / "data"), "-U", "postgres", "--auth-local=trust",
                "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-sync")
-    server.run(str(found / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "server.log"), "-w", "start",
-               "-o", f"-p {port} -k {base / 'sock'} -c listen_addresses=127.0.0.1 -c fsync=off")
+    server.resume()
     return server
 
 

@@ -209,3 +209,21 @@ def test_gateway_serves_a_postgres_source(pg_room, pg_alice, tmp_path: Path) -> 
     finally:
         server.stop()
     assert READER_PASSWORD not in server.log.read_text()
+
+
+def test_a_dead_database_is_a_clear_error_and_the_session_recovers(pg_room) -> None:
+    from tests import pg
+
+    sql = "select count(*) as n from orders"
+    with saferoom.connect(pg_room.policy, user="alice") as session:
+        before = session.query(sql).to_arrow().to_pylist()
+        session.query("select 1 as x").to_arrow()  # a second pooled connection
+        pg_room.server.crash()
+        try:
+            for _ in range(2):
+                with pytest.raises(saferoom.EngineError) as caught:
+                    session.query(sql).to_arrow()
+                assert pg.READER_PASSWORD not in str(caught.value) and "postgresql://" not in str(caught.value)
+        finally:
+            pg_room.server.resume()
+        assert session.query(sql).to_arrow().to_pylist() == before  # no dead pooled connection is reused

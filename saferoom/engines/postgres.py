@@ -121,6 +121,15 @@ class PostgresEngine:
         with self._lock:
             self._idle.append(conn)
 
+    def _discard(self, conn: object) -> None:
+        """After an error a connection's state is unknown (a restarted server leaves every pooled one dead):
+        close it and the idle ones, so the next query connects afresh."""
+        with self._lock:
+            dead, self._idle = [conn, *self._idle], []
+        for each in dead:
+            with contextlib.suppress(Exception):
+                each.close()  # type: ignore[attr-defined]
+
     def catalog(self) -> Catalog:
         sql = ("SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
                "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY table_schema, table_name, ordinal_position")
@@ -134,9 +143,12 @@ class PostgresEngine:
         try:
             with self._errors(), conn.cursor() as cur:  # type: ignore[attr-defined]
                 cur.execute(sql)
-                return cur.fetchall()
-        finally:
-            self._release(conn)
+                rows = cur.fetchall()
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._release(conn)
+        return rows
 
     def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None) -> pa.RecordBatchReader:
         conn = self._acquire()
@@ -147,21 +159,29 @@ class PostgresEngine:
                 cur.execute(sql)
                 reader = cur.fetch_record_batch()
         except BaseException:
-            cur.close()
-            self._release(conn)
+            with contextlib.suppress(Exception):
+                cur.close()
+            self._discard(conn)
             raise
         schema = _decimal_schema(reader.schema)
         return pa.RecordBatchReader.from_batches(schema, self._batches(reader, schema, cur, conn, timeout))
 
     def _batches(self, reader: pa.RecordBatchReader, schema: pa.Schema, cur: object, conn: object,
                  timeout: float | None) -> Iterator[pa.RecordBatch]:
+        healthy = True
         try:
             with self._errors(timeout):
                 for batch in reader:
                     yield batch if batch.schema.equals(schema) else _as_decimal(batch, schema)
+        except GeneratorExit:  # the reader stopped early (a row limit): the connection is fine
+            raise
+        except BaseException:
+            healthy = False
+            raise
         finally:
-            cur.close()  # type: ignore[attr-defined]
-            self._release(conn)
+            with contextlib.suppress(Exception):
+                cur.close()  # type: ignore[attr-defined]
+            self._release(conn) if healthy else self._discard(conn)
 
     def column_types(self, sql: str) -> list[tuple[str, str]]:
         reader = self.stream(f"SELECT * FROM ({sql}) AS q LIMIT 0")
