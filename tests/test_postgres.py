@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -227,3 +228,26 @@ def test_a_dead_database_is_a_clear_error_and_the_session_recovers(pg_room) -> N
         finally:
             pg_room.server.resume()
         assert session.query(sql).to_arrow().to_pylist() == before  # no dead pooled connection is reused
+
+
+def test_a_build_from_a_dead_database_fails_clearly_and_keeps_the_last_good_one(pg_room, tmp_path: Path) -> None:
+    from saferoom.build import build
+    from tests import pg
+
+    text = pg_room.policy.read_text() + (
+        f"builds:\n  analytics:\n    role: analyst\n    target: {{engine: duckdb, path: {tmp_path / 'analytics.duckdb'}}}\n")
+    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
+    good = build(policy, "analytics")
+    before = (tmp_path / "analytics.duckdb").read_bytes()
+    pg_room.server.crash()
+    try:
+        with pytest.raises(saferoom.SaferoomError) as caught:
+            build(policy, "analytics", full=True)
+    finally:
+        pg_room.server.resume()
+    assert isinstance(caught.value, EngineError) and "cannot connect to PostgreSQL" in str(caught.value)
+    assert pg.READER_PASSWORD not in str(caught.value)
+    assert (tmp_path / "analytics.duckdb").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if ".building-" in p.name]
+    assert json.loads((tmp_path / "analytics.manifest.json").read_text())["build_id"] == good.build_id

@@ -100,8 +100,12 @@ class PostgresEngine:
     def _connect(self) -> object:
         import adbc_driver_postgresql.dbapi as dbapi
 
-        with self._errors():
+        try:
             conn = dbapi.connect(self._uri, autocommit=True)
+        except dbapi.Error as exc:
+            raise EngineError(f"source `{self.name}`: cannot connect to PostgreSQL: {self._scrub(str(exc))}; check that "
+                              f"the server is up and `sources.{self.name}.url` and its password") from None
+        with self._errors():
             with conn.cursor() as cur:
                 if self._token_key is not None:
                     cur.execute(token_function(self._token_key))
