@@ -18,7 +18,7 @@ from typing import Any, Self
 import httpx
 import pyarrow as pa
 
-from saferoom.errors import AuthError, SaferoomError, UsageError, from_fields
+from saferoom.errors import AuthError, EngineError, SaferoomError, UsageError, from_fields
 from saferoom.explain import ColumnInfo, Explanation, OutputColumn, TableInfo
 from saferoom.result import Result
 
@@ -166,6 +166,9 @@ class _ResponseFile(io.RawIOBase):
                 self._chunk, self._at = memoryview(next(self._chunks)), 0
             except StopIteration:
                 return False
+            except httpx.HTTPError as exc:
+                raise EngineError(f"the gateway closed the stream before the end of the result ({exc}); what arrived is "
+                                  "incomplete: run the query again") from None
         return True
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
 import httpx
 import pyarrow as pa
 import pytest
@@ -358,5 +359,31 @@ def test_a_restarted_gateway_remembers_todays_bytes(room, tmp_path: Path) -> Non
         over = post(server, lee, "select 1")
         assert over.status_code == 429 and "max_bytes_per_day" in over.json()["error"]["message"]
         assert post(server, server.token("alice"), "select 1").status_code == 200  # only lee's budget is spent
+    finally:
+        server.stop()
+
+
+def test_a_gateway_dying_mid_stream_is_an_error_not_a_short_result(room, tmp_path: Path) -> None:
+    big = tmp_path / "big.duckdb"
+    with duckdb.connect(str(big)) as con:
+        con.execute("create table events as select range as id, 'x' || range as note from range(3000000)")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "saferoom.yaml").write_text(f"""version: 1
+sources: {{big: {{engine: duckdb, path: {big}}}}}
+tables: {{big.events: {{id: public, note: public}}}}
+tags: {{}}
+users: {{alice: {{roles: [analyst]}}}}
+roles: {{analyst: {{}}}}
+""")
+    server = Server(tmp_path / "saferoom.yaml", tmp_path / "state", free_port(), tmp_path / "server.log").start()
+    try:
+        with RemoteSession(server.url, server.token("alice")) as remote:
+            batches = remote.query("select id, note from events").batches()
+            first = next(batches)
+            assert first.num_rows > 0
+            server.kill9()
+            with pytest.raises(saferoom.SaferoomError, match="before the end"):
+                for _ in batches:
+                    pass
     finally:
         server.stop()
