@@ -363,7 +363,8 @@ def test_a_restarted_gateway_remembers_todays_bytes(room, tmp_path: Path) -> Non
         server.stop()
 
 
-def test_a_gateway_dying_mid_stream_is_an_error_not_a_short_result(room, tmp_path: Path) -> None:
+def big_gateway(tmp_path: Path, role: str = "{}") -> Server:
+    """A gateway over one 3M-row table, so a result streams for a while."""
     big = tmp_path / "big.duckdb"
     with duckdb.connect(str(big)) as con:
         con.execute("create table events as select range as id, 'x' || range as note from range(3000000)")
@@ -373,9 +374,13 @@ sources: {{big: {{engine: duckdb, path: {big}}}}}
 tables: {{big.events: {{id: public, note: public}}}}
 tags: {{}}
 users: {{alice: {{roles: [analyst]}}}}
-roles: {{analyst: {{}}}}
+roles: {{analyst: {role}}}
 """)
-    server = Server(tmp_path / "saferoom.yaml", tmp_path / "state", free_port(), tmp_path / "server.log").start()
+    return Server(tmp_path / "saferoom.yaml", tmp_path / "state", free_port(), tmp_path / "server.log").start()
+
+
+def test_a_gateway_dying_mid_stream_is_an_error_not_a_short_result(tmp_path: Path) -> None:
+    server = big_gateway(tmp_path)
     try:
         with RemoteSession(server.url, server.token("alice")) as remote:
             batches = remote.query("select id, note from events").batches()
@@ -387,3 +392,27 @@ roles: {{analyst: {{}}}}
                     pass
     finally:
         server.stop()
+
+
+def test_clients_hanging_up_mid_stream_leak_no_query_slot(tmp_path: Path) -> None:
+    server = big_gateway(tmp_path, "{max_concurrent: 1}")
+    try:
+        headers = {"Authorization": f"Bearer {server.token('alice')}"}
+        for _ in range(3):
+            with httpx.stream("POST", f"{server.url}/v1/query", json={"sql": "select id, note from events"},
+                              headers=headers, timeout=30) as response:
+                assert response.status_code == 200
+                next(response.iter_raw())  # a little of the result, then the client goes away
+            deadline = time.time() + 10
+            while (answer := post_to(server, headers, "select 1")).status_code == 429 and time.time() < deadline:
+                time.sleep(0.2)
+            assert answer.status_code == 200, answer.text  # the abandoned stream's slot came back
+    finally:
+        server.stop()
+    results = [r for r in read(server.state) if r.get("event") == "result"]
+    streamed = [r for r in results if r["rows"] != 1]
+    assert len(streamed) == 3 and all(r["rows"] < 3_000_000 for r in streamed)  # what left, recorded as it ended
+
+
+def post_to(server: Server, headers: dict[str, str], sql: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/query", json={"sql": sql}, headers=headers, timeout=30)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import re
+import threading
 import time
+from collections.abc import Generator
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
@@ -76,7 +78,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         rest = next(body, None)
         if rest is None:  # a small result is already whole: send it without streaming machinery
             return Response(first, media_type=MEDIA[kind], headers=headers)
-        return StreamingResponse(itertools.chain([first, rest], body), media_type=MEDIA[kind], headers=headers)
+        return _ClosingStream(_Body([first, rest], body), media_type=MEDIA[kind], headers=headers)
 
     @app.get("/v1/audit", summary="The audit log (roles with audit: true)")
     def audit(authorization: Auth = None, role: str | None = None,
@@ -107,6 +109,40 @@ def create_app(gateway: Gateway) -> FastAPI:
         return resources.files("saferoom.server").joinpath("static/index.html").read_text()
 
     return app
+
+
+class _Body:
+    """A streamed body whose generator is closed for certain however the response ends: its ``finally`` gives back
+    the user's query slot and writes the result record. (Starlette leaves an abandoned body to the garbage
+    collector, so a client hanging up mid-stream kept its slot indefinitely.)"""
+
+    def __init__(self, ready: list[bytes], rest: Generator[bytes, None, None]) -> None:
+        self._ready, self._rest = ready, rest
+        self._lock = threading.Lock()  # close() waits for a next() still running in the threadpool
+
+    def __iter__(self) -> _Body:
+        return self
+
+    def __next__(self) -> bytes:
+        with self._lock:
+            return self._ready.pop(0) if self._ready else next(self._rest)
+
+    def close(self) -> None:
+        with self._lock:
+            self._rest.close()
+
+
+class _ClosingStream(StreamingResponse):
+    def __init__(self, body: _Body, **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self._body = body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._body.close)
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
