@@ -140,6 +140,23 @@ def test_bad_input_is_reported_and_the_scan_continues(tmp_path: Path) -> None:
     assert report.exit_code == 2
 
 
+def test_hostile_files_are_reported_never_crash_or_hang(tmp_path: Path) -> None:
+    """A corrupt workbook, a pipe that would block a reader forever, looping links: each is reported, the rest checked."""
+    (tmp_path / "corrupt.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
+    (tmp_path / "corrupt.json").write_text('{"a": [1, 2')
+    os.mkfifo(tmp_path / "pipe.csv")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    (tmp_path / "fine.txt").write_text("ssn 123-45-6789\n")
+    done = subprocess.run([sys.executable, "-c", "from saferoom.cli import main; main()", "check", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr, done.stderr
+    for name, why in (("corrupt.xlsx", "not a readable xlsx"), ("corrupt.json", "not a readable json"),
+                      ("pipe.csv", "not a regular file"), ("loop1", "leads nowhere")):
+        assert any(name in line and why in line for line in done.stdout.splitlines()), (name, done.stdout)
+    assert "123-45-6789" not in done.stdout and "fine.txt" in done.stdout
+
+
 def test_a_two_gigabyte_single_line_is_reported_without_reading_it_whole(tmp_path: Path) -> None:
     big = tmp_path / "one-line.txt"
     with big.open("wb") as f:

@@ -97,7 +97,8 @@ def _inputs(target: Any, report: Report) -> Iterator[tuple[str, Any]]:
 def _paths(paths: list[Path], report: Report) -> Iterator[tuple[str, Any]]:
     for path in paths:
         if not path.exists():
-            report.errors.append((str(path), "does not exist"))
+            broken = os.path.lexists(path)
+            report.errors.append((str(path), "a symbolic link that leads nowhere" if broken else "does not exist"))
             continue
         for file in _walk(path) if path.is_dir() else [path]:
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Unreadable(Exception):
 
 
 def read(path: Path, label: str) -> Read:
+    _regular(path)
     suffix = path.suffix.lower()
     try:
         if suffix in TABLES or suffix == ".json":
@@ -43,8 +45,19 @@ def read(path: Path, label: str) -> Read:
         raise
     except (OSError, UnicodeDecodeError) as exc:
         raise Unreadable(getattr(exc, "strerror", None) or str(exc)) from None
-    except (pl.exceptions.PolarsError, ValueError, KeyError, TypeError) as exc:
-        raise Unreadable(f"not a readable {suffix.lstrip('.') or 'text'} file: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # noqa: BLE001 - parsers raise their own errors on hostile input; each is "unreadable"
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise Unreadable(f"not a readable {suffix.lstrip('.') or 'text'} file: {first}") from None
+
+
+def _regular(path: Path) -> None:
+    """Only regular files are opened: reading a pipe would wait forever, a device could be endless."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise Unreadable(exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(mode):
+        raise Unreadable("not a regular file (pipes, sockets and devices are never read)")
 
 
 def frame_cells(frame: pl.DataFrame, label: str) -> pl.DataFrame:
