@@ -213,6 +213,27 @@ def test_dataframes_are_checked_directly() -> None:
     assert {f.kind for f in airlock.check(frame.to_pandas()).findings} == {"email", "small-cell"}
 
 
+@pytest.mark.parametrize("frame", [
+    pd.DataFrame({"b": [b"212-67-8910", b"\xff\xfe"]}),                          # bytes, one not UTF-8
+    pd.DataFrame({"d": [{"ssn": "212-67-8910"}, {"x": 1}]}),                      # dicts
+    pd.DataFrame({"m": ["212-67-8910", 5, None, 3.2]}),                           # mixed objects
+    pd.DataFrame([["212-67-8910", "x"]], columns=["a", "a"]),                     # duplicate names
+    pd.DataFrame([["212-67-8910", 1]], columns=pd.MultiIndex.from_tuples([("a", "b"), ("a", "c")])),
+    pl.DataFrame({"s": [{"ssn": "212-67-8910", "n": 1}]}),                        # struct
+    pl.DataFrame({"l": [["212-67-8910", "x"], []]}),                              # list
+    pl.DataFrame({"b": [b"212-67-8910", b"\xff"]}),                               # binary
+], ids=["bytes", "dicts", "mixed", "duplicate-names", "multiindex", "struct", "list", "binary"])
+def test_any_dataframe_is_read_and_nothing_inside_is_missed(frame) -> None:
+    report = airlock.check(frame)
+    assert [f.kind for f in report.findings if f.kind != "small-cell"] == ["ssn"] and not report.errors
+
+
+def test_empty_dataframes_are_clean() -> None:
+    for frame in (pd.DataFrame(), pl.DataFrame(), pd.DataFrame({"x": []})):
+        report = airlock.check(frame)
+        assert report.findings == [] and report.errors == [] and report.exit_code == 0
+
+
 def test_fingerprints_catch_real_values_no_pattern_would(room, tmp_path: Path) -> None:
     from saferoom.build import build
     from saferoom.engines.duckdb import fingerprint_key

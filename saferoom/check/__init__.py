@@ -82,15 +82,14 @@ def _index(path: Path | None, key: Secret | None) -> list[object] | None:
 
 
 def _inputs(target: Any, report: Report) -> Iterator[tuple[str, Any]]:
-    from saferoom.check.readers import Read
+    from saferoom.check.readers import Read, as_text
 
     if isinstance(target, (str, os.PathLike)):
         yield from _paths([Path(target)], report)
     elif isinstance(target, list | tuple):
         yield from _paths([Path(t) for t in target], report)
     else:
-        frame = target if isinstance(target, pl.DataFrame) else pl.from_pandas(target)
-        frame = frame.select(pl.all().cast(pl.String, strict=False))
+        frame = as_text(target)
         yield "<dataframe>", Read([frame_cells(frame, "<dataframe>")], [("<dataframe>", frame)])
 
 

@@ -14,8 +14,11 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import polars as pl
+from sqlglot import exp
 
 CHUNK = 1 << 20  # very long lines are read in overlapping chunks, never whole
 OVERLAP = 256
@@ -50,6 +53,43 @@ def read(path: Path, label: str) -> Read:
         raise Unreadable(f"not a readable {suffix.lstrip('.') or 'text'} file: {first}") from None
 
 
+def as_text(target: Any) -> pl.DataFrame:
+    """Any DataFrame (polars or pandas) as text columns, nested values, bytes and mixed objects included.
+
+    DuckDB casts every Arrow type (structs, lists, maps, binary) to text natively; a pandas object column
+    Arrow cannot type (mixed ints and strings, dicts, bytes) is turned into text value by value first,
+    since its values are Python objects anyway.
+    """
+    frame = target if isinstance(target, pl.DataFrame) else _from_pandas(target)
+    if frame.width == 0:
+        return pl.DataFrame()
+    text = [exp.alias_(exp.cast(exp.column(c, quoted=True), "VARCHAR"), c, quoted=True) for c in frame.columns]
+    with duckdb.connect() as con:
+        con.register("frame", frame.to_arrow())
+        return con.sql(exp.select(*text).from_("frame").sql("duckdb")).pl()
+
+
+def _from_pandas(frame: Any) -> pl.DataFrame:
+    frame = frame.copy()
+    frame.columns = _unique_names(frame.columns)
+    for name in frame.columns:
+        try:
+            pl.from_pandas(frame[[name]])
+        except Exception:  # noqa: BLE001 - any column Arrow cannot type is read as text instead
+            frame[name] = frame[name].map(lambda v: None if v is None else repr(v) if isinstance(v, bytes) else str(v))
+    return pl.from_pandas(frame)
+
+
+def _unique_names(columns: Any) -> list[str]:
+    names: list[str] = []
+    for column in columns:
+        name = " ".join(map(str, column)) if isinstance(column, tuple) else str(column)
+        while name in names:
+            name += "'"
+        names.append(name)
+    return names
+
+
 def _regular(path: Path) -> None:
     """Only regular files are opened: reading a pipe would wait forever, a device could be endless."""
     try:
@@ -68,8 +108,9 @@ def frame_cells(frame: pl.DataFrame, label: str) -> pl.DataFrame:
     """
     parts = [_column_cells(frame, name) for name in frame.columns]
     parts = [p for p in parts if p is not None]
-    names = pl.DataFrame({"row": [0] * len(frame.columns), "column": [None] * len(frame.columns), "text": [str(c) for c in frame.columns]})
-    cells = pl.concat([names.cast({"row": pl.UInt32, "column": pl.String}), *parts], how="vertical_relaxed") if parts else names
+    names = pl.DataFrame({"row": [0] * len(frame.columns), "column": [None] * len(frame.columns), "text": [str(c) for c in frame.columns]},
+                         schema={"row": pl.UInt32, "column": pl.String, "text": pl.String})
+    cells = pl.concat([names, *parts], how="vertical_relaxed") if parts else names
     return cells.drop_nulls("text").with_columns(pl.lit(label).alias("file"))
 
 
