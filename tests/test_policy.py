@@ -72,6 +72,10 @@ BROKEN = [
     (POLICY.replace("pci: deny, key", "pci: obliterate, key"), 25, "pci"),
     (POLICY.replace("  ivan: {roles: [investigator]}", "  ivan: {roles: [investigator]}\n  ivan: {roles: [analyst]}"), 23, "duplicate key `ivan`"),
     (POLICY.replace("  key: {}", "  public: {}"), 15, "reserved"),
+    ("version: 1\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 9)}]\n" for i in range(8)), 7,
+     "aliases expand"),                                              # an alias bomb: 9**8 values from 8 lines
+    ("version: 1\nloop: &loop [*loop]\n", 2, "refers to the value that contains it"),
+    ("version: 1\nx: " + "[" * 3000 + "]" * 3000 + "\n", None, "nested too deeply"),
 ]
 
 
@@ -152,3 +156,19 @@ def test_docs_policy_example_is_the_demo_policy() -> None:
     for line in textwrap.dedent(POLICY).splitlines():
         if line.strip().startswith(("prod.", "analyst:", "investigator:")):
             assert line.split("#")[0].strip() in docs
+
+
+def test_anchors_within_reason_still_work(tmp_path: Path) -> None:
+    eu_analyst = "  alice: {roles: [analyst], attributes: {region: EU}}\n"
+    assert eu_analyst in POLICY
+    text = POLICY.replace(eu_analyst, "  alice: &eu_analyst {roles: [analyst], attributes: {region: EU}}\n  bea: *eu_analyst\n")
+    policy = load_policy(write(tmp_path, text))
+    assert policy.user("bea").roles == policy.user("alice").roles == ["analyst"]
+
+
+def test_an_alias_bomb_in_a_fragment_is_refused(tmp_path: Path) -> None:
+    bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 9)}]\n" for i in range(8))
+    (tmp_path / "fragment.yaml").write_text("tables:\n  x: 1\n" + bomb)
+    path = write(tmp_path, POLICY + "includes: [fragment.yaml]\n")
+    with pytest.raises(saferoom.PolicyError, match="aliases expand"):
+        load_policy(path)

@@ -38,6 +38,8 @@ def _parse_yaml(raw: bytes, lines: LineMap) -> Any:
         node = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
     except UnicodeDecodeError:
         raise PolicyError("the policy file is not UTF-8 text", file=lines.file) from None
+    except RecursionError:
+        raise PolicyError("the policy is nested too deeply", file=lines.file) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
@@ -45,8 +47,38 @@ def _parse_yaml(raw: bytes, lines: LineMap) -> Any:
         raise PolicyError(f"not valid YAML: {problem}", file=lines.file, line=line) from None
     if node is None:
         raise PolicyError("the policy file is empty; start from `saferoom demo` or docs/policy.md", file=lines.file)
+    _bounded(node, lines.file)
     lines.index(node, ())
     return yaml.safe_load(raw)
+
+
+MAX_VALUES = 100_000  # a real policy holds thousands of values; aliases must not multiply it past this
+
+
+def _bounded(node: yaml.Node, file: str) -> None:
+    """Refuse a document that YAML aliases expand beyond ``MAX_VALUES`` (an alias bomb) or that refers to itself."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(current: yaml.Node) -> int:
+        if id(current) in sizes:
+            return sizes[id(current)]
+        line = current.start_mark.line + 1
+        if id(current) in open_:
+            raise PolicyError("a YAML alias refers to the value that contains it", file=file, line=line)
+        open_.add(id(current))
+        total = 1 + sum(size(child) for _, child, _ in _children(current, ()))
+        if total > MAX_VALUES:
+            raise PolicyError(f"YAML aliases expand this to more than {MAX_VALUES:,} values; write it out, or split the "
+                              "policy with `includes:`", file=file, line=line)
+        open_.discard(id(current))
+        sizes[id(current)] = total
+        return total
+
+    try:
+        size(node)
+    except RecursionError:
+        raise PolicyError("the policy is nested too deeply", file=file) from None
 
 
 MERGEABLE = ("sources", "threats", "tags", "tables")
@@ -75,10 +107,13 @@ def _merge_includes(data: dict[str, Any], path: Path, lines: LineMap, raw: bytes
 def _read_fragment(path: Path, file: str, line: int | None) -> tuple[dict[str, Any], bytes]:
     try:
         raw = path.read_bytes()
+        node = yaml.compose(raw, Loader=yaml.SafeLoader)
+        if node is not None:
+            _bounded(node, str(path))
         fragment = yaml.safe_load(raw)
     except OSError as exc:
         raise PolicyError(f"cannot read included fragment {path.name}: {exc.strerror}", file=file, line=line) from None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         raise PolicyError(f"included fragment {path.name} is not valid YAML", file=file, line=line) from None
     extra = set(fragment or {}) - set(MERGEABLE) if isinstance(fragment, dict) else {"(not a mapping)"}
     if extra:
