@@ -9,6 +9,8 @@ when it is created.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -16,6 +18,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import Any
 
 from saferoom.errors import AuthError, UsageError
 
-TOKENS = "tokens.json"
+TOKENS, LOCK = "tokens.json", ".tokens.lock"
 _SHAPE = re.compile(r"^sr_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _DUMMY = hashlib.sha256(b"no such token").hexdigest()
 _TTL = re.compile(r"^(\d+)([smhdw])$")
@@ -82,12 +85,12 @@ class TokenStore:
             token_id, user, role, created.isoformat(timespec="seconds"),
             (created + ttl).isoformat(timespec="seconds") if ttl else None, False, _hash(secret),
         )
-        with self._lock:
+        with self._writing():
             self._save({**self._load(), token_id: record})
         return f"sr_{token_id}_{secret}", record
 
     def revoke(self, token_id: str) -> TokenRecord:
-        with self._lock:
+        with self._writing():
             records = self._load()
             if token_id not in records:
                 raise UsageError(f"no token with id {token_id}; `saferoom token list` shows them")
@@ -112,6 +115,13 @@ class TokenStore:
         if record.expires and datetime.fromisoformat(record.expires) <= datetime.now(UTC):
             raise AuthError("the token has expired; ask for a new one")
         return Identity(record.user, record.role, "token", record.id)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time across processes: two admins at once must not lose a token or undo a revocation."""
+        with self._lock, (self.path.parent / LOCK).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def _load(self) -> dict[str, TokenRecord]:
         """The records (shared, immutable), re-read only when the file changed (`token revoke` from another process)."""

@@ -416,3 +416,19 @@ def test_clients_hanging_up_mid_stream_leak_no_query_slot(tmp_path: Path) -> Non
 
 def post_to(server: Server, headers: dict[str, str], sql: str) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/query", json={"sql": sql}, headers=headers, timeout=30)
+
+
+def test_admins_creating_and_revoking_tokens_at_once_lose_nothing(tmp_path: Path) -> None:
+    from saferoom.identity import TokenStore
+
+    state = tmp_path / "state"
+    victim, _ = TokenStore(state).create("mallory")
+    command = [sys.executable, "-c", SERVE, "token", "create", "--state", str(state), "-u"]
+    creators = [subprocess.Popen([*command, f"user{i}"], stdout=subprocess.PIPE, text=True) for i in range(12)]
+    revoker = subprocess.Popen([sys.executable, "-c", SERVE, "token", "revoke", "--state", str(state), victim.split("_")[1]])
+    made = [p.communicate()[0].strip() for p in creators]
+    assert revoker.wait() == 0 and all(p.returncode == 0 for p in creators)
+    store = TokenStore(state)
+    assert {store.verify(token).user for token in made} == {f"user{i}" for i in range(12)}  # every printed token works
+    with pytest.raises(saferoom.AuthError, match="revoked"):
+        store.verify(victim)  # and the revocation was not undone by a create racing it
