@@ -18,6 +18,7 @@ has lost records, and nothing more is written to it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -60,9 +61,14 @@ class AuditLog:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path, self.head_path = folder / LOG, folder / HEAD
-        self._seq, self._prev = self._recover()
-        self._head = Head(self.head_path)
-        self._head.write(self._seq, self._prev)
+        self._writer_lock = _only_writer(folder)
+        try:
+            self._seq, self._prev = self._recover()
+            self._head = Head(self.head_path)
+            self._head.write(self._seq, self._prev)
+        except BaseException:
+            self._writer_lock.close()
+            raise
         self._queue: list[_Pending] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -101,6 +107,7 @@ class AuditLog:
         self._writer.join()
         os.close(self._fd)
         self._head.close()
+        self._writer_lock.close()
 
     def _run(self) -> None:
         while True:
@@ -168,6 +175,17 @@ class AuditLog:
                              "to it; run `saferoom audit verify`, keep audit.log and audit.head as evidence, and start "
                              "the gateway with a new --state folder")
         return seq, digest
+
+
+def _only_writer(folder: Path) -> Any:
+    """Hold the log's lock for as long as it is open: two writers would fork the chain."""
+    handle = (folder / ".audit.lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AuditError(f"another gateway is writing the audit log in {folder}; give each gateway its own --state") from None
+    return handle
 
 
 SLOT = 128

@@ -100,3 +100,17 @@ def test_a_failed_write_is_cut_back_and_the_log_goes_on_when_it_can(tmp_path: Pa
         log.close()
     assert record["seq"] == 2  # the failed records took no place in the chain
     assert [r["user"] for r in read(tmp_path)] == ["alice", "dave"] and verify(tmp_path).ok
+
+
+def test_one_writer_per_log(tmp_path: Path) -> None:
+    first = AuditLog(tmp_path)
+    try:
+        with pytest.raises(AuditError, match="another gateway"):
+            AuditLog(tmp_path)  # a second writer would fork the chain
+        first.append({"event": "decision", "user": "alice"})
+    finally:
+        first.close()
+    second = AuditLog(tmp_path)  # the lock goes with the writer
+    second.append({"event": "decision", "user": "bob"})
+    second.close()
+    assert [r["seq"] for r in read(tmp_path)] == [1, 2] and verify(tmp_path).ok
