@@ -229,3 +229,17 @@ def test_a_full_disk_keeps_the_previous_snapshot(world) -> None:
     ok = pip("download", "--no-deps", "--index-url", f"file://{folder / 'mirror' / 'latest' / 'simple'}",
              "--dest", str(folder / "got"), "epsilon")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_two_syncs_of_one_mirror_do_not_race(world) -> None:
+    folder, upstream = world
+    policy = saferoom.load_policy(folder / "saferoom.yaml")
+    first = sync(policy, folder / "mirror", upstream.url)
+    import fcntl
+
+    with (folder / ".mirror.sync.lock").open("a") as held:  # as a sync running in another process holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(PackagesError, match="another `saferoom packages sync`"):
+            sync(policy, folder / "mirror", upstream.url)
+    assert os.readlink(folder / "mirror" / "latest") == first.snapshot
+    assert sync(policy, folder / "mirror", upstream.url).snapshot != first.snapshot  # free again once it ends

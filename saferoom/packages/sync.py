@@ -10,6 +10,8 @@ and the requirement is refused, with the reason, where none does.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -18,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,10 +68,21 @@ def sync(policy: Policy, dest: Path, index_url: str | None = None, progress: Pro
     index = index_url or "https://pypi.org/simple"
     targets = [Target(py, plat) for py in spec.python for plat in spec.platforms]
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".sync-") as work:
+    with _alone(dest), tempfile.TemporaryDirectory(dir=dest, prefix=".sync-") as work:
         resolver = Resolver(spec, vulns, index, Path(work), say)
         chosen = resolver.run(targets)
         return _publish(dest, index, targets, chosen, resolver, say)
+
+
+@contextlib.contextmanager
+def _alone(dest: Path) -> Iterator[None]:
+    """One sync of a mirror at a time: two would race for the snapshot's name and for `latest`."""
+    with dest.with_name(f".{dest.name}.sync.lock").open("a") as handle:  # beside the mirror, like a build's lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PackagesError(f"another `saferoom packages sync` of {dest} is running; wait for it") from None
+        yield
 
 
 def _spec(policy: Policy) -> Packages:
