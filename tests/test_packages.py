@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -235,8 +236,6 @@ def test_two_syncs_of_one_mirror_do_not_race(world) -> None:
     folder, upstream = world
     policy = saferoom.load_policy(folder / "saferoom.yaml")
     first = sync(policy, folder / "mirror", upstream.url)
-    import fcntl
-
     with (folder / ".mirror.sync.lock").open("a") as held:  # as a sync running in another process holds it
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(PackagesError, match="another `saferoom packages sync`"):
