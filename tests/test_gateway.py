@@ -432,3 +432,16 @@ def test_admins_creating_and_revoking_tokens_at_once_lose_nothing(tmp_path: Path
     assert {store.verify(token).user for token in made} == {f"user{i}" for i in range(12)}  # every printed token works
     with pytest.raises(saferoom.AuthError, match="revoked"):
         store.verify(victim)  # and the revocation was not undone by a create racing it
+
+
+def test_every_response_is_uncacheable_and_the_page_runs_only_its_own_script(server, tokens) -> None:
+    page = httpx.get(f"{server.url}/")
+    answer = post(server, tokens["alice"], "select 1")
+    refused = post(server, None, "select 1")
+    for response in (page, answer, refused, httpx.get(f"{server.url}/healthz")):
+        assert response.headers["cache-control"] == "no-store"  # results are data: no browser or proxy keeps them
+        assert response.headers["x-content-type-options"] == "nosniff" and response.headers["x-frame-options"] == "DENY"
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+    assert "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert answer.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"

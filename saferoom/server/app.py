@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import threading
 import time
@@ -104,11 +106,46 @@ def create_app(gateway: Gateway) -> FastAPI:
         gateway.audit.append_later({"event": "package", "time": now(), "user": identity.user, "file": filename})
         return FileResponse(path, media_type="application/octet-stream")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return resources.files("saferoom.server").joinpath("static/index.html").read_text()
+    html = resources.files("saferoom.server").joinpath("static/index.html").read_text()
 
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> Response:
+        return HTMLResponse(html, headers={"Content-Security-Policy": _page_policy(html)})
+
+    app.add_middleware(_SecurityHeaders)
     return app
+
+
+def _page_policy(html: str) -> str:
+    """The web page may run only its own script (by hash) and talk only to this gateway."""
+    script = html.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    return (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; connect-src 'self'; "
+            "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+
+class _SecurityHeaders:
+    """Every response: never cached (results are data), never sniffed, framed or followed by a referrer."""
+
+    HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+               (b"referrer-policy", b"no-referrer"))
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+                if not any(k == b"content-security-policy" for k, _ in message["headers"]):
+                    message["headers"].append((b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"))
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 class _Body:
