@@ -27,6 +27,7 @@ from typing import Any
 from saferoom.errors import AuthError, UsageError
 
 TOKENS, LOCK = "tokens.json", ".tokens.lock"
+JWKS_TIMEOUT = 5.0
 _SHAPE = re.compile(r"^sr_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _DUMMY = hashlib.sha256(b"no such token").hexdigest()
 _TTL = re.compile(r"^(\d+)([smhdw])$")
@@ -165,7 +166,8 @@ class JWTVerifier:
 
         self.settings = settings
         if settings.jwks.startswith(("http://", "https://")):
-            self._client: Any = jwt.PyJWKClient(settings.jwks)
+            # an identity provider that stops answering costs a request a few seconds, not half a minute
+            self._client: Any = jwt.PyJWKClient(settings.jwks, timeout=JWKS_TIMEOUT)
             self._keys = None
         else:
             self._client = None
@@ -179,6 +181,9 @@ class JWTVerifier:
             claims = jwt.decode(token, key, algorithms=["RS256", "ES256", "EdDSA"],
                                 audience=self.settings.audience, issuer=self.settings.issuer,
                                 options={"require": ["exp"]})
+        except jwt.PyJWKClientConnectionError:
+            raise AuthError("the identity provider's keys (JWKS) cannot be fetched, so no bearer token can be checked; "
+                            "personal tokens still work") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"the bearer token is not valid: {exc}") from None
         user = claims.get(self.settings.claim)

@@ -445,3 +445,22 @@ def test_every_response_is_uncacheable_and_the_page_runs_only_its_own_script(ser
     assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
     assert "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert answer.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+
+
+def test_an_identity_provider_that_stops_answering_fails_fast_and_closed() -> None:
+    import socket
+
+    import jwt
+
+    from saferoom.identity import JWKS_TIMEOUT, JWTSettings, JWTVerifier
+
+    with socket.socket() as silent:  # accepts connections into its backlog and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        verifier = JWTVerifier(JWTSettings(jwks=f"http://127.0.0.1:{silent.getsockname()[1]}/jwks.json"))
+        token = jwt.encode({"sub": "ivan", "exp": int(time.time()) + 60}, "not-the-key-" * 4, algorithm="HS256",
+                           headers={"kid": "k1"})
+        start = time.monotonic()
+        with pytest.raises(saferoom.AuthError, match="cannot be fetched"):
+            verifier.verify(token)
+        assert time.monotonic() - start < JWKS_TIMEOUT + 3
