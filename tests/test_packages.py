@@ -242,3 +242,18 @@ def test_two_syncs_of_one_mirror_do_not_race(world) -> None:
             sync(policy, folder / "mirror", upstream.url)
     assert os.readlink(folder / "mirror" / "latest") == first.snapshot
     assert sync(policy, folder / "mirror", upstream.url).snapshot != first.snapshot  # free again once it ends
+
+
+@pytest.mark.parametrize("content", [
+    b"[1, 2]", b'{"id": "X", "affected": [{"package": null}]}', b'{"id": "X", "affected": [{"package": '
+    b'{"ecosystem": "PyPI", "name": "beta"}, "ranges": "x"}]}', b'{"id": "X", "affected": [{"package": '
+    b'{"ecosystem": "PyPI", "name": "beta"}, "ranges": [{"type": "ECOSYSTEM", "events": [5]}]}]}', b"\xff\xfe\x00",
+], ids=["a-list", "null-package", "ranges-as-text", "events-as-numbers", "not-utf8"])
+def test_any_malformed_advisory_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
+    from saferoom.errors import UsageError
+    from saferoom.packages.osv import Vulnerabilities
+
+    (tmp_path / "osv").mkdir()
+    (tmp_path / "osv" / "bad.json").write_bytes(content)
+    with pytest.raises(UsageError, match="not valid OSV JSON: bad.json"):
+        Vulnerabilities.load(tmp_path / "osv")

@@ -52,9 +52,9 @@ class Vulnerabilities:
         advisories: dict[str, list[Advisory]] = defaultdict(list)
         for name, text in _documents(path):
             try:
-                for package, advisory in _parse(json.loads(text)):
+                for package, advisory in _parse(json.loads(text.decode())):
                     advisories[package].append(advisory)
-            except (ValueError, KeyError, TypeError, InvalidVersion) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, InvalidVersion) as exc:  # any shape but OSV's
                 raise UsageError(f"the vulnerability export holds a file that is not valid OSV JSON: {name} ({exc})") from None
         return cls(dict(advisories))
 
@@ -65,12 +65,12 @@ class Vulnerabilities:
         return sum(len(v) for v in self._by_name.values())
 
 
-def _documents(path: Path) -> list[tuple[str, str]]:
+def _documents(path: Path) -> list[tuple[str, bytes]]:
     if path.is_dir():
-        return [(p.name, p.read_text()) for p in sorted(path.rglob("*.json"))]
+        return [(p.name, p.read_bytes()) for p in sorted(path.rglob("*.json"))]
     try:
         with zipfile.ZipFile(path) as archive:
-            return [(n, archive.read(n).decode()) for n in archive.namelist() if n.endswith(".json")]
+            return [(n, archive.read(n)) for n in archive.namelist() if n.endswith(".json")]
     except zipfile.BadZipFile:
         raise UsageError(f"{path.name} is neither a folder of OSV JSON files nor a zip of them") from None
 
