@@ -257,3 +257,19 @@ def test_any_malformed_advisory_is_a_clear_error(tmp_path: Path, content: bytes)
     (tmp_path / "osv" / "bad.json").write_bytes(content)
     with pytest.raises(UsageError, match="not valid OSV JSON: bad.json"):
         Vulnerabilities.load(tmp_path / "osv")
+
+
+def test_malformed_wheels_are_refused_not_crashed_on(tmp_path: Path) -> None:
+    import zipfile
+
+    from saferoom.packages import wheels as wheel_info
+
+    (tmp_path / "notzip-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    with zipfile.ZipFile(tmp_path / "nometa-1.0-py3-none-any.whl", "w") as archive:
+        archive.writestr("nometa/__init__.py", "")
+    with zipfile.ZipFile(tmp_path / "bomb-1.0-py3-none-any.whl", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb-1.0.dist-info/METADATA", "A" * (wheel_info.MAX_METADATA + 1))  # 16 MiB of 'A' zips to KBs
+    (tmp_path / "bad name.whl").write_bytes(b"x")
+    for wheel in sorted(tmp_path.iterdir()):
+        with pytest.raises(PackagesError, match="nothing was admitted"):
+            wheel_info.read(wheel)

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 
-from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+from saferoom.errors import PackagesError
 
 # Trove classifiers that name one SPDX license unambiguously.
 CLASSIFIERS = {
@@ -48,11 +50,20 @@ class Wheel:
         return canonicalize_name(self.name)
 
 
+MAX_METADATA = 16 << 20  # the largest real METADATA (long descriptions included) is far smaller
+
+
 def read(path: Path) -> Wheel:
-    name, version, _, _ = parse_wheel_filename(path.name)
-    with zipfile.ZipFile(path) as archive:
-        meta_name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        metadata = HeaderParser().parsestr(archive.read(meta_name).decode("utf-8", "replace"))
+    """A wheel's facts; a wheel that is not one (bad name, not a zip, no or oversized METADATA) is refused."""
+    try:
+        name, version, _, _ = parse_wheel_filename(path.name)
+        with zipfile.ZipFile(path) as archive:
+            meta = next((i for i in archive.infolist() if i.filename.endswith(".dist-info/METADATA")), None)
+            if meta is None or meta.file_size > MAX_METADATA:
+                raise PackagesError(f"the wheel {path.name} has no readable METADATA; nothing was admitted")
+            metadata = HeaderParser().parsestr(archive.read(meta).decode("utf-8", "replace"))
+    except (InvalidWheelFilename, zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise PackagesError(f"the wheel {path.name} is malformed ({exc}); nothing was admitted") from None
     text, licenses = license_of(metadata)
     return Wheel(path, str(name), str(version), sha256(path), licenses, text)
 
