@@ -23,6 +23,7 @@ from saferoom.explain import ColumnInfo, Explanation, OutputColumn, TableInfo
 from saferoom.result import Result
 
 CHUNK = 1 << 20
+ARROW = "application/vnd.apache.arrow.stream"  # the gateway's result media type
 
 
 def credentials_path() -> Path:
@@ -102,6 +103,11 @@ class RemoteSession:
             if stream:
                 response.read()
             raise _error(response)
+        expected = ARROW if request.url.path.endswith("/v1/query") else "application/json"
+        if not response.headers.get("content-type", "").startswith(expected):
+            response.close()  # a proxy's login page or another server: nothing of it is read as data
+            raise UsageError(f"{self.url} did not answer as a saferoom gateway (it sent "
+                             f"{response.headers.get('content-type', 'no content type')}); check the URL or SAFEROOM_URL")
         return response
 
 

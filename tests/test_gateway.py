@@ -464,3 +464,30 @@ def test_an_identity_provider_that_stops_answering_fails_fast_and_closed() -> No
         with pytest.raises(saferoom.AuthError, match="cannot be fetched"):
             verifier.verify(token)
         assert time.monotonic() - start < JWKS_TIMEOUT + 3
+
+
+def test_a_url_that_is_not_a_gateway_is_a_clear_error() -> None:
+    import http.server
+    import socketserver
+
+    class Portal(http.server.BaseHTTPRequestHandler):  # a proxy's login page answers 200 with HTML
+        def do_GET(self) -> None:
+            body = b"<html>please sign in to the network</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Portal) as portal:
+        threading.Thread(target=portal.serve_forever, daemon=True).start()
+        try:
+            with pytest.raises(saferoom.UsageError, match="did not answer as a saferoom gateway.*text/html"):
+                RemoteSession(f"http://127.0.0.1:{portal.server_address[1]}", "sr_0123456789ab_secret")
+        finally:
+            portal.shutdown()
