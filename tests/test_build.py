@@ -333,3 +333,28 @@ def test_full_disk_fails_the_build_and_keeps_the_last_good_one(room, tmp_path: P
             assert con.execute("select build_id from saferoom_build").fetchall() == [(good.build_id,)]
     else:
         assert json.loads((target / "_saferoom_build.json").read_text())["build_id"] == good.build_id
+
+
+@pytest.mark.parametrize("occupant", ["folder", "file", "database"])
+def test_a_target_path_held_by_something_else_is_never_replaced(room, tmp_path: Path, occupant: str) -> None:
+    policy = policy_with_build(room, tmp_path)
+    target = tmp_path / "analytics.duckdb"
+    if occupant == "folder":
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+    elif occupant == "file":
+        target.write_text("someone's notes")
+    else:
+        with duckdb.connect(str(target)) as con:
+            con.execute("create table mine as select 42 as answer")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(BuildError, match="was not made by saferoom build"):
+        build(policy, "analytics")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".analytics.duckdb.lock") == before  # nothing left behind
+    if occupant == "folder":
+        assert (target / "keep.txt").read_text() == "mine"
+    elif occupant == "file":
+        assert target.read_text() == "someone's notes"
+    else:
+        with duckdb.connect(str(target), read_only=True) as con:
+            assert con.execute("select answer from mine").fetchall() == [(42,)]

@@ -143,15 +143,16 @@ def _run(conn: duckdb.DuckDBPyConnection, sides: dict[str, Any], policy: Policy,
             manifest.tables.append(result)
             sections.append(section)
         writer.finish(manifest.build_id, policy.hash)
+        key = fingerprint_key(policy.token_key)  # type: ignore[arg-type]
+        count = fingerprints.write(_tmp_sibling(plan.fingerprints_path), key, sections)
+        manifest.source_snapshot = _snapshot(manifest.tables)
+        manifest.fingerprints = {"file": plan.fingerprints_path.name, "values": count, "key_id": fingerprints.key_id(key)}
+        manifest.finished_at = _now()
+        writer.swap(plan.target)  # the moment the new build becomes the build
     except BaseException:
         writer.discard()
+        _tmp_sibling(plan.fingerprints_path).unlink(missing_ok=True)
         raise
-    key = fingerprint_key(policy.token_key)  # type: ignore[arg-type]
-    count = fingerprints.write(_tmp_sibling(plan.fingerprints_path), key, sections)
-    manifest.source_snapshot = _snapshot(manifest.tables)
-    manifest.fingerprints = {"file": plan.fingerprints_path.name, "values": count, "key_id": fingerprints.key_id(key)}
-    manifest.finished_at = _now()
-    writer.swap(plan.target)  # the moment the new build becomes the build
     os.replace(_tmp_sibling(plan.fingerprints_path), plan.fingerprints_path)
     _write_json(plan.manifest_path, manifest.to_dict())
     write_fragment(plan, manifest)
@@ -392,6 +393,9 @@ def _staging(plan: BuildPlan) -> Path:
         if plan.target.exists() and not plan.target.is_symlink():
             raise BuildError(f"{plan.target.name} exists and was not made by saferoom build; move it away first")
         return plan.target.with_name(f".{plan.target.name}.build-{stamp}")
+    if (plan.target.exists() or plan.target.is_symlink()) and _target_build_id(plan) is None:
+        # a folder, another program's file or someone's own database: never replaced by a build
+        raise BuildError(f"{plan.target.name} exists and was not made by saferoom build; move it away first")
     return plan.target.with_name(f".{plan.target.name}.building-{stamp}")
 
 
@@ -456,7 +460,7 @@ def _target_build_id(plan: BuildPlan) -> str | None:
             return json.loads((plan.target / "_saferoom_build.json").read_text())["build_id"]
         with duckdb.connect(str(plan.target), read_only=True) as con:
             return con.execute(f"SELECT build_id FROM {META_TABLE}").fetchall()[0][0]
-    except (OSError, ValueError, KeyError, duckdb.Error):
+    except (OSError, ValueError, KeyError, IndexError, duckdb.Error):
         return None
 
 
