@@ -3,9 +3,10 @@
 Every engine computes the same keyed hash (RFC 2104 HMAC-SHA256 of the
 value's text): DuckDB and PostgreSQL in SQL, Spark in its SQL, and here a
 small C kernel (``saferoom._hmac``) that hashes a column's buffers without
-the GIL, using the CPU's SHA instructions where present. Builds register it
-in DuckDB as a vectorised function; a machine without the compiled kernel
-gets the SQL macro instead, with the same tokens.
+the GIL, using the CPU's SHA instructions where present. DuckDB calls it as a
+vectorised function (builds, sessions, the gateway, check) and Spark's Python
+workers through an Arrow UDF; without the compiled kernel the SQL functions
+serve instead, with the same tokens.
 """
 
 from __future__ import annotations
