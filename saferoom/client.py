@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -57,8 +58,12 @@ class RemoteSession:
         if not token:
             raise AuthError("no token: pass token=, set SAFEROOM_TOKEN, or run `saferoom login`")
         self.url = url.rstrip("/")
+        try:
+            trust = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify  # a CA bundle's path
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"the CA bundle {verify} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx.Timeout(30.0, read=None), verify=verify)
+                                  timeout=httpx.Timeout(30.0, read=None), verify=trust)
         me = self._json("GET", "/v1/whoami", params=_role(role))
         self.user, self.role, self.requested_role = me["user"], me["role"], role
 

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -491,3 +492,67 @@ def test_a_url_that_is_not_a_gateway_is_a_clear_error() -> None:
                 RemoteSession(f"http://127.0.0.1:{portal.server_address[1]}", "sr_0123456789ab_secret")
         finally:
             portal.shutdown()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def test_tls_serves_verified_clients_only(room, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "-p", str(gateway_policy(room, tmp_path)), "--state",
+                                str(tmp_path / "state"), "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/healthz", verify=ssl.create_default_context(cafile=str(cert)), timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        token = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(tmp_path / "state"), "-u", "alice"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        with RemoteSession(url, token, verify=str(cert)) as remote:
+            assert remote.query("select count(*) as n from prod.orders").to_arrow().num_rows == 1
+        with pytest.raises(saferoom.UsageError, match="cannot reach the gateway"):
+            RemoteSession(url, token)  # the system's CAs do not vouch for it: refused before the token is sent
+        with pytest.raises(saferoom.UsageError, match="CA bundle"):
+            RemoteSession(url, token, verify=str(tmp_path / "missing-ca.pem"))
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=3)  # no plain HTTP on a TLS port
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_an_unusable_certificate_is_a_clear_error_before_anything_starts(room, tmp_path: Path) -> None:
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    for cert, key in ((tmp_path / "missing.pem", tmp_path / "missing.key"), (tmp_path / "bad.pem", tmp_path / "bad.pem")):
+        done = subprocess.run([sys.executable, "-c", SERVE, "serve", "-p", str(gateway_policy(room, tmp_path)), "--state",
+                               str(tmp_path / "state"), "--port", str(free_port()), "--tls-cert", str(cert), "--tls-key", str(key)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2 and "cannot be used" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "state" / "audit.log").exists()  # refused before the gateway opened anything

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 from pathlib import Path
 
 import uvicorn
 
+from saferoom.errors import UsageError
 from saferoom.identity import JWTSettings, JWTVerifier
 from saferoom.server.app import create_app
 from saferoom.server.gateway import Gateway
@@ -19,6 +21,7 @@ WATCH_SECONDS = 1.0
 def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 8470,
           tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None,
           packages: Path | None = None) -> None:
+    _check_tls(tls_cert, tls_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages)
     stop = threading.Event()
@@ -34,6 +37,19 @@ def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 847
     finally:
         stop.set()
         gateway.close()
+
+
+def _check_tls(cert: Path | None, key: Path | None) -> None:
+    """A certificate that cannot be used is a clear error before anything starts, not a traceback after."""
+    if (cert is None) != (key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if cert is None or key is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"the TLS certificate {cert.name} or key {key.name} cannot be used: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _watch(gateway: Gateway, stop: threading.Event) -> None:
