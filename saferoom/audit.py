@@ -168,7 +168,8 @@ class AuditLog:
         """The last record's seq and hash, after checking the log still holds every record its head saw."""
         _repair(self.path)
         last = _last_line(self.path)
-        seq, digest = (0, GENESIS) if last is None else (int(json.loads(last)["seq"]), str(json.loads(last)["hash"]))
+        record = {"seq": 0, "hash": GENESIS} if last is None else _record(last)
+        seq, digest = int(record["seq"]), str(record["hash"])
         problem = _head_problem(self.path.parent, seq, lambda at: _hash_at(self.path.parent, at, seq, digest))
         if problem:
             raise AuditError(f"the audit log in {self.path.parent} has lost records: {problem}. Nothing more is written "
@@ -347,7 +348,19 @@ def read(folder: Path, limit: int | None = None) -> list[dict[str, Any]]:
             newest.append(record)
         return newest[::-1]
     with path.open(encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines if line.strip()]
+        return [_record(line) for line in lines if line.strip()]
+
+
+def _record(line: str | bytes) -> dict[str, Any]:
+    """One record of the log; a line that is not one means the log was edited or damaged."""
+    try:
+        record = json.loads(line)
+        if isinstance(record, dict) and "seq" in record and "hash" in record:
+            return record
+    except ValueError:
+        pass
+    raise AuditError("the audit log holds a line that is not a record (edited or damaged); run "
+                     "`saferoom audit verify` to find it and keep the file as evidence")
 
 
 def newest_first(folder: Path, block: int = 1 << 20) -> Iterator[dict[str, Any]]:
@@ -365,7 +378,7 @@ def newest_first(folder: Path, block: int = 1 << 20) -> Iterator[dict[str, Any]]
             carry = lines.pop(0) if start > 0 else b""  # the first line may begin in the block before
             for line in reversed(lines):
                 if line.strip():
-                    yield json.loads(line)
+                    yield _record(line)
             end = start
 
 

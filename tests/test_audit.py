@@ -114,3 +114,19 @@ def test_one_writer_per_log(tmp_path: Path) -> None:
     second.append({"event": "decision", "user": "bob"})
     second.close()
     assert [r["seq"] for r in read(tmp_path)] == [1, 2] and verify(tmp_path).ok
+
+
+def test_a_damaged_line_is_a_clear_audit_error_everywhere(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    written(tmp_path)
+    with (tmp_path / LOG).open("a") as log:
+        log.write('{"not": "a record"}\n')  # whole line, valid JSON, not a record
+    for reader in (lambda: read(tmp_path), lambda: read(tmp_path, limit=2), lambda: AuditLog(tmp_path)):
+        with pytest.raises(AuditError, match="not a record"):
+            reader()
+    done = subprocess.run([sys.executable, "-c", "from saferoom.cli import main; main()", "audit", "report", "--state",
+                           str(tmp_path)], capture_output=True, text=True, check=False)
+    assert done.returncode == AuditError.exit_code and "Traceback" not in done.stderr and "not a record" in done.stderr
+    assert not verify(tmp_path).ok
