@@ -18,7 +18,6 @@ has lost records, and nothing more is written to it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,8 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from saferoom.durable import fsync_dir
 from saferoom.errors import AuditError
+from saferoom.files import fsync_dir, try_lock
 
 log = logging.getLogger("saferoom.audit")
 GENESIS = "0" * 64
@@ -180,12 +179,9 @@ class AuditLog:
 
 def _only_writer(folder: Path) -> Any:
     """Hold the log's lock for as long as it is open: two writers would fork the chain."""
-    handle = (folder / ".audit.lock").open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise AuditError(f"another gateway is writing the audit log in {folder}; give each gateway its own --state") from None
+    handle = try_lock(folder / ".audit.lock")
+    if handle is None:
+        raise AuditError(f"another gateway is writing the audit log in {folder}; give each gateway its own --state")
     return handle
 
 

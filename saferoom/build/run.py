@@ -9,7 +9,6 @@ database, manifest and fingerprint index untouched.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +38,6 @@ from saferoom.build.plan import (
     smallest_group_query,
 )
 from saferoom.build.tokens import distinct_tokens, token_calls
-from saferoom.durable import fsync_dir
 from saferoom.engines.duckdb import (
     FINGERPRINT_TEXT_FUNCTION,
     TOKEN_FUNCTION,
@@ -49,6 +47,7 @@ from saferoom.engines.duckdb import (
     scrub,
 )
 from saferoom.errors import BuildError, EngineError
+from saferoom.files import fsync_dir, try_lock
 from saferoom.policy import Policy
 
 Progress = Callable[[str, float], None]
@@ -409,16 +408,13 @@ def _remove_stale(target: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(target: Path) -> Iterator[None]:
-    lock = target.with_name(f".{target.name}.lock")
     try:
-        handle = lock.open("a")
+        handle = try_lock(target.with_name(f".{target.name}.lock"))
     except OSError as exc:
         raise BuildError(f"cannot write beside the build target {target.name}: {exc.strerror}") from None
+    if handle is None:
+        raise BuildError(f"another build of {target.name} is running")
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BuildError(f"another build of {target.name} is running") from None
         yield
 
 
@@ -494,7 +490,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, path)
-
 
 
 def _now() -> str:

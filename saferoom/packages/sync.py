@@ -11,7 +11,6 @@ and the requirement is refused, with the reason, where none does.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from saferoom.errors import PackagesError, UsageError
+from saferoom.files import try_lock
 from saferoom.packages import wheels as wheel_info
 from saferoom.packages.index import write_index
 from saferoom.packages.osv import Vulnerabilities
@@ -77,11 +77,10 @@ def sync(policy: Policy, dest: Path, index_url: str | None = None, progress: Pro
 @contextlib.contextmanager
 def _alone(dest: Path) -> Iterator[None]:
     """One sync of a mirror at a time: two would race for the snapshot's name and for `latest`."""
-    with dest.with_name(f".{dest.name}.sync.lock").open("a") as handle:  # beside the mirror, like a build's lock
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PackagesError(f"another `saferoom packages sync` of {dest} is running; wait for it") from None
+    handle = try_lock(dest.with_name(f".{dest.name}.sync.lock"))  # beside the mirror, like a build's lock
+    if handle is None:
+        raise PackagesError(f"another `saferoom packages sync` of {dest} is running; wait for it")
+    with handle:
         yield
 
 
