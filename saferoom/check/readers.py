@@ -70,14 +70,17 @@ def as_text(target: Any) -> pl.DataFrame:
 
 
 def _from_pandas(frame: Any) -> pl.DataFrame:
-    frame = frame.copy()
-    frame.columns = _unique_names(frame.columns)
-    for name in frame.columns:
-        try:
-            pl.from_pandas(frame[[name]])
-        except Exception:  # noqa: BLE001 - any column Arrow cannot type is read as text instead
-            frame[name] = frame[name].map(lambda v: None if v is None else repr(v) if isinstance(v, bytes) else str(v))
-    return pl.from_pandas(frame)
+    columns = [_pandas_column(frame.iloc[:, i], name) for i, name in enumerate(_unique_names(frame.columns))]
+    return pl.concat(columns, how="horizontal") if columns else pl.DataFrame()
+
+
+def _pandas_column(column: Any, name: str) -> pl.DataFrame:
+    column = column.rename(name)
+    try:
+        return pl.from_pandas(column.to_frame())
+    except Exception:  # noqa: BLE001 - any column Arrow cannot type is read as text instead
+        text = column.map(lambda v: None if v is None else repr(v) if isinstance(v, bytes) else str(v))
+        return pl.from_pandas(text.to_frame())
 
 
 def _unique_names(columns: Any) -> list[str]:

@@ -107,10 +107,11 @@ def create_app(gateway: Gateway) -> FastAPI:
         return FileResponse(path, media_type="application/octet-stream")
 
     html = resources.files("saferoom.server").joinpath("static/index.html").read_text()
+    page_headers = {"Content-Security-Policy": _page_policy(html)}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> Response:
-        return HTMLResponse(html, headers={"Content-Security-Policy": _page_policy(html)})
+        return HTMLResponse(html, headers=page_headers)
 
     app.add_middleware(_SecurityHeaders)
     return app
