@@ -194,17 +194,18 @@ def _table(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer:
 
 
 def _repetitive(conn: duckdb.DuckDBPyConnection, table: TablePlan, rows: int) -> dict[str, int]:
+    return repeated_columns(table, rows, TOKEN_FUNCTION,
+                            lambda columns: conn.execute(distinct_estimates_query(table, columns).sql("duckdb")).fetchall()[0])
+
+
+def repeated_columns(table: TablePlan, rows: int, function: str,
+                     estimate: Callable[[list[str]], Iterable[int]]) -> dict[str, int]:
     """Tokenized columns whose values repeat enough that tokenizing distinct values first pays, with their estimated
-    distinct values."""
-    columns = sorted(token_calls(table.select))
+    distinct values (``estimate`` asks the source, for large tables only)."""
+    columns = sorted(token_calls(table.select, function))
     if rows < DISTINCT_MIN_ROWS or not columns:
         return {}
-    distinct = conn.execute(distinct_estimates_query(table, columns).sql("duckdb")).fetchall()[0]
-    return repeated_columns(columns, distinct, rows)
-
-
-def repeated_columns(columns: list[str], distinct: Iterable[int], rows: int) -> dict[str, int]:
-    return {c: n for c, n in zip(columns, distinct, strict=True) if n < rows * DISTINCT_MAX_RATIO}
+    return {c: n for c, n in zip(columns, estimate(columns), strict=True) if n < rows * DISTINCT_MAX_RATIO}
 
 
 def _select(table: TablePlan, plan: BuildPlan, repetitive: dict[str, int] | None = None, function: str = TOKEN_FUNCTION,

@@ -92,16 +92,16 @@ class SparkSide:
 
     def repetitive(self, table: TablePlan, rows: int) -> dict[str, int]:
         """Tokenized columns whose values repeat enough that tokenizing distinct values first pays."""
-        from saferoom.build.run import DISTINCT_MIN_ROWS, repeated_columns
+        from saferoom.build.run import repeated_columns
 
-        columns = self._token_columns(table)
-        if rows < DISTINCT_MIN_ROWS or not columns:
-            return {}
+        return repeated_columns(table, rows, self.token_function, lambda columns: self._estimate(table, columns))
+
+    def _estimate(self, table: TablePlan, columns: list[str]) -> list[int]:
+        """Distinct values per column: from the identity pass when it scanned the rows, else one query now."""
         if table.table not in self._estimates:
             estimated = self._sql(distinct_estimates_query(table, columns)).to_pylist()[0].values()
             self._estimates[table.table] = dict(zip(columns, estimated, strict=True))
-        estimates = self._estimates[table.table]
-        return repeated_columns(columns, [estimates[c] for c in columns], rows)
+        return [self._estimates[table.table][c] for c in columns]
 
     def scalar(self, query: exp.Expression) -> object:
         return self._sql(query).column(0)[0].as_py()
