@@ -22,6 +22,7 @@ from pathlib import Path
 
 import duckdb
 import sqlglot
+from timing import median_seconds
 
 import saferoom
 
@@ -91,12 +92,7 @@ def build(rows: int) -> Path:
 
 
 def median_us(fn: Callable[[], object], n: int) -> float:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return median_seconds(fn, n) * 1e6
 
 
 def guard_overhead(session: saferoom.Session, repeat: int) -> list[tuple[str, float, float, float]]:

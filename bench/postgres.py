@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 import adbc_driver_postgresql.dbapi as dbapi
+from timing import median_seconds
 
 import saferoom
 from tests import pg
@@ -35,15 +34,6 @@ tables:
 users: {{ana: {{roles: [analyst]}}}}
 roles: {{analyst: {{columns: {{}}}}}}
 """
-
-
-def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    runs = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
 
 
 def main() -> None:
@@ -72,8 +62,8 @@ def main() -> None:
                     cur.execute(SQL.format("public."))
                     cur.fetch_arrow_table()
 
-            guarded = timed(lambda: session.query(SQL.format("")).to_arrow(), args.repeat)
-            plain = timed(adbc, args.repeat)
+            guarded = median_seconds(lambda: session.query(SQL.format("")).to_arrow(), args.repeat)
+            plain = median_seconds(adbc, args.repeat)
             psycopg_s = psycopg_pandas(server, args.repeat)
     finally:
         server.stop()
@@ -101,7 +91,7 @@ def psycopg_pandas(server: pg.Postgres, repeat: int) -> float:
                 cur.execute(SQL.format("public."))
                 pandas.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
 
-        return timed(fetch, repeat)
+        return median_seconds(fetch, repeat)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
+from timing import median_seconds
+
 import saferoom
 
 DATA = Path(__file__).parent / "data" / "spark"
@@ -81,26 +83,17 @@ def main() -> None:
             print(f"{label:<18}{d:>8.2f}s{g:>8.2f}s{g / d:>7.2f}x")
         with saferoom.connect(DATA / "saferoom.yaml", user="rita") as reporting:
             sql = "select customer_id, count(*) as n from {} group by customer_id"
-            direct = _timed(lambda: spark.sql(sql.format(f"parquet.`{path}`")).toArrow(), args.repeat)
+            direct = median_seconds(lambda: spark.sql(sql.format(f"parquet.`{path}`")).toArrow(), args.repeat)
             tokens = "compiled kernel in the Python workers" if reporting._engine.native_tokens else "Spark SQL sha2"
-            guarded = _timed(lambda: reporting.query(sql.format("orders")).to_arrow(), args.repeat)
+            guarded = median_seconds(lambda: reporting.query(sql.format("orders")).to_arrow(), args.repeat)
             print(f"{'group by a tokenized key':<18}{direct:>8.2f}s{guarded:>8.2f}s{guarded / direct:>7.2f}x  (tokens: {tokens})")
         from saferoom.build import build
 
         copy = DATA / "copy"
-        plain = _timed(lambda: spark.sql(f"select * from parquet.`{path}`").write.mode("overwrite").parquet(str(copy)), args.repeat)
+        plain = median_seconds(lambda: spark.sql(f"select * from parquet.`{path}`").write.mode("overwrite").parquet(str(copy)), args.repeat)
         policy = saferoom.load_policy(DATA / "saferoom.yaml")
-        built = _timed(lambda: build(policy, "analytics", full=True), args.repeat)
+        built = median_seconds(lambda: build(policy, "analytics", full=True), args.repeat)
         print(f"{'build (tokenized key) vs CTAS copy':<36}{plain:>8.2f}s{built:>8.2f}s{built / plain:>7.2f}x")
-
-
-def _timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    runs = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
 
 
 if __name__ == "__main__":
