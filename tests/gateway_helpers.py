@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,3 +112,11 @@ def gateway_policy(room, folder: Path) -> Path:
     path = folder / "saferoom.yaml"
     path.write_text(text)
     return path
+
+
+def serving(room: object, tmp_path_factory: object, name: str) -> Iterator[Server]:
+    """A gateway over the room for a module of tests (the body of its ``server`` fixture)."""
+    folder = tmp_path_factory.mktemp(name)  # type: ignore[attr-defined]
+    running = Server(gateway_policy(room, folder), folder / "state", free_port(), folder / "server.log").start()
+    yield running
+    running.stop()

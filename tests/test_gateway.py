@@ -21,15 +21,12 @@ import pytest
 import saferoom
 from saferoom.audit import read, verify
 from saferoom.client import RemoteSession
-from tests.gateway_helpers import CANARY_DB_PASSWORD, SERVE, Server, free_port, gateway_policy
+from tests.gateway_helpers import CANARY_DB_PASSWORD, SERVE, Server, free_port, gateway_policy, serving
 
 
 @pytest.fixture(scope="module")
 def server(room, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gateway")
-    running = Server(gateway_policy(room, folder), folder / "state", free_port(), folder / "server.log").start()
-    yield running
-    running.stop()
+    yield from serving(room, tmp_path_factory, "gateway")
 
 
 @pytest.fixture(scope="module")
@@ -398,14 +395,15 @@ def test_a_gateway_dying_mid_stream_is_an_error_not_a_short_result(tmp_path: Pat
 def test_clients_hanging_up_mid_stream_leak_no_query_slot(tmp_path: Path) -> None:
     server = big_gateway(tmp_path, "{max_concurrent: 1}")
     try:
-        headers = {"Authorization": f"Bearer {server.token('alice')}"}
+        token = server.token("alice")
+        headers = {"Authorization": f"Bearer {token}"}
         for _ in range(3):
             with httpx.stream("POST", f"{server.url}/v1/query", json={"sql": "select id, note from events"},
                               headers=headers, timeout=30) as response:
                 assert response.status_code == 200
                 next(response.iter_raw())  # a little of the result, then the client goes away
             deadline = time.time() + 10
-            while (answer := post_to(server, headers, "select 1")).status_code == 429 and time.time() < deadline:
+            while (answer := post(server, token, "select 1")).status_code == 429 and time.time() < deadline:
                 time.sleep(0.2)
             assert answer.status_code == 200, answer.text  # the abandoned stream's slot came back
     finally:
@@ -413,10 +411,6 @@ def test_clients_hanging_up_mid_stream_leak_no_query_slot(tmp_path: Path) -> Non
     results = [r for r in read(server.state) if r.get("event") == "result"]
     streamed = [r for r in results if r["rows"] != 1]
     assert len(streamed) == 3 and all(r["rows"] < 3_000_000 for r in streamed)  # what left, recorded as it ended
-
-
-def post_to(server: Server, headers: dict[str, str], sql: str) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/query", json={"sql": sql}, headers=headers, timeout=30)
 
 
 def test_admins_creating_and_revoking_tokens_at_once_lose_nothing(tmp_path: Path) -> None:

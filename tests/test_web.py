@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from tests.gateway_helpers import Server, free_port, gateway_policy
+from tests.gateway_helpers import serving
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 if not (CHROMIUM and DRIVER):
@@ -25,10 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 @pytest.fixture(scope="module")
 def server(room, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("web")
-    running = Server(gateway_policy(room, folder), folder / "state", free_port(), folder / "server.log").start()
-    yield running
-    running.stop()
+    yield from serving(room, tmp_path_factory, "web")
 
 
 @pytest.fixture()
