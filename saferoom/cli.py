@@ -177,6 +177,7 @@ def serve(
     jwt_issuer: str | None = None,
     jwt_claim: Annotated[str, typer.Option(help="The JWT claim that names the user.")] = "sub",
     packages: Annotated[Path | None, typer.Option(help="Serve this package snapshot folder at /simple/ (its `latest`).")] = None,
+    max_sql_bytes: Annotated[int, typer.Option(min=1024, help="The longest query text accepted, in bytes.")] = 256 * 1024,
 ) -> None:
     """Run the gateway: it holds the credentials and the policy; people hold personal tokens.
 
@@ -188,7 +189,8 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not (tls_cert and tls_key):
         raise SaferoomError("serving beyond loopback needs --tls-cert and --tls-key")
     settings = JWTSettings(jwks, jwt_audience, jwt_issuer, jwt_claim) if jwks else None
-    run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=settings, packages=packages)
+    run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=settings, packages=packages,
+               max_sql_bytes=max_sql_bytes)
 
 
 @token_app.command("create")

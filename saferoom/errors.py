@@ -9,6 +9,8 @@
     ├── AuthError          no valid credential (missing, malformed, expired, revoked or forged token)
     ├── AuditError         the audit log cannot be written, so nothing runs (fail closed)
     ├── LimitExceeded      a role's limit (bytes per day, concurrent queries, time) was reached
+    │   └── TooLarge       a request or SQL text past the gateway's size limit
+    ├── QueryCancelled     a query was stopped before it finished: its client left, or the gateway is stopping
     ├── PackagesError      a package snapshot could not be made; the previous one is untouched
     ├── NotFound           a package or file that is not there
     └── UsageError         the caller asked for something that cannot be done (bad argument)
@@ -123,6 +125,19 @@ class LimitExceeded(SaferoomError):
     http_status = 429
 
 
+class TooLarge(LimitExceeded):
+    """A request body or SQL text larger than the gateway accepts."""
+
+    http_status = 413
+
+
+class QueryCancelled(SaferoomError):
+    """A query stopped before it finished: its client hung up, or the gateway is shutting down."""
+
+    exit_code = 11
+    http_status = 503
+
+
 class PackagesError(SaferoomError):
     """A package sync failed (unreachable upstream, tampered wheel); the previous snapshot is untouched."""
 
@@ -147,7 +162,7 @@ class UsageError(SaferoomError):
 ERRORS: dict[str, type[SaferoomError]] = {
     cls.__name__: cls
     for cls in (SaferoomError, PolicyError, QueryRejected, AccessDenied, EngineError, BuildError, AuthError,
-                AuditError, LimitExceeded, PackagesError, NotFound, UsageError)
+                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, NotFound, UsageError)
 }
 
 

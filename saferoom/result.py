@@ -30,6 +30,7 @@ class Result:
         self.max_rows = max_rows
         self.sql = sql
         self._batches: list[pa.RecordBatch] = []
+        self._read = 0  # rows read from the engine so far
         self._truncated = False
 
     def batches(self) -> Iterator[pa.RecordBatch]:
@@ -40,6 +41,14 @@ class Result:
             if batch is None:
                 break
             self._batches.append(batch)
+            yield batch
+
+    def stream(self) -> Iterator[pa.RecordBatch]:
+        """One pass over the batches, keeping none of them: for a server that sends each on as it comes."""
+        while self._reader is not None:
+            batch = self._next()
+            if batch is None:
+                break
             yield batch
 
     def _next(self) -> pa.RecordBatch | None:
@@ -54,13 +63,12 @@ class Result:
         except SaferoomError:
             self._finish()
             raise
-        if self.max_rows is None:
-            return batch
-        room = self.max_rows - sum(b.num_rows for b in self._batches)
-        if batch.num_rows > room or (room == 0 and batch.num_rows):
+        room = None if self.max_rows is None else self.max_rows - self._read
+        if room is not None and (batch.num_rows > room or (room == 0 and batch.num_rows)):
             self._truncated = True
             self._finish()
-            return batch.slice(0, room) if room > 0 else None
+            batch = batch.slice(0, room) if room > 0 else None
+        self._read += batch.num_rows if batch is not None else 0
         return batch
 
     def _finish(self) -> None:

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Self
 
 from saferoom.client import RemoteSession, load_credentials
-from saferoom.engines.base import Engine
+from saferoom.engines.base import Cancel, Engine
 from saferoom.engines.duckdb import DuckDBEngine
 from saferoom.errors import EngineError, QueryRejected, UsageError
 from saferoom.explain import Explanation, OutputColumn, TableInfo, catalog, output_sources, table_info
 from saferoom.guard import Guard, GuardedQuery
 from saferoom.policy import Policy, load_policy
+from saferoom.policy.limits import Limits, role_limits
 from saferoom.result import Result
 
 DEFAULT_POLICY = "saferoom.yaml"
@@ -22,25 +23,26 @@ class Session:
     """A user acting as exactly one role against the policy's sources."""
 
     def __init__(self, policy: Policy, user: str, role: str | None = None, *, engine: Engine | None = None,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, limits: Limits | None = None) -> None:
         self.policy = policy
         self.user = user
         self.role, role_spec = policy.role_for(user, role)
         self.max_rows = role_spec.max_rows
-        self.timeout = role_spec.timeout_seconds
+        self.limits = limits or role_limits(role_spec)
+        self.timeout = self.limits.timeout_seconds
         self._owns_engine = engine is None
-        self._engine = engine or open_engine(policy, backend)
+        self._engine = engine or open_engine(policy, backend, self.limits)
         self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog())
 
     def guard(self, sql: str) -> GuardedQuery:
         """Check and rewrite a query without running it."""
         return self._guard.rewrite(sql)
 
-    def query(self, sql: str) -> Result:
-        """Run a query; what comes back is already shaped by the policy."""
+    def query(self, sql: str, cancel: Cancel | None = None) -> Result:
+        """Run a query; what comes back is already shaped by the policy. ``cancel`` stops it from another thread."""
         guarded = self._guard.rewrite(sql)
         try:
-            reader = self._engine.stream(guarded.sql, timeout=self.timeout)
+            reader = self._engine.stream(guarded.sql, timeout=self.timeout, cancel=cancel)
         except EngineError as exc:
             raise self._guard.explain_missing(exc, sql, guarded.tables) from None
         return Result(reader, max_rows=self.max_rows, sql=guarded.sql, tables=guarded.tables)
@@ -81,13 +83,15 @@ class Session:
         return f"<Session user={self.user!r} role={self.role!r} policy={self.policy.path.name!r}>"
 
 
-def open_engine(policy: Policy, backend: str | None = None) -> Engine:
-    """The engine for one family of sources: DuckDB files (attached together), a PostgreSQL database or a Spark source."""
+def open_engine(policy: Policy, backend: str | None = None, limits: Limits | None = None) -> Engine:
+    """The engine for one family of sources: DuckDB files (attached together), a PostgreSQL database or a Spark source.
+
+    ``limits`` bound the memory, threads and spill space of an embedded engine."""
     families = {s.engine for s in policy.model.sources.values()}
     backend = backend or ("duckdb" if "duckdb" in families or not families else "postgres" if "postgres" in families else "spark")
     if backend == "duckdb":
         paths = {n: _path(policy, s.path) for n, s in policy.model.sources.items() if s.engine == "duckdb"}
-        return DuckDBEngine(paths, policy.token_key)
+        return DuckDBEngine(paths, policy.token_key, limits)
     name = _only_source(policy, backend)
     source = policy.model.sources[name]
     if backend == "spark":

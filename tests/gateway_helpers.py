@@ -14,9 +14,13 @@ from pathlib import Path
 
 import httpx
 
+from saferoom.server.run import DRAIN_SECONDS
+
 CANARY_DB_PASSWORD = "canary-db-password-7f3e9c2a1b"
 
 SERVE = "from saferoom.cli import main; main()"
+HUNG = 600.0  # seconds after which something that should end by itself is taken to hang
+STOPS_WITHIN = 3 * DRAIN_SECONDS  # a gateway stops within its drain time; three times that, allowing for a busy machine
 
 
 def free_port() -> int:
@@ -47,13 +51,16 @@ class Server:
              *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
-        deadline = time.time() + 30
-        while time.time() < deadline:
+        # ready when it answers, failed when it exits: no guess of how fast this machine starts a process
+        # (the ceiling only keeps a hung start from hanging the suite)
+        deadline = time.monotonic() + HUNG
+        while self.process.poll() is None and time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.stop()
         raise RuntimeError(f"the gateway did not start: {self.log.read_text()[-2000:]}")
 
     def _limits(self) -> str:
@@ -72,7 +79,7 @@ class Server:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=STOPS_WITHIN)
             except subprocess.TimeoutExpired:
                 self.kill9()
 

@@ -6,7 +6,7 @@ import saferoom
 
 EXPECTED = {
     "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "LimitExceeded", "RemoteSession", "EngineError", "Explanation", "OutputColumn", "Policy",
-    "PolicyError", "QueryRejected", "Result", "SaferoomError", "Session", "TableInfo", "UsageError",
+    "PolicyError", "QueryCancelled", "QueryRejected", "Result", "TooLarge", "SaferoomError", "Session", "TableInfo", "UsageError",
     "__version__", "connect", "load_policy",
 }
 
@@ -18,7 +18,7 @@ def test_public_api_does_not_drift() -> None:
 
 
 def test_errors_share_one_root() -> None:
-    for name in ("PolicyError", "QueryRejected", "AccessDenied", "EngineError", "UsageError", "BuildError", "AuthError", "AuditError", "LimitExceeded"):
+    for name in ("PolicyError", "QueryRejected", "AccessDenied", "EngineError", "UsageError", "BuildError", "AuthError", "AuditError", "LimitExceeded", "TooLarge", "QueryCancelled"):
         assert issubclass(getattr(saferoom, name), saferoom.SaferoomError)
 
 

@@ -7,10 +7,14 @@ parses to) plus the names of functions sqlglot passes through as ``Anonymous``.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
+
+from saferoom.errors import LimitExceeded, QueryCancelled, SaferoomError
 
 # Query structure every engine accepts: selects, joins, set operations, CTEs,
 # windows, operators, literals. Functions are per engine; statements other
@@ -44,6 +48,8 @@ class EngineSpec:
     number_types: tuple[str, ...] = ()
     text_types: tuple[str, ...] = ()
     catalog_in_names: bool = True  # DuckDB names attached databases; PostgreSQL only its own
+    max_value_bytes: int | None = None  # the largest value a query may make (engines that run in-process)
+    per_user: bool = False  # cheap to open per user, so each user's limits (memory, threads) bound only them
     physical: str | None = None  # a template for the engine's own name of a table, e.g. "__saferoom_{source}_{name}"
     allowed_nodes: frozenset[str] = field(init=False)
 
@@ -72,8 +78,60 @@ class Engine(Protocol):
 
     def catalog(self) -> Catalog: ...
 
-    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None) -> pa.RecordBatchReader: ...
+    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
+               cancel: Cancel | None = None) -> pa.RecordBatchReader: ...
 
     def column_types(self, sql: str) -> list[tuple[str, str]]: ...
 
     def close(self) -> None: ...
+
+
+class Cancel:
+    """How to stop one running query, callable from any thread.
+
+    The engine running the query says how it stops (``on_cancel``); whoever gives up on
+    it (a timer, a client that hung up, a gateway shutting down) calls it with a reason.
+    The first reason wins; stopping an engine twice, or after it finished, is harmless.
+    """
+
+    TIMEOUT = "timeout"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stops: list[Callable[[], object]] = []
+        self.reason: str | None = None
+
+    def on_cancel(self, stop: Callable[[], object]) -> None:
+        with self._lock:
+            if self.reason is None:
+                self._stops.append(stop)
+                return
+        stop()
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason, stops, self._stops = reason, self._stops, []
+        for stop in stops:
+            stop()
+
+    def after(self, seconds: float | None) -> threading.Timer | None:
+        """Cancel for a timeout after ``seconds``; the caller cancels the timer when the query ends."""
+        if not seconds:
+            return None
+        timer = threading.Timer(seconds, self, args=(self.TIMEOUT,))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    @property
+    def timed_out(self) -> bool:
+        return self.reason == self.TIMEOUT
+
+
+def stopped(cancel: Cancel, timeout: float | None) -> SaferoomError:
+    """The error for a query that was stopped on purpose: its time ran out, or someone gave up on it."""
+    if cancel.timed_out:
+        return LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds")
+    return QueryCancelled(f"the query was stopped: {cancel.reason}")

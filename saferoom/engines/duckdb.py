@@ -12,8 +12,10 @@ import contextlib
 import hashlib
 import hmac
 import re
+import shutil
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -22,8 +24,9 @@ import sqlglot
 from sqlglot import exp
 
 from saferoom import keyed
-from saferoom.engines.base import Catalog, EngineSpec, Templates
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped
 from saferoom.errors import EngineError, LimitExceeded
+from saferoom.policy.limits import Limits
 from saferoom.secrets import Secret, hmac_pads
 
 TOKEN_FUNCTION = "__saferoom_token"
@@ -51,6 +54,8 @@ DUCKDB = EngineSpec(
     number_types=("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
                   "UINTEGER", "UBIGINT", "UHUGEINT", "DECIMAL", "FLOAT", "DOUBLE", "REAL"),
     text_types=("VARCHAR", "TEXT", "STRING", "CHAR", "BPCHAR"),
+    max_value_bytes=1 << 20,
+    per_user=True,
 )
 
 _CLOSED_CONFIG = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
@@ -61,20 +66,23 @@ class DuckDBEngine:
 
     spec = DUCKDB
 
-    def __init__(self, sources: dict[str, Path], token_key: Secret | None = None) -> None:
+    def __init__(self, sources: dict[str, Path], token_key: Secret | None = None, limits: Limits | None = None) -> None:
         self._lock = threading.Lock()
         self._paths = {name: str(path) for name, path in sources.items()}
         self._conn = duckdb.connect(":memory:", config=_CLOSED_CONFIG)
+        self._spill: str | None = None
         try:
             self._conn.execute("SET enable_progress_bar = false")  # never draw on a notebook's stdout
             for name, path in sources.items():
                 self._attach(name, path)
             if token_key is not None:
                 token_function(self._conn, token_key)
+            if limits is not None:
+                self._spill = _bound(self._conn, limits)
             self._conn.execute("SET enable_external_access = false")
             self._conn.execute("SET lock_configuration = true")
         except BaseException:
-            self._conn.close()
+            self.close()
             raise
 
     def _attach(self, name: str, path: Path) -> None:
@@ -92,31 +100,30 @@ class DuckDBEngine:
     def catalog(self) -> Catalog:
         return read_catalog(self._conn)
 
-    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None) -> pa.RecordBatchReader:
-        """Arrow record batches of a query; past ``timeout`` seconds the query is interrupted."""
+    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
+               cancel: Cancel | None = None) -> pa.RecordBatchReader:
+        """Arrow record batches of a query; ``cancel`` (or ``timeout`` seconds passing) interrupts it."""
+        cancel = cancel or Cancel()
         with self._lock:
             cursor = self._conn.cursor()
-        timer = threading.Timer(timeout, cursor.interrupt) if timeout else None
-        if timer:
-            timer.daemon = True
-            timer.start()
+        cancel.on_cancel(lambda: _quietly(cursor.interrupt))
+        timer = cancel.after(timeout)
         try:
-            with self._errors(timeout):
+            with self._errors(cancel, timeout):
                 reader = cursor.sql(sql).to_arrow_reader(batch_size)
         except BaseException:
-            if timer:
-                timer.cancel()
+            _end(timer, cursor)
             raise
-        return pa.RecordBatchReader.from_batches(reader.schema, self._batches(reader, timer, timeout))
+        return pa.RecordBatchReader.from_batches(reader.schema, self._batches(reader, cursor, timer, cancel, timeout))
 
-    def _batches(self, reader: pa.RecordBatchReader, timer: threading.Timer | None, timeout: float | None) -> Iterator[pa.RecordBatch]:
+    def _batches(self, reader: pa.RecordBatchReader, cursor: duckdb.DuckDBPyConnection, timer: threading.Timer | None,
+                 cancel: Cancel, timeout: float | None) -> Iterator[pa.RecordBatch]:
         try:
-            with self._errors(timeout):
+            with self._errors(cancel, timeout):
                 yield from reader
         finally:
-            if timer:
-                timer.cancel()
             reader.close()
+            _end(timer, cursor)
 
     def column_types(self, sql: str) -> list[tuple[str, str]]:
         with self._errors(), self._lock:
@@ -125,18 +132,49 @@ class DuckDBEngine:
 
     def close(self) -> None:
         self._conn.close()
+        if self._spill is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
 
     @contextlib.contextmanager
-    def _errors(self, timeout: float | None = None) -> Iterator[None]:
+    def _errors(self, cancel: Cancel | None = None, timeout: float | None = None) -> Iterator[None]:
         try:
             yield
         except (duckdb.Error, pa.ArrowException) as exc:
-            if "INTERRUPT" in str(exc).upper():
-                raise LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds") from None
+            if cancel is not None and cancel.reason is not None and "INTERRUPT" in str(exc).upper():
+                raise stopped(cancel, timeout) from None
+            if isinstance(exc, duckdb.OutOfMemoryException):
+                raise LimitExceeded(f"the query needs more memory than the role's memory_limit allows: {self._scrub(str(exc))}") from None
             raise EngineError(self._scrub(str(exc))) from None
 
     def _scrub(self, message: str) -> str:
         return scrub(message, self._paths)
+
+
+def _bound(conn: duckdb.DuckDBPyConnection, limits: Limits) -> str | None:
+    """Memory, threads and spill space for every query of this engine; returns the private spill folder."""
+    settings: list[tuple[str, object]] = [("memory_limit", limits.memory_limit), ("threads", limits.threads),
+                                          ("max_temp_directory_size", limits.temp_limit)]
+    spill = tempfile.mkdtemp(prefix="saferoom-spill-") if limits.temp_limit else None
+    for name, value in [*settings, ("temp_directory", spill)]:
+        if value is not None:
+            conn.execute(exp.Set(expressions=[exp.SetItem(this=exp.EQ(this=exp.var(name), expression=_literal(value)))]).sql("duckdb"))
+    return spill
+
+
+def _literal(value: object) -> exp.Expression:
+    return exp.Literal.number(value) if isinstance(value, int) else exp.Literal.string(str(value))
+
+
+def _quietly(stop: Callable[[], object]) -> None:
+    """Interrupting a query that already ended (its cursor closed) is not an error."""
+    with contextlib.suppress(duckdb.Error):
+        stop()
+
+
+def _end(timer: threading.Timer | None, cursor: duckdb.DuckDBPyConnection) -> None:
+    if timer is not None:
+        timer.cancel()
+    _quietly(cursor.close)
 
 
 def scrub(message: str, paths: dict[str, str]) -> str:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pyarrow as pa
 
-from saferoom.engines.base import Catalog, EngineSpec, Templates
-from saferoom.errors import EngineError, LimitExceeded
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates
+from saferoom.errors import EngineError, LimitExceeded, QueryCancelled
 from saferoom.secrets import Secret, hmac_pads
 
 TOKEN_FUNCTION = "pg_temp.saferoom_token"
@@ -154,11 +154,15 @@ class PostgresEngine:
         self._release(conn)
         return rows
 
-    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None) -> pa.RecordBatchReader:
+    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
+               cancel: Cancel | None = None) -> pa.RecordBatchReader:
+        """Arrow batches of a query; PostgreSQL's statement_timeout bounds it, ``cancel`` stops it (a cancel request)."""
+        cancel = cancel or Cancel()
         conn = self._acquire()
         cur = conn.cursor()  # type: ignore[attr-defined]
+        cancel.on_cancel(lambda: _quietly(cur.adbc_cancel))
         try:
-            with self._errors(timeout):
+            with self._errors(timeout, cancel):
                 cur.execute(f"SET statement_timeout = {int((timeout or 0) * 1000)}")
                 cur.execute(sql)
                 reader = cur.fetch_record_batch()
@@ -168,13 +172,13 @@ class PostgresEngine:
             self._discard(conn)
             raise
         schema = _decimal_schema(reader.schema)
-        return pa.RecordBatchReader.from_batches(schema, self._batches(reader, schema, cur, conn, timeout))
+        return pa.RecordBatchReader.from_batches(schema, self._batches(reader, schema, cur, conn, timeout, cancel))
 
     def _batches(self, reader: pa.RecordBatchReader, schema: pa.Schema, cur: object, conn: object,
-                 timeout: float | None) -> Iterator[pa.RecordBatch]:
+                 timeout: float | None, cancel: Cancel) -> Iterator[pa.RecordBatch]:
         healthy = True
         try:
-            with self._errors(timeout):
+            with self._errors(timeout, cancel):
                 for batch in reader:
                     yield batch if batch.schema.equals(schema) else _as_decimal(batch, schema)
         except GeneratorExit:  # the reader stopped early (a row limit): the connection is fine
@@ -185,7 +189,7 @@ class PostgresEngine:
         finally:
             with contextlib.suppress(Exception):
                 cur.close()  # type: ignore[attr-defined]
-            self._release(conn) if healthy else self._discard(conn)
+            self._release(conn) if healthy and cancel.reason is None else self._discard(conn)
 
     def column_types(self, sql: str) -> list[tuple[str, str]]:
         reader = self.stream(f"SELECT * FROM ({sql}) AS q LIMIT 0")
@@ -199,13 +203,15 @@ class PostgresEngine:
                 conn.close()  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
-    def _errors(self, timeout: float | None = None) -> Iterator[None]:
+    def _errors(self, timeout: float | None = None, cancel: Cancel | None = None) -> Iterator[None]:
         try:
             yield
         except Exception as exc:  # ADBC raises its own DB-API classes; translate all of them, once, here
             if isinstance(exc, EngineError | LimitExceeded):
                 raise
             message = str(exc)
+            if cancel is not None and cancel.reason is not None and "cancel" in message.lower():
+                raise QueryCancelled(f"the query was stopped: {cancel.reason}") from None
             if "statement timeout" in message:
                 raise LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds") from None
             raise EngineError(self._scrub(message)) from None
@@ -253,6 +259,12 @@ def _keep_identifiers(match: re.Match[str]) -> str:
     """PostgreSQL quotes names and values alike; keep names (for explanations), hide values."""
     word, space = match.group(1) or "", match.group(2)
     return match.group(0) if word.lower() in _NAMED else f'{word}{space}"…"'
+
+
+def _quietly(stop: Callable[[], object]) -> None:
+    """A cancel request for a statement that already ended is not an error."""
+    with contextlib.suppress(Exception):
+        stop()
 
 
 def _with_password(url: str, password: Secret | None) -> str:

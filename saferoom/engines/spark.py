@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from saferoom.engines.base import Catalog, EngineSpec, Templates
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped
 from saferoom.errors import EngineError, LimitExceeded
 from saferoom.secrets import Secret, hmac_block, hmac_pads
 
@@ -152,16 +152,17 @@ class SparkEngine:
                 catalog[(self.name.lower(), "default", table)] = {c.lower(): t.upper() for c, t in columns}
         return catalog
 
-    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None) -> pa.RecordBatchReader:
+    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
+               cancel: Cancel | None = None) -> pa.RecordBatchReader:
+        """Runs the query as its own job group, so a timeout or ``cancel`` stops its jobs on the cluster."""
+        cancel = cancel or Cancel()
         group = f"saferoom-{uuid.uuid4().hex}"
         context = self.session.sparkContext
-        timer = threading.Timer(timeout, context.cancelJobGroup, args=(group,)) if timeout else None
-        with self._errors(timeout):
+        with self._errors(timeout, cancel):
             with self._lock:
                 context.setJobGroup(group, "saferoom query", interruptOnCancel=True)
-                if timer:
-                    timer.daemon = True
-                    timer.start()
+                cancel.on_cancel(lambda: context.cancelJobGroup(group))
+                timer = cancel.after(timeout)
                 try:
                     table = self.session.sql(sql).toArrow()
                 finally:
@@ -177,15 +178,15 @@ class SparkEngine:
         pass  # the session is shared for the life of the process; Spark takes long to start
 
     @contextlib.contextmanager
-    def _errors(self, timeout: float | None = None) -> Iterator[None]:
+    def _errors(self, timeout: float | None = None, cancel: Cancel | None = None) -> Iterator[None]:
         try:
             yield
         except (EngineError, LimitExceeded):
             raise
         except _spark_errors() as exc:  # pyspark's and the JVM's errors are translated here, once
             message = str(exc)
-            if "cancel" in message.lower() and timeout:
-                raise LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds") from None
+            if "cancel" in message.lower() and cancel is not None and cancel.reason is not None:
+                raise stopped(cancel, timeout) from None
             raise EngineError(_scrub(message)) from None
 
 

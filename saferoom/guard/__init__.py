@@ -2,7 +2,7 @@
 
 The rewrite is a pipeline of small functions over the sqlglot tree::
 
-    parse → check_statement → check_nodes → unqualify_columns → substitute_tables → generate
+    parse → check_statement → check_nodes → bound_sizes → unqualify_columns → substitute_tables → generate
 
 The engine only ever runs SQL generated from the rewritten tree, never the
 text the user sent, so the guard and the engine cannot disagree about what
@@ -22,6 +22,7 @@ from sqlglot import exp
 from saferoom.engines.base import Catalog, EngineSpec
 from saferoom.errors import EngineError, QueryRejected
 from saferoom.guard.render import render, rendered
+from saferoom.guard.sizes import bound_sizes
 from saferoom.guard.tables import Resolver, referenced_names, substitute_tables, unqualify_columns
 from saferoom.guard.validate import check_nodes, check_statement, parse
 from saferoom.guard.views import build_view
@@ -77,6 +78,7 @@ class Guard:
         tree = parse(sql, self.spec)
         tree = check_statement(tree, self.spec)
         tree = check_nodes(tree, self.spec)
+        tree = bound_sizes(tree, self.spec)
         tree = unqualify_columns(tree, self._resolver)
         names = referenced_names(tree)
         tree, touched = substitute_tables(tree, self._resolver, lambda table: self.view(table, names))

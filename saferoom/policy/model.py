@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PUBLIC = "public"
+SIZE = r"^[0-9]+(\.[0-9]+)? ?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
 
 
 class Action(StrEnum):
@@ -97,6 +98,9 @@ class Role(Strict):
     max_bytes_per_day: int | None = Field(default=None, gt=0, description="Gateway: result bytes per user per day.")
     max_concurrent: int | None = Field(default=None, gt=0, description="Gateway: queries at once per user.")
     timeout_seconds: float | None = Field(default=None, gt=0, description="A query running longer is stopped.")
+    memory_limit: str | None = Field(default=None, pattern=SIZE, description="DuckDB: memory one user's queries may hold, e.g. 2GB.")
+    threads: int | None = Field(default=None, gt=0, le=256, description="DuckDB: threads one user's queries may use.")
+    temp_limit: str | None = Field(default=None, pattern=SIZE, description="DuckDB: disk one user's queries may spill, e.g. 4GB.")
     audit: bool = Field(default=False, description="May read the gateway's audit log.")
 
 

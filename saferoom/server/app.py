@@ -6,11 +6,10 @@ import base64
 import hashlib
 import re
 import threading
-import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Body, FastAPI, Header, Query, Request
@@ -19,10 +18,12 @@ from pydantic import BaseModel, Field
 
 from saferoom import __version__
 from saferoom.audit import now, read
-from saferoom.errors import AccessDenied, AuthError, NotFound, SaferoomError, UsageError
-from saferoom.server.gateway import Gateway
+from saferoom.engines.base import Cancel
+from saferoom.errors import AccessDenied, AuthError, NotFound, SaferoomError, TooLarge, UsageError
+from saferoom.server.gateway import Gateway, Running
 from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body
 
+T = TypeVar("T")
 Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
 
 
@@ -47,7 +48,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
 
     @app.get("/healthz", summary="Liveness")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:  # on the event loop: it answers however busy the query threads are
         return {"status": "ok", "policy": gateway.policy.hash}
 
     @app.get("/v1/whoami", summary="Who the token belongs to and the role it acts as")
@@ -67,20 +68,17 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.post("/v1/query", summary="Run a guarded query; an Arrow IPC stream by default, JSON or CSV on request",
               responses={200: {"content": {MEDIA["arrow"]: {}, MEDIA["json"]: {}, MEDIA["csv"]: {}}}})
-    def query(request: Annotated[QueryRequest, Body()], authorization: Auth = None,
-              accept: Annotated[str | None, Header()] = None) -> Response:
-        identity = gateway.identify(authorization)
-        session = gateway.session(identity, request.role)
-        kind = _format(request.format, accept)
-        started = time.perf_counter()
-        result, decision = gateway.start(session, request.sql, identity)
-        body = _stream(gateway, result, decision, kind, started)
-        headers = {"X-Saferoom-Request": decision["request_id"]}
-        first = next(body, b"")
-        rest = next(body, None)
+    async def query(request: Request, payload: Annotated[QueryRequest, Body()], authorization: Auth = None,
+                    accept: Annotated[str | None, Header()] = None) -> Response:
+        kind = _format(payload.format, accept)
+        cancel = Cancel()
+        running, body = await _watching(request, cancel, lambda: _begin(gateway, payload, authorization, kind, cancel))
+        headers = {"X-Saferoom-Request": running.decision["request_id"]}
+        first = await _in_query_thread(next, body, b"")
+        rest = await _in_query_thread(next, body, None)
         if rest is None:  # a small result is already whole: send it without streaming machinery
             return Response(first, media_type=MEDIA[kind], headers=headers)
-        return _ClosingStream(_Body([first, rest], body), media_type=MEDIA[kind], headers=headers)
+        return _ClosingStream(_Body([first, rest], body, cancel), media_type=MEDIA[kind], headers=headers)
 
     @app.get("/v1/audit", summary="The audit log (roles with audit: true)")
     def audit(authorization: Auth = None, role: str | None = None,
@@ -113,8 +111,74 @@ def create_app(gateway: Gateway) -> FastAPI:
     def page() -> Response:
         return HTMLResponse(html, headers=page_headers)
 
+    app.add_middleware(_BodyLimit, limit=body_limit(gateway.max_sql_bytes))
     app.add_middleware(_SecurityHeaders)
     return app
+
+
+def body_limit(max_sql_bytes: int) -> int:
+    """The largest request body: a query at the limit, JSON-escaped at worst (\\u0000 is six bytes a byte), and room for the rest."""
+    return 6 * max_sql_bytes + 64 * 1024
+
+
+class _BodyLimit:
+    """Refuse a body past ``limit`` bytes with 413 while it is read, before any route (or token check) sees it.
+
+    A declared Content-Length over the limit is refused unread; any other body is read here, counted as it
+    arrives and refused when it passes the limit, so no request holds more than ``limit`` bytes of memory."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        body = await _read_at_most(receive, self.limit)
+        if body is None:
+            await _too_large(send, self.limit)  # (a client that already left is not answered: the send is dropped)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+async def _read_at_most(receive: Any, limit: int) -> bytes | None:
+    """The whole body, or None past ``limit`` or when the client leaves first."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """The body as one message, then the connection's own messages (a disconnect, for instance)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replaying() -> Any:
+        return pending.pop() if pending else await receive()
+
+    return replaying
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = error_body(TooLarge(f"the request body is over {limit:,} bytes, the most this gateway accepts"))
+    response = JSONResponse(body, status_code=TooLarge.http_status, headers={"Connection": "close"})
+    await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
 
 
 def _page_policy(html: str) -> str:
@@ -149,23 +213,79 @@ class _SecurityHeaders:
         await self.app(scope, receive, sending)
 
 
+QUERY_THREADS = 32  # queries run on their own threads: however many hang, the rest of the gateway answers
+_query_threads: list[anyio.CapacityLimiter] = []
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    if not _query_threads:  # made on the event loop, at the first query
+        _query_threads.append(anyio.CapacityLimiter(QUERY_THREADS))
+    return _query_threads[0]
+
+
+async def _in_query_thread(function: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(function, *args, limiter=_limiter())
+
+
+async def _watching(request: Request, cancel: Cancel, work: Callable[[], T]) -> T:
+    """Run ``work`` on a query thread; if the client hangs up meanwhile, cancel its query."""
+    failure: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(_hang_up, request, cancel)
+        try:
+            result = await _in_query_thread(work)
+        except Exception as exc:  # noqa: BLE001 - raised below, outside the group, so it is not wrapped in an ExceptionGroup
+            failure = exc
+        group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return result
+
+
+async def _hang_up(request: Request, cancel: Cancel) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel("the client hung up")
+
+
+def _begin(gateway: Gateway, payload: QueryRequest, authorization: str | None, kind: str,
+           cancel: Cancel) -> tuple[Running, Generator[bytes, None, None]]:
+    identity = gateway.identify(authorization)
+    session = gateway.session(identity, payload.role)
+    running = gateway.start(session, payload.sql, identity, cancel)
+    return running, _stream(gateway, running, kind)
+
+
 class _Body:
-    """A streamed body whose generator is closed for certain however the response ends: its ``finally`` gives back
-    the user's query slot and writes the result record. (Starlette leaves an abandoned body to the garbage
-    collector, so a client hanging up mid-stream kept its slot indefinitely.)"""
+    """A streamed body, read on the query threads, whose generator is closed for certain however the response
+    ends: its ``finally`` gives back the user's query slot and writes the result record. A client that hangs up
+    mid-stream has its query cancelled first, so closing never waits for a query nobody will read."""
 
-    def __init__(self, ready: list[bytes], rest: Generator[bytes, None, None]) -> None:
-        self._ready, self._rest = ready, rest
-        self._lock = threading.Lock()  # close() waits for a next() still running in the threadpool
+    def __init__(self, ready: list[bytes], rest: Generator[bytes, None, None], cancel: Cancel) -> None:
+        self._ready, self._rest, self._cancel = ready, rest, cancel
+        self._lock = threading.Lock()  # close() waits for a next() still running on a query thread
+        self._done = False
 
-    def __iter__(self) -> _Body:
+    def __aiter__(self) -> _Body:
         return self
 
-    def __next__(self) -> bytes:
+    async def __anext__(self) -> bytes:
+        chunk = await _in_query_thread(self._next)
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    def _next(self) -> bytes | None:
         with self._lock:
-            return self._ready.pop(0) if self._ready else next(self._rest)
+            if self._ready:
+                return self._ready.pop(0)
+            chunk = next(self._rest, None)
+            self._done = chunk is None
+            return chunk
 
     def close(self) -> None:
+        if not self._done:
+            self._cancel("the client hung up")
         with self._lock:
             self._rest.close()
 
@@ -207,11 +327,12 @@ def _format(requested: str | None, accept: str | None) -> str:
     return "json" if "application/json" in accept else "csv" if "text/csv" in accept else "arrow"
 
 
-def _stream(gateway: Gateway, result: Any, decision: dict[str, Any], kind: str, started: float):  # type: ignore[no-untyped-def]
+def _stream(gateway: Gateway, running: Running, kind: str) -> Generator[bytes, None, None]:
     outcome = Outcome()
+    result = running.result
+    assert result is not None
     try:
         yield from BODIES[kind](result, outcome)
     finally:
-        gateway.release(decision["user"])
-        truncated = bool(getattr(result, "_truncated", False))
-        gateway.finish(decision, rows=outcome.rows, size=outcome.bytes, started=started, truncated=truncated, error=outcome.error)
+        gateway.finish(running, rows=outcome.rows, size=outcome.bytes, truncated=bool(result._truncated),
+                       error=outcome.error)

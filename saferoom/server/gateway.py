@@ -6,28 +6,50 @@ everything that decides or records lives here.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import logging
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from saferoom.audit import AuditLog, now
-from saferoom.engines.duckdb import DuckDBEngine
-from saferoom.errors import AccessDenied, LimitExceeded, PolicyError, SaferoomError
+from saferoom.engines.base import Cancel, Engine
+from saferoom.errors import AccessDenied, LimitExceeded, PolicyError, QueryCancelled, SaferoomError, TooLarge
 from saferoom.guard import GuardedQuery
 from saferoom.identity import Authenticator, Identity, JWTVerifier, TokenStore
 from saferoom.policy import Policy, load_policy
+from saferoom.policy.limits import gateway_limits
 from saferoom.result import Result
 from saferoom.session import Session, open_engine
 
 log = logging.getLogger("saferoom.gateway")
+
+
+MAX_SQL_BYTES = 256 * 1024  # a query's text; lists of values that long belong in a table
+AUDITED_PREFIX = 4096  # of a refused, oversized query's text, the audit log keeps this much and a digest
+
+
+@dataclass
+class Running:
+    """One allowed query from its decision to its result record."""
+
+    decision: dict[str, Any]
+    cancel: Cancel
+    started: float
+    result: Result | None = None
+
+    def status(self, error: SaferoomError | None) -> str:
+        """How it ended, for the result record: completed, cancelled, timed_out or failed."""
+        if self.cancel.timed_out:
+            return "timed_out"
+        if self.cancel.reason is not None:
+            return "cancelled"
+        return "failed" if error is not None else "completed"
 
 
 @dataclass
@@ -35,13 +57,14 @@ class Room:
     """One loaded policy and the engine that serves it; swapped whole on reload."""
 
     policy: Policy
-    engine: DuckDBEngine
+    engine: Engine
     sessions: dict[tuple[str, str | None], Session]
     mtime: float
 
 
 class Gateway:
-    def __init__(self, policy_path: Path, state: Path, jwt: JWTVerifier | None = None, packages: Path | None = None) -> None:
+    def __init__(self, policy_path: Path, state: Path, jwt: JWTVerifier | None = None, packages: Path | None = None,
+                 max_sql_bytes: int = MAX_SQL_BYTES) -> None:
         self.policy_path = policy_path.resolve()
         self.packages = packages
         self.state = state
@@ -49,7 +72,10 @@ class Gateway:
         self.audit = AuditLog(state)
         self._lock = threading.Lock()
         self._room = self._load()
+        self.max_sql_bytes = max_sql_bytes
         self._running: dict[str, int] = defaultdict(int)
+        self._active: dict[str, Cancel] = {}
+        self._draining = False
         self._bytes: dict[tuple[str, str], int] = defaultdict(int)
         self._count_bytes_today()
 
@@ -89,66 +115,97 @@ class Gateway:
         key = (identity.user, role or identity.role)
         with self._lock:
             if key not in room.sessions:
-                room.sessions[key] = Session(room.policy, identity.user, key[1], engine=room.engine)
+                room.sessions[key] = self._open_session(room, identity.user, key[1])
             return room.sessions[key]
+
+    def _open_session(self, room: Room, user: str, role: str | None) -> Session:
+        """An embedded engine is opened per user, so that user's memory, threads and spill space are theirs alone."""
+        limits = gateway_limits(room.policy.role_for(user, role)[1])
+        engine = None if room.engine.spec.per_user else room.engine
+        return Session(room.policy, user, role, engine=engine, limits=limits)
 
     def may_audit(self, session: Session) -> bool:
         return session.policy.model.roles[session.role].audit
 
     # queries -----------------------------------------------------------------
-    def start(self, session: Session, sql: str, identity: Identity) -> tuple[Result, dict[str, Any]]:
-        """Guard, check limits, write the decision durably, then start the query."""
+    def start(self, session: Session, sql: str, identity: Identity, cancel: Cancel | None = None) -> Running:
+        """Guard, check limits, write the decision durably, then start the query; ``cancel`` stops it."""
         base = {"request_id": uuid.uuid4().hex, "time": now(), "user": session.user, "role": session.role,
-                "method": identity.method, "query": sql}
+                "method": identity.method, **_query_fields(sql, self.max_sql_bytes)}
         try:
+            self._admissible(sql)
             guarded = session.guard(sql)
+            self._admit(session)
         except SaferoomError as exc:
             self.audit.append({**base, "event": "decision", "decision": "refused", "reason": str(exc)})
             raise
         record = {**base, **self._touched(session, guarded), "event": "decision", "decision": "allowed",
                   "reason": "the policy allows it"}
-        with self._limits(session):
+        running = Running(record, cancel or Cancel(), time.perf_counter())
+        try:
             self.audit.append(record)  # durable before any result byte exists
-            try:
-                return session.query(sql), record
-            except SaferoomError as exc:  # _limits releases the slot as this propagates
-                self.finish(record, rows=0, size=0, started=time.perf_counter(), error=exc)
-                raise
+            with self._lock:
+                self._active[record["request_id"]] = running.cancel
+            running.result = session.query(sql, running.cancel)
+        except SaferoomError as exc:
+            self.finish(running, rows=0, size=0, error=exc)
+            raise
+        except BaseException:
+            self.release(session.user)
+            raise
+        return running
 
-    def finish(self, decision: dict[str, Any], *, rows: int, size: int, started: float,
-               truncated: bool = False, error: SaferoomError | None = None) -> None:
-        """The second record of a query: what actually left, queued when the stream ends.
+    def finish(self, running: Running, *, rows: int, size: int, truncated: bool = False,
+               error: SaferoomError | None = None) -> None:
+        """The second record of every allowed query: how it ended and what left, queued when the stream ends.
 
         The decision record was made durable before the first byte; this one joins
         the next group commit without holding the response open.
         """
+        decision = running.decision
+        with self._lock:
+            self._active.pop(decision["request_id"], None)
+        self.release(decision["user"])
         self._bytes[(decision["user"], _today())] += size
         self.audit.append_later({"event": "result", "request_id": decision["request_id"], "time": now(),
-                           "user": decision["user"], "role": decision["role"], "rows": rows, "bytes": size,
-                           "truncated": truncated, "error": str(error) if error else None,
-                           "error_type": type(error).__name__ if error else None,
-                           "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
+                                 "user": decision["user"], "role": decision["role"], "status": running.status(error),
+                                 "rows": rows, "bytes": size, "truncated": truncated,
+                                 "error": str(error) if error else None,
+                                 "error_type": type(error).__name__ if error else None,
+                                 "duration_ms": round((time.perf_counter() - running.started) * 1000, 3)})
+
+    def drain(self, reason: str = "the gateway is shutting down") -> None:
+        """Refuse new queries and stop the running ones (each still gets its result record)."""
+        with self._lock:
+            self._draining = True
+            running = list(self._active.values())
+        for cancel in running:
+            cancel(reason)
+
+    def _admissible(self, sql: str) -> None:
+        if self._draining:
+            raise QueryCancelled("the gateway is shutting down; send the query again in a moment")
+        size = len(sql.encode("utf-8", "surrogatepass"))
+        if size > self.max_sql_bytes:
+            raise TooLarge(f"the query is {size:,} bytes; the gateway accepts at most {self.max_sql_bytes:,} "
+                           "(start it with --max-sql-bytes to change that); pass large value lists as a table instead")
 
     def _touched(self, session: Session, guarded: GuardedQuery) -> dict[str, Any]:
         rules = [session.policy.rule(session.role, t, c) for t, c in guarded.columns]
         columns = [{"table": r.table, "column": r.column, "tags": list(r.tags), "action": r.action.value} for r in rules]
         return {"tables": list(guarded.tables), "columns": columns, "tags": sorted({t for r in rules for t in r.tags})}
 
-    @contextlib.contextmanager
-    def _limits(self, session: Session) -> Iterator[None]:
+    def _admit(self, session: Session) -> None:
+        """Take one of the user's query slots, or refuse: bytes today and queries at once are bounded."""
+        user, limits = session.user, session.limits
         role = session.policy.model.roles[session.role]
-        user = session.user
         if role.max_bytes_per_day and self._bytes[(user, _today())] >= role.max_bytes_per_day:
             raise LimitExceeded(f"{user} has received {role.max_bytes_per_day:,} bytes today, the role's max_bytes_per_day")
         with self._lock:
-            if role.max_concurrent and self._running[user] >= role.max_concurrent:
-                raise LimitExceeded(f"{user} already runs {role.max_concurrent} queries, the role's max_concurrent")
+            if limits.max_concurrent and self._running[user] >= limits.max_concurrent:
+                raise LimitExceeded(f"{user} already runs {limits.max_concurrent} queries, the role's max_concurrent "
+                                    "(the gateway's default when the role sets none); wait for one to finish")
             self._running[user] += 1
-        try:
-            yield
-        except BaseException:
-            self.release(user)
-            raise
 
     def release(self, user: str) -> None:
         with self._lock:
@@ -169,7 +226,19 @@ class Gateway:
                 self._bytes[(record["user"], today)] += record.get("bytes") or 0
 
     def close(self) -> None:
+        self.drain()
+        for session in list(self._room.sessions.values()):
+            session.close()
         self.audit.close()
+
+
+def _query_fields(sql: str, limit: int) -> dict[str, Any]:
+    """The query as the audit log keeps it: whole up to the gateway's limit; past it, a prefix and a digest."""
+    data = sql.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return {"query": sql}
+    return {"query": data[:AUDITED_PREFIX].decode("utf-8", "ignore"), "query_bytes": len(data),
+            "query_sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _today() -> str:

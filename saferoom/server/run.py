@@ -7,23 +7,25 @@ import signal
 import ssl
 import threading
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
 from saferoom.errors import UsageError
 from saferoom.identity import JWTSettings, JWTVerifier
 from saferoom.server.app import create_app
-from saferoom.server.gateway import Gateway
+from saferoom.server.gateway import MAX_SQL_BYTES, Gateway
 
 WATCH_SECONDS = 1.0
+DRAIN_SECONDS = 10.0  # after SIGTERM: running queries are cancelled at once; responses get this long to end
 
 
 def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 8470,
           tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None,
-          packages: Path | None = None) -> None:
+          packages: Path | None = None, max_sql_bytes: int = MAX_SQL_BYTES) -> None:
     _check_tls(tls_cert, tls_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages)
+    gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(gateway, stop), name="saferoom-policy-watch", daemon=True)
     watcher.start()
@@ -31,12 +33,35 @@ def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 847
     # the audit log is the request log: every query, who asked, what left; no second, weaker copy
     config = uvicorn.Config(create_app(gateway), host=host, port=port, log_level="info", access_log=False,
                             ssl_certfile=str(tls_cert) if tls_cert else None,
-                            ssl_keyfile=str(tls_key) if tls_key else None)
+                            ssl_keyfile=str(tls_key) if tls_key else None, timeout_graceful_shutdown=DRAIN_SECONDS)
+    previous = {sig: signal.signal(sig, _stopping) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.Server(config).run()
+        _Server(config, gateway).run()
     finally:
         stop.set()
-        gateway.close()
+        gateway.close()  # every queued audit record is written before the process ends
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM or SIGINT also stops the gateway's running queries.
+
+    uvicorn alone waits for requests in flight, and a query that runs for an hour would hold
+    the shutdown for an hour; cancelled, each ends at once with its result record written."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # not on this thread: a signal handler must not wait for a lock the interrupted code may hold
+        threading.Thread(target=self.gateway.drain, name="saferoom-drain", daemon=True).start()
+        super().handle_exit(sig, frame)
+
+
+def _stopping(sig: int, frame: FrameType | None) -> None:
+    """What uvicorn raises again once it has stopped: the gateway is already closing, nothing more to do."""
 
 
 def _check_tls(cert: Path | None, key: Path | None) -> None:

@@ -71,7 +71,7 @@ def arrow_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
     pending: list[Any] = [result.schema.serialize()]
     size = pending[0].size
     try:
-        for batch in result.batches():
+        for batch in result.stream():
             message = batch.serialize()  # one IPC message
             outcome.rows += batch.num_rows
             if size + message.size < SMALL:
@@ -93,7 +93,7 @@ def _arrow_with_dictionaries(result: Result, outcome: Outcome) -> Iterator[bytes
     sink = _Sink()
     writer = pa.ipc.new_stream(sink, result.schema)
     try:
-        for batch in result.batches():
+        for batch in result.stream():
             writer.write_batch(batch)
             outcome.rows += batch.num_rows
             yield outcome.count(sink.take())
@@ -107,7 +107,7 @@ def json_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
     yield outcome.count(b'{"columns": ' + json.dumps(result.schema.names).encode() + b', "rows": [')
     first = True
     try:
-        for batch in result.batches():
+        for batch in result.stream():
             for row in batch.to_pylist():
                 yield outcome.count((b"" if first else b",") + json.dumps(list(row.values()), default=str).encode())
                 first = False
@@ -120,7 +120,7 @@ def json_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
 def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
     header = True
     try:
-        for batch in result.batches():
+        for batch in result.stream():
             buffer = io.BytesIO()
             pyarrow.csv.write_csv(pa.Table.from_batches([batch]), buffer, pyarrow.csv.WriteOptions(include_header=header))
             header = False
