@@ -358,3 +358,19 @@ def test_a_target_path_held_by_something_else_is_never_replaced(room, tmp_path: 
     else:
         with duckdb.connect(str(target), read_only=True) as con:
             assert con.execute("select answer from mine").fetchall() == [(42,)]
+
+
+def test_row_order_carries_nothing_of_raw_values(room, tmp_path: Path) -> None:
+    """A row's position in the build must not tell the raw value behind its token (the source is in id order)."""
+    import numpy as np
+
+    build(policy_with_build(room, tmp_path, violation="report"), "analytics")
+    raw_of = {room.token(i): i for (i,) in room.raw("select customer_id from customers")}
+    assert [i for (i,) in room.raw("select customer_id from customers order by rowid")][:3] == [1, 2, 3]
+    with duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True) as con:
+        for table in ("customers", "orders"):
+            tokens = [t for (t,) in con.execute(f"select customer_id from {table} order by rowid").fetchall()]
+            raw = np.array([raw_of[str(t)] for t in tokens], dtype=float)
+            assert len(raw) > 1000
+            rho = np.corrcoef(np.argsort(np.argsort(raw)), np.arange(len(raw)))[0, 1]  # Spearman's rank correlation
+            assert abs(rho) < 0.1, f"{table}: row position follows the raw customer_id (rho={rho:.3f})"

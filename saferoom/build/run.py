@@ -210,16 +210,27 @@ def repeated_columns(table: TablePlan, rows: int, function: str,
 
 def _select(table: TablePlan, plan: BuildPlan, repetitive: dict[str, int] | None = None, function: str = TOKEN_FUNCTION,
             broadcast_below: int | None = None) -> exp.Select:
-    """The policy view, tokenizing repeated values once, with k-anonymity suppression in the same statement."""
+    """The policy view, tokenizing repeated values once, with k-anonymity suppression in the same statement,
+    in a shuffled order."""
     select = distinct_tokens(table.select, repetitive, table.types, function, broadcast_below) if repetitive else table.select
     k = plan.k_anonymity
-    if not table.k_columns or k is None or k.on_violation != "suppress":
-        return select
-    window = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column(c, quoted=True) for c in table.k_columns])
-    counted = exp.select(exp.Star(), exp.alias_(window, K_COLUMN)).from_(select.subquery("v"))
-    names = [exp.column(p.alias_or_name, quoted=True) for p in table.select.expressions]
-    keep = exp.select(*names).from_(counted.subquery("c"))
-    return keep.where(exp.GTE(this=exp.column(K_COLUMN), expression=exp.Literal.number(k.k)))
+    if table.k_columns and k is not None and k.on_violation == "suppress":
+        window = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column(c, quoted=True) for c in table.k_columns])
+        counted = exp.select(exp.Star(), exp.alias_(window, K_COLUMN)).from_(select.subquery("v"))
+        names = [exp.column(p.alias_or_name, quoted=True) for p in table.select.expressions]
+        keep = exp.select(*names).from_(counted.subquery("c"))
+        select = keep.where(exp.GTE(this=exp.column(K_COLUMN), expression=exp.Literal.number(k.k)))
+    return shuffled(select)
+
+
+def shuffled(select: exp.Select) -> exp.Select:
+    """Rows in random order: a source's order (by customer id, by time of signup) would otherwise survive in the
+    build, and a row's position would tell what its token, or its removed column, hides.
+
+    >>> shuffled(exp.select("a").from_("t")).sql("duckdb")
+    'SELECT a FROM t ORDER BY RANDOM()'
+    """
+    return select.order_by(exp.Rand(), copy=True)
 
 
 def _k_result(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer: Writer, plan: BuildPlan,
