@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,22 @@ CANARY_DB_PASSWORD = "canary-db-password-7f3e9c2a1b"
 SERVE = "from saferoom.cli import main; main()"
 HUNG = 600.0  # seconds after which something that should end by itself is taken to hang
 STOPS_WITHIN = 3 * DRAIN_SECONDS  # a gateway stops within its drain time; three times that, allowing for a busy machine
+
+
+def eventually(condition: Callable[[], object], what: str) -> None:
+    """Poll until ``condition()`` holds: the operation sets the pace, and the ceiling only stops a hang."""
+    deadline = time.monotonic() + HUNG
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.1)
+
+
+def answers(url: str, **options: object) -> bool:
+    """Whether a gateway at ``url`` answers its health check yet."""
+    try:
+        return httpx.get(f"{url}/healthz", timeout=5, **options).status_code == 200  # type: ignore[arg-type]
+    except httpx.HTTPError:
+        return False
 
 
 def free_port() -> int:

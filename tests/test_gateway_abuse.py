@@ -23,7 +23,7 @@ import pytest
 from saferoom.audit import read, verify
 from saferoom.policy.limits import GATEWAY_DEFAULTS
 from saferoom.server.app import body_limit
-from tests.gateway_helpers import HUNG, STOPS_WITHIN, Server, free_port
+from tests.gateway_helpers import HUNG, STOPS_WITHIN, Server, eventually, free_port
 
 RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
 SMALL = "select count(*), max(amount) from shop.orders"
@@ -91,16 +91,6 @@ class Flood:
             sock.close()
 
 
-def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Poll until ``condition()``; the ceiling only stops a hung gateway from hanging the suite."""
-    import time
-
-    deadline = time.monotonic() + HUNG
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.2)
-
-
 def outcomes(server: Server) -> tuple[dict[str, dict], dict[str, dict]]:
     """Allowed decisions and result records of the audit log, by request id."""
     records = read(server.state)
@@ -113,7 +103,7 @@ def test_abandoned_runaway_queries_starve_nobody_and_are_cancelled(gateway: Serv
     mallory, bob = gateway.token("mallory"), gateway.token("bob")
     flood = Flood(gateway, mallory, 40)
     try:
-        wait_for(lambda: len(flood.answered()) >= 40 - GATEWAY_DEFAULTS.max_concurrent, "the flood's refusals")
+        eventually(lambda: len(flood.answered()) >= 40 - GATEWAY_DEFAULTS.max_concurrent, "the flood's refusals")
         # the runaways never end on their own: every answer below arrives while they run
         for _ in range(5):
             small = ask(gateway, bob, SMALL)
@@ -129,7 +119,7 @@ def test_abandoned_runaway_queries_starve_nobody_and_are_cancelled(gateway: Serv
         allowed, results = outcomes(gateway)
         return set(allowed) <= set(results)
 
-    wait_for(settled, "a result record for every allowed query")  # the engine stopped each abandoned query
+    eventually(settled, "a result record for every allowed query")  # the engine stopped each abandoned query
     allowed, results = outcomes(gateway)
     runaways = [results[i] for i, d in allowed.items() if d["user"] == "mallory"]
     assert [r["status"] for r in runaways] == ["cancelled"] * GATEWAY_DEFAULTS.max_concurrent
@@ -228,7 +218,7 @@ def test_sigterm_stops_running_queries_and_the_server_and_flushes_the_audit_log(
     answers: list[httpx.Response] = []
     waiting = threading.Thread(target=lambda: answers.append(ask(gateway, token, RUNAWAY)))
     waiting.start()
-    wait_for(lambda: bool(outcomes(gateway)[0]), "the runaway query to start")
+    eventually(lambda: bool(outcomes(gateway)[0]), "the runaway query to start")
     assert gateway.process is not None
     gateway.process.send_signal(signal.SIGTERM)
     gateway.process.wait(timeout=STOPS_WITHIN)  # the documented drain bound, with room for a busy machine
