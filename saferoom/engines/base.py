@@ -7,6 +7,7 @@ parses to) plus the names of functions sqlglot passes through as ``Anonymous``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,6 +129,23 @@ class Cancel:
     @property
     def timed_out(self) -> bool:
         return self.reason == self.TIMEOUT
+
+
+def until_done(stop: Callable[[], object], done: threading.Event, every: float = 0.05) -> Callable[[], None]:
+    """A stop that repeats until ``done`` is set: engines drop a stop that arrives just before a query starts
+    (DuckDB's interrupt, PostgreSQL's cancel request), so one alone could miss the query it was meant for."""
+
+    def repeat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # stopping a statement that already ended is not an error
+                stop()
+            if done.wait(every):
+                return
+
+    def start() -> None:
+        threading.Thread(target=repeat, name="saferoom-cancel", daemon=True).start()
+
+    return start
 
 
 def stopped(cancel: Cancel, timeout: float | None) -> SaferoomError:

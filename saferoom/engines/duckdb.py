@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -24,7 +24,7 @@ import sqlglot
 from sqlglot import exp
 
 from saferoom import keyed
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped, until_done
 from saferoom.errors import EngineError, LimitExceeded
 from saferoom.policy.limits import Limits
 from saferoom.secrets import Secret, hmac_pads
@@ -106,24 +106,26 @@ class DuckDBEngine:
         cancel = cancel or Cancel()
         with self._lock:
             cursor = self._conn.cursor()
-        cancel.on_cancel(lambda: _quietly(cursor.interrupt))
+        done = threading.Event()
+        cancel.on_cancel(until_done(cursor.interrupt, done))
         timer = cancel.after(timeout)
         try:
             with self._errors(cancel, timeout):
                 reader = cursor.sql(sql).to_arrow_reader(batch_size)
         except BaseException:
-            _end(timer, cursor)
+            _end(timer, cursor, done)
             raise
-        return pa.RecordBatchReader.from_batches(reader.schema, self._batches(reader, cursor, timer, cancel, timeout))
+        return pa.RecordBatchReader.from_batches(reader.schema, self._batches(reader, cursor, (timer, done), cancel, timeout))
 
-    def _batches(self, reader: pa.RecordBatchReader, cursor: duckdb.DuckDBPyConnection, timer: threading.Timer | None,
-                 cancel: Cancel, timeout: float | None) -> Iterator[pa.RecordBatch]:
+    def _batches(self, reader: pa.RecordBatchReader, cursor: duckdb.DuckDBPyConnection,
+                 ending: tuple[threading.Timer | None, threading.Event], cancel: Cancel,
+                 timeout: float | None) -> Iterator[pa.RecordBatch]:
         try:
             with self._errors(cancel, timeout):
                 yield from reader
         finally:
             reader.close()
-            _end(timer, cursor)
+            _end(ending[0], cursor, ending[1])
 
     def column_types(self, sql: str) -> list[tuple[str, str]]:
         with self._errors(), self._lock:
@@ -165,16 +167,12 @@ def _literal(value: object) -> exp.Expression:
     return exp.Literal.number(value) if isinstance(value, int) else exp.Literal.string(str(value))
 
 
-def _quietly(stop: Callable[[], object]) -> None:
-    """Interrupting a query that already ended (its cursor closed) is not an error."""
-    with contextlib.suppress(duckdb.Error):
-        stop()
-
-
-def _end(timer: threading.Timer | None, cursor: duckdb.DuckDBPyConnection) -> None:
+def _end(timer: threading.Timer | None, cursor: duckdb.DuckDBPyConnection, done: threading.Event) -> None:
+    done.set()
     if timer is not None:
         timer.cancel()
-    _quietly(cursor.close)
+    with contextlib.suppress(duckdb.Error):
+        cursor.close()
 
 
 def scrub(message: str, paths: dict[str, str]) -> str:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pyarrow as pa
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, until_done
 from saferoom.errors import EngineError, LimitExceeded, QueryCancelled
 from saferoom.secrets import Secret, hmac_pads
 
@@ -160,22 +160,25 @@ class PostgresEngine:
         cancel = cancel or Cancel()
         conn = self._acquire()
         cur = conn.cursor()  # type: ignore[attr-defined]
-        cancel.on_cancel(lambda: _quietly(cur.adbc_cancel))
+        done = threading.Event()
+        cancel.on_cancel(until_done(cur.adbc_cancel, done))
         try:
             with self._errors(timeout, cancel):
                 cur.execute(f"SET statement_timeout = {int((timeout or 0) * 1000)}")
                 cur.execute(sql)
                 reader = cur.fetch_record_batch()
         except BaseException:
+            done.set()
             with contextlib.suppress(Exception):
                 cur.close()
             self._discard(conn)
             raise
         schema = _decimal_schema(reader.schema)
-        return pa.RecordBatchReader.from_batches(schema, self._batches(reader, schema, cur, conn, timeout, cancel))
+        return pa.RecordBatchReader.from_batches(schema, self._batches(reader, schema, cur, conn, timeout, (cancel, done)))
 
     def _batches(self, reader: pa.RecordBatchReader, schema: pa.Schema, cur: object, conn: object,
-                 timeout: float | None, cancel: Cancel) -> Iterator[pa.RecordBatch]:
+                 timeout: float | None, stopping: tuple[Cancel, threading.Event]) -> Iterator[pa.RecordBatch]:
+        cancel, done = stopping
         healthy = True
         try:
             with self._errors(timeout, cancel):
@@ -187,6 +190,7 @@ class PostgresEngine:
             healthy = False
             raise
         finally:
+            done.set()
             with contextlib.suppress(Exception):
                 cur.close()  # type: ignore[attr-defined]
             self._release(conn) if healthy and cancel.reason is None else self._discard(conn)
@@ -259,12 +263,6 @@ def _keep_identifiers(match: re.Match[str]) -> str:
     """PostgreSQL quotes names and values alike; keep names (for explanations), hide values."""
     word, space = match.group(1) or "", match.group(2)
     return match.group(0) if word.lower() in _NAMED else f'{word}{space}"…"'
-
-
-def _quietly(stop: Callable[[], object]) -> None:
-    """A cancel request for a statement that already ended is not an error."""
-    with contextlib.suppress(Exception):
-        stop()
 
 
 def _with_password(url: str, password: Secret | None) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped, until_done
 from saferoom.errors import EngineError, LimitExceeded
 from saferoom.secrets import Secret, hmac_block, hmac_pads
 
@@ -161,11 +161,13 @@ class SparkEngine:
         with self._errors(timeout, cancel):
             with self._lock:
                 context.setJobGroup(group, "saferoom query", interruptOnCancel=True)
-                cancel.on_cancel(lambda: context.cancelJobGroup(group))
+                done = threading.Event()
+                cancel.on_cancel(until_done(lambda: context.cancelJobGroup(group), done))
                 timer = cancel.after(timeout)
                 try:
                     table = self.session.sql(sql).toArrow()
                 finally:
+                    done.set()
                     if timer:
                         timer.cancel()
         return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(batch_size))
