@@ -2,7 +2,9 @@
 
 (a) throughput of a 10M-row result into Arrow, gateway / embedded;
 (b) small queries per second from 8 concurrent clients, with the durable audit log on;
-(c) the gateway's peak memory while it streams the large result.
+(c) the gateway's peak memory while it streams the large result;
+(d) one user's small queries per second while another floods the gateway with runaway queries that
+    they abandon after 3 s, against the same user's rate on a quiet gateway, measured in turn.
 
 Uses the data of bench/guard.py (built on first run). Usage: python bench/gateway.py [--rows N]
 """
@@ -80,13 +82,59 @@ def requests_per_second(server: Server, token: str, clients: int, seconds: float
     return sum(done) / (time.perf_counter() - start)
 
 
+FLOOD_CLIENTS = int(__import__("os").environ.get("FLOOD_CLIENTS", "16"))
+RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
+
+
+class Flood:
+    """``clients`` threads sending runaway queries as ``token``, each abandoned after ``patience`` seconds."""
+
+    def __init__(self, server: Server, token: str, clients: int = FLOOD_CLIENTS, patience: float = 3.0) -> None:
+        self.stop = threading.Event()
+        self.sent = 0
+        self.threads = [threading.Thread(target=self._work, args=(server.url, token, patience)) for _ in range(clients)]
+
+    def _work(self, url: str, token: str, patience: float) -> None:
+        while not self.stop.is_set():
+            self.sent += 1
+            try:
+                httpx.post(f"{url}/v1/query", json={"sql": RUNAWAY}, timeout=patience,
+                           headers={"Authorization": f"Bearer {token}"})
+            except httpx.TimeoutException:
+                pass  # abandoned, as an impatient user (or an attacker) would
+
+    def __enter__(self) -> Flood:
+        [t.start() for t in self.threads]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        [t.join() for t in self.threads]
+
+
+def under_flood(server: Server, good: str, bad: str, clients: int, seconds: float, rounds: int = 2) -> tuple[float, float, int]:
+    """The well-behaved user's rate, quiet and flooded, in alternating rounds; and the gateway's peak memory (MB)."""
+    quiet, flooded = [], []
+    for _ in range(rounds):
+        quiet.append(requests_per_second(server, good, clients, seconds))
+        with Flood(server, bad):
+            time.sleep(3.0)  # the flood at full strength: its first queries are running
+            flooded.append(requests_per_second(server, good, clients, seconds))
+    assert server.process is not None
+    return statistics.median(quiet), statistics.median(flooded), int(peak_rss_mb(server.process.pid))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--only-flood", action="store_true", help="measure (d) alone")
     args = parser.parse_args()
+    if args.only_flood:
+        flood_only(args)
+        return
     policy = build(args.rows)
     with tempfile.TemporaryDirectory() as state:
         server = Server(policy, Path(state), free_port(), Path(state) / "server.log").start()
@@ -99,6 +147,7 @@ def main() -> None:
             rate = requests_per_second(server, token, args.clients, args.seconds)
             trivial = requests_per_second(server, token, args.clients, args.seconds, "select 1")
             audited = sum(1 for _ in (Path(state) / "audit.log").open())
+            quiet, flooded, flood_peak = under_flood(server, token, server.token("ana"), args.clients, args.seconds)
         finally:
             server.stop()
     print(f"saferoom {saferoom.__version__}: gateway vs embedded on the same machine")
@@ -107,6 +156,24 @@ def main() -> None:
     print(f"(b) {args.clients} concurrent clients, durable audit: {rate:,.0f} requests/s for a small aggregate "
           f"(1M-row table, zone-map filter), {trivial:,.0f} requests/s for `select 1`; {audited:,} audit records written")
     print(f"(c) gateway memory: {idle:.0f} MB idle, peak {peak:.0f} MB while streaming {rows:,} rows")
+    print_flood(args.clients, quiet, flooded, flood_peak)
+
+
+def flood_only(args: argparse.Namespace) -> None:
+    policy = build(args.rows)
+    with tempfile.TemporaryDirectory() as state:
+        server = Server(policy, Path(state), free_port(), Path(state) / "server.log").start()
+        try:
+            quiet, flooded, peak = under_flood(server, server.token("sam"), server.token("ana"), args.clients, args.seconds)
+        finally:
+            server.stop()
+    print_flood(args.clients, quiet, flooded, peak)
+
+
+def print_flood(clients: int, quiet: float, flooded: float, peak: int) -> None:
+    print(f"(d) {clients} clients of one user: {quiet:,.0f} requests/s on a quiet gateway, {flooded:,.0f} while another user "
+          f"floods runaway queries from 16 clients, abandoning each after 3 s: ratio {flooded / quiet:.2f}; "
+          f"gateway peak memory {peak} MB")
 
 
 if __name__ == "__main__":

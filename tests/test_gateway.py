@@ -21,6 +21,7 @@ import pytest
 import saferoom
 from saferoom.audit import read, verify
 from saferoom.client import RemoteSession
+from saferoom.server.gateway import QUEUE_SECONDS
 from tests.gateway_helpers import (
     CANARY_DB_PASSWORD,
     SERVE,
@@ -125,7 +126,9 @@ def test_limits(server, tokens) -> None:
     def run() -> None:
         messages.append(post(server, lee, slow).json()["error"]["message"])
 
-    threads = [threading.Thread(target=run) for _ in range(3)]
+    # a query waits up to QUEUE_SECONDS for lee's one slot; each holds it for its 1 s timeout, so of six sent at
+    # once some run in turn and are stopped, and the rest are refused
+    threads = [threading.Thread(target=run) for _ in range(2 * int(QUEUE_SECONDS) + 2)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert any("max_concurrent" in m for m in messages) and any("timeout_seconds" in m for m in messages)

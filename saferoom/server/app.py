@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import threading
 from collections.abc import Callable, Generator
 from importlib import resources
 from pathlib import Path
@@ -22,6 +21,7 @@ from saferoom.engines.base import Cancel
 from saferoom.errors import AccessDenied, AuthError, NotFound, SaferoomError, TooLarge, UsageError
 from saferoom.server.gateway import Gateway, Running
 from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body
+from saferoom.server.workers import QueryThread
 
 T = TypeVar("T")
 Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
@@ -71,14 +71,23 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def query(request: Request, payload: Annotated[QueryRequest, Body()], authorization: Auth = None,
                     accept: Annotated[str | None, Header()] = None) -> Response:
         kind = _format(payload.format, accept)
-        cancel = Cancel()
-        running, body = await _watching(request, cancel, lambda: _begin(gateway, payload, authorization, kind, cancel))
+        cancel, worker = Cancel(), QueryThread()
+        try:
+            running, stream = await _watching(request, cancel, worker, lambda: _begin(gateway, payload, authorization, kind, cancel))
+        except BaseException:
+            worker.close()
+            raise
+        body = _Body(stream, cancel, worker)
+        try:
+            first, rest = await body.read(), await body.read()
+        except BaseException:
+            await body.aclose()
+            raise
         headers = {"X-Saferoom-Request": running.decision["request_id"]}
-        first = await _in_query_thread(next, body, b"")
-        rest = await _in_query_thread(next, body, None)
         if rest is None:  # a small result is already whole: send it without streaming machinery
-            return Response(first, media_type=MEDIA[kind], headers=headers)
-        return _ClosingStream(_Body([first, rest], body, cancel), media_type=MEDIA[kind], headers=headers)
+            await body.aclose()
+            return Response(first or b"", media_type=MEDIA[kind], headers=headers)
+        return _ClosingStream(body.then([first or b"", rest]), media_type=MEDIA[kind], headers=headers)
 
     @app.get("/v1/audit", summary="The audit log (roles with audit: true)")
     def audit(authorization: Auth = None, role: str | None = None,
@@ -213,27 +222,13 @@ class _SecurityHeaders:
         await self.app(scope, receive, sending)
 
 
-QUERY_THREADS = 32  # queries run on their own threads: however many hang, the rest of the gateway answers
-_query_threads: list[anyio.CapacityLimiter] = []
-
-
-def _limiter() -> anyio.CapacityLimiter:
-    if not _query_threads:  # made on the event loop, at the first query
-        _query_threads.append(anyio.CapacityLimiter(QUERY_THREADS))
-    return _query_threads[0]
-
-
-async def _in_query_thread(function: Callable[..., T], *args: Any) -> T:
-    return await anyio.to_thread.run_sync(function, *args, limiter=_limiter())
-
-
-async def _watching(request: Request, cancel: Cancel, work: Callable[[], T]) -> T:
-    """Run ``work`` on a query thread; if the client hangs up meanwhile, cancel its query."""
+async def _watching(request: Request, cancel: Cancel, worker: QueryThread, work: Callable[[], T]) -> T:
+    """Run ``work`` on the query's thread; if the client hangs up meanwhile, cancel its query."""
     failure: Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(_hang_up, request, cancel)
         try:
-            result = await _in_query_thread(work)
+            result = await worker.run(work)
         except Exception as exc:  # noqa: BLE001 - raised below, outside the group, so it is not wrapped in an ExceptionGroup
             failure = exc
         group.cancel_scope.cancel()
@@ -257,37 +252,44 @@ def _begin(gateway: Gateway, payload: QueryRequest, authorization: str | None, k
 
 
 class _Body:
-    """A streamed body, read on the query threads, whose generator is closed for certain however the response
-    ends: its ``finally`` gives back the user's query slot and writes the result record. A client that hangs up
-    mid-stream has its query cancelled first, so closing never waits for a query nobody will read."""
+    """A result body read on its query's thread, closed for certain however the response ends: the generator's
+    ``finally`` gives back the user's query slot and writes the result record. A client that hangs up before
+    the end has its query cancelled first, so closing never waits for a query nobody will read."""
 
-    def __init__(self, ready: list[bytes], rest: Generator[bytes, None, None], cancel: Cancel) -> None:
-        self._ready, self._rest, self._cancel = ready, rest, cancel
-        self._lock = threading.Lock()  # close() waits for a next() still running on a query thread
+    def __init__(self, rest: Generator[bytes, None, None], cancel: Cancel, worker: QueryThread) -> None:
+        self._ready: list[bytes] = []
+        self._rest, self._cancel, self._worker = rest, cancel, worker
         self._done = False
+
+    def then(self, ready: list[bytes]) -> _Body:
+        """Send ``ready`` (chunks already read) before the rest."""
+        self._ready = ready
+        return self
+
+    async def read(self) -> bytes | None:
+        return await self._worker.run(self._next)
+
+    def _next(self) -> bytes | None:
+        if self._ready:
+            return self._ready.pop(0)
+        chunk = next(self._rest, None)
+        self._done = chunk is None
+        return chunk
 
     def __aiter__(self) -> _Body:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await _in_query_thread(self._next)
+        chunk = await self.read()
         if chunk is None:
             raise StopAsyncIteration
         return chunk
 
-    def _next(self) -> bytes | None:
-        with self._lock:
-            if self._ready:
-                return self._ready.pop(0)
-            chunk = next(self._rest, None)
-            self._done = chunk is None
-            return chunk
-
-    def close(self) -> None:
+    async def aclose(self) -> None:
         if not self._done:
             self._cancel("the client hung up")
-        with self._lock:
-            self._rest.close()
+        await self._worker.run(self._rest.close)  # after a read still running: they share the query's thread
+        self._worker.close()
 
 
 class _ClosingStream(StreamingResponse):
@@ -300,7 +302,7 @@ class _ClosingStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._body.close)
+                await self._body.aclose()
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -30,6 +30,7 @@ from saferoom.session import Session, open_engine
 log = logging.getLogger("saferoom.gateway")
 
 
+QUEUE_SECONDS = 2.0  # how long a query waits for one of its user's slots before it is refused
 MAX_SQL_BYTES = 256 * 1024  # a query's text; lists of values that long belong in a table
 AUDITED_PREFIX = 4096  # of a refused, oversized query's text, the audit log keeps this much and a digest
 
@@ -71,6 +72,7 @@ class Gateway:
         self.auth = Authenticator(TokenStore(state), jwt)
         self.audit = AuditLog(state)
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # a query slot came back, or the gateway is stopping
         self._room = self._load()
         self.max_sql_bytes = max_sql_bytes
         self._running: dict[str, int] = defaultdict(int)
@@ -135,7 +137,7 @@ class Gateway:
         try:
             self._admissible(sql)
             guarded = session.guard(sql)
-            self._admit(session)
+            self._admit(session, cancel)
         except SaferoomError as exc:
             self.audit.append({**base, "event": "decision", "decision": "refused", "reason": str(exc)})
             raise
@@ -176,9 +178,10 @@ class Gateway:
 
     def drain(self, reason: str = "the gateway is shutting down") -> None:
         """Refuse new queries and stop the running ones (each still gets its result record)."""
-        with self._lock:
+        with self._freed:
             self._draining = True
             running = list(self._active.values())
+            self._freed.notify_all()
         for cancel in running:
             cancel(reason)
 
@@ -195,21 +198,29 @@ class Gateway:
         columns = [{"table": r.table, "column": r.column, "tags": list(r.tags), "action": r.action.value} for r in rules]
         return {"tables": list(guarded.tables), "columns": columns, "tags": sorted({t for r in rules for t in r.tags})}
 
-    def _admit(self, session: Session) -> None:
-        """Take one of the user's query slots, or refuse: bytes today and queries at once are bounded."""
+    def _admit(self, session: Session, cancel: Cancel | None) -> None:
+        """Take one of the user's query slots, waiting up to QUEUE_SECONDS for one, or refuse.
+
+        Waiting (not refusing at once) keeps a notebook that sends a few queries together working, and
+        keeps a user who floods the gateway from spinning it with refusals."""
         user, limits = session.user, session.limits
         role = session.policy.model.roles[session.role]
         if role.max_bytes_per_day and self._bytes[(user, _today())] >= role.max_bytes_per_day:
             raise LimitExceeded(f"{user} has received {role.max_bytes_per_day:,} bytes today, the role's max_bytes_per_day")
-        with self._lock:
-            if limits.max_concurrent and self._running[user] >= limits.max_concurrent:
-                raise LimitExceeded(f"{user} already runs {limits.max_concurrent} queries, the role's max_concurrent "
-                                    "(the gateway's default when the role sets none); wait for one to finish")
+        deadline = time.monotonic() + QUEUE_SECONDS
+        with self._freed:
+            while limits.max_concurrent and self._running[user] >= limits.max_concurrent:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._draining or (cancel is not None and cancel.reason is not None):
+                    raise LimitExceeded(f"{user} already runs {limits.max_concurrent} queries, the role's max_concurrent "
+                                        "(the gateway's default when the role sets none); wait for one to finish")
+                self._freed.wait(min(left, 0.25))  # a slice at a time: a client that hangs up stops waiting
             self._running[user] += 1
 
     def release(self, user: str) -> None:
-        with self._lock:
+        with self._freed:
             self._running[user] -= 1
+            self._freed.notify_all()
 
     def _count_bytes_today(self) -> None:
         """Today's bytes per user, from the log's tail: records are in time order, so reading stops at yesterday

@@ -1,0 +1,66 @@
+"""One thread per query, from its decision to its last byte.
+
+Queries never run on the server's shared thread pool, so however many hang, the health check, the
+catalog and the web page still answer. A query that runs longer than a short one does is moved to a
+lower CPU priority (its thread's nice value), so one user's runaway queries cannot take the processor
+from everyone else's short ones; the thread ends with the query, so no pooled thread keeps that priority
+(an unprivileged process cannot raise a thread's priority back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from saferoom import priority
+
+T = TypeVar("T")
+GRACE_SECONDS = 0.25  # a query still running after this is no longer a short one
+DEMOTED_NICE = int(__import__("os").environ.get("DN", "10"))  # CFS gives a nice-10 thread about a tenth of a nice-0 one's share of a busy processor
+
+_Task = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class QueryThread:
+    """Runs one query's calls in order, on a thread of its own."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._started = threading.Event()
+        self._tid = 0
+        self._thread = threading.Thread(target=self._loop, name="saferoom-query", daemon=True)
+        self._thread.start()
+        self._demotion: asyncio.TimerHandle | None = None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)`` on this query's thread; demote the thread if the query is still running after the grace."""
+        if self._demotion is None:
+            self._demotion = asyncio.get_running_loop().call_later(GRACE_SECONDS, self.demote)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._tasks.put((future, function, args))
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    def demote(self) -> None:
+        self._started.wait()
+        priority.lower(self._tid)
+
+    def close(self) -> None:
+        """The thread ends after the calls already given to it."""
+        if self._demotion is not None:
+            self._demotion.cancel()
+        self._tasks.put(None)
+
+    def _loop(self) -> None:
+        self._tid = threading.get_native_id()
+        self._started.set()
+        while (task := self._tasks.get()) is not None:
+            future, function, args = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args))
+                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request, which raises it
+                    future.set_exception(exc)
