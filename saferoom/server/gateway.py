@@ -41,12 +41,13 @@ class Room:
 
 
 class Gateway:
-    def __init__(self, policy_path: Path, state: Path, jwt: JWTVerifier | None = None, packages: Path | None = None) -> None:
+    def __init__(self, policy_path: Path, state: Path, jwt: JWTVerifier | None = None, packages: Path | None = None,
+                 *, audit: AuditLog | None = None) -> None:
         self.policy_path = policy_path.resolve()
         self.packages = packages
         self.state = state
         self.auth = Authenticator(TokenStore(state), jwt)
-        self.audit = AuditLog(state)
+        self.audit = audit or AuditLog(state)  # sealed and forwarded when the caller passes one so configured
         self._lock = threading.Lock()
         self._room = self._load()
         self._running: dict[str, int] = defaultdict(int)
