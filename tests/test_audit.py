@@ -199,6 +199,16 @@ def truncate_the_end(folder: Path, saved_head: bytes, saved_length: int) -> None
     (folder / HEAD).write_bytes(saved_head)
 
 
+def cut_and_rehead(folder: Path) -> None:
+    """The last records cut off and a head written for the new end (with a plain checksum: no key)."""
+    kept = (folder / LOG).read_text().splitlines(keepends=True)[:-3]
+    (folder / LOG).write_text("".join(kept))
+    (folder / HEAD).unlink()
+    head = Head(folder / HEAD)
+    head.write(json.loads(kept[-1])["seq"], json.loads(kept[-1])["hash"])
+    head.close()
+
+
 def empty_the_log(folder: Path) -> None:
     (folder / LOG).write_text("")
     (folder / HEAD).unlink()
@@ -213,12 +223,14 @@ def forged(tmp_path: Path):
     saved_head, saved_length = (state / HEAD).read_bytes(), (state / LOG).stat().st_size
     sealed(state, copy, n=4)
     forgeries = {"delete": delete_one, "alter": alter_one, "rechain-another-key": rechain_with_another_key,
-                 "truncate": lambda folder: truncate_the_end(folder, saved_head, saved_length), "empty": empty_the_log}
+                 "cut-and-rehead": cut_and_rehead, "empty": empty_the_log,
+                 "truncate": lambda folder: truncate_the_end(folder, saved_head, saved_length)}
     return state, copy, forgeries
 
 
 # forgery -> (caught with the audit key alone, without the forwarded copy?)
-FORGERIES = {"delete": True, "alter": True, "rechain-another-key": True, "truncate": False, "empty": False}
+FORGERIES = {"delete": True, "alter": True, "rechain-another-key": True, "cut-and-rehead": True, "truncate": False,
+             "empty": False}
 
 
 @pytest.mark.parametrize("name", FORGERIES)

@@ -101,11 +101,6 @@ class AuditLog:
         self._writer = threading.Thread(target=self._run, name="saferoom-audit", daemon=True)
         self._writer.start()
 
-    @property
-    def sealed(self) -> bool:
-        """Whether records are sealed with an audit key (tamper evidence against whoever can write the folder)."""
-        return self._key is not None
-
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Write ``record`` durably and return it with seq, prev and hash."""
         pending = _Pending(dict(record))
@@ -230,12 +225,12 @@ class AuditLog:
             pending.error = error
             pending.done.set()
         if error is not None and not batch:
-            log.error("an audit checkpoint could not be written or forwarded: %s", error)
+            log.error("an audit checkpoint was not committed: %s", error)
         with self._cond:
             failed = [p for p in self._later if p.done.is_set() and p.error is not None]
             self._later = [p for p in self._later if not p.done.is_set()]
         for pending in failed:
-            log.error("an audit record could not be written: %s", pending.error)
+            log.error("an audit record was not committed: %s", pending.error)
 
     def _recover(self) -> tuple[int, str]:
         """The last record's seq and hash, after checking the log still holds every record its head saw,
