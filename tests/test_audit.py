@@ -376,3 +376,15 @@ def test_the_audit_key_never_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     sealed(tmp_path / "state", tmp_path / "copy.log")
     stored = b"".join(p.read_bytes() for p in [tmp_path / "copy.log", *(tmp_path / "state").iterdir()])
     assert KEY_TEXT.encode() not in stored
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 20])
+def test_lines_read_backwards_know_where_they_start(tmp_path: Path, block: int) -> None:
+    from saferoom.audit.records import lines_backwards
+
+    written(tmp_path, 5)
+    data = (tmp_path / LOG).read_bytes()
+    starts = [0] + [i + 1 for i, byte in enumerate(data[:-1]) if byte == ord("\n")]
+    found = list(lines_backwards(tmp_path / LOG, block))
+    assert [offset for offset, _ in found] == starts[::-1]
+    assert all(data[offset:].startswith(text + b"\n") for offset, text in found)
