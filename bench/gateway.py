@@ -3,15 +3,20 @@
 (a) throughput of a 10M-row result into Arrow, gateway / embedded;
 (b) small queries per second from 8 concurrent clients, with the durable audit log on;
 (c) the gateway's peak memory while it streams the large result;
-(d) one user's small queries per second while another floods the gateway with runaway queries that
+(e) one user's small queries per second while another floods the gateway with runaway queries that
     they abandon after 3 s, against the same user's rate on a quiet gateway, measured in turn.
+(d) what sealing the audit log costs: (b) on a gateway with --audit-key (HMAC per record, a signed
+    checkpoint every 1,000 records or 10 s) against one without, in alternating rounds of the same run.
 
-Uses the data of bench/guard.py (built on first run). Usage: python bench/gateway.py [--rows N]
+Uses the data of bench/guard.py (built on first run). Usage: python bench/gateway.py [--rows N] [--audit-only] [--only-flood]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -25,9 +30,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from guard import build
+from timing import median_seconds
 
 import saferoom
+from saferoom.audit import AuditKey
 from saferoom.client import RemoteSession
+from saferoom.policy.limits import GATEWAY_DEFAULTS
+from saferoom.secrets import Secret
 from tests.gateway_helpers import Server, free_port
 
 SCAN = "select order_id, amount, region, created_at from orders"
@@ -82,7 +91,8 @@ def requests_per_second(server: Server, token: str, clients: int, seconds: float
     return sum(done) / (time.perf_counter() - start)
 
 
-FLOOD_CLIENTS = int(__import__("os").environ.get("FLOOD_CLIENTS", "16"))
+FLOOD_CLIENTS = 16  # the flooding user's connections: four times the queries they may run at once
+FLOOD_GOOD_CLIENTS = GATEWAY_DEFAULTS.max_concurrent  # the well-behaved user keeps within their limit
 RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
 
 
@@ -122,6 +132,34 @@ def under_flood(server: Server, good: str, bad: str, clients: int, seconds: floa
             flooded.append(requests_per_second(server, good, clients, seconds))
     assert server.process is not None
     return statistics.median(quiet), statistics.median(flooded), int(peak_rss_mb(server.process.pid))
+def audit_cost(policy: Path, clients: int, seconds: float, rounds: int) -> tuple[float, float]:
+    """Median requests/s for the small aggregate, unsealed and sealed, the two gateways taking turns."""
+    os.environ["SAFEROOM_BENCH_AUDIT_KEY"] = secrets.token_urlsafe(32)
+    with tempfile.TemporaryDirectory() as folder:
+        base = Path(folder)
+        plain = Server(policy, base / "plain", free_port(), base / "plain.log")
+        sealed = Server(policy, base / "sealed", free_port(), base / "sealed.log",
+                        extra=["--audit-key", "env:SAFEROOM_BENCH_AUDIT_KEY"])
+        rates: dict[str, list[float]] = {"plain": [], "sealed": []}
+        try:
+            servers = {"plain": plain.start(), "sealed": sealed.start()}
+            tokens = {name: server.token("sam") for name, server in servers.items()}
+            for i in range(rounds):
+                for name in ("plain", "sealed") if i % 2 == 0 else ("sealed", "plain"):
+                    rates[name].append(requests_per_second(servers[name], tokens[name], clients, seconds))
+        finally:
+            plain.stop()
+            sealed.stop()
+    return statistics.median(rates["plain"]), statistics.median(rates["sealed"])
+
+
+def seal_cpu_us(n: int = 20_000) -> float:
+    """CPU the seal adds per record, in-process: the HMAC of its hash, and a thousandth of a checkpoint's signature."""
+    key = AuditKey(Secret(secrets.token_urlsafe(32)))
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+    per_seal = median_seconds(lambda: [key.seal(d) for d in digests], 5) / n
+    per_signature = median_seconds(lambda: key.sign(b"x" * 200), 51)
+    return (per_seal + per_signature / 1000) * 1e6
 
 
 def main() -> None:
@@ -130,12 +168,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--only-flood", action="store_true", help="measure (d) alone")
+    parser.add_argument("--only-flood", action="store_true", help="Only (e).")
+    parser.add_argument("--audit-rounds", type=int, default=4)
+    parser.add_argument("--audit-only", action="store_true", help="Only (d).")
     args = parser.parse_args()
     if args.only_flood:
         flood_only(args)
         return
     policy = build(args.rows)
+    plain, sealed = audit_cost(policy, args.clients, args.seconds, args.audit_rounds)
+    if args.audit_only:
+        print_audit_cost(args, plain, sealed)
+        return
     with tempfile.TemporaryDirectory() as state:
         server = Server(policy, Path(state), free_port(), Path(state) / "server.log").start()
         try:
@@ -147,7 +191,7 @@ def main() -> None:
             rate = requests_per_second(server, token, args.clients, args.seconds)
             trivial = requests_per_second(server, token, args.clients, args.seconds, "select 1")
             audited = sum(1 for _ in (Path(state) / "audit.log").open())
-            quiet, flooded, flood_peak = under_flood(server, token, server.token("ana"), args.clients, args.seconds)
+            quiet, flooded, flood_peak = under_flood(server, token, server.token("ana"), FLOOD_GOOD_CLIENTS, args.seconds)
         finally:
             server.stop()
     print(f"saferoom {saferoom.__version__}: gateway vs embedded on the same machine")
@@ -156,7 +200,8 @@ def main() -> None:
     print(f"(b) {args.clients} concurrent clients, durable audit: {rate:,.0f} requests/s for a small aggregate "
           f"(1M-row table, zone-map filter), {trivial:,.0f} requests/s for `select 1`; {audited:,} audit records written")
     print(f"(c) gateway memory: {idle:.0f} MB idle, peak {peak:.0f} MB while streaming {rows:,} rows")
-    print_flood(args.clients, quiet, flooded, flood_peak)
+    print_flood(FLOOD_GOOD_CLIENTS, quiet, flooded, flood_peak)
+    print_audit_cost(args, plain, sealed)
 
 
 def flood_only(args: argparse.Namespace) -> None:
@@ -164,16 +209,24 @@ def flood_only(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as state:
         server = Server(policy, Path(state), free_port(), Path(state) / "server.log").start()
         try:
-            quiet, flooded, peak = under_flood(server, server.token("sam"), server.token("ana"), args.clients, args.seconds)
+            quiet, flooded, peak = under_flood(server, server.token("sam"), server.token("ana"), FLOOD_GOOD_CLIENTS, args.seconds)
         finally:
             server.stop()
-    print_flood(args.clients, quiet, flooded, peak)
+    print_flood(FLOOD_GOOD_CLIENTS, quiet, flooded, peak)
 
 
 def print_flood(clients: int, quiet: float, flooded: float, peak: int) -> None:
-    print(f"(d) {clients} clients of one user: {quiet:,.0f} requests/s on a quiet gateway, {flooded:,.0f} while another user "
+    print(f"(e) {clients} clients of one user: {quiet:,.0f} requests/s on a quiet gateway, {flooded:,.0f} while another user "
           f"floods runaway queries from 16 clients, abandoning each after 3 s: ratio {flooded / quiet:.2f}; "
           f"gateway peak memory {peak} MB")
+
+
+def print_audit_cost(args: argparse.Namespace, plain: float, sealed: float) -> None:
+    print(f"(d) sealed audit log (HMAC chain, signed checkpoints), median of {args.audit_rounds} alternating rounds of "
+          f"{args.seconds:.0f} s: {sealed:,.0f} requests/s sealed, {plain:,.0f} unsealed: ratio {sealed / plain:.3f}")
+    cpu = seal_cpu_us()
+    print(f"    sealing costs {cpu:.1f} µs of CPU per record (two records per query: {2 * cpu * sealed / 1e4:.2f}% of one "
+          f"core at {sealed:,.0f} requests/s)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.csv
@@ -23,6 +23,9 @@ from saferoom.errors import SaferoomError
 from saferoom.explain import Explanation, TableInfo
 from saferoom.policy import load_policy
 from saferoom.policy.model import PolicyModel
+
+if TYPE_CHECKING:
+    from saferoom.audit import AuditKey
 
 app = typer.Typer(help="saferoom: ordinary SQL for data scientists; sensitive data stays put.", no_args_is_help=True, add_completion=False)
 out = Console(soft_wrap=True)
@@ -156,6 +159,8 @@ def _print_plan(build_plan: object) -> None:
 
 
 StateOpt = Annotated[Path, typer.Option("--state", help="The gateway's state folder: tokens and the audit log.")]
+AuditKeyOpt = Annotated[str | None, typer.Option(
+    help="The audit key that seals the log and signs its checkpoints: env:NAME or file:PATH, kept outside --state.")]
 token_app = typer.Typer(help="Personal API tokens for the gateway.", no_args_is_help=True)
 audit_app = typer.Typer(help="The gateway's tamper-evident audit log.", no_args_is_help=True)
 packages_app = typer.Typer(help="Curated, pinned, audited Python packages for rooms without internet.", no_args_is_help=True)
@@ -177,11 +182,15 @@ def serve(
     jwt_issuer: str | None = None,
     jwt_claim: Annotated[str, typer.Option(help="The JWT claim that names the user.")] = "sub",
     packages: Annotated[Path | None, typer.Option(help="Serve this package snapshot folder at /simple/ (its `latest`).")] = None,
+    audit_key: AuditKeyOpt = None,
+    audit_forward: Annotated[list[str] | None, typer.Option(
+        help="Also send every audit record and checkpoint to syslog+tcp://HOST:PORT or file:PATH (repeatable); "
+             "a query whose record cannot be sent does not run.")] = None,
     max_sql_bytes: Annotated[int, typer.Option(min=1024, help="The longest query text accepted, in bytes.")] = 256 * 1024,
 ) -> None:
     """Run the gateway: it holds the credentials and the policy; people hold personal tokens.
 
-    Example: saferoom serve --policy saferoom.yaml --state /var/lib/saferoom
+    Example: saferoom serve --policy saferoom.yaml --state /var/lib/saferoom --audit-key env:SAFEROOM_AUDIT_KEY
     """
     from saferoom.identity import JWTSettings
     from saferoom.server.run import serve as run_server
@@ -190,7 +199,7 @@ def serve(
         raise SaferoomError("serving beyond loopback needs --tls-cert and --tls-key")
     settings = JWTSettings(jwks, jwt_audience, jwt_issuer, jwt_claim) if jwks else None
     run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=settings, packages=packages,
-               max_sql_bytes=max_sql_bytes)
+               audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes)
 
 
 @token_app.command("create")
@@ -241,17 +250,41 @@ def login(url: Annotated[str, typer.Option(help="The gateway, e.g. https://safer
 
 
 @audit_app.command("verify")
-def audit_verify(state: StateOpt = Path("saferoom-state")) -> None:
-    """Check the hash chain; exits 1 on any break."""
-    from saferoom.audit import verify
+def audit_verify(
+    state: StateOpt = Path("saferoom-state"),
+    key: Annotated[str | None, typer.Option("--key", help="The audit key (env:NAME or file:PATH): checks every record's seal and the head's.")] = None,
+    public_key: Annotated[str | None, typer.Option(help="The audit public key (ed25519:…) or a file holding it: checks signed checkpoints.")] = None,
+    checkpoints: Annotated[Path | None, typer.Option(help="The forwarded copy (the file destination, or lines extracted from syslog).")] = None,
+) -> None:
+    """Check the hash chain, its seals and, against a forwarded copy, that nothing is missing; exits 1 on any break.
 
-    result = verify(state)
+    Example: saferoom audit verify --state /var/lib/saferoom --public-key audit.pub --checkpoints /mnt/copy/audit.log
+    """
+    from saferoom.audit import PublicKey, verify
+
+    public = PublicKey.load(public_key) if public_key else None
+    result = verify(state, key=_audit_key(key), public_key=public, checkpoints=checkpoints)
+    for note in result.notes:
+        err.print(f"[dim]{escape(note)}[/]", highlight=False)
     if result.ok:
-        out.print(f"[green]The audit log verifies:[/] {result.records} records, chain and head intact.")
+        sealed = f", {result.sealed} sealed" if result.sealed else ""
+        signed = f", {result.checkpoints} signed checkpoints matched" if result.checkpoints else ""
+        out.print(f"[green]The audit log verifies:[/] {result.records} records{sealed}{signed}, chain and head intact.")
         return
     where = f" at line {result.line}" if result.line else ""
-    out.print(f"[red]The audit log does not verify{where}:[/] {result.problem} ({result.records} good records before it)")
+    out.print(f"[red]The audit log does not verify{where}:[/] {escape(result.problem or '')} ({result.records} good records before it)")
     raise typer.Exit(1)
+
+
+@audit_app.command("public-key")
+def audit_public_key(key: Annotated[str, typer.Option("--key", help="The audit key: env:NAME or file:PATH.")]) -> None:
+    """Print the public key that verifies the log's signed checkpoints; it can be published.
+
+    Example: saferoom audit public-key --key env:SAFEROOM_AUDIT_KEY > audit.pub
+    """
+    from saferoom.audit import AuditKey
+
+    sys.stdout.write(f"{AuditKey.resolve(key).public}\n")
 
 
 @audit_app.command("report")
@@ -420,6 +453,13 @@ def demo(dir: Annotated[Path, typer.Option("--dir", help="Folder for the demo da
     from saferoom.walkthrough import run
 
     run(dir, customers, out)
+
+
+def _audit_key(reference: str | None) -> AuditKey | None:
+    """The audit key a reference points at; a clear error (exit 2) before anything starts when it cannot be read."""
+    from saferoom.audit import AuditKey
+
+    return AuditKey.resolve(reference) if reference else None
 
 
 def _connect(policy: Path, user: str, role: str | None) -> Any:

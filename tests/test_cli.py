@@ -100,3 +100,20 @@ def test_demo_builds_and_walks_through(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["query"], ["nonsense"], ["query", "-f", "xml", "select 1"]])
 def test_usage_errors_exit_2(args: list[str]) -> None:
     assert saferoom(*args).returncode == 2
+
+
+def test_every_option_is_documented() -> None:
+    import click
+    import typer
+
+    from saferoom.cli import app
+
+    docs = "\n".join(p.read_text() for p in (Path(__file__).parent.parent / "docs").glob("*.md"))
+
+    def options(command: click.Command, path: str) -> list[tuple[str, str]]:
+        if isinstance(command, click.Group):
+            return [o for name, sub in command.commands.items() for o in options(sub, f"{path} {name}".strip())]
+        return [(path, max(p.opts, key=len)) for p in command.params if isinstance(p, click.Option)]
+
+    missing = [(path, option) for path, option in options(typer.main.get_command(app), "") if option not in docs]
+    assert not missing, f"options not in docs/: {missing}"

@@ -65,12 +65,12 @@ class Room:
 
 class Gateway:
     def __init__(self, policy_path: Path, state: Path, jwt: JWTVerifier | None = None, packages: Path | None = None,
-                 max_sql_bytes: int = MAX_SQL_BYTES) -> None:
+                 max_sql_bytes: int = MAX_SQL_BYTES, *, audit: AuditLog | None = None) -> None:
         self.policy_path = policy_path.resolve()
         self.packages = packages
         self.state = state
         self.auth = Authenticator(TokenStore(state), jwt)
-        self.audit = AuditLog(state)
+        self.audit = audit or AuditLog(state)  # sealed and forwarded when the caller passes one so configured
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)  # a query slot came back, or the gateway is stopping
         self._room = self._load()

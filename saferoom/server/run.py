@@ -6,11 +6,13 @@ import logging
 import signal
 import ssl
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
+from saferoom.audit import AuditKey, AuditLog
 from saferoom.errors import UsageError
 from saferoom.identity import JWTSettings, JWTVerifier
 from saferoom.server.app import create_app
@@ -18,14 +20,21 @@ from saferoom.server.gateway import MAX_SQL_BYTES, Gateway
 
 WATCH_SECONDS = 1.0
 DRAIN_SECONDS = 10.0  # after SIGTERM: running queries are cancelled at once; responses get this long to end
+log = logging.getLogger("saferoom.gateway")
 
 
 def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 8470,
           tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None,
-          packages: Path | None = None, max_sql_bytes: int = MAX_SQL_BYTES) -> None:
+          packages: Path | None = None, audit_key: AuditKey | None = None, audit_forward: Sequence[str] = (),
+          max_sql_bytes: int = MAX_SQL_BYTES) -> None:
     _check_tls(tls_cert, tls_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes)
+    audit = _audit_log(state, audit_key, audit_forward)
+    try:
+        gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes, audit=audit)
+    except BaseException:
+        audit.close()
+        raise
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(gateway, stop), name="saferoom-policy-watch", daemon=True)
     watcher.start()
@@ -62,6 +71,19 @@ class _Server(uvicorn.Server):
 
 def _stopping(sig: int, frame: FrameType | None) -> None:
     """What uvicorn raises again once it has stopped: the gateway is already closing, nothing more to do."""
+
+
+def _audit_log(state: Path, key: AuditKey | None, forward: Sequence[str]) -> AuditLog:
+    """The audit log as configured; without a key, say loudly what that leaves open."""
+    audit = AuditLog(state, key=key, forward=forward)
+    if key is None:
+        log.warning("the audit log is NOT sealed (no --audit-key): its hash chain is plain SHA-256, so whoever can "
+                    "write %s can rewrite, cut or empty it and `saferoom audit verify` will not notice; give "
+                    "--audit-key env:NAME (or file:PATH) from outside the state folder", state)
+    else:
+        log.info("the audit log is sealed; checkpoints are signed by %s%s", key.public,
+                 "".join(f"; forwarded to {spec}" for spec in forward))
+    return audit
 
 
 def _check_tls(cert: Path | None, key: Path | None) -> None:
