@@ -23,7 +23,7 @@ class Session:
     """A user acting as exactly one role against the policy's sources."""
 
     def __init__(self, policy: Policy, user: str, role: str | None = None, *, engine: Engine | None = None,
-                 backend: str | None = None, limits: Limits | None = None) -> None:
+                 backend: str | None = None, limits: Limits | None = None, isolated: bool = False) -> None:
         self.policy = policy
         self.user = user
         self.role, role_spec = policy.role_for(user, role)
@@ -31,7 +31,7 @@ class Session:
         self.limits = limits or role_limits(role_spec)
         self.timeout = self.limits.timeout_seconds
         self._owns_engine = engine is None
-        self._engine = engine or open_engine(policy, backend, self.limits)
+        self._engine = engine or open_engine(policy, backend, self.limits, isolated=isolated)
         self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog())
 
     def guard(self, sql: str) -> GuardedQuery:
@@ -83,14 +83,20 @@ class Session:
         return f"<Session user={self.user!r} role={self.role!r} policy={self.policy.path.name!r}>"
 
 
-def open_engine(policy: Policy, backend: str | None = None, limits: Limits | None = None) -> Engine:
+def open_engine(policy: Policy, backend: str | None = None, limits: Limits | None = None, *,
+                isolated: bool = False) -> Engine:
     """The engine for one family of sources: DuckDB files (attached together), a PostgreSQL database or a Spark source.
 
-    ``limits`` bound the memory, threads and spill space of an embedded engine."""
+    ``limits`` bound the memory, threads and spill space of an embedded engine; ``isolated`` runs each of
+    its queries in a process of its own (the gateway's choice: see :mod:`saferoom.engines.isolated`)."""
     families = {s.engine for s in policy.model.sources.values()}
     backend = backend or ("duckdb" if "duckdb" in families or not families else "postgres" if "postgres" in families else "spark")
     if backend == "duckdb":
         paths = {n: _path(policy, s.path) for n, s in policy.model.sources.items() if s.engine == "duckdb"}
+        if isolated:
+            from saferoom.engines.isolated import ProcessEngine
+
+            return ProcessEngine(paths, policy.token_key, limits or Limits())
         return DuckDBEngine(paths, policy.token_key, limits)
     name = _only_source(policy, backend)
     source = policy.model.sources[name]

@@ -23,7 +23,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from saferoom import keyed, priority
+from saferoom import keyed
 from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped, until_done
 from saferoom.errors import EngineError, LimitExceeded
 from saferoom.policy.limits import Limits
@@ -69,8 +69,7 @@ class DuckDBEngine:
     def __init__(self, sources: dict[str, Path], token_key: Secret | None = None, limits: Limits | None = None) -> None:
         self._lock = threading.Lock()
         self._paths = {name: str(path) for name, path in sources.items()}
-        # with limits, no worker threads yet: _bound starts them at a low priority
-        self._conn = duckdb.connect(":memory:", config={**_CLOSED_CONFIG, **({"threads": 1} if limits else {})})
+        self._conn = duckdb.connect(":memory:", config=_CLOSED_CONFIG)
         self._spill: str | None = None
         try:
             self._conn.execute("SET enable_progress_bar = false")  # never draw on a notebook's stdout
@@ -154,17 +153,12 @@ class DuckDBEngine:
 
 
 def _bound(conn: duckdb.DuckDBPyConnection, limits: Limits) -> str | None:
-    """Memory, threads and spill space for every query of this engine; returns the private spill folder.
-
-    The worker threads are started from a low-priority thread, whose priority they inherit: a query's
-    own thread does the work of a short query, and the workers' share of a long one yields to others."""
+    """Memory, threads and spill space for every query of this engine; returns the private spill folder."""
     spill = tempfile.mkdtemp(prefix="saferoom-spill-") if limits.temp_limit else None
-    for name, value in [("memory_limit", limits.memory_limit), ("max_temp_directory_size", limits.temp_limit),
-                        ("temp_directory", spill)]:
+    for name, value in [("memory_limit", limits.memory_limit), ("threads", limits.threads),
+                        ("max_temp_directory_size", limits.temp_limit), ("temp_directory", spill)]:
         if value is not None:
             conn.execute(_set(name, value))
-    if limits.threads is not None and limits.threads > 1:
-        priority.on_low_thread(lambda: conn.execute(_set("threads", limits.threads)))
     return spill
 
 

@@ -121,10 +121,11 @@ class Gateway:
             return room.sessions[key]
 
     def _open_session(self, room: Room, user: str, role: str | None) -> Session:
-        """An embedded engine is opened per user, so that user's memory, threads and spill space are theirs alone."""
+        """An embedded engine is opened per user, each query in a process of its own, so that user's memory,
+        threads and processor time are theirs alone (see :mod:`saferoom.engines.isolated`)."""
         limits = gateway_limits(room.policy.role_for(user, role)[1])
         engine = None if room.engine.spec.per_user else room.engine
-        return Session(room.policy, user, role, engine=engine, limits=limits)
+        return Session(room.policy, user, role, engine=engine, limits=limits, isolated=True)
 
     def may_audit(self, session: Session) -> bool:
         return session.policy.model.roles[session.role].audit

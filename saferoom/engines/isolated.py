@@ -1,0 +1,304 @@
+"""The embedded engine in processes of its own: one process per running query, at the gateway.
+
+In one process, DuckDB's Python binding takes the interpreter lock between every task of a query (to
+look for Ctrl-C), so a few long queries from one analyst slow every other thread of the server, however
+low their CPU priority. A query in its own process shares nothing with the server but the machine:
+
+- A query still running after a short one's time (``GRACE_SECONDS``) has its process moved to a low CPU
+  priority, which cannot be raised again; that process ends with the query, and a fresh one takes its place.
+- A stop (hang-up, timeout, shutdown) interrupts the query in its process; a process that does not answer
+  within ``KILL_AFTER_SECONDS`` (an allocation no interrupt reaches) is killed.
+- A query's memory is its process's: the server stays small, and whatever the kernel must kill is that.
+
+The parent speaks to each worker over a pipe: a request, then the schema, record batches as Arrow IPC
+messages, and an end or an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from saferoom import priority
+from saferoom.engines.base import Cancel, Catalog, stopped, until_done
+from saferoom.engines.duckdb import DUCKDB, DuckDBEngine
+from saferoom.errors import EngineError, SaferoomError, from_fields
+from saferoom.policy.limits import Limits
+from saferoom.secrets import Secret
+
+GRACE_SECONDS = 0.25  # a query still running after this is a long one: its process yields the processor
+KILL_AFTER_SECONDS = 5.0  # a stopped query whose process has not answered by then is killed
+SCHEMA, BATCH, END, ERROR = b"S", b"B", b"Z", b"E"
+_CONTEXT = multiprocessing.get_context("spawn")  # never fork a threaded server
+
+
+class ProcessEngine:
+    """The DuckDB engine for one user, each query in a worker process; one idle worker is kept warm."""
+
+    spec = DUCKDB
+
+    def __init__(self, sources: dict[str, Path], token_key: Secret | None, limits: Limits) -> None:
+        self._setup = (({n: str(p) for n, p in sources.items()}), token_key.reveal() if token_key else None, limits)
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        worker = self._spawn()
+        try:
+            self._catalog: Catalog = {tuple(k): v for k, v in worker.call("catalog")}  # type: ignore[misc]
+        except BaseException:
+            worker.kill()
+            raise
+        self._release(worker)
+
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    def column_types(self, sql: str) -> list[tuple[str, str]]:
+        worker = self._acquire()
+        try:
+            types = [(name, kind) for name, kind in worker.call("types", sql)]
+        except BaseException:
+            worker.kill()
+            raise
+        self._release(worker)
+        return types
+
+    def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
+               cancel: Cancel | None = None) -> pa.RecordBatchReader:
+        """Run ``sql`` in a worker; ``cancel`` (or ``timeout`` passing) interrupts it there."""
+        cancel, worker = cancel or Cancel(), self._acquire()
+        query = _Query(worker, cancel, timeout)
+        try:
+            worker.send(("stream", sql, batch_size))
+            schema = query.schema()
+        except BaseException:
+            query.end(self)
+            raise
+        return pa.RecordBatchReader.from_batches(schema, self._batches(query, schema))
+
+    def _batches(self, query: _Query, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        try:
+            while (message := query.next()) is not None:
+                yield pa.ipc.read_record_batch(pa.py_buffer(message), schema)
+        finally:
+            query.end(self)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.stop()
+
+    def _acquire(self) -> _Worker:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._spawn()
+
+    def _release(self, worker: _Worker) -> None:
+        """Keep one healthy worker warm at normal priority; any other ends."""
+        with self._lock:
+            if worker.reusable and not self._idle:
+                self._idle.append(worker)
+                return
+        worker.stop()
+
+    def _spawn(self) -> _Worker:
+        return _Worker.start(self._setup)
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipe."""
+
+    def __init__(self, process: Any, conn: Connection) -> None:
+        self.process, self.conn = process, conn
+        self.reusable = True
+
+    @classmethod
+    def start(cls, setup: tuple[Any, ...]) -> _Worker:
+        parent, child = _CONTEXT.Pipe()
+        process = _CONTEXT.Process(target=_serve, args=(child,), name="saferoom-query", daemon=True)
+        process.start()
+        child.close()
+        worker = cls(process, parent)
+        worker.send(("setup", *setup))  # the key travels over the pipe, never on a command line or in the environment
+        worker.expect_ready()
+        return worker
+
+    def expect_ready(self) -> None:
+        message = self.receive()
+        if message[:1] == ERROR:
+            self.kill()
+            raise _error(message)
+
+    def send(self, request: tuple[Any, ...]) -> None:
+        try:
+            self.conn.send(request)
+        except (OSError, ValueError) as exc:
+            self.reusable = False
+            raise EngineError(f"the query's engine process is gone: {exc}") from None
+
+    def receive(self) -> bytes:
+        try:
+            return self.conn.recv_bytes()
+        except (EOFError, OSError):
+            self.reusable = False
+            raise EngineError("the query's engine process ended unexpectedly (out of memory, or killed)") from None
+
+    def call(self, *request: Any) -> Any:
+        self.send(request)
+        message = self.receive()
+        if message[:1] == ERROR:
+            raise _error(message)
+        return json.loads(message[1:])
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.process.pid, signal.SIGUSR1)
+
+    def lower(self) -> None:
+        """Low priority for every thread of the process; it is not reused after this query."""
+        self.reusable = False
+        priority.lower_process(self.process.pid)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("close",))
+        self.process.join(KILL_AFTER_SECONDS)
+        self.kill()
+
+    def kill(self) -> None:
+        self.reusable = False
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+@dataclass
+class _Query:
+    """One query running in a worker: its stop, its timer, and its demotion to low priority."""
+
+    worker: _Worker
+    cancel: Cancel
+    timeout: float | None
+
+    def __post_init__(self) -> None:
+        self.done = threading.Event()
+        self.cancel.on_cancel(self._stop)
+        self.timer = self.cancel.after(self.timeout)
+        self.demotion = threading.Timer(GRACE_SECONDS, self.worker.lower)
+        self.demotion.daemon = True
+        self.demotion.start()
+
+    def schema(self) -> pa.Schema:
+        message = self._receive()
+        assert message is not None and message[:1] == SCHEMA
+        return pa.ipc.read_schema(pa.py_buffer(message[1:]))
+
+    def next(self) -> bytes | None:
+        message = self._receive()
+        return None if message is None else message[1:]
+
+    def _receive(self) -> bytes | None:
+        try:
+            message = self.worker.receive()
+        except EngineError:
+            self.done.set()
+            if self.cancel.reason is not None:  # killed because it did not stop: it was stopped
+                raise stopped(self.cancel, self.timeout) from None
+            raise
+        if message[:1] == ERROR:
+            self.done.set()
+            raise stopped(self.cancel, self.timeout) if self.cancel.reason is not None else _error(message)
+        if message[:1] == END:
+            self.done.set()
+            return None
+        return message
+
+    def _stop(self) -> None:
+        """Interrupt the query (again and again, as a stop can arrive before the worker starts it); a worker
+        still busy with it after KILL_AFTER_SECONDS is killed."""
+        self.worker.reusable = False  # no stray stop may reach its next query
+        until_done(self.worker.interrupt, self.done)()
+        killer = threading.Timer(KILL_AFTER_SECONDS, lambda: None if self.done.is_set() else self.worker.kill())
+        killer.daemon = True
+        killer.start()
+
+    def end(self, engine: ProcessEngine) -> None:
+        """The query is over for its reader: a worker still sending (an early stop) is drained or killed."""
+        self.demotion.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.done.is_set():
+            self.worker.reusable = False
+            self.worker.kill()
+        engine._release(self.worker)
+
+
+def _error(message: bytes) -> SaferoomError:
+    kind, text, fields = json.loads(message[1:])
+    return from_fields(kind, text, fields)
+
+
+# --- the worker process ---------------------------------------------------------------------------------------
+
+
+def _serve(conn: Connection) -> None:
+    """A worker's life: open the engine, then answer requests one at a time until told to close."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is the server's; the parent stops us
+    running: list[Cancel] = []
+    signal.signal(signal.SIGUSR1, lambda *_: [cancel("stopped by the gateway") for cancel in running])
+    try:
+        engine = _open(conn.recv())
+    except SaferoomError as exc:
+        conn.send_bytes(ERROR + _json([type(exc).__name__, exc.message, exc.fields()]))
+        return
+    conn.send_bytes(END)
+    while (request := conn.recv())[0] != "close":
+        _answer(conn, engine, request, running)
+    engine.close()
+
+
+def _open(setup: tuple[Any, ...]) -> DuckDBEngine:
+    _, sources, key, limits = setup
+    return DuckDBEngine({n: Path(p) for n, p in sources.items()}, Secret(key) if key else None, limits)
+
+
+def _answer(conn: Connection, engine: DuckDBEngine, request: tuple[Any, ...], running: list[Cancel]) -> None:
+    try:
+        if request[0] == "catalog":
+            conn.send_bytes(END + _json([[list(k), v] for k, v in engine.catalog().items()]))
+        elif request[0] == "types":
+            conn.send_bytes(END + _json(engine.column_types(request[1])))
+        else:
+            _stream(conn, engine, request[1], request[2], running)
+    except SaferoomError as exc:
+        conn.send_bytes(ERROR + _json([type(exc).__name__, exc.message, exc.fields()]))
+
+
+def _stream(conn: Connection, engine: DuckDBEngine, sql: str, batch_size: int, running: list[Cancel]) -> None:
+    cancel = Cancel()
+    running.append(cancel)
+    try:
+        reader = engine.stream(sql, batch_size, cancel=cancel)
+        conn.send_bytes(SCHEMA + reader.schema.serialize().to_pybytes())
+        for batch in reader:
+            conn.send_bytes(BATCH + batch.serialize().to_pybytes())
+        conn.send_bytes(END)
+    finally:
+        running.remove(cancel)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
