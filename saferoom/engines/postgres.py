@@ -13,15 +13,55 @@ import contextlib
 import re
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pyarrow as pa
+from sqlglot import exp
 
 from saferoom.engines.base import Catalog, EngineSpec, Templates
 from saferoom.errors import EngineError, LimitExceeded
 from saferoom.secrets import Secret, hmac_pads
 
 TOKEN_FUNCTION = "pg_temp.saferoom_token"
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """Where a key's HMAC pads are read from: a row (id, inner_pad, outer_pad) of a table SQL never shows."""
+
+    schema: str
+    name: str
+    id: int = 1
+
+    def pad(self, column: str) -> exp.Expression:
+        """An uncorrelated scalar subquery: evaluated once per query, and an InitPlan in EXPLAIN, never a value."""
+        table = exp.table_(self.name, db=self.schema, quoted=True, alias="k")
+        lookup = exp.select(exp.column(column, table="k")).from_(table).where(exp.column("id", table="k").eq(self.id))
+        return exp.Subquery(this=lookup)
+
+
+def builtin(name: str, *args: exp.Expression) -> exp.Expression:
+    """A call that can only mean PostgreSQL's own function, whatever the search_path says."""
+    return exp.Dot(this=exp.to_identifier("pg_catalog"), expression=exp.Anonymous(this=name, expressions=list(args)))
+
+
+def as_builtin(value: exp.Expression, type_name: str) -> exp.Expression:
+    """A cast to PostgreSQL's own type: a pg_temp or public look-alike named ``uuid`` cannot stand in."""
+    return exp.Cast(this=value, to=exp.DataType.build(f"pg_catalog.{type_name}", dialect="postgres", udt=True))
+
+
+def hmac_hex(data: exp.Expression, key: KeyTable) -> exp.Expression:
+    """HMAC-SHA256 (RFC 2104) of bytes as 64 hex digits, from the key's pads and the built-in sha256."""
+    inner = builtin("sha256", builtin("byteacat", key.pad("inner_pad"), data))
+    return builtin("encode", builtin("sha256", builtin("byteacat", key.pad("outer_pad"), inner)), exp.Literal.string("hex"))
+
+
+def token_sql(value: exp.Expression, key: KeyTable) -> exp.Expression:
+    """The first 128 bits of the HMAC of the value's text, as a UUID: DuckDB's and the gateway's token."""
+    utf8 = builtin("convert_to", as_builtin(value, "text"), exp.Literal.string("UTF8"))
+    return as_builtin(as_builtin(builtin("left", hmac_hex(utf8, key), exp.Literal.number(32)), "uuid"), "text")
+
 
 _FUNCTIONS = """
     Count Sum Avg Min Max Stddev StddevPop StddevSamp Variance VariancePop Corr CovarPop CovarSamp
