@@ -174,9 +174,10 @@ def test_planted_lookalikes_in_public_do_not_change_the_views(pg_room: PgRoom, c
             compiler.apply(compiled, pg_room.server.admin_uri("prod"), None)  # type: ignore[attr-defined]
             births = alice.rows("select birth_date from saferoom_analyst.customers order by customer_id limit 50")
             tokens = view_tokens(alice)
-        finally:
+        finally:  # CASCADE: views that did bind to a plant go too, and are remade
             for plant in plants:
-                conn.execute(f"DROP FUNCTION public.{plant.split(' RETURNS')[0]}".encode())
+                conn.execute(f"DROP FUNCTION public.{plant.split(' RETURNS')[0]} CASCADE".encode())
+            compiler.apply(compiled, pg_room.server.admin_uri("prod"), None)  # type: ignore[attr-defined]
     expected = pg_alice.query("select birth_date from customers order by customer_id limit 50").to_pylist()
     assert [r[0] for r in births] == [r["birth_date"] for r in expected] and date(1900, 1, 1) not in {r[0] for r in births}
     assert tokens == guard_tokens(pg_alice)
