@@ -72,6 +72,13 @@ def compiled(pg_room: PgRoom) -> Iterator[Policy]:
     compiler.apply(policy, pg_room.server.admin_uri("prod"), None, drop=True)  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="module")
+def guard(pg_room: PgRoom) -> Iterator[saferoom.Session]:
+    """alice through saferoom's guard, on connections of this module's own (other modules crash the server)."""
+    with pg_room.connect("alice") as session:
+        yield session
+
+
 @pytest.fixture
 def alice(pg_room: PgRoom, compiled: Policy) -> Iterator[Login]:
     login = Login(pg_room, "alice")
@@ -93,8 +100,8 @@ def pads_hex(policy: Policy) -> list[str]:
     return [pad.hex() for key in keys for pad in compiler.key_pads(key)]
 
 
-def guard_tokens(pg_alice: saferoom.Session, limit: int = 50) -> list[str]:
-    rows = pg_alice.query(f"select customer_id from cards order by card_id limit {limit}").to_pylist()
+def guard_tokens(guard: saferoom.Session, limit: int = 50) -> list[str]:
+    rows = guard.query(f"select customer_id from cards order by card_id limit {limit}").to_pylist()
     return [r["customer_id"] for r in rows]
 
 
@@ -161,7 +168,7 @@ def test_a_leaky_function_sees_no_filtered_out_row(alice: Login, pg_room: PgRoom
 
 
 def test_planted_lookalikes_in_public_do_not_change_the_views(pg_room: PgRoom, compiled: Policy, alice: Login,
-                                                               pg_alice: saferoom.Session) -> None:
+                                                               guard: saferoom.Session) -> None:
     """A public.date_trunc(text, date) beats the built-in for a date under the default search_path; it would
     also run, as the querying role, on every raw birth date. Compiling must bind views to the built-ins."""
     plants = ["date_trunc(text, date) RETURNS date AS $$ SELECT date '1900-01-01' $$",
@@ -178,13 +185,13 @@ def test_planted_lookalikes_in_public_do_not_change_the_views(pg_room: PgRoom, c
             for plant in plants:
                 conn.execute(f"DROP FUNCTION public.{plant.split(' RETURNS')[0]} CASCADE".encode())
             compiler.apply(compiled, pg_room.server.admin_uri("prod"), None)  # type: ignore[attr-defined]
-    expected = pg_alice.query("select birth_date from customers order by customer_id limit 50").to_pylist()
+    expected = guard.query("select birth_date from customers order by customer_id limit 50").to_pylist()
     assert [r[0] for r in births] == [r["birth_date"] for r in expected] and date(1900, 1, 1) not in {r[0] for r in births}
-    assert tokens == guard_tokens(pg_alice)
+    assert tokens == guard_tokens(guard)
 
 
 def test_a_hostile_compile_session_does_not_change_the_views(pg_room: PgRoom, compiled: Policy, alice: Login,
-                                                             pg_alice: saferoom.Session) -> None:
+                                                             guard: saferoom.Session) -> None:
     """The session that compiles has public first in its search_path, a public.left look-alike, and pg_temp types
     named uuid and date: the views still compute what the guard computes, and outlive that session."""
     from saferoom.session import open_engine
@@ -206,12 +213,12 @@ def test_a_hostile_compile_session_does_not_change_the_views(pg_room: PgRoom, co
         finally:
             conn.execute("DROP FUNCTION public.left(text, integer)")
     zips = alice.rows("select zip, birth_date from saferoom_analyst.customers order by customer_id limit 50")
-    expected = pg_alice.query("select zip, birth_date from customers order by customer_id limit 50").to_pylist()
+    expected = guard.query("select zip, birth_date from customers order by customer_id limit 50").to_pylist()
     assert zips == [(r["zip"], r["birth_date"]) for r in expected]
-    assert view_tokens(alice) == guard_tokens(pg_alice)
+    assert view_tokens(alice) == guard_tokens(guard)
 
 
-def test_the_roles_own_search_path_and_pg_temp_change_nothing(alice: Login, pg_alice: saferoom.Session) -> None:
+def test_the_roles_own_search_path_and_pg_temp_change_nothing(alice: Login, guard: saferoom.Session) -> None:
     """pg_temp is searched first for types unless listed: a role's own pg_temp domain named uuid must neither
     change a token nor run its CHECK with anyone else's rights (it did, as the owner of a SECURITY DEFINER token)."""
     alice.run("CREATE FUNCTION pg_temp.evil(t text) RETURNS boolean LANGUAGE plpgsql AS "
@@ -219,7 +226,7 @@ def test_the_roles_own_search_path_and_pg_temp_change_nothing(alice: Login, pg_a
     alice.run("CREATE DOMAIN pg_temp.uuid AS text CHECK (pg_temp.evil(VALUE))")
     alice.run("CREATE DOMAIN pg_temp.text AS varchar CHECK (pg_temp.evil(VALUE))")
     alice.run("SET search_path = pg_temp, public")
-    assert view_tokens(alice) == guard_tokens(pg_alice)
+    assert view_tokens(alice) == guard_tokens(guard)
     assert not [n for n in alice.notices if n.startswith("evil")]
 
 
@@ -267,7 +274,7 @@ def test_views_are_read_only_for_the_role(pg_room: PgRoom, alice: Login, ivan: L
 
 
 def test_no_login_can_read_a_connected_sessions_keys(pg_room: PgRoom, compiled: Policy, alice: Login,
-                                                     pg_alice: saferoom.Session) -> None:
+                                                     guard: saferoom.Session) -> None:
     """saferoom's own connections hold the token and fingerprint keys; another login, even a superuser, reads
     neither from the catalog (function bodies, view definitions), the activity view, nor their temporary table."""
     policy = compiled
@@ -276,7 +283,7 @@ def test_no_login_can_read_a_connected_sessions_keys(pg_room: PgRoom, compiled: 
     engine = PostgresEngine(source, policy.model.sources[source].url, policy.source_password(source), policy.token_key,
                             fingerprint_key(policy.token_key))
     try:
-        assert guard_tokens(pg_alice, 5) == view_tokens(alice, 5)
+        assert guard_tokens(guard, 5) == view_tokens(alice, 5)
         seen = "\n".join([alice.text("select coalesce(string_agg(prosrc, ' '), '') from pg_proc"),
                           alice.text("select coalesce(string_agg(definition, ' '), '') from pg_views"),
                           alice.text("select coalesce(string_agg(query, ' '), '') from pg_stat_activity")])
@@ -294,9 +301,9 @@ def test_no_login_can_read_a_connected_sessions_keys(pg_room: PgRoom, compiled: 
 
 @pytest.mark.parametrize("query", ["select * from pg_temp.saferoom_key", "select inner_pad from saferoom_key",
                                    "select (select outer_pad from pg_temp.saferoom_key) as k from orders"])
-def test_the_guard_refuses_the_sessions_key_table(pg_alice: saferoom.Session, query: str) -> None:
+def test_the_guard_refuses_the_sessions_key_table(guard: saferoom.Session, query: str) -> None:
     with pytest.raises(saferoom.QueryRejected):
-        pg_alice.query(query).to_arrow()
+        guard.query(query).to_arrow()
 
 
 OLD_VERSION = [  # what earlier versions of `saferoom compile` left in the database, plus a view built on it
@@ -313,7 +320,7 @@ OLD_VERSION = [  # what earlier versions of `saferoom compile` left in the datab
 
 
 def test_applying_over_the_old_version_converges_and_drop_removes_everything(
-        pg_room: PgRoom, compiled: Policy, alice: Login, pg_alice: saferoom.Session) -> None:
+        pg_room: PgRoom, compiled: Policy, alice: Login, guard: saferoom.Session) -> None:
     url = pg_room.server.admin_uri("prod")  # type: ignore[attr-defined]
     with admin(pg_room) as conn:
         for statement in OLD_VERSION:
@@ -323,7 +330,7 @@ def test_applying_over_the_old_version_converges_and_drop_removes_everything(
         left = conn.execute("SELECT to_regprocedure('saferoom.token(anyelement)'), to_regclass('saferoom_retired.cards'), "
                             "has_schema_privilege('saferoom_analyst', 'saferoom', 'USAGE')").fetchone()
         assert left == (None, None, False)
-        assert view_tokens(alice) == guard_tokens(pg_alice)
+        assert view_tokens(alice) == guard_tokens(guard)
         conn.execute("DROP SCHEMA saferoom_retired")
         compiler.apply(compiled, url, None, drop=True)
         remaining = conn.execute("SELECT (SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'saferoom%'), "
