@@ -138,9 +138,9 @@ class PostgresEngine:
                               f"the server is up and `sources.{self.name}.url` and its password") from None
         with self._errors():
             with conn.cursor() as cur:
+                cur.execute("SET search_path = ''")  # first: the key table's types resolve to built-ins
                 self._load_keys(cur)
                 cur.execute("SET default_transaction_read_only = on")
-                cur.execute("SET search_path = ''")
             return conn
 
     def _load_keys(self, cur: Any) -> None:
