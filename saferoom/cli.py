@@ -385,7 +385,7 @@ def compile_command(
     finally:
         reader.close()
     sys.stdout.write("-- saferoom compile: the token key is loaded by --apply, never printed\n")
-    sys.stdout.write(";\n".join(statements) + ";\n")
+    sys.stdout.write("BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;\n")  # one transaction: SET LOCAL needs one
 
 
 class CheckFormat(StrEnum):

@@ -1,22 +1,33 @@
 """`saferoom compile`: the same policy as database views, for tools that connect straight to PostgreSQL.
 
-Per role ``R``: a schema ``saferoom_R`` of views implementing R's column actions
-and row filters, and a database role ``saferoom_R`` with USAGE and SELECT on those
-views only. Row filters on user attributes read ``current_user``'s values from a
-mapping table. The token key lives in ``saferoom.secret``, readable only by its
-owner; tokens come from a SECURITY DEFINER function, so no analyst role can read
-the key. Running it again converges; ``--drop`` removes everything it made.
+Per role ``R``: a schema ``saferoom_R`` of ``security_barrier`` views implementing
+R's column actions and row filters, and a NOLOGIN role ``saferoom_R`` with USAGE on
+that schema and SELECT on those views: nothing else. Row filters on user attributes
+read ``current_user``'s values from ``saferoom.user_attributes``.
+
+The token key lives as its HMAC pads in ``saferoom.secret``. Each view computes
+tokens inline, from built-in functions and a scalar subquery on that table; a
+view reads tables with its owner's rights, so a role gets tokens of the values
+the view reads and nothing more. No function takes a value to tokenize, and roles
+have no access to schema ``saferoom``, so no role can tokenize a value of its own
+choosing (the SECURITY DEFINER ``saferoom.token`` of earlier versions, an oracle,
+is dropped). Everything runs under ``search_path = pg_catalog, pg_temp``, and the
+token's functions are written ``pg_catalog.…``, so views bind to built-ins even if
+look-alike functions were planted elsewhere. Running it again converges;
+``--drop`` removes everything it made.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 from sqlglot import exp
 
-from saferoom.engines.postgres import POSTGRES
+from saferoom.engines.base import EngineSpec
+from saferoom.engines.postgres import POSTGRES, KeyTable, token_sql
 from saferoom.errors import UsageError
 from saferoom.guard.views import build_view
 from saferoom.policy import Action, ActionSpec, Policy
@@ -24,10 +35,14 @@ from saferoom.policy.filters import _MARKER
 from saferoom.secrets import Secret, hmac_pads
 
 SCHEMA = "saferoom"
+# Every name in the compiled SQL binds to a built-in or to a qualified object, never to a planted look-alike.
+SAFE_SEARCH_PATH = "SET LOCAL search_path = pg_catalog, pg_temp"
 
 
-def spec_for(schema: str):  # type: ignore[no-untyped-def]
-    templates = dataclasses.replace(POSTGRES.templates, tokenize=f"{schema}.token(__v)")
+def spec_for(schema: str) -> EngineSpec:
+    """PostgreSQL's spec, with the token computed inline from the key table rather than by a callable function."""
+    tokenize = token_sql(exp.column("__v"), KeyTable(schema, "secret")).sql("postgres")
+    templates = dataclasses.replace(POSTGRES.templates, tokenize=tokenize)
     return dataclasses.replace(POSTGRES, templates=templates)
 
 
@@ -48,7 +63,7 @@ def role_name(schema: str, role: str) -> str:
 def compile_sql(policy: Policy, catalog: dict[tuple[str, str, str], dict[str, str]], schema: str = SCHEMA) -> list[str]:
     """The statements that create or update everything; the token key is set separately, never printed."""
     schema = ident(schema)
-    statements = list(_private(schema))
+    statements = [SAFE_SEARCH_PATH, *_private(schema), *_obsolete(schema)]
     spec = spec_for(schema)
     for role in policy.model.roles:
         statements += list(_role(policy, role, catalog, schema, spec))
@@ -60,7 +75,7 @@ def drop_sql(policy: Policy, schema: str = SCHEMA) -> list[str]:
     """Schemas first (their grants go with them), then whatever else the roles were given, then the roles."""
     schema = ident(schema)
     names = [role_name(schema, role) for role in policy.model.roles]
-    statements = [f'DROP SCHEMA IF EXISTS "{name}" CASCADE' for name in names]
+    statements = [SAFE_SEARCH_PATH, *(f'DROP SCHEMA IF EXISTS "{name}" CASCADE' for name in names)]
     statements.append(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     statements += [_if_role(name, f'DROP OWNED BY "{name}"; DROP ROLE "{name}"', exists=True) for name in names]
     return statements
@@ -86,22 +101,22 @@ def _private(schema: str) -> Iterator[str]:
     yield (f'CREATE TABLE IF NOT EXISTS "{schema}".user_attributes (db_user name NOT NULL, attribute text NOT NULL, '
            "value text NOT NULL, PRIMARY KEY (db_user, attribute))")
     yield f'REVOKE ALL ON "{schema}".user_attributes FROM PUBLIC'
-    yield (
-        f'CREATE OR REPLACE FUNCTION "{schema}".token(v anyelement) RETURNS text LANGUAGE sql STABLE SECURITY DEFINER '
-        "SET search_path = '' AS $$ SELECT CAST(CAST(left(encode(sha256(s.outer_pad || sha256(s.inner_pad || "
-        f"convert_to(CAST(v AS text), 'UTF8'))), 'hex'), 32) AS uuid) AS text) FROM \"{schema}\".secret AS s WHERE s.id = 1 $$"
-    )
-    yield f'REVOKE ALL ON FUNCTION "{schema}".token(anyelement) FROM PUBLIC'
 
 
-def _role(policy: Policy, role: str, catalog: dict[tuple[str, str, str], dict[str, str]], schema: str, spec) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def _obsolete(schema: str) -> Iterator[str]:
+    """What earlier versions made and this one must not leave: the SECURITY DEFINER token function, a token
+    oracle for every role granted it. Views still calling it go with it (a role's own views are remade below)."""
+    yield f'DROP FUNCTION IF EXISTS "{schema}".token(anyelement) CASCADE'
+
+
+def _role(policy: Policy, role: str, catalog: dict[tuple[str, str, str], dict[str, str]], schema: str,
+          spec: EngineSpec) -> Iterator[str]:
     name = role_name(schema, role)
     yield _if_role(name, f'CREATE ROLE "{name}" NOLOGIN', exists=False)
     yield f'CREATE SCHEMA IF NOT EXISTS "{name}"'
     yield f'REVOKE ALL ON SCHEMA "{name}" FROM PUBLIC'
     yield f'GRANT USAGE ON SCHEMA "{name}" TO "{name}"'
-    yield f'GRANT USAGE ON SCHEMA "{schema}" TO "{name}"'
-    yield f'GRANT EXECUTE ON FUNCTION "{schema}".token(anyelement) TO "{name}"'
+    yield f'REVOKE ALL ON SCHEMA "{schema}" FROM "{name}"'  # earlier versions granted USAGE
     for key, ref in policy.tables.items():
         if policy.model.sources[ref.source].engine != "postgres":
             continue
@@ -154,7 +169,19 @@ def role_grants(policy: Policy, schema: str = SCHEMA) -> Iterator[str]:
         yield f"DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{login}') THEN GRANT \"{target}\" TO \"{login}\"; END IF; END $$"
 
 
-__all__ = ["compile_sql", "drop_sql", "key_pads", "role_grants", "set_key_sql"]
+class Cursor(Protocol):
+    def execute(self, operation: str, parameters: Sequence[object] | None = None) -> object: ...
+
+
+def run(cursor: Cursor, statements: list[str], key: Secret | None, schema: str = SCHEMA) -> None:
+    """Run the statements inside the caller's transaction, then store the key's pads as bound values."""
+    for statement in statements:
+        cursor.execute(statement)
+    if key is not None:
+        cursor.execute(set_key_sql(ident(schema)), parameters=key_pads(key))
+
+
+__all__ = ["compile_sql", "drop_sql", "key_pads", "role_grants", "run", "set_key_sql"]
 
 
 def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str = SCHEMA, *, drop: bool = False) -> int:
@@ -174,10 +201,7 @@ def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str =
             reader.close()
     try:
         with dbapi.connect(_with_password(admin_url, password)) as conn, conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-            if not drop and policy.token_key is not None:
-                cur.execute(set_key_sql(schema), parameters=key_pads(policy.token_key))
+            run(cur, statements, None if drop else policy.token_key, schema)
             conn.commit()
     except dbapi.Error as exc:  # translate the driver's errors once, here, without echoing credentials
         message = str(exc).replace(password.reveal(), "***") if password else str(exc)

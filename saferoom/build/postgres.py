@@ -9,7 +9,7 @@ from sqlglot import exp
 from saferoom.build import fingerprints
 from saferoom.build.plan import TablePlan, fingerprint_values
 from saferoom.engines.duckdb import fingerprint_key
-from saferoom.engines.postgres import PostgresEngine
+from saferoom.engines.postgres import FINGERPRINT_KEY, PostgresEngine, fingerprint_sql
 from saferoom.policy import Policy
 
 
@@ -47,7 +47,7 @@ class PostgresSide:
         if not columns:
             return fingerprints.Section(table.table, (), np.zeros(0, dtype=np.uint64))
         union = fingerprint_values(table, "TEXT")
-        hashed = exp.select(exp.alias_(exp.func("pg_temp.saferoom_fingerprint", exp.column("v")), "h")).from_(union.subquery("u"))
+        hashed = exp.select(exp.alias_(fingerprint_sql(exp.column("v"), FINGERPRINT_KEY), "h")).from_(union.subquery("u"))
         signed = self.engine.stream(exp.select("h").distinct().from_(hashed.subquery("x")).sql("postgres")).read_all()
         hashes = np.sort(fingerprints.as_uint64(signed.column("h")))
         return fingerprints.Section(table.table, columns, hashes)

@@ -1,10 +1,12 @@
 """PostgreSQL as a source: read-only sessions, a statement timeout, results as Arrow via ADBC.
 
 Each connection is made read-only (``default_transaction_read_only``) with an
-empty ``search_path`` (the guard's SQL names every table), and gets a
-session-local token function in ``pg_temp`` computing the same HMAC-SHA256 as
-DuckDB from PostgreSQL's built-in ``sha256``: no extension, and the key lives
-only in that session.
+empty ``search_path`` (the guard's SQL names every table). Tokens are the same
+HMAC-SHA256 as DuckDB's, written inline from PostgreSQL's built-in ``sha256``
+(no extension). The key's pads reach the session as bound values into a
+temporary table, ``pg_temp.saferoom_key``, which no other session can read (not
+even a superuser's); they never appear in SQL text, so neither ``pg_proc`` nor
+``pg_stat_activity`` nor a plan shows them.
 """
 
 from __future__ import annotations
@@ -13,15 +15,69 @@ import contextlib
 import re
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pyarrow as pa
+from sqlglot import exp
 
 from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, until_done
 from saferoom.errors import EngineError, LimitExceeded, QueryCancelled
 from saferoom.secrets import Secret, hmac_pads
 
-TOKEN_FUNCTION = "pg_temp.saferoom_token"
+# The session's keys: one row each, written with bound values when a connection opens.
+SESSION_KEYS = ("CREATE TEMPORARY TABLE saferoom_key (id int PRIMARY KEY, inner_pad bytea NOT NULL, "
+                "outer_pad bytea NOT NULL)")
+SESSION_KEY_ROW = "INSERT INTO pg_temp.saferoom_key (id, inner_pad, outer_pad) VALUES ($1, $2, $3)"
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """Where a key's HMAC pads are read from: a row (id, inner_pad, outer_pad) of a table SQL never shows."""
+
+    schema: str
+    name: str
+    id: int = 1
+
+    def pad(self, column: str) -> exp.Expression:
+        """An uncorrelated scalar subquery: evaluated once per query, and an InitPlan in EXPLAIN, never a value."""
+        table = exp.table_(self.name, db=self.schema, quoted=True, alias="k")
+        lookup = exp.select(exp.column(column, table="k")).from_(table).where(exp.column("id", table="k").eq(self.id))
+        return exp.Subquery(this=lookup)
+
+
+def builtin(name: str, *args: exp.Expression) -> exp.Expression:
+    """A call that can only mean PostgreSQL's own function, whatever the search_path says."""
+    return exp.Dot(this=exp.to_identifier("pg_catalog"), expression=exp.Anonymous(this=name, expressions=list(args)))
+
+
+def as_builtin(value: exp.Expression, type_name: str) -> exp.Expression:
+    """A cast to PostgreSQL's own type: a pg_temp or public look-alike named ``uuid`` cannot stand in."""
+    return exp.Cast(this=value, to=exp.DataType.build(f"pg_catalog.{type_name}", dialect="postgres", udt=True))
+
+
+def hmac_hex(data: exp.Expression, key: KeyTable) -> exp.Expression:
+    """HMAC-SHA256 (RFC 2104) of bytes as 64 hex digits, from the key's pads and the built-in sha256."""
+    inner = builtin("sha256", builtin("byteacat", key.pad("inner_pad"), data))
+    return builtin("encode", builtin("sha256", builtin("byteacat", key.pad("outer_pad"), inner)), exp.Literal.string("hex"))
+
+
+def token_sql(value: exp.Expression, key: KeyTable) -> exp.Expression:
+    """The first 128 bits of the HMAC of the value's text, as a UUID: DuckDB's and the gateway's token."""
+    utf8 = builtin("convert_to", as_builtin(value, "text"), exp.Literal.string("UTF8"))
+    return as_builtin(as_builtin(builtin("left", hmac_hex(utf8, key), exp.Literal.number(32)), "uuid"), "text")
+
+
+def fingerprint_sql(value: exp.Expression, key: KeyTable) -> exp.Expression:
+    """64 bits of the HMAC of the trimmed, lower-cased text, as a signed bigint (DuckDB's fingerprint)."""
+    utf8 = builtin("convert_to", builtin("lower", builtin("btrim", value)), exp.Literal.string("UTF8"))
+    bits = builtin("textcat", exp.Literal.string("x"), builtin("left", hmac_hex(utf8, key), exp.Literal.number(16)))
+    return as_builtin(as_builtin(bits, "bit(64)"), "int8")
+
+
+TOKEN_KEY = KeyTable("pg_temp", "saferoom_key", 1)
+FINGERPRINT_KEY = KeyTable("pg_temp", "saferoom_key", 2)
 
 _FUNCTIONS = """
     Count Sum Avg Min Max Stddev StddevPop StddevSamp Variance VariancePop Corr CovarPop CovarSamp
@@ -43,7 +99,7 @@ POSTGRES = EngineSpec(
     anonymous_functions=frozenset(_ANONYMOUS),
     templates=Templates(
         mask="CASE WHEN length(__v) > 4 THEN repeat('*', length(__v) - 4) || right(__v, 4) ELSE repeat('*', length(__v)) END",
-        tokenize=f"{TOKEN_FUNCTION}(__v)",
+        tokenize=token_sql(exp.column("__v"), TOKEN_KEY).sql("postgres"),
         generalize_date="date_trunc('__p', __v)",
         generalize_number="floor(CAST(__v AS NUMERIC) / __p) * __p",
         generalize_text="left(__v, __p)",
@@ -56,33 +112,8 @@ POSTGRES = EngineSpec(
 )
 
 
-def _pads(key: Secret) -> tuple[str, str]:
-    inner, outer = hmac_pads(key)
-    return inner.hex(), outer.hex()
-
-
-def fingerprint_function(key: Secret) -> str:
-    """64 bits of HMAC-SHA256 of the trimmed, lower-cased text, as DuckDB's fingerprint macro computes them."""
-    inner, outer = _pads(key)
-    return (
-        "CREATE FUNCTION pg_temp.saferoom_fingerprint(v text) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ "
-        f"SELECT CAST(CAST('x' || left(encode(sha256(decode('{outer}', 'hex') || sha256(decode('{inner}', 'hex') || "
-        "convert_to(lower(trim(v)), 'UTF8'))), 'hex'), 16) AS bit(64)) AS bigint) $$"
-    )
-
-
-def token_function(key: Secret) -> str:
-    """The session's token function: the first 128 bits of HMAC-SHA256 of the text, as a UUID."""
-    inner, outer = _pads(key)
-    return (
-        f"CREATE FUNCTION {TOKEN_FUNCTION}(v anyelement) RETURNS text LANGUAGE sql IMMUTABLE AS $$ "
-        f"SELECT CAST(CAST(left(encode(sha256(decode('{outer}', 'hex') || sha256(decode('{inner}', 'hex') || "
-        f"convert_to(CAST(v AS text), 'UTF8'))), 'hex'), 32) AS uuid) AS text) $$"
-    )
-
-
 class PostgresEngine:
-    """Connections to one PostgreSQL database, read-only, pooled, each with the token function."""
+    """Connections to one PostgreSQL database, read-only, pooled, each holding the keys in a temporary table."""
 
     spec = POSTGRES
 
@@ -107,13 +138,18 @@ class PostgresEngine:
                               f"the server is up and `sources.{self.name}.url` and its password") from None
         with self._errors():
             with conn.cursor() as cur:
-                if self._token_key is not None:
-                    cur.execute(token_function(self._token_key))
-                if self._fingerprint_key is not None:
-                    cur.execute(fingerprint_function(self._fingerprint_key))
+                cur.execute("SET search_path = ''")  # first: the key table's types resolve to built-ins
+                self._load_keys(cur)
                 cur.execute("SET default_transaction_read_only = on")
-                cur.execute("SET search_path = ''")
             return conn
+
+    def _load_keys(self, cur: Any) -> None:
+        keys = [(table.id, key) for table, key in ((TOKEN_KEY, self._token_key), (FINGERPRINT_KEY, self._fingerprint_key))
+                if key is not None]
+        if keys:
+            cur.execute(SESSION_KEYS)
+        for key_id, key in keys:
+            cur.execute(SESSION_KEY_ROW, parameters=(key_id, *hmac_pads(key)))
 
     def _acquire(self) -> object:
         with self._lock:
@@ -136,7 +172,8 @@ class PostgresEngine:
 
     def catalog(self) -> Catalog:
         sql = ("SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
-               "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY table_schema, table_name, ordinal_position")
+               "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_schema NOT LIKE 'pg\\_%temp\\_%' "  # sessions' keys
+               "ORDER BY table_schema, table_name, ordinal_position")
         catalog: Catalog = {}
         for schema, table, column, kind in self._rows(sql):
             catalog.setdefault((self.name.lower(), schema.lower(), table.lower()), {})[column.lower()] = kind.upper()
@@ -228,7 +265,7 @@ class PostgresEngine:
         message = re.sub(r'(\w+)?(\s*)"([^"]*)"', _keep_identifiers, message)
         message = message.split("\nLINE ")[0].split("\nQUERY:")[0]
         message = re.sub(r"^(ProgrammingError|OperationalError|InternalError|DatabaseError|Error): ", "", message)
-        return re.sub(r"pg_temp\.saferoom_token", "tokenize", message.strip(), flags=re.IGNORECASE)[:500]
+        return message.strip()[:500]
 
 
 NUMERIC = pa.decimal128(38, 10)
