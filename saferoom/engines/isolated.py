@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -39,17 +40,26 @@ from saferoom.secrets import Secret
 
 GRACE_SECONDS = 0.25  # a query still running after this is a long one: its process yields the processor
 KILL_AFTER_SECONDS = 5.0  # a stopped query whose process has not answered by then is killed
+IDLE_SECONDS = 60.0  # a spare worker idle this long is stopped (one per user stays)
 SCHEMA, BATCH, END, ERROR = b"S", b"B", b"Z", b"E"
-_CONTEXT = multiprocessing.get_context("spawn")  # never fork a threaded server
+# Workers are forked from a small server process that has imported this module once and runs no threads:
+# a worker starts in milliseconds, not the half second a fresh interpreter takes, and a threaded gateway
+# is never forked itself.
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload([__name__])
 
 
 class ProcessEngine:
-    """The DuckDB engine for one user, each query in a worker process; one idle worker is kept warm."""
+    """The DuckDB engine for one user, each query in a worker process.
+
+    Up to ``max_concurrent`` idle workers are kept warm; beyond the first, one idle for ``IDLE_SECONDS``
+    is stopped."""
 
     spec = DUCKDB
 
     def __init__(self, sources: dict[str, Path], token_key: Secret | None, limits: Limits) -> None:
         self._setup = (({n: str(p) for n, p in sources.items()}), token_key.reveal() if token_key else None, limits)
+        self._warm = limits.max_concurrent or 1
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         worker = self._spawn()
@@ -106,12 +116,17 @@ class ProcessEngine:
         return self._spawn()
 
     def _release(self, worker: _Worker) -> None:
-        """Keep one healthy worker warm at normal priority; any other ends."""
+        """Keep a healthy worker warm at normal priority, up to the pool's size; stop long-idle spares."""
+        now = time.monotonic()
         with self._lock:
-            if worker.reusable and not self._idle:
+            stale = [w for w in self._idle[1:] if now - w.idle_since > IDLE_SECONDS]
+            self._idle = [w for w in self._idle if w not in stale]
+            keep = worker.reusable and len(self._idle) < self._warm
+            if keep:
+                worker.idle_since = now
                 self._idle.append(worker)
-                return
-        worker.stop()
+        for each in stale if keep else [*stale, worker]:
+            each.stop()
 
     def _spawn(self) -> _Worker:
         return _Worker.start(self._setup)
@@ -123,6 +138,7 @@ class _Worker:
     def __init__(self, process: Any, conn: Connection) -> None:
         self.process, self.conn = process, conn
         self.reusable = True
+        self.idle_since = 0.0
 
     @classmethod
     def start(cls, setup: tuple[Any, ...]) -> _Worker:
