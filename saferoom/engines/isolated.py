@@ -62,6 +62,7 @@ class ProcessEngine:
         self._warm = limits.max_concurrent or 1
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
+        self._running: set[_Worker] = set()
         worker = self._spawn()
         try:
             self._catalog: Catalog = {tuple(k): v for k, v in worker.call("catalog")}  # type: ignore[misc]
@@ -111,14 +112,21 @@ class ProcessEngine:
 
     def _acquire(self) -> _Worker:
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._spawn()
+            worker = self._idle.pop() if self._idle else None
+        worker = worker or self._spawn()
+        with self._lock:
+            self._running.add(worker)
+        return worker
+
+    def _busy(self) -> set[_Worker]:
+        with self._lock:
+            return set(self._running)
 
     def _release(self, worker: _Worker) -> None:
         """Keep a healthy worker warm at normal priority, up to the pool's size; stop long-idle spares."""
         now = time.monotonic()
         with self._lock:
+            self._running.discard(worker)
             stale = [w for w in self._idle[1:] if now - w.idle_since > IDLE_SECONDS]
             self._idle = [w for w in self._idle if w not in stale]
             keep = worker.reusable and len(self._idle) < self._warm

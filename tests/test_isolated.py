@@ -1,0 +1,124 @@
+"""The gateway's engine: each query in a worker process, stopped, demoted or killed there, never in the server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from saferoom import priority
+from saferoom.engines.base import Cancel
+from saferoom.engines.isolated import KILL_AFTER_SECONDS, ProcessEngine
+from saferoom.errors import EngineError, LimitExceeded, QueryCancelled
+from saferoom.policy.limits import GATEWAY_DEFAULTS
+from saferoom.secrets import Secret
+
+RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
+
+
+@pytest.fixture
+def engine(room) -> Iterator[ProcessEngine]:
+    isolated = ProcessEngine({"prod": room.database}, Secret(room.key), GATEWAY_DEFAULTS)
+    try:
+        yield isolated
+    finally:
+        isolated.close()
+
+
+def running_worker(engine: ProcessEngine, sql: str, cancel: Cancel) -> tuple[threading.Thread, list[BaseException]]:
+    """Start ``sql`` on a thread; returns the thread and where its error lands."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            engine.stream(sql, cancel=cancel).read_all()
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+def busy_worker(engine: ProcessEngine):  # type: ignore[no-untyped-def]
+    """The worker running the test's query, once it has one."""
+    import time
+
+    deadline = time.monotonic() + 600
+    while not engine._busy():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return next(iter(engine._busy()))
+
+
+def workers_of(engine: ProcessEngine) -> set[int]:
+    return {w.process.pid for w in [*engine._idle, *engine._busy()]}
+
+
+def test_results_and_tokens_match_the_in_process_engine(engine: ProcessEngine, room) -> None:
+    table = engine.stream("select customer_id, __saferoom_token(customer_id) as t from prod.customers order by 1 limit 3").read_all()
+    assert table.column("t").to_pylist() == [room.token(i) for i in table.column("customer_id").to_pylist()]
+    assert ("prod", "main", "customers") in engine.catalog()
+    assert engine.column_types("select 1 as one") == [("one", "INTEGER")]
+
+
+def test_a_timeout_and_a_hang_up_stop_the_query_in_its_process(engine: ProcessEngine) -> None:
+    with pytest.raises(LimitExceeded, match="timeout_seconds"):
+        engine.stream(RUNAWAY, timeout=0.5).read_all()
+    cancel = Cancel()
+    thread, errors = running_worker(engine, RUNAWAY, cancel)
+    cancel("the client hung up")
+    thread.join()
+    assert isinstance(errors[0], QueryCancelled) and "hung up" in str(errors[0])
+    assert engine.stream("select 1 as n").read_all().to_pylist() == [{"n": 1}]
+
+
+def test_a_worker_that_does_not_answer_a_stop_is_killed(engine: ProcessEngine) -> None:
+    cancel = Cancel()
+    thread, errors = running_worker(engine, RUNAWAY, cancel)
+    worker = busy_worker(engine)
+    os.kill(worker.process.pid, signal.SIGSTOP)  # deaf to interrupts, as a process stuck in one allocation is
+    cancel("the client hung up")
+    thread.join(timeout=KILL_AFTER_SECONDS * 20)  # a ceiling for a hang only: the kill comes after KILL_AFTER_SECONDS
+    assert not thread.is_alive() and isinstance(errors[0], QueryCancelled)
+    assert not worker.process.is_alive()
+    assert engine.stream("select 2 as n").read_all().to_pylist() == [{"n": 2}]
+
+
+def test_a_worker_killed_mid_query_is_an_error_and_the_next_query_runs(engine: ProcessEngine) -> None:
+    cancel = Cancel()
+    thread, errors = running_worker(engine, RUNAWAY, cancel)
+    worker = busy_worker(engine)
+    os.kill(worker.process.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    thread.join()
+    assert isinstance(errors[0], EngineError) and "ended unexpectedly" in str(errors[0])
+    assert engine.stream("select 3 as n").read_all().to_pylist() == [{"n": 3}]
+
+
+def test_a_long_query_yields_the_processor_and_its_worker_is_not_reused(engine: ProcessEngine) -> None:
+    cancel = Cancel()
+    thread, errors = running_worker(engine, RUNAWAY, cancel)
+    worker = busy_worker(engine)
+    import time
+
+    deadline = time.monotonic() + 600
+    while os.getpriority(os.PRIO_PROCESS, worker.process.pid) != priority.LOW:
+        assert time.monotonic() < deadline, "the long query's process was never lowered"
+        time.sleep(0.05)
+    threads = os.listdir(f"/proc/{worker.process.pid}/task")
+    assert all(os.getpriority(os.PRIO_PROCESS, int(t)) == priority.LOW for t in threads)
+    cancel("done")
+    thread.join()
+    assert worker not in engine._idle and not worker.process.is_alive()
+
+
+def test_the_key_is_in_no_command_line_or_environment(engine: ProcessEngine, room) -> None:
+    engine.stream("select 1").read_all()
+    assert workers_of(engine)
+    for pid in workers_of(engine):
+        for part in ("cmdline", "environ"):
+            assert room.key.encode() not in Path(f"/proc/{pid}/{part}").read_bytes()
