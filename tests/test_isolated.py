@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -122,3 +123,53 @@ def test_the_key_is_in_no_command_line_or_environment(engine: ProcessEngine, roo
     for pid in workers_of(engine):
         for part in ("cmdline", "environ"):
             assert room.key.encode() not in Path(f"/proc/{pid}/{part}").read_bytes()
+
+
+def descendants(pid: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its parent to collect it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_no_worker_outlives_a_gateway_killed_with_sigkill(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.gateway_helpers import HUNG, eventually
+    from tests.test_gateway_abuse import RUNAWAY as ENDLESS
+    from tests.test_gateway_abuse import open_gateway
+
+    def ask(url: str, token: str) -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the server dies under it
+            httpx.post(f"{url}/v1/query", json={"sql": ENDLESS}, headers={"Authorization": f"Bearer {token}"}, timeout=HUNG)
+
+    server = open_gateway(tmp_path)
+    try:
+        asking = threading.Thread(target=ask, args=(server.url, server.token("bob")))
+        asking.start()
+        assert server.process is not None
+        eventually(lambda: len(descendants(server.process.pid)) >= 2, "a worker running the endless query")
+        workers = descendants(server.process.pid)
+        server.kill9()
+        eventually(lambda: not any(alive(pid) for pid in workers), "every worker gone with the server")
+        asking.join()
+    finally:
+        server.stop()

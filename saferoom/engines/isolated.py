@@ -17,6 +17,7 @@ messages, and an end or an error.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
@@ -42,6 +43,7 @@ GRACE_SECONDS = 0.25  # a query still running after this is a long one: its proc
 KILL_AFTER_SECONDS = 5.0  # a stopped query whose process has not answered by then is killed
 IDLE_SECONDS = 60.0  # a spare worker idle this long is stopped (one per user stays)
 SCHEMA, BATCH, END, ERROR = b"S", b"B", b"Z", b"E"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Workers are forked from a small server process that has imported this module once and runs no threads:
 # a worker starts in milliseconds, not the half second a fresh interpreter takes, and a threaded gateway
 # is never forked itself.
@@ -280,6 +282,7 @@ def _error(message: bytes) -> SaferoomError:
 
 def _serve(conn: Connection) -> None:
     """A worker's life: open the engine, then answer requests one at a time until told to close."""
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is the server's; the parent stops us
     running: list[Cancel] = []
     signal.signal(signal.SIGUSR1, lambda *_: [cancel("stopped by the gateway") for cancel in running])
@@ -292,6 +295,15 @@ def _serve(conn: Connection) -> None:
     while (request := conn.recv())[0] != "close":
         _answer(conn, engine, request, running)
     engine.close()
+
+
+def _die_with_parent() -> None:
+    """A worker never outlives the server: its parent, the fork server, ends with the gateway (even on kill -9),
+    and the kernel then kills the worker, however long its query would have run."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent was already gone before the line above
+        os._exit(1)
 
 
 def _open(setup: tuple[Any, ...]) -> DuckDBEngine:
