@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 import saferoom
-from saferoom.audit import read, verify
+from saferoom.audit import read, read_head, verify
 from saferoom.client import RemoteSession
 from saferoom.server.gateway import QUEUE_SECONDS
 from tests.gateway_helpers import (
@@ -158,8 +158,9 @@ def test_nothing_secret_in_responses_logs_or_audit(server, tokens, room) -> None
 
 def test_audit_chain_verifies_and_detects_tampering(server, tokens, tmp_path: Path) -> None:
     asked = post(server, tokens["alice"], "select count(*) from prod.orders").headers["X-Saferoom-Request"]
-    eventually(lambda: any(r.get("event") == "result" and r["request_id"] == asked for r in read(server.state)),
-               "the query's result record")
+    eventually(lambda: any(r.get("event") == "result" and r["request_id"] == asked for r in read(server.state))
+               and read_head(server.state) == (read(server.state)[-1]["seq"], read(server.state)[-1]["hash"]),
+               "the query's result record, and the head moved to it")
     assert verify(server.state).ok
     lines = (server.state / "audit.log").read_text().splitlines()
     assert len(lines) > 6

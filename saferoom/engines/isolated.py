@@ -69,7 +69,7 @@ class ProcessEngine:
         try:
             self._catalog: Catalog = {tuple(k): v for k, v in worker.call("catalog")}  # type: ignore[misc]
         except BaseException:
-            worker.kill()
+            worker.stop()
             raise
         self._release(worker)
 
@@ -80,10 +80,8 @@ class ProcessEngine:
         worker = self._acquire()
         try:
             types = [(name, kind) for name, kind in worker.call("types", sql)]
-        except BaseException:
-            worker.kill()
-            raise
-        self._release(worker)
+        finally:
+            self._release(worker)
         return types
 
     def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
@@ -164,7 +162,7 @@ class _Worker:
     def expect_ready(self) -> None:
         message = self.receive()
         if message[:1] == ERROR:
-            self.kill()
+            self.stop()
             raise _error(message)
 
     def send(self, request: tuple[Any, ...]) -> None:
@@ -198,17 +196,20 @@ class _Worker:
         priority.lower_process(self.process.pid)
 
     def stop(self) -> None:
+        """End the worker and close its pipe; only the thread that holds the worker calls this."""
         with contextlib.suppress(OSError, ValueError):
             self.conn.send(("close",))
         self.process.join(KILL_AFTER_SECONDS)
         self.kill()
+        self.conn.close()
 
     def kill(self) -> None:
+        """End the process, from any thread. The pipe stays open: a reader blocked on it sees the end of the
+        stream, and its file descriptor cannot be reused under it."""
         self.reusable = False
-        if self.process.is_alive():
+        with contextlib.suppress(OSError, ValueError):
             self.process.kill()
         self.process.join()
-        self.conn.close()
 
 
 @dataclass
