@@ -231,3 +231,18 @@ def test_sigterm_stops_running_queries_and_the_server_and_flushes_the_audit_log(
     allowed, results = outcomes(gateway)
     assert set(allowed) == set(results) and [r["status"] for r in results.values()] == ["cancelled"]
     assert verify(gateway.state).ok
+
+
+@pytest.mark.parametrize("body", [
+    b'{"sql": "select 1", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",  # nesting no JSON parser should recurse into
+    b'{"sql": ["select 1"]}',
+    b"not json at all",
+    b'{"sql": "select 1", "role": {"$gt": ""}}',
+])
+def test_a_malformed_body_gets_the_one_error_shape_and_echoes_nothing(gateway: Server, body: bytes) -> None:
+    answer = httpx.post(f"{gateway.url}/v1/query", content=body, timeout=HUNG,
+                        headers={**auth(gateway.token("bob")), "Content-Type": "application/json"})
+    assert answer.status_code in (400, 422), answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "UsageError" and "select 1" not in error["message"]
+    assert httpx.get(f"{gateway.url}/healthz", timeout=HUNG).status_code == 200

@@ -12,8 +12,10 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saferoom import __version__
 from saferoom.audit import now, read
@@ -46,6 +48,16 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def saferoom_error(_request: Request, exc: SaferoomError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
         return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(UsageError(str(exc.detail))), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A body that is not the documented shape: the same error shape as everything else, no echo of the input."""
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        return JSONResponse(error_body(UsageError(f"the request is not what this endpoint takes: {problems}")), status_code=422)
 
     @app.get("/healthz", summary="Liveness")
     async def health() -> dict[str, str]:  # on the event loop: it answers however busy the query threads are
