@@ -26,6 +26,7 @@ from typing import Protocol
 
 from sqlglot import exp
 
+from saferoom.engines import require_driver
 from saferoom.engines.base import EngineSpec
 from saferoom.engines.postgres import POSTGRES, KeyTable, token_sql
 from saferoom.errors import UsageError
@@ -186,6 +187,7 @@ __all__ = ["compile_sql", "drop_sql", "key_pads", "role_grants", "run", "set_key
 
 def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str = SCHEMA, *, drop: bool = False) -> int:
     """Run the compiled SQL in one transaction; returns the number of statements run."""
+    require_driver("postgres")
     import adbc_driver_postgresql.dbapi as dbapi
 
     from saferoom.engines.postgres import PostgresEngine, _with_password

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Self
 
 from saferoom.client import RemoteSession, load_credentials
+from saferoom.engines import require_driver
 from saferoom.engines.base import Cancel, Engine
 from saferoom.engines.duckdb import DuckDBEngine
 from saferoom.errors import EngineError, QueryRejected, UsageError
@@ -100,6 +101,7 @@ def open_engine(policy: Policy, backend: str | None = None, limits: Limits | Non
         return DuckDBEngine(paths, policy.token_key, limits)
     name = _only_source(policy, backend)
     source = policy.model.sources[name]
+    require_driver(backend)
     if backend == "spark":
         from saferoom.engines.spark import SparkEngine
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import saferoom
 
 EXPECTED = {
@@ -57,3 +59,17 @@ def test_tables_show_the_rule_for_every_listed_column(alice: saferoom.Session) -
     assert (pan.action, pan.tag, pan.threats) == ("deny", "pci", ("card-theft",))
     assert "internal_score" not in {c.name for c in catalog["prod.customers"].columns}
     assert catalog["prod.orders"].row_filter == "region = {user.region}"
+
+
+@pytest.mark.parametrize("engine, module", [("spark", "pyspark"), ("postgres", "adbc_driver_postgresql")])
+def test_a_missing_optional_engine_is_a_usage_error_naming_the_extra(engine: str, module: str) -> None:
+    """Run where the driver cannot be imported (as after a plain `pip install saferoom`)."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            "from saferoom.engines import require_driver\n"
+            "from saferoom.errors import UsageError\n"
+            f"try:\n    require_driver({engine!r})\nexcept UsageError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert f"pip install 'saferoom[{engine}]'" in done.stdout, done.stdout + done.stderr
