@@ -67,7 +67,7 @@ class ProcessEngine:
         self._running: set[_Worker] = set()
         worker = self._spawn()
         try:
-            self._catalog: Catalog = {tuple(k): v for k, v in worker.call("catalog")}  # type: ignore[misc]
+            self._catalog: Catalog = {(k[0], k[1], k[2]): v for k, v in worker.call("catalog")}
         except BaseException:
             worker.stop()
             raise
@@ -286,7 +286,12 @@ def _serve(conn: Connection) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is the server's; the parent stops us
     running: list[Cancel] = []
-    signal.signal(signal.SIGUSR1, lambda *_: [cancel("stopped by the gateway") for cancel in running])
+
+    def stop(*_: object) -> None:  # the parent's stop: DuckDB runs Python's signal handlers between its tasks
+        for cancel in running:
+            cancel("stopped by the gateway")
+
+    signal.signal(signal.SIGUSR1, stop)
     try:
         engine = _open(conn.recv())
     except SaferoomError as exc:

@@ -41,7 +41,7 @@ def bound_sizes(tree: exp.Expression, spec: EngineSpec) -> exp.Expression:
     return tree
 
 
-def _wrap(node: exp.Expression, arg: str, unit: exp.Expression, cap: int) -> None:
+def _wrap(node: exp.Func, arg: str, unit: exp.Expr, cap: int) -> None:
     """``count`` becomes ``CASE WHEN count > cap / unit THEN error(…) ELSE count END`` (a division cannot overflow)."""
     count = node.args[arg]
     too_big = exp.GT(this=count.copy(), expression=exp.Div(this=exp.Literal.number(cap), expression=unit))
@@ -50,7 +50,7 @@ def _wrap(node: exp.Expression, arg: str, unit: exp.Expression, cap: int) -> Non
     node.set(arg, exp.Case(ifs=[exp.If(this=too_big, true=refusal)], default=count))
 
 
-def _check_format(node: exp.Expression, cap: int) -> None:
+def _check_format(node: exp.Func, cap: int) -> None:
     pattern = node.this if isinstance(node, exp.Format) else (node.expressions or [None])[0]
     name = node.sql_name().lower() if isinstance(node, exp.Format) else node.name.lower()
     if not isinstance(pattern, exp.Literal) or not pattern.is_string:

@@ -14,7 +14,7 @@ nobody but the person who ran it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from saferoom.policy.model import Role
 
@@ -41,8 +41,4 @@ def role_limits(role: Role) -> Limits:
 def gateway_limits(role: Role, defaults: Limits = GATEWAY_DEFAULTS) -> Limits:
     """What the role sets, and the gateway's defaults for the rest."""
     configured = role_limits(role)
-    return Limits(**{f.name: _first(getattr(configured, f.name), getattr(defaults, f.name)) for f in fields(Limits)})
-
-
-def _first(value: object, default: object) -> object:
-    return default if value is None else value
+    return replace(defaults, **{f.name: getattr(configured, f.name) for f in fields(Limits) if getattr(configured, f.name) is not None})
