@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import httpx
 
 from saferoom.server.run import DRAIN_SECONDS
@@ -135,6 +136,24 @@ def gateway_policy(room, folder: Path) -> Path:
     path = folder / "saferoom.yaml"
     path.write_text(text)
     return path
+
+
+def table_gateway(folder: Path, source: str, table: str, create: str, users: list[str], role: str = "{}",
+                  extra: tuple[str, ...] = ()) -> Server:
+    """A started gateway over one DuckDB table (made by ``create``, all columns public), every user an analyst."""
+    database = folder / f"{source}.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute(create)
+        columns = [c for (c,) in con.execute(f"select column_name from duckdb_columns() where table_name = '{table}'").fetchall()]
+    (folder / "state").mkdir()
+    (folder / "saferoom.yaml").write_text(f"""version: 1
+sources: {{{source}: {{engine: duckdb, path: {database}}}}}
+tables: {{{source}.{table}: {{{", ".join(f"{c}: public" for c in columns)}}}}}
+tags: {{}}
+users: {{{", ".join(f"{u}: {{roles: [analyst]}}" for u in users)}}}
+roles: {{analyst: {role}}}
+""")
+    return Server(folder / "saferoom.yaml", folder / "state", free_port(), folder / "server.log", extra=list(extra)).start()
 
 
 def serving(room: object, tmp_path_factory: object, name: str) -> Iterator[Server]:

@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import duckdb
 import httpx
 import pyarrow as pa
 import pytest
@@ -31,6 +30,7 @@ from tests.gateway_helpers import (
     free_port,
     gateway_policy,
     serving,
+    table_gateway,
 )
 
 
@@ -370,18 +370,8 @@ def test_a_restarted_gateway_remembers_todays_bytes(room, tmp_path: Path) -> Non
 
 def big_gateway(tmp_path: Path, role: str = "{}") -> Server:
     """A gateway over one 3M-row table, so a result streams for a while."""
-    big = tmp_path / "big.duckdb"
-    with duckdb.connect(str(big)) as con:
-        con.execute("create table events as select range as id, 'x' || range as note from range(3000000)")
-    (tmp_path / "state").mkdir()
-    (tmp_path / "saferoom.yaml").write_text(f"""version: 1
-sources: {{big: {{engine: duckdb, path: {big}}}}}
-tables: {{big.events: {{id: public, note: public}}}}
-tags: {{}}
-users: {{alice: {{roles: [analyst]}}}}
-roles: {{analyst: {role}}}
-""")
-    return Server(tmp_path / "saferoom.yaml", tmp_path / "state", free_port(), tmp_path / "server.log").start()
+    create = "create table events as select range as id, 'x' || range as note from range(3000000)"
+    return table_gateway(tmp_path, "big", "events", create, ["alice"], role)
 
 
 def test_a_gateway_dying_mid_stream_is_an_error_not_a_short_result(tmp_path: Path) -> None:

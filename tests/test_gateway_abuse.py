@@ -16,14 +16,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 
 from saferoom.audit import read, verify
 from saferoom.policy.limits import GATEWAY_DEFAULTS
 from saferoom.server.app import body_limit
-from tests.gateway_helpers import HUNG, STOPS_WITHIN, Server, eventually, free_port
+from tests.gateway_helpers import HUNG, STOPS_WITHIN, Server, eventually, table_gateway
 
 RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
 SMALL = "select count(*), max(amount) from shop.orders"
@@ -31,18 +30,8 @@ SMALL = "select count(*), max(amount) from shop.orders"
 
 def open_gateway(folder: Path, *extra: str, role: str = "{columns: {}}") -> Server:
     """Two analysts over a small shop, with a policy that sets no limits."""
-    database = folder / "shop.duckdb"
-    with duckdb.connect(str(database)) as con:
-        con.execute("create table orders as select range as id, range % 97 as amount from range(10000)")
-    (folder / "state").mkdir()
-    (folder / "saferoom.yaml").write_text(f"""version: 1
-sources: {{shop: {{engine: duckdb, path: {database}}}}}
-tables: {{shop.orders: {{id: public, amount: public}}}}
-tags: {{}}
-users: {{mallory: {{roles: [analyst]}}, bob: {{roles: [analyst]}}}}
-roles: {{analyst: {role}}}
-""")
-    return Server(folder / "saferoom.yaml", folder / "state", free_port(), folder / "server.log", extra=list(extra)).start()
+    create = "create table orders as select range as id, range % 97 as amount from range(10000)"
+    return table_gateway(folder, "shop", "orders", create, ["mallory", "bob"], role, extra)
 
 
 @pytest.fixture
