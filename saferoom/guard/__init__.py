@@ -1,8 +1,11 @@
 """The guard: every query passes through :meth:`Guard.rewrite` or is refused.
 
-The rewrite is a pipeline of small functions over the sqlglot tree::
+A query is parsed, then passed through :data:`RULES` in order, each a small
+function ``rule(expression, context) -> expression`` over the sqlglot tree in
+its own module (as sqlglot's optimizer is built), then generated::
 
-    parse → check_statement → check_nodes → bound_sizes → unqualify_columns → substitute_tables → generate
+    parse → check_statement → check_nodes → bound_sizes → unqualify_columns → resolve_tables
+          → substitute_views → generate
 
 The engine only ever runs SQL generated from the rewritten tree, never the
 text the user sent, so the guard and the engine cannot disagree about what
@@ -14,21 +17,39 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import sqlglot
 from sqlglot import exp
 
 from saferoom.engines.base import Catalog, EngineSpec
 from saferoom.errors import EngineError, QueryRejected
+from saferoom.guard.bound_sizes import bound_sizes
+from saferoom.guard.check_nodes import check_nodes
+from saferoom.guard.check_statement import check_statement
+from saferoom.guard.context import Context, Touched
+from saferoom.guard.parse import parse
 from saferoom.guard.render import render, rendered
-from saferoom.guard.sizes import bound_sizes
-from saferoom.guard.tables import Resolver, referenced_names, substitute_tables, unqualify_columns
-from saferoom.guard.validate import check_nodes, check_statement, parse
+from saferoom.guard.resolve_tables import resolve_tables
+from saferoom.guard.resolver import Resolver
+from saferoom.guard.substitute_views import substitute_views
+from saferoom.guard.unqualify_columns import unqualify_columns
 from saferoom.guard.views import build_view
 from saferoom.policy import Action, ColumnRule, Policy
 
-__all__ = ["Guard", "GuardedQuery"]
+__all__ = ["RULES", "Context", "Guard", "GuardedQuery", "Rule"]
+
+Rule = Callable[[exp.Expression, Context], exp.Expression]
+
+RULES: tuple[Rule, ...] = (
+    check_statement,
+    check_nodes,
+    bound_sizes,
+    unqualify_columns,
+    resolve_tables,
+    substitute_views,
+)
 
 CACHE_SIZE = 4096
 
@@ -49,7 +70,7 @@ class Guard:
         self.policy, self.user, self.role, self.spec = policy, user, role, spec
         self._attributes = policy.user(user).attributes
         self._catalog = catalog
-        self._resolver = Resolver(policy, spec.default_schema, spec.name)
+        self._context = Context(policy, user, role, spec, Resolver(policy, spec.default_schema, spec.name), self.view)
         self._views: dict[tuple[str, frozenset[str] | None], str] = {}
         self._rewrites: OrderedDict[str, GuardedQuery] = OrderedDict()
         self._lock = threading.Lock()
@@ -75,15 +96,16 @@ class Guard:
             raise QueryRejected(f"the query could not be checked: {str(exc).splitlines()[0][:200]}") from None
 
     def _pipeline(self, sql: str) -> GuardedQuery:
+        context = self.context()
         tree = parse(sql, self.spec)
-        tree = check_statement(tree, self.spec)
-        tree = check_nodes(tree, self.spec)
-        tree = bound_sizes(tree, self.spec)
-        tree = unqualify_columns(tree, self._resolver)
-        names = referenced_names(tree)
-        tree, touched = substitute_tables(tree, self._resolver, lambda table: self.view(table, names))
-        tables = tuple(dict.fromkeys(touched))
-        return GuardedQuery(render(tree, self.spec.dialect), tables, self._reached(tables, names))
+        for rule in RULES:
+            tree = rule(tree, context)
+        tables = tuple(dict.fromkeys(context.touched.tables))
+        return GuardedQuery(render(tree, self.spec.dialect), tables, self._reached(tables, context.touched.names))
+
+    def context(self) -> Context:
+        """A fresh context for one query: what the rules know, and an empty record of what it touches."""
+        return replace(self._context, touched=Touched())
 
     def _reached(self, tables: tuple[str, ...], names: frozenset[str] | None) -> tuple[tuple[str, str], ...]:
         listed = ((t, c) for t in tables for c in self.policy.columns(t))

@@ -1,54 +1,47 @@
-"""First rules of the guard: one read-only statement, built only from allowed parts.
+"""A rule of the guard: a query is built only from allowed parts.
 
 Every node of the parsed tree must be an allowed kind for the engine: query
 structure, or a function on the engine's allowlist. Anything else — DML and
 DDL hidden in a CTE, ``SELECT ... INTO``, ``FOR UPDATE``, table functions,
 file readers, settings, variables, parameters — is refused, because it is not
 on the list, not because someone remembered to forbid it.
+
+>>> import sqlglot
+>>> from saferoom.engines.duckdb import DUCKDB
+>>> from saferoom.guard import Guard
+>>> from saferoom.policy import parse_policy
+>>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
+>>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> check_nodes(sqlglot.parse_one("select * from read_csv('/etc/passwd')", read="duckdb"), context)
+Traceback (most recent call last):
+saferoom.errors.QueryRejected: table functions are not allowed in FROM; query the policy's tables by name
+>>> check_nodes(sqlglot.parse_one("select count(*) from cards", read="duckdb"), context).sql("duckdb")
+'SELECT COUNT(*) FROM cards'
 """
 
 from __future__ import annotations
 
 import re
 
-import sqlglot
 from sqlglot import exp
 
 from saferoom.engines import spec_for
 from saferoom.engines.base import EngineSpec
 from saferoom.errors import QueryRejected
+from saferoom.guard.context import Context
 from saferoom.policy.filters import bind_filter, placeholders
 
 _WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Values, exp.Subquery)
 RESERVED_PREFIX = "__saferoom"
 TABLE_ARGS = frozenset({"this", "db", "catalog", "alias"})
 
 
-def parse(sql: str, spec: EngineSpec) -> exp.Expression:
-    """Parse exactly one statement; anything else is refused."""
-    if not isinstance(sql, str) or not sql.strip():
-        raise QueryRejected("the query is empty; write one SELECT statement")
-    try:
-        statements = [s for s in sqlglot.parse(sql, read=spec.dialect) if s is not None]
-    except sqlglot.errors.SqlglotError as exc:
-        raise QueryRejected(f"the query could not be parsed: {_first_line(exc)}") from None
-    except RecursionError:
-        raise QueryRejected("the query is nested too deeply to check") from None
-    if len(statements) != 1:
-        raise QueryRejected(f"send exactly one statement per query (got {len(statements)})")
-    return statements[0]
-
-
-def check_statement(tree: exp.Expression, spec: EngineSpec) -> exp.Expression:
-    if not isinstance(tree, QUERY_ROOTS):
-        kind = tree.key.upper() if not isinstance(tree, exp.Command) else str(tree.this).upper()
-        raise QueryRejected(f"{kind} statements are not allowed; saferoom runs read-only queries (SELECT, WITH, VALUES)")
-    return tree
-
-
-def check_nodes(tree: exp.Expression, spec: EngineSpec) -> exp.Expression:
+def check_nodes(expression: exp.Expression, context: Context) -> exp.Expression:
     """Refuse any node that is not query structure or an allowlisted function."""
+    return allowed_nodes(expression, context.spec)
+
+
+def allowed_nodes(tree: exp.Expression, spec: EngineSpec) -> exp.Expression:
     for node in tree.walk():
         name = type(node).__name__
         if name == "Anonymous":
@@ -89,10 +82,6 @@ def check_filter(predicate: exp.Expression, dialect: str) -> None:
     """Row filters in the policy obey the same allowlist as queries."""
     spec = spec_for(dialect)
     bound = bind_filter(predicate, {name: "" for name in placeholders(predicate)})
-    check_nodes(exp.select("1").where(bound), spec)
+    allowed_nodes(exp.select("1").where(bound), spec)
     if any(isinstance(n, (exp.Select, exp.Table)) for n in predicate.walk()):
         raise QueryRejected("a row filter may not contain subqueries; write a predicate over the table's own columns")
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:300]
