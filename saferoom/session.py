@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Self
 
 from saferoom.client import RemoteSession, load_credentials
+from saferoom.engines import spec_for
 from saferoom.engines.base import Cancel, Engine
 from saferoom.engines.duckdb import DuckDBEngine
 from saferoom.errors import EngineError, QueryRejected, UsageError
 from saferoom.explain import Explanation, OutputColumn, TableInfo, catalog, output_sources, table_info
 from saferoom.guard import Guard, GuardedQuery
+from saferoom.guard.check_nodes import check_filters
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import Limits, role_limits
 from saferoom.result import Result
@@ -89,6 +91,7 @@ def open_engine(policy: Policy, backend: str | None = None, limits: Limits | Non
     ``limits`` bound the memory, threads and spill space of an embedded engine."""
     families = {s.engine for s in policy.model.sources.values()}
     backend = backend or ("duckdb" if "duckdb" in families or not families else "postgres" if "postgres" in families else "spark")
+    check_filters(policy, spec_for(backend))  # before anything opens: a filter the engine cannot run is the policy's error
     if backend == "duckdb":
         paths = {n: _path(policy, s.path) for n, s in policy.model.sources.items() if s.engine == "duckdb"}
         return DuckDBEngine(paths, policy.token_key, limits)

@@ -25,10 +25,10 @@ import re
 
 from sqlglot import exp
 
-from saferoom.engines import spec_for
 from saferoom.engines.base import EngineSpec
-from saferoom.errors import QueryRejected
+from saferoom.errors import PolicyError, QueryRejected
 from saferoom.guard.context import Context
+from saferoom.policy import Policy
 from saferoom.policy.filters import bind_filter, placeholders
 
 _WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -78,10 +78,27 @@ def _refusal(node: exp.Expression) -> str:
     return f"SQL construct `{node.key.upper()}` is not allowed by saferoom's guard"
 
 
-def check_filter(predicate: exp.Expression, dialect: str) -> None:
-    """Row filters in the policy obey the same allowlist as queries."""
-    spec = spec_for(dialect)
+def check_filters(policy: Policy, spec: EngineSpec) -> None:
+    """Every row filter on this engine's tables obeys the same allowlist as queries.
+
+    The policy checks a filter's shape when it loads (it knows no engine); the
+    functions a filter may call depend on the engine, so they are checked here,
+    where an engine is chosen, and again wherever a view is built.
+    """
+    for role, spec_of_role in policy.model.roles.items():
+        for table in spec_of_role.rows:
+            if policy.model.sources[policy.tables[table].source].engine == spec.name:
+                check_filter(policy, role, table, spec)
+
+
+def check_filter(policy: Policy, role: str, table: str, spec: EngineSpec) -> None:
+    """A :class:`PolicyError` naming the line of a row filter that calls what the engine's allowlist does not have."""
+    predicate = policy.row_filter(role, table)
+    if predicate is None:
+        return
     bound = bind_filter(predicate, {name: "" for name in placeholders(predicate)})
-    allowed_nodes(exp.select("1").where(bound), spec)
-    if any(isinstance(n, (exp.Select, exp.Table)) for n in predicate.walk()):
-        raise QueryRejected("a row filter may not contain subqueries; write a predicate over the table's own columns")
+    try:
+        allowed_nodes(exp.select("1").where(bound), spec)
+    except QueryRejected as exc:
+        line = policy.lines.line(("roles", role, "rows", table))
+        raise PolicyError(f"row filter for `{table}`: {exc}", file=str(policy.path), line=line) from None
