@@ -10,7 +10,7 @@ from saferoom.client import RemoteSession, load_credentials
 from saferoom.engines import spec_for
 from saferoom.engines.base import Cancel, Engine
 from saferoom.engines.duckdb import DuckDBEngine
-from saferoom.errors import EngineError, QueryRejected, UsageError
+from saferoom.errors import QueryRejected, UsageError
 from saferoom.explain import Explanation, OutputColumn, TableInfo, catalog, output_sources, table_info
 from saferoom.guard import Guard, GuardedQuery
 from saferoom.guard.check_nodes import check_filters
@@ -43,10 +43,7 @@ class Session:
     def query(self, sql: str, cancel: Cancel | None = None) -> Result:
         """Run a query; what comes back is already shaped by the policy. ``cancel`` stops it from another thread."""
         guarded = self._guard.rewrite(sql)
-        try:
-            reader = self._engine.stream(guarded.sql, timeout=self.timeout, cancel=cancel)
-        except EngineError as exc:
-            raise self._guard.explain_missing(exc, sql, guarded.tables) from None
+        reader = self._engine.stream(guarded.sql, timeout=self.timeout, cancel=cancel)
         return Result(reader, max_rows=self.max_rows, sql=guarded.sql, tables=guarded.tables)
 
     def tables(self) -> list[TableInfo]:
@@ -57,19 +54,13 @@ class Session:
         """What a query will see, column by column, or why it is refused."""
         try:
             guarded = self._guard.rewrite(sql)
-            types = self._column_types(sql, guarded)
+            types = self._engine.column_types(guarded.sql)
         except QueryRejected as exc:
             return Explanation(self.role, (), (), refused=exc.message)
         sources = output_sources(self._guard, sql, guarded.tables, [n for n, _ in types])
         columns = tuple(OutputColumn(n, t, s) for (n, t), s in zip(types, sources, strict=True))
         notes = (f"results are cut at {self.max_rows} rows for role {self.role}",) if self.max_rows else ()
         return Explanation(self.role, tuple(table_info(self._guard, t) for t in guarded.tables), columns, notes=notes)
-
-    def _column_types(self, sql: str, guarded: GuardedQuery) -> list[tuple[str, str]]:
-        try:
-            return self._engine.column_types(guarded.sql)
-        except EngineError as exc:
-            raise self._guard.explain_missing(exc, sql, guarded.tables) from None
 
     def close(self) -> None:
         if self._owns_engine:

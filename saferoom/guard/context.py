@@ -7,16 +7,33 @@ query reads and which names it uses, kept for the audit log and the decision.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sqlglot import exp
 
 from saferoom.engines.base import EngineSpec
 from saferoom.guard.resolver import Resolver
-from saferoom.policy import Policy
+from saferoom.policy import ColumnRule, Policy
 
 ViewFor = Callable[[str, frozenset[str] | None], exp.Expression]
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """A source column a role cannot see: denied by ``rule``, or unclassified (``rule`` is None)."""
+
+    table: str
+    column: str
+    rule: ColumnRule | None
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns a source shows a role, and those it hides, by lower-cased name."""
+
+    visible: frozenset[str]
+    hidden: Mapping[str, Hidden]
 
 
 @dataclass
@@ -34,5 +51,6 @@ class Context:
     role: str
     spec: EngineSpec
     resolver: Resolver
+    columns: Callable[[str], Columns]  # of a policy table
     view: ViewFor  # the policy view of a table, cut to the names given
     touched: Touched = field(default_factory=Touched)
