@@ -1,6 +1,15 @@
-"""saferoom: ordinary SQL for data scientists; sensitive data stays put."""
+"""saferoom: ordinary SQL for data scientists; sensitive data stays put.
 
-from saferoom.client import RemoteSession
+The names below are imported when first used, so that importing one part
+(``saferoom.policy``, say) does not bring in the engines and everything above
+them: each part imports only what it is allowed to see.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from saferoom.errors import (
     AccessDenied,
     AuditError,
@@ -15,12 +24,42 @@ from saferoom.errors import (
     TooLarge,
     UsageError,
 )
-from saferoom.explain import ColumnInfo, Explanation, OutputColumn, TableInfo
-from saferoom.policy import Action, Policy, load_policy
-from saferoom.result import Result
-from saferoom.session import Session, connect
+
+if TYPE_CHECKING:
+    from saferoom.client import RemoteSession
+    from saferoom.explain import ColumnInfo, Explanation, OutputColumn, TableInfo
+    from saferoom.policy import Action, Policy, load_policy
+    from saferoom.result import Result
+    from saferoom.session import Session, connect
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "RemoteSession": "saferoom.client",
+    "ColumnInfo": "saferoom.explain",
+    "Explanation": "saferoom.explain",
+    "OutputColumn": "saferoom.explain",
+    "TableInfo": "saferoom.explain",
+    "Action": "saferoom.policy",
+    "Policy": "saferoom.policy",
+    "load_policy": "saferoom.policy",
+    "Result": "saferoom.result",
+    "Session": "saferoom.session",
+    "connect": "saferoom.session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'saferoom' has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AccessDenied",

@@ -9,7 +9,7 @@ from sqlglot import exp
 
 from saferoom.errors import EngineError
 from saferoom.guard import Guard
-from saferoom.guard.validate import parse
+from saferoom.guard.parse import parse
 from saferoom.policy import Action, ColumnRule
 
 

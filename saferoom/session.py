@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Self
 
 from saferoom.client import RemoteSession, load_credentials
-from saferoom.engines import require_driver
+from saferoom.engines import require_driver, spec_for
 from saferoom.engines.base import Cancel, Engine
 from saferoom.engines.duckdb import DuckDBEngine
-from saferoom.errors import EngineError, QueryRejected, UsageError
+from saferoom.errors import QueryRejected, UsageError
 from saferoom.explain import Explanation, OutputColumn, TableInfo, catalog, output_sources, table_info
 from saferoom.guard import Guard, GuardedQuery
+from saferoom.guard.check_nodes import check_filters
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import Limits, role_limits
 from saferoom.result import Result
@@ -42,10 +43,7 @@ class Session:
     def query(self, sql: str, cancel: Cancel | None = None) -> Result:
         """Run a query; what comes back is already shaped by the policy. ``cancel`` stops it from another thread."""
         guarded = self._guard.rewrite(sql)
-        try:
-            reader = self._engine.stream(guarded.sql, timeout=self.timeout, cancel=cancel)
-        except EngineError as exc:
-            raise self._guard.explain_missing(exc, sql, guarded.tables) from None
+        reader = self._engine.stream(guarded.sql, timeout=self.timeout, cancel=cancel)
         return Result(reader, max_rows=self.max_rows, sql=guarded.sql, tables=guarded.tables)
 
     def tables(self) -> list[TableInfo]:
@@ -56,19 +54,13 @@ class Session:
         """What a query will see, column by column, or why it is refused."""
         try:
             guarded = self._guard.rewrite(sql)
-            types = self._column_types(sql, guarded)
+            types = self._engine.column_types(guarded.sql)
         except QueryRejected as exc:
             return Explanation(self.role, (), (), refused=exc.message)
         sources = output_sources(self._guard, sql, guarded.tables, [n for n, _ in types])
         columns = tuple(OutputColumn(n, t, s) for (n, t), s in zip(types, sources, strict=True))
         notes = (f"results are cut at {self.max_rows} rows for role {self.role}",) if self.max_rows else ()
         return Explanation(self.role, tuple(table_info(self._guard, t) for t in guarded.tables), columns, notes=notes)
-
-    def _column_types(self, sql: str, guarded: GuardedQuery) -> list[tuple[str, str]]:
-        try:
-            return self._engine.column_types(guarded.sql)
-        except EngineError as exc:
-            raise self._guard.explain_missing(exc, sql, guarded.tables) from None
 
     def close(self) -> None:
         if self._owns_engine:
@@ -92,6 +84,7 @@ def open_engine(policy: Policy, backend: str | None = None, limits: Limits | Non
     its queries in a process of its own (the gateway's choice: see :mod:`saferoom.engines.isolated`)."""
     families = {s.engine for s in policy.model.sources.values()}
     backend = backend or ("duckdb" if "duckdb" in families or not families else "postgres" if "postgres" in families else "spark")
+    check_filters(policy, spec_for(backend))  # before anything opens: a filter the engine cannot run is the policy's error
     if backend == "duckdb":
         paths = {n: _path(policy, s.path) for n, s in policy.model.sources.items() if s.engine == "duckdb"}
         if isolated:

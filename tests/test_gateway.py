@@ -95,6 +95,18 @@ def test_client_matches_the_embedded_session(server, tokens, alice) -> None:
         assert remote.query("select 1 as x").to_polars().shape == (1, 1)
 
 
+def test_a_denied_column_is_recorded_refused_with_the_reason(server, tokens) -> None:
+    """The guard decides a denied column's refusal before the query runs, so the audit log says refused, and why."""
+    sql = "select name from prod.customers"  # role security lists no tags: pii is denied
+    response = post(server, tokens["sam"], sql)
+    assert response.status_code == 403 and response.json()["error"]["type"] == "QueryRejected"
+    records = [r for r in read(server.state) if r.get("query") == sql and r.get("user") == "sam"]
+    assert [r["event"] for r in records] == ["decision"], records
+    assert records[0]["decision"] == "refused"
+    assert records[0]["reason"].startswith("column `name` of prod.customers is tagged `pii`")
+    assert "Role `security` is denied it" in records[0]["reason"]
+
+
 def test_formats(server, tokens) -> None:
     sql = "select card_id from prod.cards order by card_id limit 3"
     arrow = post(server, tokens["ivan"], sql)

@@ -1,18 +1,19 @@
-"""Each rule of the guard, as SQL in and SQL out (fixtures in tests/fixtures/guard)."""
+"""Each rule of the guard, as SQL in and SQL out (fixtures in tests/fixtures/guard), and its docstring examples."""
 
 from __future__ import annotations
 
+import doctest
+import importlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import sqlglot
 from sqlglot import exp
 
 from saferoom.engines.duckdb import DUCKDB
 from saferoom.errors import QueryRejected
-from saferoom.guard import Guard
-from saferoom.guard.tables import Resolver, substitute_tables, unqualify_columns
-from saferoom.guard.validate import check_nodes, check_statement, parse
+from saferoom.guard import RULES, Context, Guard
+from saferoom.guard.parse import parse
 from saferoom.guard.views import build_view
 from saferoom.policy import load_policy
 
@@ -74,25 +75,40 @@ def expect(expected: str, run) -> None:
         assert run() == expected
 
 
-@pytest.mark.parametrize("sql, expected", cases("substitute_tables.sql"))
-def test_substitute_tables(policy, sql: str, expected: str) -> None:
-    resolver = Resolver(policy, "main")
-    expect(expected, lambda: substitute_tables(sqlglot.parse_one(sql, read="duckdb"), resolver, stub_view)[0].sql("duckdb"))
+def stub_context(policy, user: str = "alice", role: str = "analyst") -> Context:
+    """The guard's context, with each view shown as (SELECT * FROM view_of_<table>) so fixtures stay readable."""
+    return replace(Guard(policy, user, role, DUCKDB, CATALOG).context(), view=lambda table, names: stub_view(table))
 
 
-@pytest.mark.parametrize("sql, expected", cases("unqualify_columns.sql"))
-def test_unqualify_columns(policy, sql: str, expected: str) -> None:
-    resolver = Resolver(policy, "main")
-    assert unqualify_columns(sqlglot.parse_one(sql, read="duckdb"), resolver).sql("duckdb") == expected
+def through(rule: str, sql: str, context: Context) -> exp.Expression:
+    """``sql`` after the rules up to and including ``rule``, in the guard's order."""
+    tree = parse(sql, DUCKDB)
+    for each in RULES[: [r.__name__ for r in RULES].index(rule) + 1]:
+        tree = each(tree, context)
+    return tree
 
 
-@pytest.mark.parametrize("sql, expected", cases("check_nodes.sql"))
-def test_check_nodes(sql: str, expected: str) -> None:
+SHOWN = {  # what a rule's fixture shows, when not the SQL it makes
+    "resolve_tables": lambda tree, context: ", ".join(context.touched.tables) or "(none)",
+}
+
+
+@pytest.mark.parametrize("rule, sql, expected", [(r.__name__, *case) for r in RULES for case in cases(f"{r.__name__}.sql")])
+def test_rule(policy, rule: str, sql: str, expected: str) -> None:
     def run() -> str:
-        check_nodes(check_statement(parse(sql, DUCKDB), DUCKDB), DUCKDB)
-        return "OK"
+        context = stub_context(policy)
+        tree = through(rule, sql, context)
+        return SHOWN[rule](tree, context) if rule in SHOWN else tree.sql("duckdb")
 
     expect(expected, run)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
+def test_rule_docstring_examples_run(rule) -> None:
+    module = importlib.import_module(rule.__module__)
+    assert module.__doc__ and ">>> " in module.__doc__, f"{module.__name__} shows no example"
+    failed, attempted = doctest.testmod(module, report=True, optionflags=doctest.ELLIPSIS)
+    assert attempted and not failed
 
 
 @pytest.mark.parametrize("case, expected", cases("build_view.sql"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -64,7 +66,6 @@ BROKEN = [
     (POLICY.replace("token_key: file:token.key", "token_key: file:missing.key"), 7, "cannot read secret file"),
     (POLICY.replace('"region = {user.region}"', '"region = = {user.region}"'), 26, "not valid SQL"),
     (POLICY.replace('"region = {user.region}"', '"regoin = {user.region}"'), 26, "regoin"),
-    (POLICY.replace('"region = {user.region}"', '"region = getenv(\'X\')"'), 26, "getenv"),
     (POLICY.replace('"region = {user.region}"', '"region in (select region from prod.orders)"'), 26, "subqueries"),
     (POLICY.replace('"region = {user.region}"', '"region = {usr.region}"'), 26, "placeholders"),
     (POLICY.replace("rows: {prod.orders:", "rows: {prod.nothing:"), 26, "prod.nothing"),
@@ -89,6 +90,24 @@ def test_broken_policies_name_file_and_line(tmp_path: Path, text: str, line: int
     if line is not None:
         assert caught.value.line == line, str(caught.value)
     assert str(caught.value).startswith(f"{path}:")
+
+
+@pytest.mark.parametrize("predicate", ["region = getenv('X')", "region = current_setting('threads')", "region = $1"])
+def test_a_filter_the_engine_may_not_run_is_refused_before_it_opens(tmp_path: Path, predicate: str) -> None:
+    """What a filter may call depends on the engine, so it is checked where the engine is chosen, naming the line."""
+    path = write(tmp_path, POLICY.replace('"region = {user.region}"', f'"{predicate}"'))
+    load_policy(path)  # the policy alone knows no engine
+    with pytest.raises(saferoom.PolicyError) as caught:
+        saferoom.connect(path, user="ivan")
+    assert (caught.value.file, caught.value.line) == (str(path), 26) and "row filter for `prod.orders`" in str(caught.value)
+
+
+def test_the_policy_imports_no_guard_and_no_engine() -> None:
+    code = "import sys, saferoom.policy; print(' '.join(m for m in sys.modules if m.startswith('saferoom')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = done.stdout.split()
+    assert "saferoom.policy" in loaded
+    assert not [m for m in loaded if m.startswith(("saferoom.guard", "saferoom.engines", "saferoom.session"))], loaded
 
 
 def test_literal_secret_is_never_echoed(tmp_path: Path) -> None:

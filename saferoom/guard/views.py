@@ -17,6 +17,7 @@ import sqlglot
 from sqlglot import exp
 
 from saferoom.engines.base import ColumnTypes, EngineSpec
+from saferoom.guard.check_nodes import check_filter
 from saferoom.policy import Action, ColumnRule, Policy, TableRef
 from saferoom.policy.filters import bind_filter, placeholders
 from saferoom.policy.model import Attribute
@@ -49,6 +50,8 @@ def build_view(
     attribute is left out (the analytics database's own policy carries it).
     """
     predicate = policy.row_filter(role, table.key)
+    if predicate is not None:
+        check_filter(policy, role, table.key, spec)
     if predicate is not None and not user_filters and placeholders(predicate):
         predicate = None
     if predicate is not None:

@@ -1,5 +1,8 @@
 """Row filters: SQL predicates over a raw table with ``{user.<attribute>}`` placeholders.
 
+The policy checks a filter's shape here, knowing no engine; which functions
+a filter may call depends on the engine and is checked by the guard.
+
 A placeholder is parsed as a marker column and later replaced by a literal node
 holding the user's attribute, so an attribute value can never change the shape
 of the SQL (no string pasting, no injection).
@@ -30,7 +33,10 @@ def parse_filter(text: str, dialect: str) -> exp.Expression:
     select = expressions[0] if len(expressions) == 1 else None
     if not isinstance(select, exp.Select) or {k for k, v in select.args.items() if v} != {"expressions", "where"}:
         raise ValueError("a row filter must be one SQL predicate, like region = {user.region}")
-    return select.args["where"].this
+    predicate = select.args["where"].this
+    if any(isinstance(n, (exp.Query, exp.Table)) for n in predicate.walk()):
+        raise ValueError("a row filter may not contain subqueries; write a predicate over the table's own columns")
+    return predicate
 
 
 def placeholders(predicate: exp.Expression) -> set[str]:

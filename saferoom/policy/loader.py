@@ -26,6 +26,11 @@ def read_policy_file(path: str | Path) -> tuple[PolicyModel, LineMap, bytes]:
         raw = path.read_bytes()
     except OSError as exc:
         raise PolicyError(f"cannot read the policy file: {exc.strerror}", file=str(path)) from None
+    return read_policy_bytes(raw, path)
+
+
+def read_policy_bytes(raw: bytes, path: Path) -> tuple[PolicyModel, LineMap, bytes]:
+    """A policy's text as if read from ``path``: included fragments are found beside it."""
     lines = LineMap(str(path))
     data = _parse_yaml(raw, lines)
     if isinstance(data, dict) and data.get("includes"):

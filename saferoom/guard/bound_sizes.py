@@ -6,9 +6,13 @@ allocates outside its memory limit and cannot interrupt half-way. Their size
 arguments are wrapped so that the engine raises a clear error before it
 allocates; format strings must be literals with modest widths.
 
->>> from saferoom.engines.duckdb import DUCKDB
 >>> import sqlglot
->>> bound_sizes(sqlglot.parse_one("SELECT repeat(s, n) FROM t", read="duckdb"), DUCKDB).sql("duckdb")[:63]
+>>> from saferoom.engines.duckdb import DUCKDB
+>>> from saferoom.guard import Guard
+>>> from saferoom.policy import parse_policy
+>>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
+>>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> bound_sizes(sqlglot.parse_one("SELECT repeat(s, n) FROM t", read="duckdb"), context).sql("duckdb")[:63]
 'SELECT REPEAT(s, CASE WHEN n > 1048576 / GREATEST(LENGTH(s), 1)'
 """
 
@@ -18,27 +22,27 @@ import re
 
 from sqlglot import exp
 
-from saferoom.engines.base import EngineSpec
 from saferoom.errors import QueryRejected
+from saferoom.guard.context import Context
 
 # printf's `*` and fmt's nested `{}` take a width from an argument; seven digits is a width of a megabyte or more
 _WIDE_FORMAT = re.compile(r"%[-+ #0]*\*|\{[^}]*\{|\d{7,}")
 _FORMATS = frozenset({"PRINTF", "FORMAT"})
 
 
-def bound_sizes(tree: exp.Expression, spec: EngineSpec) -> exp.Expression:
+def bound_sizes(expression: exp.Expression, context: Context) -> exp.Expression:
     """Wrap size arguments of repeat/lpad/rpad; check format strings (engines without a cap are left alone)."""
-    cap = spec.max_value_bytes
+    cap = context.spec.max_value_bytes
     if cap is None:
-        return tree
-    for node in list(tree.find_all(exp.Repeat, exp.Pad, exp.Format, exp.Anonymous)):
+        return expression
+    for node in list(expression.find_all(exp.Repeat, exp.Pad, exp.Format, exp.Anonymous)):
         if isinstance(node, exp.Repeat):
             _wrap(node, "times", exp.func("greatest", exp.Length(this=node.this.copy()), exp.Literal.number(1)), cap)
         elif isinstance(node, exp.Pad):
             _wrap(node, "expression", exp.Literal.number(4), cap)  # a character is at most four bytes
         elif isinstance(node, exp.Format) or node.name.upper() in _FORMATS:
             _check_format(node, cap)
-    return tree
+    return expression
 
 
 def _wrap(node: exp.Func, arg: str, unit: exp.Expr, cap: int) -> None:

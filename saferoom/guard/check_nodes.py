@@ -1,0 +1,104 @@
+"""A rule of the guard: a query is built only from allowed parts.
+
+Every node of the parsed tree must be an allowed kind for the engine: query
+structure, or a function on the engine's allowlist. Anything else — DML and
+DDL hidden in a CTE, ``SELECT ... INTO``, ``FOR UPDATE``, table functions,
+file readers, settings, variables, parameters — is refused, because it is not
+on the list, not because someone remembered to forbid it.
+
+>>> import sqlglot
+>>> from saferoom.engines.duckdb import DUCKDB
+>>> from saferoom.guard import Guard
+>>> from saferoom.policy import parse_policy
+>>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
+>>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> check_nodes(sqlglot.parse_one("select * from read_csv('/etc/passwd')", read="duckdb"), context)
+Traceback (most recent call last):
+saferoom.errors.QueryRejected: table functions are not allowed in FROM; query the policy's tables by name
+>>> check_nodes(sqlglot.parse_one("select count(*) from cards", read="duckdb"), context).sql("duckdb")
+'SELECT COUNT(*) FROM cards'
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlglot import exp
+
+from saferoom.engines.base import EngineSpec
+from saferoom.errors import PolicyError, QueryRejected
+from saferoom.guard.context import Context
+from saferoom.policy import Policy
+from saferoom.policy.filters import bind_filter, placeholders
+
+_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_PREFIX = "__saferoom"
+TABLE_ARGS = frozenset({"this", "db", "catalog", "alias"})
+
+
+def check_nodes(expression: exp.Expression, context: Context) -> exp.Expression:
+    """Refuse any node that is not query structure or an allowlisted function."""
+    return allowed_nodes(expression, context.spec)
+
+
+def allowed_nodes(tree: exp.Expression, spec: EngineSpec) -> exp.Expression:
+    for node in tree.walk():
+        name = type(node).__name__
+        if name == "Anonymous":
+            if node.name.upper() not in spec.anonymous_functions:
+                raise QueryRejected(f"function {node.name}() is not on saferoom's allowlist for {spec.name}")
+        elif name not in spec.allowed_nodes:
+            raise QueryRejected(_refusal(node))
+        elif isinstance(node, exp.Identifier) and node.name.lower().startswith(RESERVED_PREFIX):
+            raise QueryRejected(f"names starting with {RESERVED_PREFIX} are reserved for saferoom")
+        elif isinstance(node, exp.Table):
+            _check_table(node)
+        elif isinstance(node, exp.Var) and not _WORD.match(node.name):
+            raise QueryRejected(f"`{node.name[:40]}` is not allowed here")  # Var is emitted verbatim
+    return tree
+
+
+def _check_table(table: exp.Table) -> None:
+    extra = {k for k, v in table.args.items() if v not in (None, [], False)} - TABLE_ARGS
+    if not isinstance(table.this, exp.Identifier):
+        raise QueryRejected("table functions are not allowed in FROM; query the policy's tables by name")
+    if extra:
+        raise QueryRejected(f"table modifiers ({', '.join(sorted(extra))}) are not allowed on `{table.name}`")
+
+
+def _refusal(node: exp.Expression) -> str:
+    if isinstance(node, exp.Func):
+        return f"function {node.sql_name().lower()}() is not on saferoom's allowlist"
+    if isinstance(node, (exp.Placeholder, exp.Parameter, exp.SessionParameter)):
+        return "parameters and session variables are not allowed; write values into the query"
+    if isinstance(node, exp.Lock):
+        return "locking clauses (FOR UPDATE/SHARE) are not allowed; saferoom is read-only"
+    if isinstance(node, exp.Into):
+        return "SELECT ... INTO is not allowed; saferoom is read-only"
+    return f"SQL construct `{node.key.upper()}` is not allowed by saferoom's guard"
+
+
+def check_filters(policy: Policy, spec: EngineSpec) -> None:
+    """Every row filter on this engine's tables obeys the same allowlist as queries.
+
+    The policy checks a filter's shape when it loads (it knows no engine); the
+    functions a filter may call depend on the engine, so they are checked here,
+    where an engine is chosen, and again wherever a view is built.
+    """
+    for role, spec_of_role in policy.model.roles.items():
+        for table in spec_of_role.rows:
+            if policy.model.sources[policy.tables[table].source].engine == spec.name:
+                check_filter(policy, role, table, spec)
+
+
+def check_filter(policy: Policy, role: str, table: str, spec: EngineSpec) -> None:
+    """A :class:`PolicyError` naming the line of a row filter that calls what the engine's allowlist does not have."""
+    predicate = policy.row_filter(role, table)
+    if predicate is None:
+        return
+    bound = bind_filter(predicate, {name: "" for name in placeholders(predicate)})
+    try:
+        allowed_nodes(exp.select("1").where(bound), spec)
+    except QueryRejected as exc:
+        line = policy.lines.line(("roles", role, "rows", table))
+        raise PolicyError(f"row filter for `{table}`: {exc}", file=str(policy.path), line=line) from None

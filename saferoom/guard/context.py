@@ -1,0 +1,56 @@
+"""What every rule of the guard is given: who asks, under which policy, on which engine.
+
+A :class:`Context` is made afresh for each query. It is frozen; the one thing
+rules add to it is :class:`Touched`, the record of which policy tables the
+query reads and which names it uses, kept for the audit log and the decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from saferoom.engines.base import EngineSpec
+from saferoom.guard.resolver import Resolver
+from saferoom.policy import ColumnRule, Policy
+
+ViewFor = Callable[[str, frozenset[str] | None], exp.Expression]
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """A source column a role cannot see: denied by ``rule``, or unclassified (``rule`` is None)."""
+
+    table: str
+    column: str
+    rule: ColumnRule | None
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns a source shows a role, and those it hides, by lower-cased name."""
+
+    visible: frozenset[str]
+    hidden: Mapping[str, Hidden]
+
+
+@dataclass
+class Touched:
+    """What a query reaches, filled in by the rules as they go."""
+
+    tables: list[str] = field(default_factory=list)  # policy tables, in the order the query names them
+    names: frozenset[str] | None = None  # names that can reach a view's column; None: all of them
+
+
+@dataclass(frozen=True)
+class Context:
+    policy: Policy
+    user: str
+    role: str
+    spec: EngineSpec
+    resolver: Resolver
+    columns: Callable[[str], Columns]  # of a policy table
+    view: ViewFor  # the policy view of a table, cut to the names given
+    touched: Touched = field(default_factory=Touched)

@@ -1,0 +1,225 @@
+"""A rule of the guard: a column the role may not see is refused by name, with the rule that hides it.
+
+The policy view is the enforcement: a denied or unclassified column is not in
+it, so the engine could never read it. This rule is for the explanation and
+the audit record. When a reference can only mean such a column — nothing else
+in reach has that name visibly — the query is refused here, before it runs,
+naming the column, its tag, the threat and the roles that may see it. Columns
+compare by name, case-insensitively, as the engines bind them.
+
+A reference this rule cannot pin down is left to the engine, which reports a
+missing column: one inside a lambda, a struct field (``a.b.c``), a name a
+select list defines (DuckDB lets WHERE and ORDER BY use those), a table used
+as a value, or a name that a source of unknown shape might supply (renamed
+columns ``t(a, b)``, ``* REPLACE``, unnamed expressions, table functions).
+
+>>> import sqlglot
+>>> from saferoom.engines.duckdb import DUCKDB
+>>> from saferoom.guard import Guard
+>>> from saferoom.policy import parse_policy
+>>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
+>>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> from saferoom.guard.resolve_tables import resolve_tables
+>>> refuse_hidden_columns(resolve_tables(sqlglot.parse_one("select c.pan from cards c"), context), context)
+Traceback (most recent call last):
+saferoom.errors.QueryRejected: column `pan` of prod.cards is tagged `pci` (no threat named). Role `analyst` is denied it, so it does not exist in your queries. Roles that may see it: no role. Leave it out, or ask the security team for a role that includes it.
+>>> refuse_hidden_columns(resolve_tables(sqlglot.parse_one("select card_id as pan from cards order by pan"), context), context).sql()
+'SELECT card_id AS pan FROM cards ORDER BY pan'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sqlglot import exp
+from sqlglot.errors import OptimizeError
+from sqlglot.optimizer.scope import Scope, build_scope
+
+from saferoom.errors import QueryRejected
+from saferoom.guard.context import Columns, Context, Hidden
+from saferoom.guard.resolve_tables import POLICY_TABLE
+from saferoom.policy import ColumnRule
+
+Source = exp.Table | Scope
+
+
+def refuse_hidden_columns(expression: exp.Expression, context: Context) -> exp.Expression:
+    names = frozenset(n for table in context.touched.tables for n in context.columns(table).hidden)
+    if not names or not any(isinstance(n, exp.Identifier) and n.name.lower() in names for n in expression.walk()):
+        return expression  # the common case: the query names nothing hidden
+    try:
+        root = build_scope(expression)
+        hit = next(_references(root, names, Shapes(context)), None) if root else None
+    except OptimizeError:
+        return expression  # e.g. one alias used twice: the engine's own error says it better
+    if hit is not None:
+        raise refusal(context, hit)
+    return expression
+
+
+def _references(root: Scope, names: frozenset[str], shapes: Shapes) -> Iterator[Hidden]:
+    """Each hidden column the query provably names, innermost scope first."""
+    for scope in root.traverse():
+        levels = list(_levels(scope))
+        for column in scope.find_all(exp.Column):
+            if column.name.lower() in names and (hit := _binding(column, levels, shapes)):
+                yield hit
+        yield from _using(scope, names, shapes)
+
+
+def _levels(scope: Scope) -> Iterator[Scope]:
+    """A scope and those whose sources its names may also reach (a CTE's body sees no query around it)."""
+    current: Scope | None = scope
+    while current is not None:
+        yield current
+        current = None if current.is_cte else current.parent
+
+
+def _binding(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidden | None:
+    if column.args.get("db") or column.find_ancestor(exp.Lambda) or _in_star_options(column):
+        return None
+    name = column.name.lower()
+    if column.table:
+        return _qualified(column.table.lower(), name, levels, shapes)
+    if any(name in _aliases(level) or name in _sources(level) for level in levels):
+        return None  # a select alias, or a table used as a value
+    seen, hidden = _reach(name, levels, shapes)
+    return None if seen else hidden
+
+
+def _qualified(qualifier: str, name: str, levels: list[Scope], shapes: Shapes) -> Hidden | None:
+    """``q.name`` where ``q`` is a source in reach; if ``q`` may also be a column, it may be a struct field."""
+    for level in levels:
+        source = _sources(level).get(qualifier)
+        if source is not None:
+            shape = shapes.of(source)
+            if shape is None or name in shape.visible or _reach(qualifier, levels, shapes)[0]:
+                return None
+            return shape.hidden.get(name)
+    return None
+
+
+def _reach(name: str, levels: list[Scope], shapes: Shapes) -> tuple[bool, Hidden | None]:
+    """Whether any source in reach may show ``name``, and the innermost that hides it.
+
+    A subquery in FROM (``LATERAL``) is a source of the scope around it, but not one its own names can reach.
+    """
+    hidden = None
+    for level in levels:
+        for source in (s for s in _sources(level).values() if not any(s is inner for inner in levels)):
+            shape = shapes.of(source)
+            if shape is None or name in shape.visible:
+                return True, None
+            hidden = hidden or shape.hidden.get(name)
+    return False, hidden
+
+
+def _using(scope: Scope, names: frozenset[str], shapes: Shapes) -> Iterator[Hidden]:
+    """``JOIN t USING (c)``: both sides must have ``c``; the joined table and the first FROM item are checked."""
+    first = scope.expression.args.get("from_")
+    for i, join in enumerate(scope.expression.args.get("joins") or []):
+        sides = [join.this, first.this] if i == 0 and first else [join.this]
+        used = {u.name.lower() for u in join.args.get("using") or []} & names
+        for side, name in ((side, name) for side in sides for name in sorted(used)):
+            shape = shapes.of(_sources(scope).get(side.alias_or_name.lower()))
+            if shape is not None and name not in shape.visible and name in shape.hidden:
+                yield shape.hidden[name]
+
+
+def _in_star_options(column: exp.Column) -> bool:
+    """Inside ``* REPLACE (...)`` or ``* RENAME (...)``; an ``* EXCLUDE`` name must exist, so it is checked."""
+    star = column.find_ancestor(exp.Star)
+    return star is not None and not (column.parent is star and column.arg_key == "except_")
+
+
+def _aliases(scope: Scope) -> set[str]:
+    select = scope.expression
+    return {p.alias.lower() for p in select.expressions if isinstance(p, exp.Alias)} if isinstance(select, exp.Select) else set()
+
+
+def _sources(scope: Scope) -> dict[str, Source]:
+    return {name.lower(): source for name, (_, source) in scope.selected_sources.items()}
+
+
+class Shapes:
+    """The columns each source offers, worked out once per query; ``None`` when unknown."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._scopes: dict[int, Columns | None] = {}
+
+    def of(self, source: Source | None) -> Columns | None:
+        if isinstance(source, exp.Table):
+            return self._table(source)
+        if source is None:
+            return None
+        if id(source) not in self._scopes:
+            self._scopes[id(source)] = None  # a recursive CTE reads itself: unknown while it is worked out
+            self._scopes[id(source)] = self._scope(source)
+        return self._scopes[id(source)]
+
+    def _table(self, table: exp.Table) -> Columns | None:
+        key, alias = table.meta.get(POLICY_TABLE), table.args.get("alias")
+        if key is None or (alias is not None and alias.columns):
+            return None  # not a policy table, or its columns renamed
+        return self._context.columns(key)
+
+    def _scope(self, scope: Scope) -> Columns | None:
+        expression = scope.expression
+        alias = expression.parent.args.get("alias") if isinstance(expression.parent, (exp.Subquery, exp.CTE)) else None
+        if alias is not None and alias.columns:
+            return None
+        if isinstance(expression, exp.SetOperation):
+            return self.of(scope.set_operation_scopes[0])  # a set operation's columns are named by its first branch
+        if not isinstance(expression, exp.Select):
+            return None
+        return _merge([self._projection(p, scope) for p in expression.expressions])
+
+    def _projection(self, projection: exp.Expression, scope: Scope) -> Columns | None:
+        if isinstance(projection, exp.Star):
+            plain = not any(projection.args.get(k) for k in ("except_", "replace", "rename", "ilike"))
+            return _merge([self.of(s) for s in _sources(scope).values()]) if plain else None
+        if isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star):
+            plain = not any(projection.this.args.values())
+            return self.of(_sources(scope).get(projection.table.lower())) if plain else None
+        if isinstance(projection, (exp.Alias, exp.Column)):
+            return Columns(frozenset({projection.alias_or_name.lower()}), {})
+        return None  # the engine names it
+
+
+def _merge(shapes: list[Columns | None]) -> Columns | None:
+    known = [s for s in shapes if s is not None]
+    if len(known) < len(shapes):
+        return None
+    visible = frozenset().union(*(s.visible for s in known))
+    hidden = {n: h for s in reversed(known) for n, h in s.hidden.items() if n not in visible}
+    return Columns(visible, hidden)
+
+
+def refusal(context: Context, hidden: Hidden) -> QueryRejected:
+    """The policy's explanation of a hidden column, for the user and the audit record."""
+    return denied(context, hidden.rule) if hidden.rule else unclassified(context, hidden.table, hidden.column)
+
+
+def denied(context: Context, rule: ColumnRule) -> QueryRejected:
+    policy = context.policy
+    threats = "; ".join(f"{t}: {policy.threat(t)}" for t in rule.threats) or "no threat named"
+    seeing = policy.roles_seeing(rule.table, rule.column)
+    who = ", ".join(f"{r} ({a.value})" for r, a in seeing) or "no role"
+    return QueryRejected(
+        f"column `{rule.column}` of {rule.table} is tagged `{rule.tag}` ({threats}). "
+        f"Role `{context.role}` is denied it, so it does not exist in your queries. "
+        f"Roles that may see it: {who}. Leave it out, or ask the security team for a role that includes it.",
+        column=f"{rule.table}.{rule.column}",
+        tag=rule.tag,
+        threats=rule.threats,
+        allowed_roles=[r for r, _ in seeing],
+    )
+
+
+def unclassified(context: Context, table: str, column: str) -> QueryRejected:
+    return QueryRejected(
+        f"column `{column}` is not one of the columns the policy lists for {table}, so it does not exist in your "
+        f"queries. Run `saferoom tables` to see what role `{context.role}` may use.",
+        column=f"{table}.{column}",
+    )

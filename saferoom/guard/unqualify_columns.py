@@ -1,0 +1,29 @@
+"""A rule of the guard: ``prod.main.cards.pan`` names the view aliased ``cards``.
+
+A policy table is replaced by its view under the table's bare name, so a
+column qualified with source and schema loses them; any other qualified name
+(a struct field, say) is left as written.
+
+>>> import sqlglot
+>>> from saferoom.engines.duckdb import DUCKDB
+>>> from saferoom.guard import Guard
+>>> from saferoom.policy import parse_policy
+>>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
+>>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> unqualify_columns(sqlglot.parse_one("select prod.main.cards.card_id, s.field.leaf from prod.main.cards"), context).sql()
+'SELECT cards.card_id, s.field.leaf FROM prod.main.cards'
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from saferoom.guard.context import Context
+
+
+def unqualify_columns(expression: exp.Expression, context: Context) -> exp.Expression:
+    for column in expression.find_all(exp.Column):
+        if column.args.get("db") and context.resolver.names_table(column):
+            column.set("catalog", None)
+            column.set("db", None)
+    return expression
