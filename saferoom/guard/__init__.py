@@ -116,7 +116,7 @@ class Guard:
     def view(self, table: str, names: frozenset[str] | None = None) -> exp.Var:
         """The policy view of a table for this user and role, cut to ``names``; rendered once."""
         types = self.types(table)
-        keep = None if names is None else _keep(types, names)
+        keep = None if names is None else _keep(types, names, self.columns(table).visible)
         key = (table, keep)
         if key not in self._views:
             ref = self.policy.tables[table]
@@ -139,13 +139,17 @@ class Guard:
 
 
 def _columns(policy: Policy, role: str, table: str, types: ColumnTypes) -> Columns:
+    """Denied columns are hidden with their rule, to be explained; unclassified ones are not listed at all, so a
+    query naming one fails exactly as for a column that does not exist (its existence is not disclosed)."""
     listed = policy.columns(table)
     visible = frozenset(rule.column for rule, _ in visible_columns(policy, role, table, types))
-    hidden = {c.lower(): Hidden(table, c, policy.rule(role, table, c) if c in listed else None) for c in types if c not in visible}
+    hidden = {c.lower(): Hidden(table, c, policy.rule(role, table, c)) for c in types if c not in visible and c in listed}
     return Columns(visible, hidden)
 
 
-def _keep(types: dict[str, str], names: frozenset[str]) -> frozenset[str]:
-    """The columns a query names; at least one, since a view cannot be empty."""
-    keep = frozenset(c for c in types if c in names)
-    return keep or frozenset(list(types)[:1])
+def _keep(types: dict[str, str], names: frozenset[str], visible: frozenset[str]) -> frozenset[str]:
+    """The visible columns a query names; at least one, since a view cannot be empty. Only visible columns
+    count: a view cut to a hidden column would fail otherwise than one cut for a name that does not exist."""
+    shown = [c for c in types if c in visible]
+    keep = frozenset(c for c in shown if c in names)
+    return keep or frozenset((shown or list(types))[:1])

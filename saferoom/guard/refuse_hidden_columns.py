@@ -197,8 +197,9 @@ def _merge(shapes: list[Columns | None]) -> Columns | None:
 
 
 def refusal(context: Context, hidden: Hidden) -> QueryRejected:
-    """The policy's explanation of a hidden column, for the user and the audit record."""
-    return denied(context, hidden.rule) if hidden.rule else unclassified(context, hidden.table, hidden.column)
+    """The policy's explanation of a denied column, for the user and the audit record."""
+    assert hidden.rule is not None  # only denied columns are hidden with a rule; unclassified ones are not listed
+    return denied(context, hidden.rule)
 
 
 def denied(context: Context, rule: ColumnRule) -> QueryRejected:
@@ -214,12 +215,4 @@ def denied(context: Context, rule: ColumnRule) -> QueryRejected:
         tag=rule.tag,
         threats=rule.threats,
         allowed_roles=[r for r, _ in seeing],
-    )
-
-
-def unclassified(context: Context, table: str, column: str) -> QueryRejected:
-    return QueryRejected(
-        f"column `{column}` is not one of the columns the policy lists for {table}, so it does not exist in your "
-        f"queries. Run `saferoom tables` to see what role `{context.role}` may use.",
-        column=f"{table}.{column}",
     )
