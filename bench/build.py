@@ -46,7 +46,7 @@ builds:
 CHILD_BUILD = """
 import json, resource, sys, time, saferoom
 from pathlib import Path
-from saferoom.build import build
+from saferoom.split import build
 (Path(sys.argv[1]).parent / "analytics.duckdb").unlink(missing_ok=True)
 start = time.perf_counter()
 manifest = build(saferoom.load_policy(sys.argv[1]), "analytics", full=True)

@@ -118,9 +118,9 @@ def build_command(
 
     Example: saferoom build analytics --policy saferoom.yaml
     """
-    from saferoom.build import build
-    from saferoom.build import plan as make_plan
     from saferoom.progress import build_progress
+    from saferoom.split import build
+    from saferoom.split import plan as make_plan
 
     loaded = load_policy(policy)
     if plan:
@@ -138,7 +138,7 @@ def build_command(
 
 
 def _print_plan(build_plan: object) -> None:
-    from saferoom.build import BuildPlan
+    from saferoom.split import BuildPlan
 
     assert isinstance(build_plan, BuildPlan)
     out.print(f"Build [bold]{build_plan.name}[/] as role {build_plan.role} into {build_plan.engine} {build_plan.target}")

@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 import saferoom
-from saferoom.build import build
 from saferoom.demo import DemoSize, serve_build, write_demo
 from saferoom.policy import load_policy
+from saferoom.split import build
 
 STEPS = [
     ("alice", "An analyst sees customers with identifiers tokenized and quasi-identifiers coarsened.",

@@ -17,9 +17,9 @@ import pytest
 import sqlglot
 
 import saferoom
-from saferoom.build import build, fingerprints, plan
 from saferoom.engines.duckdb import fingerprint_key
 from saferoom.errors import BuildError, UsageError
+from saferoom.split import build, fingerprints, plan
 from tests.conftest import CANARY_EMAIL, CANARY_NAME, CANARY_PAN, CANARY_SSN
 
 CANARIES = [CANARY_NAME, CANARY_EMAIL, CANARY_SSN, CANARY_PAN, "Zebediah", "canaryfield"]
@@ -228,7 +228,7 @@ def test_build_refuses_to_overwrite_a_source(room, tmp_path: Path) -> None:
 
 KILLER = """
 import sys, saferoom
-from saferoom.build import build
+from saferoom.split import build
 build(saferoom.load_policy(sys.argv[1]), "analytics", full=True)
 """
 
@@ -280,7 +280,7 @@ def test_cli_build_and_plan(room, tmp_path: Path) -> None:
 
 
 def test_distinct_token_join_gives_the_same_tokens(room, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = importlib.import_module("saferoom.build.run")
+    run = importlib.import_module("saferoom.split.run")
     monkeypatch.setattr(run, "DISTINCT_MIN_ROWS", 0)
     monkeypatch.setattr(run, "DISTINCT_MAX_RATIO", 1.01)
     build(policy_with_build(room, tmp_path), "analytics")
@@ -291,8 +291,8 @@ def test_distinct_token_join_gives_the_same_tokens(room, tmp_path: Path, monkeyp
 
 
 def test_distinct_tokens_rewrite() -> None:
-    from saferoom.build.tokens import distinct_tokens
     from saferoom.guard.views import INNER_ALIAS
+    from saferoom.split.tokens import distinct_tokens
 
     view = sqlglot.parse_one(
         f'SELECT __saferoom_token("{INNER_ALIAS}"."k") AS "k", "{INNER_ALIAS}"."x" AS "x" '

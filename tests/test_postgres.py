@@ -169,8 +169,8 @@ def test_cli_lint_on_postgres(pg_room) -> None:
 def test_build_from_postgres_matches_the_duckdb_build(pg_room, room, tmp_path: Path) -> None:
     import duckdb
 
-    from saferoom.build import build, fingerprints
     from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.split import build, fingerprints
     from tests.conftest import CANARY_NAME, CANARY_PAN
 
     text = pg_room.policy.read_text() + (
@@ -231,7 +231,7 @@ def test_a_dead_database_is_a_clear_error_and_the_session_recovers(pg_room) -> N
 
 
 def test_a_build_from_a_dead_database_fails_clearly_and_keeps_the_last_good_one(pg_room, tmp_path: Path) -> None:
-    from saferoom.build import build
+    from saferoom.split import build
     from tests import pg
 
     text = pg_room.policy.read_text() + (

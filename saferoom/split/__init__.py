@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from saferoom.build.plan import BuildPlan, TablePlan, make_plan
-from saferoom.build.run import Manifest, Progress, TableResult, run
 from saferoom.policy import Policy
+from saferoom.split.plan import BuildPlan, TablePlan, make_plan
+from saferoom.split.run import Manifest, Progress, TableResult, run
 
 __all__ = ["BuildPlan", "Manifest", "TablePlan", "TableResult", "build", "plan"]
 
@@ -12,8 +12,8 @@ __all__ = ["BuildPlan", "Manifest", "TablePlan", "TableResult", "build", "plan"]
 def plan(policy: Policy, name: str) -> BuildPlan:
     """What ``build`` would do, without writing anything."""
     from saferoom import __version__
-    from saferoom.build.run import _source_paths
     from saferoom.engines.duckdb import build_connection, read_catalog
+    from saferoom.split.run import _source_paths
 
     conn = build_connection(_source_paths(policy), None)
     try:
@@ -34,7 +34,7 @@ def _remote_catalog(policy: Policy, source: str) -> dict:  # type: ignore[type-a
         from saferoom.engines.spark import SparkEngine
 
         return SparkEngine(source, policy.model.sources[source], policy.base).catalog()
-    from saferoom.build.postgres import PostgresSide
+    from saferoom.split.postgres import PostgresSide
 
     side = PostgresSide(policy, source)
     try:

@@ -6,11 +6,11 @@ import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.build import fingerprints
-from saferoom.build.plan import TablePlan, fingerprint_values
 from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.postgres import PostgresEngine
 from saferoom.policy import Policy
+from saferoom.split import fingerprints
+from saferoom.split.plan import TablePlan, fingerprint_values
 
 
 class PostgresSide:

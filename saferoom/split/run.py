@@ -27,17 +27,6 @@ import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.build import fingerprints
-from saferoom.build.plan import (
-    K_COLUMN,
-    BuildPlan,
-    TablePlan,
-    count_query,
-    distinct_estimates_query,
-    fingerprint_values,
-    smallest_group_query,
-)
-from saferoom.build.tokens import distinct_tokens, token_calls
 from saferoom.engines.duckdb import (
     FINGERPRINT_TEXT_FUNCTION,
     TOKEN_FUNCTION,
@@ -49,6 +38,17 @@ from saferoom.engines.duckdb import (
 from saferoom.errors import BuildError, EngineError
 from saferoom.files import fsync_dir, try_lock
 from saferoom.policy import Policy
+from saferoom.split import fingerprints
+from saferoom.split.plan import (
+    K_COLUMN,
+    BuildPlan,
+    TablePlan,
+    count_query,
+    distinct_estimates_query,
+    fingerprint_values,
+    smallest_group_query,
+)
+from saferoom.split.tokens import distinct_tokens, token_calls
 
 Progress = Callable[[str, float], None]
 DISTINCT_MIN_ROWS = 100_000
@@ -113,12 +113,12 @@ def run(policy: Policy, plan: BuildPlan, version: str, *, full: bool = False, pr
 
 def _remote_sides(policy: Policy, plan: BuildPlan) -> dict[str, Any]:
     """One connection per PostgreSQL or Spark source the build reads; DuckDB sources are attached to ``conn``."""
-    from saferoom.build.postgres import PostgresSide
+    from saferoom.split.postgres import PostgresSide
 
     sides: dict[str, Any] = {}
     for name in {policy.tables[t.table].source for t in plan.tables if t.engine != "duckdb"}:
         if policy.model.sources[name].engine == "spark":
-            from saferoom.build.spark import SparkSide
+            from saferoom.split.spark import SparkSide
 
             sides[name] = SparkSide(policy, name)
         else:
@@ -510,7 +510,7 @@ def _now() -> str:
 
 def write_fragment(plan: BuildPlan, manifest: Manifest) -> None:
     """A policy fragment that serves the built database: add `includes: [<file>]` to the policy."""
-    from saferoom.build.fragment import fragment
+    from saferoom.split.fragment import fragment
 
     text = fragment(plan, manifest)
     tmp = plan.fragment_path.with_name(f".{plan.fragment_path.name}.tmp")
