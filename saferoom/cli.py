@@ -119,8 +119,7 @@ def build_command(
     Example: saferoom build analytics --policy saferoom.yaml
     """
     from saferoom.progress import build_progress
-    from saferoom.split import build
-    from saferoom.split import plan as make_plan
+    from saferoom.split import build, make_plan
 
     loaded = load_policy(policy)
     if plan:

@@ -19,7 +19,7 @@ import sqlglot
 import saferoom
 from saferoom.engines.duckdb import fingerprint_key
 from saferoom.errors import BuildError, UsageError
-from saferoom.split import build, fingerprints, plan
+from saferoom.split import build, fingerprints, make_plan
 from tests.conftest import CANARY_EMAIL, CANARY_NAME, CANARY_PAN, CANARY_SSN
 
 CANARIES = [CANARY_NAME, CANARY_EMAIL, CANARY_SSN, CANARY_PAN, "Zebediah", "canaryfield"]
@@ -53,6 +53,21 @@ def values_of_duckdb(path: Path) -> list[str]:
 
 def values_of_parquet(folder: Path) -> list[str]:
     return [str(v) for f in folder.glob("*.parquet") for col in pq.read_table(f).columns for v in col.to_pylist()]
+
+
+def test_split_modules_are_modules() -> None:
+    """No name in the package rebinds a submodule: `import saferoom.split.plan as m` gives the module."""
+    import pkgutil
+    import types
+
+    import saferoom.split
+    import saferoom.split.plan as plan_module
+
+    assert isinstance(plan_module, types.ModuleType) and plan_module.__name__ == "saferoom.split.plan"
+    for info in pkgutil.iter_modules(saferoom.split.__path__):
+        module = importlib.import_module(f"saferoom.split.{info.name}")
+        assert getattr(saferoom.split, info.name, module) is module, info.name
+    assert not set(saferoom.split.__all__) & {m.name for m in pkgutil.iter_modules(saferoom.split.__path__)}
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +205,7 @@ def test_k_anonymity_report_keeps_rows(room, tmp_path: Path) -> None:
 
 
 def test_plan_writes_nothing(room, tmp_path: Path) -> None:
-    built_plan = plan(policy_with_build(room, tmp_path), "analytics")
+    built_plan = make_plan(policy_with_build(room, tmp_path), "analytics")
     assert [t.table for t in built_plan.tables] == ["prod.customers", "prod.cards", "prod.orders"]
     assert "pan" in next(t for t in built_plan.tables if t.table == "prod.cards").removed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saferoom.yaml"]

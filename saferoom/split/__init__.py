@@ -1,50 +1,15 @@
-"""`saferoom build`: a closed analytics database made from production through one role's eyes."""
+"""The split (`saferoom build`): a closed analytics database made from the sources through one role's eyes.
+
+Modules, each named for what it owns: ``plan`` (what a build will do), ``run`` (doing it),
+``writers`` (the staged target and its swap), ``manifest``, ``fingerprints`` (the leak index),
+``fragment`` (the policy that serves the result), ``queries`` and ``tokens`` (the SQL it generates),
+``postgres`` and ``spark`` (reading those sources).
+"""
 
 from __future__ import annotations
 
-from saferoom.policy import Policy
+from saferoom.split.manifest import Manifest, TableResult
 from saferoom.split.plan import BuildPlan, TablePlan, make_plan
-from saferoom.split.run import Manifest, Progress, TableResult, run
+from saferoom.split.run import Progress, build
 
-__all__ = ["BuildPlan", "Manifest", "TablePlan", "TableResult", "build", "plan"]
-
-
-def plan(policy: Policy, name: str) -> BuildPlan:
-    """What ``build`` would do, without writing anything."""
-    from saferoom import __version__
-    from saferoom.engines.duckdb import build_connection, read_catalog
-    from saferoom.split.run import _source_paths
-
-    conn = build_connection(_source_paths(policy), None)
-    try:
-        catalog = read_catalog(conn)
-    finally:
-        conn.close()
-    for source in _remote_sources(policy):
-        catalog |= _remote_catalog(policy, source)
-    return make_plan(policy, name, catalog, __version__)
-
-
-def _remote_sources(policy: Policy) -> list[str]:
-    return [n for n, s in policy.model.sources.items() if s.engine in ("postgres", "spark") and n not in policy.model.builds]
-
-
-def _remote_catalog(policy: Policy, source: str) -> dict:  # type: ignore[type-arg]
-    if policy.model.sources[source].engine == "spark":
-        from saferoom.engines.spark import SparkEngine
-
-        return SparkEngine(source, policy.model.sources[source], policy.base).catalog()
-    from saferoom.split.postgres import PostgresSide
-
-    side = PostgresSide(policy, source)
-    try:
-        return side.engine.catalog()
-    finally:
-        side.close()
-
-
-def build(policy: Policy, name: str, *, full: bool = False, progress: Progress | None = None) -> Manifest:
-    """Build ``name``; unchanged tables are carried over from the last build unless ``full``."""
-    from saferoom import __version__
-
-    return run(policy, plan(policy, name), __version__, full=full, progress=progress)
+__all__ = ["BuildPlan", "Manifest", "Progress", "TablePlan", "TableResult", "build", "make_plan"]

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import yaml
 
 if TYPE_CHECKING:
+    from saferoom.split.manifest import Manifest
     from saferoom.split.plan import BuildPlan
-    from saferoom.split.run import Manifest
 
 
 def fragment(plan: BuildPlan, manifest: Manifest) -> str:

@@ -11,15 +11,15 @@ from sqlglot import exp
 
 from saferoom.engines import SPECS
 from saferoom.engines.base import Catalog
+from saferoom.engines.duckdb import build_connection, read_catalog
 from saferoom.errors import BuildError, UsageError
 from saferoom.explain import ColumnInfo, column_info
-from saferoom.guard.views import INNER_ALIAS, build_view, visible_columns
+from saferoom.guard.views import build_view, visible_columns
 from saferoom.policy import Action, Policy
 from saferoom.policy.filters import placeholders
 from saferoom.policy.model import Build, KAnonymity
 
 K_COLUMN = "__saferoom_k"
-MIN_FINGERPRINT_LENGTH = 4  # shorter values (small integers, codes) would match everything
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,14 @@ class BuildPlan:
         return self.target.parent / f"{self.name}.saferoom.yaml"
 
 
-def make_plan(policy: Policy, name: str, catalog: Catalog, version: str) -> BuildPlan:
+def make_plan(policy: Policy, name: str) -> BuildPlan:
+    """What ``build`` would do, without writing anything."""
+    from saferoom import __version__
+
+    return plan_from_catalog(policy, name, sources_catalog(policy), __version__)
+
+
+def plan_from_catalog(policy: Policy, name: str, catalog: Catalog, version: str) -> BuildPlan:
     build = _build(policy, name)
     target = _resolve(policy, build.target.path)
     _check_target(policy, target)
@@ -149,38 +156,39 @@ def _target_name(policy: Policy, key: str) -> str:
     return ref.name.lower() if len(clashes) == 1 else f"{ref.source}_{ref.name}".lower()
 
 
-def fingerprint_values(table: TablePlan, text_type: str, *, distinct: bool = True) -> exp.Expression:
-    """The normalised text of every value the build removed or changed (trimmed, lower case, long enough)."""
-    source = table.select.args["from_"].this
-    parts = []
-    for column in table.fingerprinted:
-        text = exp.func("lower", exp.func("trim", exp.cast(exp.column(column, quoted=True), text_type)))
-        normalised = exp.select(exp.alias_(text, "v")).from_(source.copy()).subquery("n")
-        long_enough = exp.GTE(this=exp.func("length", exp.column("v")), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))
-        parts.append(exp.select("v").from_(normalised).where(long_enough))
-    union: exp.Expression = parts[0]
-    for part in parts[1:]:
-        union = exp.union(union, part, distinct=distinct)
-    return union
+def source_paths(policy: Policy) -> dict[str, Path]:
+    """The DuckDB files a build reads: every DuckDB source but the builds' own targets."""
+    from saferoom.session import _path
+
+    return {name: _path(policy, source.path) for name, source in policy.model.sources.items()
+            if name not in policy.model.builds and source.engine == "duckdb"}
 
 
-def _from(source: exp.Expression, alias: str) -> exp.Expression:
-    return source.subquery(alias) if isinstance(source, exp.Select) else source
+def sources_catalog(policy: Policy) -> Catalog:
+    """Tables and column types of every source a build may read."""
+    conn = build_connection(source_paths(policy), None)
+    try:
+        catalog = read_catalog(conn)
+    finally:
+        conn.close()
+    for source in _remote_sources(policy):
+        catalog |= _remote_catalog(policy, source)
+    return catalog
 
 
-def count_query(source: exp.Expression) -> exp.Select:
-    """Rows of a view (or of a written table), in any engine's dialect."""
-    return exp.select(exp.Count(this=exp.Star())).from_(_from(source, "v"))
+def _remote_sources(policy: Policy) -> list[str]:
+    return [n for n, s in policy.model.sources.items() if s.engine in ("postgres", "spark") and n not in policy.model.builds]
 
 
-def smallest_group_query(source: exp.Expression, columns: tuple[str, ...]) -> exp.Select:
-    """The size of the smallest group over ``columns``: what k-anonymity is measured by."""
-    groups = exp.select(exp.alias_(exp.Count(this=exp.Star()), "n")).from_(_from(source, "g"))
-    groups = groups.group_by(*[exp.column(c, quoted=True) for c in columns])
-    return exp.select(exp.Min(this=exp.column("n"))).from_(groups.subquery("s"))
+def _remote_catalog(policy: Policy, source: str) -> Catalog:
+    if policy.model.sources[source].engine == "spark":
+        from saferoom.engines.spark import SparkEngine
 
+        return SparkEngine(source, policy.model.sources[source], policy.base).catalog()
+    from saferoom.split.postgres import PostgresSide
 
-def distinct_estimates_query(table: TablePlan, columns: list[str]) -> exp.Select:
-    """Approximate distinct counts of raw columns, to decide where tokenizing distinct values first pays."""
-    counts = [exp.func("approx_count_distinct", exp.column(c, table=INNER_ALIAS, quoted=True)) for c in columns]
-    return exp.select(*counts).from_(table.select.args["from_"].this.copy())
+    side = PostgresSide(policy, source)
+    try:
+        return side.engine.catalog()
+    finally:
+        side.close()

@@ -10,7 +10,8 @@ from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.postgres import PostgresEngine
 from saferoom.policy import Policy
 from saferoom.split import fingerprints
-from saferoom.split.plan import TablePlan, fingerprint_values
+from saferoom.split.plan import TablePlan
+from saferoom.split.queries import fingerprint_values
 
 
 class PostgresSide:

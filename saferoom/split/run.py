@@ -9,95 +9,47 @@ database, manifest and fingerprint index untouched.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import shutil
 import threading
 import uuid
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.engines.duckdb import (
-    FINGERPRINT_TEXT_FUNCTION,
-    TOKEN_FUNCTION,
-    attach_sql,
-    build_connection,
-    fingerprint_key,
-    scrub,
-)
+from saferoom.engines.duckdb import FINGERPRINT_TEXT_FUNCTION, TOKEN_FUNCTION, build_connection, fingerprint_key, scrub
 from saferoom.errors import BuildError, EngineError
-from saferoom.files import fsync_dir, try_lock
 from saferoom.policy import Policy
 from saferoom.split import fingerprints
-from saferoom.split.plan import (
-    K_COLUMN,
-    BuildPlan,
-    TablePlan,
-    count_query,
-    distinct_estimates_query,
-    fingerprint_values,
-    smallest_group_query,
-)
+from saferoom.split.manifest import Manifest, TableResult, now, read_manifest, snapshot, write_manifest
+from saferoom.split.plan import K_COLUMN, BuildPlan, TablePlan, make_plan, source_paths
+from saferoom.split.queries import count_query, distinct_estimates_query, fingerprint_values, smallest_group_query
 from saferoom.split.tokens import distinct_tokens, token_calls
+from saferoom.split.writers import Writer, locked, remove_stale, target_build_id, writer_for
 
 Progress = Callable[[str, float], None]
 DISTINCT_MIN_ROWS = 100_000
 DISTINCT_MAX_RATIO = 0.5
-TARGET, PREVIOUS, INCOMING = "__saferoom_target", "__saferoom_previous", "__saferoom_incoming"
-META_TABLE = "saferoom_build"
 
 
-@dataclass
-class TableResult:
-    table: str
-    name: str
-    source_identity: str
-    recipe: str
-    rows_in: int
-    rows_out: int
-    carried_over: bool
-    row_filter: str | None
-    row_filter_left_to_policy: str | None
-    columns: list[dict[str, Any]]
-    k_anonymity: dict[str, Any] | None = None
-    fingerprinted_values: int = 0
+def build(policy: Policy, name: str, *, full: bool = False, progress: Progress | None = None) -> Manifest:
+    """Build ``name``; unchanged tables are carried over from the last build unless ``full``."""
+    from saferoom import __version__
 
-
-@dataclass
-class Manifest:
-    build: str
-    build_id: str
-    saferoom_version: str
-    policy_hash: str
-    role: str
-    target: dict[str, str]
-    started_at: str
-    finished_at: str = ""
-    source_snapshot: str = ""
-    tables: list[TableResult] = field(default_factory=list)
-    fingerprints: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    return run(policy, make_plan(policy, name), __version__, full=full, progress=progress)
 
 
 def run(policy: Policy, plan: BuildPlan, version: str, *, full: bool = False, progress: Progress | None = None) -> Manifest:
     if policy.token_key is None:
         raise BuildError("a build needs `secrets.token_key` (it keys tokens and the fingerprint index)")
-    with _locked(plan.target):
-        _remove_stale(plan.target)
+    with locked(plan.target):
+        remove_stale(plan.target)
         previous = None if full else _previous(plan)
-        conn = build_connection(_source_paths(policy), policy.token_key)
+        conn = build_connection(source_paths(policy), policy.token_key)
         sides = _remote_sides(policy, plan)
         try:
             return _run(conn, sides, policy, plan, version, previous, progress or (lambda _t, _f: None))
@@ -129,9 +81,8 @@ def _remote_sides(policy: Policy, plan: BuildPlan) -> dict[str, Any]:
 def _run(conn: duckdb.DuckDBPyConnection, sides: dict[str, Any], policy: Policy, plan: BuildPlan, version: str,
          previous: Manifest | None, progress: Progress) -> Manifest:
     manifest = Manifest(plan.name, uuid.uuid4().hex, version, policy.hash, plan.role,
-                        {"engine": plan.engine, "path": plan.target.name}, _now())
-    staging = _staging(plan)
-    writer = DuckDBWriter(conn, staging) if plan.engine == "duckdb" else ParquetWriter(conn, staging)
+                        {"engine": plan.engine, "path": plan.target.name}, now())
+    writer = writer_for(plan, conn)
     old = _old_sections(plan) if previous else {}
     try:
         writer.open(plan.target if previous else None)
@@ -144,16 +95,16 @@ def _run(conn: duckdb.DuckDBPyConnection, sides: dict[str, Any], policy: Policy,
         writer.finish(manifest.build_id, policy.hash)
         key = fingerprint_key(policy.token_key)  # type: ignore[arg-type]
         count = fingerprints.write(_tmp_sibling(plan.fingerprints_path), key, sections)
-        manifest.source_snapshot = _snapshot(manifest.tables)
+        manifest.source_snapshot = snapshot(manifest.tables)
         manifest.fingerprints = {"file": plan.fingerprints_path.name, "values": count, "key_id": fingerprints.key_id(key)}
-        manifest.finished_at = _now()
+        manifest.finished_at = now()
         writer.swap(plan.target)  # the moment the new build becomes the build
     except BaseException:
         writer.discard()
         _tmp_sibling(plan.fingerprints_path).unlink(missing_ok=True)
         raise
     os.replace(_tmp_sibling(plan.fingerprints_path), plan.fingerprints_path)
-    _write_json(plan.manifest_path, manifest.to_dict())
+    write_manifest(plan.manifest_path, manifest)
     write_fragment(plan, manifest)
     return manifest
 
@@ -170,10 +121,7 @@ def _table(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer:
         repeated = side.repetitive(table, rows_in) if hasattr(side, "repetitive") else {}
         select = _select(table, plan, repeated, getattr(side, "token_function", TOKEN_FUNCTION),
                          getattr(side, "broadcast_below", None))
-        if isinstance(writer, ParquetWriter) and hasattr(side, "write_parquet"):
-            writer.write_cluster(table.name, side, select)  # Spark writes Parquet in parallel
-        else:
-            writer.write_reader(table.name, side.reader(select))  # the view runs in the source
+        writer.write_remote(table.name, side, select)  # the view runs in the source
     else:
         select = _select(table, plan, _repetitive(conn, table, rows_in))
         with _watch(conn, lambda f: progress(table.table, f)):
@@ -280,156 +228,6 @@ def _fingerprints(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> fingerpr
     return fingerprints.Section(table.table, columns, fingerprints.unique_sorted(hashes))
 
 
-class Writer(ABC):
-    """Where the tables go: a DuckDB file or a folder of Parquet files, staged then swapped."""
-
-    def __init__(self, conn: duckdb.DuckDBPyConnection, staging: Path) -> None:
-        self.conn, self.staging = conn, staging
-        self._previous: Path | None = None
-
-    @abstractmethod
-    def open(self, previous: Path | None) -> None: ...
-    @abstractmethod
-    def write(self, name: str, select: exp.Select) -> None: ...
-    @abstractmethod
-    def carry(self, name: str) -> None: ...
-
-    def write_reader(self, name: str, reader: pa.RecordBatchReader) -> None:
-        """Rows that arrive as Arrow (a PostgreSQL source): DuckDB reads the stream as it comes."""
-        self.conn.register(INCOMING, reader)
-        try:
-            self.write(name, exp.select("*").from_(exp.to_identifier(INCOMING)))
-        finally:
-            self.conn.unregister(INCOMING)
-    @abstractmethod
-    def source(self, name: str) -> exp.Expression: ...
-    @abstractmethod
-    def finish(self, build_id: str, policy_hash: str) -> None: ...
-    @abstractmethod
-    def swap(self, target: Path) -> None: ...
-    @abstractmethod
-    def discard(self) -> None: ...
-
-    def count(self, name: str) -> int:
-        return _scalar(self.conn, count_query(self.source(name)))
-
-
-class DuckDBWriter(Writer):
-    def open(self, previous: Path | None) -> None:
-        self.conn.execute(attach_sql(self.staging, TARGET, read_only=False))
-        if previous is not None and previous.is_file():
-            self.conn.execute(attach_sql(previous, PREVIOUS, read_only=True))
-            self._previous = previous
-
-    def _table(self, name: str, database: str = TARGET) -> exp.Table:
-        return exp.table_(name, db="main", catalog=database, quoted=True)
-
-    def write(self, name: str, select: exp.Select) -> None:
-        self.conn.execute(exp.Create(this=self._table(name), kind="TABLE", expression=select).sql("duckdb"))
-
-    def carry(self, name: str) -> None:
-        self.write(name, exp.select("*").from_(self._table(name, PREVIOUS)))
-
-    def source(self, name: str) -> exp.Expression:
-        return self._table(name)
-
-    def finish(self, build_id: str, policy_hash: str) -> None:
-        meta = exp.select(exp.alias_(exp.Literal.string(build_id), "build_id"), exp.alias_(exp.Literal.string(policy_hash), "policy_hash"),
-                          exp.alias_(exp.Literal.string(_now()), "built_at"))
-        self.write(META_TABLE, meta)
-        if self._previous is not None:
-            self.conn.execute(f"DETACH {PREVIOUS}")
-        self.conn.execute(f"DETACH {TARGET}")
-
-    def swap(self, target: Path) -> None:
-        os.replace(self.staging, target)
-        fsync_dir(target.parent)
-
-    def discard(self) -> None:
-        with contextlib.suppress(duckdb.Error):
-            self.conn.execute(f"DETACH DATABASE IF EXISTS {TARGET}")
-        self.staging.unlink(missing_ok=True)
-        self.staging.with_name(self.staging.name + ".wal").unlink(missing_ok=True)
-
-
-class ParquetWriter(Writer):
-    def open(self, previous: Path | None) -> None:
-        self.staging.mkdir()
-        self._previous = previous if previous is not None and previous.is_dir() else None
-
-    def _file(self, name: str) -> Path:
-        return self.staging / f"{name}.parquet"
-
-    def write_cluster(self, name: str, side: Any, select: exp.Select) -> None:
-        side.write_parquet(select, self._file(name))
-
-    def write(self, name: str, select: exp.Select) -> None:
-        copy = exp.Copy(this=select.subquery(), kind=False, files=[exp.Literal.string(str(self._file(name)))],
-                        params=[exp.CopyParameter(this=exp.var("FORMAT"), expression=exp.var("PARQUET")),
-                                exp.CopyParameter(this=exp.var("COMPRESSION"), expression=exp.var("ZSTD"))])
-        self.conn.execute(copy.sql("duckdb"))
-
-    def carry(self, name: str) -> None:
-        assert self._previous is not None
-        old = self._previous / f"{name}.parquet"
-        if old.is_dir():
-            shutil.copytree(old, self._file(name), copy_function=os.link)
-        else:
-            os.link(old, self._file(name))
-
-    def source(self, name: str) -> exp.Expression:
-        path = self._file(name)
-        return exp.func("read_parquet", exp.Literal.string(str(path / "*.parquet") if path.is_dir() else str(path)))
-
-    def finish(self, build_id: str, policy_hash: str) -> None:
-        _write_json(self.staging / "_saferoom_build.json", {"build_id": build_id, "policy_hash": policy_hash, "built_at": _now()})
-
-    def swap(self, target: Path) -> None:
-        link = target.with_name(f".{target.name}.link-{os.getpid()}")
-        link.unlink(missing_ok=True)
-        link.symlink_to(self.staging.name)
-        old = target.resolve() if target.is_symlink() else None
-        os.replace(link, target)  # atomic: readers see the old folder or the new one
-        fsync_dir(target.parent)
-        if old is not None and old != self.staging.resolve():
-            shutil.rmtree(old, ignore_errors=True)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _staging(plan: BuildPlan) -> Path:
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    if plan.engine == "parquet":
-        if plan.target.exists() and not plan.target.is_symlink():
-            raise BuildError(f"{plan.target.name} exists and was not made by saferoom build; move it away first")
-        return plan.target.with_name(f".{plan.target.name}.build-{stamp}")
-    if (plan.target.exists() or plan.target.is_symlink()) and _target_build_id(plan) is None:
-        # a folder, another program's file or someone's own database: never replaced by a build
-        raise BuildError(f"{plan.target.name} exists and was not made by saferoom build; move it away first")
-    return plan.target.with_name(f".{plan.target.name}.building-{stamp}")
-
-
-def _remove_stale(target: Path) -> None:
-    """Leftovers of a build that was killed: safe to remove while we hold the lock."""
-    live = target.resolve() if target.is_symlink() else None
-    for stale in target.parent.glob(f".{target.name}.build*"):
-        if stale != live:
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _locked(target: Path) -> Iterator[None]:
-    try:
-        handle = try_lock(target.with_name(f".{target.name}.lock"))
-    except OSError as exc:
-        raise BuildError(f"cannot write beside the build target {target.name}: {exc.strerror}") from None
-    if handle is None:
-        raise BuildError(f"another build of {target.name} is running")
-    with handle:
-        yield
-
-
 @contextlib.contextmanager
 def _watch(conn: duckdb.DuckDBPyConnection, report: Callable[[float], None]) -> Iterator[None]:
     """Report DuckDB's own progress of the running statement."""
@@ -453,23 +251,8 @@ def _watch(conn: duckdb.DuckDBPyConnection, report: Callable[[float], None]) -> 
 
 def _previous(plan: BuildPlan) -> Manifest | None:
     """The last build's manifest, if it describes the target that is actually there."""
-    try:
-        data = json.loads(plan.manifest_path.read_text())
-        tables = [TableResult(**t) for t in data.pop("tables")]
-        manifest = Manifest(**data, tables=tables)
-    except (OSError, ValueError, TypeError):
-        return None
-    return manifest if _target_build_id(plan) == manifest.build_id else None
-
-
-def _target_build_id(plan: BuildPlan) -> str | None:
-    try:
-        if plan.engine == "parquet":
-            return json.loads((plan.target / "_saferoom_build.json").read_text())["build_id"]
-        with duckdb.connect(str(plan.target), read_only=True) as con:
-            return con.execute(f"SELECT build_id FROM {META_TABLE}").fetchall()[0][0]
-    except (OSError, ValueError, KeyError, IndexError, duckdb.Error):
-        return None
+    manifest = read_manifest(plan.manifest_path)
+    return manifest if manifest is not None and target_build_id(plan) == manifest.build_id else None
 
 
 def _previous_table(previous: Manifest | None, table: TablePlan) -> TableResult | None:
@@ -483,29 +266,8 @@ def _old_sections(plan: BuildPlan) -> dict[str, fingerprints.Section]:
         return {}
 
 
-def _source_paths(policy: Policy) -> dict[str, Path]:
-    from saferoom.session import _path
-
-    return {name: _path(policy, source.path) for name, source in policy.model.sources.items()
-            if name not in policy.model.builds and source.engine == "duckdb"}
-
-
-def _snapshot(tables: list[TableResult]) -> str:
-    return "sha256:" + hashlib.sha256("|".join(f"{t.table}={t.source_identity}" for t in tables).encode()).hexdigest()
-
-
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.next")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def write_fragment(plan: BuildPlan, manifest: Manifest) -> None:

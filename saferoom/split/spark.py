@@ -17,7 +17,8 @@ from saferoom.engines.spark import SparkEngine
 from saferoom.policy import Policy
 from saferoom.secrets import Secret, hmac_pads
 from saferoom.split import fingerprints
-from saferoom.split.plan import TablePlan, distinct_estimates_query, fingerprint_values
+from saferoom.split.plan import TablePlan
+from saferoom.split.queries import distinct_estimates_query, fingerprint_values
 
 
 def fingerprint_function(key: Secret) -> str:
