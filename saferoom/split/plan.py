@@ -86,7 +86,8 @@ def plan_from_catalog(policy: Policy, name: str, catalog: Catalog, version: str)
     build = _build(policy, name)
     target = _resolve(policy, build.target.path)
     _check_target(policy, target)
-    tables = [_table(policy, build, key, catalog, version) for key in _tables(policy, name, build)]
+    keys = _tables(policy, name, build)
+    tables = [_table(policy, build, key, _target_name(policy, keys, key), catalog, version) for key in keys]
     return BuildPlan(name, build.role, build.target.engine, target, tuple(tables), build.k_anonymity)
 
 
@@ -98,9 +99,14 @@ def _build(policy: Policy, name: str) -> Build:
 
 
 def _tables(policy: Policy, name: str, build: Build) -> list[str]:
-    if build.tables:
-        return list(build.tables)
-    return [key for key, ref in policy.tables.items() if ref.source != name]  # never read a build into itself
+    """The tables a build reads: its list, or every table of a source that is not a build's output."""
+    if not build.tables:
+        return [key for key, ref in policy.tables.items() if ref.source not in policy.model.builds]
+    for key in build.tables:
+        if policy.tables[key].source in policy.model.builds:
+            raise UsageError(f"build `{name}` lists {key}, a table of build `{policy.tables[key].source}`'s output; "
+                             "a build reads sources only: list the source table instead")
+    return list(build.tables)
 
 
 def _resolve(policy: Policy, path: str) -> Path:
@@ -117,7 +123,7 @@ def _check_target(policy: Policy, target: Path) -> None:
         raise BuildError(f"the folder for the build target does not exist: {target.parent}")
 
 
-def _table(policy: Policy, build: Build, key: str, catalog: Catalog, version: str) -> TablePlan:
+def _table(policy: Policy, build: Build, key: str, name: str, catalog: Catalog, version: str) -> TablePlan:
     ref = policy.tables[key]
     engine = policy.model.sources[ref.source].engine
     spec = SPECS[engine]
@@ -140,7 +146,7 @@ def _table(policy: Policy, build: Build, key: str, catalog: Catalog, version: st
     user_dependent = bool(text) and bool(placeholders(policy.row_filter(build.role, key)))
     recipe = hashlib.sha256(f"{version}|{engine}|{select.sql(spec.dialect)}|{k_columns}|{k.k if k else 0}|{k.on_violation if k else ''}".encode())
     return TablePlan(
-        key, _target_name(policy, key), select, columns, k_columns,
+        key, name, select, columns, k_columns,
         None if user_dependent else text, text if user_dependent else None, recipe.hexdigest(), removed, types, engine,
     )
 
@@ -150,9 +156,11 @@ def _fingerprinted(action: Action, type_class: str) -> bool:
     return action is not Action.ALLOW and type_class == "text"
 
 
-def _target_name(policy: Policy, key: str) -> str:
+def _target_name(policy: Policy, keys: list[str], key: str) -> str:
+    """A table's name in the target: its own, or prefixed by its source where two tables the build reads
+    share it. Only the build's own tables count: its output, served beside the sources, never does."""
     ref = policy.tables[key]
-    clashes = [k for k, r in policy.tables.items() if r.name.lower() == ref.name.lower()]
+    clashes = [k for k in keys if policy.tables[k].name.lower() == ref.name.lower()]
     return ref.name.lower() if len(clashes) == 1 else f"{ref.source}_{ref.name}".lower()
 
 

@@ -114,7 +114,8 @@ def _table(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer:
     progress(table.table, 0.0)
     identity, rows_in = side.identity(table) if side else _identity(conn, table)
     before = _previous_table(previous, table)
-    carried = before is not None and before.recipe == table.recipe and before.source_identity == identity
+    carried = (before is not None and before.name == table.name and before.recipe == table.recipe
+               and before.source_identity == identity)
     if carried:
         writer.carry(table.name)
     elif side is not None:
