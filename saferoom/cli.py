@@ -133,7 +133,9 @@ def build_command(
         kinfo = f"smallest group {k['smallest_group'] or 'none left'}, {k['rows_suppressed']} suppressed" if k else ""
         view.add_row(t.table, str(t.rows_in), str(t.rows_out), "yes" if t.carried_over else "", kinfo)
     out.print(view)
-    out.print(f"Manifest {name}.manifest.json, fingerprints {manifest.fingerprints['file']} ({manifest.fingerprints['values']} values), policy fragment {name}.saferoom.yaml")
+    target = manifest.target["path"]
+    out.print(f"Manifest {target}.manifest.json, fingerprints {manifest.fingerprints['file']} ({manifest.fingerprints['values']} values), "
+              f"policy fragment {target}.saferoom.yaml")
 
 
 def _print_plan(build_plan: object) -> None:
@@ -404,7 +406,7 @@ def check_command(
     """The airlock: find PII, secrets, real customer values and small cells before anything leaves.
 
     Exit 0 when clean, 1 with findings, 2 on a usage or read error.
-    Example: saferoom check report.csv notebooks/ --fingerprints analytics.fingerprints -p saferoom.yaml
+    Example: saferoom check report.csv notebooks/ --fingerprints analytics.duckdb.fingerprints -p saferoom.yaml
     """
     from saferoom.check import check
     from saferoom.check.sarif import sarif

@@ -34,13 +34,14 @@ builds:
 
 
 def policy_with_build(room, folder: Path, *, engine: str = "duckdb", role: str = "analyst", k: int = 5,
-                      violation: str = "suppress", extra: str = "") -> saferoom.Policy:
+                      violation: str = "suppress", extra: str = "", target: str = "analytics",
+                      name: str = "saferoom.yaml") -> saferoom.Policy:
     text = room.policy.read_text().replace("path: prod.duckdb", f"path: {room.database}")
     text = text.replace("file:token.key", f"file:{room.folder / 'token.key'}")
     text = text.split("builds:")[0] + extra
-    target = folder / ("analytics.duckdb" if engine == "duckdb" else "analytics")
-    text += BUILDS.format(role=role, engine=engine, target=target, k=k, violation=violation)
-    path = folder / "saferoom.yaml"
+    path_ = folder / (f"{target}.duckdb" if engine == "duckdb" else target)
+    text += BUILDS.format(role=role, engine=engine, target=path_, k=k, violation=violation)
+    path = folder / name
     path.write_text(text)
     return saferoom.load_policy(path)
 
@@ -91,7 +92,7 @@ def test_no_raw_value_in_the_built_bytes_or_values(built, room) -> None:
 
 def test_manifest_says_what_happened(built, room) -> None:
     policy, manifest, folder = built
-    on_disk = json.loads((folder / "analytics.manifest.json").read_text())
+    on_disk = json.loads((folder / "analytics.duckdb.manifest.json").read_text())
     assert on_disk["build_id"] == manifest.build_id and on_disk["policy_hash"] == policy.hash
     tables = {t["table"]: t for t in on_disk["tables"]}
     assert tables["prod.cards"]["rows_in"] == room.raw("select count(*) from cards")[0][0]
@@ -126,7 +127,7 @@ def test_tokens_equal_the_guards_and_join(built, alice: saferoom.Session) -> Non
 
 def test_fingerprints_hold_removed_values_and_no_cleartext(built, room) -> None:
     policy, manifest, folder = built
-    index = folder / "analytics.fingerprints"
+    index = folder / "analytics.duckdb.fingerprints"
     data = index.read_bytes()
     assert not any(c.encode() in data for c in CANARIES)
     header, sections = fingerprints.read(index)
@@ -139,7 +140,7 @@ def test_fingerprints_hold_removed_values_and_no_cleartext(built, room) -> None:
 
 def test_fragment_serves_the_built_database(built, alice: saferoom.Session) -> None:
     policy, _, folder = built
-    text = policy.path.read_text() + "includes: [analytics.saferoom.yaml]\n"
+    text = policy.path.read_text() + "includes: [analytics.duckdb.saferoom.yaml]\n"
     served = folder / "served.yaml"
     served.write_text(text)
     with saferoom.connect(served, user="alice") as session:
@@ -195,7 +196,7 @@ def test_k_anonymity_fail_writes_nothing(room, tmp_path: Path) -> None:
     policy = policy_with_build(room, tmp_path, violation="fail")
     with pytest.raises(BuildError, match="k-anonymity fails"):
         build(policy, "analytics")
-    assert [p.name for p in tmp_path.iterdir() if p.name != ".analytics.duckdb.lock"] == ["saferoom.yaml"]
+    assert [p.name for p in tmp_path.iterdir()] == ["saferoom.yaml"]  # no lock file either
 
 
 def test_k_anonymity_report_keeps_rows(room, tmp_path: Path) -> None:
@@ -275,7 +276,7 @@ builds: {{analytics: {{role: analyst, target: {{engine: duckdb, path: analytics.
     with duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True) as con:
         assert con.execute("select count(*) from events").fetchall() == [(3000000,)]
         assert con.execute("select build_id from saferoom_build").fetchall() == [(good.build_id,)]
-    assert json.loads((tmp_path / "analytics.manifest.json").read_text())["build_id"] == good.build_id
+    assert json.loads((tmp_path / "analytics.duckdb.manifest.json").read_text())["build_id"] == good.build_id
     again = build(policy, "analytics")  # clears the leftovers and carries the good table over
     assert not list(tmp_path.glob(".analytics.duckdb.building-*"))
     assert again.tables[0].carried_over
@@ -342,7 +343,7 @@ def test_full_disk_fails_the_build_and_keeps_the_last_good_one(room, tmp_path: P
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("analytics") and p.is_file()}
     assert after == before
     assert not [p for p in tmp_path.iterdir() if ".build" in p.name and p != target.resolve()]
-    assert json.loads((tmp_path / "analytics.manifest.json").read_text())["build_id"] == good.build_id
+    assert json.loads((tmp_path / f"{target.name}.manifest.json").read_text())["build_id"] == good.build_id
     if engine == "duckdb":
         with duckdb.connect(str(target), read_only=True) as con:
             assert con.execute("select build_id from saferoom_build").fetchall() == [(good.build_id,)]
@@ -365,7 +366,7 @@ def test_a_target_path_held_by_something_else_is_never_replaced(room, tmp_path: 
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(BuildError, match="was not made by saferoom build"):
         build(policy, "analytics")
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".analytics.duckdb.lock") == before  # nothing left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing left behind, not even a lock file
     if occupant == "folder":
         assert (target / "keep.txt").read_text() == "mine"
     elif occupant == "file":

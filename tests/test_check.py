@@ -244,14 +244,14 @@ def test_fingerprints_catch_real_values_no_pattern_would(room, tmp_path: Path) -
     build(policy, "analytics")
     (tmp_path / "slides.md").write_text(f"# Churn\n\nOur best customer, {CANARY_NAME}, left in March.\nBob Example stayed.\n")
     key = fingerprint_key(policy.token_key)
-    report = airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.fingerprints", key=key)
+    report = airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.duckdb.fingerprints", key=key)
     real = [f for f in report.findings if f.kind == "real-value"]
     assert [f.location for f in real] == ["line 3"] and CANARY_NAME not in json.dumps(report.to_dict())
     from saferoom.errors import UsageError
     from saferoom.secrets import Secret
 
     with pytest.raises(UsageError, match="does not match"):
-        airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.fingerprints", key=Secret("wrong" * 8))
+        airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.duckdb.fingerprints", key=Secret("wrong" * 8))
 
 
 def test_cli_exit_codes_and_sarif(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from saferoom.split import build
 from tests.test_build import policy_with_build
 
 TABLES = {"customers", "cards", "orders"}
-FRAGMENT = "analytics.saferoom.yaml"
+FRAGMENT = "analytics.duckdb.saferoom.yaml"
 
 
 def served(policy: saferoom.Policy) -> saferoom.Policy:
@@ -34,6 +34,7 @@ def test_build_include_build_build_full_keeps_names_and_serves(room, tmp_path: P
     assert [{t.name for t in m.tables} for m in builds] == [TABLES] * 4
     assert [all(t.carried_over for t in m.tables) for m in builds] == [False, True, True, False]
     assert fragment_tables(tmp_path) == TABLES
+    assert not list(tmp_path.glob(".*.lock"))  # no empty lock file beside the target
     with saferoom.connect(policy.path, user="alice") as session:
         count = session.query("select count(*) from analytics.customers").to_arrow().column(0)[0].as_py()
         joined = session.query("select count(*) from analytics.orders o join analytics.cards c using (customer_id)")
@@ -55,3 +56,15 @@ def test_the_demo_runs_again_over_its_folder(tmp_path: Path) -> None:
     with saferoom.connect(folder / "saferoom.yaml", user="alice") as session:
         rows = session.query("select segment, count(*) from analytics.customers group by 1").to_arrow().num_rows
     assert rows == 3
+
+
+def test_two_policies_in_one_folder_keep_their_own_files(room, tmp_path: Path) -> None:
+    one = policy_with_build(room, tmp_path, target="one", name="one.yaml")
+    two = policy_with_build(room, tmp_path, target="two", name="two.yaml")
+    build(one, "analytics")
+    build(two, "analytics")
+    again = build(one, "analytics")
+    assert all(t.carried_over for t in again.tables)  # its manifest was not overwritten by the other policy's build
+    names = {p.name for p in tmp_path.iterdir()}
+    for target in ("one.duckdb", "two.duckdb"):
+        assert {f"{target}.manifest.json", f"{target}.fingerprints", f"{target}.saferoom.yaml"} <= names

@@ -105,7 +105,7 @@ def test_build_from_spark(spark_room, room, tmp_path, engine: str) -> None:
     with duckdb.connect(str(target) if engine == "duckdb" else ":memory:", read_only=engine == "duckdb") as con:
         built = {str(t) for (t,) in con.execute(f"select customer_id from {source}").fetchall()}
     assert built == {room.token(c) for (c,) in room.raw("select customer_id from cards")}
-    _, sections = fingerprints.read(tmp_path / "analytics.fingerprints")
+    _, sections = fingerprints.read(target.with_name(f"{target.name}.fingerprints"))
     probes = fingerprints.fingerprint(fingerprint_key(policy.token_key), [CANARY_NAME, "Nobody Atall"])
     assert fingerprints.contains(sections, probes).tolist() == [True, False]
     assert all(t.carried_over for t in build(policy, "analytics").tables)

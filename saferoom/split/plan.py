@@ -64,15 +64,19 @@ class BuildPlan:
 
     @property
     def manifest_path(self) -> Path:
-        return self.target.parent / f"{self.name}.manifest.json"
+        return self.beside("manifest.json")
 
     @property
     def fingerprints_path(self) -> Path:
-        return self.target.parent / f"{self.name}.fingerprints"
+        return self.beside("fingerprints")
 
     @property
     def fragment_path(self) -> Path:
-        return self.target.parent / f"{self.name}.saferoom.yaml"
+        return self.beside("saferoom.yaml")
+
+    def beside(self, suffix: str) -> Path:
+        """A file beside the target, named after it: two builds of one name in one folder have two targets."""
+        return self.target.with_name(f"{self.target.name}.{suffix}")
 
 
 def make_plan(policy: Policy, name: str) -> BuildPlan:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import duckdb
 import pyarrow as pa
@@ -194,12 +194,33 @@ def remove_stale(target: Path) -> None:
 
 @contextlib.contextmanager
 def locked(target: Path) -> Iterator[None]:
-    """Only one build of a target at a time."""
+    """Only one build of a target at a time. The lock file goes when the build ends; one left by a build that
+    was killed is taken over by the next."""
+    path = target.with_name(f".{target.name}.lock")
+    handle = _lock(path, target.name)
     try:
-        handle = try_lock(target.with_name(f".{target.name}.lock"))
-    except OSError as exc:
-        raise BuildError(f"cannot write beside the build target {target.name}: {exc.strerror}") from None
-    if handle is None:
-        raise BuildError(f"another build of {target.name} is running")
-    with handle:
         yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it: a build waiting on this file tries again
+        handle.close()
+
+
+def _lock(path: Path, target: str) -> IO[str]:
+    for _ in range(3):
+        try:
+            handle = try_lock(path)
+        except OSError as exc:
+            raise BuildError(f"cannot write beside the build target {target}: {exc.strerror}") from None
+        if handle is None:
+            break
+        if _same_file(handle, path):
+            return handle
+        handle.close()  # the file was removed by a build that just ended: lock the one there now
+    raise BuildError(f"another build of {target} is running; wait for it to end")
+
+
+def _same_file(handle: IO[str], path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except FileNotFoundError:
+        return False
