@@ -26,6 +26,8 @@ from saferoom.policy.model import PolicyModel
 
 if TYPE_CHECKING:
     from saferoom.audit import AuditKey
+    from saferoom.split import BuildPlan
+    from saferoom.split.carry import Change
 
 app = typer.Typer(help="saferoom: ordinary SQL for data scientists; sensitive data stays put.", no_args_is_help=True, add_completion=False)
 out = Console(soft_wrap=True)
@@ -111,7 +113,7 @@ def lint(policy: PolicyOpt = Path("saferoom.yaml"), strict: Annotated[bool, type
 def build_command(
     name: Annotated[str, typer.Argument(help="The build, as named under `builds:` in the policy.")],
     policy: PolicyOpt = Path("saferoom.yaml"),
-    plan: Annotated[bool, typer.Option("--plan", help="Print what would happen; write nothing.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Print what would happen, and what would be carried over; write nothing.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Rebuild every table, even unchanged ones.")] = False,
 ) -> None:
     """Build a closed analytics database: identifiers tokenized, quasi-identifiers coarsened, card data gone.
@@ -120,10 +122,12 @@ def build_command(
     """
     from saferoom.progress import build_progress
     from saferoom.split import build, make_plan
+    from saferoom.split.carry import planned_changes
 
     loaded = load_policy(policy)
     if plan:
-        _print_plan(make_plan(loaded, name))
+        planned = make_plan(loaded, name)
+        _print_plan(planned, {c.table: c for c in planned_changes(loaded, planned, full=full)})
         return
     with build_progress(err) as progress:
         manifest = build(loaded, name, full=full, progress=progress)
@@ -138,16 +142,15 @@ def build_command(
               f"policy fragment {target}.saferoom.yaml")
 
 
-def _print_plan(build_plan: object) -> None:
-    from saferoom.split import BuildPlan
-
-    assert isinstance(build_plan, BuildPlan)
+def _print_plan(build_plan: BuildPlan, changes: dict[str, Change]) -> None:
     out.print(f"Build [bold]{build_plan.name}[/] as role {build_plan.role} into {build_plan.engine} {build_plan.target}")
     for table in build_plan.tables:
         view = Table("column", "type", "action", "why", "fingerprinted", title=f"{table.table} → {table.name}", title_justify="left")
         for c in table.columns:
             view.add_row(c.name, c.type, c.action, c.reason, "yes" if c.fingerprinted else "")
         out.print(view)
+        change = changes[table.table]
+        out.print(f"  {'carried over' if change.carried else 'built'}: {change.reason}")
         if table.row_filter:
             out.print(f"  rows kept: {table.row_filter}")
         if table.row_filter_left:

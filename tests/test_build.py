@@ -288,6 +288,7 @@ def test_cli_build_and_plan(room, tmp_path: Path) -> None:
     planned = subprocess.run([*run, "build", "analytics", "-p", str(policy.path), "--plan"], capture_output=True, text=True, check=False)
     assert planned.returncode == 0, planned.stderr
     assert "removed (values fingerprinted): pan" in planned.stdout
+    assert "built: no earlier build of this target" in planned.stdout
     done = subprocess.run([*run, "build", "analytics", "-p", str(policy.path)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "prod.customers" in done.stdout and "fingerprints" in done.stdout

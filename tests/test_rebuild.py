@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import duckdb
 from rich.console import Console
 
 import saferoom
@@ -58,13 +63,70 @@ def test_the_demo_runs_again_over_its_folder(tmp_path: Path) -> None:
     assert rows == 3
 
 
+def identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def test_nothing_changed_rewrites_nothing(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path)
+    first = build(policy, "analytics")
+    files = ["analytics.duckdb", "analytics.duckdb.fingerprints"]
+    before = {name: identity(tmp_path / name) for name in files}
+    again = build(policy, "analytics")
+    assert {name: identity(tmp_path / name) for name in files} == before  # no table was copied, no file written
+    assert again.build_id == first.build_id and all(t.carried_over for t in again.tables)
+    assert [t.rows_out for t in again.tables] == [t.rows_out for t in first.tables]
+    assert json.loads((tmp_path / "analytics.duckdb.manifest.json").read_text())["build_id"] == first.build_id
+
+
+def test_parquet_carries_unchanged_tables_as_the_same_files(room, tmp_path: Path) -> None:
+    database = tmp_path / "prod.duckdb"
+    database.write_bytes(room.database.read_bytes())
+    policy = policy_with_build(room, tmp_path, engine="parquet")
+    policy.path.write_text(policy.path.read_text().replace(f"path: {room.database}", f"path: {database}"))
+    policy = saferoom.load_policy(policy.path)
+    build(policy, "analytics")
+    folder = (tmp_path / "analytics").resolve()
+    files = {p.name: identity(p) for p in folder.glob("*.parquet")}
+    build(policy, "analytics")
+    assert (tmp_path / "analytics").resolve() == folder  # nothing changed: the same folder is still the target
+    with duckdb.connect(str(database)) as con:
+        con.execute("insert into orders select order_id + 5000000, customer_id, amount, region, created_at from orders limit 3")
+    changed = build(policy, "analytics")
+    assert {t.table: t.carried_over for t in changed.tables} == {"prod.customers": True, "prod.cards": True, "prod.orders": False}
+    moved = (tmp_path / "analytics").resolve()
+    assert moved != folder
+    for name in ("customers.parquet", "cards.parquet"):  # hard links to the last build's files, not copies
+        assert (os.stat(moved / name).st_ino, os.stat(moved / name).st_size) == (files[name][0], files[name][2])
+
+
 def test_two_policies_in_one_folder_keep_their_own_files(room, tmp_path: Path) -> None:
     one = policy_with_build(room, tmp_path, target="one", name="one.yaml")
     two = policy_with_build(room, tmp_path, target="two", name="two.yaml")
-    build(one, "analytics")
+    first = build(one, "analytics")
     build(two, "analytics")
-    again = build(one, "analytics")
-    assert all(t.carried_over for t in again.tables)  # its manifest was not overwritten by the other policy's build
+    again = build(one, "analytics")  # its manifest was not overwritten by the other policy's build
+    assert again.build_id == first.build_id and all(t.carried_over for t in again.tables)
     names = {p.name for p in tmp_path.iterdir()}
     for target in ("one.duckdb", "two.duckdb"):
         assert {f"{target}.manifest.json", f"{target}.fingerprints", f"{target}.saferoom.yaml"} <= names
+
+
+def test_a_new_token_key_rebuilds_every_table(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path)
+    build(policy, "analytics")
+    (tmp_path / "new.key").write_text("n" * 64)
+    policy.path.write_text(policy.path.read_text().replace(f"file:{room.folder / 'token.key'}", f"file:{tmp_path / 'new.key'}"))
+    again = build(saferoom.load_policy(policy.path), "analytics")
+    assert not any(t.carried_over for t in again.tables)  # old tokens would no longer match the guard's
+
+
+def test_plan_says_what_would_be_carried_over(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path)
+    done = build(policy, "analytics")
+    command = [sys.executable, "-c", "from saferoom.cli import main; main()", "build", "analytics", "-p", str(policy.path), "--plan"]
+    planned = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert planned.count(f"carried over: unchanged since build {done.build_id}") == 3
+    full = subprocess.run([*command, "--full"], capture_output=True, text=True, check=True).stdout
+    assert full.count("built: --full builds every table") == 3

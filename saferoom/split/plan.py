@@ -19,8 +19,6 @@ from saferoom.policy import Action, Policy
 from saferoom.policy.filters import placeholders
 from saferoom.policy.model import Build, KAnonymity
 
-K_COLUMN = "__saferoom_k"
-
 
 @dataclass(frozen=True)
 class ColumnPlan(ColumnInfo):
@@ -91,7 +89,8 @@ def plan_from_catalog(policy: Policy, name: str, catalog: Catalog, version: str)
     target = _resolve(policy, build.target.path)
     _check_target(policy, target)
     keys = _tables(policy, name, build)
-    tables = [_table(policy, build, key, _target_name(policy, keys, key), catalog, version) for key in keys]
+    base = f"{version}|{_key_id(policy)}"  # a new saferoom or a new token key makes every table new
+    tables = [_table(policy, build, key, _target_name(policy, keys, key), catalog, base) for key in keys]
     return BuildPlan(name, build.role, build.target.engine, target, tuple(tables), build.k_anonymity)
 
 
@@ -113,6 +112,14 @@ def _tables(policy: Policy, name: str, build: Build) -> list[str]:
     return list(build.tables)
 
 
+def _key_id(policy: Policy) -> str:
+    """Which token key the tokens are under (a one-way id, as the manifest shows it)."""
+    from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.split.fingerprints import key_id
+
+    return key_id(fingerprint_key(policy.token_key)) if policy.token_key is not None else ""
+
+
 def _resolve(policy: Policy, path: str) -> Path:
     """Absolute, without following a final symlink (a Parquet target is one)."""
     candidate = Path(path).expanduser()
@@ -127,7 +134,7 @@ def _check_target(policy: Policy, target: Path) -> None:
         raise BuildError(f"the folder for the build target does not exist: {target.parent}")
 
 
-def _table(policy: Policy, build: Build, key: str, name: str, catalog: Catalog, version: str) -> TablePlan:
+def _table(policy: Policy, build: Build, key: str, name: str, catalog: Catalog, base: str) -> TablePlan:
     ref = policy.tables[key]
     engine = policy.model.sources[ref.source].engine
     spec = SPECS[engine]
@@ -148,7 +155,7 @@ def _table(policy: Policy, build: Build, key: str, name: str, catalog: Catalog, 
     k_columns = tuple(c.lower() for c in k.columns) if k and all(c.lower() in names for c in k.columns) else ()
     text = policy.model.roles[build.role].rows.get(key)
     user_dependent = bool(text) and bool(placeholders(policy.row_filter(build.role, key)))
-    recipe = hashlib.sha256(f"{version}|{engine}|{select.sql(spec.dialect)}|{k_columns}|{k.k if k else 0}|{k.on_violation if k else ''}".encode())
+    recipe = hashlib.sha256(f"{base}|{engine}|{select.sql(spec.dialect)}|{k_columns}|{k.k if k else 0}|{k.on_violation if k else ''}".encode())
     return TablePlan(
         key, name, select, columns, k_columns,
         None if user_dependent else text, text if user_dependent else None, recipe.hexdigest(), removed, types, engine,

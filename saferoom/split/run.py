@@ -3,7 +3,8 @@
 Work happens inside DuckDB as SQL that saferoom generates (no Python loop over
 rows). The target is written under a temporary name and swapped in only when
 everything succeeded; a build that fails or is killed leaves the last good
-database, manifest and fingerprint index untouched.
+database, manifest and fingerprint index untouched. When no table changed, the
+target is not written at all.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ import duckdb
 import numpy as np
 from sqlglot import exp
 
-from saferoom.engines.duckdb import FINGERPRINT_TEXT_FUNCTION, TOKEN_FUNCTION, build_connection, fingerprint_key, scrub
-from saferoom.errors import BuildError, EngineError
+from saferoom.engines.duckdb import FINGERPRINT_TEXT_FUNCTION, TOKEN_FUNCTION, fingerprint_key, scrub
+from saferoom.errors import BuildError, EngineError, UsageError
 from saferoom.policy import Policy
 from saferoom.split import fingerprints
-from saferoom.split.manifest import Manifest, TableResult, now, read_manifest, snapshot, write_manifest
-from saferoom.split.plan import K_COLUMN, BuildPlan, TablePlan, make_plan, source_paths
-from saferoom.split.queries import count_query, distinct_estimates_query, fingerprint_values, smallest_group_query
+from saferoom.split.carry import Change, changes, previous_build, unchanged
+from saferoom.split.kanonymity import measure, suppressing
+from saferoom.split.manifest import Manifest, TableResult, now, snapshot, write_manifest
+from saferoom.split.plan import BuildPlan, TablePlan, make_plan
+from saferoom.split.queries import distinct_estimates_query, fingerprint_values
+from saferoom.split.sources import Sources, opened
 from saferoom.split.tokens import distinct_tokens, token_calls
-from saferoom.split.writers import Writer, locked, remove_stale, target_build_id, writer_for
+from saferoom.split.writers import Writer, locked, remove_stale, writer_for
 
 Progress = Callable[[str, float], None]
 DISTINCT_MIN_ROWS = 100_000
@@ -48,98 +52,115 @@ def run(policy: Policy, plan: BuildPlan, version: str, *, full: bool = False, pr
         raise BuildError("a build needs `secrets.token_key` (it keys tokens and the fingerprint index)")
     with locked(plan.target):
         remove_stale(plan.target)
-        previous = None if full else _previous(plan)
-        conn = build_connection(source_paths(policy), policy.token_key)
-        sides = _remote_sides(policy, plan)
+        previous = None if full else previous_build(plan)
         try:
-            return _run(conn, sides, policy, plan, version, previous, progress or (lambda _t, _f: None))
+            with opened(policy, plan) as sources:
+                found = changes(sources, policy, plan, previous, full=full)
+                old = _old_sections(plan) if previous else {}
+                if previous is not None and unchanged(plan, previous, found) and all(t.table in old for t in plan.tables):
+                    return _confirm(policy, plan, version, previous, found, progress or _silent)
+                return _run(sources, policy, plan, version, found, old, progress or _silent)
         except duckdb.Error as exc:
             raise BuildError(f"the build failed; the last good build is untouched: {scrub(str(exc), {})}") from None
         except EngineError as exc:
             raise BuildError(f"the build failed reading a source; the last good build is untouched: {exc}") from None
-        finally:
-            conn.close()
-            for side in sides.values():
-                side.close()
 
 
-def _remote_sides(policy: Policy, plan: BuildPlan) -> dict[str, Any]:
-    """One connection per PostgreSQL or Spark source the build reads; DuckDB sources are attached to ``conn``."""
-    from saferoom.split.postgres import PostgresSide
-
-    sides: dict[str, Any] = {}
-    for name in {policy.tables[t.table].source for t in plan.tables if t.engine != "duckdb"}:
-        if policy.model.sources[name].engine == "spark":
-            from saferoom.split.spark import SparkSide
-
-            sides[name] = SparkSide(policy, name)
-        else:
-            sides[name] = PostgresSide(policy, name)
-    return sides
+def _silent(_table: str, _fraction: float) -> None:
+    return None
 
 
-def _run(conn: duckdb.DuckDBPyConnection, sides: dict[str, Any], policy: Policy, plan: BuildPlan, version: str,
-         previous: Manifest | None, progress: Progress) -> Manifest:
-    manifest = Manifest(plan.name, uuid.uuid4().hex, version, policy.hash, plan.role,
-                        {"engine": plan.engine, "path": plan.target.name}, now())
-    writer = writer_for(plan, conn)
-    old = _old_sections(plan) if previous else {}
+def _new_manifest(policy: Policy, plan: BuildPlan, version: str, build_id: str) -> Manifest:
+    return Manifest(plan.name, build_id, version, policy.hash, plan.role, {"engine": plan.engine, "path": plan.target.name}, now())
+
+
+def _confirm(policy: Policy, plan: BuildPlan, version: str, previous: Manifest, found: list[Change],
+             progress: Progress) -> Manifest:
+    """Nothing changed: the target, its build id and the fingerprint index stay as they are; the manifest and
+    the fragment are written again for the policy as it is now."""
+    manifest = _new_manifest(policy, plan, version, previous.build_id)
+    for table, change in zip(plan.tables, found, strict=True):
+        assert change.before is not None
+        result = _result(table, change, change.before.rows_out)
+        result.k_anonymity, result.fingerprinted_values = change.before.k_anonymity, change.before.fingerprinted_values
+        manifest.tables.append(result)
+        progress(table.table, 1.0)
+    manifest.source_snapshot = snapshot(manifest.tables)
+    manifest.fingerprints = previous.fingerprints
+    manifest.finished_at = now()
+    _publish(policy, plan, manifest)
+    return manifest
+
+
+def _run(sources: Sources, policy: Policy, plan: BuildPlan, version: str, found: list[Change],
+         old: dict[str, fingerprints.Section], progress: Progress) -> Manifest:
+    manifest = _new_manifest(policy, plan, version, uuid.uuid4().hex)
+    writer = writer_for(plan, sources.conn)
+    next_index = _tmp_sibling(plan.fingerprints_path)
     try:
-        writer.open(plan.target if previous else None)
+        writer.open(plan.target if any(c.carried for c in found) else None)
         sections = []
-        for table in plan.tables:
-            side = sides.get(policy.tables[table.table].source) if table.engine != "duckdb" else None
-            result, section = _table(conn, side, table, writer, previous, old, plan, progress)
+        for table, change in zip(plan.tables, found, strict=True):
+            result, section = _table(sources, policy, table, change, writer, old, plan, progress)
             manifest.tables.append(result)
             sections.append(section)
         writer.finish(manifest.build_id, policy.hash)
         key = fingerprint_key(policy.token_key)  # type: ignore[arg-type]
-        count = fingerprints.write(_tmp_sibling(plan.fingerprints_path), key, sections)
+        count = fingerprints.write(next_index, key, sections)
         manifest.source_snapshot = snapshot(manifest.tables)
         manifest.fingerprints = {"file": plan.fingerprints_path.name, "values": count, "key_id": fingerprints.key_id(key)}
         manifest.finished_at = now()
         writer.swap(plan.target)  # the moment the new build becomes the build
     except BaseException:
         writer.discard()
-        _tmp_sibling(plan.fingerprints_path).unlink(missing_ok=True)
+        next_index.unlink(missing_ok=True)
         raise
-    os.replace(_tmp_sibling(plan.fingerprints_path), plan.fingerprints_path)
-    write_manifest(plan.manifest_path, manifest)
-    write_fragment(plan, manifest)
+    os.replace(next_index, plan.fingerprints_path)
+    _publish(policy, plan, manifest)
     return manifest
 
 
-def _table(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer: Writer, previous: Manifest | None,
+def _publish(policy: Policy, plan: BuildPlan, manifest: Manifest) -> None:
+    write_manifest(plan.manifest_path, manifest)
+    write_fragment(plan, manifest)
+
+
+def _table(sources: Sources, policy: Policy, table: TablePlan, change: Change, writer: Writer,
            old: dict[str, fingerprints.Section], plan: BuildPlan, progress: Progress) -> tuple[TableResult, fingerprints.Section]:
     progress(table.table, 0.0)
-    identity, rows_in = side.identity(table) if side else _identity(conn, table)
-    before = _previous_table(previous, table)
-    carried = (before is not None and before.name == table.name and before.recipe == table.recipe
-               and before.source_identity == identity)
-    if carried:
+    side = sources.side(policy, table)
+    if change.carried:
         writer.carry(table.name)
-    elif side is not None:
+    else:
+        _write(sources.conn, side, table, change.rows_in, writer, plan, progress)
+    result = _result(table, change, writer.count(table.name))
+    if table.k_columns and plan.k_anonymity:
+        result.k_anonymity = _k_result(sources.conn, side, table, writer, plan, change.before)
+    if change.carried and table.table in old:
+        section = old[table.table]
+    else:
+        section = side.fingerprints(table) if side else _fingerprints(sources.conn, table)
+    result.fingerprinted_values = len(section.hashes)
+    progress(table.table, 1.0)
+    return result, section
+
+
+def _write(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, rows_in: int, writer: Writer, plan: BuildPlan,
+           progress: Progress) -> None:
+    if side is not None:
         repeated = side.repetitive(table, rows_in) if hasattr(side, "repetitive") else {}
         select = _select(table, plan, repeated, getattr(side, "token_function", TOKEN_FUNCTION),
                          getattr(side, "broadcast_below", None))
         writer.write_remote(table.name, side, select)  # the view runs in the source
-    else:
-        select = _select(table, plan, _repetitive(conn, table, rows_in))
-        with _watch(conn, lambda f: progress(table.table, f)):
-            writer.write(table.name, select)
-    result = TableResult(
-        table.table, table.name, identity, table.recipe, rows_in, writer.count(table.name), carried,
-        table.row_filter, table.row_filter_left, [asdict(c) for c in table.columns],
-    )
-    if table.k_columns and plan.k_anonymity:
-        result.k_anonymity = _k_result(conn, side, table, writer, plan, before if carried else None)
-    if carried and table.table in old:
-        section = old[table.table]
-    else:
-        section = side.fingerprints(table) if side else _fingerprints(conn, table)
-    result.fingerprinted_values = len(section.hashes)
-    progress(table.table, 1.0)
-    return result, section
+        return
+    select = _select(table, plan, _repetitive(conn, table, rows_in))
+    with _watch(conn, lambda f: progress(table.table, f)):
+        writer.write(table.name, select)
+
+
+def _result(table: TablePlan, change: Change, rows_out: int) -> TableResult:
+    return TableResult(table.table, table.name, change.identity, table.recipe, change.rows_in, rows_out, change.carried,
+                       table.row_filter, table.row_filter_left, [asdict(c) for c in table.columns])
 
 
 def _repetitive(conn: duckdb.DuckDBPyConnection, table: TablePlan, rows: int) -> dict[str, int]:
@@ -162,14 +183,7 @@ def _select(table: TablePlan, plan: BuildPlan, repetitive: dict[str, int] | None
     """The policy view, tokenizing repeated values once, with k-anonymity suppression in the same statement,
     in a shuffled order."""
     select = distinct_tokens(table.select, repetitive, table.types, function, broadcast_below) if repetitive else table.select
-    k = plan.k_anonymity
-    if table.k_columns and k is not None and k.on_violation == "suppress":
-        window = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column(c, quoted=True) for c in table.k_columns])
-        counted = exp.select(exp.Star(), exp.alias_(window, K_COLUMN)).from_(select.subquery("v"))
-        names = [exp.column(p.alias_or_name, quoted=True) for p in table.select.expressions]
-        keep = exp.select(*names).from_(counted.subquery("c"))
-        select = keep.where(exp.GTE(this=exp.column(K_COLUMN), expression=exp.Literal.number(k.k)))
-    return shuffled(select)
+    return shuffled(suppressing(select, table, plan.k_anonymity))
 
 
 def shuffled(select: exp.Select) -> exp.Select:
@@ -186,33 +200,16 @@ def _k_result(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writ
               carried: TableResult | None) -> dict[str, Any]:
     if carried is not None and carried.k_anonymity:
         return carried.k_anonymity
-    k = plan.k_anonymity
-    assert k is not None
+    assert plan.k_anonymity is not None
+
     def at_source(query: exp.Select) -> Any:
         return side.scalar(query) if side is not None else _scalar(conn, query)
 
-    before = at_source(smallest_group_query(table.select, table.k_columns))
-    rows_view = at_source(count_query(table.select))
-    after = _scalar(conn, smallest_group_query(writer.source(table.name), table.k_columns))
-    result = {"columns": list(table.k_columns), "k": k.k, "on_violation": k.on_violation,
-              "smallest_group_before": before, "smallest_group": after, "rows_suppressed": rows_view - writer.count(table.name)}
-    if k.on_violation == "fail" and before is not None and before < k.k:
-        raise BuildError(f"k-anonymity fails for {table.table}: a group of {before} rows over {', '.join(table.k_columns)} is below k={k.k}")
-    return result
+    return measure(table, plan.k_anonymity, at_source, lambda query: _scalar(conn, query), writer.source(table.name))
 
 
 def _scalar(conn: duckdb.DuckDBPyConnection, query: exp.Select) -> Any:
     return conn.execute(query.sql("duckdb")).fetchall()[0][0]
-
-
-def _identity(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> tuple[str, int]:
-    """Order-independent content hash of the source table (all columns), and its row count."""
-    source = table.select.args["from_"].this.copy()
-    source.set("alias", exp.TableAlias(this=exp.to_identifier("t")))
-    row = exp.func("hash", exp.column("t"))
-    query = exp.select(exp.Count(this=exp.Star()), exp.Sum(this=exp.cast(row, "HUGEINT")), exp.func("bit_xor", row)).from_(source)
-    count, total, xor = conn.execute(query.sql("duckdb")).fetchall()[0]
-    return f"{count}:{total}:{xor}", int(count)
 
 
 def _fingerprints(conn: duckdb.DuckDBPyConnection, table: TablePlan) -> fingerprints.Section:
@@ -250,20 +247,10 @@ def _watch(conn: duckdb.DuckDBPyConnection, report: Callable[[float], None]) -> 
         thread.join()
 
 
-def _previous(plan: BuildPlan) -> Manifest | None:
-    """The last build's manifest, if it describes the target that is actually there."""
-    manifest = read_manifest(plan.manifest_path)
-    return manifest if manifest is not None and target_build_id(plan) == manifest.build_id else None
-
-
-def _previous_table(previous: Manifest | None, table: TablePlan) -> TableResult | None:
-    return next((t for t in previous.tables if t.table == table.table), None) if previous else None
-
-
 def _old_sections(plan: BuildPlan) -> dict[str, fingerprints.Section]:
     try:
         return {s.table: s for s in fingerprints.read(plan.fingerprints_path)[1]}
-    except (OSError, ValueError, BuildError):
+    except (OSError, ValueError, BuildError, UsageError):
         return {}
 
 
@@ -279,5 +266,3 @@ def write_fragment(plan: BuildPlan, manifest: Manifest) -> None:
     tmp = plan.fragment_path.with_name(f".{plan.fragment_path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, plan.fragment_path)
-
-
