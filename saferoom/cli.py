@@ -145,9 +145,9 @@ def build_command(
 def _print_plan(build_plan: BuildPlan, changes: dict[str, Change]) -> None:
     out.print(f"Build [bold]{build_plan.name}[/] as role {build_plan.role} into {build_plan.engine} {build_plan.target}")
     for table in build_plan.tables:
-        view = Table("column", "type", "action", "why", "fingerprinted", title=f"{table.table} → {table.name}", title_justify="left")
+        view = Table("column", "type", "fate", "action", "why", "fingerprinted", title=f"{table.table} → {table.name}", title_justify="left")
         for c in table.columns:
-            view.add_row(c.name, c.type, c.action, c.reason, "yes" if c.fingerprinted else "")
+            view.add_row(c.name, c.type, c.fate, c.action, c.reason, "yes" if c.fingerprinted else "")
         out.print(view)
         change = changes[table.table]
         out.print(f"  {'carried over' if change.carried else 'built'}: {change.reason}")
@@ -156,7 +156,8 @@ def _print_plan(build_plan: BuildPlan, changes: dict[str, Change]) -> None:
         if table.row_filter_left:
             out.print(f"  [yellow]needs a user, left to the analytics policy:[/] {table.row_filter_left}")
         if table.removed:
-            out.print(f"  removed (values fingerprinted): {', '.join(table.removed)}")
+            fingerprinted = [c for c in table.removed if c in table.fingerprinted]
+            out.print(f"  removed: {', '.join(table.removed)}" + (f" (values fingerprinted: {', '.join(fingerprinted)})" if fingerprinted else ""))
         if table.k_columns and build_plan.k_anonymity:
             k = build_plan.k_anonymity
             out.print(f"  k-anonymity: k={k.k} over {', '.join(table.k_columns)} ({k.on_violation})")

@@ -96,7 +96,8 @@ def test_manifest_says_what_happened(built, room) -> None:
     assert on_disk["build_id"] == manifest.build_id and on_disk["policy_hash"] == policy.hash
     tables = {t["table"]: t for t in on_disk["tables"]}
     assert tables["prod.cards"]["rows_in"] == room.raw("select count(*) from cards")[0][0]
-    assert "pan" not in [c["name"] for c in tables["prod.cards"]["columns"]]
+    fates = {c["name"]: (c["fate"], c["action"]) for c in tables["prod.cards"]["columns"]}
+    assert fates == {"card_id": ("kept", "allow"), "customer_id": ("changed", "tokenize"), "pan": ("removed", "deny")}
     name = next(c for c in tables["prod.customers"]["columns"] if c["name"] == "name")
     assert (name["action"], name["tag"], name["threats"]) == ("tokenize", "pii", ["reidentification"])
     k = tables["prod.customers"]["k_anonymity"]
@@ -287,7 +288,7 @@ def test_cli_build_and_plan(room, tmp_path: Path) -> None:
     run = [sys.executable, "-c", "from saferoom.cli import main; main()"]
     planned = subprocess.run([*run, "build", "analytics", "-p", str(policy.path), "--plan"], capture_output=True, text=True, check=False)
     assert planned.returncode == 0, planned.stderr
-    assert "removed (values fingerprinted): pan" in planned.stdout
+    assert "removed: pan (values fingerprinted: pan)" in planned.stdout
     assert "built: no earlier build of this target" in planned.stdout
     done = subprocess.run([*run, "build", "analytics", "-p", str(policy.path)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

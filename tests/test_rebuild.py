@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 from rich.console import Console
 
 import saferoom
+from saferoom.errors import QueryRejected
+from saferoom.lint import lint
 from saferoom.split import build
 from tests.test_build import policy_with_build
 
@@ -61,6 +64,33 @@ def test_the_demo_runs_again_over_its_folder(tmp_path: Path) -> None:
     with saferoom.connect(folder / "saferoom.yaml", user="alice") as session:
         rows = session.query("select segment, count(*) from analytics.customers group by 1").to_arrow().num_rows
     assert rows == 3
+
+
+def test_a_removed_column_is_explained_on_the_split(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path)
+    build(policy, "analytics")
+    policy = served(policy)
+    for user in ("alice", "ivan"):  # an analyst is denied cards.pan; an investigator sees it masked in production
+        with saferoom.connect(policy.path, user=user) as session, pytest.raises(QueryRejected) as refused:
+            session.query("select card_id, pan from analytics.cards")
+        assert refused.value.column == "analytics.cards.pan" and not refused.value.allowed_roles
+        assert "removed this column (tag pci, card-theft" in str(refused.value)
+    with duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True) as con:
+        catalog = {("analytics", "main", t): dict(con.execute(f"select column_name, data_type from duckdb_columns() "
+                                                               f"where table_name = '{t}'").fetchall()) for t in TABLES}
+    assert [f for f in lint(policy, catalog, "main", "duckdb") if f.table.startswith("analytics.")] == []
+
+
+def test_the_manifest_gives_every_column_its_fate(room, tmp_path: Path) -> None:
+    manifest = build(policy_with_build(room, tmp_path), "analytics")
+    customers = next(t for t in manifest.tables if t.table == "prod.customers")
+    fates = {c["name"]: (c["fate"], c["action"]) for c in customers.columns}
+    assert fates["segment"] == ("kept", "allow") and fates["ssn"] == ("changed", "tokenize")
+    assert fates["internal_score"] == ("removed", "deny")  # in the source, not in the policy: it exists for no one
+    written = duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True)
+    with written:
+        columns = {c for (c,) in written.execute("select column_name from duckdb_columns() where table_name = 'customers'").fetchall()}
+    assert columns == {name for name, (fate, _) in fates.items() if fate != "removed"}
 
 
 def identity(path: Path) -> tuple[int, int, int]:

@@ -72,6 +72,9 @@ Source = Annotated[DuckDBSource | PostgresSource | SparkSource, Field(discrimina
 class Tag(Strict):
     threats: list[str] = Field(default_factory=list, description="Threat names from `threats:`.")
     description: str | None = None
+    removed_by: str | None = Field(
+        default=None, description="Written by a build: columns with this tag were removed from its database and are "
+        "listed only so that a query naming one is told why (lint does not look for them).")
 
 
 class ActionSpec(Strict):

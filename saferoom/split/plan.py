@@ -10,20 +10,24 @@ from pathlib import Path
 from sqlglot import exp
 
 from saferoom.engines import SPECS
-from saferoom.engines.base import Catalog
+from saferoom.engines.base import Catalog, EngineSpec
 from saferoom.engines.duckdb import build_connection, read_catalog
 from saferoom.errors import BuildError, UsageError
 from saferoom.explain import ColumnInfo, column_info
-from saferoom.guard.views import build_view, visible_columns
-from saferoom.policy import Action, Policy
+from saferoom.guard.views import build_view
+from saferoom.policy import Action, ColumnRule, Policy
 from saferoom.policy.filters import placeholders
 from saferoom.policy.model import Build, KAnonymity
+
+KEPT, CHANGED, REMOVED = "kept", "changed", "removed"
 
 
 @dataclass(frozen=True)
 class ColumnPlan(ColumnInfo):
-    """A column as the build's role sees it, and whether its raw values go into the fingerprint index."""
+    """A column as the build's role sees it: kept as it is, changed by its action, or removed (denied);
+    and whether its raw values go into the fingerprint index."""
 
+    fate: str = KEPT
     fingerprinted: bool = False
 
 
@@ -32,12 +36,11 @@ class TablePlan:
     table: str
     name: str
     select: exp.Select
-    columns: tuple[ColumnPlan, ...]
+    columns: tuple[ColumnPlan, ...]  # every column of the source, removed ones too, in source order
     k_columns: tuple[str, ...]
     row_filter: str | None
     row_filter_left: str | None
     recipe: str = field(compare=False)
-    removed: tuple[str, ...] = ()
     types: dict[str, str] = field(default_factory=dict, compare=False)
     engine: str = "duckdb"  # where the policy view runs: the source's engine
 
@@ -46,9 +49,13 @@ class TablePlan:
         return self.select.sql("duckdb")
 
     @property
+    def removed(self) -> list[str]:
+        return [c.name for c in self.columns if c.fate == REMOVED]
+
+    @property
     def fingerprinted(self) -> list[str]:
         """Text columns the build changed or removed; their raw values go into the fingerprint index."""
-        return [c.name for c in self.columns if c.fingerprinted] + list(self.removed)
+        return [c.name for c in self.columns if c.fingerprinted]
 
 
 @dataclass(frozen=True)
@@ -143,14 +150,8 @@ def _table(policy: Policy, build: Build, key: str, name: str, catalog: Catalog, 
         raise BuildError(f"table {key} is in the policy but not in source `{ref.source}`; run `saferoom lint`")
     types = catalog[address]
     select = build_view(policy, build.role, {}, ref, types, spec, user_filters=False)
-    rules = visible_columns(policy, build.role, key, types)
-    columns = tuple(
-        ColumnPlan(**asdict(column_info(r, kind)), fingerprinted=_fingerprinted(r.action, spec.type_class(kind)))
-        for r, kind in rules
-    )
-    names = {c.name for c in columns}
-    listed = policy.columns(key)
-    removed = tuple(c for c, kind in types.items() if c in listed and c not in names and spec.type_class(kind) == "text")
+    columns = _columns(policy, build.role, key, types, spec)
+    names = {c.name for c in columns if c.fate != REMOVED}
     k = build.k_anonymity
     k_columns = tuple(c.lower() for c in k.columns) if k and all(c.lower() in names for c in k.columns) else ()
     text = policy.model.roles[build.role].rows.get(key)
@@ -158,8 +159,28 @@ def _table(policy: Policy, build: Build, key: str, name: str, catalog: Catalog, 
     recipe = hashlib.sha256(f"{base}|{engine}|{select.sql(spec.dialect)}|{k_columns}|{k.k if k else 0}|{k.on_violation if k else ''}".encode())
     return TablePlan(
         key, name, select, columns, k_columns,
-        None if user_dependent else text, text if user_dependent else None, recipe.hexdigest(), removed, types, engine,
+        None if user_dependent else text, text if user_dependent else None, recipe.hexdigest(), types, engine,
     )
+
+
+def _columns(policy: Policy, role: str, key: str, types: dict[str, str], spec: EngineSpec) -> tuple[ColumnPlan, ...]:
+    """Every column of the source, with its fate under the build's role; one the policy does not list is removed."""
+    listed = policy.columns(key)
+    return tuple(_column(policy.rule(role, key, name), kind, spec) if name in listed else _unlisted(name, kind)
+                 for name, kind in types.items())
+
+
+def _column(rule: ColumnRule, kind: str, spec: EngineSpec) -> ColumnPlan:
+    return ColumnPlan(**asdict(column_info(rule, kind)), fate=_fate(rule.action),
+                      fingerprinted=_fingerprinted(rule.action, spec.type_class(kind)))
+
+
+def _unlisted(name: str, kind: str) -> ColumnPlan:
+    return ColumnPlan(name, kind, Action.DENY.value, None, (), "not classified in the policy, so no role sees it", REMOVED)
+
+
+def _fate(action: Action) -> str:
+    return REMOVED if action is Action.DENY else KEPT if action is Action.ALLOW else CHANGED
 
 
 def _fingerprinted(action: Action, type_class: str) -> bool:

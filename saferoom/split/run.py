@@ -122,7 +122,7 @@ def _run(sources: Sources, policy: Policy, plan: BuildPlan, version: str, found:
 
 def _publish(policy: Policy, plan: BuildPlan, manifest: Manifest) -> None:
     write_manifest(plan.manifest_path, manifest)
-    write_fragment(plan, manifest)
+    write_fragment(policy, plan, manifest)
 
 
 def _table(sources: Sources, policy: Policy, table: TablePlan, change: Change, writer: Writer,
@@ -258,11 +258,11 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.next")
 
 
-def write_fragment(plan: BuildPlan, manifest: Manifest) -> None:
+def write_fragment(policy: Policy, plan: BuildPlan, manifest: Manifest) -> None:
     """A policy fragment that serves the built database: add `includes: [<file>]` to the policy."""
     from saferoom.split.fragment import fragment
 
-    text = fragment(plan, manifest)
+    text = fragment(policy, plan, manifest)
     tmp = plan.fragment_path.with_name(f".{plan.fragment_path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, plan.fragment_path)
