@@ -174,7 +174,7 @@ def test_build_from_postgres_matches_the_duckdb_build(pg_room, room, tmp_path: P
     from tests.conftest import CANARY_NAME, CANARY_PAN
 
     text = pg_room.policy.read_text() + (
-        "builds:\n  analytics:\n    role: analyst\n"
+        "builds:\n  analytics:\n    role: reporting\n"
         f"    target: {{engine: duckdb, path: {tmp_path / 'analytics.duckdb'}}}\n"
         "    k_anonymity: {columns: [birth_date, zip], k: 5, on_violation: suppress}\n"
     )

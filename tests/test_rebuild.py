@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 import saferoom
-from saferoom.errors import QueryRejected
+from saferoom.errors import BuildError, QueryRejected
 from saferoom.lint import lint
 from saferoom.split import build
 from tests.test_build import policy_with_build
@@ -47,7 +47,7 @@ def test_build_include_build_build_full_keeps_names_and_serves(room, tmp_path: P
         count = session.query("select count(*) from analytics.customers").to_arrow().column(0)[0].as_py()
         joined = session.query("select count(*) from analytics.orders o join analytics.cards c using (customer_id)")
         assert joined.to_arrow().column(0)[0].as_py() > 0
-    assert count == next(t.rows_out for t in builds[-1].tables if t.name == "customers")
+    assert count == next(t.rows_out for t in builds[-1].tables if t.name == "customers") > 0
 
 
 def test_the_demo_runs_again_over_its_folder(tmp_path: Path) -> None:
@@ -91,6 +91,22 @@ def test_the_manifest_gives_every_column_its_fate(room, tmp_path: Path) -> None:
     with written:
         columns = {c for (c,) in written.execute("select column_name from duckdb_columns() where table_name = 'customers'").fetchall()}
     assert columns == {name for name, (fate, _) in fates.items() if fate != "removed"}
+
+
+def test_k_anonymity_that_suppresses_every_row_fails(room, tmp_path: Path) -> None:
+    policy = policy_with_build(room, tmp_path, quasi="generalize")  # month x 3-digit zip: no group of 5
+    with pytest.raises(BuildError, match=r"suppressed every one of the [\d,]+ rows of prod.customers.*birth_date, zip"):
+        build(policy, "analytics")
+    assert [p.name for p in tmp_path.iterdir()] == ["saferoom.yaml"]
+    accepted = build(policy_with_build(room, tmp_path, quasi="generalize", k_extra=", max_suppressed: 1"), "analytics")
+    assert next(t.rows_out for t in accepted.tables if t.table == "prod.customers") == 0
+
+
+def test_k_anonymity_fails_above_max_suppressed(room, tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match=r"suppressed \d+%, above max_suppressed=0.01, of the [\d,]+ rows of prod.customers"):
+        build(policy_with_build(room, tmp_path, k_extra=", max_suppressed: 0.01"), "analytics")
+    kept = build(policy_with_build(room, tmp_path, k_extra=", max_suppressed: 0.9"), "analytics")
+    assert next(t for t in kept.tables if t.table == "prod.customers").k_anonymity["rows_suppressed"] > 0
 
 
 def identity(path: Path) -> tuple[int, int, int]:

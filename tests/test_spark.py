@@ -93,7 +93,7 @@ def test_build_from_spark(spark_room, room, tmp_path, engine: str) -> None:
     from tests.conftest import CANARY_NAME
 
     target = tmp_path / ("analytics" if engine == "parquet" else "analytics.duckdb")
-    text = spark_room.read_text() + (f"builds:\n  analytics:\n    role: analyst\n    target: {{engine: {engine}, path: {target}}}\n"
+    text = spark_room.read_text() + (f"builds:\n  analytics:\n    role: reporting\n    target: {{engine: {engine}, path: {target}}}\n"
                                      "    k_anonymity: {columns: [birth_date, zip], k: 5, on_violation: suppress}\n")
     (tmp_path / "saferoom.yaml").write_text(text)
     policy = saferoom.load_policy(tmp_path / "saferoom.yaml")

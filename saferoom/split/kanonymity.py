@@ -10,6 +10,7 @@ from sqlglot import exp
 
 from saferoom.errors import BuildError
 from saferoom.policy.model import KAnonymity
+from saferoom.split.manifest import TableResult
 from saferoom.split.plan import TablePlan
 from saferoom.split.queries import count_query, smallest_group_query
 
@@ -39,3 +40,25 @@ def measure(table: TablePlan, k: KAnonymity, at_source: Ask, at_target: Ask, wri
                          f"is below k={k.k}; coarsen those columns or lower k (nothing was swapped in)")
     return {"columns": list(table.k_columns), "k": k.k, "on_violation": k.on_violation,
             "smallest_group_before": before, "smallest_group": after, "rows_suppressed": rows_view - rows_out}
+
+
+def check_suppressed(result: TableResult, k: KAnonymity | None) -> None:
+    """A table that suppression emptied (or cut by more than ``max_suppressed``) fails the build."""
+    measured = result.k_anonymity
+    if k is None or not measured or k.on_violation != "suppress":
+        return
+    suppressed = measured["rows_suppressed"]
+    total = suppressed + result.rows_out
+    if not total:
+        return
+    too_many = result.rows_out == 0 if k.max_suppressed is None else suppressed / total > k.max_suppressed
+    if too_many:
+        raise BuildError(_too_many(result, suppressed, total, k))
+
+
+def _too_many(result: TableResult, suppressed: int, total: int, k: KAnonymity) -> str:
+    columns = ", ".join(result.k_anonymity["columns"]) if result.k_anonymity else ""
+    share = "every one" if suppressed == total else f"{suppressed / total:.0%}, above max_suppressed={k.max_suppressed},"
+    return (f"k-anonymity suppressed {share} of the {total:,} rows of {result.table}: too few rows share each "
+            f"combination of {columns} to make groups of k={k.k}. Coarsen those columns (a wider date_unit, a shorter "
+            "prefix), lower k, or set k_anonymity.max_suppressed to accept it; nothing was swapped in.")

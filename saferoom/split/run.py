@@ -27,7 +27,7 @@ from saferoom.errors import BuildError, EngineError, UsageError
 from saferoom.policy import Policy
 from saferoom.split import fingerprints
 from saferoom.split.carry import Change, changes, previous_build, unchanged
-from saferoom.split.kanonymity import measure, suppressing
+from saferoom.split.kanonymity import check_suppressed, measure, suppressing
 from saferoom.split.manifest import Manifest, TableResult, now, snapshot, write_manifest
 from saferoom.split.plan import BuildPlan, TablePlan, make_plan
 from saferoom.split.queries import distinct_estimates_query, fingerprint_values
@@ -83,6 +83,7 @@ def _confirm(policy: Policy, plan: BuildPlan, version: str, previous: Manifest, 
         assert change.before is not None
         result = _result(table, change, change.before.rows_out)
         result.k_anonymity, result.fingerprinted_values = change.before.k_anonymity, change.before.fingerprinted_values
+        check_suppressed(result, plan.k_anonymity)
         manifest.tables.append(result)
         progress(table.table, 1.0)
     manifest.source_snapshot = snapshot(manifest.tables)
@@ -136,6 +137,7 @@ def _table(sources: Sources, policy: Policy, table: TablePlan, change: Change, w
     result = _result(table, change, writer.count(table.name))
     if table.k_columns and plan.k_anonymity:
         result.k_anonymity = _k_result(sources.conn, side, table, writer, plan, change.before)
+        check_suppressed(result, plan.k_anonymity)
     if change.carried and table.table in old:
         section = old[table.table]
     else:
