@@ -116,7 +116,7 @@ def build_command(
     plan: Annotated[bool, typer.Option("--plan", help="Print what would happen, and what would be carried over; write nothing.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Rebuild every table, even unchanged ones.")] = False,
 ) -> None:
-    """Build a closed analytics database: identifiers tokenized, quasi-identifiers coarsened, card data gone.
+    """The split: a closed analytics database, identifiers tokenized, quasi-identifiers coarsened, card data gone.
 
     Example: saferoom build analytics --policy saferoom.yaml
     """
