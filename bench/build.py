@@ -2,7 +2,9 @@
 
 Prints rows per second, the ratio of build time to a plain `CREATE TABLE AS
 SELECT *` copy on the same engine (each in its own process, so peak memory is
-its own), and the cost of one HMAC per value in DuckDB versus Python's hashlib.
+its own), the ratio of an incremental build with nothing changed to the full
+build just before it, and the cost of one HMAC per value in DuckDB versus
+Python's hashlib.
 
 Usage: python bench/build.py [--orders 10000000] [--customers 500000]
 """
@@ -46,12 +48,22 @@ builds:
 CHILD_BUILD = """
 import json, resource, sys, time, saferoom
 from pathlib import Path
-from saferoom.build import build
+from saferoom.split import build
 (Path(sys.argv[1]).parent / "analytics.duckdb").unlink(missing_ok=True)
 start = time.perf_counter()
 manifest = build(saferoom.load_policy(sys.argv[1]), "analytics", full=True)
 print(json.dumps({"seconds": time.perf_counter() - start, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "rows": sum(t.rows_out for t in manifest.tables), "fingerprints": manifest.fingerprints["values"]}))
+"""
+
+# Right after a full build, with the sources unchanged: what the nightly rebuild costs on a quiet night.
+CHILD_INCREMENTAL = """
+import json, resource, sys, time, saferoom
+from saferoom.split import build
+start = time.perf_counter()
+manifest = build(saferoom.load_policy(sys.argv[1]), "analytics")
+print(json.dumps({"seconds": time.perf_counter() - start, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "carried": sum(t.carried_over for t in manifest.tables), "tables": len(manifest.tables)}))
 """
 
 CHILD_COPY = """
@@ -136,17 +148,21 @@ def main() -> None:
     args = parser.parse_args()
     policy = make(args.orders, args.customers)
     rows = args.orders + args.customers
-    builds, copies = [], []
+    builds, copies, incrementals = [], [], []
     for _ in range(args.repeat):
         copies.append(child(CHILD_COPY, str(DATA)))
         builds.append(child(CHILD_BUILD, str(policy)))
+        incrementals.append(child(CHILD_INCREMENTAL, str(policy)))
     b = min(builds, key=lambda r: r["seconds"])
     c = min(copies, key=lambda r: r["seconds"])
+    i = min(incrementals, key=lambda r: r["seconds"])
     print(f"saferoom build of {rows:,} rows ({args.orders:,} orders, {args.customers:,} customers), best of {args.repeat}")
     print(f"{'':<28}{'seconds':>9}{'rows/s':>14}{'peak RSS':>11}")
     print(f"{'plain CREATE TABLE AS copy':<28}{c['seconds']:>9.2f}{rows / c['seconds']:>14,.0f}{c['rss_mb']:>8.0f} MB")
     print(f"{'saferoom build':<28}{b['seconds']:>9.2f}{rows / b['seconds']:>14,.0f}{b['rss_mb']:>8.0f} MB")
+    print(f"{'incremental, nothing changed':<28}{i['seconds']:>9.2f}{'':>14}{i['rss_mb']:>8.0f} MB")
     print(f"build / copy: {b['seconds'] / c['seconds']:.2f}×  ({b['fingerprints']:,} fingerprints written)")
+    print(f"incremental / full build: {i['seconds'] / b['seconds']:.3f}×  ({i['carried']} of {i['tables']} tables carried over)")
     macro, native, python = hmac_per_value(2_000_000)
     threads = duckdb.execute("select current_setting('threads')").fetchall()[0][0]
     print(f"HMAC-SHA256 per value (DuckDB, {threads} threads): "

@@ -87,7 +87,7 @@ def main() -> None:
             tokens = "compiled kernel in the Python workers" if reporting._engine.native_tokens else "Spark SQL sha2"
             guarded = median_seconds(lambda: reporting.query(sql.format("orders")).to_arrow(), args.repeat)
             print(f"{'group by a tokenized key':<18}{direct:>8.2f}s{guarded:>8.2f}s{guarded / direct:>7.2f}x  (tokens: {tokens})")
-        from saferoom.build import build
+        from saferoom.split import build
 
         copy = DATA / "copy"
         plain = median_seconds(lambda: spark.sql(f"select * from parquet.`{path}`").write.mode("overwrite").parquet(str(copy)), args.repeat)

@@ -26,6 +26,8 @@ from saferoom.policy.model import PolicyModel
 
 if TYPE_CHECKING:
     from saferoom.audit import AuditKey
+    from saferoom.split import BuildPlan
+    from saferoom.split.carry import Change
 
 app = typer.Typer(help="saferoom: ordinary SQL for data scientists; sensitive data stays put.", no_args_is_help=True, add_completion=False)
 out = Console(soft_wrap=True)
@@ -111,20 +113,21 @@ def lint(policy: PolicyOpt = Path("saferoom.yaml"), strict: Annotated[bool, type
 def build_command(
     name: Annotated[str, typer.Argument(help="The build, as named under `builds:` in the policy.")],
     policy: PolicyOpt = Path("saferoom.yaml"),
-    plan: Annotated[bool, typer.Option("--plan", help="Print what would happen; write nothing.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Print what would happen, and what would be carried over; write nothing.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Rebuild every table, even unchanged ones.")] = False,
 ) -> None:
-    """Build a closed analytics database: identifiers tokenized, quasi-identifiers coarsened, card data gone.
+    """The split: a closed analytics database, identifiers tokenized, quasi-identifiers coarsened, card data gone.
 
     Example: saferoom build analytics --policy saferoom.yaml
     """
-    from saferoom.build import build
-    from saferoom.build import plan as make_plan
     from saferoom.progress import build_progress
+    from saferoom.split import build, make_plan
+    from saferoom.split.carry import planned_changes
 
     loaded = load_policy(policy)
     if plan:
-        _print_plan(make_plan(loaded, name))
+        planned = make_plan(loaded, name)
+        _print_plan(planned, {c.table: c for c in planned_changes(loaded, planned, full=full)})
         return
     with build_progress(err) as progress:
         manifest = build(loaded, name, full=full, progress=progress)
@@ -134,25 +137,27 @@ def build_command(
         kinfo = f"smallest group {k['smallest_group'] or 'none left'}, {k['rows_suppressed']} suppressed" if k else ""
         view.add_row(t.table, str(t.rows_in), str(t.rows_out), "yes" if t.carried_over else "", kinfo)
     out.print(view)
-    out.print(f"Manifest {name}.manifest.json, fingerprints {manifest.fingerprints['file']} ({manifest.fingerprints['values']} values), policy fragment {name}.saferoom.yaml")
+    target = manifest.target["path"]
+    out.print(f"Manifest {target}.manifest.json, fingerprints {manifest.fingerprints['file']} ({manifest.fingerprints['values']} values), "
+              f"policy fragment {target}.saferoom.yaml")
 
 
-def _print_plan(build_plan: object) -> None:
-    from saferoom.build import BuildPlan
-
-    assert isinstance(build_plan, BuildPlan)
+def _print_plan(build_plan: BuildPlan, changes: dict[str, Change]) -> None:
     out.print(f"Build [bold]{build_plan.name}[/] as role {build_plan.role} into {build_plan.engine} {build_plan.target}")
     for table in build_plan.tables:
-        view = Table("column", "type", "action", "why", "fingerprinted", title=f"{table.table} → {table.name}", title_justify="left")
+        view = Table("column", "type", "fate", "action", "why", "fingerprinted", title=f"{table.table} → {table.name}", title_justify="left")
         for c in table.columns:
-            view.add_row(c.name, c.type, c.action, c.reason, "yes" if c.fingerprinted else "")
+            view.add_row(c.name, c.type, c.fate, c.action, c.reason, "yes" if c.fingerprinted else "")
         out.print(view)
+        change = changes[table.table]
+        out.print(f"  {'carried over' if change.carried else 'built'}: {change.reason}")
         if table.row_filter:
             out.print(f"  rows kept: {table.row_filter}")
         if table.row_filter_left:
             out.print(f"  [yellow]needs a user, left to the analytics policy:[/] {table.row_filter_left}")
         if table.removed:
-            out.print(f"  removed (values fingerprinted): {', '.join(table.removed)}")
+            fingerprinted = [c for c in table.removed if c in table.fingerprinted]
+            out.print(f"  removed: {', '.join(table.removed)}" + (f" (values fingerprinted: {', '.join(fingerprinted)})" if fingerprinted else ""))
         if table.k_columns and build_plan.k_anonymity:
             k = build_plan.k_anonymity
             out.print(f"  k-anonymity: k={k.k} over {', '.join(table.k_columns)} ({k.on_violation})")
@@ -405,7 +410,7 @@ def check_command(
     """The airlock: find PII, secrets, real customer values and small cells before anything leaves.
 
     Exit 0 when clean, 1 with findings, 2 on a usage or read error.
-    Example: saferoom check report.csv notebooks/ --fingerprints analytics.fingerprints -p saferoom.yaml
+    Example: saferoom check report.csv notebooks/ --fingerprints analytics.duckdb.fingerprints -p saferoom.yaml
     """
     from saferoom.check import check
     from saferoom.check.sarif import sarif

@@ -155,6 +155,7 @@ builds:
     k_anonymity: {columns: [birth_date, zip], k: 5, on_violation: suppress}
 """
 
+FRAGMENT = "analytics.duckdb.saferoom.yaml"  # what `saferoom build analytics` writes beside analytics.duckdb
 SERVE_BUILD = ("""    rows: {prod.orders: "region = {user.region}"}""",
                """    rows: {prod.orders: "region = {user.region}", analytics.orders: "region = {user.region}"}""")
 
@@ -162,7 +163,7 @@ SERVE_BUILD = ("""    rows: {prod.orders: "region = {user.region}"}""",
 def serve_build(policy: Path) -> None:
     """What the security team does after the first build: include its fragment, carry the row filter."""
     text = policy.read_text().replace(*SERVE_BUILD)
-    policy.write_text(text + "includes: [analytics.saferoom.yaml]\n")
+    policy.write_text(text + f"includes: [{FRAGMENT}]\n")
 
 
 def write_demo(folder: str | Path, size: DemoSize = DemoSize(), seed: int = 7) -> Path:

@@ -27,12 +27,19 @@ def lint(policy: Policy, catalog: Catalog, default_schema: str, engine: str | No
             continue
         address = (ref.source.lower(), (ref.schema or default_schema).lower(), ref.name.lower())
         listed.add(address)
-        findings += _compare(key, policy.columns(key), catalog.get(address))
+        findings += _compare(key, _expected(policy, key), catalog.get(address))
     for address, columns in catalog.items():
         if address[0] in policy.model.sources and address not in listed:
             name = ".".join(address)
             findings.append(Finding(WARNING, name, None, f"table {name} ({len(columns)} columns) is not classified, so nobody can query it"))
     return findings
+
+
+def _expected(policy: Policy, table: str) -> dict[str, tuple[str, ...]]:
+    """Listed columns that should exist: not those a build removed (listed only to explain their absence)."""
+    columns = policy.columns(table)
+    removed = {c for c, tags in columns.items() if tags and all(policy.model.tags[t].removed_by for t in tags)}
+    return {c: tags for c, tags in columns.items() if c not in removed}
 
 
 def _compare(table: str, listed: dict[str, tuple[str, ...]], actual: dict[str, str] | None) -> list[Finding]:

@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 import saferoom
-from saferoom.build import build
 from saferoom.demo import DemoSize, serve_build, write_demo
 from saferoom.policy import load_policy
+from saferoom.split import build
 
 STEPS = [
     ("alice", "An analyst sees customers with identifiers tokenized and quasi-identifiers coarsened.",
@@ -75,7 +75,7 @@ def _split(policy: Path, out: Console) -> None:
         k = table.k_anonymity
         note = f", {k['rows_suppressed']} suppressed for k={k['k']}" if k else ""
         out.print(f"  {table.table} → analytics.{table.name}: {table.rows_out} of {table.rows_in} rows{note}")
-    out.print(f"  fingerprints of {manifest.fingerprints['values']} removed values in analytics.fingerprints\n")
+    out.print(f"  fingerprints of {manifest.fingerprints['values']} removed values in {manifest.fingerprints['file']}\n")
     serve_build(policy)
     with saferoom.connect(policy, user="alice") as session:
         for prefix, where in (("prod.", "production, through the guard"), ("analytics.", "the analytics database")):

@@ -235,8 +235,8 @@ def test_empty_dataframes_are_clean() -> None:
 
 
 def test_fingerprints_catch_real_values_no_pattern_would(room, tmp_path: Path) -> None:
-    from saferoom.build import build
     from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.split import build
     from tests.conftest import CANARY_NAME
     from tests.test_build import policy_with_build
 
@@ -244,14 +244,14 @@ def test_fingerprints_catch_real_values_no_pattern_would(room, tmp_path: Path) -
     build(policy, "analytics")
     (tmp_path / "slides.md").write_text(f"# Churn\n\nOur best customer, {CANARY_NAME}, left in March.\nBob Example stayed.\n")
     key = fingerprint_key(policy.token_key)
-    report = airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.fingerprints", key=key)
+    report = airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.duckdb.fingerprints", key=key)
     real = [f for f in report.findings if f.kind == "real-value"]
     assert [f.location for f in real] == ["line 3"] and CANARY_NAME not in json.dumps(report.to_dict())
     from saferoom.errors import UsageError
     from saferoom.secrets import Secret
 
     with pytest.raises(UsageError, match="does not match"):
-        airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.fingerprints", key=Secret("wrong" * 8))
+        airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.duckdb.fingerprints", key=Secret("wrong" * 8))
 
 
 def test_cli_exit_codes_and_sarif(tmp_path: Path) -> None:

@@ -169,12 +169,12 @@ def test_cli_lint_on_postgres(pg_room) -> None:
 def test_build_from_postgres_matches_the_duckdb_build(pg_room, room, tmp_path: Path) -> None:
     import duckdb
 
-    from saferoom.build import build, fingerprints
     from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.split import build, fingerprints
     from tests.conftest import CANARY_NAME, CANARY_PAN
 
     text = pg_room.policy.read_text() + (
-        "builds:\n  analytics:\n    role: analyst\n"
+        "builds:\n  analytics:\n    role: reporting\n"
         f"    target: {{engine: duckdb, path: {tmp_path / 'analytics.duckdb'}}}\n"
         "    k_anonymity: {columns: [birth_date, zip], k: 5, on_violation: suppress}\n"
     )
@@ -189,7 +189,7 @@ def test_build_from_postgres_matches_the_duckdb_build(pg_room, room, tmp_path: P
     with duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True) as con:
         built = {str(t) for (t,) in con.execute("select customer_id from cards").fetchall()}
     assert built == {room.token(c) for (c,) in room.raw("select customer_id from cards")}
-    _, sections = fingerprints.read(tmp_path / "analytics.fingerprints")
+    _, sections = fingerprints.read(tmp_path / "analytics.duckdb.fingerprints")
     probes = fingerprints.fingerprint(fingerprint_key(policy.token_key), [CANARY_NAME, CANARY_PAN, "Nobody Atall"])
     assert fingerprints.contains(sections, probes).tolist() == [True, True, False]
     again = build(policy, "analytics")
@@ -231,7 +231,7 @@ def test_a_dead_database_is_a_clear_error_and_the_session_recovers(pg_room) -> N
 
 
 def test_a_build_from_a_dead_database_fails_clearly_and_keeps_the_last_good_one(pg_room, tmp_path: Path) -> None:
-    from saferoom.build import build
+    from saferoom.split import build
     from tests import pg
 
     text = pg_room.policy.read_text() + (
@@ -250,4 +250,4 @@ def test_a_build_from_a_dead_database_fails_clearly_and_keeps_the_last_good_one(
     assert pg.READER_PASSWORD not in str(caught.value)
     assert (tmp_path / "analytics.duckdb").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if ".building-" in p.name]
-    assert json.loads((tmp_path / "analytics.manifest.json").read_text())["build_id"] == good.build_id
+    assert json.loads((tmp_path / "analytics.duckdb.manifest.json").read_text())["build_id"] == good.build_id

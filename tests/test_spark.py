@@ -88,12 +88,12 @@ def test_nothing_secret_reaches_the_logs(spark_alice, room, capfd) -> None:
 def test_build_from_spark(spark_room, room, tmp_path, engine: str) -> None:
     import duckdb
 
-    from saferoom.build import build, fingerprints
     from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.split import build, fingerprints
     from tests.conftest import CANARY_NAME
 
     target = tmp_path / ("analytics" if engine == "parquet" else "analytics.duckdb")
-    text = spark_room.read_text() + (f"builds:\n  analytics:\n    role: analyst\n    target: {{engine: {engine}, path: {target}}}\n"
+    text = spark_room.read_text() + (f"builds:\n  analytics:\n    role: reporting\n    target: {{engine: {engine}, path: {target}}}\n"
                                      "    k_anonymity: {columns: [birth_date, zip], k: 5, on_violation: suppress}\n")
     (tmp_path / "saferoom.yaml").write_text(text)
     policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
@@ -105,7 +105,7 @@ def test_build_from_spark(spark_room, room, tmp_path, engine: str) -> None:
     with duckdb.connect(str(target) if engine == "duckdb" else ":memory:", read_only=engine == "duckdb") as con:
         built = {str(t) for (t,) in con.execute(f"select customer_id from {source}").fetchall()}
     assert built == {room.token(c) for (c,) in room.raw("select customer_id from cards")}
-    _, sections = fingerprints.read(tmp_path / "analytics.fingerprints")
+    _, sections = fingerprints.read(target.with_name(f"{target.name}.fingerprints"))
     probes = fingerprints.fingerprint(fingerprint_key(policy.token_key), [CANARY_NAME, "Nobody Atall"])
     assert fingerprints.contains(sections, probes).tolist() == [True, False]
     assert all(t.carried_over for t in build(policy, "analytics").tables)
@@ -169,7 +169,7 @@ def test_schema_drift_is_reported(spark_room, tmp_path) -> None:
 
 
 def test_file_identity_changes_with_any_byte_and_skips_remote_files(tmp_path) -> None:
-    from saferoom.build.spark import _files_identity, _local_files
+    from saferoom.split.spark import _files_identity, _local_files
 
     part = tmp_path / "part-0.parquet"
     part.write_bytes(b"PAR1" + bytes(1000) + b"PAR1")
@@ -185,7 +185,7 @@ def test_file_identity_changes_with_any_byte_and_skips_remote_files(tmp_path) ->
 def test_spark_build_rebuilds_a_table_whose_files_changed(spark_room, room, tmp_path) -> None:
     import duckdb
 
-    from saferoom.build import build
+    from saferoom.split import build
 
     pond = tmp_path / "orders.parquet"
     with duckdb.connect(str(room.database), read_only=True) as con:

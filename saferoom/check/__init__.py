@@ -67,8 +67,8 @@ def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None =
 def _index(path: Path | None, key: Secret | None) -> list[object] | None:
     if path is None:
         return None
-    from saferoom.build.fingerprints import key_id
-    from saferoom.build.fingerprints import read as read_index
+    from saferoom.split.fingerprints import key_id
+    from saferoom.split.fingerprints import read as read_index
 
     if key is None:
         raise UsageError("--fingerprints needs the fingerprint key: SAFEROOM_FINGERPRINT_KEY, or --policy with its token key")

@@ -106,8 +106,8 @@ def _group(detector, match: str) -> str | None:  # type: ignore[no-untyped-def]
 
 def fingerprint_matches(cells: pl.DataFrame, key: Secret, index: list[object]) -> list[Finding]:
     """Cells, and word runs of up to three words in text, that equal a real value the build removed."""
-    from saferoom.build.fingerprints import contains
     from saferoom.engines.duckdb import fingerprint_function
+    from saferoom.split.fingerprints import contains
 
     candidates = _candidates(cells)
     if candidates.is_empty():

@@ -72,6 +72,9 @@ Source = Annotated[DuckDBSource | PostgresSource | SparkSource, Field(discrimina
 class Tag(Strict):
     threats: list[str] = Field(default_factory=list, description="Threat names from `threats:`.")
     description: str | None = None
+    removed_by: str | None = Field(
+        default=None, description="Written by a build: columns with this tag were removed from its database and are "
+        "listed only so that a query naming one is told why (lint does not look for them).")
 
 
 class ActionSpec(Strict):
@@ -121,6 +124,9 @@ class KAnonymity(Strict):
     columns: list[str] = Field(min_length=1, description="Output columns that together could single a person out.")
     k: int = Field(ge=2, description="Every combination of those columns must occur at least k times.")
     on_violation: Literal["suppress", "fail", "report"] = "suppress"
+    max_suppressed: float | None = Field(
+        default=None, ge=0, le=1, description="suppress: the largest share of a table's rows suppression may drop; "
+        "more fails the build. Default: anything short of every row (a table emptied by suppression fails); 1 accepts even that.")
 
 
 class Build(Strict):

@@ -12,12 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from saferoom.build import fingerprints
-from saferoom.build.plan import TablePlan, distinct_estimates_query, fingerprint_values
 from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.spark import SparkEngine
 from saferoom.policy import Policy
 from saferoom.secrets import Secret, hmac_pads
+from saferoom.split import fingerprints
+from saferoom.split.plan import TablePlan
+from saferoom.split.queries import distinct_estimates_query, fingerprint_values
 
 
 def fingerprint_function(key: Secret) -> str:
@@ -86,13 +87,13 @@ class SparkSide:
         return f"{count}:{total}:{xor}", int(count)
 
     def _token_columns(self, table: TablePlan) -> list[str]:
-        from saferoom.build.tokens import token_calls
+        from saferoom.split.tokens import token_calls
 
         return sorted(token_calls(table.select, self.token_function))
 
     def repetitive(self, table: TablePlan, rows: int) -> dict[str, int]:
         """Tokenized columns whose values repeat enough that tokenizing distinct values first pays."""
-        from saferoom.build.run import repeated_columns
+        from saferoom.split.run import repeated_columns
 
         return repeated_columns(table, rows, self.token_function, lambda columns: self._estimate(table, columns))
 

@@ -6,11 +6,12 @@ import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.build import fingerprints
-from saferoom.build.plan import TablePlan, fingerprint_values
 from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.postgres import FINGERPRINT_KEY, PostgresEngine, fingerprint_sql
 from saferoom.policy import Policy
+from saferoom.split import fingerprints
+from saferoom.split.plan import TablePlan
+from saferoom.split.queries import fingerprint_values
 
 
 class PostgresSide:
