@@ -323,7 +323,7 @@ def packages_sync(
         report = sync(load_policy(policy), dest, index_url, progress=lambda message: status.update(escape(message)))
     _print_snapshot(report)
     out.print(f"report: {dest / str(report.snapshot) / 'report.json'}")
-    out.print(f"pip install --isolated --index-url file://{(dest / 'latest' / 'simple').resolve()} <package>")
+    out.print(f"pip install --isolated --index-url file://{dest.absolute() / 'latest' / 'simple'} <package>")
     if report.refused_requirements:
         names = ", ".join(r["requirement"] for r in report.refused_requirements)
         raise PackagesRefused(f"published without {names}: refused (reasons above and in report.json)")

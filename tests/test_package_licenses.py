@@ -228,9 +228,13 @@ def test_an_empty_or_foreign_feed_is_an_error_unless_allowed(tmp_path: Path) -> 
 
 def test_the_feed_carries_its_provenance(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text(json.dumps(advisory(events(("introduced", "0")))))
-    feed = Vulnerabilities.load(tmp_path).provenance
-    assert feed is not None and (feed.advisories, feed.files, feed.newest_modified) == (1, 1, "2026-01-02T00:00:00Z")
-    assert len(feed.sha256) == 64
+    # a real PyPI advisory (PYSEC-2019-125) bounds its range with a date: kept, the range named, not a crash
+    (tmp_path / "b.json").write_text(json.dumps(advisory(events(("introduced", "0"), ("fixed", "2019-09-12")), id="DATED")))
+    vulns = Vulnerabilities.load(tmp_path)
+    feed = vulns.provenance
+    assert feed is not None and (feed.advisories, feed.files, feed.newest_modified) == (2, 2, "2026-01-02T00:00:00Z")
+    assert len(feed.sha256) == 64 and feed.unordered == ("DATED",)
+    assert [a.id for a in vulns.affecting("requests", "1.0")] == ["OSV-1"]
 
 
 def test_license_files_are_read_main_first(tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ class Advisory:
     summary: str
     versions: frozenset[str]
     ranges: tuple[Range, ...]
+    unordered: int = 0  # ranges left out: a bound that is not a PEP 440 version cannot be ordered
 
     def affects(self, version: str) -> bool:
         if version in self.versions:
@@ -99,10 +100,11 @@ class Provenance:
     files: int
     advisories: int
     newest_modified: str | None
+    unordered: tuple[str, ...] = ()  # advisories with a range whose bounds are not PEP 440 versions
 
     def as_dict(self) -> dict[str, object]:
         return {"source": self.source, "sha256": self.sha256, "files": self.files, "advisories": self.advisories,
-                "newest_modified": self.newest_modified}
+                "newest_modified": self.newest_modified, "ranges_not_pep440": list(self.unordered)}
 
 
 class Vulnerabilities:
@@ -158,7 +160,8 @@ def _provenance(path: Path, documents: list[tuple[str, bytes]], advisories: dict
     for name, text in documents:
         digest.update(name.encode() + b"\0" + hashlib.sha256(text).digest())
     count = sum(len(v) for v in advisories.values())
-    return Provenance(str(path.resolve()), digest.hexdigest(), len(documents), count, max(modified, default=None))
+    unordered = tuple(sorted({a.id for v in advisories.values() for a in v if a.unordered}))
+    return Provenance(str(path.resolve()), digest.hexdigest(), len(documents), count, max(modified, default=None), unordered)
 
 
 def _documents(path: Path) -> list[tuple[str, bytes]]:
@@ -180,22 +183,27 @@ def _parse(doc: dict[str, Any]) -> list[tuple[str, Advisory]]:
         package = affected["package"]
         if package.get("ecosystem") != "PyPI" or withdrawn:
             continue
-        ranges = tuple(_range(r) for r in affected.get("ranges", []) if r["type"] in ("ECOSYSTEM", "SEMVER"))
+        read = [_range(r) for r in affected.get("ranges", []) if r["type"] in ("ECOSYSTEM", "SEMVER")]
         versions = affected.get("versions", [])
         if not all(isinstance(v, str) for v in versions):
             raise TypeError("versions must be strings")
-        advisory = Advisory(str(doc["id"]), str(doc.get("summary", "")), frozenset(versions), ranges)
+        ranges = tuple(r for r in read if r is not None)
+        advisory = Advisory(str(doc["id"]), str(doc.get("summary", "")), frozenset(versions), ranges, len(read) - len(ranges))
         found.append((canonicalize_name(package["name"]), advisory))
     return found
 
 
-def _range(spec: dict[str, Any]) -> Range:
+def _range(spec: dict[str, Any]) -> Range | None:
+    """A range, or None when one of its versions is not PEP 440 (e.g. a date): it cannot be ordered."""
     events = []
     for event in spec["events"]:
         kinds = [k for k in KINDS if k in event]
         if len(kinds) != 1 or not isinstance(event[kinds[0]], str):
             raise ValueError(f"an event must have exactly one of {', '.join(KINDS)}, as a string: {event!r}")
-        made = Event(kinds[0], event[kinds[0]])
-        _ = made.key  # a version that is not PEP 440 fails now, at load time
-        events.append(made)
+        events.append(Event(kinds[0], event[kinds[0]]))
+    try:
+        for made in events:
+            _ = made.key
+    except InvalidVersion:
+        return None
     return Range(tuple(events))
