@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from packaging.requirements import Requirement
@@ -24,11 +25,16 @@ class Verdict:
 
 
 class Auditor:
-    def __init__(self, spec: Packages, vulns: Vulnerabilities) -> None:
-        self.spec, self.vulns = spec, vulns
+    def __init__(self, spec: Packages, vulns: Vulnerabilities | Future[Vulnerabilities]) -> None:
+        self.spec, self._vulns = spec, vulns
         self.deny = [Requirement(d) for d in spec.deny]
         self.overrides = {canonicalize_name(name): (_valid(name, o.expression), o.reason)
                           for name, o in spec.license_overrides.items()}
+
+    @property
+    def vulns(self) -> Vulnerabilities:
+        """The feed; one still loading (beside the first resolution) is waited for, and its errors raised, here."""
+        return self._vulns.result() if isinstance(self._vulns, Future) else self._vulns
 
     def verdict(self, wheel: Wheel) -> Verdict:
         decision = decide(wheel.facts, self.overrides.get(wheel.project))

@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +65,9 @@ class Unresolvable(Exception):
         self.output = output
 
 
-def resolve(target: Target, requirements: list[str], excluded: list[str], index: str, work: Path) -> list[Pin]:
-    """The closure pip chooses for ``requirements`` on ``target``, with ``excluded`` (``name!=version``) as constraints."""
+def resolve(target: Target, requirements: list[str], excluded: list[str], index: str, work: Path) -> tuple[list[Pin], str]:
+    """The closure pip chooses for ``requirements`` on ``target``, with ``excluded`` (``name!=version``) as
+    constraints, and the version of pip that chose it."""
     work.mkdir(parents=True, exist_ok=True)
     constraints, report = work / "constraints.txt", work / "report.json"
     constraints.write_text("".join(f"{line}\n" for line in excluded))
@@ -80,7 +81,8 @@ def resolve(target: Target, requirements: list[str], excluded: list[str], index:
     check_output(done.returncode, output, index, work)
     if done.returncode != 0:
         raise Unresolvable(output)
-    return pins(json.loads(report.read_text()))
+    chosen = json.loads(report.read_text())
+    return pins(chosen), f"pip {chosen.get('pip_version', '(version unknown)')}"
 
 
 def pip_env() -> dict[str, str]:
@@ -96,11 +98,6 @@ def pins(report: dict[str, object]) -> list[Pin]:
         found.append(Pin(canonicalize_name(meta["name"]), meta["version"], info["url"], info["archive_info"]["hashes"]["sha256"],
                          tuple(meta.get("requires_dist", ())), tuple(item.get("requested_extras", ()) or ())))
     return sorted(found, key=lambda p: p.project)
-
-
-def pip_version() -> str:
-    done = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, text=True, env=pip_env(), check=False)
-    return " ".join(done.stdout.split()[:2]) or "pip (version unknown)"
 
 
 def closure(requirement: str, chosen: list[Pin], markers: bool = True) -> set[str]:
@@ -131,22 +128,24 @@ def _dependencies(pin: Pin, extras: frozenset[str], markers: bool) -> list[Requi
     return found
 
 
-def download(chosen: list[Pin], folder: Path, previous: Path | None, say: Progress) -> dict[str, Path]:
-    """Each pin's wheel in ``folder``, its hash checked; a wheel the previous snapshot holds is reused, not fetched."""
+def download(chosen: list[Pin], folder: Path, previous: Path | None) -> Iterator[tuple[Pin, Path]]:
+    """Each pin with its wheel in ``folder``, hash checked, as each arrives; a wheel the previous snapshot
+    holds with the same hash is reused, not fetched."""
     folder.mkdir(parents=True, exist_ok=True)
-    wanted = [p for p in chosen if not (folder / p.filename).exists()]
-    done = {p.filename: folder / p.filename for p in chosen if p not in wanted}
     with httpx.Client(timeout=60, follow_redirects=True) as client, ThreadPoolExecutor(DOWNLOADERS) as pool:
-        jobs = [pool.submit(_fetch, client, pin, folder, previous) for pin in wanted]
-        for n, job in enumerate(jobs, 1):
-            path = job.result()
-            done[path.name] = path
-            say(f"downloaded {n}/{len(wanted)}: {path.name}")
-    return done
+        jobs = {pool.submit(_fetch, client, pin, folder, previous): pin for pin in chosen}
+        try:
+            for job in as_completed(jobs):
+                yield jobs[job], job.result()
+        finally:
+            for job in jobs:
+                job.cancel()
 
 
 def _fetch(client: httpx.Client, pin: Pin, folder: Path, previous: Path | None) -> Path:
     path, part = folder / pin.filename, folder / f"{pin.filename}.part"
+    if path.exists():
+        return path  # fetched and checked in an earlier round
     kept = previous / pin.filename if previous else None
     try:
         if kept and kept.is_file() and _sha256(kept) == pin.sha256:

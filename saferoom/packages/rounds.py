@@ -57,6 +57,7 @@ class Rounds:
         self.audited: dict[str, Audited] = {}  # by file name
         self.tries: dict[str, int] = defaultdict(int)
         self.max_rounds = 2 * len(spec.requirements) + FALLBACK_TRIES + 2
+        self.resolver = "pip (did not run)"
 
     def run(self, targets: list[Target]) -> dict[Target, list[Audited]]:
         while self.state.round < self.max_rounds:
@@ -84,7 +85,9 @@ class Rounds:
         return chosen
 
     def _resolve(self, target: Target, requirements: list[str], constraints: list[str], tag: str = "") -> list[Pin]:
-        return resolve(target, requirements, constraints, self.index, self.work / f"round{self.state.round}" / f"{target.name}{tag}")
+        pins, self.resolver = resolve(target, requirements, constraints, self.index,
+                                      self.work / f"round{self.state.round}" / f"{target.name}{tag}")
+        return pins
 
     def _constraints(self) -> list[str]:
         return [f"{project}!={version}" for project, version in sorted(self.state.excluded)]
@@ -93,15 +96,11 @@ class Rounds:
         unique = {p.filename: p for pins in chosen.values() for p in pins}
         new = [p for name, p in unique.items() if name not in self.audited]
         self.say(f"round {self.state.round}: {len(unique)} wheels chosen, {len(new)} new; downloading")
-        paths = download(new, self.work / "wheels", self.previous, self._progress("downloading"))
-        for n, pin in enumerate(new, 1):
-            self.say(f"round {self.state.round}: auditing {n}/{len(new)}: {pin.project} {pin.version}")
-            wheel = wheel_info.read(paths[pin.filename])
+        for n, (pin, path) in enumerate(download(new, self.work / "wheels", self.previous), 1):
+            self.say(f"round {self.state.round}: downloaded and auditing {n}/{len(new)}: {pin.project} {pin.version}")
+            wheel = wheel_info.read(path, pin.sha256)  # the hash was checked on arrival
             self.audited[pin.filename] = Audited(pin, wheel, self.auditor.verdict(wheel))
         return {t: [self.audited[p.filename] for p in pins] for t, pins in chosen.items()}
-
-    def _progress(self, what: str) -> Progress:
-        return lambda message: self.say(f"round {self.state.round}: {what} {message.removeprefix('downloaded ')}")
 
     def _settle(self, audited: dict[Target, list[Audited]]) -> bool:
         """Refuse what failed; True when nothing did and the choice stands."""

@@ -17,6 +17,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from saferoom.files import try_lock
 from saferoom.packages.audit import Auditor
 from saferoom.packages.index import write_index
 from saferoom.packages.osv import Vulnerabilities
-from saferoom.packages.resolve import Progress, Target, pip_version
+from saferoom.packages.resolve import Progress, Target
 from saferoom.packages.rounds import Audited, Rounds, State
 from saferoom.packages.wheels import Wheel
 from saferoom.policy import Policy
@@ -56,24 +57,35 @@ class Report:
 def sync(policy: Policy, dest: Path, index_url: str | None = None, progress: Progress | None = None) -> Report:
     spec = _spec(policy)
     say = progress or (lambda _m: None)
-    vulns = Vulnerabilities.load(_path(policy, spec.vulnerabilities) if spec.vulnerabilities else None,
-                                 allow_empty=spec.allow_empty_vulnerabilities)
-    auditor = Auditor(spec, vulns)
+    feed = _path(policy, spec.vulnerabilities) if spec.vulnerabilities else None
+    if feed is None or not feed.exists():
+        Vulnerabilities.load(feed, allow_empty=spec.allow_empty_vulnerabilities)  # says what is wrong, before anything starts
     index = index_url or "https://pypi.org/simple"
     targets = [Target(py, plat) for py in spec.python for plat in spec.platforms]
-    provenance = {"index": index, "resolver": pip_version(), "saferoom": saferoom.__version__,
-                  "vulnerabilities": vulns.provenance.as_dict() if vulns.provenance else None}
     dest.mkdir(parents=True, exist_ok=True)
-    with _alone(dest), tempfile.TemporaryDirectory(dir=dest, prefix=".sync-") as work:
+    with _alone(dest), tempfile.TemporaryDirectory(dir=dest, prefix=".sync-") as work, ThreadPoolExecutor(1) as loader:
+        # the feed is read while pip resolves in its own process: thousands of advisories take seconds
+        auditor = Auditor(spec, loader.submit(Vulnerabilities.load, feed, allow_empty=spec.allow_empty_vulnerabilities))
         previous = dest / "latest" / "files"
         rounds = Rounds(spec, auditor, index, Path(work), previous if previous.is_dir() else None, say)
         try:
             chosen = rounds.run(targets)
-            return _publish(dest, _report(None, index, targets, chosen, rounds.state, provenance), chosen, say)
+            _ = auditor.vulns  # a bad feed stops the sync even when nothing needed auditing
+            report = _report(None, index, targets, chosen, rounds.state, _provenance(index, rounds, auditor))
+            return _publish(dest, report, chosen, say)
         except SaferoomError as exc:
-            report = _report(None, index, targets, {}, rounds.state, provenance)
+            report = _report(None, index, targets, {}, rounds.state, _provenance(index, rounds, auditor))
             _keep_failure(dest, report, exc)
             raise
+
+
+def _provenance(index: str, rounds: Rounds, auditor: Auditor) -> dict[str, object]:
+    try:
+        feed = auditor.vulns.provenance
+    except SaferoomError:
+        feed = None
+    return {"index": index, "resolver": rounds.resolver, "saferoom": saferoom.__version__,
+            "vulnerabilities": feed.as_dict() if feed else None}
 
 
 @contextlib.contextmanager

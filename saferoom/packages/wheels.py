@@ -32,15 +32,16 @@ class Wheel:
         return canonicalize_name(self.name)
 
 
-def read(path: Path) -> Wheel:
-    """A wheel's facts; a wheel that is not one (bad name, not a zip, no or oversized METADATA) is refused."""
+def read(path: Path, known_sha256: str | None = None) -> Wheel:
+    """A wheel's facts; a wheel that is not one (bad name, not a zip, no or oversized METADATA) is refused.
+    ``known_sha256``: the hash already checked against the index, so the file is not hashed twice."""
     try:
         name, version, _, _ = parse_wheel_filename(path.name)
         with zipfile.ZipFile(path) as archive:
             facts = _facts(path.name, archive)
     except (InvalidWheelFilename, zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
         raise PackagesError(f"the wheel {path.name} is malformed ({exc}); nothing was admitted") from None
-    return Wheel(path, str(name), str(version), sha256(path), facts)
+    return Wheel(path, str(name), str(version), known_sha256 or sha256(path), facts)
 
 
 def _facts(wheel: str, archive: zipfile.ZipFile) -> Facts:
