@@ -28,7 +28,7 @@ class Auditor:
     def __init__(self, spec: Packages, vulns: Vulnerabilities | Future[Vulnerabilities]) -> None:
         self.spec, self._vulns = spec, vulns
         self.deny = [Requirement(d) for d in spec.deny]
-        self.overrides = {canonicalize_name(name): (_valid(name, o.expression), o.reason)
+        self.overrides: dict[str, tuple[str, str]] = {canonicalize_name(name): (_valid(name, o.expression), o.reason)
                           for name, o in spec.license_overrides.items()}
 
     @property

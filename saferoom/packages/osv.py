@@ -177,7 +177,7 @@ def _documents(path: Path) -> list[tuple[str, bytes]]:
 
 
 def _parse(doc: dict[str, Any]) -> list[tuple[str, Advisory]]:
-    found = []
+    found: list[tuple[str, Advisory]] = []
     withdrawn = bool(doc.get("withdrawn"))
     for affected in doc.get("affected", []):
         package = affected["package"]

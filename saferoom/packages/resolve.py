@@ -115,7 +115,7 @@ def closure(requirement: str, chosen: list[Pin], markers: bool = True) -> set[st
 
 
 def _dependencies(pin: Pin, extras: frozenset[str], markers: bool) -> list[Requirement]:
-    environment = dict(default_environment())
+    environment: dict[str, str] = dict(default_environment())  # type: ignore[arg-type]
     found = []
     for text in pin.requires:
         try:

@@ -71,7 +71,7 @@ class Rounds:
         raise PackagesError(f"no stable resolution after {self.max_rounds} rounds; narrow the requirements")
 
     def _resolve_all(self, targets: list[Target]) -> dict[Target, list[Pin]] | None:
-        chosen = {}
+        chosen: dict[Target, list[Pin]] = {}
         for target in targets:
             if not self.state.active:
                 chosen[target] = []
@@ -168,16 +168,16 @@ class Rounds:
         for requirement in list(self.state.active):
             try:
                 self._resolve(target, [requirement], self._constraints(), f"-alone-{_key(requirement)}")
-            except Unresolvable as alone:
-                culprits.append((requirement, alone))
+            except Unresolvable as failure:
+                culprits.append((requirement, failure))
         if not culprits:
             raise PackagesError(f"the requirements conflict for {target.name}: {last_error(exc.output)}")
-        for requirement, alone in culprits:
+        for requirement, failed in culprits:
             try:
                 self._resolve(target, [requirement], [], f"-open-{_key(requirement)}")
             except Unresolvable:
                 raise PackagesError(f"`{requirement}` cannot be resolved for {target.name} from {self.index}: "
-                                    f"{last_error(alone.output)}") from None
+                                    f"{last_error(failed.output)}") from None
             self.state.active.remove(requirement)
             self.state.refused_requirements[requirement] = self._why(requirement)
             self.say(f"requirement refused: {requirement}: {self.state.refused_requirements[requirement]}")

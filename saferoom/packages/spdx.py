@@ -14,7 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-from license_expression import ExpressionError, LicenseSymbol, LicenseWithExceptionSymbol, Licensing, get_spdx_licensing
+from license_expression import (  # type: ignore[import-untyped]
+    ExpressionError,
+    LicenseSymbol,
+    LicenseWithExceptionSymbol,
+    Licensing,
+    get_spdx_licensing,
+)
 
 
 @dataclass(frozen=True)

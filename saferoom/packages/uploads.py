@@ -16,8 +16,9 @@ def uploaded(index: str, project: str, filename: str) -> datetime | None:
     """The upload time of ``filename``; None when the index does not say (an HTML-only or file index, or an error)."""
     page = _page(index.rstrip("/") + f"/{project}/")
     for entry in (page or {}).get("files", []):
-        if entry.get("filename") == filename and isinstance(entry.get("upload-time"), str):
-            return _time(entry["upload-time"])
+        when = entry.get("upload-time")
+        if entry.get("filename") == filename and isinstance(when, str):
+            return _time(when)
     return None
 
 
