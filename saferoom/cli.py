@@ -316,34 +316,73 @@ def packages_sync(
 ) -> None:
     """Resolve, download, audit and publish a dated snapshot of the approved packages.
 
+    Exits 0 when every requirement was admitted, 12 when the snapshot was published without a refused
+    requirement, 10 when nothing was published (the report of what was decided is kept in DEST/failed/).
+
     Example: saferoom packages sync --policy saferoom.yaml --dest /srv/packages
     """
+    from saferoom.errors import PackagesRefused
     from saferoom.packages import sync
 
     with err.status("Resolving and auditing packages...") as status:
         report = sync(load_policy(policy), dest, index_url, progress=lambda message: status.update(escape(message)))
-    view = Table("package", "version", "license", "targets", title=f"Snapshot {report.snapshot}: admitted", title_justify="left")
+    _print_snapshot(report)
+    out.print(f"report: {dest / str(report.snapshot) / 'report.json'}")
+    out.print(f"pip install --isolated --index-url file://{dest.absolute() / 'latest' / 'simple'} <package>")
+    if report.refused_requirements:
+        names = ", ".join(r["requirement"] for r in report.refused_requirements)
+        raise PackagesRefused(f"published without {names}: refused (reasons above and in report.json)")
+
+
+def _print_snapshot(report: Any) -> None:
+    view = Table("package", "version", "license", "read from", title=f"Snapshot {report.snapshot}: admitted", title_justify="left")
     for entry in report.admitted:
-        view.add_row(str(entry["project"]), str(entry["version"]), str(entry["license"]), str(len(entry["targets"])))  # type: ignore[arg-type]
+        decision = entry["license"]
+        sources = ", ".join(dict.fromkeys(e["source"] for e in decision["evidence"]))
+        view.add_row(str(entry["project"]), str(entry["version"]), str(decision["expression"]), sources)
     out.print(view)
+    for entry in report.admitted:
+        bundled = sorted({b["license"] for b in entry["license"]["bundled"]})
+        if bundled:
+            out.print(f"[cyan]review[/] {entry['project']} {entry['version']} bundles {', '.join(bundled)}")
+    for fallback in report.fallbacks:
+        out.print(f"[yellow]instead[/] {fallback['project']} {fallback['chosen']} was chosen instead of "
+                  f"{fallback['refused']}: {escape(fallback['reason'])}")
     for refused in report.refused_versions:
-        out.print(f"[yellow]refused[/] {refused['project']} {refused['version']}: {escape(refused['reason'])}")
+        out.print(f"[yellow]refused[/] {refused['project']} {refused['version']}: {escape(str(refused['reason']))}")
     for refused in report.refused_requirements:
         out.print(f"[red]requirement refused[/] {refused['requirement']}: {escape(refused['reason'])}")
-    out.print(f"pip install --index-url file://{(dest / 'latest' / 'simple').resolve()} <package>")
 
 
 @packages_app.command("check")
 def packages_check(
     snapshot: Annotated[Path, typer.Argument(help="A snapshot folder, or the folder holding `latest`.")],
-    vulnerabilities: Annotated[Path, typer.Option(help="A newer OSV export (folder of JSON files, or its zip).")],
+    vulnerabilities: Annotated[Path | None, typer.Option(
+        help="An OSV export (folder of JSON files, or its zip); default: the policy's `vulnerabilities`.")] = None,
+    policy: PolicyOpt = Path("saferoom.yaml"),
 ) -> None:
-    """Audit a snapshot again against a newer vulnerability export; exits 1 on findings. Downloads nothing."""
+    """Audit a snapshot again against a vulnerability export; exits 1 on findings. Downloads nothing.
+
+    Example: saferoom packages check /srv/packages --vulnerabilities osv-2026-12.zip
+    """
+    from saferoom.errors import UsageError
     from saferoom.packages import check
 
-    findings = check(snapshot, vulnerabilities)
+    allow_empty = False
+    if vulnerabilities is None:
+        loaded = load_policy(policy) if policy.exists() else None
+        spec = loaded.model.packages if loaded else None
+        if loaded is None or spec is None or (spec.vulnerabilities is None and not spec.allow_empty_vulnerabilities):
+            raise UsageError(f"no vulnerability export to check against: give --vulnerabilities PATH, or a --policy "
+                             f"whose `packages: vulnerabilities:` names one ({policy} has none)")
+        vulnerabilities = (loaded.base / spec.vulnerabilities) if spec.vulnerabilities else None
+        allow_empty = spec.allow_empty_vulnerabilities
+    findings, vulns = check(snapshot, vulnerabilities, allow_empty=allow_empty)
     for finding in findings:
         out.print(f"[red]vulnerable[/] {finding.project} {finding.version} ({finding.file}): {', '.join(finding.advisories)}")
+    feed = vulns.provenance
+    out.print(f"checked against {feed.advisories} PyPI advisories from {feed.source} (newest {feed.newest_modified})"
+              if feed else "checked against no vulnerability feed (allow_empty_vulnerabilities)")
     if findings:
         raise typer.Exit(1)
     out.print("[green]No admitted package has a known vulnerability in this export.[/]")

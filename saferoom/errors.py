@@ -12,6 +12,7 @@
     │   └── TooLarge       a request or SQL text past the gateway's size limit
     ├── QueryCancelled     a query was stopped before it finished: its client left, or the gateway is stopping
     ├── PackagesError      a package snapshot could not be made; the previous one is untouched
+    ├── PackagesRefused    a snapshot was published without some top-level requirements (refused)
     ├── NotFound           a package or file that is not there
     └── UsageError         the caller asked for something that cannot be done (bad argument)
 
@@ -145,6 +146,13 @@ class PackagesError(SaferoomError):
     http_status = 502
 
 
+class PackagesRefused(SaferoomError):
+    """A snapshot was published, but without top-level requirements the policy refused; scripts must notice."""
+
+    exit_code = 12
+    http_status = 409
+
+
 class NotFound(SaferoomError):
     """The thing asked for does not exist (a package, a file)."""
 
@@ -162,7 +170,7 @@ class UsageError(SaferoomError):
 ERRORS: dict[str, type[SaferoomError]] = {
     cls.__name__: cls
     for cls in (SaferoomError, PolicyError, QueryRejected, AccessDenied, EngineError, BuildError, AuthError,
-                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, NotFound, UsageError)
+                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, PackagesRefused, NotFound, UsageError)
 }
 
 

@@ -28,6 +28,7 @@ packages:
   licenses: [MIT, Apache-2.0, BSD-3-Clause]
   deny: ["delta>=2.5"]
   vulnerabilities: osv/
+  fallback: previous-clean
 """
 
 ADVISORY = {
@@ -83,9 +84,15 @@ def test_sync_admits_clean_versions_and_refuses_with_reasons(world) -> None:
     refused = {(r["project"], r["version"]): r["reason"] for r in report.refused_versions}
     assert "PYSEC-2026-1" in refused[("beta", "1.1")]
     assert "delta>=2.5" in refused[("delta", "2.5")]
-    assert "GPL-3.0-only" in refused[("gamma", "1.0")]
-    assert report.refused_requirements == [{"requirement": "gamma", "reason": "no allowed version of gamma "
-                                            "(1.0: license 'GPL-3.0-only' is not in the allowed list)"}]
+    assert refused[("gamma", "1.0")] == "license GPL-3.0-only is not in the allowed list [License-Expression -> GPL-3.0-only]"
+    assert report.refused_requirements == [{"requirement": "gamma", "reason": "no allowed version of gamma (1.0: license "
+                                            "GPL-3.0-only is not in the allowed list [License-Expression -> GPL-3.0-only])"}]
+    assert {(f["project"], f["refused"], f["chosen"]) for f in report.fallbacks} == {("beta", "1.1", "1.0"), ("delta", "2.5", "2.0")}
+    epsilon = next(e for e in report.admitted if e["project"] == "epsilon")
+    assert epsilon["license"] == {"expression": "BSD-3-Clause", "problem": None, "bundled": [],  # type: ignore[comparison-overlap]
+                                  "evidence": [{"source": "License field", "detail": "BSD-3-Clause", "found": "BSD-3-Clause"}]}
+    assert report.provenance["vulnerabilities"]["advisories"] == 1  # type: ignore[index]
+    assert str(report.provenance["resolver"]).startswith("pip ")
     latest = folder / "mirror" / "latest"
     assert latest.is_symlink() and (folder / "mirror" / report.snapshot).is_dir()
     lock = (latest / "locks" / "py3.11-manylinux_2_17_x86_64.txt").read_text()
@@ -120,7 +127,9 @@ def test_tampered_wheel_fails_its_hash_and_keeps_the_previous_snapshot(world) ->
     with pytest.raises(PackagesError, match="does not match its published hash"):
         sync(policy, folder / "mirror", upstream.url)
     assert os.readlink(folder / "mirror" / "latest") == first.snapshot
-    assert sorted(p.name for p in (folder / "mirror").iterdir()) == [first.snapshot, "latest"]
+    assert sorted(p.name for p in (folder / "mirror").iterdir()) == [first.snapshot, "failed", "latest"]
+    kept = json.loads(next((folder / "mirror" / "failed").iterdir()).read_text())
+    assert kept["status"] == "failed" and "published hash" in kept["error"]
 
 
 def test_tampered_snapshot_wheel_fails_pip_hash_check(world, tmp_path: Path) -> None:
@@ -147,9 +156,11 @@ def test_upstream_dying_mid_download_is_a_clear_error(world) -> None:
 def test_unresolvable_requirement_is_a_clear_error(world) -> None:
     folder, upstream = world
     (folder / "saferoom.yaml").write_text(POLICY.replace(*ONE_TARGET).replace("epsilon]", "epsilon, zeta]"))
-    with pytest.raises(PackagesError, match="`zeta` cannot be resolved"):
+    with pytest.raises(PackagesError, match="`zeta` cannot be resolved") as raised:
         sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
     assert not (folder / "mirror" / "latest").exists()
+    kept = next((folder / "mirror" / "failed").iterdir())
+    assert str(kept) in str(raised.value) and json.loads(kept.read_text())["status"] == "failed"
 
 
 def test_corrupt_osv_export_is_a_clear_error(world) -> None:
@@ -166,12 +177,16 @@ def test_check_reaudits_without_downloading(world) -> None:
     newer = folder / "osv-newer"
     newer.mkdir()
     (newer / "GHSA.json").write_text(json.dumps(NEWER))
-    findings = check(folder / "mirror", newer)
+    findings, _ = check(folder / "mirror", newer)
     assert [(f.project, f.version, f.advisories) for f in findings] == [("alpha", "1.0", ("GHSA-xxxx-2026",))]
-    assert check(folder / "mirror", folder / "osv") == []
+    assert check(folder / "mirror", folder / "osv")[0] == []
     done = subprocess.run([sys.executable, "-c", "from saferoom.cli import main; main()", "packages", "check",
                            str(folder / "mirror"), "--vulnerabilities", str(newer)], capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "GHSA-xxxx-2026" in done.stdout
+    by_policy = subprocess.run([sys.executable, "-c", "from saferoom.cli import main; main()", "packages", "check",
+                                str(folder / "mirror"), "--policy", str(folder / "saferoom.yaml")],
+                               capture_output=True, text=True, check=False)
+    assert by_policy.returncode == 0 and "checked against 1 PyPI advisories" in by_policy.stdout, by_policy.stderr
 
 
 def test_cli_sync_and_snapshots_side_by_side(world) -> None:
@@ -179,10 +194,11 @@ def test_cli_sync_and_snapshots_side_by_side(world) -> None:
     run = [sys.executable, "-c", "from saferoom.cli import main; main()", "packages", "sync", "--policy",
            str(folder / "saferoom.yaml"), "--dest", str(folder / "mirror"), "--index-url", upstream.url]
     first = subprocess.run(run, capture_output=True, text=True, check=False)
-    assert first.returncode == 0, first.stderr
-    assert "gamma" in first.stdout and "alpha" in first.stdout
+    assert first.returncode == 12, first.stderr  # published, but a top-level requirement (gamma) was refused
+    assert "published without gamma" in first.stderr and "alpha" in first.stdout
+    assert "beta 1.0 was chosen instead of 1.1: known vulnerabilities: PYSEC-2026-1" in first.stdout
     second = subprocess.run(run, capture_output=True, text=True, check=False)
-    assert second.returncode == 0
+    assert second.returncode == 12
     snapshots = sorted(p.name for p in (folder / "mirror").iterdir() if not p.name.startswith(".") and p.name != "latest")
     assert len(snapshots) == 2 and os.readlink(folder / "mirror" / "latest") == snapshots[-1]
 
@@ -273,3 +289,24 @@ def test_malformed_wheels_are_refused_not_crashed_on(tmp_path: Path) -> None:
     for wheel in sorted(tmp_path.iterdir()):
         with pytest.raises(PackagesError, match="nothing was admitted"):
             wheel_info.read(wheel)
+
+
+def test_a_refused_newest_version_is_reported_not_replaced(world) -> None:
+    """Without `fallback`, beta 1.1 (vulnerable) is not swapped for 1.0: alpha, which needs beta, is refused."""
+    folder, upstream = world
+    (folder / "saferoom.yaml").write_text(POLICY.replace(*ONE_TARGET).replace("  fallback: previous-clean\n", ""))
+    report = sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    assert {(e["project"], e["version"]) for e in report.admitted} == {("delta", "2.0"), ("epsilon", "1.0")}
+    refused = {r["requirement"]: r["reason"] for r in report.refused_requirements}
+    assert refused["alpha"] == "needs beta 1.1, which is refused: known vulnerabilities: PYSEC-2026-1"
+    assert [(f["project"], f["chosen"]) for f in report.fallbacks] == [("delta", "2.0")]  # deny: the policy's own word
+
+
+def test_a_fallback_older_than_the_limit_is_refused(world) -> None:
+    folder, upstream = world
+    files = folder / "upstream" / "files"
+    write_upstream(folder / "upstream", sorted(files.iterdir()), ages={"beta-1.0-py3-none-any.whl": 1000})
+    report = sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    refused = {r["requirement"]: r["reason"] for r in report.refused_requirements}
+    assert "alpha" in refused and "past fallback_max_age_days (365)" in refused["alpha"]
+    assert "beta" not in {e["project"] for e in report.admitted}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import json
 import threading
 import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 
@@ -37,8 +39,9 @@ def _b64(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def write_upstream(root: Path, wheels: list[Path]) -> None:
-    """A PEP 503 index over the wheels, hashes in the links, as a public index serves it."""
+def write_upstream(root: Path, wheels: list[Path], ages: dict[str, int] | None = None) -> None:
+    """A PEP 503 index over the wheels, hashes in the links, as a public index serves it, and its PEP 691 JSON
+    with each file's PEP 700 upload time (``ages``: days old by file name; default: uploaded today)."""
     projects: dict[str, list[Path]] = {}
     for wheel in wheels:
         projects.setdefault(wheel.name.split("-")[0].replace("_", "-").lower(), []).append(wheel)
@@ -49,6 +52,11 @@ def write_upstream(root: Path, wheels: list[Path]) -> None:
         folder.mkdir(exist_ok=True)
         links = "".join(f'<a href="../../files/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">{w.name}</a>\n' for w in files)
         (folder / "index.html").write_text(f"<html><body>{links}</body></html>")
+        now = datetime.now(UTC)
+        files_json = [{"filename": w.name, "url": f"../../files/{w.name}", "hashes": {"sha256": hashlib.sha256(w.read_bytes()).hexdigest()},
+                       "upload-time": (now - timedelta(days=(ages or {}).get(w.name, 0))).isoformat().replace("+00:00", "Z")}
+                      for w in files]
+        (folder / "index.json").write_text(json.dumps({"meta": {"api-version": "1.1"}, "name": project, "files": files_json}))
 
 
 class Upstream:
@@ -75,6 +83,16 @@ class Upstream:
                     self.wfile.write(data[: len(data) // 2])
                     self.close_connection = True
                     return
+                if "vnd.pypi.simple.v1+json" in self.headers.get("Accept", "") and self.path.endswith("/"):
+                    page = upstream.root / self.path.strip("/") / "index.json"
+                    if page.is_file():
+                        data = page.read_bytes()
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                        return
                 super().do_GET()
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -21,17 +21,18 @@ class Finding:
     advisories: tuple[str, ...]
 
 
-def check(snapshot: Path, vulnerabilities: Path) -> list[Finding]:
-    """Audit a snapshot again against a newer vulnerability export, without downloading anything."""
+def check(snapshot: Path, vulnerabilities: Path | None, *, allow_empty: bool = False) -> tuple[list[Finding], Vulnerabilities]:
+    """Audit a snapshot again against a (newer) vulnerability export, without downloading anything."""
     folder = snapshot / "latest" if (snapshot / "latest").exists() else snapshot
     try:
         report = json.loads((folder / "report.json").read_text())
     except (OSError, ValueError):
-        raise UsageError(f"{snapshot} is not a saferoom package snapshot (no report.json)") from None
-    vulns = Vulnerabilities.load(vulnerabilities)
+        raise UsageError(f"{snapshot} is not a saferoom package snapshot (no report.json); give the folder that "
+                         "`packages sync --dest` wrote, or one of its dated snapshots") from None
+    vulns = Vulnerabilities.load(vulnerabilities, allow_empty=allow_empty)
     findings = []
     for entry in report["admitted"]:
         advisories = vulns.affecting(entry["project"], entry["version"])
         if advisories:
             findings.append(Finding(entry["project"], entry["version"], entry["file"], tuple(a.id for a in advisories)))
-    return findings
+    return findings, vulns

@@ -138,6 +138,13 @@ class Build(Strict):
     k_anonymity: KAnonymity | None = None
 
 
+class LicenseOverride(Strict):
+    """A reviewed license decision for a project whose wheels do not say it in a form saferoom can read."""
+
+    expression: str = Field(min_length=1, description="The SPDX expression that applies, e.g. BSD-3-Clause.")
+    reason: str = Field(min_length=1, description="Who reviewed what, and why this expression is right.")
+
+
 class Packages(Strict):
     """The curated package index for rooms without internet."""
 
@@ -147,6 +154,17 @@ class Packages(Strict):
     licenses: list[str] = Field(min_length=1, description="SPDX ids; a package under any other license is refused.")
     deny: list[str] = Field(default_factory=list, description="Requirements that must never be admitted, e.g. requests<2.31.")
     vulnerabilities: str | None = Field(default=None, description="A local OSV export: a folder of JSON files, or its zip.")
+    allow_empty_vulnerabilities: bool = Field(
+        default=False, description="Sync without a vulnerability feed, or with one that holds no PyPI advisory.")
+    license_overrides: dict[str, LicenseOverride] = Field(
+        default_factory=dict, description="Project -> reviewed SPDX expression and the reason; replaces what its wheels say.")
+    bundled: Literal["review", "refuse"] = Field(
+        default="review", description="Licences a wheel bundles beyond its own: list them for review, or refuse the wheel "
+        "when one is not in `licenses`.")
+    fallback: Literal["none", "previous-clean"] = Field(
+        default="none", description="When the newest version is refused: refuse it (none), or take the newest older "
+        "version that passes, if it is no older than `fallback_max_age_days`.")
+    fallback_max_age_days: int = Field(default=365, ge=1, description="How old a fallback release may be.")
 
 
 class PolicyModel(Strict):
