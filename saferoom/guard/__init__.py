@@ -36,7 +36,7 @@ from saferoom.guard.resolver import Resolver
 from saferoom.guard.substitute_views import substitute_views
 from saferoom.guard.unqualify_columns import unqualify_columns
 from saferoom.guard.views import build_view, visible_columns
-from saferoom.policy import Policy
+from saferoom.policy import Action, Policy
 
 __all__ = ["RULES", "Context", "Guard", "GuardedQuery", "Rule"]
 
@@ -139,11 +139,13 @@ class Guard:
 
 
 def _columns(policy: Policy, role: str, table: str, types: ColumnTypes) -> Columns:
-    """Denied columns are hidden with their rule, to be explained; unclassified ones are not listed at all, so a
-    query naming one fails exactly as for a column that does not exist (its existence is not disclosed)."""
+    """Denied columns are hidden with their rule, to be explained: those in the database, and those the policy
+    declares that the database no longer has (a column a split removed). Unclassified ones are not listed at
+    all, so a query naming one fails exactly as for a column that does not exist (its existence is not disclosed)."""
     listed = policy.columns(table)
     visible = frozenset(rule.column for rule, _ in visible_columns(policy, role, table, types))
-    hidden = {c.lower(): Hidden(table, c, policy.rule(role, table, c)) for c in types if c not in visible and c in listed}
+    rules = (policy.rule(role, table, c) for c in listed if c not in visible)
+    hidden = {r.column.lower(): Hidden(table, r.column, r) for r in rules if r.action is Action.DENY}
     return Columns(visible, hidden)
 
 
