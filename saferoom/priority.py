@@ -15,9 +15,16 @@ LOW = 10  # CFS gives a nice-10 thread about a tenth of a nice-0 thread's share 
 
 
 def lower(thread_id: int | None = None) -> None:
-    """Move a thread (this one by default) to the low priority; where threads have none, nothing changes."""
+    """Move a thread (this one by default) to the low priority; where threads have none, nothing changes.
+
+    On Linux that is SCHED_IDLE: the thread runs only when no other wants the processor, and any other that
+    wakes takes it at once (a nice value alone still let long queries take half the processor and delay
+    every wake-up of a short one). The nice value is raised too, for systems without SCHED_IDLE."""
+    thread = thread_id or threading.get_native_id()
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, thread_id or threading.get_native_id(), LOW)
+        os.setpriority(os.PRIO_PROCESS, thread, LOW)
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
 
 
 def lower_process(pid: int) -> None:

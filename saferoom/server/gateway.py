@@ -72,7 +72,9 @@ class Gateway:
         self.auth = Authenticator(TokenStore(state), jwt)
         self.audit = audit or AuditLog(state)  # sealed and forwarded when the caller passes one so configured
         self._lock = threading.Lock()
-        self._freed = threading.Condition(self._lock)  # a query slot came back, or the gateway is stopping
+        # per user: one of their query slots came back, or the gateway is stopping (one condition for all
+        # would wake every waiting query of a flooding user each time anyone's query ends)
+        self._freed: dict[str, threading.Condition] = defaultdict(lambda: threading.Condition(self._lock))
         self._room = self._load()
         self.max_sql_bytes = max_sql_bytes
         self._running: dict[str, int] = defaultdict(int)
@@ -179,10 +181,11 @@ class Gateway:
 
     def drain(self, reason: str = "the gateway is shutting down") -> None:
         """Refuse new queries and stop the running ones (each still gets its result record)."""
-        with self._freed:
+        with self._lock:
             self._draining = True
             running = list(self._active.values())
-            self._freed.notify_all()
+            for freed in self._freed.values():
+                freed.notify_all()
         for cancel in running:
             cancel(reason)
 
@@ -209,19 +212,20 @@ class Gateway:
         if role.max_bytes_per_day and self._bytes[(user, _today())] >= role.max_bytes_per_day:
             raise LimitExceeded(f"{user} has received {role.max_bytes_per_day:,} bytes today, the role's max_bytes_per_day")
         deadline = time.monotonic() + QUEUE_SECONDS
-        with self._freed:
+        with self._lock:
+            freed = self._freed[user]
             while limits.max_concurrent and self._running[user] >= limits.max_concurrent:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._draining or (cancel is not None and cancel.reason is not None):
                     raise LimitExceeded(f"{user} already runs {limits.max_concurrent} queries, the role's max_concurrent "
                                         "(the gateway's default when the role sets none); wait for one to finish")
-                self._freed.wait(min(left, 0.25))  # a slice at a time: a client that hangs up stops waiting
+                freed.wait(min(left, 0.25))  # a slice at a time: a client that hangs up stops waiting
             self._running[user] += 1
 
     def release(self, user: str) -> None:
-        with self._freed:
+        with self._lock:
             self._running[user] -= 1
-            self._freed.notify_all()
+            self._freed[user].notify()
 
     def _count_bytes_today(self) -> None:
         """Today's bytes per user, from the log's tail: records are in time order, so reading stops at yesterday
