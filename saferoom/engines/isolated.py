@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -42,7 +43,10 @@ from saferoom.secrets import Secret
 GRACE_SECONDS = 0.25  # a query still running after this is a long one: its process yields the processor
 KILL_AFTER_SECONDS = 5.0  # a stopped query whose process has not answered by then is killed
 IDLE_SECONDS = 60.0  # a spare worker idle this long is stopped (one per user stays)
-SCHEMA, BATCH, END, ERROR = b"S", b"B", b"Z", b"E"
+# control messages start with a letter; every other message is an Arrow IPC message (which starts 0xFFFFFFFF)
+# sent as the buffer pyarrow wrote, so a batch is never copied to add a header
+SCHEMA, END, ERROR = b"S", b"Z", b"E"
+SOCKET_BUFFER = 4 << 20  # fewer, larger writes and reads for a result that streams
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Workers are forked from a small server process that has imported this module once and runs no threads:
 # a worker starts in milliseconds, not the half second a fresh interpreter takes, and a threaded gateway
@@ -151,6 +155,8 @@ class _Worker:
     @classmethod
     def start(cls, setup: tuple[Any, ...]) -> _Worker:
         parent, child = _CONTEXT.Pipe()
+        _widen(parent)
+        _widen(child)
         process = _CONTEXT.Process(target=_serve, args=(child,), name="saferoom-query", daemon=True)
         process.start()
         child.close()
@@ -234,8 +240,7 @@ class _Query:
         return pa.ipc.read_schema(pa.py_buffer(message[1:]))
 
     def next(self) -> bytes | None:
-        message = self._receive()
-        return None if message is None else message[1:]
+        return self._receive()
 
     def _receive(self) -> bytes | None:
         try:
@@ -271,6 +276,15 @@ class _Query:
             self.worker.reusable = False
             self.worker.kill()
         engine._release(self.worker)
+
+
+def _widen(conn: Connection) -> None:
+    """Larger socket buffers for the pipe (a duplex Pipe is a Unix socket pair)."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
 
 
 def _error(message: bytes) -> SaferoomError:
@@ -336,7 +350,7 @@ def _stream(conn: Connection, engine: DuckDBEngine, sql: str, batch_size: int, r
         reader = engine.stream(sql, batch_size, cancel=cancel)
         conn.send_bytes(SCHEMA + reader.schema.serialize().to_pybytes())
         for batch in reader:
-            conn.send_bytes(BATCH + batch.serialize().to_pybytes())
+            conn.send_bytes(batch.serialize())
         conn.send_bytes(END)
     finally:
         running.remove(cancel)
