@@ -15,7 +15,7 @@ import pytest
 import saferoom
 from saferoom.errors import PackagesError, UsageError
 from saferoom.packages import check, sync
-from tests.wheels import Upstream, make_wheel, write_upstream
+from tests.wheels import Upstream, make_wheel, write_release, write_upstream
 
 POLICY = """\
 version: 1
@@ -310,3 +310,86 @@ def test_a_fallback_older_than_the_limit_is_refused(world) -> None:
     refused = {r["requirement"]: r["reason"] for r in report.refused_requirements}
     assert "alpha" in refused and "past fallback_max_age_days (365)" in refused["alpha"]
     assert "beta" not in {e["project"] for e in report.admitted}
+
+
+CAPTURED = Path(__file__).parent / "fixtures" / "pypi" / "pycrypto-2.6.1.json"  # pypi.org's JSON API, trimmed
+
+
+def captured_vulnerabilities() -> list[dict[str, object]]:
+    return json.loads(CAPTURED.read_text())["vulnerabilities"]
+
+
+def test_an_index_advisory_refuses_a_release_as_a_feed_advisory_does(world) -> None:
+    folder, upstream = world
+    write_release(folder / "upstream", "epsilon", "1.0", captured_vulnerabilities())
+    also = {"id": "GHSA-beta-2026", "aliases": ["PYSEC-2026-1"], "fixed_in": ["1.2"], "withdrawn": None}
+    write_release(folder / "upstream", "beta", "1.1", [also])
+    report = sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    refused = {r["project"]: r for r in report.refused_versions}
+    assert refused["epsilon"]["reason"] == "known vulnerabilities: PYSEC-2017-94, PYSEC-2018-97"
+    assert refused["epsilon"]["kind"] == "vulnerable"
+    assert refused["epsilon"]["advisories"] == [{"id": "PYSEC-2017-94", "fixed_in": [], "sources": ["index"]},
+                                                {"id": "PYSEC-2018-97", "fixed_in": [], "sources": ["index"]}]
+    assert refused["beta"]["reason"] == "known vulnerabilities: PYSEC-2026-1 (fixed in 1.2)"
+    assert refused["beta"]["advisories"] == [{"id": "PYSEC-2026-1", "fixed_in": ["1.2"], "sources": ["osv-export", "index"]}]
+    assert {r["requirement"] for r in report.refused_requirements} == {"gamma", "epsilon"}
+    asked = report.provenance["index_vulnerabilities"]
+    assert asked["source"] == upstream.url.removesuffix("/simple") + "/pypi"  # type: ignore[index]
+    assert asked["advisories"] == 3 and asked["withdrawn_skipped"] == 0 and asked["asked_at"]  # type: ignore[index]
+    assert asked["releases"] == 7  # type: ignore[index]  # every release chosen in any round, each asked once
+    assert report.provenance["vulnerabilities"]["advisories"] == 1  # type: ignore[index]
+
+
+def test_a_withdrawn_index_advisory_does_not_refuse(world) -> None:
+    folder, upstream = world
+    withdrawn = [{**v, "withdrawn": "2024-06-01T00:00:00Z"} for v in captured_vulnerabilities()]
+    write_release(folder / "upstream", "epsilon", "1.0", withdrawn)
+    report = sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    assert ("epsilon", "1.0") in {(e["project"], e["version"]) for e in report.admitted}
+    asked = report.provenance["index_vulnerabilities"]
+    assert asked["advisories"] == 0 and asked["withdrawn_skipped"] == 2  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("failure", "said"), [("500", "answered HTTP 500"), ("slow", "no answer within 0.5 s"),
+                                               ("garbage", "not the JSON API's release page")])
+def test_an_index_that_cannot_answer_fails_the_sync_closed(world, monkeypatch: pytest.MonkeyPatch, failure: str,
+                                                           said: str) -> None:
+    from saferoom.packages import advisories
+
+    folder, upstream = world
+    first = sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    monkeypatch.setattr(advisories, "TIMEOUT", 0.5)
+    upstream.release_pages = failure  # each sync asks afresh: yesterday's answer is not today's
+    with pytest.raises(PackagesError, match=r"the index's vulnerability data for [a-z]+ [\d.]+ could not be read: "
+                       r"http://127\.0\.0\.1:\d+/pypi/[a-z]+/[\d.]+/json ") as raised:
+        sync(saferoom.load_policy(folder / "saferoom.yaml"), folder / "mirror", upstream.url)
+    assert said in str(raised.value) and "set `index_vulnerabilities: false`" in str(raised.value)
+    assert os.readlink(folder / "mirror" / "latest") == first.snapshot
+    kept = json.loads(next((folder / "mirror" / "failed").iterdir()).read_text())
+    assert kept["status"] == "failed" and said in kept["error"]
+
+
+def test_opting_out_of_the_index_advisories_is_explicit_and_recorded(world) -> None:
+    folder, upstream = world
+    upstream.release_pages = "500"
+    policy = folder / "saferoom.yaml"
+    policy.write_text(policy.read_text().replace("  vulnerabilities: osv/\n", "  vulnerabilities: osv/\n  index_vulnerabilities: false\n"))
+    report = sync(saferoom.load_policy(policy), folder / "mirror", upstream.url)
+    assert report.admitted and report.provenance["index_vulnerabilities"] == {
+        "source": None, "skipped": "index_vulnerabilities: false in the policy: the local OSV feed alone was consulted"}
+    assert "PYSEC-2026-1" in {r["project"]: r["reason"] for r in report.refused_versions}["beta"]
+
+
+@pytest.mark.parametrize(("index", "api"), [
+    ("https://pypi.org/simple", "https://pypi.org/pypi"), ("https://pypi.org/simple/", "https://pypi.org/pypi"),
+    ("https://u:secret@proxy.internal/repo/simple/", "https://u:secret@proxy.internal/repo/pypi"),
+    ("file:///srv/packages/latest/simple", None), ("https://proxy.internal/root/pypi/+simple/", None),
+])
+def test_the_json_api_is_found_beside_the_simple_index(index: str, api: str | None) -> None:
+    from saferoom.packages.advisories import api_base
+
+    if api is None:
+        with pytest.raises(UsageError, match="`index_vulnerabilities: false`"):
+            api_base(index)
+    else:
+        assert api_base(index) == api

@@ -57,6 +57,16 @@ def write_upstream(root: Path, wheels: list[Path], ages: dict[str, int] | None =
                        "upload-time": (now - timedelta(days=(ages or {}).get(w.name, 0))).isoformat().replace("+00:00", "Z")}
                       for w in files]
         (folder / "index.json").write_text(json.dumps({"meta": {"api-version": "1.1"}, "name": project, "files": files_json}))
+    for wheel in wheels:
+        write_release(root, wheel.name.split("-")[0].replace("_", "-").lower(), wheel.name.split("-")[1], [])
+
+
+def write_release(root: Path, project: str, version: str, vulnerabilities: list[dict[str, object]]) -> None:
+    """The release's page of the JSON API (``/pypi/<project>/<version>/json``), as PyPI serves it."""
+    page = root / "pypi" / project / version
+    page.mkdir(parents=True, exist_ok=True)
+    info = {"name": project, "version": version, "yanked": False}
+    (page / "json").write_text(json.dumps({"info": info, "last_serial": 1, "urls": [], "vulnerabilities": vulnerabilities}))
 
 
 class Upstream:
@@ -65,6 +75,8 @@ class Upstream:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.break_downloads = False
+        self.release_pages: str | None = None  # "500", "slow" or "garbage": how the JSON API's release pages fail
+        self.closing = threading.Event()
         upstream = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -75,6 +87,9 @@ class Upstream:
                 pass
 
             def do_GET(self):  # type: ignore[no-untyped-def]
+                if upstream.release_pages and self.path.startswith("/pypi/"):
+                    self._fail(upstream.release_pages)
+                    return
                 if upstream.break_downloads and self.path.endswith(".whl"):
                     data = (upstream.root / self.path.lstrip("/")).read_bytes()
                     self.send_response(200)
@@ -95,6 +110,17 @@ class Upstream:
                         return
                 super().do_GET()
 
+            def _fail(self, how: str) -> None:
+                if how == "slow":
+                    upstream.closing.wait(10)  # longer than the client waits; ends when the server closes
+                    return
+                body = b"{not json" if how == "garbage" else b"Internal Server Error"
+                self.send_response(200 if how == "garbage" else 500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -104,5 +130,6 @@ class Upstream:
         return f"http://127.0.0.1:{self.server.server_address[1]}/simple"
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from saferoom.errors import UsageError
 from saferoom.packages import spdx
+from saferoom.packages.advisories import IndexAdvisories
 from saferoom.packages.licenses import Decision, decide
 from saferoom.packages.osv import Vulnerabilities
 from saferoom.packages.wheels import Wheel
@@ -17,16 +18,32 @@ from saferoom.policy.model import Packages
 
 
 @dataclass(frozen=True)
+class Match:
+    """A known vulnerability of a release, as the local OSV export and/or the index report it."""
+
+    id: str
+    fixed_in: tuple[str, ...]
+    sources: tuple[str, ...]  # "osv-export", "index"
+
+    def line(self) -> str:
+        return f"{self.id} (fixed in {', '.join(self.fixed_in)})" if self.fixed_in else self.id
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.id, "fixed_in": list(self.fixed_in), "sources": list(self.sources)}
+
+
+@dataclass(frozen=True)
 class Verdict:
     decision: Decision
     refusal: str | None  # one line, None when admitted
     kind: str | None = None  # license | bundled | deny | vulnerable
-    advisories: tuple[str, ...] = ()
+    advisories: tuple[Match, ...] = ()
 
 
 class Auditor:
-    def __init__(self, spec: Packages, vulns: Vulnerabilities | Future[Vulnerabilities]) -> None:
-        self.spec, self._vulns = spec, vulns
+    def __init__(self, spec: Packages, vulns: Vulnerabilities | Future[Vulnerabilities],
+                 index: IndexAdvisories | None = None) -> None:
+        self.spec, self._vulns, self.index = spec, vulns, index
         self.deny = [Requirement(d) for d in spec.deny]
         self.overrides: dict[str, tuple[str, str]] = {canonicalize_name(name): (_valid(name, o.expression), o.reason)
                           for name, o in spec.license_overrides.items()}
@@ -42,10 +59,23 @@ class Auditor:
             refusal = check(wheel, decision)
             if refusal:
                 return Verdict(decision, refusal[1], refusal[0])
-        advisories = tuple(a.id for a in self.vulns.affecting(wheel.name, wheel.version))
+        advisories = self._vulnerable(wheel)
         if advisories:
-            return Verdict(decision, f"known vulnerabilities: {', '.join(advisories)}", "vulnerable", advisories)
+            return Verdict(decision, f"known vulnerabilities: {', '.join(a.line() for a in advisories)}", "vulnerable",
+                           advisories)
         return Verdict(decision, None)
+
+    def _vulnerable(self, wheel: Wheel) -> tuple[Match, ...]:
+        """Both sources' advisories for the release; one the index lists under an alias of a feed's is one."""
+        found = {a.id: Match(a.id, a.fixed_in, ("osv-export",)) for a in self.vulns.affecting(wheel.name, wheel.version)}
+        for advisory in self.index.affecting(wheel.project, wheel.version) if self.index else ():
+            same = next((k for k in (advisory.id, *advisory.aliases) if k in found), None)
+            if same:
+                fixed = tuple(dict.fromkeys((*found[same].fixed_in, *advisory.fixed_in)))
+                found[same] = replace(found[same], fixed_in=fixed, sources=(*found[same].sources, "index"))
+            else:
+                found[advisory.id] = Match(advisory.id, advisory.fixed_in, ("index",))
+        return tuple(found.values())
 
     def _license(self, wheel: Wheel, decision: Decision) -> tuple[str, str] | None:
         if decision.expression is None:

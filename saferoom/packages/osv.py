@@ -80,6 +80,12 @@ class Advisory:
             return False
         return any(r.contains(v) for r in self.ranges) or _normalised_in(v, self.versions)
 
+    @property
+    def fixed_in(self) -> tuple[str, ...]:
+        """The versions its ranges name as fixed, in PEP 440 order."""
+        fixed = {e.version for r in self.ranges for e in r.events if e.kind == "fixed"}
+        return tuple(sorted(fixed, key=Version))
+
 
 def _normalised_in(v: Version, versions: frozenset[str]) -> bool:
     for listed in versions:

@@ -95,12 +95,20 @@ class Rounds:
     def _audit(self, chosen: dict[Target, list[Pin]]) -> dict[Target, list[Audited]]:
         unique = {p.filename: p for pins in chosen.values() for p in pins}
         new = [p for name, p in unique.items() if name not in self.audited]
+        self._ask_index(new)
         self.say(f"round {self.state.round}: {len(unique)} wheels chosen, {len(new)} new; downloading")
         for n, (pin, path) in enumerate(download(new, self.work / "wheels", self.previous), 1):
             self.say(f"round {self.state.round}: downloaded and auditing {n}/{len(new)}: {pin.project} {pin.version}")
             wheel = wheel_info.read(path, pin.sha256)  # the hash was checked on arrival
             self.audited[pin.filename] = Audited(pin, wheel, self.auditor.verdict(wheel))
         return {t: [self.audited[p.filename] for p in pins] for t, pins in chosen.items()}
+
+    def _ask_index(self, pins: list[Pin]) -> None:
+        """Ask the index for the new releases' advisories while their wheels download."""
+        index = self.auditor.index
+        asked = index.ask((p.project, p.version) for p in pins) if index else 0
+        if index and asked:
+            self.say(f"round {self.state.round}: asking {index.api} for the known vulnerabilities of {asked} releases")
 
     def _settle(self, audited: dict[Target, list[Audited]]) -> bool:
         """Refuse what failed; True when nothing did and the choice stands."""

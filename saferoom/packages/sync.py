@@ -27,6 +27,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 import saferoom
 from saferoom.errors import PackagesError, SaferoomError, UsageError
 from saferoom.files import try_lock
+from saferoom.packages.advisories import IndexAdvisories, api_base
 from saferoom.packages.audit import Auditor
 from saferoom.packages.index import write_index
 from saferoom.packages.osv import Vulnerabilities
@@ -36,6 +37,7 @@ from saferoom.packages.wheels import Wheel
 from saferoom.policy import Policy
 from saferoom.policy.model import Packages
 
+INDEX_OPTED_OUT = "index_vulnerabilities: false in the policy: the local OSV feed alone was consulted"
 LICENSE_TEXT_KEPT = 100_000  # of a refused wheel's License field, in the report, for the reviewer
 
 
@@ -61,11 +63,15 @@ def sync(policy: Policy, dest: Path, index_url: str | None = None, progress: Pro
     if feed is None or not feed.exists():
         Vulnerabilities.load(feed, allow_empty=spec.allow_empty_vulnerabilities)  # says what is wrong, before anything starts
     index = index_url or "https://pypi.org/simple"
+    if spec.index_vulnerabilities:
+        api_base(index)  # an index without a JSON API is said before anything starts
     targets = [Target(py, plat) for py in spec.python for plat in spec.platforms]
     dest.mkdir(parents=True, exist_ok=True)
-    with _alone(dest), tempfile.TemporaryDirectory(dir=dest, prefix=".sync-") as work, ThreadPoolExecutor(1) as loader:
+    with (_alone(dest), tempfile.TemporaryDirectory(dir=dest, prefix=".sync-") as work, ThreadPoolExecutor(1) as loader,
+          _index_advisories(spec, index) as asked):
         # the feed is read while pip resolves in its own process: thousands of advisories take seconds
-        auditor = Auditor(spec, loader.submit(Vulnerabilities.load, feed, allow_empty=spec.allow_empty_vulnerabilities))
+        auditor = Auditor(spec, loader.submit(Vulnerabilities.load, feed, allow_empty=spec.allow_empty_vulnerabilities),
+                          asked)
         previous = dest / "latest" / "files"
         rounds = Rounds(spec, auditor, index, Path(work), previous if previous.is_dir() else None, say)
         try:
@@ -84,8 +90,18 @@ def _provenance(index: str, rounds: Rounds, auditor: Auditor) -> dict[str, objec
         feed = auditor.vulns.provenance
     except SaferoomError:
         feed = None
+    asked = auditor.index.provenance() if auditor.index else {"source": None, "skipped": INDEX_OPTED_OUT}
     return {"index": index, "resolver": rounds.resolver, "saferoom": saferoom.__version__,
-            "vulnerabilities": feed.as_dict() if feed else None}
+            "vulnerabilities": feed.as_dict() if feed else None, "index_vulnerabilities": asked}
+
+
+@contextlib.contextmanager
+def _index_advisories(spec: Packages, index: str) -> Iterator[IndexAdvisories | None]:
+    if not spec.index_vulnerabilities:
+        yield None
+        return
+    with IndexAdvisories(index) as asked:
+        yield asked
 
 
 @contextlib.contextmanager
@@ -198,7 +214,8 @@ def _entry(wheel: Wheel, audited: Audited) -> dict[str, object]:
 def _refused(audited: Audited, why: str) -> dict[str, object]:
     wheel, verdict = audited.wheel, audited.verdict
     return {"project": wheel.project, "version": wheel.version, "file": wheel.path.name, "reason": why,
-            "kind": verdict.kind or "", "license": verdict.decision.as_dict(),
+            "kind": verdict.kind or "", "advisories": [a.as_dict() for a in verdict.advisories],
+            "license": verdict.decision.as_dict(),
             "license_field": (wheel.facts.license or "")[:LICENSE_TEXT_KEPT]}
 
 

@@ -156,6 +156,9 @@ class Packages(Strict):
     vulnerabilities: str | None = Field(default=None, description="A local OSV export: a folder of JSON files, or its zip.")
     allow_empty_vulnerabilities: bool = Field(
         default=False, description="Sync without a vulnerability feed, or with one that holds no PyPI advisory.")
+    index_vulnerabilities: bool = Field(
+        default=True, description="Also ask the index's JSON API for each release's known vulnerabilities during a sync; "
+        "false for a mirror that cannot reach one (the local OSV feed alone then decides, and the report says so).")
     license_overrides: dict[str, LicenseOverride] = Field(
         default_factory=dict, description="Project -> reviewed SPDX expression and the reason; replaces what its wheels say.")
     bundled: Literal["review", "refuse"] = Field(
