@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import saferoom
-from saferoom.errors import SaferoomError
+from saferoom.errors import SaferoomError, UsageError
 from saferoom.explain import Explanation, TableInfo
 from saferoom.policy import load_policy
 from saferoom.policy.model import PolicyModel
@@ -77,8 +77,10 @@ def explain(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOp
     """Show what a query will see, column by column, and the threat behind each action."""
     with _connect(policy, user, role) as session:
         explanation = session.explain(_sql(sql))
-    if format is not Format.table:
+    if format is Format.json:
         out.print_json(json.dumps(explanation.to_dict(), default=str))
+    elif format is Format.csv:
+        _print_rows(_explanation_rows(explanation), format, ["column", "type", "source", "action", "tag", "reason"])
     else:
         _print_explanation(explanation)
     if explanation.refused:
@@ -267,6 +269,8 @@ def audit_verify(
     """
     from saferoom.audit import PublicKey, verify
 
+    if not state.is_dir():
+        raise UsageError(f"no gateway state folder at {state}; give the folder `saferoom serve --state` wrote to")
     public = PublicKey.load(public_key) if public_key else None
     result = verify(state, key=_audit_key(key), public_key=public, checkpoints=checkpoints)
     for note in result.notes:
@@ -298,8 +302,14 @@ def audit_report(state: StateOpt = Path("saferoom-state"), format: FormatOpt = F
     from saferoom.audit import report
 
     summary = report(state)
-    if format is not Format.table:
+    if format is Format.json:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+        return
+    if format is Format.csv:  # one table: a row per user, then a row per tag
+        counts = ("queries", "refused", "rows", "bytes")
+        rows = [{"kind": "user", "name": u, **{k: c.get(k, 0) for k in counts}} for u, c in summary["users"].items()]
+        rows += [{"kind": "tag", "name": t, "queries": n, "refused": None, "rows": None, "bytes": None} for t, n in summary["tags"].items()]
+        _print_rows(rows, format, ["kind", "name", *counts])
         return
     rows = [{"user": u, **{k: c.get(k, 0) for k in ("queries", "refused", "rows", "bytes")}} for u, c in summary["users"].items()]
     _print_rows(rows, format, ["user", "queries", "refused", "rows", "bytes"])
@@ -365,7 +375,6 @@ def packages_check(
 
     Example: saferoom packages check /srv/packages --vulnerabilities osv-2026-12.zip
     """
-    from saferoom.errors import UsageError
     from saferoom.packages import check
 
     allow_empty = False
@@ -520,10 +529,19 @@ def _sql(sql: str) -> str:
 def _print_arrow(table: pa.Table, format: Format) -> None:
     if format is Format.csv:
         buffer = io.BytesIO()
-        pyarrow.csv.write_csv(table, buffer)
+        pyarrow.csv.write_csv(_flat(table), buffer)
         sys.stdout.write(buffer.getvalue().decode())
     else:
         _print_rows(table.to_pylist(), format, table.column_names)
+
+
+def _flat(table: pa.Table) -> pa.Table:
+    """CSV has no lists or structs: such a column is written as JSON text, one value per cell."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            text = pa.array([None if v is None else json.dumps(v, default=str) for v in table.column(index).to_pylist()], pa.string())
+            table = table.set_column(index, field.name, text)
+    return table
 
 
 def _print_rows(rows: list[dict[str, Any]], format: Format, columns: list[str] | None = None) -> None:
@@ -531,8 +549,8 @@ def _print_rows(rows: list[dict[str, Any]], format: Format, columns: list[str] |
         sys.stdout.write(json.dumps(rows, default=str, indent=1) + "\n")
         return
     columns = columns or (list(rows[0]) if rows else [])
-    if format is Format.csv:
-        _print_arrow(pa.Table.from_pylist(rows), format)
+    if format is Format.csv:  # with no rows, the header still says what the columns are
+        _print_arrow(pa.Table.from_pylist(rows).select(columns) if rows else pa.table({c: pa.array([], pa.string()) for c in columns}), format)
         return
     view = Table(*columns)
     for row in rows:
@@ -547,6 +565,15 @@ def _table_view(info: TableInfo) -> Table:
         shown = "[red]deny (not queryable)[/]" if c.action == "deny" else c.action
         view.add_row(c.name, c.type, shown, c.reason)
     return view
+
+
+def _explanation_rows(explanation: Explanation) -> list[dict[str, Any]]:
+    """One row per output column and source column it comes from (a computed column has none); a refusal is one row."""
+    if explanation.refused:
+        return [{"column": None, "type": None, "source": None, "action": "refused", "tag": None, "reason": explanation.refused}]
+    return [{"column": c.name, "type": c.type, "source": s.name if s else None, "action": s.action if s else "computed",
+             "tag": s.tag if s else None, "reason": s.reason if s else None}
+            for c in explanation.columns for s in (c.sources or (None,))]
 
 
 def _print_explanation(explanation: Explanation) -> None:

@@ -117,3 +117,27 @@ def test_every_option_is_documented() -> None:
 
     missing = [(path, option) for path, option in options(typer.main.get_command(app), "") if option not in docs]
     assert not missing, f"options not in docs/: {missing}"
+
+
+def test_every_csv_output_is_csv(room, tmp_path: Path) -> None:
+    """`-f csv` writes CSV everywhere it is offered: nested values as JSON text, explanations and reports as rows."""
+    tables = saferoom("tables", "-p", str(room.policy), "-u", "alice", "-f", "csv")
+    assert tables.returncode == 0, tables.stderr
+    rows = list(csv.DictReader(io.StringIO(tables.stdout)))
+    assert {"table", "name", "action", "threats"} <= set(rows[0]) and any(json.loads(r["threats"]) for r in rows)
+    nested = saferoom("query", "-p", str(room.policy), "-u", "alice", "-f", "csv", "select [1, 2] as l, {'a': 1} as s")
+    assert nested.returncode == 0, nested.stderr
+    assert list(csv.DictReader(io.StringIO(nested.stdout))) == [{"l": "[1, 2]", "s": '{"a": 1}'}]
+    explained = saferoom("explain", "-p", str(room.policy), "-u", "alice", "-f", "csv", "select region, customer_id from orders")
+    assert explained.returncode == 0, explained.stderr
+    by_column = {r["column"]: r for r in csv.DictReader(io.StringIO(explained.stdout))}
+    assert by_column["customer_id"]["action"] == "tokenize" and by_column["region"]["action"] == "allow"
+    (tmp_path / "state").mkdir()
+    report = saferoom("audit", "report", "--state", str(tmp_path / "state"), "-f", "csv")
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.splitlines()[0] == '"kind","name","queries","refused","rows","bytes"'
+
+
+def test_audit_verify_of_a_folder_that_is_not_there_is_a_usage_error(tmp_path: Path) -> None:
+    done = saferoom("audit", "verify", "--state", str(tmp_path / "typo"))
+    assert done.returncode == 2 and "no gateway state folder" in done.stderr

@@ -42,6 +42,7 @@ from saferoom.secrets import Secret
 
 GRACE_SECONDS = 0.25  # a query still running after this is a long one: its process yields the processor
 KILL_AFTER_SECONDS = 5.0  # a stopped query whose process has not answered by then is killed
+ENDED = "the query's engine process ended unexpectedly (out of memory, or killed); run the query again"
 IDLE_SECONDS = 60.0  # a spare worker idle this long is stopped (one per user stays)
 # control messages start with a letter; every other message is an Arrow IPC message (which starts 0xFFFFFFFF)
 # sent as the buffer pyarrow wrote, so a batch is never copied to add a header
@@ -174,16 +175,16 @@ class _Worker:
     def send(self, request: tuple[Any, ...]) -> None:
         try:
             self.conn.send(request)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError):
             self.reusable = False
-            raise EngineError(f"the query's engine process is gone: {exc}") from None
+            raise EngineError(ENDED) from None
 
     def receive(self) -> bytes:
         try:
             return self.conn.recv_bytes()
         except (EOFError, OSError):
             self.reusable = False
-            raise EngineError("the query's engine process ended unexpectedly (out of memory, or killed)") from None
+            raise EngineError(ENDED) from None
 
     def call(self, *request: Any) -> Any:
         self.send(request)
