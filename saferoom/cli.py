@@ -417,7 +417,7 @@ def compile_command(
         source = next((n for n, s in loaded.model.sources.items() if s.engine == "postgres"), None)
         if source is None:
             raise SaferoomError("the policy has no postgres source")
-        url = admin_url or loaded.model.sources[source].url
+        url = admin_url or loaded.source_url(source)
         secret = os.environ.get("SAFEROOM_ADMIN_PASSWORD")
         password = Secret(secret) if secret else (None if admin_url else loaded.source_password(source))
         count = compiler.apply(loaded, url, password, schema, drop=drop)

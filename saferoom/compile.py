@@ -196,7 +196,7 @@ def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str =
         statements = drop_sql(policy, schema)
     else:
         source = next(n for n, s in policy.model.sources.items() if s.engine == "postgres")
-        reader = PostgresEngine(source, policy.model.sources[source].url, policy.source_password(source))
+        reader = PostgresEngine(source, policy.source_url(source), policy.source_password(source))
         try:
             statements = compile_sql(policy, reader.catalog(), schema) + list(role_grants(policy, schema))
         finally:

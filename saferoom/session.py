@@ -101,7 +101,7 @@ def open_engine(policy: Policy, backend: str | None = None, limits: Limits | Non
         return SparkEngine(name, source, policy.base, policy.token_key)
     from saferoom.engines.postgres import PostgresEngine
 
-    return PostgresEngine(name, source.url, policy.source_password(name), policy.token_key)
+    return PostgresEngine(name, policy.source_url(name), policy.source_password(name), policy.token_key)
 
 
 def _only_source(policy: Policy, engine: str) -> str:

@@ -18,9 +18,8 @@ class PostgresSide:
     """Everything a build asks of one PostgreSQL source, answered by PostgreSQL."""
 
     def __init__(self, policy: Policy, name: str) -> None:
-        source = policy.model.sources[name]
         key = policy.token_key
-        self.engine = PostgresEngine(name, source.url, policy.source_password(name), key,
+        self.engine = PostgresEngine(name, policy.source_url(name), policy.source_password(name), key,
                                      fingerprint_key(key) if key is not None else None)
 
     def close(self) -> None:
