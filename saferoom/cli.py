@@ -506,7 +506,7 @@ def _audit_key(reference: str | None) -> AuditKey | None:
     return AuditKey.resolve(reference) if reference else None
 
 
-def _connect(policy: Path, user: str, role: str | None) -> Any:
+def _connect(policy: Path, user: str, role: str | None) -> saferoom.SessionProtocol:
     """Embedded with --policy/--user; through the gateway when SAFEROOM_URL or `saferoom login` says so."""
     if not user and not policy.exists():
         return saferoom.connect(role=role)
