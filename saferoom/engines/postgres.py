@@ -179,12 +179,12 @@ class PostgresEngine:
             catalog.setdefault((self.name.lower(), schema.lower(), table.lower()), {})[column.lower()] = kind.upper()
         return catalog
 
-    def _rows(self, sql: str) -> list[tuple[object, ...]]:
+    def _rows(self, sql: str) -> list[tuple[Any, ...]]:
         conn = self._acquire()
         try:
             with self._errors(), conn.cursor() as cur:  # type: ignore[attr-defined]
                 cur.execute(sql)
-                rows = cur.fetchall()
+                rows: list[tuple[Any, ...]] = cur.fetchall()
         except BaseException:
             self._discard(conn)
             raise

@@ -33,7 +33,7 @@ def parse_filter(text: str, dialect: str) -> exp.Expression:
     select = expressions[0] if len(expressions) == 1 else None
     if not isinstance(select, exp.Select) or {k for k, v in select.args.items() if v} != {"expressions", "where"}:
         raise ValueError("a row filter must be one SQL predicate, like region = {user.region}")
-    predicate = select.args["where"].this
+    predicate: exp.Expression = select.args["where"].this
     if any(isinstance(n, (exp.Query, exp.Table)) for n in predicate.walk()):
         raise ValueError("a row filter may not contain subqueries; write a predicate over the table's own columns")
     return predicate
