@@ -131,10 +131,10 @@ def _role(policy: Policy, role: str, catalog: dict[tuple[str, str, str], dict[st
         yield f'GRANT SELECT ON "{name}"."{table}" TO "{name}"'
 
 
-def _current_user_filter(predicate: exp.Expression, schema: str) -> exp.Expression:
+def _current_user_filter(predicate: exp.Expr, schema: str) -> exp.Expr:
     """{user.attr} becomes the current database user's value from the mapping table (no value: no rows)."""
 
-    def bind(node: exp.Expression) -> exp.Expression:
+    def bind(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Column) and node.name.startswith(_MARKER):
             attribute = node.name[len(_MARKER):]
             table = exp.table_("user_attributes", db=schema, quoted=True, alias="ua")

@@ -112,7 +112,7 @@ class Policy:
         rules = ((role, self.rule(role, table, column).action) for role in self.model.roles)
         return [(role, action) for role, action in rules if action is not Action.DENY]
 
-    def row_filter(self, role: str, table: str) -> exp.Expression | None:
+    def row_filter(self, role: str, table: str) -> exp.Expr | None:
         text = self.model.roles[role].rows.get(table)
         return parse_filter(text, self.dialect(table)) if text else None
 

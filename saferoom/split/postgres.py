@@ -25,7 +25,7 @@ class PostgresSide:
     def close(self) -> None:
         self.engine.close()
 
-    def scalar(self, query: exp.Expression) -> object:
+    def scalar(self, query: exp.Expr) -> object:
         return self.engine.stream(query.sql("postgres")).read_all().column(0)[0].as_py()
 
     def identity(self, table: TablePlan) -> tuple[str, int]:
