@@ -58,7 +58,7 @@ DUCKDB = EngineSpec(
     per_user=True,
 )
 
-_CLOSED_CONFIG = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+_CLOSED_CONFIG: dict[str, str | bool | int | float | list[str]] = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
 
 
 class DuckDBEngine:
