@@ -26,6 +26,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check saferoom tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from saferoom.explain import ColumnInfo, Explanation, OutputColumn, TableInfo
     from saferoom.policy import Action, Policy, load_policy
     from saferoom.result import Result
-    from saferoom.session import Session, connect
+    from saferoom.session import Session, SessionProtocol, connect
 
 __version__ = "0.1.0"
 
@@ -45,6 +45,7 @@ _LAZY = {
     "load_policy": "saferoom.policy",
     "Result": "saferoom.result",
     "Session": "saferoom.session",
+    "SessionProtocol": "saferoom.session",
     "connect": "saferoom.session",
 }
 
@@ -80,6 +81,7 @@ __all__ = [
     "Result",
     "SaferoomError",
     "Session",
+    "SessionProtocol",
     "TableInfo",
     "TooLarge",
     "UsageError",

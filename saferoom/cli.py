@@ -426,7 +426,7 @@ def compile_command(
         source = next((n for n, s in loaded.model.sources.items() if s.engine == "postgres"), None)
         if source is None:
             raise SaferoomError("the policy has no postgres source")
-        url = admin_url or loaded.model.sources[source].url
+        url = admin_url or loaded.source_url(source)
         secret = os.environ.get("SAFEROOM_ADMIN_PASSWORD")
         password = Secret(secret) if secret else (None if admin_url else loaded.source_password(source))
         count = compiler.apply(loaded, url, password, schema, drop=drop)
@@ -515,7 +515,7 @@ def _audit_key(reference: str | None) -> AuditKey | None:
     return AuditKey.resolve(reference) if reference else None
 
 
-def _connect(policy: Path, user: str, role: str | None) -> Any:
+def _connect(policy: Path, user: str, role: str | None) -> saferoom.SessionProtocol:
     """Embedded with --policy/--user; through the gateway when SAFEROOM_URL or `saferoom login` says so."""
     if not user and not policy.exists():
         return saferoom.connect(role=role)

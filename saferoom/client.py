@@ -46,9 +46,10 @@ def save_credentials(url: str, token: str) -> Path:
 
 def load_credentials() -> dict[str, str]:
     try:
-        return json.loads(credentials_path().read_text())
+        saved: dict[str, str] = json.loads(credentials_path().read_text())
     except (OSError, ValueError):
         return {}
+    return saved
 
 
 class RemoteSession:
@@ -65,7 +66,9 @@ class RemoteSession:
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
                                   timeout=httpx.Timeout(30.0, read=None), verify=trust)
         me = self._json("GET", "/v1/whoami", params=_role(role))
-        self.user, self.role, self.requested_role = me["user"], me["role"], role
+        self.user: str = me["user"]
+        self.role: str = me["role"]
+        self.requested_role = role
 
     def query(self, sql: str) -> Result:
         request = self._http.build_request("POST", "/v1/query", json={"sql": sql, "role": self.requested_role})
@@ -81,7 +84,8 @@ class RemoteSession:
         return Explanation(data["role"], tuple(_table(t) for t in data["tables"]), columns, data["refused"], tuple(data["notes"]))
 
     def audit(self, limit: int = 200) -> list[dict[str, Any]]:
-        return self._json("GET", "/v1/audit", params={"limit": limit, **_role(self.requested_role)})
+        records: list[dict[str, Any]] = self._json("GET", "/v1/audit", params={"limit": limit, **_role(self.requested_role)})
+        return records
 
     def close(self) -> None:
         self._http.close()
@@ -123,10 +127,10 @@ class RemoteResult(Result):
         self._response = response
         self._body = _ResponseFile(response.iter_raw())
         reader = pa.ipc.open_stream(self._body)
-        super().__init__(pa.RecordBatchReader.from_batches(reader.schema, self._read(reader)), max_rows=None)
+        super().__init__(pa.RecordBatchReader.from_batches(reader.schema, self._receive(reader)), max_rows=None)
         self.request_id = response.headers.get("X-Saferoom-Request")
 
-    def _read(self, reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
+    def _receive(self, reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
         try:
             yield from reader
             status = json.loads(self._body.read() or b"{}")
@@ -151,7 +155,7 @@ class _ResponseFile(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes | bytearray:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes | bytearray:
         if size < 0:
             return b"".join([bytes(self._chunk[self._at:]), *self._chunks])
         if len(self._chunk) - self._at >= size:

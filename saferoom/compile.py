@@ -131,10 +131,10 @@ def _role(policy: Policy, role: str, catalog: dict[tuple[str, str, str], dict[st
         yield f'GRANT SELECT ON "{name}"."{table}" TO "{name}"'
 
 
-def _current_user_filter(predicate: exp.Expression, schema: str) -> exp.Expression:
+def _current_user_filter(predicate: exp.Expr, schema: str) -> exp.Expr:
     """{user.attr} becomes the current database user's value from the mapping table (no value: no rows)."""
 
-    def bind(node: exp.Expression) -> exp.Expression:
+    def bind(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Column) and node.name.startswith(_MARKER):
             attribute = node.name[len(_MARKER):]
             table = exp.table_("user_attributes", db=schema, quoted=True, alias="ua")
@@ -196,7 +196,7 @@ def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str =
         statements = drop_sql(policy, schema)
     else:
         source = next(n for n, s in policy.model.sources.items() if s.engine == "postgres")
-        reader = PostgresEngine(source, policy.model.sources[source].url, policy.source_password(source))
+        reader = PostgresEngine(source, policy.source_url(source), policy.source_password(source))
         try:
             statements = compile_sql(policy, reader.catalog(), schema) + list(role_grants(policy, schema))
         finally:

@@ -95,6 +95,6 @@ def output_sources(guard: Guard, sql: str, tables: tuple[str, ...], names: list[
     return [_named(p, visible) for p in projections]
 
 
-def _named(projection: exp.Expression, visible: dict[str, ColumnInfo]) -> tuple[ColumnInfo, ...]:
+def _named(projection: exp.Expr, visible: dict[str, ColumnInfo]) -> tuple[ColumnInfo, ...]:
     names = dict.fromkeys(c.name.lower() for c in projection.find_all(exp.Column))
     return tuple(visible[n] for n in names if n in visible)

@@ -194,7 +194,7 @@ class JWTVerifier:
     def _key(self, token: str) -> Any:
         import jwt
 
-        if self._client is not None:
+        if self._keys is None:  # keys from the identity provider
             return self._client.get_signing_key_from_jwt(token).key
         kid = jwt.get_unverified_header(token).get("kid")
         for key in self._keys.keys:

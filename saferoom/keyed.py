@@ -15,6 +15,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from duckdb.func import FunctionNullHandling, PythonUDFType
 
 from saferoom.secrets import Secret, hmac_block
 
@@ -91,4 +92,4 @@ def register(conn: duckdb.DuckDBPyConnection, name: str, key: Secret, width: int
     block = hmac_block(key)
     kind = "UUID" if width == TOKEN_BYTES else "UBIGINT"
     conn.create_function(name, lambda values: hmac_column(block, values, width), ["VARCHAR"], kind,
-                         type="arrow", null_handling="special", side_effects=False)
+                         type=PythonUDFType.ARROW, null_handling=FunctionNullHandling.SPECIAL, side_effects=False)

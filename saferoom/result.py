@@ -56,7 +56,8 @@ class Result:
         try:
             batch = self._reader.read_next_batch()
         except StopIteration:
-            return self._finish()
+            self._finish()
+            return None
         except pa.ArrowException as exc:
             self._finish()
             raise EngineError(f"the query failed while streaming: {str(exc).splitlines()[0]}") from None
@@ -95,7 +96,8 @@ class Result:
         return pa.Table.from_batches(self._batches, schema=self.schema)
 
     def to_pandas(self) -> pandas.DataFrame:
-        return self.to_arrow().to_pandas()
+        frame: pandas.DataFrame = self.to_arrow().to_pandas()
+        return frame
 
     def to_polars(self) -> polars.DataFrame:
         import polars
@@ -105,7 +107,8 @@ class Result:
         return frame
 
     def to_pylist(self) -> list[dict[str, Any]]:
-        return self.to_arrow().to_pylist()
+        rows: list[dict[str, Any]] = self.to_arrow().to_pylist()
+        return rows
 
     def __repr__(self) -> str:
         state = "streaming" if self._reader is not None else f"{self.num_rows} rows"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Self
+from types import TracebackType
+from typing import Protocol, Self
 
 from saferoom.client import RemoteSession, load_credentials
 from saferoom.engines import require_driver, spec_for
@@ -19,6 +20,29 @@ from saferoom.policy.limits import Limits, role_limits
 from saferoom.result import Result
 
 DEFAULT_POLICY = "saferoom.yaml"
+
+
+class SessionProtocol(Protocol):
+    """What embedded and gateway sessions share: what :func:`connect` returns."""
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    def query(self, sql: str) -> Result: ...
+
+    def tables(self) -> list[TableInfo]: ...
+
+    def explain(self, sql: str) -> Explanation: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
 
 
 class Session:
@@ -101,7 +125,7 @@ def open_engine(policy: Policy, backend: str | None = None, limits: Limits | Non
         return SparkEngine(name, source, policy.base, policy.token_key)
     from saferoom.engines.postgres import PostgresEngine
 
-    return PostgresEngine(name, source.url, policy.source_password(name), policy.token_key)
+    return PostgresEngine(name, policy.source_url(name), policy.source_password(name), policy.token_key)
 
 
 def _only_source(policy: Policy, engine: str) -> str:
@@ -126,7 +150,7 @@ def connect(
     url: str | None = None,
     token: str | None = None,
     backend: str | None = None,
-) -> Session | RemoteSession:
+) -> SessionProtocol:
     """Open a session: embedded with a policy file, or through a gateway with a URL and a token.
 
     With no arguments: ``SAFEROOM_URL`` and ``SAFEROOM_TOKEN`` (or what `saferoom login`

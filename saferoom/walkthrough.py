@@ -46,7 +46,7 @@ def run(folder: Path, customers: int, out: Console) -> None:
     out.print(f"  saferoom explain --policy {policy} --user alice \"select name, zip from analytics.customers\"")
 
 
-def _step(session: saferoom.Session, story: str, sql: str, out: Console) -> None:
+def _step(session: saferoom.SessionProtocol, story: str, sql: str, out: Console) -> None:
     if story:
         out.rule(f"{session.user} (role {session.role})")
         out.print(story)
@@ -83,7 +83,7 @@ def _split(policy: Path, out: Console) -> None:
             _step(session, "", SPLIT_QUESTION.format(prefix), out)
 
 
-def _catalog(session: saferoom.Session, out: Console) -> None:
+def _catalog(session: saferoom.SessionProtocol, out: Console) -> None:
     out.rule("What alice may query (saferoom tables)")
     view = Table("table", "column", "alice gets", "why")
     for info in session.tables():

@@ -8,7 +8,7 @@ import saferoom
 
 EXPECTED = {
     "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "LimitExceeded", "RemoteSession", "EngineError", "Explanation", "OutputColumn", "Policy",
-    "PolicyError", "QueryCancelled", "QueryRejected", "Result", "TooLarge", "SaferoomError", "Session", "TableInfo", "UsageError",
+    "PolicyError", "QueryCancelled", "QueryRejected", "Result", "TooLarge", "SaferoomError", "Session", "SessionProtocol", "TableInfo", "UsageError",
     "__version__", "connect", "load_policy",
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pathspec import GitIgnoreSpec, PathSpec
+from pathspec import GitIgnoreSpec
 
 from saferoom.check.readers import Unreadable, frame_cells, read
 from saferoom.check.scan import Finding, birth_dates, detect, disclosure, fingerprint_matches, read_allowlist
@@ -108,7 +108,7 @@ def _paths(paths: list[Path], report: Report) -> Iterator[tuple[str, Any]]:
 
 def _walk(root: Path) -> Iterator[Path]:
     """Files under ``root`` in a stable order, honouring every .gitignore on the way down."""
-    specs: list[tuple[Path, PathSpec]] = []
+    specs: list[tuple[Path, GitIgnoreSpec]] = []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         ignore = here / ".gitignore"
@@ -120,7 +120,7 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield here / name
 
 
-def _ignored(path: Path, specs: list[tuple[Path, PathSpec]], is_dir: bool) -> bool:
+def _ignored(path: Path, specs: list[tuple[Path, GitIgnoreSpec]], is_dir: bool) -> bool:
     for base, spec in specs:
         try:
             relative = path.relative_to(base).as_posix()

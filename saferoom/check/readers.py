@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import polars as pl
@@ -66,7 +66,8 @@ def as_text(target: Any) -> pl.DataFrame:
     text = [exp.alias_(exp.cast(exp.column(c, quoted=True), "VARCHAR"), c, quoted=True) for c in frame.columns]
     with duckdb.connect() as con:
         con.register("frame", frame.to_arrow())
-        return con.sql(exp.select(*text).from_("frame").sql("duckdb")).pl()
+        texts: pl.DataFrame = con.sql(exp.select(*text).from_("frame").sql("duckdb")).pl()
+        return texts
 
 
 def _from_pandas(frame: Any) -> pl.DataFrame:
@@ -77,10 +78,11 @@ def _from_pandas(frame: Any) -> pl.DataFrame:
 def _pandas_column(column: Any, name: str) -> pl.DataFrame:
     column = column.rename(name)
     try:
-        return pl.from_pandas(column.to_frame())
+        typed: pl.DataFrame = pl.from_pandas(column.to_frame())
     except Exception:  # noqa: BLE001 - any column Arrow cannot type is read as text instead
         text = column.map(lambda v: None if v is None else repr(v) if isinstance(v, bytes) else str(v))
-        return pl.from_pandas(text.to_frame())
+        typed = pl.from_pandas(text.to_frame())
+    return typed
 
 
 def _unique_names(columns: Any) -> list[str]:
@@ -109,8 +111,7 @@ def frame_cells(frame: pl.DataFrame, label: str) -> pl.DataFrame:
     Text columns are read whole. Of integer columns only values long enough to be a card or an
     account number are kept; floats, dates and booleans cannot carry the patterns and are skipped.
     """
-    parts = [_column_cells(frame, name) for name in frame.columns]
-    parts = [p for p in parts if p is not None]
+    parts = [p for name in frame.columns if (p := _column_cells(frame, name)) is not None]
     names = pl.DataFrame({"row": [0] * len(frame.columns), "column": [None] * len(frame.columns), "text": [str(c) for c in frame.columns]},
                          schema={"row": pl.UInt32, "column": pl.String, "text": pl.String})
     cells = pl.concat([names, *parts], how="vertical_relaxed") if parts else names
@@ -227,7 +228,7 @@ def _notebook(path: Path, label: str) -> pl.DataFrame:
 def _notebook_texts(cell: dict[str, object]) -> Iterator[tuple[str, str]]:
     """Source, every output (text, HTML tables, errors) and images' alt text."""
     yield "source", _joined(cell.get("source", ""))
-    for output in cell.get("outputs", []) or []:  # type: ignore[union-attr]
+    for output in cast("list[object]", cell.get("outputs", []) or []):  # nbformat: a list of outputs
         data = output.get("data", {}) if isinstance(output, dict) else {}
         for mime, value in data.items():
             if mime.startswith("text/") or mime.endswith("json"):

@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from saferoom.check.detectors import DETECTORS
+from saferoom.check.detectors import DETECTORS, Detector
 from saferoom.secrets import Secret
 
 COUNT_COLUMN = re.compile(r"^(n|count|cnt|num|number|freq|frequency|patients|customers|people|.*_count|.*_n|n_.*)$", re.I)
@@ -67,12 +67,12 @@ def detect(cells: pl.DataFrame) -> list[Finding]:
         if hits.is_empty():
             continue
         matches = hits.with_columns(pl.col("text").str.extract_all(detector.pattern).alias("match")).explode("match")
-        valid = {m for m in matches.get_column("match").drop_nulls().unique().to_list() if _valid(detector, m)}
+        valid = _valid(detector, matches.get_column("match").drop_nulls().unique().to_list())
         if not valid:
             continue
         for file, row, column, match in matches.filter(pl.col("match").is_in(list(valid))).select(
                 "file", "row", "column", "match").iter_rows():
-            value = _group(detector, match)
+            value = valid[match]
             findings.append(Finding(detector.kind, file, location(row, column), detector.rule, mask(value), digest(value)))
     return _once_per_chunked_value(findings)
 
@@ -91,13 +91,13 @@ def _once_per_chunked_value(findings: list[Finding]) -> list[Finding]:
     return kept
 
 
-def _valid(detector, match: str) -> bool:  # type: ignore[no-untyped-def]
-    """Each distinct match is validated once, however often it repeats."""
-    value = _group(detector, match)
-    return bool(value) and detector.valid(value)
+def _valid(detector: Detector, matches: list[str]) -> dict[str, str]:
+    """Each distinct match is validated once, however often it repeats: match -> the value it carries."""
+    groups = {m: _group(detector, m) for m in matches}
+    return {m: value for m, value in groups.items() if value and detector.valid(value)}
 
 
-def _group(detector, match: str) -> str | None:  # type: ignore[no-untyped-def]
+def _group(detector: Detector, match: str) -> str | None:
     if detector.group == 0:
         return match
     inner = re.search(detector.pattern, match)

@@ -58,7 +58,7 @@ DUCKDB = EngineSpec(
     per_user=True,
 )
 
-_CLOSED_CONFIG = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+_CLOSED_CONFIG: dict[str, str | bool | int | float | list[str]] = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
 
 
 class DuckDBEngine:
@@ -166,7 +166,7 @@ def _set(name: str, value: object) -> str:
     return exp.Set(expressions=[exp.SetItem(this=exp.EQ(this=exp.var(name), expression=_literal(value)))]).sql("duckdb")
 
 
-def _literal(value: object) -> exp.Expression:
+def _literal(value: object) -> exp.Expr:
     return exp.Literal.number(value) if isinstance(value, int) else exp.Literal.string(str(value))
 
 
@@ -285,7 +285,7 @@ def token_macro(key: Secret, name: str = TOKEN_FUNCTION, *, as_token: bool = Tru
     return f"CREATE MACRO memory.main.{name}(v) AS {body.sql('duckdb')}"
 
 
-def _key_literal(node: exp.Expression, inner: str, outer: str) -> exp.Expression:
+def _key_literal(node: exp.Expr, inner: str, outer: str) -> exp.Expr:
     if isinstance(node, exp.Column) and node.name in ("__i", "__o"):
         return exp.Literal.string(inner if node.name == "__i" else outer)
     return node

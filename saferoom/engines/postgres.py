@@ -40,36 +40,36 @@ class KeyTable:
     name: str
     id: int = 1
 
-    def pad(self, column: str) -> exp.Expression:
+    def pad(self, column: str) -> exp.Expr:
         """An uncorrelated scalar subquery: evaluated once per query, and an InitPlan in EXPLAIN, never a value."""
         table = exp.table_(self.name, db=self.schema, quoted=True, alias="k")
         lookup = exp.select(exp.column(column, table="k")).from_(table).where(exp.column("id", table="k").eq(self.id))
         return exp.Subquery(this=lookup)
 
 
-def builtin(name: str, *args: exp.Expression) -> exp.Expression:
+def builtin(name: str, *args: exp.Expr) -> exp.Expr:
     """A call that can only mean PostgreSQL's own function, whatever the search_path says."""
     return exp.Dot(this=exp.to_identifier("pg_catalog"), expression=exp.Anonymous(this=name, expressions=list(args)))
 
 
-def as_builtin(value: exp.Expression, type_name: str) -> exp.Expression:
+def as_builtin(value: exp.Expr, type_name: str) -> exp.Expr:
     """A cast to PostgreSQL's own type: a pg_temp or public look-alike named ``uuid`` cannot stand in."""
     return exp.Cast(this=value, to=exp.DataType.build(f"pg_catalog.{type_name}", dialect="postgres", udt=True))
 
 
-def hmac_hex(data: exp.Expression, key: KeyTable) -> exp.Expression:
+def hmac_hex(data: exp.Expr, key: KeyTable) -> exp.Expr:
     """HMAC-SHA256 (RFC 2104) of bytes as 64 hex digits, from the key's pads and the built-in sha256."""
     inner = builtin("sha256", builtin("byteacat", key.pad("inner_pad"), data))
     return builtin("encode", builtin("sha256", builtin("byteacat", key.pad("outer_pad"), inner)), exp.Literal.string("hex"))
 
 
-def token_sql(value: exp.Expression, key: KeyTable) -> exp.Expression:
+def token_sql(value: exp.Expr, key: KeyTable) -> exp.Expr:
     """The first 128 bits of the HMAC of the value's text, as a UUID: DuckDB's and the gateway's token."""
     utf8 = builtin("convert_to", as_builtin(value, "text"), exp.Literal.string("UTF8"))
     return as_builtin(as_builtin(builtin("left", hmac_hex(utf8, key), exp.Literal.number(32)), "uuid"), "text")
 
 
-def fingerprint_sql(value: exp.Expression, key: KeyTable) -> exp.Expression:
+def fingerprint_sql(value: exp.Expr, key: KeyTable) -> exp.Expr:
     """64 bits of the HMAC of the trimmed, lower-cased text, as a signed bigint (DuckDB's fingerprint)."""
     utf8 = builtin("convert_to", builtin("lower", builtin("btrim", value)), exp.Literal.string("UTF8"))
     bits = builtin("textcat", exp.Literal.string("x"), builtin("left", hmac_hex(utf8, key), exp.Literal.number(16)))
@@ -179,12 +179,12 @@ class PostgresEngine:
             catalog.setdefault((self.name.lower(), schema.lower(), table.lower()), {})[column.lower()] = kind.upper()
         return catalog
 
-    def _rows(self, sql: str) -> list[tuple[object, ...]]:
+    def _rows(self, sql: str) -> list[tuple[Any, ...]]:
         conn = self._acquire()
         try:
             with self._errors(), conn.cursor() as cur:  # type: ignore[attr-defined]
                 cur.execute(sql)
-                rows = cur.fetchall()
+                rows: list[tuple[Any, ...]] = cur.fetchall()
         except BaseException:
             self._discard(conn)
             raise

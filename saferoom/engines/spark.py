@@ -99,17 +99,20 @@ def _native_tokens(session: Any, key: Secret) -> bool:
 
     if not keyed.available():
         return False
-    from pyspark.sql.functions import arrow_udf
+    from pyspark.sql.pandas.functions import arrow_udf  # its typed home (pyspark.sql.functions re-exports it)
 
     block = hmac_block(key)
-    session.udf.register(NATIVE_FUNCTION, arrow_udf(lambda values: keyed.token_text(block, values), "string"))
+    # pyspark's stubs require functionType; at run time it defaults to scalar (passing it only adds a warning)
+    udf = arrow_udf(lambda values: keyed.token_text(block, values), "string")  # type: ignore[call-overload]
+    session.udf.register(NATIVE_FUNCTION, udf)
     session.sql(f"CREATE OR REPLACE TEMPORARY FUNCTION {TOKEN_FUNCTION}(v STRING) RETURNS STRING RETURN {NATIVE_FUNCTION}(v)")
     probe = "saferoom probe"
     expected = str(uuid.UUID(bytes=hmac.new(key.reveal().encode(), probe.encode(), hashlib.sha256).digest()[:16]))
     try:
-        return session.sql(f"SELECT {TOKEN_FUNCTION}('{probe}')").collect()[0][0] == expected
+        token: str = session.sql(f"SELECT {TOKEN_FUNCTION}('{probe}')").collect()[0][0]
     except _spark_errors():
         return False
+    return token == expected
 
 
 class SparkEngine:

@@ -40,7 +40,7 @@ from saferoom.policy import Action, Policy
 
 __all__ = ["RULES", "Context", "Guard", "GuardedQuery", "Rule"]
 
-Rule = Callable[[exp.Expression, Context], exp.Expression]
+Rule = Callable[[exp.Expr, Context], exp.Expr]
 
 RULES: tuple[Rule, ...] = (
     check_statement,

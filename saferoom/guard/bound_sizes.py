@@ -30,7 +30,7 @@ _WIDE_FORMAT = re.compile(r"%[-+ #0]*\*|\{[^}]*\{|\d{7,}")
 _FORMATS = frozenset({"PRINTF", "FORMAT"})
 
 
-def bound_sizes(expression: exp.Expression, context: Context) -> exp.Expression:
+def bound_sizes(expression: exp.Expr, context: Context) -> exp.Expr:
     """Wrap size arguments of repeat/lpad/rpad; check format strings (engines without a cap are left alone)."""
     cap = context.spec.max_value_bytes
     if cap is None:

@@ -36,12 +36,12 @@ RESERVED_PREFIX = "__saferoom"
 TABLE_ARGS = frozenset({"this", "db", "catalog", "alias"})
 
 
-def check_nodes(expression: exp.Expression, context: Context) -> exp.Expression:
+def check_nodes(expression: exp.Expr, context: Context) -> exp.Expr:
     """Refuse any node that is not query structure or an allowlisted function."""
     return allowed_nodes(expression, context.spec)
 
 
-def allowed_nodes(tree: exp.Expression, spec: EngineSpec) -> exp.Expression:
+def allowed_nodes(tree: exp.Expr, spec: EngineSpec) -> exp.Expr:
     for node in tree.walk():
         name = type(node).__name__
         if name == "Anonymous":
@@ -66,7 +66,7 @@ def _check_table(table: exp.Table) -> None:
         raise QueryRejected(f"table modifiers ({', '.join(sorted(extra))}) are not allowed on `{table.name}`")
 
 
-def _refusal(node: exp.Expression) -> str:
+def _refusal(node: exp.Expr) -> str:
     if isinstance(node, exp.Func):
         return f"function {node.sql_name().lower()}() is not on saferoom's allowlist"
     if isinstance(node, (exp.Placeholder, exp.Parameter, exp.SessionParameter)):

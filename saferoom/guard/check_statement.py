@@ -23,7 +23,7 @@ from saferoom.guard.context import Context
 QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Values, exp.Subquery)
 
 
-def check_statement(expression: exp.Expression, context: Context) -> exp.Expression:
+def check_statement(expression: exp.Expr, context: Context) -> exp.Expr:
     """Refuse any statement but a query; DML hidden inside one is for :func:`check_nodes` to find."""
     if not isinstance(expression, QUERY_ROOTS):
         kind = expression.key.upper() if not isinstance(expression, exp.Command) else str(expression.this).upper()

@@ -16,7 +16,7 @@ from saferoom.engines.base import EngineSpec
 from saferoom.guard.resolver import Resolver
 from saferoom.policy import ColumnRule, Policy
 
-ViewFor = Callable[[str, frozenset[str] | None], exp.Expression]
+ViewFor = Callable[[str, frozenset[str] | None], exp.Expr]
 
 
 @dataclass(frozen=True)

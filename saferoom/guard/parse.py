@@ -15,7 +15,7 @@ from saferoom.engines.base import EngineSpec
 from saferoom.errors import QueryRejected
 
 
-def parse(sql: str, spec: EngineSpec) -> exp.Expression:
+def parse(sql: str, spec: EngineSpec) -> exp.Expr:
     """Parse exactly one statement; anything else is refused."""
     if not isinstance(sql, str) or not sql.strip():
         raise QueryRejected("the query is empty; write one SELECT statement")

@@ -43,7 +43,7 @@ from saferoom.policy import ColumnRule
 Source = exp.Table | Scope
 
 
-def refuse_hidden_columns(expression: exp.Expression, context: Context) -> exp.Expression:
+def refuse_hidden_columns(expression: exp.Expr, context: Context) -> exp.Expr:
     names = frozenset(n for table in context.touched.tables for n in context.columns(table).hidden)
     if not names or not any(isinstance(n, exp.Identifier) and n.name.lower() in names for n in expression.walk()):
         return expression  # the common case: the query names nothing hidden
@@ -175,7 +175,7 @@ class Shapes:
             return None
         return _merge([self._projection(p, scope) for p in expression.expressions])
 
-    def _projection(self, projection: exp.Expression, scope: Scope) -> Columns | None:
+    def _projection(self, projection: exp.Expr, scope: Scope) -> Columns | None:
         if isinstance(projection, exp.Star):
             plain = not any(projection.args.get(k) for k in ("except_", "replace", "rename", "ilike"))
             return _merge([self.of(s) for s in _sources(scope).values()]) if plain else None

@@ -18,5 +18,5 @@ def rendered(sql: str) -> exp.Var:
     return exp.Var(this=sql)
 
 
-def render(tree: exp.Expression, dialect: str) -> str:
+def render(tree: exp.Expr, dialect: str) -> str:
     return tree.sql(dialect=dialect, comments=False)

@@ -28,12 +28,12 @@ from saferoom.guard.context import Context
 POLICY_TABLE = "saferoom_table"  # the meta key that marks a table node as a policy table
 
 
-def resolve_tables(expression: exp.Expression, context: Context) -> exp.Expression:
+def resolve_tables(expression: exp.Expr, context: Context) -> exp.Expr:
     _visit(expression, frozenset(), context)
     return expression
 
 
-def _visit(node: exp.Expression, ctes: frozenset[str], context: Context) -> None:
+def _visit(node: exp.Expr, ctes: frozenset[str], context: Context) -> None:
     with_ = node.args.get("with_")
     if isinstance(with_, exp.With):
         ctes = _visit_ctes(with_, ctes, context)

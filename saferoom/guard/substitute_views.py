@@ -24,7 +24,7 @@ from saferoom.guard.context import Context
 from saferoom.guard.resolve_tables import POLICY_TABLE
 
 
-def substitute_views(expression: exp.Expression, context: Context) -> exp.Expression:
+def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
     names, tables = _scan(expression)
     context.touched.names = names
     for table in tables:
@@ -33,7 +33,7 @@ def substitute_views(expression: exp.Expression, context: Context) -> exp.Expres
     return expression
 
 
-def _scan(tree: exp.Expression) -> tuple[frozenset[str] | None, list[exp.Table]]:
+def _scan(tree: exp.Expr) -> tuple[frozenset[str] | None, list[exp.Table]]:
     """The policy tables, and every name the query could use to reach a view column (None: it may need them all)."""
     names: set[str] = set()
     aliases: set[str] = set()

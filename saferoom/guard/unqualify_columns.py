@@ -21,7 +21,7 @@ from sqlglot import exp
 from saferoom.guard.context import Context
 
 
-def unqualify_columns(expression: exp.Expression, context: Context) -> exp.Expression:
+def unqualify_columns(expression: exp.Expr, context: Context) -> exp.Expr:
     for column in expression.find_all(exp.Column):
         if column.args.get("db") and context.resolver.names_table(column):
             column.set("catalog", None)

@@ -42,7 +42,7 @@ def build_view(
     spec: EngineSpec,
     keep: frozenset[str] | None = None,
     user_filters: bool = True,
-    binder: Callable[[exp.Expression], exp.Expression] | None = None,
+    binder: Callable[[exp.Expr], exp.Expr] | None = None,
 ) -> exp.Select:
     """The policy view of one table; ``keep`` cuts it to the columns a query names.
 
@@ -84,7 +84,7 @@ def _physical(table: TableRef, spec: EngineSpec) -> exp.Table:
     )
 
 
-def masked(rule: ColumnRule, kind: str, spec: EngineSpec) -> exp.Expression:
+def masked(rule: ColumnRule, kind: str, spec: EngineSpec) -> exp.Expr:
     """The expression a role sees for one column."""
     column = exp.column(rule.column, table=INNER_ALIAS, quoted=True)
     action, options = rule.action, rule.spec
@@ -103,7 +103,7 @@ def masked(rule: ColumnRule, kind: str, spec: EngineSpec) -> exp.Expression:
     raise AssertionError(f"no expression for action {action}")  # deny never reaches here
 
 
-def _generalized(column: exp.Expression, kind: str, rule: ColumnRule, spec: EngineSpec) -> exp.Expression:
+def _generalized(column: exp.Expr, kind: str, rule: ColumnRule, spec: EngineSpec) -> exp.Expr:
     options, type_class = rule.spec, spec.type_class(kind)
     if type_class == "date":
         unit = exp.Literal.string(options.date_unit or "month")
@@ -117,13 +117,13 @@ def _generalized(column: exp.Expression, kind: str, rule: ColumnRule, spec: Engi
     return _typed_null(kind, spec)  # nothing coarser than the value exists for this type
 
 
-def _guarded(expression: exp.Expression, predicate: exp.Expression | None) -> exp.Expression:
+def _guarded(expression: exp.Expr, predicate: exp.Expr | None) -> exp.Expr:
     if predicate is None:
         return expression
     return exp.Case(ifs=[exp.If(this=predicate.copy(), true=expression)])
 
 
-def _qualify(predicate: exp.Expression) -> exp.Expression:
+def _qualify(predicate: exp.Expr) -> exp.Expr:
     """Pin the filter's columns to the raw table, so none can bind to an outer query."""
     for column in predicate.find_all(exp.Column):
         if not column.table:
@@ -131,19 +131,19 @@ def _qualify(predicate: exp.Expression) -> exp.Expression:
     return predicate
 
 
-def _typed_null(kind: str, spec: EngineSpec) -> exp.Expression:
+def _typed_null(kind: str, spec: EngineSpec) -> exp.Expr:
     return _cast(exp.Null(), kind, spec)
 
 
-def _cast(expression: exp.Expression, kind: str, spec: EngineSpec) -> exp.Expression:
+def _cast(expression: exp.Expr, kind: str, spec: EngineSpec) -> exp.Expr:
     try:
         return exp.Cast(this=expression, to=exp.DataType.build(kind, dialect=spec.dialect))
     except (sqlglot.errors.SqlglotError, ValueError):
         return expression
 
 
-def _template(spec: EngineSpec, sql: str, value: exp.Expression, param: exp.Expression | None = None) -> exp.Expression:
-    def fill(node: exp.Expression) -> exp.Expression:
+def _template(spec: EngineSpec, sql: str, value: exp.Expr, param: exp.Expr | None = None) -> exp.Expr:
+    def fill(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Column) and node.name == "__v":
             return value.copy()
         if param is not None and isinstance(node, (exp.Column, exp.Var, exp.Literal)) and node.name.lower() == "__p":
@@ -154,5 +154,5 @@ def _template(spec: EngineSpec, sql: str, value: exp.Expression, param: exp.Expr
 
 
 @lru_cache(maxsize=64)
-def _parsed(sql: str, dialect: str) -> exp.Expression:
+def _parsed(sql: str, dialect: str) -> exp.Expr:
     return sqlglot.parse_one(sql, read=dialect)

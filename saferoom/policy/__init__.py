@@ -104,15 +104,15 @@ class Policy:
             spec = _spec(actions.get(tag, Action.DENY))
             if best[1] is None or spec.action.strictness < best[0].action.strictness:
                 best = (spec, tag)
-        spec, tag = best
-        threats = tuple(self.model.tags[tag].threats) if tag else ()
-        return ColumnRule(table, column, tags, spec.action, spec, tag, threats)
+        spec, strictest = best
+        threats = tuple(self.model.tags[strictest].threats) if strictest else ()
+        return ColumnRule(table, column, tags, spec.action, spec, strictest, threats)
 
     def roles_seeing(self, table: str, column: str) -> list[tuple[str, Action]]:
         rules = ((role, self.rule(role, table, column).action) for role in self.model.roles)
         return [(role, action) for role, action in rules if action is not Action.DENY]
 
-    def row_filter(self, role: str, table: str) -> exp.Expression | None:
+    def row_filter(self, role: str, table: str) -> exp.Expr | None:
         text = self.model.roles[role].rows.get(table)
         return parse_filter(text, self.dialect(table)) if text else None
 
@@ -159,9 +159,9 @@ class Policy:
 
     def _check_roles(self) -> None:
         for user, spec in self.model.users.items():
-            for role in spec.roles:
-                if role not in self.model.roles:
-                    raise self._fail(f"user `{user}` has role `{role}`, which is not under `roles:`", "users", user)
+            for held in spec.roles:
+                if held not in self.model.roles:
+                    raise self._fail(f"user `{user}` has role `{held}`, which is not under `roles:`", "users", user)
         for name, role in self.model.roles.items():
             for tag in role.columns:
                 if tag not in self.model.tags:
@@ -194,6 +194,13 @@ class Policy:
                 missing = [c for c in build.k_anonymity.columns if c.lower() not in listed]
                 if missing:
                     raise self._fail(f"k_anonymity column(s) {', '.join(missing)} are in no listed table", *loc, "k_anonymity")
+
+    def source_url(self, name: str) -> str:
+        """The connection URL of a PostgreSQL source."""
+        source = self.model.sources[name]
+        if source.engine != "postgres":
+            raise self._fail(f"source `{name}` is {source.engine}, not postgres: it has no url", "sources", name)
+        return source.url
 
     def source_password(self, name: str) -> secrets.Secret | None:
         source = self.model.sources[name]

@@ -21,7 +21,7 @@ _PLACEHOLDER = re.compile(r"\{\s*user\.([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 _MARKER = "__saferoom_attr__"
 
 
-def parse_filter(text: str, dialect: str) -> exp.Expression:
+def parse_filter(text: str, dialect: str) -> exp.Expr:
     """Parse a row filter; ``ValueError`` when it is not a single SQL predicate."""
     if "{" in _PLACEHOLDER.sub("", text):
         raise ValueError("placeholders are written {user.<attribute>}, e.g. region = {user.region}")
@@ -33,26 +33,26 @@ def parse_filter(text: str, dialect: str) -> exp.Expression:
     select = expressions[0] if len(expressions) == 1 else None
     if not isinstance(select, exp.Select) or {k for k, v in select.args.items() if v} != {"expressions", "where"}:
         raise ValueError("a row filter must be one SQL predicate, like region = {user.region}")
-    predicate = select.args["where"].this
+    predicate: exp.Expr = select.args["where"].this
     if any(isinstance(n, (exp.Query, exp.Table)) for n in predicate.walk()):
         raise ValueError("a row filter may not contain subqueries; write a predicate over the table's own columns")
     return predicate
 
 
-def placeholders(predicate: exp.Expression) -> set[str]:
+def placeholders(predicate: exp.Expr) -> set[str]:
     return {c.name[len(_MARKER):] for c in predicate.find_all(exp.Column) if c.name.startswith(_MARKER)}
 
 
-def raw_columns(predicate: exp.Expression) -> set[str]:
+def raw_columns(predicate: exp.Expr) -> set[str]:
     return {c.name.lower() for c in predicate.find_all(exp.Column) if not c.name.startswith(_MARKER)}
 
 
-def bind_filter(predicate: exp.Expression, attributes: dict[str, Attribute]) -> exp.Expression:
+def bind_filter(predicate: exp.Expr, attributes: dict[str, Attribute]) -> exp.Expr:
     """Replace placeholders by literals; a user without a needed attribute gets FALSE."""
     if any(name not in attributes for name in placeholders(predicate)):
         return exp.false()
 
-    def bind(node: exp.Expression) -> exp.Expression:
+    def bind(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Column) and node.name.startswith(_MARKER):
             return literal(attributes[node.name[len(_MARKER):]])
         return node
@@ -60,7 +60,7 @@ def bind_filter(predicate: exp.Expression, attributes: dict[str, Attribute]) -> 
     return predicate.copy().transform(bind)
 
 
-def literal(value: Attribute) -> exp.Expression:
+def literal(value: Attribute) -> exp.Expr:
     if isinstance(value, list):
         return exp.Tuple(expressions=[literal(v) for v in value])
     if isinstance(value, bool):

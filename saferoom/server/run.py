@@ -19,7 +19,7 @@ from saferoom.server.app import create_app
 from saferoom.server.gateway import MAX_SQL_BYTES, Gateway
 
 WATCH_SECONDS = 1.0
-DRAIN_SECONDS = 10.0  # after SIGTERM: running queries are cancelled at once; responses get this long to end
+DRAIN_SECONDS = 10  # after SIGTERM: running queries are cancelled at once; responses get this long to end
 log = logging.getLogger("saferoom.gateway")
 
 

@@ -29,7 +29,7 @@ def suppressing(select: exp.Select, table: TablePlan, k: KAnonymity | None) -> e
     return keep.where(exp.GTE(this=exp.column(K_COLUMN), expression=exp.Literal.number(k.k)))
 
 
-def measure(table: TablePlan, k: KAnonymity, at_source: Ask, at_target: Ask, written: exp.Expression) -> dict[str, Any]:
+def measure(table: TablePlan, k: KAnonymity, at_source: Ask, at_target: Ask, written: exp.Expr) -> dict[str, Any]:
     """The smallest group of the view and of the written table, and the rows suppressed between them."""
     before = at_source(smallest_group_query(table.select, table.k_columns))
     rows_view = at_source(count_query(table.select))

@@ -155,7 +155,8 @@ def _table(policy: Policy, build: Build, key: str, name: str, catalog: Catalog, 
     k = build.k_anonymity
     k_columns = tuple(c.lower() for c in k.columns) if k and all(c.lower() in names for c in k.columns) else ()
     text = policy.model.roles[build.role].rows.get(key)
-    user_dependent = bool(text) and bool(placeholders(policy.row_filter(build.role, key)))
+    predicate = policy.row_filter(build.role, key)  # None when there is no text
+    user_dependent = predicate is not None and bool(placeholders(predicate))
     recipe = hashlib.sha256(f"{base}|{engine}|{select.sql(spec.dialect)}|{k_columns}|{k.k if k else 0}|{k.on_violation if k else ''}".encode())
     return TablePlan(
         key, name, select, columns, k_columns,

@@ -18,15 +18,14 @@ class PostgresSide:
     """Everything a build asks of one PostgreSQL source, answered by PostgreSQL."""
 
     def __init__(self, policy: Policy, name: str) -> None:
-        source = policy.model.sources[name]
         key = policy.token_key
-        self.engine = PostgresEngine(name, source.url, policy.source_password(name), key,
+        self.engine = PostgresEngine(name, policy.source_url(name), policy.source_password(name), key,
                                      fingerprint_key(key) if key is not None else None)
 
     def close(self) -> None:
         self.engine.close()
 
-    def scalar(self, query: exp.Expression) -> object:
+    def scalar(self, query: exp.Expr) -> object:
         return self.engine.stream(query.sql("postgres")).read_all().column(0)[0].as_py()
 
     def identity(self, table: TablePlan) -> tuple[str, int]:

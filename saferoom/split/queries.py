@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 MIN_FINGERPRINT_LENGTH = 4  # shorter values (small integers, codes) would match everything
 
 
-def fingerprint_values(table: TablePlan, text_type: str, *, distinct: bool = True) -> exp.Expression:
+def fingerprint_values(table: TablePlan, text_type: str, *, distinct: bool = True) -> exp.Query:
     """The normalised text of every value the build removed or changed (trimmed, lower case, long enough)."""
     source = table.select.args["from_"].this
     parts = []
@@ -23,22 +23,22 @@ def fingerprint_values(table: TablePlan, text_type: str, *, distinct: bool = Tru
         normalised = exp.select(exp.alias_(text, "v")).from_(source.copy()).subquery("n")
         long_enough = exp.GTE(this=exp.func("length", exp.column("v")), expression=exp.Literal.number(MIN_FINGERPRINT_LENGTH))
         parts.append(exp.select("v").from_(normalised).where(long_enough))
-    union: exp.Expression = parts[0]
+    union: exp.Query = parts[0]
     for part in parts[1:]:
         union = exp.union(union, part, distinct=distinct)
     return union
 
 
-def _from(source: exp.Expression, alias: str) -> exp.Expression:
+def _from(source: exp.Expr, alias: str) -> exp.Expr:
     return source.subquery(alias) if isinstance(source, exp.Select) else source
 
 
-def count_query(source: exp.Expression) -> exp.Select:
+def count_query(source: exp.Expr) -> exp.Select:
     """Rows of a view (or of a written table), in any engine's dialect."""
     return exp.select(exp.Count(this=exp.Star())).from_(_from(source, "v"))
 
 
-def smallest_group_query(source: exp.Expression, columns: tuple[str, ...]) -> exp.Select:
+def smallest_group_query(source: exp.Expr, columns: tuple[str, ...]) -> exp.Select:
     """The size of the smallest group over ``columns``: what k-anonymity is measured by."""
     groups = exp.select(exp.alias_(exp.Count(this=exp.Star()), "n")).from_(_from(source, "g"))
     groups = groups.group_by(*[exp.column(c, quoted=True) for c in columns])

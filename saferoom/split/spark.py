@@ -62,7 +62,7 @@ class SparkSide:
     def close(self) -> None:
         self.engine.close()
 
-    def _sql(self, query: exp.Expression) -> pa.Table:
+    def _sql(self, query: exp.Expr) -> pa.Table:
         return self.engine.stream(query.sql("spark")).read_all()
 
     def identity(self, table: TablePlan) -> tuple[str, int]:
@@ -104,7 +104,7 @@ class SparkSide:
             self._estimates[table.table] = dict(zip(columns, estimated, strict=True))
         return [self._estimates[table.table][c] for c in columns]
 
-    def scalar(self, query: exp.Expression) -> object:
+    def scalar(self, query: exp.Expr) -> object:
         return self._sql(query).column(0)[0].as_py()
 
     def reader(self, select: exp.Select) -> pa.RecordBatchReader:

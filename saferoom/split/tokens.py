@@ -55,6 +55,6 @@ def distinct_tokens(select: exp.Select, columns: dict[str, int], types: dict[str
     return select
 
 
-def _key(column: str, kind: str) -> exp.Expression:
+def _key(column: str, kind: str) -> exp.Expr:
     value = exp.column(column, table=INNER_ALIAS, quoted=True)
     return exp.cast(value, DUCKDB.text_type) if kind.upper().startswith(EXACT_TEXT) else value

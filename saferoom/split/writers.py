@@ -57,7 +57,7 @@ class Writer(ABC):
         self.write_reader(name, side.reader(select))
 
     @abstractmethod
-    def source(self, name: str) -> exp.Expression: ...
+    def source(self, name: str) -> exp.Expr: ...
     @abstractmethod
     def finish(self, build_id: str, policy_hash: str) -> None: ...
     @abstractmethod
@@ -66,7 +66,8 @@ class Writer(ABC):
     def discard(self) -> None: ...
 
     def count(self, name: str) -> int:
-        return self.conn.execute(count_query(self.source(name)).sql("duckdb")).fetchall()[0][0]
+        rows: int = self.conn.execute(count_query(self.source(name)).sql("duckdb")).fetchall()[0][0]
+        return rows
 
 
 class DuckDBWriter(Writer):
@@ -85,7 +86,7 @@ class DuckDBWriter(Writer):
     def carry(self, name: str) -> None:
         self.write(name, exp.select("*").from_(self._table(name, PREVIOUS)))
 
-    def source(self, name: str) -> exp.Expression:
+    def source(self, name: str) -> exp.Expr:
         return self._table(name)
 
     def finish(self, build_id: str, policy_hash: str) -> None:
@@ -135,7 +136,7 @@ class ParquetWriter(Writer):
         else:
             os.link(old, self._file(name))
 
-    def source(self, name: str) -> exp.Expression:
+    def source(self, name: str) -> exp.Expr:
         path = self._file(name)
         return exp.func("read_parquet", exp.Literal.string(str(path / "*.parquet") if path.is_dir() else str(path)))
 
@@ -175,13 +176,16 @@ def _staging(plan: BuildPlan) -> Path:
 
 def target_build_id(plan: BuildPlan) -> str | None:
     """The id of the build the target holds; None if it holds none."""
+    build_id: str | None
     try:
         if plan.engine == "parquet":
-            return json.loads((plan.target / META_FILE).read_text())["build_id"]
-        with duckdb.connect(str(plan.target), read_only=True) as con:
-            return con.execute(f"SELECT build_id FROM {META_TABLE}").fetchall()[0][0]
+            build_id = json.loads((plan.target / META_FILE).read_text())["build_id"]
+        else:
+            with duckdb.connect(str(plan.target), read_only=True) as con:
+                build_id = con.execute(f"SELECT build_id FROM {META_TABLE}").fetchall()[0][0]
     except (OSError, ValueError, KeyError, IndexError, duckdb.Error):
         return None
+    return build_id
 
 
 def remove_stale(target: Path) -> None:
