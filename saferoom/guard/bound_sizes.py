@@ -7,11 +7,8 @@ arguments are wrapped so that the engine raises a clear error before it
 allocates; format strings must be literals with modest widths.
 
 >>> import sqlglot
->>> from saferoom.engines.duckdb import DUCKDB
->>> from saferoom.guard import Guard
->>> from saferoom.policy import parse_policy
->>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
->>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> from saferoom.guard.context import example
+>>> context = example()
 >>> bound_sizes(sqlglot.parse_one("SELECT repeat(s, n) FROM t", read="duckdb"), context).sql("duckdb")[:63]
 'SELECT REPEAT(s, CASE WHEN n > 1048576 / GREATEST(LENGTH(s), 1)'
 """

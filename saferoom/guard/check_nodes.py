@@ -7,11 +7,8 @@ file readers, settings, variables, parameters — is refused, because it is not
 on the list, not because someone remembered to forbid it.
 
 >>> import sqlglot
->>> from saferoom.engines.duckdb import DUCKDB
->>> from saferoom.guard import Guard
->>> from saferoom.policy import parse_policy
->>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
->>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> from saferoom.guard.context import example
+>>> context = example()
 >>> check_nodes(sqlglot.parse_one("select * from read_csv('/etc/passwd')", read="duckdb"), context)
 Traceback (most recent call last):
 saferoom.errors.QueryRejected: table functions are not allowed in FROM; query the policy's tables by name

@@ -1,11 +1,8 @@
 """A rule of the guard: the statement is a query (SELECT, WITH, VALUES), nothing else.
 
 >>> import sqlglot
->>> from saferoom.engines.duckdb import DUCKDB
->>> from saferoom.guard import Guard
->>> from saferoom.policy import parse_policy
->>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
->>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> from saferoom.guard.context import example
+>>> context = example()
 >>> check_statement(sqlglot.parse_one("delete from cards"), context)
 Traceback (most recent call last):
 saferoom.errors.QueryRejected: DELETE statements are not allowed; saferoom runs read-only queries (SELECT, WITH, VALUES)

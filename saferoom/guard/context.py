@@ -54,3 +54,15 @@ class Context:
     columns: Callable[[str], Columns]  # of a policy table
     view: ViewFor  # the policy view of a table, cut to the names given
     touched: Touched = field(default_factory=Touched)
+
+
+EXAMPLE_POLICY = "{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}"
+
+
+def example() -> Context:
+    """The context the rules' examples run in: analyst `al`, who is denied `prod.cards.pan`."""
+    from saferoom.engines.duckdb import DUCKDB  # here, not at the top: the guard imports this module
+    from saferoom.guard import Guard
+    from saferoom.policy import parse_policy
+
+    return Guard(parse_policy(EXAMPLE_POLICY), "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()

@@ -14,11 +14,8 @@ as a value, or a name that a source of unknown shape might supply (renamed
 columns ``t(a, b)``, ``* REPLACE``, unnamed expressions, table functions).
 
 >>> import sqlglot
->>> from saferoom.engines.duckdb import DUCKDB
->>> from saferoom.guard import Guard
->>> from saferoom.policy import parse_policy
->>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
->>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> from saferoom.guard.context import example
+>>> context = example()
 >>> from saferoom.guard.resolve_tables import resolve_tables
 >>> refuse_hidden_columns(resolve_tables(sqlglot.parse_one("select c.pan from cards c"), context), context)
 Traceback (most recent call last):

@@ -6,11 +6,8 @@ refused. Each policy table is marked with its key (in the node's ``meta``)
 for the rules after this one, and recorded in ``context.touched``.
 
 >>> import sqlglot
->>> from saferoom.engines.duckdb import DUCKDB
->>> from saferoom.guard import Guard
->>> from saferoom.policy import parse_policy
->>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
->>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> from saferoom.guard.context import example
+>>> context = example()
 >>> tree = resolve_tables(sqlglot.parse_one("with c as (select * from prod.cards) select * from c, cards"), context)
 >>> [(t.sql(), t.meta.get(POLICY_TABLE)) for t in tree.find_all(sqlglot.exp.Table)]
 [('c', None), ('cards', 'prod.cards'), ('prod.cards', 'prod.cards')]

@@ -6,11 +6,8 @@ a query names so the engine plans less; cutting only ever removes columns, so
 a name missed here is a binder error, never a leak.
 
 >>> import sqlglot
->>> from saferoom.engines.duckdb import DUCKDB
->>> from saferoom.guard import Guard
->>> from saferoom.policy import parse_policy
->>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
->>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> from saferoom.guard.context import example
+>>> context = example()
 >>> from saferoom.guard.resolve_tables import resolve_tables
 >>> substitute_views(resolve_tables(sqlglot.parse_one("select card_id from cards"), context), context).sql("duckdb")
 'SELECT card_id FROM (SELECT "__saferoom_t"."card_id" AS "card_id" FROM "prod"."main"."cards" AS __saferoom_t) AS cards'

@@ -5,11 +5,8 @@ column qualified with source and schema loses them; any other qualified name
 (a struct field, say) is left as written.
 
 >>> import sqlglot
->>> from saferoom.engines.duckdb import DUCKDB
->>> from saferoom.guard import Guard
->>> from saferoom.policy import parse_policy
->>> policy = parse_policy("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}")
->>> context = Guard(policy, "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+>>> from saferoom.guard.context import example
+>>> context = example()
 >>> unqualify_columns(sqlglot.parse_one("select prod.main.cards.card_id, s.field.leaf from prod.main.cards"), context).sql()
 'SELECT cards.card_id, s.field.leaf FROM prod.main.cards'
 """
