@@ -9,7 +9,6 @@ downloads only the wheels it has not got, checking each hash.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from saferoom.errors import PackagesError
+from saferoom.packages.wheels import sha256
 
 Progress = Callable[[str], None]
 DOWNLOADERS = 4
@@ -148,11 +148,11 @@ def _fetch(client: httpx.Client, pin: Pin, folder: Path, previous: Path | None) 
         return path  # fetched and checked in an earlier round
     kept = previous / pin.filename if previous else None
     try:
-        if kept and kept.is_file() and _sha256(kept) == pin.sha256:
+        if kept and kept.is_file() and sha256(kept) == pin.sha256:
             shutil.copyfile(kept, part)
         else:
             _get(client, pin, part)
-        if _sha256(part) != pin.sha256:
+        if sha256(part) != pin.sha256:
             raise PackagesError(f"{pin.filename} does not match its published hash (tampered or corrupt); nothing was admitted")
         os.replace(part, path)
     except OSError as exc:
@@ -175,14 +175,6 @@ def _get(client: httpx.Client, pin: Pin, part: Path) -> None:
                 out.write(block)
     except httpx.HTTPError as exc:
         raise PackagesError(f"the upstream index could not be read: {pin.filename}: {exc}") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _DISK_FULL = re.compile(r"errno 2[78]\b|oserror\(2[78],|no space left on device|file too large", re.IGNORECASE)
