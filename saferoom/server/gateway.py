@@ -118,9 +118,16 @@ class Gateway:
         room = self._room
         key = (identity.user, role or identity.role)
         with self._lock:
-            if key not in room.sessions:
-                room.sessions[key] = self._open_session(room, identity.user, key[1])
-            return room.sessions[key]
+            existing = room.sessions.get(key)
+        if existing is not None:
+            return existing
+        # opened outside the lock (it starts a worker process), so no other request waits behind it
+        opened = self._open_session(room, identity.user, key[1])
+        with self._lock:
+            kept = room.sessions.setdefault(key, opened)
+        if kept is not opened:  # another request of the same user opened one meanwhile
+            opened.close()
+        return kept
 
     def _open_session(self, room: Room, user: str, role: str | None) -> Session:
         """An embedded engine is opened per user, each query in a process of its own, so that user's memory,
