@@ -173,3 +173,17 @@ def test_no_worker_outlives_a_gateway_killed_with_sigkill(tmp_path: Path) -> Non
         asking.join()
     finally:
         server.stop()
+
+
+def test_closing_the_engine_stops_idle_workers_now_and_a_running_one_after_its_query(engine: ProcessEngine) -> None:
+    cancel = Cancel()
+    thread, errors = running_worker(engine, RUNAWAY, cancel)
+    running = busy_worker(engine)
+    engine.stream("select 1").read_all()  # on a second worker, idle afterwards
+    idle = list(engine._idle)
+    engine.close()  # as a policy reload does with the old policy's sessions
+    assert idle and not any(w.process.is_alive() for w in idle)
+    assert running.process.is_alive()  # its query goes on until it ends
+    cancel("done")
+    thread.join()
+    assert not running.process.is_alive() and not engine._idle

@@ -70,6 +70,7 @@ class ProcessEngine:
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._running: set[_Worker] = set()
+        self._closed = False
         worker = self._spawn()
         try:
             self._catalog: Catalog = {(k[0], k[1], k[2]): v for k, v in worker.call("catalog")}
@@ -110,7 +111,9 @@ class ProcessEngine:
             query.end(self)
 
     def close(self) -> None:
+        """Stop the idle workers now; a query still running keeps its worker until it ends, then that stops too."""
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
         for worker in idle:
             worker.stop()
@@ -134,7 +137,7 @@ class ProcessEngine:
             self._running.discard(worker)
             stale = [w for w in self._idle[1:] if now - w.idle_since > IDLE_SECONDS]
             self._idle = [w for w in self._idle if w not in stale]
-            keep = worker.reusable and len(self._idle) < self._warm
+            keep = worker.reusable and len(self._idle) < self._warm and not self._closed
             if keep:
                 worker.idle_since = now
                 self._idle.append(worker)

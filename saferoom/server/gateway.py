@@ -101,7 +101,9 @@ class Gateway:
             self._room.mtime = _mtime(self.policy_path)  # do not retry the same broken file in a loop
             return False
         with self._lock:
-            self._room = room
+            old, self._room = self._room, room
+        for session in old.sessions.values():  # their idle workers stop now; running queries finish first
+            session.close()
         log.info("policy reloaded: %s", room.policy.hash)
         return True
 
