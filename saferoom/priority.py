@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 
+SHORT_SECONDS = 0.25  # work still running after this is long: it is lowered, so that short work keeps the processor
 LOW = 10  # CFS gives a nice-10 thread about a tenth of a nice-0 thread's share of a busy processor
 
 

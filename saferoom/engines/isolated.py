@@ -4,7 +4,7 @@ In one process, DuckDB's Python binding takes the interpreter lock between every
 look for Ctrl-C), so a few long queries from one analyst slow every other thread of the server, however
 low their CPU priority. A query in its own process shares nothing with the server but the machine:
 
-- A query still running after a short one's time (``GRACE_SECONDS``) has its process moved to a low CPU
+- A query still running after a short one's time (``priority.SHORT_SECONDS``) has its process moved to a low CPU
   priority, which cannot be raised again; that process ends with the query, and a fresh one takes its place.
 - A stop (hang-up, timeout, shutdown) interrupts the query in its process; a process that does not answer
   within ``KILL_AFTER_SECONDS`` (an allocation no interrupt reaches) is killed.
@@ -40,7 +40,6 @@ from saferoom.errors import EngineError, SaferoomError, from_fields
 from saferoom.policy.limits import Limits
 from saferoom.secrets import Secret
 
-GRACE_SECONDS = 0.25  # a query still running after this is a long one: its process yields the processor
 KILL_AFTER_SECONDS = 5.0  # a stopped query whose process has not answered by then is killed
 ENDED = "the query's engine process ended unexpectedly (out of memory, or killed); run the query again"
 IDLE_SECONDS = 60.0  # a spare worker idle this long is stopped (one per user stays)
@@ -234,7 +233,7 @@ class _Query:
         self.done = threading.Event()
         self.cancel.on_cancel(self._stop)
         self.timer = self.cancel.after(self.timeout)
-        self.demotion = threading.Timer(GRACE_SECONDS, self.worker.lower)
+        self.demotion = threading.Timer(priority.SHORT_SECONDS, self.worker.lower)
         self.demotion.daemon = True
         self.demotion.start()
 

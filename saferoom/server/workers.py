@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from saferoom import priority
 
 T = TypeVar("T")
-GRACE_SECONDS = 0.25  # a query still running after this is no longer a short one
 DEMOTED_NICE = int(__import__("os").environ.get("DN", "10"))  # CFS gives a nice-10 thread about a tenth of a nice-0 one's share of a busy processor
 
 _Task = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
@@ -39,7 +38,7 @@ class QueryThread:
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` on this query's thread; demote the thread if the query is still running after the grace."""
         if self._demotion is None:
-            self._demotion = asyncio.get_running_loop().call_later(GRACE_SECONDS, self.demote)
+            self._demotion = asyncio.get_running_loop().call_later(priority.SHORT_SECONDS, self.demote)
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._tasks.put((future, function, args))
         return await asyncio.shield(asyncio.wrap_future(future))
