@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -388,3 +389,26 @@ def test_lines_read_backwards_know_where_they_start(tmp_path: Path, block: int) 
     found = list(lines_backwards(tmp_path / LOG, block))
     assert [offset for offset, _ in found] == starts[::-1]
     assert all(data[offset:].startswith(text + b"\n") for offset, text in found)
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_verify_on_a_log_being_written_sees_no_problem(tmp_path: Path, sealed: bool) -> None:
+    """An administrator may verify a live gateway's log: records and heads written meanwhile are no forgery."""
+    key = KEY if sealed else None
+    log = AuditLog(tmp_path, key=key)
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            log.append({"event": "decision", "user": "alice"})
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        results = [verify(tmp_path, key=key) for _ in range(200)]
+    finally:
+        stop.set()
+        writer.join()
+        log.close()
+    assert [r.problem for r in results if not r.ok] == []
+    assert results[-1].records > results[0].records  # the log grew while it was verified

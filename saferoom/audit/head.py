@@ -126,9 +126,11 @@ def read_head(folder: Path, key: AuditKey | None = None) -> tuple[int, str] | No
     return None if slot is None else (slot.seq, slot.hash)
 
 
-def head_problem(folder: Path, seq: int, hash_at: Callable[[int], str | None], key: AuditKey | None = None) -> str | None:
-    """Why the log (ending at ``seq``) does not hold what its head saw; None when it does."""
-    head = read_head(folder, key)
+def head_problem(head: tuple[int, str] | None, seq: int, hash_at: Callable[[int], str | None]) -> str | None:
+    """Why the log (ending at ``seq``) does not hold what its head (read before the log) saw; None when it does.
+
+    The head is read first: a log read after it holds at least the records it saw, even while a gateway
+    writes both."""
     if head is None:
         return None if seq == 0 else f"the log ends at record {seq} but its head is missing or unreadable"
     at, digest = head

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from saferoom.audit.checkpoints import CHECKPOINT, Anchor, Copy, load_copy, signature_problem
-from saferoom.audit.head import head_problem, head_sealed, hmac_equal, read_slot
+from saferoom.audit.head import Slot, head_problem, head_sealed, hmac_equal, read_slot
 from saferoom.audit.keys import AuditKey, PublicKey
 from saferoom.audit.records import GENESIS, LOG, _digest
 from saferoom.errors import UsageError
@@ -47,8 +47,8 @@ def verify(folder: Path, *, key: AuditKey | None = None, public_key: PublicKey |
     path = folder / LOG
     if not path.exists() and copy is None:
         return Verification(False, 0, f"no audit log in {folder}")
-    slot = read_slot(folder, key)
-    walk = _Walk(key, public, copy.anchors if copy else {}, slot.seq if slot else 0)
+    slot = read_slot(folder, key)  # before the log: a gateway may be writing both (see head_problem)
+    walk = _Walk(key, public, copy.anchors if copy else {}, slot)
     if path.exists():
         with path.open(encoding="utf-8") as lines:
             for number, text in enumerate(lines, 1):
@@ -63,7 +63,7 @@ class _Walk:
     key: AuditKey | None
     public: PublicKey | None
     anchors: dict[int, Anchor]
-    head_seq: int
+    head: Slot | None
     prev: str = GENESIS
     seq: int = 0
     head_hash: str | None = None
@@ -82,7 +82,7 @@ class _Walk:
         if problem:
             return problem
         self.prev, self.seq = record["hash"], record["seq"]
-        if self.seq == self.head_seq:
+        if self.head is not None and self.seq == self.head.seq:
             self.head_hash = self.prev
         return None
 
@@ -137,11 +137,10 @@ class _Walk:
                 return ("this log is sealed with an audit key: verify it with --key, or with --public-key and "
                         "--checkpoints (its forwarded copy)")
             return None  # the head's seal cannot be checked without the key; the copy stands in for it
-        problem = head_problem(folder, self.seq, self._hash_at, self.key)
+        problem = head_problem(None if self.head is None else (self.head.seq, self.head.hash), self.seq, self._hash_at)
         if problem or self.key is None or self.seq == 0:
             return problem
-        slot = read_slot(folder, self.key)
-        if slot is not None and slot.sealed:
+        if self.head is not None and self.head.sealed:
             return None
         if self.sealed:
             return "the head is not sealed with the audit key (replaced)"
@@ -149,7 +148,7 @@ class _Walk:
                 "hmacs and head were stripped and replaced")
 
     def _hash_at(self, at: int) -> str | None:
-        return GENESIS if at == 0 else self.head_hash if at == self.head_seq else None
+        return GENESIS if at == 0 else self.head_hash if self.head is not None and at == self.head.seq else None
 
     def result(self, problem: str | None, copy: Copy | None, line: int | None = None) -> Verification:
         signed = copy.checkpoints if copy is not None and problem is None else 0

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from saferoom.audit.checkpoints import CHECKPOINT, checkpoint
 from saferoom.audit.forward import TIMEOUT, AppendFile, Destination, Forwarder, ForwardError, destination
-from saferoom.audit.head import Head, head_problem, head_sealed, hmac_equal, read_slot
+from saferoom.audit.head import Head, head_problem, head_sealed, hmac_equal, read_head, read_slot
 from saferoom.audit.keys import AuditKey
 from saferoom.audit.records import (
     GENESIS,
@@ -235,12 +235,13 @@ class AuditLog:
     def _recover(self) -> tuple[int, str]:
         """The last record's seq and hash, after checking the log still holds every record its head saw,
         sealed with this key (or unsealed, when no key is given)."""
+        head = read_head(self.path.parent, self._key)
         repair(self.path)
         last = last_line(self.path)
         record: dict[str, Any] = {"seq": 0, "hash": GENESIS} if last is None else parse_record(last)
         seq, digest = int(record["seq"]), str(record["hash"])
         _check_key(self.path.parent, record, self._key)
-        problem = head_problem(self.path.parent, seq, lambda at: _hash_at(self.path.parent, at, seq, digest), self._key)
+        problem = head_problem(head, seq, lambda at: _hash_at(self.path.parent, at, seq, digest))
         if problem:
             raise AuditError(f"the audit log in {self.path.parent} has lost records: {problem}. Nothing more is written "
                              "to it; run `saferoom audit verify`, keep audit.log and audit.head as evidence, and start "
