@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from saferoom import priority
 
 T = TypeVar("T")
-DEMOTED_NICE = int(__import__("os").environ.get("DN", "10"))  # CFS gives a nice-10 thread about a tenth of a nice-0 one's share of a busy processor
 
 _Task = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
 
