@@ -87,6 +87,7 @@ def test_a_worker_that_does_not_answer_a_stop_is_killed(engine: ProcessEngine) -
     thread.join(timeout=KILL_AFTER_SECONDS * 20)  # a ceiling for a hang only: the kill comes after KILL_AFTER_SECONDS
     assert not thread.is_alive() and isinstance(errors[0], QueryCancelled)
     assert not worker.process.is_alive()
+    assert worker.spill and not Path(worker.spill).exists()  # what a killed worker spilled does not stay on disk
     assert engine.stream("select 2 as n").read_all().to_pylist() == [{"n": 2}]
 
 
@@ -97,6 +98,7 @@ def test_a_worker_killed_mid_query_is_an_error_and_the_next_query_runs(engine: P
     os.kill(worker.process.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
     thread.join()
     assert isinstance(errors[0], EngineError) and "ended unexpectedly" in str(errors[0])
+    assert worker.spill and not Path(worker.spill).exists()
     assert engine.stream("select 3 as n").read_all().to_pylist() == [{"n": 3}]
 
 
@@ -112,9 +114,51 @@ def test_a_long_query_yields_the_processor_and_its_worker_is_not_reused(engine: 
         time.sleep(0.05)
     threads = os.listdir(f"/proc/{worker.process.pid}/task")
     assert all(os.getpriority(os.PRIO_PROCESS, int(t)) == priority.LOW for t in threads)
+    assert worker.process.pid in priority.BACKGROUND._pids  # stopped whenever a short query runs
     cancel("done")
     thread.join()
     assert worker not in engine._idle and not worker.process.is_alive()
+    assert worker.process.pid not in priority.BACKGROUND._pids
+
+
+def state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2]
+
+
+def test_long_work_is_stopped_while_short_work_runs_and_continues_after() -> None:
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    background = priority.Background()
+    try:
+        background.add(child.pid)
+        background.enter()
+        background.enter()  # two short queries at once
+        deadline = time.monotonic() + 600
+        while state(child.pid) != "T":
+            assert time.monotonic() < deadline, "the long process was never stopped"
+            time.sleep(0.01)
+        background.leave()
+        assert state(child.pid) == "T"  # one short query still runs
+        background.leave()
+        while state(child.pid) == "T":
+            assert time.monotonic() < deadline, "the long process was never continued"
+            time.sleep(0.01)
+        background.enter()
+        background.discard(child.pid)  # ending (or told to stop): it runs, whatever else runs
+        while state(child.pid) == "T":
+            assert time.monotonic() < deadline, "a discarded process stayed stopped"
+            time.sleep(0.01)
+        background.add(child.pid)  # added while short work runs: stopped at once
+        while state(child.pid) != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_the_key_is_in_no_command_line_or_environment(engine: ProcessEngine, room) -> None:

@@ -66,11 +66,14 @@ class DuckDBEngine:
 
     spec = DUCKDB
 
-    def __init__(self, sources: dict[str, Path], token_key: Secret | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, sources: dict[str, Path], token_key: Secret | None = None, limits: Limits | None = None,
+                 spill: Path | None = None) -> None:
+        """``spill``: the folder for spill files, kept by the caller (who removes it even if this process is
+        killed); by default a private one, removed on close."""
         self._lock = threading.Lock()
         self._paths = {name: str(path) for name, path in sources.items()}
         self._conn = duckdb.connect(":memory:", config=_CLOSED_CONFIG)
-        self._spill: str | None = None
+        self._spill: str | None = None  # the private spill folder this engine removes on close
         try:
             self._conn.execute("SET enable_progress_bar = false")  # never draw on a notebook's stdout
             for name, path in sources.items():
@@ -78,7 +81,9 @@ class DuckDBEngine:
             if token_key is not None:
                 token_function(self._conn, token_key)
             if limits is not None:
-                self._spill = _bound(self._conn, limits)
+                folder = str(spill) if spill else _private_spill(limits)
+                self._spill = None if spill else folder
+                _bound(self._conn, limits, folder)
             self._conn.execute("SET enable_external_access = false")
             self._conn.execute("SET lock_configuration = true")
         except BaseException:
@@ -152,14 +157,16 @@ class DuckDBEngine:
         return scrub(message, self._paths)
 
 
-def _bound(conn: duckdb.DuckDBPyConnection, limits: Limits) -> str | None:
-    """Memory, threads and spill space for every query of this engine; returns the private spill folder."""
-    spill = tempfile.mkdtemp(prefix="saferoom-spill-") if limits.temp_limit else None
+def _private_spill(limits: Limits) -> str | None:
+    return tempfile.mkdtemp(prefix="saferoom-spill-") if limits.temp_limit else None
+
+
+def _bound(conn: duckdb.DuckDBPyConnection, limits: Limits, spill: str | None) -> None:
+    """Memory, threads and spill space (in ``spill``, a folder no one else uses) for every query of this engine."""
     for name, value in [("memory_limit", limits.memory_limit), ("threads", limits.threads),
                         ("max_temp_directory_size", limits.temp_limit), ("temp_directory", spill)]:
         if value is not None:
             conn.execute(_set(name, value))
-    return spill
 
 
 def _set(name: str, value: object) -> str:

@@ -4,8 +4,9 @@ In one process, DuckDB's Python binding takes the interpreter lock between every
 look for Ctrl-C), so a few long queries from one analyst slow every other thread of the server, however
 low their CPU priority. A query in its own process shares nothing with the server but the machine:
 
-- A query still running after a short one's time (``priority.SHORT_SECONDS``) has its process moved to a low CPU
-  priority, which cannot be raised again; that process ends with the query, and a fresh one takes its place.
+- A query that has used a short one's processor time (``priority.SHORT_SECONDS``) has its process moved to a low
+  CPU priority, which cannot be raised again, and stopped whenever short queries run (``priority.BACKGROUND``);
+  that process ends with the query, and a fresh one takes its place.
 - A stop (hang-up, timeout, shutdown) interrupts the query in its process; a process that does not answer
   within ``KILL_AFTER_SECONDS`` (an allocation no interrupt reaches) is killed.
 - A query's memory is its process's: the server stays small, and whatever the kernel must kill is that.
@@ -21,8 +22,10 @@ import ctypes
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +45,7 @@ from saferoom.secrets import Secret
 
 KILL_AFTER_SECONDS = 5.0  # a stopped query whose process has not answered by then is killed
 ENDED = "the query's engine process ended unexpectedly (out of memory, or killed); run the query again"
+WATCH_SECONDS = 0.05  # how often a query not yet long is looked at again, at most
 IDLE_SECONDS = 60.0  # a spare worker idle this long is stopped (one per user stays)
 # control messages start with a letter; every other message is an Arrow IPC message (which starts 0xFFFFFFFF)
 # sent as the buffer pyarrow wrote, so a batch is never copied to add a header
@@ -150,8 +154,8 @@ class ProcessEngine:
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    def __init__(self, process: Any, conn: Connection) -> None:
-        self.process, self.conn = process, conn
+    def __init__(self, process: Any, conn: Connection, spill: str | None) -> None:
+        self.process, self.conn, self.spill = process, conn, spill
         self.reusable = True
         self.idle_since = 0.0
 
@@ -163,15 +167,20 @@ class _Worker:
         process = _CONTEXT.Process(target=_serve, args=(child,), name="saferoom-query", daemon=True)
         process.start()
         child.close()
-        worker = cls(process, parent)
-        worker.send(("setup", *setup))  # the key travels over the pipe, never on a command line or in the environment
-        worker.expect_ready()
+        # the spill folder is made and removed here: a killed worker (a query that would not stop) removes nothing
+        spill = tempfile.mkdtemp(prefix="saferoom-spill-") if setup[-1] and setup[-1].temp_limit else None
+        worker = cls(process, parent, spill)
+        try:
+            worker.send(("setup", *setup, spill))  # the key travels over the pipe, never on a command line or in the environment
+            worker.expect_ready()
+        except BaseException:
+            worker.stop()
+            raise
         return worker
 
     def expect_ready(self) -> None:
         message = self.receive()
         if message[:1] == ERROR:
-            self.stop()
             raise _error(message)
 
     def send(self, request: tuple[Any, ...]) -> None:
@@ -200,12 +209,19 @@ class _Worker:
             os.kill(self.process.pid, signal.SIGUSR1)
 
     def lower(self) -> None:
-        """Low priority for every thread of the process; it is not reused after this query."""
+        """Low priority for every thread of the process, which is stopped while short work runs; it is not
+        reused after this query."""
         self.reusable = False
         priority.lower_process(self.process.pid)
+        priority.BACKGROUND.add(self.process.pid)
+
+    def resume(self) -> None:
+        """Let the process run (a stopped one must, to hear a stop or a close); it leaves the background."""
+        priority.BACKGROUND.discard(self.process.pid)
 
     def stop(self) -> None:
         """End the worker and close its pipe; only the thread that holds the worker calls this."""
+        self.resume()
         with contextlib.suppress(OSError, ValueError):
             self.conn.send(("close",))
         self.process.join(KILL_AFTER_SECONDS)
@@ -216,9 +232,12 @@ class _Worker:
         """End the process, from any thread. The pipe stays open: a reader blocked on it sees the end of the
         stream, and its file descriptor cannot be reused under it."""
         self.reusable = False
+        self.resume()  # before the process is reaped, while its pid is still ours
         with contextlib.suppress(OSError, ValueError):
             self.process.kill()
         self.process.join()
+        if self.spill is not None:  # what it spilled may be rows of the data: none stays on disk
+            shutil.rmtree(self.spill, ignore_errors=True)
 
 
 @dataclass
@@ -231,11 +250,47 @@ class _Query:
 
     def __post_init__(self) -> None:
         self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._short = self._ended = False
         self.cancel.on_cancel(self._stop)
         self.timer = self.cancel.after(self.timeout)
-        self.demotion = threading.Timer(priority.SHORT_SECONDS, self.worker.lower)
-        self.demotion.daemon = True
-        self.demotion.start()
+        self._enter_short()
+        self._started, self._cpu = time.monotonic(), priority.cpu_seconds(self.worker.process.pid)
+        self.demotion: threading.Timer | None = None
+        self._watch_in(priority.SHORT_SECONDS)
+
+    def _watch_in(self, seconds: float) -> None:
+        with self._lock:
+            if not self._ended:
+                self.demotion = threading.Timer(seconds, self._watch)
+                self.demotion.daemon = True
+                self.demotion.start()
+
+    def _watch(self) -> None:
+        """Long once the worker has used a short query's processor time, or waited past ``LONG_SECONDS``: on a
+        busy machine, wall time alone would call every query long (and stop it behind the others)."""
+        used = priority.cpu_seconds(self.worker.process.pid) - self._cpu
+        if used >= priority.SHORT_SECONDS or time.monotonic() - self._started >= priority.LONG_SECONDS:
+            self._demote()
+        else:
+            self._watch_in(max(priority.SHORT_SECONDS - used, WATCH_SECONDS))
+
+    def _enter_short(self) -> None:
+        priority.BACKGROUND.enter()
+        self._short = True
+
+    def _leave_short(self) -> None:
+        if self._short:
+            self._short = False
+            priority.BACKGROUND.leave()
+
+    def _demote(self) -> None:
+        """Still running after a short query's time: long work (never after the query ended, whose process
+        may be reaped already)."""
+        with self._lock:
+            if not self._ended and self.cancel.reason is None:
+                self.worker.lower()
+                self._leave_short()
 
     def schema(self) -> pa.Schema:
         message = self._receive()
@@ -265,6 +320,8 @@ class _Query:
         """Interrupt the query (again and again, as a stop can arrive before the worker starts it); a worker
         still busy with it after KILL_AFTER_SECONDS is killed."""
         self.worker.reusable = False  # no stray stop may reach its next query
+        with self._lock:  # after a demotion under way, never before it: a stopped process hears no interrupt
+            self.worker.resume()
         until_done(self.worker.interrupt, self.done)()
         killer = threading.Timer(KILL_AFTER_SECONDS, lambda: None if self.done.is_set() else self.worker.kill())
         killer.daemon = True
@@ -272,7 +329,11 @@ class _Query:
 
     def end(self, engine: ProcessEngine) -> None:
         """The query is over for its reader: a worker still sending (an early stop) is drained or killed."""
-        self.demotion.cancel()
+        with self._lock:
+            self._ended = True
+            self._leave_short()
+            if self.demotion is not None:
+                self.demotion.cancel()
         if self.timer is not None:
             self.timer.cancel()
         if not self.done.is_set():
@@ -330,8 +391,9 @@ def _die_with_parent() -> None:
 
 
 def _open(setup: tuple[Any, ...]) -> DuckDBEngine:
-    _, sources, key, limits = setup
-    return DuckDBEngine({n: Path(p) for n, p in sources.items()}, Secret(key) if key else None, limits)
+    _, sources, key, limits, spill = setup
+    return DuckDBEngine({n: Path(p) for n, p in sources.items()}, Secret(key) if key else None, limits,
+                        Path(spill) if spill else None)
 
 
 def _answer(conn: Connection, engine: DuckDBEngine, request: tuple[Any, ...], running: list[Cancel]) -> None:
