@@ -121,6 +121,27 @@ def test_a_long_query_yields_the_processor_and_its_worker_is_not_reused(engine: 
     assert worker.process.pid not in priority.BACKGROUND._pids
 
 
+def test_a_user_with_a_long_query_running_starts_the_next_as_long_work(engine: ProcessEngine) -> None:
+    """So that one user's many queries cannot each take a short query's share of the processor from others."""
+    import time
+
+    cancel = Cancel()
+    thread, _ = running_worker(engine, RUNAWAY, cancel)
+    try:
+        worker = busy_worker(engine)
+        deadline = time.monotonic() + 600
+        while not worker.lowered:
+            assert time.monotonic() < deadline, "the long query was never lowered"
+            time.sleep(0.05)
+        assert engine.stream("select 4 as n").read_all().to_pylist() == [{"n": 4}]  # it still runs: in the gaps
+        assert engine._idle == []  # its worker was lowered at once, so it is not kept
+    finally:
+        cancel("done")
+        thread.join()
+    assert engine.stream("select 5 as n").read_all().to_pylist() == [{"n": 5}]
+    assert len(engine._idle) == 1 and not engine._idle[0].lowered  # nothing long runs: a short start again
+
+
 def state(pid: int) -> str:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rfind(")") + 2]

@@ -96,8 +96,9 @@ class ProcessEngine:
     def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
                cancel: Cancel | None = None) -> pa.RecordBatchReader:
         """Run ``sql`` in a worker; ``cancel`` (or ``timeout`` passing) interrupts it there."""
+        behind = self._behind()
         cancel, worker = cancel or Cancel(), self._acquire()
-        query = _Query(worker, cancel, timeout)
+        query = _Query(worker, cancel, timeout, short=not behind)
         try:
             worker.send(("stream", sql, batch_size))
             schema = query.schema()
@@ -129,6 +130,12 @@ class ProcessEngine:
             self._running.add(worker)
         return worker
 
+    def _behind(self) -> bool:
+        """Whether this user already has a long query running: then a new one starts as long work too, so that
+        one user's many queries never take from others the processor each would get for its short start."""
+        with self._lock:
+            return any(worker.lowered for worker in self._running)
+
     def _busy(self) -> set[_Worker]:
         with self._lock:
             return set(self._running)
@@ -156,7 +163,7 @@ class _Worker:
 
     def __init__(self, process: Any, conn: Connection, spill: str | None) -> None:
         self.process, self.conn, self.spill = process, conn, spill
-        self.reusable = True
+        self.reusable, self.lowered = True, False
         self.idle_since = 0.0
 
     @classmethod
@@ -211,7 +218,7 @@ class _Worker:
     def lower(self) -> None:
         """Low priority for every thread of the process, which is stopped while short work runs; it is not
         reused after this query."""
-        self.reusable = False
+        self.reusable, self.lowered = False, True
         priority.lower_process(self.process.pid)
         priority.BACKGROUND.add(self.process.pid)
 
@@ -247,6 +254,7 @@ class _Query:
     worker: _Worker
     cancel: Cancel
     timeout: float | None
+    short: bool = True  # starts as short work (else as long work at once)
 
     def __post_init__(self) -> None:
         self.done = threading.Event()
@@ -254,10 +262,13 @@ class _Query:
         self._short = self._ended = False
         self.cancel.on_cancel(self._stop)
         self.timer = self.cancel.after(self.timeout)
-        self._enter_short()
         self._started, self._cpu = time.monotonic(), priority.cpu_seconds(self.worker.process.pid)
         self.demotion: threading.Timer | None = None
-        self._watch_in(priority.SHORT_SECONDS)
+        if self.short:
+            self._enter_short()
+            self._watch_in(priority.SHORT_SECONDS)
+        else:
+            self._demote()
 
     def _watch_in(self, seconds: float) -> None:
         with self._lock:
