@@ -469,7 +469,7 @@ def check_command(
         if os.environ.get("SAFEROOM_FINGERPRINT_KEY"):
             key = Secret(os.environ["SAFEROOM_FINGERPRINT_KEY"])
         elif policy is not None and load_policy(policy).token_key is not None:
-            from saferoom.engines.duckdb import fingerprint_key
+            from saferoom.keyed import fingerprint_key
 
             key = fingerprint_key(load_policy(policy).token_key)  # type: ignore[arg-type]
     from rich.progress import Progress

@@ -88,7 +88,7 @@ def test_nothing_secret_reaches_the_logs(spark_alice, room, capfd) -> None:
 def test_build_from_spark(spark_room, room, tmp_path, engine: str) -> None:
     import duckdb
 
-    from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.keyed import fingerprint_key
     from saferoom.split import build, fingerprints
     from tests.conftest import CANARY_NAME
 

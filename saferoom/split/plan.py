@@ -11,7 +11,6 @@ from sqlglot import exp
 
 from saferoom.engines import SPECS
 from saferoom.engines.base import Catalog, EngineSpec
-from saferoom.engines.duckdb import build_connection, read_catalog
 from saferoom.errors import BuildError, UsageError
 from saferoom.explain import ColumnInfo, column_info
 from saferoom.guard.views import build_view
@@ -87,6 +86,7 @@ class BuildPlan:
 def make_plan(policy: Policy, name: str) -> BuildPlan:
     """What ``build`` would do, without writing anything."""
     from saferoom import __version__
+    from saferoom.split.sources import sources_catalog
 
     return plan_from_catalog(policy, name, sources_catalog(policy), __version__)
 
@@ -121,7 +121,7 @@ def _tables(policy: Policy, name: str, build: Build) -> list[str]:
 
 def _key_id(policy: Policy) -> str:
     """Which token key the tokens are under (a one-way id, as the manifest shows it)."""
-    from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.keyed import fingerprint_key
     from saferoom.split.fingerprints import key_id
 
     return key_id(fingerprint_key(policy.token_key)) if policy.token_key is not None else ""
@@ -195,41 +195,3 @@ def _target_name(policy: Policy, keys: list[str], key: str) -> str:
     ref = policy.tables[key]
     clashes = [k for k in keys if policy.tables[k].name.lower() == ref.name.lower()]
     return ref.name.lower() if len(clashes) == 1 else f"{ref.source}_{ref.name}".lower()
-
-
-def source_paths(policy: Policy) -> dict[str, Path]:
-    """The DuckDB files a build reads: every DuckDB source but the builds' own targets."""
-    from saferoom.session import _path
-
-    return {name: _path(policy, source.path) for name, source in policy.model.sources.items()
-            if name not in policy.model.builds and source.engine == "duckdb"}
-
-
-def sources_catalog(policy: Policy) -> Catalog:
-    """Tables and column types of every source a build may read."""
-    conn = build_connection(source_paths(policy), None)
-    try:
-        catalog = read_catalog(conn)
-    finally:
-        conn.close()
-    for source in _remote_sources(policy):
-        catalog |= _remote_catalog(policy, source)
-    return catalog
-
-
-def _remote_sources(policy: Policy) -> list[str]:
-    return [n for n, s in policy.model.sources.items() if s.engine in ("postgres", "spark") and n not in policy.model.builds]
-
-
-def _remote_catalog(policy: Policy, source: str) -> Catalog:
-    if policy.model.sources[source].engine == "spark":
-        from saferoom.engines.spark import SparkEngine
-
-        return SparkEngine(source, policy.model.sources[source], policy.base).catalog()
-    from saferoom.split.postgres import PostgresSide
-
-    side = PostgresSide(policy, source)
-    try:
-        return side.engine.catalog()
-    finally:
-        side.close()

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.postgres import FINGERPRINT_KEY, PostgresEngine, fingerprint_sql
+from saferoom.keyed import fingerprint_key
 from saferoom.policy import Policy
 from saferoom.split import fingerprints
 from saferoom.split.plan import TablePlan

@@ -22,8 +22,9 @@ import duckdb
 import numpy as np
 from sqlglot import exp
 
-from saferoom.engines.duckdb import FINGERPRINT_TEXT_FUNCTION, TOKEN_FUNCTION, fingerprint_key, scrub
+from saferoom.engines.duckdb import scrub
 from saferoom.errors import BuildError, EngineError, UsageError
+from saferoom.keyed import FINGERPRINT_TEXT_FUNCTION, TOKEN_FUNCTION, fingerprint_key
 from saferoom.policy import Policy
 from saferoom.split import fingerprints
 from saferoom.split.carry import Change, changes, previous_build, unchanged

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.spark import SparkEngine
+from saferoom.keyed import fingerprint_key
 from saferoom.policy import Policy
 from saferoom.secrets import Secret, hmac_pads
 from saferoom.split import fingerprints
