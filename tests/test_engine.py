@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from saferoom.engines.duckdb import DuckDBEngine
+from saferoom.engines.duckdb import DatabaseFile, DuckDBEngine
 from saferoom.errors import EngineError
 from saferoom.secrets import Secret
 from tests.conftest import token
@@ -14,7 +14,7 @@ from tests.conftest import token
 
 @pytest.fixture()
 def engine(room):
-    engine = DuckDBEngine({"prod": room.database}, Secret(room.key))
+    engine = DuckDBEngine({"prod": DatabaseFile(room.database)}, Secret(room.key))
     yield engine
     engine.close()
 
@@ -52,14 +52,14 @@ def test_null_tokenizes_to_null(engine: DuckDBEngine) -> None:
 
 def test_missing_database_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(EngineError, match="does not exist"):
-        DuckDBEngine({"prod": tmp_path / "absent.duckdb"})
+        DuckDBEngine({"prod": DatabaseFile(tmp_path / "absent.duckdb")})
 
 
 def test_corrupt_database_is_a_clear_error(tmp_path) -> None:
     bad = tmp_path / "bad.duckdb"
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(EngineError, match="source `prod` cannot be opened") as caught:
-        DuckDBEngine({"prod": bad})
+        DuckDBEngine({"prod": DatabaseFile(bad)})
     assert str(tmp_path) not in str(caught.value)
 
 

@@ -9,12 +9,15 @@ guard could not read files, load code or loosen a setting.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import pyarrow as pa
@@ -54,24 +57,55 @@ DUCKDB = EngineSpec(
 CLOSED_CONFIG: dict[str, str | bool | int | float | list[str]] = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
 
 
+class Attachment(Protocol):
+    """A source DuckDB reads from files: how it is attached, and which folders its queries must still reach."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def attach(self, conn: duckdb.DuckDBPyConnection, name: str, paths: dict[str, str]) -> None: ...
+
+    def folders(self) -> list[Path]: ...
+
+
+@dataclass(frozen=True)
+class DatabaseFile:
+    """A DuckDB database file, attached read-only under the source's name."""
+
+    path: Path
+
+    def attach(self, conn: duckdb.DuckDBPyConnection, name: str, paths: dict[str, str]) -> None:
+        """``paths`` are scrubbed from the error if it cannot be opened."""
+        if not self.path.is_file():
+            raise EngineError(f"source `{name}`: database file {self.path.name} does not exist; check sources.{name}.path")
+        try:
+            conn.execute(attach_sql(self.path, name, read_only=True))
+        except duckdb.Error as exc:
+            raise EngineError(f"source `{name}` cannot be opened: {scrub(str(exc), paths)}") from None
+
+    def folders(self) -> list[Path]:
+        return []  # attached before the engine is closed to files: nothing to reach later
+
+
 class DuckDBEngine:
     """One in-memory DuckDB with every source attached read-only, then locked."""
 
     spec = DUCKDB
 
-    def __init__(self, sources: dict[str, Path], token_key: Secret | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, sources: dict[str, Attachment], token_key: Secret | None = None, limits: Limits | None = None) -> None:
         self._lock = threading.Lock()
-        self._paths = {name: str(path) for name, path in sources.items()}
+        self._paths = {name: str(source.path) for name, source in sources.items()}
         self._conn = duckdb.connect(":memory:", config=CLOSED_CONFIG)
         self._spill: str | None = None
         try:
             self._conn.execute("SET enable_progress_bar = false")  # never draw on a notebook's stdout
-            for name, path in sources.items():
-                attach_source(self._conn, name, path, self._paths)
+            for name, source in sources.items():
+                source.attach(self._conn, name, self._paths)
             if token_key is not None:
                 token_function(self._conn, token_key)
             if limits is not None:
                 self._spill = _bound(self._conn, limits)
+            _only_reach(self._conn, [folder for source in sources.values() for folder in source.folders()])
             self._conn.execute("SET enable_external_access = false")
             self._conn.execute("SET lock_configuration = true")
         except BaseException:
@@ -144,6 +178,13 @@ def _bound(conn: duckdb.DuckDBPyConnection, limits: Limits) -> str | None:
     return spill
 
 
+def _only_reach(conn: duckdb.DuckDBPyConnection, folders: list[Path]) -> None:
+    """The folders queries still read once external access is off (a Parquet source's views read its files)."""
+    if folders:
+        allowed = exp.Array(expressions=[exp.Literal.string(f"{folder}{os.sep}") for folder in folders])
+        conn.execute(exp.Set(expressions=[exp.SetItem(this=exp.EQ(this=exp.var("allowed_directories"), expression=allowed))]).sql("duckdb"))
+
+
 def _set(name: str, value: object) -> str:
     return exp.Set(expressions=[exp.SetItem(this=exp.EQ(this=exp.var(name), expression=_literal(value)))]).sql("duckdb")
 
@@ -170,17 +211,7 @@ def scrub(message: str, paths: dict[str, str]) -> str:
     return re.sub(r"__saferoom_(hmac_)?token", "tokenize", message, flags=re.IGNORECASE)
 
 
-def attach_source(conn: duckdb.DuckDBPyConnection, name: str, path: Path, paths: dict[str, str]) -> None:
-    """Attach a source read-only; ``paths`` are scrubbed from the error if it cannot be opened."""
-    if not path.is_file():
-        raise EngineError(f"source `{name}`: database file {path.name} does not exist; check sources.{name}.path")
-    try:
-        conn.execute(attach_sql(path, name, read_only=True))
-    except duckdb.Error as exc:
-        raise EngineError(f"source `{name}` cannot be opened: {scrub(str(exc), paths)}") from None
-
-
-def attach_sql(path: Path, name: str, *, read_only: bool) -> str:
+def attach_sql(path: Path | str, name: str, *, read_only: bool) -> str:
     options = [exp.AttachOption(this=exp.var("READ_ONLY"))] if read_only else []
     statement = exp.Attach(
         this=exp.alias_(exp.Literal.string(str(path)), exp.to_identifier(name, quoted=True)), expressions=options

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlglot import exp
 
-from saferoom.engines import SPECS
+from saferoom.engines import registry
 from saferoom.engines.base import Catalog, EngineSpec
 from saferoom.errors import BuildError, UsageError
 from saferoom.explain import ColumnInfo, column_info
@@ -134,8 +134,9 @@ def _resolve(policy: Policy, path: str) -> Path:
 
 
 def _check_target(policy: Policy, target: Path) -> None:
-    for name, source in policy.model.sources.items():
-        if source.engine == "duckdb" and _resolve(policy, source.path) == target and name not in policy.model.builds:
+    for name in policy.model.sources:
+        path = policy.source_path(name)
+        if path is not None and _resolve(policy, str(path)) == target and name not in policy.model.builds:
             raise BuildError(f"the build target {target.name} is source `{name}`; a build never overwrites a source")
     if not target.parent.is_dir():
         raise BuildError(f"the folder for the build target does not exist: {target.parent}")
@@ -144,7 +145,7 @@ def _check_target(policy: Policy, target: Path) -> None:
 def _table(policy: Policy, build: Build, key: str, name: str, catalog: Catalog, base: str) -> TablePlan:
     ref = policy.tables[key]
     engine = policy.model.sources[ref.source].engine
-    spec = SPECS[engine]
+    spec = registry.spec_for(engine)
     address = (ref.source.lower(), (ref.schema or spec.default_schema).lower(), ref.name.lower())
     if address not in catalog:
         raise BuildError(f"table {key} is in the policy but not in source `{ref.source}`; run `saferoom lint`")
