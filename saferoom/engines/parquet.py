@@ -3,8 +3,13 @@
 Each table is a file ``<table>.parquet``, or a folder of that name holding part files (as Spark writes
 them). The folder becomes an in-memory database named after the source, with one view per table, so a
 query names ``source.table`` as it would in a DuckDB file. The engine then closes itself to files except
-this folder: the views read it at query time, so a rebuild swapped in under the same path is what the
-next query reads.
+this folder, which its views read at query time.
+
+A build's target is a link to the folder of the build that wrote it, and a rebuild swaps the link. The
+engine reads the folder the link named when it opened, as an attached DuckDB file stays the one opened
+(DuckDB checks the folders it may read by their real paths, so a swapped link would be refused anyway);
+the build then removes that folder, so an engine opened before a rebuild is reopened to read the new one
+(the gateway does when the build rewrites its fragment).
 """
 
 from __future__ import annotations
@@ -33,9 +38,13 @@ def tables(folder: Path) -> dict[str, Path]:
 
 @dataclass(frozen=True)
 class ParquetFolder:
-    """A folder of Parquet files, one table each, attached as views."""
+    """A folder of Parquet files, one table each, attached as views. A link is followed once, here: every
+    process that attaches it (the isolated engine's workers) reads the same build."""
 
     path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", self.path.resolve())
 
     def attach(self, conn: duckdb.DuckDBPyConnection, name: str, paths: dict[str, str]) -> None:
         if not self.path.is_dir():
