@@ -7,6 +7,10 @@ the GIL, using the CPU's SHA instructions where present. DuckDB calls it as a
 vectorised function (builds, sessions, the gateway, check) and Spark's Python
 workers through an Arrow UDF; without the compiled kernel the SQL functions
 serve instead, with the same tokens.
+
+The DuckDB functions ``__saferoom_token`` and ``__saferoom_fingerprint`` are
+made here, and the fingerprint key (derived one way from the token key), so
+the engine, the split and `saferoom check` share one definition of each.
 """
 
 from __future__ import annotations

@@ -112,7 +112,6 @@ class DuckDBEngine:
             self.close()
             raise
 
-
     def catalog(self) -> Catalog:
         return read_catalog(self._conn)
 

@@ -16,6 +16,7 @@ from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, Postg
 
 __all__ = ["Action", "ActionSpec", "ColumnRule", "Policy", "TableRef", "load_policy", "parse_policy"]
 
+
 @dataclass(frozen=True)
 class TableRef:
     """A table the policy lists: ``source.table`` or ``source.schema.table``."""

@@ -17,6 +17,7 @@ from saferoom.guard.views import build_view
 from saferoom.policy import Action, ColumnRule, Policy
 from saferoom.policy.filters import placeholders
 from saferoom.policy.model import Build, KAnonymity
+from saferoom.split.sources import sources_catalog
 
 KEPT, CHANGED, REMOVED = "kept", "changed", "removed"
 
@@ -86,7 +87,6 @@ class BuildPlan:
 def make_plan(policy: Policy, name: str) -> BuildPlan:
     """What ``build`` would do, without writing anything."""
     from saferoom import __version__
-    from saferoom.split.sources import sources_catalog
 
     return plan_from_catalog(policy, name, sources_catalog(policy), __version__)
 

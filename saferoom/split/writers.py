@@ -63,6 +63,12 @@ class Writer(ABC):
 
     @abstractmethod
     def source(self, name: str) -> exp.Expr: ...
+    @abstractmethod
+    def finish(self, build_id: str, policy_hash: str) -> None: ...
+    @abstractmethod
+    def swap(self, target: Path) -> None: ...
+    @abstractmethod
+    def discard(self) -> None: ...
 
     @classmethod
     @abstractmethod
@@ -73,12 +79,6 @@ class Writer(ABC):
     @abstractmethod
     def build_id(target: Path) -> str | None:
         """The id of the build the target holds; None if it holds none."""
-    @abstractmethod
-    def finish(self, build_id: str, policy_hash: str) -> None: ...
-    @abstractmethod
-    def swap(self, target: Path) -> None: ...
-    @abstractmethod
-    def discard(self) -> None: ...
 
     def count(self, name: str) -> int:
         rows: int = self.conn.execute(count_query(self.source(name)).sql("duckdb")).fetchall()[0][0]
