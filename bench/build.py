@@ -116,7 +116,7 @@ def child(code: str, arg: str) -> dict[str, float]:
 def hmac_per_value(n: int) -> tuple[float, float, float]:
     """Seconds per value over the same column: DuckDB's SQL macro, the compiled kernel in DuckDB, hashlib in a loop."""
     from saferoom import keyed
-    from saferoom.engines.duckdb import token_macro
+    from saferoom.keyed import token_macro
     from saferoom.secrets import Secret
 
     key = "bench-key-" * 4

@@ -90,16 +90,17 @@ def explain(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOp
 @app.command()
 def lint(policy: PolicyOpt = Path("saferoom.yaml"), strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False) -> None:
     """Check a policy against the live sources: unclassified and missing columns."""
+    from saferoom.engines import registry
     from saferoom.lint import ERROR
     from saferoom.lint import lint as run_lint
     from saferoom.session import open_engine
 
     loaded = load_policy(policy)
     findings = []
-    for backend in sorted({s.engine for s in loaded.model.sources.values()}):
-        engine = open_engine(loaded, backend)
+    for family in registry.families(loaded):
+        engine = open_engine(loaded, family.name)
         try:
-            findings += run_lint(loaded, engine.catalog(), engine.spec.default_schema, backend)
+            findings += run_lint(loaded, engine.catalog(), engine.spec.default_schema, family.name)
         finally:
             engine.close()
     for finding in findings:
@@ -423,9 +424,7 @@ def compile_command(
         sys.stdout.write(";\n".join(compiler.compile_spark(loaded, spark.catalog(), schema)) + ";\n")
         return
     if apply or drop:
-        source = next((n for n, s in loaded.model.sources.items() if s.engine == "postgres"), None)
-        if source is None:
-            raise SaferoomError("the policy has no postgres source")
+        source = compiler.postgres_source(loaded)
         url = admin_url or loaded.source_url(source)
         secret = os.environ.get("SAFEROOM_ADMIN_PASSWORD")
         password = Secret(secret) if secret else (None if admin_url else loaded.source_password(source))
@@ -469,7 +468,7 @@ def check_command(
         if os.environ.get("SAFEROOM_FINGERPRINT_KEY"):
             key = Secret(os.environ["SAFEROOM_FINGERPRINT_KEY"])
         elif policy is not None and load_policy(policy).token_key is not None:
-            from saferoom.engines.duckdb import fingerprint_key
+            from saferoom.keyed import fingerprint_key
 
             key = fingerprint_key(load_policy(policy).token_key)  # type: ignore[arg-type]
     from rich.progress import Progress

@@ -26,13 +26,14 @@ from typing import Protocol
 
 from sqlglot import exp
 
-from saferoom.engines import require_driver
+from saferoom.engines import registry, require_driver
 from saferoom.engines.base import EngineSpec
 from saferoom.engines.postgres import POSTGRES, KeyTable, token_sql
 from saferoom.errors import UsageError
 from saferoom.guard.views import build_view
 from saferoom.policy import Action, ActionSpec, Policy
 from saferoom.policy.filters import _MARKER
+from saferoom.policy.model import SparkSource
 from saferoom.secrets import Secret, hmac_pads
 
 SCHEMA = "saferoom"
@@ -119,7 +120,7 @@ def _role(policy: Policy, role: str, catalog: dict[tuple[str, str, str], dict[st
     yield f'GRANT USAGE ON SCHEMA "{name}" TO "{name}"'
     yield f'REVOKE ALL ON SCHEMA "{schema}" FROM "{name}"'  # earlier versions granted USAGE
     for key, ref in policy.tables.items():
-        if policy.model.sources[ref.source].engine != "postgres":
+        if not registry.serves(policy, ref.source, spec):
             continue
         address = (ref.source.lower(), (ref.schema or spec.default_schema).lower(), ref.name.lower())
         if address not in catalog:
@@ -185,6 +186,14 @@ def run(cursor: Cursor, statements: list[str], key: Secret | None, schema: str =
 __all__ = ["compile_sql", "drop_sql", "key_pads", "role_grants", "run", "set_key_sql"]
 
 
+def postgres_source(policy: Policy) -> str:
+    """The PostgreSQL source the views are compiled into."""
+    names = registry.sources_of(policy, registry.engine("postgres"))
+    if not names:
+        raise UsageError("the policy has no postgres source")
+    return names[0]
+
+
 def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str = SCHEMA, *, drop: bool = False) -> int:
     """Run the compiled SQL in one transaction; returns the number of statements run."""
     require_driver("postgres")
@@ -195,7 +204,7 @@ def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str =
     if drop:
         statements = drop_sql(policy, schema)
     else:
-        source = next(n for n, s in policy.model.sources.items() if s.engine == "postgres")
+        source = postgres_source(policy)
         reader = PostgresEngine(source, policy.source_url(source), policy.source_password(source))
         try:
             statements = compile_sql(policy, reader.catalog(), schema) + list(role_grants(policy, schema))
@@ -230,7 +239,7 @@ def compile_spark(policy: Policy, catalog: dict[tuple[str, str, str], dict[str, 
         statements.append(f"CREATE DATABASE IF NOT EXISTS `{name}`")
         for ref in policy.tables.values():
             source = policy.model.sources[ref.source]
-            if source.engine != "spark" or ref.name not in source.tables:
+            if not isinstance(source, SparkSource) or ref.name not in source.tables:  # only declared files compile
                 continue
             files = source.tables[ref.name]
             address = (ref.source.lower(), "default", ref.name.lower())

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from saferoom.engines import registry
 from saferoom.errors import EngineError
 from saferoom.guard import Guard
 from saferoom.guard.parse import parse
@@ -71,8 +72,7 @@ def table_info(guard: Guard, table: str) -> TableInfo:
 
 
 def catalog(guard: Guard) -> list[TableInfo]:
-    engine = guard.spec.name
-    tables = [t for t, ref in guard.policy.tables.items() if guard.policy.model.sources[ref.source].engine == engine]
+    tables = [t for t, ref in guard.policy.tables.items() if registry.serves(guard.policy, ref.source, guard.spec)]
     return [table_info(guard, t) for t in tables if _exists(guard, t)]
 
 

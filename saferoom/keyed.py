@@ -7,17 +7,26 @@ the GIL, using the CPU's SHA instructions where present. DuckDB calls it as a
 vectorised function (builds, sessions, the gateway, check) and Spark's Python
 workers through an Arrow UDF; without the compiled kernel the SQL functions
 serve instead, with the same tokens.
+
+The DuckDB functions ``__saferoom_token`` and ``__saferoom_fingerprint`` are
+made here, and the fingerprint key (derived one way from the token key), so
+the engine, the split and `saferoom check` share one definition of each.
 """
 
 from __future__ import annotations
+
+import hashlib
+import hmac
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlglot
 from duckdb.func import FunctionNullHandling, PythonUDFType
+from sqlglot import exp
 
-from saferoom.secrets import Secret, hmac_block
+from saferoom.secrets import Secret, hmac_block, hmac_pads
 
 try:
     from saferoom import _hmac
@@ -25,6 +34,10 @@ except ImportError:  # installed without a C compiler
     _hmac = None
 
 TOKEN_BYTES, FINGERPRINT_BYTES = 16, 8
+# The keyed functions as a DuckDB connection names them (the sessions' engine, a build, `saferoom check`)
+TOKEN_FUNCTION = "__saferoom_token"
+FINGERPRINT_FUNCTION = "__saferoom_fingerprint"
+FINGERPRINT_TEXT_FUNCTION = "__saferoom_fingerprint_text"
 
 
 def available() -> bool:
@@ -93,3 +106,61 @@ def register(conn: duckdb.DuckDBPyConnection, name: str, key: Secret, width: int
     kind = "UUID" if width == TOKEN_BYTES else "UBIGINT"
     conn.create_function(name, lambda values: hmac_column(block, values, width), ["VARCHAR"], kind,
                          type=PythonUDFType.ARROW, null_handling=FunctionNullHandling.SPECIAL, side_effects=False)
+
+
+def token_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
+    """``__saferoom_token(v)``: the compiled kernel where installed, else the SQL macro (same tokens)."""
+    if not available():
+        conn.execute(token_macro(key))
+        return
+    register(conn, "__saferoom_hmac_token", key, TOKEN_BYTES)
+    conn.execute(f"CREATE MACRO memory.main.{TOKEN_FUNCTION}(v) AS __saferoom_hmac_token(CAST(v AS VARCHAR))")
+
+
+def fingerprint_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
+    """``__saferoom_fingerprint(v)``, and ``…_text(t)`` for text already trimmed and lower-cased."""
+    if available():
+        register(conn, FINGERPRINT_TEXT_FUNCTION, key, FINGERPRINT_BYTES)
+    else:
+        conn.execute(fingerprint_macro(key))
+    conn.execute(f"CREATE MACRO memory.main.{FINGERPRINT_FUNCTION}(v) AS {FINGERPRINT_TEXT_FUNCTION}({_FINGERPRINT_TEXT})")
+
+
+_FINGERPRINT_TEXT = "lower(trim(CAST(v AS VARCHAR)))"
+
+
+def fingerprint_key(token_key: Secret) -> Secret:
+    """A key derived one way from the token key: holding it does not let anyone compute tokens."""
+    return Secret(hmac.new(token_key.reveal().encode(), b"saferoom fingerprint key v1", hashlib.sha256).hexdigest())
+
+
+def fingerprint_macro(key: Secret) -> str:
+    """64-bit keyed hash of text as SQL (the fallback for the compiled kernel)."""
+    hmac_sql = token_macro(key, name="__saferoom_fp_hmac", as_token=False)
+    return (
+        hmac_sql + f"; CREATE MACRO memory.main.{FINGERPRINT_TEXT_FUNCTION}(v) AS "
+        "CAST('0x' || left(memory.main.__saferoom_fp_hmac(v), 16) AS UBIGINT)"
+    )
+
+
+def token_macro(key: Secret, name: str = TOKEN_FUNCTION, *, as_token: bool = True) -> str:
+    """HMAC-SHA256 as a DuckDB macro; the key lives only inside the engine.
+
+    HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)) with keys longer than the
+    block hashed first, exactly as RFC 2104 and Python's ``hmac`` compute it.
+    A token is its first 128 bits as a UUID: fixed width, so it stores, joins
+    and groups like a number, and prints as text (truncation as in RFC 4868).
+    """
+    inner, outer = (pad.hex() for pad in hmac_pads(key))
+    body = sqlglot.parse_one(
+        "sha256(unhex(__o) || unhex(sha256(unhex(__i) || encode(CAST(v AS VARCHAR)))))", read="duckdb"
+    ).transform(lambda n: _key_literal(n, inner, outer))
+    if as_token:
+        body = exp.cast(exp.func("left", body, exp.Literal.number(32)), "UUID")
+    return f"CREATE MACRO memory.main.{name}(v) AS {body.sql('duckdb')}"
+
+
+def _key_literal(node: exp.Expr, inner: str, outer: str) -> exp.Expr:
+    if isinstance(node, exp.Column) and node.name in ("__i", "__o"):
+        return exp.Literal.string(inner if node.name == "__i" else outer)
+    return node

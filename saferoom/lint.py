@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saferoom.engines import registry
 from saferoom.engines.base import Catalog
 from saferoom.policy import Policy
 
@@ -19,11 +20,12 @@ class Finding:
 
 
 def lint(policy: Policy, catalog: Catalog, default_schema: str, engine: str | None = None) -> list[Finding]:
-    """Listed tables and columns missing from the source, and source columns nobody classified."""
+    """Listed tables and columns missing from the source, and source columns nobody classified; with ``engine``,
+    only the tables of the sources that engine's family serves (the catalog is that engine's)."""
     findings: list[Finding] = []
     listed: set[tuple[str, str, str]] = set()
     for key, ref in policy.tables.items():
-        if engine and policy.model.sources[ref.source].engine != engine:
+        if engine and not registry.serves(policy, ref.source, registry.spec_for(engine)):
             continue
         address = (ref.source.lower(), (ref.schema or default_schema).lower(), ref.name.lower())
         listed.add(address)

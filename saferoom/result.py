@@ -87,6 +87,12 @@ class Result:
         return self._truncated
 
     @property
+    def truncated_so_far(self) -> bool:
+        """Whether the rows read so far were cut at ``max_rows``, reading no further (``truncated`` reads the rest
+        first: a server whose client hung up must not)."""
+        return self._truncated
+
+    @property
     def num_rows(self) -> int:
         self._drain()
         return sum(b.num_rows for b in self._batches)

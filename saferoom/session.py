@@ -8,9 +8,8 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from saferoom.client import RemoteSession, load_credentials
-from saferoom.engines import require_driver, spec_for
+from saferoom.engines import registry
 from saferoom.engines.base import Cancel, Engine
-from saferoom.engines.duckdb import DuckDBEngine
 from saferoom.errors import QueryRejected, UsageError
 from saferoom.explain import Explanation, OutputColumn, TableInfo, catalog, output_sources, table_info
 from saferoom.guard import Guard, GuardedQuery
@@ -102,44 +101,16 @@ class Session:
 
 def open_engine(policy: Policy, backend: str | None = None, limits: Limits | None = None, *,
                 isolated: bool = False) -> Engine:
-    """The engine for one family of sources: DuckDB files (attached together), a PostgreSQL database or a Spark source.
+    """The engine for one family of sources: DuckDB files and Parquet folders (attached together), a PostgreSQL
+    database or a Spark source; ``backend`` names one (see :mod:`saferoom.engines.registry`), else the first
+    the policy has a source of.
 
     ``limits`` bound the memory, threads and spill space of an embedded engine; ``isolated`` runs each of
     its queries in a process of its own (the gateway's choice: see :mod:`saferoom.engines.isolated`)."""
-    families = {s.engine for s in policy.model.sources.values()}
-    backend = backend or ("duckdb" if "duckdb" in families or not families else "postgres" if "postgres" in families else "spark")
-    check_filters(policy, spec_for(backend))  # before anything opens: a filter the engine cannot run is the policy's error
-    if backend == "duckdb":
-        paths = {n: _path(policy, s.path) for n, s in policy.model.sources.items() if s.engine == "duckdb"}
-        if isolated:
-            from saferoom.engines.isolated import ProcessEngine
-
-            return ProcessEngine(paths, policy.token_key, limits or Limits())
-        return DuckDBEngine(paths, policy.token_key, limits)
-    name = _only_source(policy, backend)
-    source = policy.model.sources[name]
-    require_driver(backend)
-    if backend == "spark":
-        from saferoom.engines.spark import SparkEngine
-
-        return SparkEngine(name, source, policy.base, policy.token_key)
-    from saferoom.engines.postgres import PostgresEngine
-
-    return PostgresEngine(name, policy.source_url(name), policy.source_password(name), policy.token_key)
-
-
-def _only_source(policy: Policy, engine: str) -> str:
-    """PostgreSQL and Spark sessions read one source each (one database, one cluster)."""
-    names = [n for n, s in policy.model.sources.items() if s.engine == engine]
-    if len(names) != 1:
-        label = "PostgreSQL" if engine == "postgres" else engine.capitalize()
-        raise UsageError(f"a session reads one {label} source; the policy has {len(names)}")
-    return names[0]
-
-
-def _path(policy: Policy, path: str) -> Path:
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else policy.base / candidate
+    chosen = registry.for_session(policy, backend)
+    check_filters(policy, chosen.spec)  # before anything opens: a filter the engine cannot run is the policy's error
+    chosen.require_driver()
+    return chosen.open(policy, registry.sources_of(policy, chosen), limits, isolated=isolated)
 
 
 def connect(

@@ -14,6 +14,7 @@ import pytest
 
 import saferoom
 from saferoom.demo import DemoSize, write_demo
+from tests import policies
 
 # Values planted in the source that must never reach an analyst.
 CANARY_NAME = "Zebediah Canaryfield"
@@ -120,12 +121,10 @@ def pg_room(room: Room, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pg
                     cur.adbc_ingest(table, source.sql(f"select * from {table}").to_arrow_table(), mode="create")
             cur.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
         os.environ["SAFEROOM_TEST_PG_PASSWORD"] = pg.READER_PASSWORD
-        text = room.policy.read_text().split("builds:")[0].replace("file:token.key", f"file:{room.folder / 'token.key'}")
-        text = text.replace("    engine: duckdb\n    path: prod.duckdb",
-                            f"    engine: postgres\n    url: {server.reader_url()}\n    password: env:SAFEROOM_TEST_PG_PASSWORD")
-        folder = tmp_path_factory.mktemp("pg-policy")
-        (folder / "saferoom.yaml").write_text(text)
-        yield PgRoom(server, folder / "saferoom.yaml", room)
+        policy = policies.demo(room)
+        policy["sources"] = {"prod": {"engine": "postgres", "url": server.reader_url(), "password": "env:SAFEROOM_TEST_PG_PASSWORD"}}
+        path = policies.write(policy, tmp_path_factory.mktemp("pg-policy") / "saferoom.yaml", "postgres")
+        yield PgRoom(server, path, room)
     finally:
         server.stop()
 
@@ -144,13 +143,11 @@ def spark_room(room: Room, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with duckdb.connect(str(room.database), read_only=True) as con:
         for table in ("customers", "cards", "orders"):
             con.execute(f"COPY {table} TO '{folder / table}.parquet' (FORMAT parquet)")
-    text = room.policy.read_text().split("builds:")[0].replace("file:token.key", f"file:{room.folder / 'token.key'}")
-    lake = ("  lake:\n    engine: spark\n    master: local[2]\n    tables:\n"
-            + "".join(f"      {t}: {{format: parquet, path: {folder / t}.parquet}}\n" for t in ("customers", "cards", "orders")))
-    text = text.replace("  prod:\n    engine: duckdb\n    path: prod.duckdb          # relative paths resolve against this file's folder\n", lake)
-    text = text.replace("prod.", "lake.")
-    (folder / "saferoom.yaml").write_text(text)
-    return folder / "saferoom.yaml"
+    policy = policies.demo(room)
+    tables = {t: {"format": "parquet", "path": f"{folder / t}.parquet"} for t in ("customers", "cards", "orders")}
+    policy["sources"] = {"lake": {"engine": "spark", "master": "local[2]", "tables": tables}}
+    policies.move_tables(policy, "prod", "lake")
+    return policies.write(policy, folder / "saferoom.yaml", "spark")
 
 
 @pytest.fixture(scope="session")

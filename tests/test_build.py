@@ -17,8 +17,8 @@ import pytest
 import sqlglot
 
 import saferoom
-from saferoom.engines.duckdb import fingerprint_key
 from saferoom.errors import BuildError, UsageError
+from saferoom.keyed import fingerprint_key
 from saferoom.split import build, fingerprints, make_plan
 from tests.conftest import CANARY_EMAIL, CANARY_NAME, CANARY_PAN, CANARY_SSN
 

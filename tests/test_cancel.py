@@ -35,9 +35,9 @@ def test_cancel_before_the_engine_starts_stops_it_at_once() -> None:
 
 
 def test_duckdb_query_is_interrupted_by_cancel(room) -> None:
-    from saferoom.engines.duckdb import DuckDBEngine
+    from saferoom.engines.duckdb import DatabaseFile, DuckDBEngine
 
-    engine = DuckDBEngine({"prod": room.database}, None, GATEWAY_DEFAULTS)
+    engine = DuckDBEngine({"prod": DatabaseFile(room.database)}, None, GATEWAY_DEFAULTS)
     try:
         for _ in range(20):  # whichever comes first, the hang-up or the query, the query stops
             cancel = Cancel()

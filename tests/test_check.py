@@ -235,7 +235,7 @@ def test_empty_dataframes_are_clean() -> None:
 
 
 def test_fingerprints_catch_real_values_no_pattern_would(room, tmp_path: Path) -> None:
-    from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.keyed import fingerprint_key
     from saferoom.split import build
     from tests.conftest import CANARY_NAME
     from tests.test_build import policy_with_build

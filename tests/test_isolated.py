@@ -13,6 +13,7 @@ import pytest
 
 from saferoom import priority
 from saferoom.engines.base import Cancel
+from saferoom.engines.duckdb import DatabaseFile
 from saferoom.engines.isolated import KILL_AFTER_SECONDS, ProcessEngine
 from saferoom.errors import EngineError, LimitExceeded, QueryCancelled
 from saferoom.policy.limits import GATEWAY_DEFAULTS
@@ -23,7 +24,7 @@ RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELEC
 
 @pytest.fixture
 def engine(room) -> Iterator[ProcessEngine]:
-    isolated = ProcessEngine({"prod": room.database}, Secret(room.key), GATEWAY_DEFAULTS)
+    isolated = ProcessEngine({"prod": DatabaseFile(room.database)}, Secret(room.key), GATEWAY_DEFAULTS)
     try:
         yield isolated
     finally:

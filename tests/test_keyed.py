@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saferoom import keyed
-from saferoom.engines.duckdb import keyed_functions
 from saferoom.secrets import Secret, hmac_block
+from saferoom.split.sources import keyed_functions
 
 if not keyed.available():
     if os.environ.get("SAFEROOM_REQUIRE_KERNEL"):  # CI: a machine with a compiler must build the kernel

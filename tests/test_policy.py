@@ -191,3 +191,16 @@ def test_an_alias_bomb_in_a_fragment_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, POLICY + "includes: [fragment.yaml]\n")
     with pytest.raises(saferoom.PolicyError, match="aliases expand"):
         load_policy(path)
+
+
+@pytest.mark.parametrize("source, key", [
+    ("engine: parquet", "sources.prod.path"),
+    ("engine: postgres", "sources.prod.url"),
+])
+def test_a_missing_source_key_is_named_as_the_file_writes_it(tmp_path: Path, source: str, key: str) -> None:
+    """Not `sources.prod.postgres.url`: the kind of source is what `engine:` says, not a key of the file."""
+    text = POLICY.replace("    engine: duckdb\n    path: prod.duckdb", f"    {source}")
+    assert text != POLICY
+    with pytest.raises(saferoom.PolicyError, match=f"missing required key `{key}`") as caught:
+        load_policy(write(tmp_path, text))
+    assert caught.value.line == 4

@@ -169,7 +169,7 @@ def test_cli_lint_on_postgres(pg_room) -> None:
 def test_build_from_postgres_matches_the_duckdb_build(pg_room, room, tmp_path: Path) -> None:
     import duckdb
 
-    from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.keyed import fingerprint_key
     from saferoom.split import build, fingerprints
     from tests.conftest import CANARY_NAME, CANARY_PAN
 

@@ -16,8 +16,8 @@ from psycopg import sql
 
 import saferoom
 from saferoom import compile as compiler
-from saferoom.engines.duckdb import fingerprint_key
 from saferoom.engines.postgres import PostgresEngine
+from saferoom.keyed import fingerprint_key
 from saferoom.policy import Policy
 from tests.conftest import HIDDEN_AMOUNT, HIDDEN_ORDER_ID, PgRoom
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import httpx
 import pytest
 import yaml
 from rich.console import Console
@@ -19,6 +20,7 @@ import saferoom
 from saferoom.errors import BuildError, QueryRejected
 from saferoom.lint import lint
 from saferoom.split import build
+from tests.gateway_helpers import Server, eventually, free_port
 from tests.test_build import policy_with_build
 
 TABLES = {"customers", "cards", "orders"}
@@ -200,3 +202,30 @@ def test_the_documented_split_builds_and_serves(room, tmp_path: Path) -> None:
     with saferoom.connect(path, user="alice") as session:
         regions = session.query("select distinct region from analytics.orders").to_arrow().column(0).to_pylist()
     assert regions == ["EU"]  # the user-dependent filter the fragment listed, carried over as documented
+
+
+def test_a_parquet_build_is_served_by_the_gateway(room, tmp_path: Path, alice: saferoom.Session) -> None:
+    """The fragment names a Parquet target as what it is, so the gateway serves the folder (DuckDB reads its
+    files); a rebuild rewrites the fragment, and the gateway reloads onto the new folder."""
+    policy = policy_with_build(room, tmp_path, engine="parquet")
+    first = build(policy, "analytics")
+    fragment = yaml.safe_load((tmp_path / "analytics.saferoom.yaml").read_text())
+    assert fragment["sources"] == {"analytics": {"engine": "parquet", "path": "analytics"}}
+    policy.path.write_text(policy.path.read_text() + "includes: [analytics.saferoom.yaml]\n")
+    assert saferoom.load_policy(policy.path).model.sources["analytics"].engine == "parquet"
+    (tmp_path / "state").mkdir()
+    server = Server(policy.path, tmp_path / "state", free_port(), tmp_path / "server.log").start()
+    try:
+        with saferoom.connect(url=server.url, token=server.token("alice")) as remote:
+            count = remote.query("select count(*) as n from analytics.customers").to_pylist()
+            tokens = remote.query("select customer_id from analytics.cards").to_arrow().column(0).to_pylist()
+            refused = remote.explain("select pan from analytics.cards").refused
+            served = httpx.get(f"{server.url}/healthz").json()["policy"]
+            build(saferoom.load_policy(policy.path), "analytics", full=True)
+            eventually(lambda: httpx.get(f"{server.url}/healthz").json()["policy"] != served, "the rebuild's fragment loaded")
+            again = remote.query("select count(*) as n from analytics.customers").to_pylist()
+    finally:
+        server.stop()
+    assert count == again == [{"n": next(t.rows_out for t in first.tables if t.name == "customers")}]
+    assert set(tokens) == set(alice.query("select customer_id from cards").to_arrow().column(0).to_pylist())
+    assert refused is not None and "removed this column" in refused

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import saferoom
+from tests import policies
 from tests.leaks import assert_refused_or_harmless
 from tests.test_redteam import ATTACKS
 
@@ -64,8 +67,9 @@ def test_filtered_rows_never_raise_on_spark(spark_alice, room) -> None:
 
 
 def test_missing_path_is_a_clear_error(spark_room, tmp_path) -> None:
-    text = spark_room.read_text().replace("orders.parquet", "gone.parquet")
-    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = policies.load(spark_room)
+    policy["sources"]["lake"]["tables"]["orders"]["path"] = str(spark_room.parent / "gone.parquet")
+    policies.write(policy, tmp_path / "saferoom.yaml", "spark")
     with pytest.raises(saferoom.EngineError, match="has no files"):
         saferoom.connect(tmp_path / "saferoom.yaml", user="alice")
 
@@ -88,7 +92,7 @@ def test_nothing_secret_reaches_the_logs(spark_alice, room, capfd) -> None:
 def test_build_from_spark(spark_room, room, tmp_path, engine: str) -> None:
     import duckdb
 
-    from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.keyed import fingerprint_key
     from saferoom.split import build, fingerprints
     from tests.conftest import CANARY_NAME
 
@@ -115,9 +119,13 @@ def test_compile_for_spark_makes_views_that_mask_and_filter(spark_room, alice, t
     from saferoom.compile import compile_spark
     from saferoom.engines.spark import SparkEngine
 
-    text = spark_room.read_text().replace("pii: tokenize", "pii: redact").replace("key: tokenize", "key: 'null'")
-    text = text.replace('rows: {lake.orders: "region = {user.region}"}', 'rows: {lake.orders: "region = \'EU\'"}')
-    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = policies.load(spark_room)
+    for role in policy["roles"].values():
+        columns = role["columns"]
+        columns |= {tag: changed for tag, changed in (("pii", "redact"), ("key", "null")) if columns.get(tag) == "tokenize"}
+        if "lake.orders" in role.get("rows", {}):
+            role["rows"]["lake.orders"] = "region = 'EU'"
+    policies.write(policy, tmp_path / "saferoom.yaml", "spark")
     policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
     engine = SparkEngine("lake", policy.model.sources["lake"], policy.base)
     statements = compile_spark(policy, engine.catalog())
@@ -134,8 +142,10 @@ def test_compile_for_spark_makes_views_that_mask_and_filter(spark_room, alice, t
 
 
 def test_unreachable_spark_connect_is_a_clear_error(spark_room, tmp_path) -> None:
-    text = spark_room.read_text().replace("    master: local[2]\n", "    connect: sc://127.0.0.1:1\n")
-    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = policies.load(spark_room)
+    del policy["sources"]["lake"]["master"]
+    policy["sources"]["lake"]["connect"] = "sc://127.0.0.1:1"
+    policies.write(policy, tmp_path / "saferoom.yaml", "spark")
     with pytest.raises(saferoom.EngineError, match="Spark Connect"):
         saferoom.connect(tmp_path / "saferoom.yaml", user="alice")
 
@@ -157,8 +167,9 @@ def test_schema_drift_is_reported(spark_room, tmp_path) -> None:
     from saferoom.lint import lint
     from saferoom.session import open_engine
 
-    text = spark_room.read_text().replace("segment: public}", "segment: public, loyalty_tier: public}")
-    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = policies.load(spark_room)
+    policy["tables"]["lake.customers"]["loyalty_tier"] = "public"
+    policies.write(policy, tmp_path / "saferoom.yaml", "spark")
     policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
     engine = open_engine(policy, "spark")
     findings = lint(policy, engine.catalog(), engine.spec.default_schema, "spark")
@@ -191,10 +202,12 @@ def test_spark_build_rebuilds_a_table_whose_files_changed(spark_room, room, tmp_
     with duckdb.connect(str(room.database), read_only=True) as con:
         con.execute(f"COPY (SELECT * FROM orders) TO '{pond}' (FORMAT parquet)")
         changed = f"COPY (SELECT * REPLACE (amount + 1 AS amount) FROM orders) TO '{pond}' (FORMAT parquet)"
-    text = spark_room.read_text().replace("lake:", "pond:", 1).replace("lake.", "pond.")
-    text = text.replace(str(spark_room.parent / "orders.parquet"), str(pond))
-    text += f"builds:\n  analytics:\n    role: analyst\n    target: {{engine: parquet, path: {tmp_path / 'out'}}}\n"
-    (tmp_path / "saferoom.yaml").write_text(text)
+    policy = policies.load(spark_room)
+    policy["sources"] = {"pond": policy["sources"]["lake"]}
+    policies.move_tables(policy, "lake", "pond")
+    policy["sources"]["pond"]["tables"]["orders"]["path"] = str(pond)
+    policy["builds"] = {"analytics": {"role": "analyst", "target": {"engine": "parquet", "path": str(tmp_path / "out")}}}
+    policies.write(policy, tmp_path / "saferoom.yaml", "spark")
     policy = saferoom.load_policy(tmp_path / "saferoom.yaml")
     first = {t.table: t for t in build(policy, "analytics").tables}
     assert first["pond.orders"].source_identity.startswith("files:")
@@ -237,9 +250,10 @@ def test_a_second_token_key_on_the_same_spark_session_is_refused(spark_room, roo
 
     policy = saferoom.load_policy(spark_room)
     (tmp_path / "other.key").write_text("another-key-" * 4)
-    text = spark_room.read_text()
-    assert f"file:{room.folder / 'token.key'}" in text
-    (tmp_path / "saferoom.yaml").write_text(text.replace(f"file:{room.folder / 'token.key'}", f"file:{tmp_path / 'other.key'}"))
+    changed = policies.load(spark_room)
+    assert changed["secrets"]["token_key"] == f"file:{room.folder / 'token.key'}"
+    changed["secrets"]["token_key"] = f"file:{tmp_path / 'other.key'}"
+    policies.write(changed, tmp_path / "saferoom.yaml", "spark")
     rotated = saferoom.load_policy(tmp_path / "saferoom.yaml")
     assert rotated.token_key != policy.token_key
     with pytest.raises(saferoom.EngineError, match="another token key"):
@@ -254,18 +268,22 @@ def test_a_catalog_table_is_served_like_a_file_table(spark_room, alice, tmp_path
     engine = SparkEngine("lake", policy.model.sources["lake"], policy.base)
     cards = spark_room.parent / "cards.parquet"
     engine.session.sql(f"CREATE TABLE IF NOT EXISTS saferoom_test_cards USING parquet LOCATION '{cards}'")
-    declared = f"cards: {{format: parquet, path: {cards}}}"
-    assert declared in spark_room.read_text()
-    (tmp_path / "saferoom.yaml").write_text(spark_room.read_text().replace(declared, "cards: {table: saferoom_test_cards}"))
+    declared = policies.load(spark_room)
+    assert declared["sources"]["lake"]["tables"]["cards"] == {"format": "parquet", "path": str(cards)}
+
+    def cards_as(table: dict[str, str]) -> Path:
+        declared["sources"]["lake"]["tables"]["cards"] = table
+        return policies.write(declared, tmp_path / "saferoom.yaml")
+
+    cards_as({"table": "saferoom_test_cards"})
     sql = "select count(*) as n, count(distinct customer_id) as customers from cards"
     with saferoom.connect(tmp_path / "saferoom.yaml", user="alice") as session:
         assert session.query(sql).to_arrow().to_pylist() == alice.query(sql).to_arrow().to_pylist()
         with pytest.raises(saferoom.QueryRejected):
             session.query("select * from saferoom_test_cards")  # the catalog name is not a policy table
-    (tmp_path / "saferoom.yaml").write_text(spark_room.read_text().replace(declared, "cards: {table: sales.nowhere}"))
+    cards_as({"table": "sales.nowhere"})
     with pytest.raises(saferoom.EngineError, match="catalog has no table sales.nowhere"):
         saferoom.connect(tmp_path / "saferoom.yaml", user="alice")
-    both = spark_room.read_text().replace(declared, f"cards: {{path: {cards}, table: saferoom_test_cards}}")
-    (tmp_path / "saferoom.yaml").write_text(both)
+    cards_as({"path": str(cards), "table": "saferoom_test_cards"})
     with pytest.raises(saferoom.PolicyError, match="either `path`"):
         saferoom.load_policy(tmp_path / "saferoom.yaml")

@@ -106,7 +106,7 @@ def _group(detector: Detector, match: str) -> str | None:
 
 def fingerprint_matches(cells: pl.DataFrame, key: Secret, index: list[object]) -> list[Finding]:
     """Cells, and word runs of up to three words in text, that equal a real value the build removed."""
-    from saferoom.engines.duckdb import fingerprint_function
+    from saferoom.keyed import fingerprint_function
     from saferoom.split.fingerprints import contains
 
     candidates = _candidates(cells)

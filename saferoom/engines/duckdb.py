@@ -9,29 +9,25 @@ guard could not read files, load code or loosen a setting.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
+import os
 import re
 import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import pyarrow as pa
-import sqlglot
 from sqlglot import exp
 
-from saferoom import keyed
 from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped, until_done
 from saferoom.errors import EngineError, LimitExceeded
+from saferoom.keyed import TOKEN_FUNCTION, token_function
 from saferoom.policy.limits import Limits
-from saferoom.secrets import Secret, hmac_pads
-
-TOKEN_FUNCTION = "__saferoom_token"
-FINGERPRINT_FUNCTION = "__saferoom_fingerprint"
-FINGERPRINT_TEXT_FUNCTION = "__saferoom_fingerprint_text"
+from saferoom.secrets import Secret
 
 _FUNCTIONS = ["Count", "CountIf", "Sum", "Avg", "Min", "Max", "Median", "Mode", "Stddev", "StddevPop", "StddevSamp", "Variance", "VariancePop", "Corr", "CovarPop", "CovarSamp", "ApproxDistinct", "ApproxQuantile", "Quantile", "PercentileCont", "PercentileDisc", "AnyValue", "ArgMax", "ArgMin", "First", "Last", "ArrayAgg", "GroupConcat", "LogicalAnd", "LogicalOr", "RowNumber", "Rank", "DenseRank", "PercentRank", "CumeDist", "Ntile", "Lag", "Lead", "FirstValue", "LastValue", "NthValue", "Abs", "Ceil", "Floor", "Round", "Sqrt", "Exp", "Ln", "Log", "Pow", "Sign", "Greatest", "Least", "Coalesce", "Nullif", "Rand", "Lower", "Upper", "Length", "Trim", "Substring", "Left", "Right", "Replace", "Concat", "ConcatWs", "Pad", "Reverse", "StrPosition", "SplitPart", "StartsWith", "Contains", "RegexpLike", "RegexpReplace", "RegexpExtract", "Repeat", "Initcap", "Levenshtein", "Chr", "Ascii", "Split", "MD5", "SHA", "SHA2", "Hex", "DateTrunc", "TimestampTrunc", "Extract", "DateDiff", "DateAdd", "DateSub", "Year", "Month", "Day", "Hour", "Minute", "Second", "DayOfWeek", "DayOfYear", "DayOfMonth", "Week", "Quarter", "TimeToStr", "StrToTime", "StrToDate", "CurrentDate", "CurrentTimestamp", "CurrentTime", "DateFromParts", "LastDay", "TimeToUnix", "UnixToTime", "ArrayContains", "ArraySize", "Explode", "Unnest"]
 
@@ -58,7 +54,37 @@ DUCKDB = EngineSpec(
     per_user=True,
 )
 
-_CLOSED_CONFIG: dict[str, str | bool | int | float | list[str]] = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+CLOSED_CONFIG: dict[str, str | bool | int | float | list[str]] = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+
+
+class Attachment(Protocol):
+    """A source DuckDB reads from files: how it is attached, and which folders its queries must still reach."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def attach(self, conn: duckdb.DuckDBPyConnection, name: str, paths: dict[str, str]) -> None: ...
+
+    def folders(self) -> list[Path]: ...
+
+
+@dataclass(frozen=True)
+class DatabaseFile:
+    """A DuckDB database file, attached read-only under the source's name."""
+
+    path: Path
+
+    def attach(self, conn: duckdb.DuckDBPyConnection, name: str, paths: dict[str, str]) -> None:
+        """``paths`` are scrubbed from the error if it cannot be opened."""
+        if not self.path.is_file():
+            raise EngineError(f"source `{name}`: database file {self.path.name} does not exist; check sources.{name}.path")
+        try:
+            conn.execute(attach_sql(self.path, name, read_only=True))
+        except duckdb.Error as exc:
+            raise EngineError(f"source `{name}` cannot be opened: {scrub(str(exc), paths)}") from None
+
+    def folders(self) -> list[Path]:
+        return []  # attached before the engine is closed to files: nothing to reach later
 
 
 class DuckDBEngine:
@@ -66,41 +92,30 @@ class DuckDBEngine:
 
     spec = DUCKDB
 
-    def __init__(self, sources: dict[str, Path], token_key: Secret | None = None, limits: Limits | None = None,
+    def __init__(self, sources: dict[str, Attachment], token_key: Secret | None = None, limits: Limits | None = None,
                  spill: Path | None = None) -> None:
         """``spill``: the folder for spill files, kept by the caller (who removes it even if this process is
         killed); by default a private one, removed on close."""
         self._lock = threading.Lock()
-        self._paths = {name: str(path) for name, path in sources.items()}
-        self._conn = duckdb.connect(":memory:", config=_CLOSED_CONFIG)
+        self._paths = {name: str(source.path) for name, source in sources.items()}
+        self._conn = duckdb.connect(":memory:", config=CLOSED_CONFIG)
         self._spill: str | None = None  # the private spill folder this engine removes on close
         try:
             self._conn.execute("SET enable_progress_bar = false")  # never draw on a notebook's stdout
-            for name, path in sources.items():
-                self._attach(name, path)
+            for name, source in sources.items():
+                source.attach(self._conn, name, self._paths)
             if token_key is not None:
                 token_function(self._conn, token_key)
             if limits is not None:
                 folder = str(spill) if spill else _private_spill(limits)
                 self._spill = None if spill else folder
                 _bound(self._conn, limits, folder)
+            _only_reach(self._conn, [folder for source in sources.values() for folder in source.folders()])
             self._conn.execute("SET enable_external_access = false")
             self._conn.execute("SET lock_configuration = true")
         except BaseException:
             self.close()
             raise
-
-    def _attach(self, name: str, path: Path) -> None:
-        self._attach_to(self._conn, name, path, self._paths)
-
-    @staticmethod
-    def _attach_to(conn: duckdb.DuckDBPyConnection, name: str, path: Path, paths: dict[str, str]) -> None:
-        if not path.is_file():
-            raise EngineError(f"source `{name}`: database file {path.name} does not exist; check sources.{name}.path")
-        try:
-            conn.execute(attach_sql(path, name, read_only=True))
-        except duckdb.Error as exc:
-            raise EngineError(f"source `{name}` cannot be opened: {scrub(str(exc), paths)}") from None
 
     def catalog(self) -> Catalog:
         return read_catalog(self._conn)
@@ -169,6 +184,13 @@ def _bound(conn: duckdb.DuckDBPyConnection, limits: Limits, spill: str | None) -
             conn.execute(_set(name, value))
 
 
+def _only_reach(conn: duckdb.DuckDBPyConnection, folders: list[Path]) -> None:
+    """The folders queries still read once external access is off (a Parquet source's views read its files)."""
+    if folders:
+        allowed = exp.Array(expressions=[exp.Literal.string(f"{folder}{os.sep}") for folder in folders])
+        conn.execute(exp.Set(expressions=[exp.SetItem(this=exp.EQ(this=exp.var("allowed_directories"), expression=allowed))]).sql("duckdb"))
+
+
 def _set(name: str, value: object) -> str:
     return exp.Set(expressions=[exp.SetItem(this=exp.EQ(this=exp.var(name), expression=_literal(value)))]).sql("duckdb")
 
@@ -195,7 +217,7 @@ def scrub(message: str, paths: dict[str, str]) -> str:
     return re.sub(r"__saferoom_(hmac_)?token", "tokenize", message, flags=re.IGNORECASE)
 
 
-def attach_sql(path: Path, name: str, *, read_only: bool) -> str:
+def attach_sql(path: Path | str, name: str, *, read_only: bool) -> str:
     options = [exp.AttachOption(this=exp.var("READ_ONLY"))] if read_only else []
     statement = exp.Attach(
         this=exp.alias_(exp.Literal.string(str(path)), exp.to_identifier(name, quoted=True)), expressions=options
@@ -213,86 +235,3 @@ def read_catalog(conn: duckdb.DuckDBPyConnection) -> Catalog:
     for database, schema, table, column, data_type in rows:
         catalog.setdefault((database.lower(), schema.lower(), table.lower()), {})[column.lower()] = data_type
     return catalog
-
-
-def build_connection(sources: dict[str, Path], token_key: Secret | None) -> duckdb.DuckDBPyConnection:
-    """A connection for `saferoom build`: sources read-only, the token and fingerprint macros.
-
-    Only SQL that saferoom generates runs here, and it must write the target,
-    so external access stays on; extensions stay off.
-    """
-    conn = duckdb.connect(":memory:", config={**_CLOSED_CONFIG, "preserve_insertion_order": False})
-    try:
-        conn.execute("SET enable_progress_bar = false")
-        for name, path in sources.items():
-            DuckDBEngine._attach_to(conn, name, path, {})
-        if token_key is not None:
-            keyed_functions(conn, token_key)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def keyed_functions(conn: duckdb.DuckDBPyConnection, token_key: Secret) -> None:
-    """The token and fingerprint functions of a build."""
-    token_function(conn, token_key)
-    fingerprint_function(conn, fingerprint_key(token_key))
-
-
-def token_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
-    """``__saferoom_token(v)``: the compiled kernel where installed, else the SQL macro (same tokens)."""
-    if not keyed.available():
-        conn.execute(token_macro(key))
-        return
-    keyed.register(conn, "__saferoom_hmac_token", key, keyed.TOKEN_BYTES)
-    conn.execute(f"CREATE MACRO memory.main.{TOKEN_FUNCTION}(v) AS __saferoom_hmac_token(CAST(v AS VARCHAR))")
-
-
-def fingerprint_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
-    """``__saferoom_fingerprint(v)``, and ``…_text(t)`` for text already trimmed and lower-cased."""
-    if keyed.available():
-        keyed.register(conn, FINGERPRINT_TEXT_FUNCTION, key, keyed.FINGERPRINT_BYTES)
-    else:
-        conn.execute(fingerprint_macro(key))
-    conn.execute(f"CREATE MACRO memory.main.{FINGERPRINT_FUNCTION}(v) AS {FINGERPRINT_TEXT_FUNCTION}({_FINGERPRINT_TEXT})")
-
-
-_FINGERPRINT_TEXT = "lower(trim(CAST(v AS VARCHAR)))"
-
-
-def fingerprint_key(token_key: Secret) -> Secret:
-    """A key derived one way from the token key: holding it does not let anyone compute tokens."""
-    return Secret(hmac.new(token_key.reveal().encode(), b"saferoom fingerprint key v1", hashlib.sha256).hexdigest())
-
-
-def fingerprint_macro(key: Secret) -> str:
-    """64-bit keyed hash of text as SQL (the fallback for the compiled kernel)."""
-    hmac_sql = token_macro(key, name="__saferoom_fp_hmac", as_token=False)
-    return (
-        hmac_sql + f"; CREATE MACRO memory.main.{FINGERPRINT_TEXT_FUNCTION}(v) AS "
-        "CAST('0x' || left(memory.main.__saferoom_fp_hmac(v), 16) AS UBIGINT)"
-    )
-
-
-def token_macro(key: Secret, name: str = TOKEN_FUNCTION, *, as_token: bool = True) -> str:
-    """HMAC-SHA256 as a DuckDB macro; the key lives only inside the engine.
-
-    HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)) with keys longer than the
-    block hashed first, exactly as RFC 2104 and Python's ``hmac`` compute it.
-    A token is its first 128 bits as a UUID: fixed width, so it stores, joins
-    and groups like a number, and prints as text (truncation as in RFC 4868).
-    """
-    inner, outer = (pad.hex() for pad in hmac_pads(key))
-    body = sqlglot.parse_one(
-        "sha256(unhex(__o) || unhex(sha256(unhex(__i) || encode(CAST(v AS VARCHAR)))))", read="duckdb"
-    ).transform(lambda n: _key_literal(n, inner, outer))
-    if as_token:
-        body = exp.cast(exp.func("left", body, exp.Literal.number(32)), "UUID")
-    return f"CREATE MACRO memory.main.{name}(v) AS {body.sql('duckdb')}"
-
-
-def _key_literal(node: exp.Expr, inner: str, outer: str) -> exp.Expr:
-    if isinstance(node, exp.Column) and node.name in ("__i", "__o"):
-        return exp.Literal.string(inner if node.name == "__i" else outer)
-    return node

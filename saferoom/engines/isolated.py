@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from saferoom import priority
 from saferoom.engines.base import Cancel, Catalog, stopped, until_done
-from saferoom.engines.duckdb import DUCKDB, DuckDBEngine
+from saferoom.engines.duckdb import DUCKDB, Attachment, DuckDBEngine
 from saferoom.errors import EngineError, SaferoomError, from_fields
 from saferoom.policy.limits import Limits
 from saferoom.secrets import Secret
@@ -67,8 +67,8 @@ class ProcessEngine:
 
     spec = DUCKDB
 
-    def __init__(self, sources: dict[str, Path], token_key: Secret | None, limits: Limits) -> None:
-        self._setup = (({n: str(p) for n, p in sources.items()}), token_key.reveal() if token_key else None, limits)
+    def __init__(self, sources: dict[str, Attachment], token_key: Secret | None, limits: Limits) -> None:
+        self._setup = (sources, token_key.reveal() if token_key else None, limits)
         self._warm = limits.max_concurrent or 1
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
@@ -403,8 +403,7 @@ def _die_with_parent() -> None:
 
 def _open(setup: tuple[Any, ...]) -> DuckDBEngine:
     _, sources, key, limits, spill = setup
-    return DuckDBEngine({n: Path(p) for n, p in sources.items()}, Secret(key) if key else None, limits,
-                        Path(spill) if spill else None)
+    return DuckDBEngine(sources, Secret(key) if key else None, limits, Path(spill) if spill else None)
 
 
 def _answer(conn: Connection, engine: DuckDBEngine, request: tuple[Any, ...], running: list[Cancel]) -> None:

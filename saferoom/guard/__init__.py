@@ -71,7 +71,7 @@ class Guard:
         self.policy, self.user, self.role, self.spec = policy, user, role, spec
         self._attributes = policy.user(user).attributes
         self._catalog = catalog
-        self._given = (policy, user, role, spec, Resolver(policy, spec.default_schema, spec.name), self.columns, self.view)
+        self._given = (policy, user, role, spec, Resolver(policy, spec.default_schema, spec), self.columns, self.view)
         self._columns: dict[str, Columns] = {}
         self._views: dict[tuple[str, frozenset[str] | None], str] = {}
         self._rewrites: OrderedDict[str, GuardedQuery] = OrderedDict()

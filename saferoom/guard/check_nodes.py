@@ -22,6 +22,7 @@ import re
 
 from sqlglot import exp
 
+from saferoom.engines import registry
 from saferoom.engines.base import EngineSpec
 from saferoom.errors import PolicyError, QueryRejected
 from saferoom.guard.context import Context
@@ -84,7 +85,7 @@ def check_filters(policy: Policy, spec: EngineSpec) -> None:
     """
     for role, spec_of_role in policy.model.roles.items():
         for table in spec_of_role.rows:
-            if policy.model.sources[policy.tables[table].source].engine == spec.name:
+            if registry.serves(policy, policy.tables[table].source, spec):
                 check_filter(policy, role, table, spec)
 
 

@@ -9,6 +9,8 @@ import difflib
 
 from sqlglot import exp
 
+from saferoom.engines import registry
+from saferoom.engines.base import EngineSpec
 from saferoom.errors import QueryRejected
 from saferoom.policy import Policy, TableRef
 
@@ -16,11 +18,11 @@ from saferoom.policy import Policy, TableRef
 class Resolver:
     """Maps the names a user may write to policy tables."""
 
-    def __init__(self, policy: Policy, default_schema: str, engine: str | None = None) -> None:
+    def __init__(self, policy: Policy, default_schema: str, engine: EngineSpec | None = None) -> None:
         self._names: dict[tuple[str, ...], list[str]] = {}
         for key, ref in policy.tables.items():
-            if engine is not None and policy.model.sources[ref.source].engine != engine:
-                continue  # a session reads one engine's sources
+            if engine is not None and not registry.serves(policy, ref.source, engine):
+                continue  # a session reads the sources of one engine's family
             schema = (ref.schema or default_schema).lower()
             for name in _spellings(ref, schema, default_schema):
                 self._names.setdefault(name, []).append(key)

@@ -59,7 +59,7 @@ class Report:
 def sync(policy: Policy, dest: Path, index_url: str | None = None, progress: Progress | None = None) -> Report:
     spec = _spec(policy)
     say = progress or (lambda _m: None)
-    feed = _path(policy, spec.vulnerabilities) if spec.vulnerabilities else None
+    feed = policy.local_path(spec.vulnerabilities) if spec.vulnerabilities else None
     if feed is None or not feed.exists():
         Vulnerabilities.load(feed, allow_empty=spec.allow_empty_vulnerabilities)  # says what is wrong, before anything starts
     index = index_url or "https://pypi.org/simple"
@@ -123,11 +123,6 @@ def _spec(policy: Policy) -> Packages:
         except InvalidRequirement as exc:
             raise UsageError(f"`{text}` is not a valid requirement: {exc}") from None
     return policy.model.packages
-
-
-def _path(policy: Policy, path: str) -> Path:
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else policy.base / candidate
 
 
 def _keep_failure(dest: Path, report: Report, exc: SaferoomError) -> None:

@@ -12,11 +12,9 @@ from saferoom import secrets
 from saferoom.errors import AccessDenied, PolicyError
 from saferoom.policy.filters import parse_filter, raw_columns
 from saferoom.policy.loader import LineMap, policy_hash, read_policy_bytes, read_policy_file
-from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, Role, User
+from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, PostgresSource, Role, User
 
 __all__ = ["Action", "ActionSpec", "ColumnRule", "Policy", "TableRef", "load_policy", "parse_policy"]
-
-DIALECTS = {"duckdb": "duckdb", "postgres": "postgres", "spark": "spark"}
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,18 @@ class Policy:
         return parse_filter(text, self.dialect(table)) if text else None
 
     def dialect(self, table: str) -> str:
-        return DIALECTS[self.model.sources[self.tables[table].source].engine]
+        """The SQL dialect of a table's row filters: its source's."""
+        return self.model.sources[self.tables[table].source].dialect
+
+    def local_path(self, path: str) -> Path:
+        """A path the policy names, relative to its own folder unless absolute (``~`` expanded)."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else self.base / candidate
+
+    def source_path(self, name: str) -> Path | None:
+        """Where a source's files are (a database file, a folder of Parquet files); None for a server."""
+        path = getattr(self.model.sources[name], "path", None)
+        return self.local_path(path) if path is not None else None
 
     def threat(self, name: str) -> str:
         return self.model.threats.get(name, name)
@@ -196,10 +205,10 @@ class Policy:
                     raise self._fail(f"k_anonymity column(s) {', '.join(missing)} are in no listed table", *loc, "k_anonymity")
 
     def source_url(self, name: str) -> str:
-        """The connection URL of a PostgreSQL source."""
+        """The connection URL of a source that is a server (PostgreSQL)."""
         source = self.model.sources[name]
-        if source.engine != "postgres":
-            raise self._fail(f"source `{name}` is {source.engine}, not postgres: it has no url", "sources", name)
+        if not isinstance(source, PostgresSource):
+            raise self._fail(f"source `{name}` is {source.engine}: it has no url", "sources", name)
         return source.url
 
     def source_password(self, name: str) -> secrets.Secret | None:
@@ -209,7 +218,7 @@ class Policy:
 
     def _check_sources(self) -> None:
         for name, source in self.model.sources.items():
-            if source.engine != "postgres":
+            if not isinstance(source, PostgresSource):  # the one kind of source with a url and a password
                 continue
             loc = ("sources", name)
             if "@" in source.url.split("://", 1)[-1].split("/", 1)[0] and ":" in source.url.split("://", 1)[-1].split("@", 1)[0]:

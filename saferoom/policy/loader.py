@@ -138,7 +138,7 @@ def _validate(data: Any, lines: LineMap) -> PolicyModel:
 def _explain_validation(exc: ValidationError, lines: LineMap) -> PolicyError:
     err = exc.errors()[0]
     loc = tuple(str(p) for p in err["loc"] if not str(p).startswith(("function-", "Action", "ActionSpec")))
-    loc = tuple(p for p in loc if p not in ("duckdb", "str", "list[str]"))
+    loc = _source_untagged(tuple(p for p in loc if p not in ("str", "list[str]")))
     where = ".".join(loc) or "the top level"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -151,6 +151,12 @@ def _explain_validation(exc: ValidationError, lines: LineMap) -> PolicyError:
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
     return PolicyError(message, file=lines.file, line=lines.line(loc))
+
+
+def _source_untagged(loc: Loc) -> Loc:
+    """``sources.prod.duckdb.path`` as the file writes it, ``sources.prod.path``: pydantic names the kind of
+    source (its ``engine:``) among the keys."""
+    return loc[:2] + loc[3:] if len(loc) > 2 and loc[0] == "sources" else loc
 
 
 class LineMap:

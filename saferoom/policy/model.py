@@ -8,7 +8,7 @@ line numbers live.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,12 +36,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Each source declares the SQL dialect its row filters are written in: the policy checks a filter's shape when
+# it loads, knowing no engine (the engine registry, saferoom.engines.registry, runs the same dialect).
 class DuckDBSource(Strict):
+    dialect: ClassVar[str] = "duckdb"
     engine: Literal["duckdb"]
     path: str = Field(description="Database file; relative paths resolve against the policy file's folder.")
 
 
+class ParquetSource(Strict):
+    dialect: ClassVar[str] = "duckdb"
+    engine: Literal["parquet"]
+    path: str = Field(description="A folder of Parquet files, one table each (a file, or a folder of part files), as "
+                      "`saferoom build` writes it; read by DuckDB. Relative paths resolve against the policy file's folder.")
+
+
 class PostgresSource(Strict):
+    dialect: ClassVar[str] = "postgres"
     engine: Literal["postgres"]
     url: str = Field(description="postgresql://user@host:5432/db (no password here; libpq options as query parameters).")
     password: str | None = Field(default=None, description="A reference: env:NAME or file:PATH.")
@@ -60,13 +71,14 @@ class SparkTable(Strict):
 
 
 class SparkSource(Strict):
+    dialect: ClassVar[str] = "spark"
     engine: Literal["spark"]
     master: str | None = Field(default="local[2]", description="local[N] or spark://host:7077.")
     connect: str | None = Field(default=None, description="A Spark Connect endpoint, sc://host:15002 (instead of master).")
     tables: dict[str, SparkTable] = Field(default_factory=dict, description="Tables by path (files) or by name in the session's catalog.")
 
 
-Source = Annotated[DuckDBSource | PostgresSource | SparkSource, Field(discriminator="engine")]
+Source = Annotated[DuckDBSource | ParquetSource | PostgresSource | SparkSource, Field(discriminator="engine")]
 
 
 class Tag(Strict):

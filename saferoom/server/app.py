@@ -348,5 +348,5 @@ def _stream(gateway: Gateway, running: Running, kind: str) -> Generator[bytes, N
     try:
         yield from BODIES[kind](result, outcome)
     finally:
-        gateway.finish(running, rows=outcome.rows, size=outcome.bytes, truncated=bool(result._truncated),
+        gateway.finish(running, rows=outcome.rows, size=outcome.bytes, truncated=result.truncated_so_far,
                        error=outcome.error)

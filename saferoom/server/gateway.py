@@ -60,7 +60,7 @@ class Room:
     policy: Policy
     engine: Engine
     sessions: dict[tuple[str, str | None], Session]
-    mtime: float
+    stamp: tuple[float, ...]  # when the policy file and the fragments it includes were last written
 
 
 class Gateway:
@@ -86,7 +86,7 @@ class Gateway:
     # policy ----------------------------------------------------------------
     def _load(self) -> Room:
         policy = load_policy(self.policy_path)
-        return Room(policy, open_engine(policy), {}, self.policy_path.stat().st_mtime)
+        return Room(policy, open_engine(policy), {}, _stamp(self.policy_path, policy))
 
     @property
     def policy(self) -> Policy:
@@ -98,7 +98,7 @@ class Gateway:
             room = self._load()
         except (PolicyError, SaferoomError, OSError) as exc:
             log.error("policy reload refused, still serving the previous policy: %s", exc)
-            self._room.mtime = _mtime(self.policy_path)  # do not retry the same broken file in a loop
+            self._room.stamp = _stamp(self.policy_path, self._room.policy)  # do not retry the same broken file in a loop
             return False
         with self._lock:
             old, self._room = self._room, room
@@ -108,7 +108,7 @@ class Gateway:
         return True
 
     def reload_if_changed(self) -> bool:
-        return _mtime(self.policy_path) != self._room.mtime and self.reload()
+        return _stamp(self.policy_path, self._room.policy) != self._room.stamp and self.reload()
 
     # identity and sessions ---------------------------------------------------
     def identify(self, authorization: str | None) -> Identity:
@@ -268,6 +268,12 @@ def _query_fields(sql: str, limit: int) -> dict[str, Any]:
 
 def _today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def _stamp(path: Path, policy: Policy) -> tuple[float, ...]:
+    """The policy file's time and its fragments': a build rewrites its fragment when it swaps in a new
+    target, and a reload opens the engines afresh on it (one opened earlier may read files the build removed)."""
+    return (_mtime(path), *(_mtime(path.parent / name) for name in policy.model.includes))
 
 
 def _mtime(path: Path) -> float:

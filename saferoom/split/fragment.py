@@ -25,7 +25,7 @@ def fragment(policy: Policy, plan: BuildPlan, manifest: Manifest) -> str:
     database does not know.
     """
     tables = {f"{plan.name}.{t.name}": {c["name"]: _tags(plan, c) for c in t.columns if _listed(c)} for t in manifest.tables}
-    source = {"engine": "duckdb", "path": plan.target.name}
+    source = {"engine": plan.engine, "path": plan.target.name}  # the target as what it is: a DuckDB file, a Parquet folder
     removed = _removed_tags(policy, plan, manifest.tables)
     body: dict[str, Any] = {"sources": {plan.name: source}}
     if removed:

@@ -9,15 +9,15 @@ from pathlib import Path
 
 from sqlglot import exp
 
-from saferoom.engines import SPECS
+from saferoom.engines import registry
 from saferoom.engines.base import Catalog, EngineSpec
-from saferoom.engines.duckdb import build_connection, read_catalog
 from saferoom.errors import BuildError, UsageError
 from saferoom.explain import ColumnInfo, column_info
 from saferoom.guard.views import build_view
 from saferoom.policy import Action, ColumnRule, Policy
 from saferoom.policy.filters import placeholders
 from saferoom.policy.model import Build, KAnonymity
+from saferoom.split.sources import sources_catalog
 
 KEPT, CHANGED, REMOVED = "kept", "changed", "removed"
 
@@ -121,7 +121,7 @@ def _tables(policy: Policy, name: str, build: Build) -> list[str]:
 
 def _key_id(policy: Policy) -> str:
     """Which token key the tokens are under (a one-way id, as the manifest shows it)."""
-    from saferoom.engines.duckdb import fingerprint_key
+    from saferoom.keyed import fingerprint_key
     from saferoom.split.fingerprints import key_id
 
     return key_id(fingerprint_key(policy.token_key)) if policy.token_key is not None else ""
@@ -134,8 +134,9 @@ def _resolve(policy: Policy, path: str) -> Path:
 
 
 def _check_target(policy: Policy, target: Path) -> None:
-    for name, source in policy.model.sources.items():
-        if source.engine == "duckdb" and _resolve(policy, source.path) == target and name not in policy.model.builds:
+    for name in policy.model.sources:
+        path = policy.source_path(name)
+        if path is not None and _resolve(policy, str(path)) == target and name not in policy.model.builds:
             raise BuildError(f"the build target {target.name} is source `{name}`; a build never overwrites a source")
     if not target.parent.is_dir():
         raise BuildError(f"the folder for the build target does not exist: {target.parent}")
@@ -144,7 +145,7 @@ def _check_target(policy: Policy, target: Path) -> None:
 def _table(policy: Policy, build: Build, key: str, name: str, catalog: Catalog, base: str) -> TablePlan:
     ref = policy.tables[key]
     engine = policy.model.sources[ref.source].engine
-    spec = SPECS[engine]
+    spec = registry.spec_for(engine)
     address = (ref.source.lower(), (ref.schema or spec.default_schema).lower(), ref.name.lower())
     if address not in catalog:
         raise BuildError(f"table {key} is in the policy but not in source `{ref.source}`; run `saferoom lint`")
@@ -195,41 +196,3 @@ def _target_name(policy: Policy, keys: list[str], key: str) -> str:
     ref = policy.tables[key]
     clashes = [k for k in keys if policy.tables[k].name.lower() == ref.name.lower()]
     return ref.name.lower() if len(clashes) == 1 else f"{ref.source}_{ref.name}".lower()
-
-
-def source_paths(policy: Policy) -> dict[str, Path]:
-    """The DuckDB files a build reads: every DuckDB source but the builds' own targets."""
-    from saferoom.session import _path
-
-    return {name: _path(policy, source.path) for name, source in policy.model.sources.items()
-            if name not in policy.model.builds and source.engine == "duckdb"}
-
-
-def sources_catalog(policy: Policy) -> Catalog:
-    """Tables and column types of every source a build may read."""
-    conn = build_connection(source_paths(policy), None)
-    try:
-        catalog = read_catalog(conn)
-    finally:
-        conn.close()
-    for source in _remote_sources(policy):
-        catalog |= _remote_catalog(policy, source)
-    return catalog
-
-
-def _remote_sources(policy: Policy) -> list[str]:
-    return [n for n, s in policy.model.sources.items() if s.engine in ("postgres", "spark") and n not in policy.model.builds]
-
-
-def _remote_catalog(policy: Policy, source: str) -> Catalog:
-    if policy.model.sources[source].engine == "spark":
-        from saferoom.engines.spark import SparkEngine
-
-        return SparkEngine(source, policy.model.sources[source], policy.base).catalog()
-    from saferoom.split.postgres import PostgresSide
-
-    side = PostgresSide(policy, source)
-    try:
-        return side.engine.catalog()
-    finally:
-        side.close()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.engines.duckdb import fingerprint_key
+from saferoom.engines.base import Catalog
 from saferoom.engines.postgres import FINGERPRINT_KEY, PostgresEngine, fingerprint_sql
+from saferoom.keyed import fingerprint_key
 from saferoom.policy import Policy
+from saferoom.secrets import Secret
 from saferoom.split import fingerprints
 from saferoom.split.plan import TablePlan
 from saferoom.split.queries import fingerprint_values
@@ -17,13 +21,26 @@ from saferoom.split.queries import fingerprint_values
 class PostgresSide:
     """Everything a build asks of one PostgreSQL source, answered by PostgreSQL."""
 
-    def __init__(self, policy: Policy, name: str) -> None:
-        key = policy.token_key
+    # PostgreSQL computes a token inline from built-ins (no function to call), once per row: with no function
+    # there is no distinct-values rewrite to make, and no cluster to broadcast to
+    token_function = ""
+    broadcast_below = None
+
+    def __init__(self, policy: Policy, name: str, key: Secret | None) -> None:
         self.engine = PostgresEngine(name, policy.source_url(name), policy.source_password(name), key,
                                      fingerprint_key(key) if key is not None else None)
 
     def close(self) -> None:
         self.engine.close()
+
+    def catalog(self) -> Catalog:
+        return self.engine.catalog()
+
+    def repetitive(self, table: TablePlan, rows: int) -> dict[str, int]:
+        return {}
+
+    def write_parquet(self, select: exp.Select, path: Path) -> bool:
+        return False  # rows stream to the build's DuckDB, which writes them
 
     def scalar(self, query: exp.Expr) -> object:
         return self.engine.stream(query.sql("postgres")).read_all().column(0)[0].as_py()

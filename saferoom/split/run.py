@@ -22,8 +22,9 @@ import duckdb
 import numpy as np
 from sqlglot import exp
 
-from saferoom.engines.duckdb import FINGERPRINT_TEXT_FUNCTION, TOKEN_FUNCTION, fingerprint_key, scrub
+from saferoom.engines.duckdb import scrub
 from saferoom.errors import BuildError, EngineError, UsageError
+from saferoom.keyed import FINGERPRINT_TEXT_FUNCTION, TOKEN_FUNCTION, fingerprint_key
 from saferoom.policy import Policy
 from saferoom.split import fingerprints
 from saferoom.split.carry import Change, changes, previous_build, unchanged
@@ -31,7 +32,7 @@ from saferoom.split.kanonymity import check_suppressed, measure, suppressing
 from saferoom.split.manifest import Manifest, TableResult, now, snapshot, write_manifest
 from saferoom.split.plan import BuildPlan, TablePlan, make_plan
 from saferoom.split.queries import distinct_estimates_query, fingerprint_values
-from saferoom.split.sources import Sources, opened
+from saferoom.split.sources import Side, Sources, opened
 from saferoom.split.tokens import distinct_tokens, token_calls
 from saferoom.split.writers import Writer, locked, remove_stale, writer_for
 
@@ -147,12 +148,10 @@ def _table(sources: Sources, policy: Policy, table: TablePlan, change: Change, w
     return result, section
 
 
-def _write(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, rows_in: int, writer: Writer, plan: BuildPlan,
-           progress: Progress) -> None:
+def _write(conn: duckdb.DuckDBPyConnection, side: Side | None, table: TablePlan, rows_in: int, writer: Writer,
+           plan: BuildPlan, progress: Progress) -> None:
     if side is not None:
-        repeated = side.repetitive(table, rows_in) if hasattr(side, "repetitive") else {}
-        select = _select(table, plan, repeated, getattr(side, "token_function", TOKEN_FUNCTION),
-                         getattr(side, "broadcast_below", None))
+        select = _select(table, plan, side.repetitive(table, rows_in), side.token_function, side.broadcast_below)
         writer.write_remote(table.name, side, select)  # the view runs in the source
         return
     select = _select(table, plan, _repetitive(conn, table, rows_in))
@@ -198,7 +197,7 @@ def shuffled(select: exp.Select) -> exp.Select:
     return select.order_by(exp.Rand(), copy=True)
 
 
-def _k_result(conn: duckdb.DuckDBPyConnection, side: Any, table: TablePlan, writer: Writer, plan: BuildPlan,
+def _k_result(conn: duckdb.DuckDBPyConnection, side: Side | None, table: TablePlan, writer: Writer, plan: BuildPlan,
               carried: TableResult | None) -> dict[str, Any]:
     if carried is not None and carried.k_anonymity:
         return carried.k_anonymity

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from saferoom.engines.duckdb import fingerprint_key
+from saferoom.engines.base import Catalog
 from saferoom.engines.spark import SparkEngine
+from saferoom.keyed import fingerprint_key
 from saferoom.policy import Policy
 from saferoom.secrets import Secret, hmac_pads
 from saferoom.split import fingerprints
@@ -52,8 +53,7 @@ class SparkSide:
     token_function = "saferoom_token"
     broadcast_below = 5_000_000  # distinct values: a token map this small is sent whole to every executor
 
-    def __init__(self, policy: Policy, name: str) -> None:
-        key = policy.token_key
+    def __init__(self, policy: Policy, name: str, key: Secret | None) -> None:
         self.engine = SparkEngine(name, policy.model.sources[name], policy.base, key)
         self._estimates: dict[str, dict[str, int]] = {}
         if key is not None:
@@ -61,6 +61,9 @@ class SparkSide:
 
     def close(self) -> None:
         self.engine.close()
+
+    def catalog(self) -> Catalog:
+        return self.engine.catalog()
 
     def _sql(self, query: exp.Expr) -> pa.Table:
         return self.engine.stream(query.sql("spark")).read_all()
@@ -110,9 +113,10 @@ class SparkSide:
     def reader(self, select: exp.Select) -> pa.RecordBatchReader:
         return self.engine.stream(select.sql("spark"))
 
-    def write_parquet(self, select: exp.Select, path: Path) -> None:
+    def write_parquet(self, select: exp.Select, path: Path) -> bool:
         """Written in parallel by Spark's executors: a folder of part files."""
         self.engine.session.sql(select.sql("spark")).write.mode("overwrite").parquet(str(path))
+        return True
 
     def fingerprints(self, table: TablePlan) -> fingerprints.Section:
         columns = tuple(table.fingerprinted)

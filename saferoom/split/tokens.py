@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from saferoom.engines.duckdb import DUCKDB, TOKEN_FUNCTION
+from saferoom.engines.duckdb import DUCKDB
 from saferoom.guard.views import INNER_ALIAS
+from saferoom.keyed import TOKEN_FUNCTION
 
 EXACT_TEXT = ("FLOAT", "DOUBLE", "REAL")  # -0.0 = 0.0 but their text differs: join on the text
 

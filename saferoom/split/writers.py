@@ -12,18 +12,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
+from saferoom.engines import registry
 from saferoom.engines.duckdb import attach_sql
+from saferoom.engines.parquet import parquet_scan
 from saferoom.errors import BuildError
 from saferoom.files import fsync_dir, try_lock
 from saferoom.split.manifest import now, write_json
 from saferoom.split.plan import BuildPlan
 from saferoom.split.queries import count_query
+
+if TYPE_CHECKING:
+    from saferoom.split.sources import Side
 
 TARGET, PREVIOUS, INCOMING = "__saferoom_target", "__saferoom_previous", "__saferoom_incoming"
 META_TABLE = "saferoom_build"
@@ -52,8 +57,8 @@ class Writer(ABC):
         finally:
             self.conn.unregister(INCOMING)
 
-    def write_remote(self, name: str, side: Any, select: exp.Select) -> None:
-        """A view that runs in a PostgreSQL or Spark source."""
+    def write_remote(self, name: str, side: Side, select: exp.Select) -> None:
+        """A view that runs in a source that runs its own SQL (PostgreSQL, Spark)."""
         self.write_reader(name, side.reader(select))
 
     @abstractmethod
@@ -64,6 +69,16 @@ class Writer(ABC):
     def swap(self, target: Path) -> None: ...
     @abstractmethod
     def discard(self) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def stage(cls, target: Path, stamp: str) -> Path:
+        """Where a build is written before it is swapped in; a target saferoom did not make is refused."""
+
+    @staticmethod
+    @abstractmethod
+    def build_id(target: Path) -> str | None:
+        """The id of the build the target holds; None if it holds none."""
 
     def count(self, name: str) -> int:
         rows: int = self.conn.execute(count_query(self.source(name)).sql("duckdb")).fetchall()[0][0]
@@ -97,6 +112,22 @@ class DuckDBWriter(Writer):
             self.conn.execute(f"DETACH {PREVIOUS}")
         self.conn.execute(f"DETACH {TARGET}")
 
+    @classmethod
+    def stage(cls, target: Path, stamp: str) -> Path:
+        if (target.exists() or target.is_symlink()) and cls.build_id(target) is None:
+            # a folder, another program's file or someone's own database: never replaced by a build
+            raise BuildError(f"{target.name} exists and was not made by saferoom build; move it away first")
+        return target.with_name(f".{target.name}.building-{stamp}")
+
+    @staticmethod
+    def build_id(target: Path) -> str | None:
+        try:
+            with duckdb.connect(str(target), read_only=True) as con:
+                build_id: str = con.execute(f"SELECT build_id FROM {META_TABLE}").fetchall()[0][0]
+        except (OSError, ValueError, IndexError, duckdb.Error):
+            return None
+        return build_id
+
     def swap(self, target: Path) -> None:
         os.replace(self.staging, target)
         fsync_dir(target.parent)
@@ -116,10 +147,8 @@ class ParquetWriter(Writer):
     def _file(self, name: str) -> Path:
         return self.staging / f"{name}.parquet"
 
-    def write_remote(self, name: str, side: Any, select: exp.Select) -> None:
-        if hasattr(side, "write_parquet"):
-            side.write_parquet(select, self._file(name))  # Spark writes Parquet in parallel
-        else:
+    def write_remote(self, name: str, side: Side, select: exp.Select) -> None:
+        if not side.write_parquet(select, self._file(name)):
             super().write_remote(name, side, select)
 
     def write(self, name: str, select: exp.Select) -> None:
@@ -137,11 +166,24 @@ class ParquetWriter(Writer):
             os.link(old, self._file(name))
 
     def source(self, name: str) -> exp.Expr:
-        path = self._file(name)
-        return exp.func("read_parquet", exp.Literal.string(str(path / "*.parquet") if path.is_dir() else str(path)))
+        return parquet_scan(self._file(name))
 
     def finish(self, build_id: str, policy_hash: str) -> None:
         write_json(self.staging / META_FILE, {"build_id": build_id, "policy_hash": policy_hash, "built_at": now()})
+
+    @classmethod
+    def stage(cls, target: Path, stamp: str) -> Path:
+        if target.exists() and not target.is_symlink():
+            raise BuildError(f"{target.name} exists and was not made by saferoom build; move it away first")
+        return target.with_name(f".{target.name}.build-{stamp}")
+
+    @staticmethod
+    def build_id(target: Path) -> str | None:
+        try:
+            build_id: str = json.loads((target / META_FILE).read_text())["build_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return build_id
 
     def swap(self, target: Path) -> None:
         link = target.with_name(f".{target.name}.link-{os.getpid()}")
@@ -158,34 +200,21 @@ class ParquetWriter(Writer):
 
 
 def writer_for(plan: BuildPlan, conn: duckdb.DuckDBPyConnection) -> Writer:
-    staging = _staging(plan)
-    return DuckDBWriter(conn, staging) if plan.engine == "duckdb" else ParquetWriter(conn, staging)
+    kind = target_kind(plan)
+    return kind(conn, kind.stage(plan.target, f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"))
 
 
-def _staging(plan: BuildPlan) -> Path:
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    if plan.engine == "parquet":
-        if plan.target.exists() and not plan.target.is_symlink():
-            raise BuildError(f"{plan.target.name} exists and was not made by saferoom build; move it away first")
-        return plan.target.with_name(f".{plan.target.name}.build-{stamp}")
-    if (plan.target.exists() or plan.target.is_symlink()) and target_build_id(plan) is None:
-        # a folder, another program's file or someone's own database: never replaced by a build
-        raise BuildError(f"{plan.target.name} exists and was not made by saferoom build; move it away first")
-    return plan.target.with_name(f".{plan.target.name}.building-{stamp}")
+def target_kind(plan: BuildPlan) -> type[Writer]:
+    """The writer of the build's target, as the engine registry has it."""
+    writer = registry.engine(plan.engine).writer
+    if writer is None:
+        raise BuildError(f"a build cannot write a {registry.engine(plan.engine).label} target")
+    return writer()
 
 
 def target_build_id(plan: BuildPlan) -> str | None:
     """The id of the build the target holds; None if it holds none."""
-    build_id: str | None
-    try:
-        if plan.engine == "parquet":
-            build_id = json.loads((plan.target / META_FILE).read_text())["build_id"]
-        else:
-            with duckdb.connect(str(plan.target), read_only=True) as con:
-                build_id = con.execute(f"SELECT build_id FROM {META_TABLE}").fetchall()[0][0]
-    except (OSError, ValueError, KeyError, IndexError, duckdb.Error):
-        return None
-    return build_id
+    return target_kind(plan).build_id(plan.target)
 
 
 def remove_stale(target: Path) -> None:
