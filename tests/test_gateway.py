@@ -103,8 +103,11 @@ def test_a_denied_column_is_recorded_refused_with_the_reason(server, tokens) -> 
     records = [r for r in read(server.state) if r.get("query") == sql and r.get("user") == "sam"]
     assert [r["event"] for r in records] == ["decision"], records
     assert records[0]["decision"] == "refused"
-    assert records[0]["reason"].startswith("column `name` of prod.customers is tagged `pii`")
-    assert "Role `security` is denied it" in records[0]["reason"]
+    refusal = records[0]["refusal"]
+    assert refusal["message"].startswith("column `name` of prod.customers is tagged `pii`")
+    assert "Role `security` is denied it" in refusal["message"]
+    assert (refusal["type"], refusal["column"], refusal["tag"]) == ("QueryRejected", "prod.customers.name", "pii")
+    assert "reason" not in records[0]
 
 
 def test_formats(server, tokens) -> None:
