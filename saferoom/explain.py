@@ -8,6 +8,7 @@ from saferoom.guard import Guard, GuardedQuery
 from saferoom.guard.outputs import Outputs
 from saferoom.policy import Action, ColumnRule
 
+# the record's column and table types are named here too: the build's plan (saferoom.split) imports them from here
 __all__ = ["ColumnInfo", "OutputColumn", "TableInfo", "catalog", "column_info", "decide", "table_info"]
 
 
@@ -51,7 +52,7 @@ def decide(guard: Guard, sql: str, guarded: GuardedQuery, types: list[tuple[str,
     tables = tuple(_read(guard, t, [r for r in rules if r.table == t]) for t in guarded.tables)
     reached = [c for t in tables for c in t.columns]
     tags = tuple(sorted({tag for r in rules for tag in r.tags}))
-    return allowed(guard.user, guard.role, sql, tables=tables, columns=output_columns(reached, guarded.outputs, types),
+    return allowed(guard.user, guard.role, sql, tables=tables, columns=_output_columns(reached, guarded.outputs, types),
                    tags=tags, notes=notes, limit=limit)
 
 
@@ -60,7 +61,7 @@ def _read(guard: Guard, table: str, rules: list[ColumnRule]) -> TableInfo:
     return TableInfo(table, tuple(column_info(r, types.get(r.column, "")) for r in rules), _row_filter(guard, table))
 
 
-def output_columns(reached: list[ColumnInfo], named: Outputs, types: list[tuple[str, str]] | None) -> tuple[OutputColumn, ...]:
+def _output_columns(reached: list[ColumnInfo], named: Outputs, types: list[tuple[str, str]] | None) -> tuple[OutputColumn, ...]:
     """Each output column and the visible source columns it reads, matched by name."""
     visible = [c for c in reached if c.action != Action.DENY.value]
     if types is None:
