@@ -27,7 +27,7 @@ from saferoom.errors import (
 
 if TYPE_CHECKING:
     from saferoom.client import RemoteSession
-    from saferoom.explain import ColumnInfo, Explanation, OutputColumn, TableInfo
+    from saferoom.decision import ColumnInfo, Decision, OutputColumn, Refusal, TableInfo
     from saferoom.policy import Action, Policy, load_policy
     from saferoom.result import Result
     from saferoom.session import Session, SessionProtocol, connect
@@ -36,10 +36,11 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "RemoteSession": "saferoom.client",
-    "ColumnInfo": "saferoom.explain",
-    "Explanation": "saferoom.explain",
-    "OutputColumn": "saferoom.explain",
-    "TableInfo": "saferoom.explain",
+    "ColumnInfo": "saferoom.decision",
+    "Decision": "saferoom.decision",
+    "OutputColumn": "saferoom.decision",
+    "Refusal": "saferoom.decision",
+    "TableInfo": "saferoom.decision",
     "Action": "saferoom.policy",
     "Policy": "saferoom.policy",
     "load_policy": "saferoom.policy",
@@ -69,14 +70,15 @@ __all__ = [
     "AuthError",
     "BuildError",
     "ColumnInfo",
+    "Decision",
     "EngineError",
-    "Explanation",
     "LimitExceeded",
     "OutputColumn",
     "Policy",
     "PolicyError",
     "QueryCancelled",
     "QueryRejected",
+    "Refusal",
     "RemoteSession",
     "Result",
     "SaferoomError",

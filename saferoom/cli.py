@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 import saferoom
+from saferoom.decision import Decision, TableInfo
 from saferoom.errors import SaferoomError, UsageError
-from saferoom.explain import Explanation, TableInfo
 from saferoom.policy import load_policy
 from saferoom.policy.model import PolicyModel
 
@@ -83,7 +83,7 @@ def explain(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOp
         _print_rows(_explanation_rows(explanation), format, ["column", "type", "source", "action", "tag", "reason"])
     else:
         _print_explanation(explanation)
-    if explanation.refused:
+    if not explanation.allowed:
         raise typer.Exit(saferoom.QueryRejected.exit_code)
 
 
@@ -566,28 +566,28 @@ def _table_view(info: TableInfo) -> Table:
     return view
 
 
-def _explanation_rows(explanation: Explanation) -> list[dict[str, Any]]:
+def _explanation_rows(decision: Decision) -> list[dict[str, Any]]:
     """One row per output column and source column it comes from (a computed column has none); a refusal is one row."""
-    if explanation.refused:
-        return [{"column": None, "type": None, "source": None, "action": "refused", "tag": None, "reason": explanation.refused}]
+    if decision.refusal:
+        return [{"column": None, "type": None, "source": None, "action": "refused", "tag": None, "reason": decision.refusal.message}]
     return [{"column": c.name, "type": c.type, "source": s.name if s else None, "action": s.action if s else "computed",
              "tag": s.tag if s else None, "reason": s.reason if s else None}
-            for c in explanation.columns for s in (c.sources or (None,))]
+            for c in decision.columns for s in (c.sources or (None,))]
 
 
-def _print_explanation(explanation: Explanation) -> None:
-    if explanation.refused:
-        out.print(f"[red]Refused[/] for role {explanation.role}: {explanation.refused}")
+def _print_explanation(decision: Decision) -> None:
+    if decision.refusal:
+        out.print(f"[red]Refused[/] for role {decision.role}: {decision.refusal.message}")
         return
-    view = Table("output column", "type", "comes from", title=f"As role {explanation.role}", title_justify="left")
-    for column in explanation.columns:
+    view = Table("output column", "type", "comes from", title=f"As role {decision.role}", title_justify="left")
+    for column in decision.columns:
         sources = "; ".join(f"{s.name}: {s.action} ({s.reason})" for s in column.sources) or "computed"
         view.add_row(column.name, column.type, sources)
     out.print(view)
-    for info in explanation.tables:
+    for info in decision.tables:
         if info.row_filter:
             out.print(f"Rows of {info.name} are filtered: {info.row_filter}")
-    for note in explanation.notes:
+    for note in decision.notes:
         out.print(note)
 
 

@@ -19,8 +19,8 @@ from typing import Any, Self
 import httpx
 import pyarrow as pa
 
+from saferoom.decision import Decision, TableInfo
 from saferoom.errors import AuthError, EngineError, SaferoomError, UsageError, from_fields
-from saferoom.explain import ColumnInfo, Explanation, OutputColumn, TableInfo
 from saferoom.result import Result
 
 CHUNK = 1 << 20
@@ -76,12 +76,10 @@ class RemoteSession:
         return RemoteResult(response)
 
     def tables(self) -> list[TableInfo]:
-        return [_table(t) for t in self._json("GET", "/v1/tables", params=_role(self.requested_role))]
+        return [TableInfo.from_dict(t) for t in self._json("GET", "/v1/tables", params=_role(self.requested_role))]
 
-    def explain(self, sql: str) -> Explanation:
-        data = self._json("POST", "/v1/explain", json={"sql": sql, "role": self.requested_role})
-        columns = tuple(OutputColumn(c["name"], c["type"], tuple(ColumnInfo(**_info(s)) for s in c["sources"])) for c in data["columns"])
-        return Explanation(data["role"], tuple(_table(t) for t in data["tables"]), columns, data["refused"], tuple(data["notes"]))
+    def explain(self, sql: str) -> Decision:
+        return Decision.from_dict(self._json("POST", "/v1/explain", json={"sql": sql, "role": self.requested_role}))
 
     def audit(self, limit: int = 200) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = self._json("GET", "/v1/audit", params={"limit": limit, **_role(self.requested_role)})
@@ -198,10 +196,3 @@ def _error(response: httpx.Response) -> SaferoomError:
 def _role(role: str | None) -> dict[str, str]:
     return {"role": role} if role else {}
 
-
-def _info(data: dict[str, Any]) -> dict[str, Any]:
-    return {**data, "threats": tuple(data["threats"])}
-
-
-def _table(data: dict[str, Any]) -> TableInfo:
-    return TableInfo(data["name"], tuple(ColumnInfo(**_info(c)) for c in data["columns"]), data.get("row_filter"))

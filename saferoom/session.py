@@ -8,10 +8,11 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from saferoom.client import RemoteSession, load_credentials
+from saferoom.decision import MAX_SQL_BYTES, Decision, TableInfo, refused
 from saferoom.engines import registry
 from saferoom.engines.base import Cancel, Engine
 from saferoom.errors import QueryRejected, UsageError
-from saferoom.explain import Explanation, OutputColumn, TableInfo, catalog, output_sources, table_info
+from saferoom.explain import catalog, decide
 from saferoom.guard import Guard, GuardedQuery
 from saferoom.guard.check_nodes import check_filters
 from saferoom.policy import Policy, load_policy
@@ -34,7 +35,7 @@ class SessionProtocol(Protocol):
 
     def tables(self) -> list[TableInfo]: ...
 
-    def explain(self, sql: str) -> Explanation: ...
+    def explain(self, sql: str) -> Decision: ...
 
     def close(self) -> None: ...
 
@@ -73,17 +74,20 @@ class Session:
         """The catalog as this user sees it: each column's action and the reason for it."""
         return catalog(self._guard)
 
-    def explain(self, sql: str) -> Explanation:
+    def explain(self, sql: str) -> Decision:
         """What a query will see, column by column, or why it is refused."""
         try:
             guarded = self._guard.rewrite(sql)
             types = self._engine.column_types(guarded.sql)
         except QueryRejected as exc:
-            return Explanation(self.role, (), (), refused=exc.message)
-        sources = output_sources(self._guard, sql, guarded.tables, [n for n, _ in types])
-        columns = tuple(OutputColumn(n, t, s) for (n, t), s in zip(types, sources, strict=True))
+            return refused(self.user, self.role, sql, exc)
+        return self.decide(sql, guarded, types)
+
+    def decide(self, sql: str, guarded: GuardedQuery, types: list[tuple[str, str]] | None = None, *,
+               limit: int = MAX_SQL_BYTES) -> Decision:
+        """The decision on a query the guard accepted; ``types``, the engine's output columns, when known."""
         notes = (f"results are cut at {self.max_rows} rows for role {self.role}",) if self.max_rows else ()
-        return Explanation(self.role, tuple(table_info(self._guard, t) for t in guarded.tables), columns, notes=notes)
+        return decide(self._guard, sql, guarded, types, notes=notes, limit=limit)
 
     def close(self) -> None:
         if self._owns_engine:

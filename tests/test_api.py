@@ -7,8 +7,8 @@ import pytest
 import saferoom
 
 EXPECTED = {
-    "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "LimitExceeded", "RemoteSession", "EngineError", "Explanation", "OutputColumn", "Policy",
-    "PolicyError", "QueryCancelled", "QueryRejected", "Result", "TooLarge", "SaferoomError", "Session", "SessionProtocol", "TableInfo", "UsageError",
+    "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "Decision", "LimitExceeded", "RemoteSession", "EngineError", "OutputColumn", "Policy",
+    "PolicyError", "QueryCancelled", "QueryRejected", "Refusal", "Result", "TooLarge", "SaferoomError", "Session", "SessionProtocol", "TableInfo", "UsageError",
     "__version__", "connect", "load_policy",
 }
 
@@ -49,7 +49,8 @@ def test_explain_names_actions_and_threats(alice: saferoom.Session) -> None:
     assert [s.action for s in by_name["segment"].sources] == ["allow"]
     assert by_name["n"].sources == ()
     refused = alice.explain("select pan from cards")
-    assert refused.refused and "card-theft" in refused.refused
+    assert not refused.allowed and refused.refusal is not None and "card-theft" in refused.refusal.message
+    assert (refused.refusal.type, refused.refusal.column, refused.refusal.allowed_roles) == ("QueryRejected", "prod.cards.pan", ("investigator",))
 
 
 def test_tables_show_the_rule_for_every_listed_column(alice: saferoom.Session) -> None:

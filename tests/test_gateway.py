@@ -20,6 +20,7 @@ import pytest
 import saferoom
 from saferoom.audit import read, read_head, verify
 from saferoom.client import RemoteSession
+from saferoom.decision import Decision
 from saferoom.server.gateway import QUEUE_SECONDS
 from tests.gateway_helpers import (
     CANARY_DB_PASSWORD,
@@ -103,8 +104,26 @@ def test_a_denied_column_is_recorded_refused_with_the_reason(server, tokens) -> 
     records = [r for r in read(server.state) if r.get("query") == sql and r.get("user") == "sam"]
     assert [r["event"] for r in records] == ["decision"], records
     assert records[0]["decision"] == "refused"
-    assert records[0]["reason"].startswith("column `name` of prod.customers is tagged `pii`")
-    assert "Role `security` is denied it" in records[0]["reason"]
+    refusal = records[0]["refusal"]
+    assert refusal["message"].startswith("column `name` of prod.customers is tagged `pii`")
+    assert "Role `security` is denied it" in refusal["message"]
+    assert (refusal["type"], refusal["column"], refusal["tag"]) == ("QueryRejected", "prod.customers.name", "pii")
+    assert "reason" not in records[0]
+
+
+def test_the_audit_log_the_json_result_and_explain_carry_one_decision(server, tokens) -> None:
+    sql = "select name, zip from prod.customers limit 2"
+    answer = post(server, tokens["alice"], sql, format="json")
+    sent = Decision.from_dict(answer.json()["decision"])
+    request = answer.headers["X-Saferoom-Request"]
+    record = next(r for r in read(server.state) if r.get("request_id") == request and r["event"] == "decision")
+    assert "reason" not in record and Decision.from_dict(record) == sent  # no constant reason: each column's own
+    shaped = [(c.name, [(s.action, s.reason) for s in c.sources]) for c in sent.columns]
+    assert shaped == [("name", [("tokenize", "tag pii (reidentification)")]), ("zip", [("generalize", "tag quasi (reidentification)")])]
+    explained = httpx.post(f"{server.url}/v1/explain", json={"sql": sql}, headers={"Authorization": f"Bearer {tokens['alice']}"})
+    decision = Decision.from_dict(explained.json())
+    assert decision.tables == sent.tables and [c.sources for c in decision.columns] == [c.sources for c in sent.columns]
+    assert [c.type for c in decision.columns] == ["UUID", "VARCHAR"] and [c.type for c in sent.columns] == [None, None]
 
 
 def test_formats(server, tokens) -> None:

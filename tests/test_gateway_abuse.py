@@ -118,7 +118,7 @@ def test_abandoned_runaway_queries_starve_nobody_and_are_cancelled(gateway: Serv
     assert [r["status"] for r in runaways] == ["cancelled"] * GATEWAY_DEFAULTS.max_concurrent
     assert all(r["error_type"] == "QueryCancelled" for r in runaways)
     refused = [r for r in read(gateway.state) if r.get("decision") == "refused"]
-    assert len(refused) == 40 - GATEWAY_DEFAULTS.max_concurrent and all("max_concurrent" in r["reason"] for r in refused)
+    assert len(refused) == 40 - GATEWAY_DEFAULTS.max_concurrent and all("max_concurrent" in r["refusal"]["message"] for r in refused)
     assert ask(gateway, mallory, SMALL).status_code == 200  # the slots came back
     assert verify(gateway.state).ok
 

@@ -72,18 +72,33 @@ def test_analyst_browses_queries_and_is_refused(browser, server) -> None:
     run(browser, wait, "select region, count(*) as n from prod.orders group by 1")
     cells = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#result td")]
     assert cells[0] == "EU" and "1 rows" in browser.find_element(By.ID, "status").text
+    assert shaped(browser)[:2] == [["region", "region", "allow", "untagged (public)"], ["n", "", "computed", ""]]
+    assert "rows of prod.orders filtered: region = {user.region}" in browser.find_element(By.ID, "decision").text
+    run(browser, wait, "select name as who from prod.customers limit 1")
+    assert shaped(browser) == [["who", "name", "tokenize", "tag pii (reidentification)"]]
     run(browser, wait, "select pan from prod.cards")
     error = browser.find_element(By.ID, "error").text
     assert "card-theft" in error and "investigator" in error
+    assert not browser.find_element(By.ID, "decision").text
     assert not browser.find_element(By.ID, "audit-section").is_displayed()
+
+
+def shaped(browser) -> list[list[str]]:
+    """The rows of the decision the page shows under a result: column, from, you get, why."""
+    rows = browser.find_elements(By.CSS_SELECTOR, "#decision tr")[1:]
+    return [[c.text for c in row.find_elements(By.TAG_NAME, "td")] for row in rows]
 
 
 def test_security_role_sees_the_audit_log(browser, server) -> None:
     wait = sign_in(browser, server, server.token("sam"))
     assert browser.find_element(By.ID, "audit-section").is_displayed()
+    run(browser, wait, "select region from prod.orders limit 1")
+    run(browser, wait, "select name from prod.customers")
     browser.find_element(By.ID, "load-audit").click()
     wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#audit td"))
-    assert "decision" in browser.find_element(By.ID, "audit").text
+    audit = browser.find_element(By.ID, "audit").text
+    assert "decision" in audit and "region: allow (untagged (public))" in audit
+    assert "column `name` of prod.customers is tagged `pii`" in audit  # a refusal's own reason
 
 
 def test_a_bad_token_shows_an_error_and_no_data(browser, server) -> None:

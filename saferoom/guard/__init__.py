@@ -28,6 +28,7 @@ from saferoom.guard.bound_sizes import bound_sizes
 from saferoom.guard.check_nodes import check_nodes
 from saferoom.guard.check_statement import check_statement
 from saferoom.guard.context import Columns, Context, Hidden, Touched
+from saferoom.guard.outputs import Outputs, outputs
 from saferoom.guard.parse import parse
 from saferoom.guard.refuse_hidden_columns import refuse_hidden_columns
 from saferoom.guard.render import render, rendered
@@ -62,6 +63,7 @@ class GuardedQuery:
     sql: str
     tables: tuple[str, ...]
     columns: tuple[tuple[str, str], ...] = ()  # (table, column) the query can reach, for the audit log
+    outputs: Outputs = ()  # each output column's name and the column names it reads, for its decision
 
 
 class Guard:
@@ -103,7 +105,8 @@ class Guard:
         for rule in RULES:
             tree = rule(tree, context)
         tables = tuple(dict.fromkeys(context.touched.tables))
-        return GuardedQuery(render(tree, self.spec.dialect), tables, self._reached(tables, context.touched.names))
+        reached = self._reached(tables, context.touched.names)
+        return GuardedQuery(render(tree, self.spec.dialect), tables, reached, outputs(tree, self.spec.dialect))
 
     def context(self) -> Context:
         """A fresh context for one query: what the rules know, and an empty record of what it touches."""

@@ -22,7 +22,7 @@ from saferoom.audit import now, read
 from saferoom.engines.base import Cancel
 from saferoom.errors import AccessDenied, AuthError, NotFound, SaferoomError, TooLarge, UsageError
 from saferoom.server.gateway import Gateway, Running
-from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body
+from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body, json_body
 from saferoom.server.workers import QueryThread
 
 T = TypeVar("T")
@@ -95,7 +95,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         except BaseException:
             await body.aclose()
             raise
-        headers = {"X-Saferoom-Request": running.decision["request_id"]}
+        headers = {"X-Saferoom-Request": running.request_id}
         if rest is None:  # a small result is already whole: send it without streaming machinery
             await body.aclose()
             return Response(first or b"", media_type=MEDIA[kind], headers=headers)
@@ -345,8 +345,8 @@ def _stream(gateway: Gateway, running: Running, kind: str) -> Generator[bytes, N
     outcome = Outcome()
     result = running.result
     assert result is not None
-    try:
-        yield from BODIES[kind](result, outcome)
+    try:  # a JSON body carries the query's decision too, for the web page to show how each column was shaped
+        yield from json_body(result, outcome, running.decision) if kind == "json" else BODIES[kind](result, outcome)
     finally:
         gateway.finish(running, rows=outcome.rows, size=outcome.bytes, truncated=result.truncated_so_far,
                        error=outcome.error)

@@ -6,7 +6,6 @@ everything that decides or records lives here.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -15,12 +14,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from saferoom.audit import AuditLog, now
+from saferoom.decision import MAX_SQL_BYTES, Decision, refused
 from saferoom.engines.base import Cancel, Engine
 from saferoom.errors import AccessDenied, LimitExceeded, PolicyError, QueryCancelled, SaferoomError, TooLarge
-from saferoom.guard import GuardedQuery
 from saferoom.identity import Authenticator, Identity, JWTVerifier, TokenStore
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import gateway_limits
@@ -31,15 +29,14 @@ log = logging.getLogger("saferoom.gateway")
 
 
 QUEUE_SECONDS = 2.0  # how long a query waits for one of its user's slots before it is refused
-MAX_SQL_BYTES = 256 * 1024  # a query's text; lists of values that long belong in a table
-AUDITED_PREFIX = 4096  # of a refused, oversized query's text, the audit log keeps this much and a digest
 
 
 @dataclass
 class Running:
     """One allowed query from its decision to its result record."""
 
-    decision: dict[str, Any]
+    request_id: str
+    decision: Decision
     cancel: Cancel
     started: float
     result: Result | None = None
@@ -144,22 +141,19 @@ class Gateway:
     # queries -----------------------------------------------------------------
     def start(self, session: Session, sql: str, identity: Identity, cancel: Cancel | None = None) -> Running:
         """Guard, check limits, write the decision durably, then start the query; ``cancel`` stops it."""
-        base = {"request_id": uuid.uuid4().hex, "time": now(), "user": session.user, "role": session.role,
-                "method": identity.method, **_query_fields(sql, self.max_sql_bytes)}
+        event = {"event": "decision", "request_id": uuid.uuid4().hex, "time": now(), "method": identity.method}
         try:
             self._admissible(sql)
-            guarded = session.guard(sql)
+            decision = session.decide(sql, session.guard(sql), limit=self.max_sql_bytes)
             self._admit(session, cancel)
         except SaferoomError as exc:
-            self.audit.append({**base, "event": "decision", "decision": "refused", "reason": str(exc)})
+            self.audit.append({**event, **refused(session.user, session.role, sql, exc, limit=self.max_sql_bytes).to_dict()})
             raise
-        record = {**base, **self._touched(session, guarded), "event": "decision", "decision": "allowed",
-                  "reason": "the policy allows it"}
-        running = Running(record, cancel or Cancel(), time.perf_counter())
+        running = Running(event["request_id"], decision, cancel or Cancel(), time.perf_counter())
         try:
-            self.audit.append(record)  # durable before any result byte exists
+            self.audit.append({**event, **decision.to_dict()})  # durable before any result byte exists
             with self._lock:
-                self._active[record["request_id"]] = running.cancel
+                self._active[running.request_id] = running.cancel
             running.result = session.query(sql, running.cancel)
         except SaferoomError as exc:
             self.finish(running, rows=0, size=0, error=exc)
@@ -178,11 +172,11 @@ class Gateway:
         """
         decision = running.decision
         with self._lock:
-            self._active.pop(decision["request_id"], None)
-        self.release(decision["user"])
-        self._bytes[(decision["user"], _today())] += size
-        self.audit.append_later({"event": "result", "request_id": decision["request_id"], "time": now(),
-                                 "user": decision["user"], "role": decision["role"], "status": running.status(error),
+            self._active.pop(running.request_id, None)
+        self.release(decision.user)
+        self._bytes[(decision.user, _today())] += size
+        self.audit.append_later({"event": "result", "request_id": running.request_id, "time": now(),
+                                 "user": decision.user, "role": decision.role, "status": running.status(error),
                                  "rows": rows, "bytes": size, "truncated": truncated,
                                  "error": str(error) if error else None,
                                  "error_type": type(error).__name__ if error else None,
@@ -205,11 +199,6 @@ class Gateway:
         if size > self.max_sql_bytes:
             raise TooLarge(f"the query is {size:,} bytes; the gateway accepts at most {self.max_sql_bytes:,} "
                            "(start it with --max-sql-bytes to change that); pass large value lists as a table instead")
-
-    def _touched(self, session: Session, guarded: GuardedQuery) -> dict[str, Any]:
-        rules = [session.policy.rule(session.role, t, c) for t, c in guarded.columns]
-        columns = [{"table": r.table, "column": r.column, "tags": list(r.tags), "action": r.action.value} for r in rules]
-        return {"tables": list(guarded.tables), "columns": columns, "tags": sorted({t for r in rules for t in r.tags})}
 
     def _admit(self, session: Session, cancel: Cancel | None) -> None:
         """Take one of the user's query slots, waiting up to QUEUE_SECONDS for one, or refuse.
@@ -255,15 +244,6 @@ class Gateway:
         for session in list(self._room.sessions.values()):
             session.close()
         self.audit.close()
-
-
-def _query_fields(sql: str, limit: int) -> dict[str, Any]:
-    """The query as the audit log keeps it: whole up to the gateway's limit; past it, a prefix and a digest."""
-    data = sql.encode("utf-8", "surrogatepass")
-    if len(data) <= limit:
-        return {"query": sql}
-    return {"query": data[:AUDITED_PREFIX].decode("utf-8", "ignore"), "query_bytes": len(data),
-            "query_sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _today() -> str:

@@ -13,10 +13,11 @@ from types import FrameType
 import uvicorn
 
 from saferoom.audit import AuditKey, AuditLog
+from saferoom.decision import MAX_SQL_BYTES
 from saferoom.errors import UsageError
 from saferoom.identity import JWTSettings, JWTVerifier
 from saferoom.server.app import create_app
-from saferoom.server.gateway import MAX_SQL_BYTES, Gateway
+from saferoom.server.gateway import Gateway
 
 WATCH_SECONDS = 1.0
 DRAIN_SECONDS = 10  # after SIGTERM: running queries are cancelled at once; responses get this long to end

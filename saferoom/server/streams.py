@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv
 
+from saferoom.decision import Decision
 from saferoom.errors import SaferoomError
 from saferoom.result import Result
 
@@ -103,8 +104,11 @@ def _arrow_with_dictionaries(result: Result, outcome: Outcome) -> Iterator[bytes
     yield outcome.count(sink.take() + _trailer(result, outcome))
 
 
-def json_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
-    yield outcome.count(b'{"columns": ' + json.dumps(result.schema.names).encode() + b', "rows": [')
+def json_body(result: Result, outcome: Outcome, decision: Decision | None = None) -> Iterator[bytes]:
+    """``{"decision", "columns", "rows", "status"}``: the query's decision record, the column names, the rows
+    (each a list) and the trailer's status."""
+    head = json.dumps(decision.to_dict() if decision else None).encode()
+    yield outcome.count(b'{"decision": ' + head + b', "columns": ' + json.dumps(result.schema.names).encode() + b', "rows": [')
     first = True
     try:
         for batch in result.stream():
