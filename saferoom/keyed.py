@@ -11,6 +11,9 @@ serve instead, with the same tokens.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -25,6 +28,11 @@ except ImportError:  # installed without a C compiler
     _hmac = None
 
 TOKEN_BYTES, FINGERPRINT_BYTES = 16, 8
+
+
+def fingerprint_key(token_key: Secret) -> Secret:
+    """A key derived one way from the token key: holding it does not let anyone compute tokens."""
+    return Secret(hmac.new(token_key.reveal().encode(), b"saferoom fingerprint key v1", hashlib.sha256).hexdigest())
 
 
 def available() -> bool:

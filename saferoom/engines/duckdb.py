@@ -9,8 +9,6 @@ guard could not read files, load code or loosen a setting.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import re
 import shutil
 import tempfile
@@ -26,6 +24,7 @@ from sqlglot import exp
 from saferoom import keyed
 from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped, until_done
 from saferoom.errors import EngineError, LimitExceeded
+from saferoom.keyed import fingerprint_key as fingerprint_key  # re-exported: builds import it from here
 from saferoom.policy.limits import Limits
 from saferoom.secrets import Secret, hmac_pads
 
@@ -252,11 +251,6 @@ def fingerprint_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
 
 
 _FINGERPRINT_TEXT = "lower(trim(CAST(v AS VARCHAR)))"
-
-
-def fingerprint_key(token_key: Secret) -> Secret:
-    """A key derived one way from the token key: holding it does not let anyone compute tokens."""
-    return Secret(hmac.new(token_key.reveal().encode(), b"saferoom fingerprint key v1", hashlib.sha256).hexdigest())
 
 
 def fingerprint_macro(key: Secret) -> str:
