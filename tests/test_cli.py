@@ -102,6 +102,13 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert saferoom(*args).returncode == 2
 
 
+def test_sql_that_does_not_parse_is_a_usage_error(room) -> None:
+    for command in ("query", "explain"):
+        done = saferoom(command, "-p", str(room.policy), "-u", "alice", "selec 1")
+        assert done.returncode == 2, done.stderr
+        assert "not valid SQL" in done.stderr and "column 7" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_every_option_is_documented() -> None:
     import click
     import typer
