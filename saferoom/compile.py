@@ -182,7 +182,8 @@ def run(cursor: Cursor, statements: list[str], key: Secret | None, schema: str =
         cursor.execute(set_key_sql(ident(schema)), parameters=key_pads(key))
 
 
-__all__ = ["compile_sql", "drop_sql", "key_pads", "role_grants", "run", "set_key_sql"]
+__all__ = ["admin_target", "apply", "compile_spark", "compile_sql", "drop_sql", "key_pads", "role_grants", "run", "script",
+           "set_key_sql"]
 
 
 def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str = SCHEMA, *, drop: bool = False) -> int:
@@ -195,7 +196,7 @@ def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str =
     if drop:
         statements = drop_sql(policy, schema)
     else:
-        source = next(n for n, s in policy.model.sources.items() if s.engine == "postgres")
+        source = postgres_source(policy)
         reader = PostgresEngine(source, policy.source_url(source), policy.source_password(source))
         try:
             statements = compile_sql(policy, reader.catalog(), schema) + list(role_grants(policy, schema))
@@ -240,3 +241,56 @@ def compile_spark(policy: Policy, catalog: dict[tuple[str, str, str], dict[str, 
             statements.append(f"CREATE OR REPLACE VIEW `{name}`.`{ident(ref.name)}` AS {view.sql('spark')}")
     return statements
 
+
+ENGINES = ("postgres", "spark")
+
+
+def script(policy: Policy, engine: str = "postgres", schema: str = SCHEMA) -> str:
+    """What `saferoom compile` prints for ``engine``: the SQL that makes every role's views; never the token key."""
+    _known(engine)
+    catalog = _catalog(policy, engine)
+    if engine == "spark":
+        return ";\n".join(compile_spark(policy, catalog, schema)) + ";\n"
+    statements = compile_sql(policy, catalog, schema) + list(role_grants(policy, schema))
+    # one transaction, because SET LOCAL lasts only for one
+    return ("-- saferoom compile: the token key is loaded by --apply, never printed\n"
+            "BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;\n")
+
+
+def _known(engine: str) -> None:
+    if engine not in ENGINES:
+        raise UsageError(f"compile supports {' and '.join(ENGINES)} (asked for {engine})")
+
+
+def _catalog(policy: Policy, engine: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    from saferoom.session import open_engine  # the engine factory lives above this module
+
+    reader = open_engine(policy, engine)
+    try:
+        return reader.catalog()
+    finally:
+        reader.close()
+
+
+def postgres_source(policy: Policy) -> str:
+    """The PostgreSQL source whose database the views are made in."""
+    source = next((n for n, s in policy.model.sources.items() if s.engine == "postgres"), None)
+    if source is None:
+        raise UsageError("the policy has no postgres source to compile into")
+    return source
+
+
+def admin_target(policy: Policy, admin_url: str | None, admin_password: Secret | None,
+                 engine: str = "postgres") -> tuple[str, Secret | None]:
+    """Where --apply and --drop connect, and with which password.
+
+    ``admin_url`` when given, else the PostgreSQL source's url; ``admin_password`` when given, else the
+    source's own password, but only when connecting as the source: it is not sent to another account."""
+    _known(engine)
+    if engine != "postgres":
+        raise UsageError(f"--apply and --drop run in PostgreSQL; for {engine}, run the printed SQL in its catalog")
+    source = postgres_source(policy)
+    if admin_url:
+        return admin_url, admin_password
+    password = admin_password if admin_password is not None else policy.source_password(source)
+    return policy.source_url(source), password

@@ -14,8 +14,8 @@ import duckdb
 import pytest
 
 
-def saferoom(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}
+def saferoom(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}, **(env or {})}
     return subprocess.run(
         [sys.executable, "-c", "from saferoom.cli import main; main()", *args],
         check=False, capture_output=True, text=True, input=stdin, env=env, cwd=cwd, timeout=120,
@@ -107,6 +107,23 @@ def test_sql_that_does_not_parse_is_a_usage_error(room) -> None:
         done = saferoom(command, "-p", str(room.policy), "-u", "alice", "selec 1")
         assert done.returncode == 2, done.stderr
         assert "not valid SQL" in done.stderr and "column 7" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_usage_errors_of_compile_and_serve_exit_2(room, tmp_path: Path) -> None:
+    unknown = saferoom("compile", "-p", str(room.policy), "--engine", "oracle")
+    assert unknown.returncode == 2 and "postgres and spark" in unknown.stderr
+    spark_apply = saferoom("compile", "-p", str(room.policy), "--engine", "spark", "--apply")
+    assert spark_apply.returncode == 2 and "run the printed SQL" in spark_apply.stderr
+    no_postgres = saferoom("compile", "-p", str(room.policy), "--drop")
+    assert no_postgres.returncode == 2 and "no postgres source" in no_postgres.stderr
+    exposed = saferoom("serve", "-p", str(room.policy), "--state", str(tmp_path / "state"), "--host", "0.0.0.0")
+    assert exposed.returncode == 2 and "beyond loopback" in exposed.stderr
+
+
+def test_policy_comes_from_the_environment_too(room) -> None:
+    done = saferoom("tables", "-u", "alice", "-f", "json", env={"SAFEROOM_POLICY": str(room.policy)})
+    assert done.returncode == 0, done.stderr
+    assert any(r["table"] == "prod.cards" for r in json.loads(done.stdout))
 
 
 def test_every_option_is_documented() -> None:

@@ -191,3 +191,11 @@ def test_an_alias_bomb_in_a_fragment_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, POLICY + "includes: [fragment.yaml]\n")
     with pytest.raises(saferoom.PolicyError, match="aliases expand"):
         load_policy(path)
+
+
+def test_lint_sources_reads_every_source_of_the_policy(room) -> None:
+    from saferoom.lint import ERROR, WARNING, lint_sources
+
+    findings = lint_sources(saferoom.load_policy(room.policy))
+    assert ("prod.customers", "internal_score", WARNING) in {(f.table, f.column, f.level) for f in findings}
+    assert not [f for f in findings if f.level == ERROR]
