@@ -51,7 +51,7 @@ def test_strictest_action_wins(tmp_path: Path, tags: str, expected: Action) -> N
 BROKEN = [
     ("version: 1\nsources: {}\ntables: {}\nsurprise: 1\n", 4, "unknown key `surprise`"),
     ("version: 2\nsources: {}\ntables: {}\n", 1, "version"),
-    ("version: 1\nsources: {}\n", None, "missing required key `tables`"),
+    ("version: 1\nsources: {}\n", 1, "missing required key `tables`"),  # the mapping that lacks it
     ("version: 1\nsources: [\n", 3, "not valid YAML"),
     ("", None, "empty"),
     ("- 1\n- 2\n", 1, "mapping"),
@@ -87,8 +87,7 @@ def test_broken_policies_name_file_and_line(tmp_path: Path, text: str, line: int
         load_policy(path)
     assert fragment in str(caught.value)
     assert caught.value.file == str(path)
-    if line is not None:
-        assert caught.value.line == line, str(caught.value)
+    assert caught.value.line == line, str(caught.value)  # None: the loader could not point at a line, and says so
     assert str(caught.value).startswith(f"{path}:")
 
 
