@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import saferoom
+from saferoom import settings
 from saferoom.decision import Decision, TableInfo
 from saferoom.errors import SaferoomError, UsageError
 from saferoom.policy import load_policy
@@ -26,6 +27,8 @@ from saferoom.policy.model import PolicyModel
 
 if TYPE_CHECKING:
     from saferoom.audit import AuditKey
+    from saferoom.check import Report as CheckReport
+    from saferoom.secrets import Secret
     from saferoom.split import BuildPlan
     from saferoom.split.carry import Change
 
@@ -40,18 +43,31 @@ class Format(StrEnum):
     csv = "csv"
 
 
-PolicyOpt = Annotated[Path, typer.Option("--policy", "-p", envvar="SAFEROOM_POLICY", help="Policy file.")]
-UserOpt = Annotated[str, typer.Option("--user", "-u", envvar="SAFEROOM_USER", help="Who is asking.")]
-RoleOpt = Annotated[str | None, typer.Option("--role", "-r", help="Act as this role (default: the user's first).")]
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+def _option(name: str, help: str | None = None) -> Any:
+    """The option a setting declares (saferoom/settings.py): its spellings, environment variable and help."""
+    declared = settings.setting(name)
+    return typer.Option(*declared.flags, envvar=declared.env, help=help or declared.help)
+
+
+def _secret(name: str) -> Secret | None:
+    """A secret setting, read from the environment here, at the edge."""
+    return settings.secret(name, os.environ)
+
+
+POLICY, STATE, FORMAT = Path(settings.default("policy")), Path(settings.default("state")), Format(settings.default("format"))
+PolicyOpt = Annotated[Path, _option("policy")]
+UserOpt = Annotated[str, _option("user")]
+RoleOpt = Annotated[str | None, _option("role")]
+FormatOpt = Annotated[Format, _option("format")]
+StateOpt = Annotated[Path, _option("state")]
 SqlArg = Annotated[str, typer.Argument(help="The SQL, or - to read it from stdin.")]
 
 
 @app.command()
-def query(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = Format.table) -> None:
+def query(sql: SqlArg, policy: PolicyOpt = POLICY, user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = FORMAT) -> None:
     """Run a guarded query.
 
-    Example: saferoom query "select region, sum(amount) from orders group by 1" -u alice
+    Example: saferoom query "select region, sum(amount) from prod.orders group by 1" -u alice
     """
     with _connect(policy, user, role) as session:
         result = session.query(_sql(sql))
@@ -61,7 +77,7 @@ def query(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt 
 
 
 @app.command()
-def tables(policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = Format.table) -> None:
+def tables(policy: PolicyOpt = POLICY, user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = FORMAT) -> None:
     """List the tables and columns you can query, with the action on each and why."""
     with _connect(policy, user, role) as session:
         catalog = session.tables()
@@ -73,7 +89,7 @@ def tables(policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: 
 
 
 @app.command()
-def explain(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = Format.table) -> None:
+def explain(sql: SqlArg, policy: PolicyOpt = POLICY, user: UserOpt = "", role: RoleOpt = None, format: FormatOpt = FORMAT) -> None:
     """Show what a query will see, column by column, and the threat behind each action."""
     with _connect(policy, user, role) as session:
         explanation = session.explain(_sql(sql))
@@ -88,21 +104,11 @@ def explain(sql: SqlArg, policy: PolicyOpt = Path("saferoom.yaml"), user: UserOp
 
 
 @app.command()
-def lint(policy: PolicyOpt = Path("saferoom.yaml"), strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False) -> None:
+def lint(policy: PolicyOpt = POLICY, strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False) -> None:
     """Check a policy against the live sources: unclassified and missing columns."""
-    from saferoom.engines import registry
-    from saferoom.lint import ERROR
-    from saferoom.lint import lint as run_lint
-    from saferoom.session import open_engine
+    from saferoom.lint import ERROR, lint_sources
 
-    loaded = load_policy(policy)
-    findings = []
-    for family in registry.families(loaded):
-        engine = open_engine(loaded, family.name)
-        try:
-            findings += run_lint(loaded, engine.catalog(), engine.spec.default_schema, family.name)
-        finally:
-            engine.close()
+    findings = lint_sources(load_policy(policy))
     for finding in findings:
         colour = "red" if finding.level == ERROR else "yellow"
         out.print(f"[{colour}]{finding.level}[/]: {finding.message}")
@@ -115,7 +121,7 @@ def lint(policy: PolicyOpt = Path("saferoom.yaml"), strict: Annotated[bool, type
 @app.command("build")
 def build_command(
     name: Annotated[str, typer.Argument(help="The build, as named under `builds:` in the policy.")],
-    policy: PolicyOpt = Path("saferoom.yaml"),
+    policy: PolicyOpt = POLICY,
     plan: Annotated[bool, typer.Option("--plan", help="Print what would happen, and what would be carried over; write nothing.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Rebuild every table, even unchanged ones.")] = False,
 ) -> None:
@@ -166,7 +172,6 @@ def _print_plan(build_plan: BuildPlan, changes: dict[str, Change]) -> None:
             out.print(f"  k-anonymity: k={k.k} over {', '.join(table.k_columns)} ({k.on_violation})")
 
 
-StateOpt = Annotated[Path, typer.Option("--state", help="The gateway's state folder: tokens and the audit log.")]
 AuditKeyOpt = Annotated[str | None, typer.Option(
     help="The audit key that seals the log and signs its checkpoints: env:NAME or file:PATH, kept outside --state.")]
 token_app = typer.Typer(help="Personal API tokens for the gateway.", no_args_is_help=True)
@@ -179,8 +184,8 @@ app.add_typer(audit_app, name="audit")
 
 @app.command()
 def serve(
-    policy: PolicyOpt = Path("saferoom.yaml"),
-    state: StateOpt = Path("saferoom-state"),
+    policy: PolicyOpt = POLICY,
+    state: StateOpt = STATE,
     host: Annotated[str, typer.Option(help="Address to listen on; beyond loopback, use TLS.")] = "127.0.0.1",
     port: int = 8470,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
@@ -203,20 +208,19 @@ def serve(
     from saferoom.identity import JWTSettings
     from saferoom.server.run import serve as run_server
 
-    if host not in ("127.0.0.1", "localhost", "::1") and not (tls_cert and tls_key):
-        raise SaferoomError("serving beyond loopback needs --tls-cert and --tls-key")
-    settings = JWTSettings(jwks, jwt_audience, jwt_issuer, jwt_claim) if jwks else None
-    run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=settings, packages=packages,
+    jwt = JWTSettings(jwks, jwt_audience, jwt_issuer, jwt_claim) if jwks else None
+    run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=jwt, packages=packages,
                audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes)
 
 
 @token_app.command("create")
 def token_create(
+    # not SAFEROOM_USER: that names who is asking, and a token made for them by mistake would be a credential
     user: Annotated[str, typer.Option("--user", "-u", help="Whose token it is.")],
-    state: StateOpt = Path("saferoom-state"),
-    role: Annotated[str | None, typer.Option(help="Bind the token to one role.")] = None,
+    state: StateOpt = STATE,
+    role: Annotated[str | None, _option("role", "Bind the token to one role.")] = None,
     ttl: Annotated[str | None, typer.Option(help="Lifetime, like 30d, 12h or 90m.")] = None,
-    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="Check the user and role against this policy.")] = None,
+    policy: Annotated[Path | None, _option("policy", "Check the user and role against this policy.")] = None,
 ) -> None:
     """Create a token and print it once; only its hash is kept."""
     from saferoom.identity import TokenStore, parse_ttl
@@ -229,7 +233,7 @@ def token_create(
 
 
 @token_app.command("list")
-def token_list(state: StateOpt = Path("saferoom-state"), format: FormatOpt = Format.table) -> None:
+def token_list(state: StateOpt = STATE, format: FormatOpt = FORMAT) -> None:
     """List tokens (never their secrets)."""
     from saferoom.identity import TokenStore
 
@@ -237,7 +241,7 @@ def token_list(state: StateOpt = Path("saferoom-state"), format: FormatOpt = For
 
 
 @token_app.command("revoke")
-def token_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (from `token list`).")], state: StateOpt = Path("saferoom-state")) -> None:
+def token_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (from `token list`).")], state: StateOpt = STATE) -> None:
     """Revoke a token; it is refused from the next request on."""
     from saferoom.identity import TokenStore
 
@@ -246,7 +250,7 @@ def token_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (f
 
 
 @app.command()
-def login(url: Annotated[str, typer.Option(help="The gateway, e.g. https://saferoom.internal:8470")],
+def login(url: Annotated[str, _option("url", "The gateway, e.g. https://saferoom.internal:8470")],
           token_file: Annotated[Path | None, typer.Option(help="Read the token from this file instead of stdin.")] = None) -> None:
     """Save a gateway URL and your token (mode 0600) so notebooks need no secrets."""
     from saferoom.client import RemoteSession, save_credentials
@@ -259,7 +263,7 @@ def login(url: Annotated[str, typer.Option(help="The gateway, e.g. https://safer
 
 @audit_app.command("verify")
 def audit_verify(
-    state: StateOpt = Path("saferoom-state"),
+    state: StateOpt = STATE,
     key: Annotated[str | None, typer.Option("--key", help="The audit key (env:NAME or file:PATH): checks every record's seal and the head's.")] = None,
     public_key: Annotated[str | None, typer.Option(help="The audit public key (ed25519:…) or a file holding it: checks signed checkpoints.")] = None,
     checkpoints: Annotated[Path | None, typer.Option(help="The forwarded copy (the file destination, or lines extracted from syslog).")] = None,
@@ -298,7 +302,7 @@ def audit_public_key(key: Annotated[str, typer.Option("--key", help="The audit k
 
 
 @audit_app.command("report")
-def audit_report(state: StateOpt = Path("saferoom-state"), format: FormatOpt = Format.table) -> None:
+def audit_report(state: StateOpt = STATE, format: FormatOpt = FORMAT) -> None:
     """Per user and per tag: queries, refusals, rows and bytes; flags sudden jumps in volume."""
     from saferoom.audit import report
 
@@ -322,7 +326,7 @@ def audit_report(state: StateOpt = Path("saferoom-state"), format: FormatOpt = F
 @packages_app.command("sync")
 def packages_sync(
     dest: Annotated[Path, typer.Option("--dest", help="Where snapshots go: DEST/<date>/ and DEST/latest.")],
-    policy: PolicyOpt = Path("saferoom.yaml"),
+    policy: PolicyOpt = POLICY,
     index_url: Annotated[str | None, typer.Option(help="Upstream PEP 503 index (default: the public one pip uses).")] = None,
 ) -> None:
     """Resolve, download, audit and publish a dated snapshot of the approved packages.
@@ -370,24 +374,16 @@ def packages_check(
     snapshot: Annotated[Path, typer.Argument(help="A snapshot folder, or the folder holding `latest`.")],
     vulnerabilities: Annotated[Path | None, typer.Option(
         help="An OSV export (folder of JSON files, or its zip); default: the policy's `vulnerabilities`.")] = None,
-    policy: PolicyOpt = Path("saferoom.yaml"),
+    policy: PolicyOpt = POLICY,
 ) -> None:
     """Audit a snapshot again against a vulnerability export; exits 1 on findings. Downloads nothing.
 
     Example: saferoom packages check /srv/packages --vulnerabilities osv-2026-12.zip
     """
-    from saferoom.packages import check
+    from saferoom.packages import check, vulnerability_export
 
-    allow_empty = False
-    if vulnerabilities is None:
-        loaded = load_policy(policy) if policy.exists() else None
-        spec = loaded.model.packages if loaded else None
-        if loaded is None or spec is None or (spec.vulnerabilities is None and not spec.allow_empty_vulnerabilities):
-            raise UsageError(f"no vulnerability export to check against: give --vulnerabilities PATH, or a --policy "
-                             f"whose `packages: vulnerabilities:` names one ({policy} has none)")
-        vulnerabilities = (loaded.base / spec.vulnerabilities) if spec.vulnerabilities else None
-        allow_empty = spec.allow_empty_vulnerabilities
-    findings, vulns = check(snapshot, vulnerabilities, allow_empty=allow_empty)
+    export, allow_empty = vulnerability_export(vulnerabilities, policy)
+    findings, vulns = check(snapshot, export, allow_empty=allow_empty)
     for finding in findings:
         out.print(f"[red]vulnerable[/] {finding.project} {finding.version} ({finding.file}): {', '.join(finding.advisories)}")
     feed = vulns.provenance
@@ -400,7 +396,7 @@ def packages_check(
 
 @app.command("compile")
 def compile_command(
-    policy: PolicyOpt = Path("saferoom.yaml"),
+    policy: PolicyOpt = POLICY,
     engine: Annotated[str, typer.Option(help="The database to compile for.")] = "postgres",
     schema: Annotated[str, typer.Option(help="Prefix of the schemas and roles it makes.")] = "saferoom",
     apply: Annotated[bool, typer.Option("--apply", help="Run it (needs a role that may create roles and schemas).")] = False,
@@ -413,31 +409,14 @@ def compile_command(
     The admin password comes from SAFEROOM_ADMIN_PASSWORD; the token key is never printed.
     """
     from saferoom import compile as compiler
-    from saferoom.secrets import Secret
-    from saferoom.session import open_engine
 
-    if engine not in ("postgres", "spark"):
-        raise SaferoomError(f"compile supports postgres and spark (asked for {engine})")
     loaded = load_policy(policy)
-    if engine == "spark":
-        spark = open_engine(loaded, "spark")
-        sys.stdout.write(";\n".join(compiler.compile_spark(loaded, spark.catalog(), schema)) + ";\n")
+    if not (apply or drop):
+        sys.stdout.write(compiler.script(loaded, engine, schema))
         return
-    if apply or drop:
-        source = compiler.postgres_source(loaded)
-        url = admin_url or loaded.source_url(source)
-        secret = os.environ.get("SAFEROOM_ADMIN_PASSWORD")
-        password = Secret(secret) if secret else (None if admin_url else loaded.source_password(source))
-        count = compiler.apply(loaded, url, password, schema, drop=drop)
-        out.print(f"{'Dropped' if drop else 'Applied'}: {count} statements.")
-        return
-    reader = open_engine(loaded, "postgres")
-    try:
-        statements = compiler.compile_sql(loaded, reader.catalog(), schema) + list(compiler.role_grants(loaded, schema))
-    finally:
-        reader.close()
-    sys.stdout.write("-- saferoom compile: the token key is loaded by --apply, never printed\n")
-    sys.stdout.write("BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;\n")  # one transaction: SET LOCAL needs one
+    url, password = compiler.admin_target(loaded, admin_url, _secret("admin_password"), engine)
+    count = compiler.apply(loaded, url, password, schema, drop=drop)
+    out.print(f"{'Dropped' if drop else 'Applied'}: {count} statements.")
 
 
 class CheckFormat(StrEnum):
@@ -450,8 +429,8 @@ class CheckFormat(StrEnum):
 def check_command(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders to check (folders recursively, honouring .gitignore).")],
     fingerprints: Annotated[Path | None, typer.Option(help="A fingerprint index from `saferoom build`.")] = None,
-    policy: Annotated[Path | None, typer.Option("--policy", "-p", help="Derive the fingerprint key from this policy's token key.")] = None,
-    format: Annotated[CheckFormat, typer.Option("--format", "-f")] = CheckFormat.text,
+    policy: Annotated[Path | None, _option("policy", "Derive the fingerprint key from this policy's token key.")] = None,
+    format: Annotated[CheckFormat, _option("format")] = CheckFormat.text,
     min_cell: Annotated[int, typer.Option(help="Counts below this are small cells.")] = 10,
 ) -> None:
     """The airlock: find PII, secrets, real customer values and small cells before anything leaves.
@@ -459,27 +438,22 @@ def check_command(
     Exit 0 when clean, 1 with findings, 2 on a usage or read error.
     Example: saferoom check report.csv notebooks/ --fingerprints analytics.duckdb.fingerprints -p saferoom.yaml
     """
-    from saferoom.check import check
-    from saferoom.check.sarif import sarif
-    from saferoom.secrets import Secret
-
-    key = None
-    if fingerprints is not None:
-        if os.environ.get("SAFEROOM_FINGERPRINT_KEY"):
-            key = Secret(os.environ["SAFEROOM_FINGERPRINT_KEY"])
-        elif policy is not None and load_policy(policy).token_key is not None:
-            from saferoom.keyed import fingerprint_key
-
-            key = fingerprint_key(load_policy(policy).token_key)  # type: ignore[arg-type]
     from rich.progress import Progress
 
-    from saferoom.check import files
+    from saferoom.check import check, files
 
     with Progress(console=err, transient=True) as bar:
         targets = files(paths)  # walked once: the bar's total and the files to check
         task = bar.add_task("Checking", total=len(targets) or None)
-        report = check([str(p) for p in targets], fingerprints=fingerprints, key=key, min_cell=min_cell,
-                       progress=lambda f: bar.update(task, advance=1, description=escape(Path(f).name)[:40]))
+        report = check([str(p) for p in targets], fingerprints=fingerprints, key=_secret("fingerprint_key"), policy=policy,
+                       min_cell=min_cell, progress=lambda f: bar.update(task, advance=1, description=escape(Path(f).name)[:40]))
+    _print_check(report, format)
+    raise typer.Exit(report.exit_code)
+
+
+def _print_check(report: CheckReport, format: CheckFormat) -> None:
+    from saferoom.check.sarif import sarif
+
     if format is CheckFormat.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
     elif format is CheckFormat.sarif:
@@ -490,7 +464,6 @@ def check_command(
         for file, problem in report.errors:
             out.print(f"[yellow]unreadable[/] {escape(file)}: {escape(problem)}")
         out.print(f"{report.files} file(s), {len(report.findings)} finding(s), {len(report.errors)} unreadable.")
-    raise typer.Exit(report.exit_code)
 
 
 @app.command()

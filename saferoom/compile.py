@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from sqlglot import exp
 
 from saferoom.engines import registry, require_driver
-from saferoom.engines.base import EngineSpec
+from saferoom.engines.base import Catalog, EngineSpec
 from saferoom.engines.postgres import POSTGRES, KeyTable, token_sql
 from saferoom.errors import UsageError
 from saferoom.guard.views import build_view
@@ -183,14 +183,15 @@ def run(cursor: Cursor, statements: list[str], key: Secret | None, schema: str =
         cursor.execute(set_key_sql(ident(schema)), parameters=key_pads(key))
 
 
-__all__ = ["compile_sql", "drop_sql", "key_pads", "role_grants", "run", "set_key_sql"]
+__all__ = ["admin_target", "apply", "compile_spark", "compile_sql", "drop_sql", "key_pads", "role_grants", "run", "script",
+           "set_key_sql"]
 
 
 def postgres_source(policy: Policy) -> str:
     """The PostgreSQL source the views are compiled into."""
     names = registry.sources_of(policy, registry.engine("postgres"))
     if not names:
-        raise UsageError("the policy has no postgres source")
+        raise UsageError("the policy has no postgres source to compile into")
     return names[0]
 
 
@@ -249,3 +250,55 @@ def compile_spark(policy: Policy, catalog: dict[tuple[str, str, str], dict[str, 
             statements.append(f"CREATE OR REPLACE VIEW `{name}`.`{ident(ref.name)}` AS {view.sql('spark')}")
     return statements
 
+
+def _postgres_script(policy: Policy, catalog: Catalog, schema: str) -> str:
+    statements = compile_sql(policy, catalog, schema) + list(role_grants(policy, schema))
+    # one transaction, because SET LOCAL lasts only for one
+    return ("-- saferoom compile: the token key is loaded by --apply, never printed\n"
+            "BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;\n")
+
+
+def _spark_script(policy: Policy, catalog: Catalog, schema: str) -> str:
+    return ";\n".join(compile_spark(policy, catalog, schema)) + ";\n"
+
+
+# what each engine's compile prints; only PostgreSQL's can be applied from here
+SCRIPTS: dict[str, Callable[[Policy, Catalog, str], str]] = {"postgres": _postgres_script, "spark": _spark_script}
+APPLIES = ("postgres",)
+
+
+def script(policy: Policy, engine: str = "postgres", schema: str = SCHEMA) -> str:
+    """What `saferoom compile` prints for ``engine``: the SQL that makes every role's views; never the token key."""
+    _known(engine)
+    return SCRIPTS[engine](policy, _catalog(policy, engine), schema)
+
+
+def _known(engine: str) -> None:
+    if engine not in SCRIPTS:
+        raise UsageError(f"compile supports {' and '.join(SCRIPTS)} (asked for {engine})")
+
+
+def _catalog(policy: Policy, engine: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    from saferoom.session import open_engine  # the engine factory lives above this module
+
+    reader = open_engine(policy, engine)
+    try:
+        return reader.catalog()
+    finally:
+        reader.close()
+
+
+def admin_target(policy: Policy, admin_url: str | None, admin_password: Secret | None,
+                 engine: str = "postgres") -> tuple[str, Secret | None]:
+    """Where --apply and --drop connect, and with which password.
+
+    ``admin_url`` when given, else the PostgreSQL source's url; ``admin_password`` when given, else the
+    source's own password, but only when connecting as the source: it is not sent to another account."""
+    _known(engine)
+    if engine not in APPLIES:
+        raise UsageError(f"--apply and --drop run in PostgreSQL; for {engine}, run the printed SQL in its catalog")
+    source = postgres_source(policy)
+    if admin_url:
+        return admin_url, admin_password
+    password = admin_password if admin_password is not None else policy.source_password(source)
+    return policy.source_url(source), password

@@ -161,7 +161,7 @@ class NotFound(SaferoomError):
 
 
 class UsageError(SaferoomError):
-    """A bad argument from the caller: a missing file, an unknown format."""
+    """A bad argument from the caller: a missing file, an unknown format, SQL that does not parse."""
 
     exit_code = 2
     http_status = 400

@@ -40,6 +40,11 @@ FINGERPRINT_FUNCTION = "__saferoom_fingerprint"
 FINGERPRINT_TEXT_FUNCTION = "__saferoom_fingerprint_text"
 
 
+def fingerprint_key(token_key: Secret) -> Secret:
+    """A key derived one way from the token key: holding it does not let anyone compute tokens."""
+    return Secret(hmac.new(token_key.reveal().encode(), b"saferoom fingerprint key v1", hashlib.sha256).hexdigest())
+
+
 def available() -> bool:
     return _hmac is not None
 
@@ -127,11 +132,6 @@ def fingerprint_function(conn: duckdb.DuckDBPyConnection, key: Secret) -> None:
 
 
 _FINGERPRINT_TEXT = "lower(trim(CAST(v AS VARCHAR)))"
-
-
-def fingerprint_key(token_key: Secret) -> Secret:
-    """A key derived one way from the token key: holding it does not let anyone compute tokens."""
-    return Secret(hmac.new(token_key.reveal().encode(), b"saferoom fingerprint key v1", hashlib.sha256).hexdigest())
 
 
 def fingerprint_macro(key: Secret) -> str:

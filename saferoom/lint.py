@@ -19,6 +19,20 @@ class Finding:
     message: str
 
 
+def lint_sources(policy: Policy) -> list[Finding]:
+    """Lint against the live catalog of every engine the policy's sources use."""
+    from saferoom.session import open_engine  # the engine factory lives above this module
+
+    findings: list[Finding] = []
+    for family in registry.families(policy):
+        engine = open_engine(policy, family.name)
+        try:
+            findings += lint(policy, engine.catalog(), engine.spec.default_schema, family.name)
+        finally:
+            engine.close()
+    return findings
+
+
 def lint(policy: Policy, catalog: Catalog, default_schema: str, engine: str | None = None) -> list[Finding]:
     """Listed tables and columns missing from the source, and source columns nobody classified; with ``engine``,
     only the tables of the sources that engine's family serves (the catalog is that engine's)."""

@@ -18,8 +18,9 @@ from saferoom.guard.check_nodes import check_filters
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import Limits, role_limits
 from saferoom.result import Result
+from saferoom.settings import default
 
-DEFAULT_POLICY = "saferoom.yaml"
+DEFAULT_POLICY = default("policy")
 
 
 class SessionProtocol(Protocol):

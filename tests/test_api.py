@@ -7,7 +7,7 @@ import pytest
 import saferoom
 
 EXPECTED = {
-    "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "Decision", "LimitExceeded", "RemoteSession", "EngineError", "OutputColumn", "Policy",
+    "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "Decision", "LimitExceeded", "NotFound", "PackagesError", "PackagesRefused", "RemoteSession", "EngineError", "OutputColumn", "Policy",
     "PolicyError", "QueryCancelled", "QueryRejected", "Refusal", "Result", "TooLarge", "SaferoomError", "Session", "SessionProtocol", "TableInfo", "UsageError",
     "__version__", "connect", "load_policy",
 }
@@ -19,9 +19,11 @@ def test_public_api_does_not_drift() -> None:
         assert hasattr(saferoom, name), name
 
 
-def test_errors_share_one_root() -> None:
-    for name in ("PolicyError", "QueryRejected", "AccessDenied", "EngineError", "UsageError", "BuildError", "AuthError", "AuditError", "LimitExceeded", "TooLarge", "QueryCancelled"):
-        assert issubclass(getattr(saferoom, name), saferoom.SaferoomError)
+def test_errors_share_one_root_and_each_is_exported() -> None:
+    from saferoom.errors import ERRORS
+
+    for name, cls in ERRORS.items():
+        assert getattr(saferoom, name) is cls and issubclass(cls, saferoom.SaferoomError), name
 
 
 def test_connect_needs_a_user(room, monkeypatch) -> None:

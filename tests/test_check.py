@@ -13,6 +13,7 @@ import pandas as pd
 import polars as pl
 import pytest
 
+import saferoom
 import saferoom.check as airlock
 from saferoom.check.scan import digest
 
@@ -252,6 +253,28 @@ def test_fingerprints_catch_real_values_no_pattern_would(room, tmp_path: Path) -
 
     with pytest.raises(UsageError, match="does not match"):
         airlock.check(tmp_path / "slides.md", fingerprints=tmp_path / "analytics.duckdb.fingerprints", key=Secret("wrong" * 8))
+    fingerprint_key_from_the_policy_unless_given(policy, tmp_path / "slides.md", tmp_path / "analytics.duckdb.fingerprints")
+
+
+def fingerprint_key_from_the_policy_unless_given(policy: saferoom.Policy, slides: Path, index: Path) -> None:
+    """The key given outright (SAFEROOM_FINGERPRINT_KEY) wins; else it is derived from the policy's token key."""
+    from saferoom.errors import UsageError
+    from saferoom.secrets import Secret
+
+    for source in (policy, policy.path):
+        report = airlock.check(slides, fingerprints=index, policy=source)
+        assert [f.location for f in report.findings if f.kind == "real-value"] == ["line 3"]
+    with pytest.raises(UsageError, match="does not match"):
+        airlock.check(slides, fingerprints=index, key=Secret("wrong" * 8), policy=policy)
+    with pytest.raises(UsageError, match="needs the fingerprint key"):
+        airlock.check(slides, fingerprints=index)
+    run = [sys.executable, "-c", "from saferoom.cli import main; main()", "check", str(slides), "--fingerprints", str(index)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}
+    derived = subprocess.run([*run, "-p", str(policy.path)], capture_output=True, text=True, check=False, env=env)
+    assert derived.returncode == 1 and "real-value" in derived.stdout, derived.stderr
+    wrong = subprocess.run([*run, "-p", str(policy.path)], capture_output=True, text=True, check=False,
+                           env={**env, "SAFEROOM_FINGERPRINT_KEY": "wrong" * 8})
+    assert wrong.returncode == 2 and "does not match" in wrong.stderr
 
 
 def test_cli_exit_codes_and_sarif(tmp_path: Path) -> None:

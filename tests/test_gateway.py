@@ -93,6 +93,8 @@ def test_client_matches_the_embedded_session(server, tokens, alice) -> None:
         assert caught.value.column == "prod.cards.pan" and caught.value.allowed_roles == ("investigator",)
         with pytest.raises(saferoom.QueryRejected, match="not allowed"):
             remote.query("select * from read_csv('/etc/passwd')")
+        with pytest.raises(saferoom.UsageError, match="not valid SQL"):  # a typo is the caller's mistake, not a refusal
+            remote.query("selec 1")
         assert remote.query("select 1 as x").to_polars().shape == (1, 1)
 
 

@@ -11,7 +11,7 @@ import pytest
 from sqlglot import exp
 
 from saferoom.engines.duckdb import DUCKDB
-from saferoom.errors import QueryRejected
+from saferoom.errors import QueryRejected, UsageError
 from saferoom.guard import RULES, Context, Guard
 from saferoom.guard.parse import parse
 from saferoom.guard.views import build_view
@@ -148,3 +148,18 @@ def test_views_are_cut_to_named_columns(policy, sql: str, kept: set[str] | None)
     guarded = guard.rewrite(sql)
     shown = {c for c in CATALOG[("prod", "main", "orders")] if f'AS "{c}"' in guarded.sql.split("FROM \"prod\".\"main\".\"orders\"")[0]}
     assert shown == (kept if kept is not None else {"order_id", "amount", "region"})
+
+
+@pytest.mark.parametrize(("sql", "error", "message"), [
+    ("selec 1", UsageError, "not valid SQL: Invalid expression / Unexpected token at line 1, column 7."),
+    ("select region,\n  count(* from orders", UsageError, "at line 2"),
+    ("select 'unterminated", UsageError, "an unclosed quote"),
+    (" \n ", UsageError, "the query is empty"),
+    ("select 1; select 2", QueryRejected, "exactly one statement"),
+    ("select " + "(" * 5000 + "1" + ")" * 5000, QueryRejected, "nested too deeply"),
+])
+def test_parse_tells_a_mistake_from_a_refusal(sql: str, error: type[Exception], message: str) -> None:
+    """SQL that is not SQL is the caller's mistake (exit 2, HTTP 400); SQL the guard will not check is refused."""
+    with pytest.raises(error) as caught:
+        parse(sql, DUCKDB)
+    assert type(caught.value) is error and message in str(caught.value)

@@ -14,7 +14,7 @@ import pytest
 
 import saferoom
 from saferoom.errors import PackagesError, UsageError
-from saferoom.packages import check, sync
+from saferoom.packages import check, sync, vulnerability_export
 from tests.wheels import Upstream, make_wheel, write_release, write_upstream
 
 POLICY = """\
@@ -187,6 +187,28 @@ def test_check_reaudits_without_downloading(world) -> None:
                                 str(folder / "mirror"), "--policy", str(folder / "saferoom.yaml")],
                                capture_output=True, text=True, check=False)
     assert by_policy.returncode == 0 and "checked against 1 PyPI advisories" in by_policy.stdout, by_policy.stderr
+
+
+@pytest.mark.parametrize(("policy", "given", "expected"), [
+    (POLICY, "newer", ("newer", False)),                                 # the export given wins
+    (POLICY, None, ("osv", False)),                                      # else the policy's, from its folder
+    (POLICY.replace("  vulnerabilities: osv/\n", "  allow_empty_vulnerabilities: true\n"), None, (None, True)),
+])
+def test_the_vulnerability_export_to_check_against(tmp_path: Path, policy: str, given: str | None,
+                                                   expected: tuple[str | None, bool]) -> None:
+    (tmp_path / "saferoom.yaml").write_text(policy)
+    export, allow_empty = vulnerability_export(tmp_path / given if given else None, tmp_path / "saferoom.yaml")
+    assert (export.name if export else None, allow_empty) == expected
+    if export is not None:
+        assert export.parent == tmp_path
+
+
+def test_no_vulnerability_export_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="give --vulnerabilities"):
+        vulnerability_export(None, tmp_path / "no-such-policy.yaml")
+    (tmp_path / "saferoom.yaml").write_text(POLICY.replace("  vulnerabilities: osv/\n", ""))
+    with pytest.raises(UsageError, match="has none"):
+        vulnerability_export(None, tmp_path / "saferoom.yaml")
 
 
 def test_cli_sync_and_snapshots_side_by_side(world) -> None:

@@ -51,7 +51,7 @@ def test_strictest_action_wins(tmp_path: Path, tags: str, expected: Action) -> N
 BROKEN = [
     ("version: 1\nsources: {}\ntables: {}\nsurprise: 1\n", 4, "unknown key `surprise`"),
     ("version: 2\nsources: {}\ntables: {}\n", 1, "version"),
-    ("version: 1\nsources: {}\n", None, "missing required key `tables`"),
+    ("version: 1\nsources: {}\n", 1, "missing required key `tables`"),  # the mapping that lacks it
     ("version: 1\nsources: [\n", 3, "not valid YAML"),
     ("", None, "empty"),
     ("- 1\n- 2\n", 1, "mapping"),
@@ -87,8 +87,7 @@ def test_broken_policies_name_file_and_line(tmp_path: Path, text: str, line: int
         load_policy(path)
     assert fragment in str(caught.value)
     assert caught.value.file == str(path)
-    if line is not None:
-        assert caught.value.line == line, str(caught.value)
+    assert caught.value.line == line, str(caught.value)  # None: the loader could not point at a line, and says so
     assert str(caught.value).startswith(f"{path}:")
 
 
@@ -204,3 +203,11 @@ def test_a_missing_source_key_is_named_as_the_file_writes_it(tmp_path: Path, sou
     with pytest.raises(saferoom.PolicyError, match=f"missing required key `{key}`") as caught:
         load_policy(write(tmp_path, text))
     assert caught.value.line == 4
+
+
+def test_lint_sources_reads_every_source_of_the_policy(room) -> None:
+    from saferoom.lint import ERROR, WARNING, lint_sources
+
+    findings = lint_sources(saferoom.load_policy(room.policy))
+    assert ("prod.customers", "internal_score", WARNING) in {(f.table, f.column, f.level) for f in findings}
+    assert not [f for f in findings if f.level == ERROR]

@@ -11,12 +11,14 @@ from typing import Any
 import polars as pl
 from pathspec import GitIgnoreSpec
 
+from saferoom import keyed
 from saferoom.check.readers import Unreadable, frame_cells, read
 from saferoom.check.scan import Finding, birth_dates, detect, disclosure, fingerprint_matches, read_allowlist
 from saferoom.errors import UsageError
+from saferoom.policy import Policy, load_policy
 from saferoom.secrets import Secret
 
-__all__ = ["Finding", "Report", "check"]
+__all__ = ["Finding", "Report", "check", "fingerprint_key"]
 
 ALLOW_FILE = ".saferoom-allow"
 SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", "node_modules", ".ipynb_checkpoints"}
@@ -45,9 +47,14 @@ def files(paths: list[Path]) -> list[Path]:
     return found
 
 
-def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None = None, min_cell: int = 10,
-          allow: Path | None = None, progress: Callable[[str], None] | None = None) -> Report:
-    """Check files, folders or a DataFrame (pandas or polars). See docs/check.md."""
+def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None = None, policy: Policy | Path | None = None,
+          min_cell: int = 10, allow: Path | None = None, progress: Callable[[str], None] | None = None) -> Report:
+    """Check files, folders or a DataFrame (pandas or polars). See docs/check.md.
+
+    ``fingerprints`` is a build's fingerprint index; ``key`` the key it was made with, or else ``policy``,
+    whose token key the fingerprint key is derived from."""
+    if fingerprints is not None:
+        key = key if key is not None else fingerprint_key(policy)
     index = _index(fingerprints, key)
     allowed = read_allowlist(allow or Path(ALLOW_FILE))
     report = Report()
@@ -62,6 +69,14 @@ def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None =
         found += disclosure(loaded.tables, min_cell) + birth_dates(cells, loaded.tables)
         report.findings += [f for f in found if f.sha256 not in allowed]
     return report
+
+
+def fingerprint_key(policy: Policy | Path | None) -> Secret | None:
+    """The fingerprint key of the builds made under ``policy``: derived one way from its token key."""
+    if policy is None:
+        return None
+    loaded = policy if isinstance(policy, Policy) else load_policy(policy)
+    return keyed.fingerprint_key(loaded.token_key) if loaded.token_key is not None else None
 
 
 def _index(path: Path | None, key: Secret | None) -> list[object] | None:

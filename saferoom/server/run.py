@@ -28,7 +28,7 @@ def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 847
           tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None,
           packages: Path | None = None, audit_key: AuditKey | None = None, audit_forward: Sequence[str] = (),
           max_sql_bytes: int = MAX_SQL_BYTES) -> None:
-    _check_tls(tls_cert, tls_key)
+    _check_tls(host, tls_cert, tls_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     audit = _audit_log(state, audit_key, audit_forward)
     try:
@@ -87,10 +87,15 @@ def _audit_log(state: Path, key: AuditKey | None, forward: Sequence[str]) -> Aud
     return audit
 
 
-def _check_tls(cert: Path | None, key: Path | None) -> None:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_tls(host: str, cert: Path | None, key: Path | None) -> None:
     """A certificate that cannot be used is a clear error before anything starts, not a traceback after."""
     if (cert is None) != (key is None):
         raise UsageError("--tls-cert and --tls-key go together")
+    if host not in LOOPBACK and cert is None:
+        raise UsageError("serving beyond loopback needs --tls-cert and --tls-key")
     if cert is None or key is None:
         return
     try:
