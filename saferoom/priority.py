@@ -15,7 +15,7 @@ from pathlib import Path
 
 SHORT_SECONDS = 0.25  # work that has used this much processor time is long: it is lowered, so that short work keeps it
 LONG_SECONDS = 2.0  # work still running after this (waiting, not computing) is long too
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_TICKS = os.sysconf("SC_CLK_TCK")  # Linux: /proc is read only there
 LOW = 10  # CFS gives a nice-10 thread about a tenth of a nice-0 thread's share of a busy processor
 
 

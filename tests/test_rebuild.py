@@ -219,7 +219,7 @@ def test_a_parquet_build_is_served_by_the_gateway(room, tmp_path: Path, alice: s
         with saferoom.connect(url=server.url, token=server.token("alice")) as remote:
             count = remote.query("select count(*) as n from analytics.customers").to_pylist()
             tokens = remote.query("select customer_id from analytics.cards").to_arrow().column(0).to_pylist()
-            refused = remote.explain("select pan from analytics.cards").refused
+            refused = remote.explain("select pan from analytics.cards").refusal
             served = httpx.get(f"{server.url}/healthz").json()["policy"]
             build(saferoom.load_policy(policy.path), "analytics", full=True)
             eventually(lambda: httpx.get(f"{server.url}/healthz").json()["policy"] != served, "the rebuild's fragment loaded")
@@ -228,4 +228,4 @@ def test_a_parquet_build_is_served_by_the_gateway(room, tmp_path: Path, alice: s
         server.stop()
     assert count == again == [{"n": next(t.rows_out for t in first.tables if t.name == "customers")}]
     assert set(tokens) == set(alice.query("select customer_id from cards").to_arrow().column(0).to_pylist())
-    assert refused is not None and "removed this column" in refused
+    assert refused is not None and "removed this column" in refused.message
