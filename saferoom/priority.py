@@ -11,10 +11,14 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 SHORT_SECONDS = 0.25  # work that has used this much processor time is long: it is lowered, so that short work keeps it
-LONG_SECONDS = 2.0  # work still running after this (waiting, not computing) is long too
+LONG_SECONDS = 2.0  # short work still running after this (waiting, not computing) no longer holds long work back
+RECENT_SECONDS = 2.0  # a user whose long work ended this recently starts new work as long work
+QUIET_SECONDS = 0.02  # long work continues once no short work has run for this long
+SHARE_EVERY, SHARE_SECONDS = 1.0, 0.05  # however busy, long work runs 50 ms of every second: slowed, never starved
 _TICKS = os.sysconf("SC_CLK_TCK")  # Linux: /proc is read only there
 LOW = 10  # CFS gives a nice-10 thread about a tenth of a nice-0 thread's share of a busy processor
 
@@ -53,48 +57,89 @@ def lower_process(pid: int) -> None:
 
 
 class Background:
-    """Processes of long work, stopped while any short work runs, and let run again when none does.
+    """Processes of long work, stopped while short work runs and continued once none has run for a moment.
 
     A low CPU priority alone still let long queries take a third of the processor from short ones: each
     short query hands its work between several threads and processes, and every hand-off waited for a core
-    that a long query was using. A stopped process takes none. Long work therefore runs only in the gaps
-    between short work, which is what it was promised: the processor when nothing short wants it.
+    that a long query was using. A stopped process takes none. Long work therefore runs in the gaps short
+    work leaves (``QUIET_SECONDS`` and longer), which is what it was promised: the processor when nothing
+    short wants it. So that it is slowed but never starved, it also runs ``SHARE_SECONDS`` of every
+    ``SHARE_EVERY`` however busy the server is.
 
     The caller adds a process only while it is its child and not yet reaped, and discards it before reaping
     it, so a pid here never names a stranger's process."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._pids: set[int] = set()
         self._short = 0
+        self._paused = False
+        self._paused_at = self._share_ends = 0.0
+        self._thread: threading.Thread | None = None
 
     def add(self, pid: int) -> None:
-        """``pid`` now runs long work: stopped at once if short work is running."""
-        with self._lock:
+        """``pid`` now runs long work: stopped at once if long work is paused."""
+        with self._cond:
             self._pids.add(pid)
-            if self._short:
+            if self._paused:
                 _signal(pid, signal.SIGSTOP)
 
     def discard(self, pid: int) -> None:
         """``pid`` is ending (or must hear a stop): it runs again and is no longer managed."""
-        with self._lock:
+        with self._cond:
             if pid in self._pids:
                 self._pids.remove(pid)
                 _signal(pid, signal.SIGCONT)
 
     def enter(self) -> None:
-        """Short work starts: the first stops every long process."""
-        with self._lock:
+        """Short work starts: long work pauses (unless it is having its share)."""
+        with self._cond:
             self._short += 1
-            if self._short == 1:
-                self._send(signal.SIGSTOP)
+            if not self._paused and time.monotonic() >= self._share_ends:
+                self._pause()
+            self._start()
 
     def leave(self) -> None:
-        """Short work ends (or became long): the last lets every long process run again."""
-        with self._lock:
+        """Short work ends (or became long): once none has run for ``QUIET_SECONDS``, long work continues."""
+        with self._cond:
             self._short -= 1
-            if self._short == 0:
-                self._send(signal.SIGCONT)
+            self._cond.notify()
+
+    def _start(self) -> None:
+        if self._thread is None:  # started on first use: a process forked from this one has none of its threads
+            self._thread = threading.Thread(target=self._run, name="saferoom-background", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                self._cond.wait(self._step(time.monotonic()))
+
+    def _step(self, now: float) -> float | None:
+        """Pause or continue long work as short work requires; returns how long to wait before looking again."""
+        if not self._paused:
+            if not self._short:
+                return None  # until short work comes (enter pauses at once, then wakes this)
+            if now < self._share_ends:
+                return self._share_ends - now  # long work's share: pause when it ends
+            self._pause()
+        if self._short == 0 and not self._cond.wait_for(lambda: self._short > 0, QUIET_SECONDS):
+            self._continue()
+            return None
+        if now - self._paused_at >= SHARE_EVERY:
+            self._continue()
+            self._share_ends = now + SHARE_SECONDS
+            return SHARE_SECONDS
+        return self._paused_at + SHARE_EVERY - now
+
+    def _pause(self) -> None:
+        self._paused, self._paused_at = True, time.monotonic()
+        self._send(signal.SIGSTOP)
+        self._cond.notify()
+
+    def _continue(self) -> None:
+        self._paused = False
+        self._send(signal.SIGCONT)
 
     def _send(self, signum: signal.Signals) -> None:
         for pid in self._pids:

@@ -140,7 +140,10 @@ def test_a_user_with_a_long_query_running_starts_the_next_as_long_work(engine: P
         cancel("done")
         thread.join()
     assert engine.stream("select 5 as n").read_all().to_pylist() == [{"n": 5}]
-    assert len(engine._idle) == 1 and not engine._idle[0].lowered  # nothing long runs: a short start again
+    assert engine._idle == []  # a long query ended a moment ago (abandoned, say, and about to be sent again)
+    time.sleep(priority.RECENT_SECONDS)
+    assert engine.stream("select 6 as n").read_all().to_pylist() == [{"n": 6}]
+    assert len(engine._idle) == 1 and not engine._idle[0].lowered  # nothing long lately: a short start again
 
 
 def state(pid: int) -> str:
@@ -253,3 +256,23 @@ def test_closing_the_engine_stops_idle_workers_now_and_a_running_one_after_its_q
     cancel("done")
     thread.join()
     assert not running.process.is_alive() and not engine._idle
+
+
+def test_long_work_is_slowed_not_starved_while_short_work_never_stops() -> None:
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    background = priority.Background()
+    try:
+        background.add(child.pid)
+        background.enter()  # and never leaves
+        deadline = time.monotonic() + 600
+        for wanted in ("T", "R", "T"):  # stopped, its share, stopped again
+            while (state(child.pid) == "T") != (wanted == "T"):
+                assert time.monotonic() < deadline, f"never {wanted}"
+                time.sleep(0.001)
+    finally:
+        child.kill()
+        child.wait()

@@ -73,6 +73,7 @@ class ProcessEngine:
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._running: set[_Worker] = set()
+        self._long_ended = -priority.RECENT_SECONDS  # when this user's last long query ended
         self._closed = False
         worker = self._spawn()
         try:
@@ -131,10 +132,12 @@ class ProcessEngine:
         return worker
 
     def _behind(self) -> bool:
-        """Whether this user already has a long query running: then a new one starts as long work too, so that
-        one user's many queries never take from others the processor each would get for its short start."""
+        """Whether this user has a long query running, or had one end within ``priority.RECENT_SECONDS``: then a
+        new one starts as long work too, so that one user's many queries (or one abandoned and sent again)
+        never take from others the processor each would get for its short start."""
         with self._lock:
-            return any(worker.lowered for worker in self._running)
+            recent = time.monotonic() - self._long_ended < priority.RECENT_SECONDS
+            return recent or any(worker.lowered for worker in self._running)
 
     def _busy(self) -> set[_Worker]:
         with self._lock:
@@ -145,6 +148,7 @@ class ProcessEngine:
         now = time.monotonic()
         with self._lock:
             self._running.discard(worker)
+            self._long_ended = now if worker.lowered else self._long_ended
             stale = [w for w in self._idle[1:] if now - w.idle_since > IDLE_SECONDS]
             self._idle = [w for w in self._idle if w not in stale]
             keep = worker.reusable and len(self._idle) < self._warm and not self._closed
@@ -278,13 +282,17 @@ class _Query:
                 self.demotion.start()
 
     def _watch(self) -> None:
-        """Long once the worker has used a short query's processor time, or waited past ``LONG_SECONDS``: on a
-        busy machine, wall time alone would call every query long (and stop it behind the others)."""
+        """Long once the worker has used a short query's processor time: on a busy machine, wall time would
+        call every query long (and stop it behind the others). A query past ``LONG_SECONDS`` that has not
+        (one waiting on its reader, say) no longer holds long work back, but keeps its priority."""
         used = priority.cpu_seconds(self.worker.process.pid) - self._cpu
-        if used >= priority.SHORT_SECONDS or time.monotonic() - self._started >= priority.LONG_SECONDS:
+        if used >= priority.SHORT_SECONDS:
             self._demote()
-        else:
-            self._watch_in(max(priority.SHORT_SECONDS - used, WATCH_SECONDS))
+            return
+        if time.monotonic() - self._started >= priority.LONG_SECONDS:
+            with self._lock:
+                self._leave_short()
+        self._watch_in(max(priority.SHORT_SECONDS - used, WATCH_SECONDS if self._short else priority.SHORT_SECONDS))
 
     def _enter_short(self) -> None:
         priority.BACKGROUND.enter()
@@ -331,7 +339,10 @@ class _Query:
         """Interrupt the query (again and again, as a stop can arrive before the worker starts it); a worker
         still busy with it after KILL_AFTER_SECONDS is killed."""
         self.worker.reusable = False  # no stray stop may reach its next query
-        with self._lock:  # after a demotion under way, never before it: a stopped process hears no interrupt
+        with self._lock:  # after a demotion under way, never before it
+            if self.worker.lowered:  # never reused: no reason to let it run until it hears the interrupt
+                threading.Thread(target=self.worker.kill, daemon=True).start()
+                return
             self.worker.resume()
         until_done(self.worker.interrupt, self.done)()
         killer = threading.Timer(KILL_AFTER_SECONDS, lambda: None if self.done.is_set() else self.worker.kill())
