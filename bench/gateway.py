@@ -122,12 +122,13 @@ class Flood:
 
 def _flood(url: str, token: str, clients: int, patience: float, stop: Any) -> None:
     def work() -> None:
-        with httpx.Client(timeout=patience, headers={"Authorization": f"Bearer {token}"}) as http:
-            while not stop.is_set():
-                try:
-                    http.post(f"{url}/v1/query", json={"sql": RUNAWAY})
-                except httpx.TimeoutException:
-                    pass  # abandoned, as an impatient user (or an attacker) would
+        while not stop.is_set():
+            try:
+                with httpx.Client(timeout=patience, headers={"Authorization": f"Bearer {token}"}) as http:
+                    while not stop.is_set():
+                        http.post(f"{url}/v1/query", json={"sql": RUNAWAY})
+            except httpx.HTTPError:
+                pass  # abandoned (a timeout), as an impatient user (or an attacker) would: send another
 
     threads = [threading.Thread(target=work) for _ in range(clients)]
     [t.start() for t in threads]

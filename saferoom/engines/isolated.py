@@ -132,12 +132,12 @@ class ProcessEngine:
         return worker
 
     def _behind(self) -> bool:
-        """Whether this user has a long query running, or had one end within ``priority.RECENT_SECONDS``: then a
-        new one starts as long work too, so that one user's many queries (or one abandoned and sent again)
-        never take from others the processor each would get for its short start."""
+        """Whether this user has a heavy query running, or had one end within ``priority.RECENT_SECONDS`` (see
+        ``_Worker.heavy``): then a new one starts as long work, so that one user's many queries (or one
+        abandoned and sent again) never take from others the processor each would get for its short start."""
         with self._lock:
             recent = time.monotonic() - self._long_ended < priority.RECENT_SECONDS
-            return recent or any(worker.lowered for worker in self._running)
+            return recent or any(worker.heavy for worker in self._running)
 
     def _busy(self) -> set[_Worker]:
         with self._lock:
@@ -148,7 +148,7 @@ class ProcessEngine:
         now = time.monotonic()
         with self._lock:
             self._running.discard(worker)
-            self._long_ended = now if worker.lowered else self._long_ended
+            self._long_ended = now if worker.heavy else self._long_ended
             stale = [w for w in self._idle[1:] if now - w.idle_since > IDLE_SECONDS]
             self._idle = [w for w in self._idle if w not in stale]
             keep = worker.reusable and len(self._idle) < self._warm and not self._closed
@@ -168,6 +168,8 @@ class _Worker:
     def __init__(self, process: Any, conn: Connection, spill: str | None) -> None:
         self.process, self.conn, self.spill = process, conn, spill
         self.reusable, self.lowered = True, False
+        self.ran_long = False  # its query used a short one's processor time
+        self.stopping = False  # its query is being stopped (hang-up, timeout, shutdown)
         self.idle_since = 0.0
 
     @classmethod
@@ -226,6 +228,12 @@ class _Worker:
         priority.lower_process(self.process.pid)
         priority.BACKGROUND.add(self.process.pid)
 
+    @property
+    def heavy(self) -> bool:
+        """Its query used a short one's processor time, or ran as long work until stopped (abandoned, timed out):
+        a user with such a query running or just ended starts the next as long work."""
+        return self.ran_long or (self.lowered and self.stopping)
+
     def resume(self) -> None:
         """Let the process run (a stopped one must, to hear a stop or a close); it leaves the background."""
         priority.BACKGROUND.discard(self.process.pid)
@@ -270,9 +278,9 @@ class _Query:
         self.demotion: threading.Timer | None = None
         if self.short:
             self._enter_short()
-            self._watch_in(priority.SHORT_SECONDS)
         else:
             self._demote()
+        self._watch_in(priority.SHORT_SECONDS)
 
     def _watch_in(self, seconds: float) -> None:
         with self._lock:
@@ -287,6 +295,7 @@ class _Query:
         (one waiting on its reader, say) no longer holds long work back, but keeps its priority."""
         used = priority.cpu_seconds(self.worker.process.pid) - self._cpu
         if used >= priority.SHORT_SECONDS:
+            self.worker.ran_long = True
             self._demote()
             return
         if time.monotonic() - self._started >= priority.LONG_SECONDS:
@@ -307,9 +316,9 @@ class _Query:
         """Still running after a short query's time: long work (never after the query ended, whose process
         may be reaped already)."""
         with self._lock:
-            if not self._ended and self.cancel.reason is None:
+            if not self._ended and self.cancel.reason is None and not self.worker.lowered:
                 self.worker.lower()
-                self._leave_short()
+            self._leave_short()
 
     def schema(self) -> pa.Schema:
         message = self._receive()
@@ -338,7 +347,7 @@ class _Query:
     def _stop(self) -> None:
         """Interrupt the query (again and again, as a stop can arrive before the worker starts it); a worker
         still busy with it after KILL_AFTER_SECONDS is killed."""
-        self.worker.reusable = False  # no stray stop may reach its next query
+        self.worker.reusable, self.worker.stopping = False, True  # no stray stop may reach its next query
         with self._lock:  # after a demotion under way, never before it
             if self.worker.lowered:  # never reused: no reason to let it run until it hears the interrupt
                 threading.Thread(target=self.worker.kill, daemon=True).start()
