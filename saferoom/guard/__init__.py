@@ -106,7 +106,8 @@ class Guard:
             tree = rule(tree, context)
         tables = tuple(dict.fromkeys(context.touched.tables))
         reached = self._reached(tables, context.touched.names)
-        return GuardedQuery(render(tree, self.spec.dialect), tables, reached, outputs(tree, self.spec.dialect))
+        named = outputs(tree, self.spec.dialect)  # before rendering, which may change the tree it is given
+        return GuardedQuery(render(tree, self.spec.dialect, copy=False), tables, reached, named)
 
     def context(self) -> Context:
         """A fresh context for one query: what the rules know, and an empty record of what it touches."""

@@ -18,5 +18,7 @@ def rendered(sql: str) -> exp.Var:
     return exp.Var(this=sql)
 
 
-def render(tree: exp.Expr, dialect: str) -> str:
-    return tree.sql(dialect=dialect, comments=False)
+def render(tree: exp.Expr, dialect: str, *, copy: bool = True) -> str:
+    """``copy=False`` for a tree no one reads afterwards: sqlglot's generator then spares a deep copy of it
+    (its transforms may change the tree they are given)."""
+    return tree.sql(dialect=dialect, comments=False, copy=copy)
