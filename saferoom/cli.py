@@ -491,6 +491,8 @@ def _connect(policy: Path, user: str, role: str | None) -> saferoom.SessionProto
     """Embedded with --policy/--user; through the gateway when SAFEROOM_URL or `saferoom login` says so."""
     if not user and not policy.exists():
         return saferoom.connect(role=role)
+    if not user:
+        raise UsageError("say who is asking: -u alice (or set SAFEROOM_USER)")
     return saferoom.connect(policy, user=user, role=role)
 
 

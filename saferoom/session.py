@@ -118,6 +118,19 @@ def open_engine(policy: Policy, backend: str | None = None, limits: Limits | Non
     return chosen.open(policy, registry.sources_of(policy, chosen), limits, isolated=isolated)
 
 
+_NOBODY = ("nothing to connect to: run `saferoom login --url https://<gateway>` (with your personal token) to "
+           "query through a gateway, or give a policy file and who is asking: connect('saferoom.yaml', user='alice')")
+
+
+def _no_user_for_a_gateway(user: str | None, url: str) -> None:
+    """Through a gateway, who is asking is whoever the token belongs to: a user named here would be ignored,
+    and answers would silently come as someone else."""
+    if user:
+        raise UsageError(f"connect(user={user!r}) names who is asking on a policy file; through the gateway at {url} "
+                         "you are the user your token belongs to. Drop user=, or give the policy file to open "
+                         "it directly")
+
+
 def connect(
     policy: str | Path | Policy | None = None,
     user: str | None = None,
@@ -137,11 +150,13 @@ def connect(
     saved = {} if embedded and not url else load_credentials()  # read once, and only when a gateway may be meant
     if url or (not embedded and (os.environ.get("SAFEROOM_URL") or saved.get("url"))):
         url = url or os.environ.get("SAFEROOM_URL") or saved.get("url")
+        _no_user_for_a_gateway(user, str(url))
         token = token or os.environ.get("SAFEROOM_TOKEN") or (saved.get("token") if saved.get("url") == url else None)
         return RemoteSession(str(url), token or "", role)
     policy = policy or os.environ.get("SAFEROOM_POLICY") or DEFAULT_POLICY
     user = user or os.environ.get("SAFEROOM_USER")
     if not user:
-        raise UsageError("say who is asking: connect(..., user='alice') or set SAFEROOM_USER")
+        raise UsageError(_NOBODY if not Path(str(policy)).exists() else
+                         "say who is asking: connect(policy, user='alice'), or set SAFEROOM_USER")
     loaded = policy if isinstance(policy, Policy) else load_policy(policy)
     return Session(loaded, user, role, backend=backend)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import saferoom
+from tests.gateway_helpers import SERVE
 
 EXPECTED = {
     "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "Decision", "LimitExceeded", "NotFound", "PackagesError", "PackagesRefused", "RemoteSession", "EngineError", "OutputColumn", "Policy",
@@ -34,6 +40,23 @@ def test_connect_needs_a_user(room, monkeypatch) -> None:
         assert "SAFEROOM_USER" in str(exc)
     else:
         raise AssertionError("connect without a user must fail")
+
+
+def test_connect_with_nothing_set_up_says_how_to_log_in(tmp_path: Path, monkeypatch) -> None:
+    for name in ("SAFEROOM_URL", "SAFEROOM_TOKEN", "SAFEROOM_POLICY", "SAFEROOM_USER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no saved login
+    monkeypatch.chdir(tmp_path)  # no saferoom.yaml here
+    with pytest.raises(saferoom.UsageError, match="saferoom login") as caught:
+        saferoom.connect()
+    assert "connect('saferoom.yaml', user='alice')" in str(caught.value)
+
+
+def test_the_cli_asks_for_a_user_in_its_own_words(room, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}
+    done = subprocess.run([sys.executable, "-c", SERVE, "query", "-p", str(room.policy), "select 1"],
+                          capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 2 and "-u alice" in done.stderr and "user=" not in done.stderr
 
 
 def test_connect_reads_the_environment(room, monkeypatch) -> None:

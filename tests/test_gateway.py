@@ -320,6 +320,8 @@ def test_login_then_connect_with_no_arguments(server, tokens, tmp_path: Path, mo
     with saferoom.connect() as session:
         assert (session.user, session.role) == ("ivan", "investigator")
         assert session.query("select count(*) as n from prod.cards").to_pylist()[0]["n"] > 0
+    with pytest.raises(saferoom.UsageError, match="you are the user your token belongs to"):
+        saferoom.connect(user="alice")  # would have answered as ivan, silently
     cli = subprocess.run([sys.executable, "-c", SERVE, "query", "-f", "json", "select 1 as one"], capture_output=True, text=True, env=env, check=False)
     assert json.loads(cli.stdout) == [{"one": 1}], cli.stderr
 
