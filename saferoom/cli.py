@@ -72,8 +72,8 @@ def query(sql: SqlArg, policy: PolicyOpt = POLICY, user: UserOpt = "", role: Rol
     with _connect(policy, user, role) as session:
         result = session.query(_sql(sql))
         _print_arrow(result.to_arrow(), format)
-        if result.truncated:
-            err.print(f"[yellow]Result cut at {result.max_rows} rows for role {session.role}.[/]")
+        for notice in result.notices:  # on stderr, so a piped result stays data
+            err.print(f"[yellow]Note: {escape(notice)}[/]", soft_wrap=True)
 
 
 @app.command()
