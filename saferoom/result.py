@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from saferoom.display import result_html
 from saferoom.errors import EngineError, SaferoomError
 from saferoom.notices import cut_notice
 
@@ -133,6 +134,10 @@ class Result:
     def to_pylist(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.to_arrow().to_pylist()
         return rows
+
+    def _repr_html_(self) -> str:
+        """For notebooks: the first rows as an escaped HTML table, the row count and the notices."""
+        return result_html(self)
 
     def __repr__(self) -> str:
         state = "streaming" if self._reader is not None else f"{self.num_rows} rows"
