@@ -72,8 +72,8 @@ def query(sql: SqlArg, policy: PolicyOpt = POLICY, user: UserOpt = "", role: Rol
     with _connect(policy, user, role) as session:
         result = session.query(_sql(sql))
         _print_arrow(result.to_arrow(), format)
-        if result.truncated:
-            err.print(f"[yellow]Result cut at {result.max_rows} rows for role {session.role}.[/]")
+        for notice in result.notices:  # on stderr, so a piped result stays data
+            err.print(f"[yellow]Note: {escape(notice)}[/]", soft_wrap=True)
 
 
 @app.command()
@@ -432,6 +432,7 @@ def check_command(
     policy: Annotated[Path | None, _option("policy", "Derive the fingerprint key from this policy's token key.")] = None,
     format: Annotated[CheckFormat, _option("format")] = CheckFormat.text,
     min_cell: Annotated[int, typer.Option(help="Counts below this are small cells.")] = 10,
+    details: Annotated[bool, typer.Option("--details", help="List every finding with its sha256, not a summary per file and column.")] = False,
 ) -> None:
     """The airlock: find PII, secrets, real customer values and small cells before anything leaves.
 
@@ -447,11 +448,11 @@ def check_command(
         task = bar.add_task("Checking", total=len(targets) or None)
         report = check([str(p) for p in targets], fingerprints=fingerprints, key=_secret("fingerprint_key"), policy=policy,
                        min_cell=min_cell, progress=lambda f: bar.update(task, advance=1, description=escape(Path(f).name)[:40]))
-    _print_check(report, format)
+    _print_check(report, format, details)
     raise typer.Exit(report.exit_code)
 
 
-def _print_check(report: CheckReport, format: CheckFormat) -> None:
+def _print_check(report: CheckReport, format: CheckFormat, details: bool) -> None:
     from saferoom.check.sarif import sarif
 
     if format is CheckFormat.json:
@@ -459,11 +460,30 @@ def _print_check(report: CheckReport, format: CheckFormat) -> None:
     elif format is CheckFormat.sarif:
         sys.stdout.write(json.dumps(sarif(report, saferoom.__version__), indent=1) + "\n")
     else:
-        for f in report.findings:
-            out.print(f"[red]{f.kind}[/] {escape(f.file)} {f.location}: {escape(f.preview)} ({f.rule}) [dim]sha256:{f.sha256}[/]")
+        if details:
+            _print_findings(report)
+        else:
+            _print_summary(report)
         for file, problem in report.errors:
             out.print(f"[yellow]unreadable[/] {escape(file)}: {escape(problem)}")
         out.print(f"{report.files} file(s), {len(report.findings)} finding(s), {len(report.errors)} unreadable.")
+
+
+def _print_findings(report: CheckReport) -> None:
+    for f in report.findings:
+        out.print(f"[red]{f.kind}[/] {escape(f.file)} {escape(f.location)}: {escape(f.preview)} ({escape(f.rule)}) "
+                  f"[dim]sha256:{f.sha256}[/]")
+
+
+def _print_summary(report: CheckReport) -> None:
+    """One line per file, column (or a text's lines) and kind; the hashes, for .saferoom-allow, are in --details."""
+    for g in report.summary():
+        e = g.example
+        count = f"{g.count} findings, e.g. {escape(e.location)}: " if g.count > 1 else ""
+        out.print(f"[red]{g.kind}[/] {escape(g.file)} {escape(g.where())}: {count}{escape(e.preview)} ({escape(e.rule)})",
+                  soft_wrap=True)
+    if report.findings:
+        out.print("[dim]--details lists every finding with the sha256 that .saferoom-allow accepts.[/]")
 
 
 @app.command()

@@ -119,7 +119,7 @@ class RemoteSession:
 
 
 class RemoteResult(Result):
-    """Batches decoded as the stream arrives; the trailer says whether the result was cut."""
+    """Batches decoded as the stream arrives; the trailer says whether the result was cut, and its notices."""
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
@@ -133,6 +133,7 @@ class RemoteResult(Result):
             yield from reader
             status = json.loads(self._body.read() or b"{}")
             self._truncated = bool(status.get("truncated"))
+            self._notices = tuple(str(n) for n in status.get("notices") or ())  # the cut's among them, if any
             if "error" in status:
                 raise from_fields(status["error"]["type"], status["error"]["message"], status["error"])
         finally:

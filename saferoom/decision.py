@@ -20,6 +20,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from saferoom import display
 from saferoom.errors import SaferoomError
 
 ALLOWED, REFUSED = "allowed", "refused"
@@ -117,6 +118,14 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.decision == ALLOWED
+
+    def __str__(self) -> str:
+        """A short table for ``print``: each output column, the action on it and why, or the refusal."""
+        return display.decision_text(self)
+
+    def _repr_html_(self) -> str:
+        """The same, as an escaped HTML table for notebooks."""
+        return display.decision_html(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

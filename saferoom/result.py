@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from saferoom.display import result_html
 from saferoom.errors import EngineError, SaferoomError
+from saferoom.notices import cut_notice
 
 if TYPE_CHECKING:
     import pandas
@@ -18,14 +20,18 @@ class Result:
     """Rows a guarded query returned, cut at the role's ``max_rows``.
 
     ``truncated`` is true when the query had more rows than the role may
-    receive; only the first ``max_rows`` are kept.
+    receive; only the first ``max_rows`` are kept. ``notices`` say so in words, and name each table whose
+    rows the role's filter removed (see :mod:`saferoom.notices`).
     """
 
     def __init__(
-        self, reader: pa.RecordBatchReader, *, max_rows: int | None, sql: str = "", tables: tuple[str, ...] = ()
+        self, reader: pa.RecordBatchReader, *, max_rows: int | None, sql: str = "", tables: tuple[str, ...] = (),
+        notices: tuple[str, ...] = (), role: str = "",
     ) -> None:
         self._reader: pa.RecordBatchReader | None = reader
         self.tables = tables
+        self.role = role
+        self._notices = notices  # known before any row is read: the row filters of the tables read
         self.schema: pa.Schema = reader.schema
         self.max_rows = max_rows
         self.sql = sql
@@ -93,6 +99,19 @@ class Result:
         return self._truncated
 
     @property
+    def notices(self) -> tuple[str, ...]:
+        """Plain sentences on how the policy shaped this result: row filters, and a cut at ``max_rows``."""
+        self._drain()
+        return self.notices_so_far
+
+    @property
+    def notices_so_far(self) -> tuple[str, ...]:
+        """The notices for the rows read so far, reading no further (as ``truncated_so_far``)."""
+        if self._truncated and self.max_rows is not None:
+            return (*self._notices, cut_notice(self.max_rows, self.role))
+        return self._notices
+
+    @property
     def num_rows(self) -> int:
         self._drain()
         return sum(b.num_rows for b in self._batches)
@@ -115,6 +134,10 @@ class Result:
     def to_pylist(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.to_arrow().to_pylist()
         return rows
+
+    def _repr_html_(self) -> str:
+        """For notebooks: the first rows as an escaped HTML table, the row count and the notices."""
+        return result_html(self)
 
     def __repr__(self) -> str:
         state = "streaming" if self._reader is not None else f"{self.num_rows} rows"

@@ -15,6 +15,7 @@ from saferoom.errors import QueryRejected, UsageError
 from saferoom.explain import catalog, decide
 from saferoom.guard import Guard, GuardedQuery
 from saferoom.guard.check_nodes import check_filters
+from saferoom.notices import row_filter_notice
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import Limits, role_limits
 from saferoom.result import Result
@@ -60,6 +61,7 @@ class Session:
         self._owns_engine = engine is None
         self._engine = engine or open_engine(policy, backend, self.limits, isolated=isolated)
         self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog())
+        self._filter_notices: dict[str, str | None] = {}
 
     def guard(self, sql: str) -> GuardedQuery:
         """Check and rewrite a query without running it."""
@@ -69,7 +71,16 @@ class Session:
         """Run a query; what comes back is already shaped by the policy. ``cancel`` stops it from another thread."""
         guarded = self._guard.rewrite(sql)
         reader = self._engine.stream(guarded.sql, timeout=self.timeout, cancel=cancel)
-        return Result(reader, max_rows=self.max_rows, sql=guarded.sql, tables=guarded.tables)
+        return Result(reader, max_rows=self.max_rows, sql=guarded.sql, tables=guarded.tables,
+                      notices=self.notices(guarded.tables), role=self.role)
+
+    def notices(self, tables: tuple[str, ...]) -> tuple[str, ...]:
+        """What a result from ``tables`` should say about this role's row filters; worked out once a table."""
+        for table in tables:
+            if table not in self._filter_notices:
+                attributes = self.policy.user(self.user).attributes
+                self._filter_notices[table] = row_filter_notice(self.policy, self.role, attributes, table)
+        return tuple(n for n in (self._filter_notices[t] for t in tables) if n is not None)
 
     def tables(self) -> list[TableInfo]:
         """The catalog as this user sees it: each column's action and the reason for it."""

@@ -302,3 +302,29 @@ def test_dates_of_birth_next_to_names(tmp_path: Path) -> None:
     report = airlock.check(tmp_path)
     found = {(Path(f.file).name, f.kind, f.location) for f in report.findings}
     assert found == {("people.csv", "birth-date", "column dob beside column name"), ("note.md", "birth-date", "line 1")}
+
+
+def test_text_output_summarises_per_file_column_and_kind(tmp_path: Path) -> None:
+    run = [sys.executable, "-c", "from saferoom.cli import main; main()", "check"]
+    ssns = [f"212-67-{8910 + i}" for i in range(20)]
+    (tmp_path / "leak.csv").write_text("name,ssn\n" + "".join(f"Jane,{s}\n" for s in ssns))
+    (tmp_path / "notes.txt").write_text("".join(f"call {s}\n" if i % 2 else "nothing\n" for i, s in enumerate(ssns[:14])))
+    done = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    table = [line for line in lines if "leak.csv" in line]
+    assert len(table) == 1 and "column ssn: 20 findings, e.g. row 1, column ssn: 21*******10" in table[0]
+    text = [line for line in lines if "notes.txt" in line]
+    assert len(text) == 1 and "lines 2, 4, 6, 8, 10 and 2 more: 7 findings, e.g. line 2:" in text[0]
+    assert "sha256" not in " ".join(table + text) and "27 finding(s)" in done.stdout
+    assert not any(s in done.stdout for s in ssns)
+    details = subprocess.run([*run, str(tmp_path), "--details"], capture_output=True, text=True, check=False)
+    assert details.returncode == 1 and details.stdout.count("sha256:") == 27
+    machine = subprocess.run([*run, str(tmp_path), "-f", "json"], capture_output=True, text=True, check=False)
+    assert machine.returncode == 1 and len(json.loads(machine.stdout)["findings"]) == 27
+
+
+def test_a_report_summarises_in_python_too(tmp_path: Path) -> None:
+    (tmp_path / "leak.csv").write_text("ssn,email\n212-67-8910,jane.roe@gmail.com\n212-67-8911,jane.roe@gmail.com\n")
+    groups = airlock.check(tmp_path).summary()
+    assert [(g.kind, g.place, g.count) for g in groups] == [("ssn", "column ssn", 2), ("email", "column email", 2)]

@@ -148,3 +148,10 @@ def test_every_csv_output_is_csv(room, tmp_path: Path) -> None:
 def test_audit_verify_of_a_folder_that_is_not_there_is_a_usage_error(tmp_path: Path) -> None:
     done = saferoom("audit", "verify", "--state", str(tmp_path / "typo"))
     assert done.returncode == 2 and "no gateway state folder" in done.stderr
+
+
+def test_query_prints_its_notices_on_stderr(room) -> None:
+    done = saferoom("query", "-p", str(room.policy), "-u", "alice", "-f", "json", "select count(*) as n from orders where region = 'US'")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"n": 0}]  # stdout stays data
+    assert "rows of prod.orders are filtered for role analyst: region = 'EU'" in done.stderr

@@ -370,8 +370,20 @@ def test_client_reports_truncation_and_errors_mid_stream(server, tokens, alice) 
     with RemoteSession(server.url, tokens["sam"]) as security:
         cut = security.query("select order_id from prod.orders")
         assert cut.num_rows == 5 and cut.truncated
+        assert cut.notices == ("cut at max_rows=5 (the limit of role security): the query had more rows",)
         whole = security.query("select order_id from prod.orders limit 5")
-        assert whole.num_rows == 5 and not whole.truncated
+        assert whole.num_rows == 5 and not whole.truncated and whole.notices == ()
+
+
+def test_notices_reach_the_client_and_the_json_body(server, tokens, alice) -> None:
+    sql = "select count(*) as n from prod.orders where region = 'US'"
+    with RemoteSession(server.url, tokens["alice"]) as remote:
+        result = remote.query(sql)
+        assert result.to_pylist() == [{"n": 0}]
+        assert result.notices == alice.query(sql).notices == ("rows of prod.orders are filtered for role analyst: "
+                                                              "region = 'EU'",)
+    status = post(server, tokens["alice"], sql, format="json").json()["status"]
+    assert status["notices"] == list(result.notices)
 
 
 def test_audit_log_reads_backwards_across_blocks(server, tokens) -> None:

@@ -74,6 +74,7 @@ def test_analyst_browses_queries_and_is_refused(browser, server) -> None:
     assert cells[0] == "EU" and "1 rows" in browser.find_element(By.ID, "status").text
     assert shaped(browser)[:2] == [["region", "region", "allow", "untagged (public)"], ["n", "", "computed", ""]]
     assert "rows of prod.orders filtered: region = {user.region}" in browser.find_element(By.ID, "decision").text
+    assert browser.find_element(By.ID, "notices").text == "rows of prod.orders are filtered for role analyst: region = 'EU'"
     run(browser, wait, "select name as who from prod.customers limit 1")
     assert shaped(browser) == [["who", "name", "tokenize", "tag pii (reidentification)"]]
     run(browser, wait, "select pan from prod.cards")

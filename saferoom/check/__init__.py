@@ -14,11 +14,12 @@ from pathspec import GitIgnoreSpec
 from saferoom import keyed
 from saferoom.check.readers import Unreadable, frame_cells, read
 from saferoom.check.scan import Finding, birth_dates, detect, disclosure, fingerprint_matches, read_allowlist
+from saferoom.check.summary import Group, summarise
 from saferoom.errors import UsageError
 from saferoom.policy import Policy, load_policy
 from saferoom.secrets import Secret
 
-__all__ = ["Finding", "Report", "check", "fingerprint_key"]
+__all__ = ["Finding", "Group", "Report", "check", "fingerprint_key"]
 
 ALLOW_FILE = ".saferoom-allow"
 SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", "node_modules", ".ipynb_checkpoints"}
@@ -33,6 +34,10 @@ class Report:
     @property
     def exit_code(self) -> int:
         return 2 if self.errors else 1 if self.findings else 0
+
+    def summary(self) -> list[Group]:
+        """The findings grouped per file, column (or a text's lines) and kind: what a person reads first."""
+        return summarise(self.findings)
 
     def to_dict(self) -> dict[str, Any]:
         return {"files": self.files, "findings": [f.to_dict() for f in self.findings],

@@ -1,7 +1,7 @@
 """Result bodies: Arrow IPC (default), JSON or CSV, produced batch by batch.
 
 An Arrow body is a standard IPC stream followed, after its end-of-stream
-marker, by one JSON line: ``{"rows": n, "truncated": bool, "error": ...}``.
+marker, by one JSON line: ``{"rows": n, "truncated": bool, "notices": [...], "error": ...}``.
 Arrow readers stop at the marker; saferoom's client reads the line, so a cut
 or a failure mid-stream still reaches the caller.
 """
@@ -138,7 +138,8 @@ BODIES = {"arrow": arrow_body, "json": json_body, "csv": csv_body}
 
 
 def _trailer(result: Result, outcome: Outcome) -> bytes:
-    status: dict[str, Any] = {"rows": outcome.rows, "truncated": result.truncated if outcome.error is None else False}
+    status: dict[str, Any] = {"rows": outcome.rows, "truncated": result.truncated if outcome.error is None else False,
+                              "notices": list(result.notices_so_far)}
     if outcome.error is not None:
         status["error"] = error_body(outcome.error)["error"]
     return json.dumps(status).encode() + b"\n"
