@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlglot import exp
 
 from saferoom import secrets
-from saferoom.errors import AccessDenied, PolicyError
+from saferoom.errors import AccessDenied, PolicyError, did_you_mean
 from saferoom.policy.filters import parse_filter, raw_columns
 from saferoom.policy.loader import LineMap, policy_hash, read_policy_bytes, read_policy_file
 from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, PostgresSource, Role, User
@@ -161,7 +161,8 @@ class Policy:
                 for tag in _tags(tags):
                     if tag not in self.model.tags:
                         raise self._fail(
-                            f"column `{key}.{column}` has tag `{tag}`, which is not under `tags:` (use `public` for none)",
+                            f"column `{key}.{column}` has tag `{tag}`, which is not under `tags:` (use `public` for none)."
+                            + did_you_mean(tag, [*self.model.tags, PUBLIC]),
                             "tables", key, column,
                         )
             self.tables[key] = ref
@@ -174,7 +175,8 @@ class Policy:
         for name, role in self.model.roles.items():
             for tag in role.columns:
                 if tag not in self.model.tags:
-                    raise self._fail(f"role `{name}` gives an action for tag `{tag}`, which is not under `tags:`", "roles", name, "columns", tag)
+                    raise self._fail(f"role `{name}` gives an action for tag `{tag}`, which is not under `tags:`."
+                                     + did_you_mean(tag, self.model.tags), "roles", name, "columns", tag)
             for table in role.rows:
                 self._check_filter(name, table)
 
