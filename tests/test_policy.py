@@ -223,3 +223,11 @@ def test_a_misspelt_tag_gets_the_closest_one(tmp_path: Path, text: str, hint: st
         load_policy(write(tmp_path, text))
     assert hint in str(caught.value)
 
+
+def test_lint_leaves_out_the_table_a_build_records_itself_in(room) -> None:
+    from saferoom.lint import lint
+
+    policy = saferoom.load_policy(room.policy)
+    catalog = {("prod", "main", "saferoom_build"): {"build_id": "VARCHAR"}, ("prod", "main", "stray"): {"x": "INTEGER"}}
+    assert [f.table for f in lint(policy, catalog, "main") if f.column is None and "not classified" in f.message] == ["prod.main.stray"]
+
