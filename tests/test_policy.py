@@ -231,3 +231,8 @@ def test_lint_leaves_out_the_table_a_build_records_itself_in(room) -> None:
     catalog = {("prod", "main", "saferoom_build"): {"build_id": "VARCHAR"}, ("prod", "main", "stray"): {"x": "INTEGER"}}
     assert [f.table for f in lint(policy, catalog, "main") if f.column is None and "not classified" in f.message] == ["prod.main.stray"]
 
+
+def test_only_roles_that_someone_holds_are_offered(tmp_path: Path) -> None:
+    text = POLICY.replace("  investigator:\n", "  unheld:\n    columns: {pci: allow}\n  investigator:\n")
+    policy = load_policy(write(tmp_path, text))
+    assert [role for role, _ in policy.roles_seeing("prod.cards", "pan")] == ["investigator"]

@@ -107,7 +107,9 @@ class Policy:
         return ColumnRule(table, column, tags, spec.action, spec, strictest, threats)
 
     def roles_seeing(self, table: str, column: str) -> list[tuple[str, Action]]:
-        rules = ((role, self.rule(role, table, column).action) for role in self.model.roles)
+        """Roles a user holds that may see the column: a role no user holds (one only builds use) is not one to ask for."""
+        held = {role for user in self.model.users.values() for role in user.roles}
+        rules = ((role, self.rule(role, table, column).action) for role in self.model.roles if role in held)
         return [(role, action) for role, action in rules if action is not Action.DENY]
 
     def row_filter(self, role: str, table: str) -> exp.Expr | None:
