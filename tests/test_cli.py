@@ -148,3 +148,28 @@ def test_every_csv_output_is_csv(room, tmp_path: Path) -> None:
 def test_audit_verify_of_a_folder_that_is_not_there_is_a_usage_error(tmp_path: Path) -> None:
     done = saferoom("audit", "verify", "--state", str(tmp_path / "typo"))
     assert done.returncode == 2 and "no gateway state folder" in done.stderr
+
+
+def command_paths() -> list[list[str]]:
+    """Every command and group of the CLI, as the words that name it."""
+    from typer.main import get_command
+
+    from saferoom.cli import app
+
+    def walk(command, path: list[str]):
+        yield path
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(get_command(app), []))
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "saferoom")
+def test_help_shows_flags_as_flags(path: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from saferoom.cli import app
+
+    done = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    assert "Show this message and exit." in done.output and "<bool>" not in done.output
