@@ -15,10 +15,11 @@ The hint is the closest name the role may see (a visible column, or a name the
 query defines); an unclassified column is not in the view and is refused as
 one that does not exist, so its existence is not disclosed.
 
-A reference this rule cannot pin down is left to the engine: one inside a lambda, a struct field (``a.b.c``), a name a
-select list defines (DuckDB lets WHERE and ORDER BY use those), a table used
-as a value, or a name that a source of unknown shape might supply (renamed
-columns ``t(a, b)``, ``* REPLACE``, unnamed expressions, table functions).
+A reference this rule cannot pin down is left to the engine: one inside a
+lambda, a struct field (``a.b.c``), a name a select list defines (DuckDB lets
+WHERE and ORDER BY use those), a table used as a value, or a name that a
+source of unknown shape might supply (renamed columns ``t(a, b)``,
+``* REPLACE``, unnamed expressions, table functions).
 
 >>> import sqlglot
 >>> from saferoom.guard.context import example
@@ -49,6 +50,7 @@ from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import ColumnRule
 
 Source = exp.Table | Scope
+
 
 @dataclass(frozen=True)
 class Unknown:
