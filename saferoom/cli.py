@@ -32,7 +32,31 @@ if TYPE_CHECKING:
     from saferoom.split import BuildPlan
     from saferoom.split.carry import Change
 
-app = typer.Typer(help="saferoom: ordinary SQL for data scientists; sensitive data stays put.", no_args_is_help=True, add_completion=False)
+
+
+class _Group(typer.core.TyperGroup):
+    """typer's group, whose help shows a flag as a flag: typer 0.29 labels each one `<bool>`, as if it took a value."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_as_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _flags_as_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _flags_as_flags(command: Any, ctx: Any) -> None:
+    """An empty label for each flag of ``command``, --help included; set once, before its help is drawn."""
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+app = typer.Typer(help="saferoom: ordinary SQL for data scientists; sensitive data stays put.", no_args_is_help=True, add_completion=False,
+                  cls=_Group)
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -174,9 +198,9 @@ def _print_plan(build_plan: BuildPlan, changes: dict[str, Change]) -> None:
 
 AuditKeyOpt = Annotated[str | None, typer.Option(
     help="The audit key that seals the log and signs its checkpoints: env:NAME or file:PATH, kept outside --state.")]
-token_app = typer.Typer(help="Personal API tokens for the gateway.", no_args_is_help=True)
-audit_app = typer.Typer(help="The gateway's tamper-evident audit log.", no_args_is_help=True)
-packages_app = typer.Typer(help="Curated, pinned, audited Python packages for rooms without internet.", no_args_is_help=True)
+token_app = typer.Typer(help="Personal API tokens for the gateway.", no_args_is_help=True, cls=_Group)
+audit_app = typer.Typer(help="The gateway's tamper-evident audit log.", no_args_is_help=True, cls=_Group)
+packages_app = typer.Typer(help="Curated, pinned, audited Python packages for rooms without internet.", no_args_is_help=True, cls=_Group)
 app.add_typer(packages_app, name="packages")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")

@@ -23,7 +23,8 @@ structured part the gateway sends and the client raises again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 
 
 class SaferoomError(Exception):
@@ -182,3 +183,15 @@ def from_fields(kind: str, message: str, fields: dict[str, object]) -> SaferoomE
     error = cls.__new__(cls)
     SaferoomError.__init__(error, message)
     return error
+
+
+def did_you_mean(written: str, names: Iterable[str]) -> str:
+    """`` Did you mean `x`?`` for the closest of ``names`` to a misspelt name, or nothing.
+
+    The caller passes only names the reader may know of: a hint is itself a disclosure.
+
+    >>> did_you_mean("ammount", ["amount", "order_id"])
+    ' Did you mean `amount`?'
+    """
+    close = difflib.get_close_matches(written.lower(), sorted(names), n=1)
+    return f" Did you mean `{close[0]}`?" if close else ""

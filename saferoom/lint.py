@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from saferoom.engines import registry
 from saferoom.engines.base import Catalog
 from saferoom.policy import Policy
+from saferoom.split.manifest import META_TABLE
 
 ERROR, WARNING = "error", "warning"
 
@@ -45,10 +46,15 @@ def lint(policy: Policy, catalog: Catalog, default_schema: str, engine: str | No
         listed.add(address)
         findings += _compare(key, _expected(policy, key), catalog.get(address))
     for address, columns in catalog.items():
-        if address[0] in policy.model.sources and address not in listed:
+        if address[0] in policy.model.sources and address not in listed and not _manifest(address, default_schema):
             name = ".".join(address)
             findings.append(Finding(WARNING, name, None, f"table {name} ({len(columns)} columns) is not classified, so nobody can query it"))
     return findings
+
+
+def _manifest(address: tuple[str, str, str], default_schema: str) -> bool:
+    """The table a build writes into its target to record itself: saferoom's own, not data to classify."""
+    return address[1:] == (default_schema.lower(), META_TABLE)
 
 
 def _expected(policy: Policy, table: str) -> dict[str, tuple[str, ...]]:

@@ -78,6 +78,19 @@ def test_explain_names_actions_and_threats(alice: saferoom.Session) -> None:
     assert (refused.refusal.type, refused.refusal.column, refused.refusal.allowed_roles) == ("QueryRejected", "prod.cards.pan", ("investigator",))
 
 
+@pytest.mark.parametrize("sql, hint", [
+    ("select ammount from prod.orders", "Did you mean `amount`?"),
+    ("select o.ammount, o.order_id from orders o", "Did you mean `amount`?"),
+    ("select internal_scor from customers", "unknown column `internal_scor`. Run"),  # unclassified: no hint at it
+    ("select internal_score from customers", "unknown column `internal_score`. Run"),  # as if it did not exist
+    ("select pam from cards", "unknown column `pam`. Run"),  # denied: never offered
+])
+def test_an_unknown_column_gets_the_closest_one_the_role_may_see(alice: saferoom.Session, sql: str, hint: str) -> None:
+    with pytest.raises(saferoom.QueryRejected) as caught:
+        alice.query(sql)
+    assert hint in str(caught.value) and "order_id" not in str(caught.value) and caught.value.column is None
+
+
 def test_tables_show_the_rule_for_every_listed_column(alice: saferoom.Session) -> None:
     catalog = {t.name: t for t in alice.tables()}
     assert set(catalog) == {"prod.customers", "prod.cards", "prod.orders"}

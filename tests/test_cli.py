@@ -155,3 +155,28 @@ def test_query_prints_its_notices_on_stderr(room) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [{"n": 0}]  # stdout stays data
     assert "rows of prod.orders are filtered for role analyst: region = 'EU'" in done.stderr
+
+
+def command_paths() -> list[list[str]]:
+    """Every command and group of the CLI, as the words that name it."""
+    from typer.main import get_command
+
+    from saferoom.cli import app
+
+    def walk(command, path: list[str]):
+        yield path
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(get_command(app), []))
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "saferoom")
+def test_help_shows_flags_as_flags(path: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from saferoom.cli import app
+
+    done = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    assert "Show this message and exit." in done.output and "<bool>" not in done.output

@@ -56,6 +56,11 @@ def test_health_and_openapi(server) -> None:
     assert {"/v1/query", "/v1/tables", "/v1/explain", "/v1/whoami", "/v1/audit", "/healthz"} <= set(paths)
 
 
+def test_serve_says_where_it_listens_and_where_tokens_come_from(server) -> None:
+    printed = server.log.read_text()
+    assert f"saferoom gateway at {server.url};" in printed and "`saferoom token create`" in printed
+
+
 def test_bad_tokens_get_401_and_no_data(server, tokens) -> None:
     store_dir = server.state
     expired = server.token("alice", "--ttl", "1s")

@@ -211,3 +211,28 @@ def test_lint_sources_reads_every_source_of_the_policy(room) -> None:
     findings = lint_sources(saferoom.load_policy(room.policy))
     assert ("prod.customers", "internal_score", WARNING) in {(f.table, f.column, f.level) for f in findings}
     assert not [f for f in findings if f.level == ERROR]
+
+
+@pytest.mark.parametrize("text, hint", [
+    (POLICY.replace("name: pii, email", "name: piii, email"), "Did you mean `pii`?"),
+    (POLICY.replace("segment: public}", "segment: publc}"), "Did you mean `public`?"),
+    (POLICY.replace("columns: {pii: allow,", "columns: {pi: allow,"), "Did you mean `pii`?"),
+])
+def test_a_misspelt_tag_gets_the_closest_one(tmp_path: Path, text: str, hint: str) -> None:
+    with pytest.raises(saferoom.PolicyError, match="which is not under `tags:`") as caught:
+        load_policy(write(tmp_path, text))
+    assert hint in str(caught.value)
+
+
+def test_lint_leaves_out_the_table_a_build_records_itself_in(room) -> None:
+    from saferoom.lint import lint
+
+    policy = saferoom.load_policy(room.policy)
+    catalog = {("prod", "main", "saferoom_build"): {"build_id": "VARCHAR"}, ("prod", "main", "stray"): {"x": "INTEGER"}}
+    assert [f.table for f in lint(policy, catalog, "main") if f.column is None and "not classified" in f.message] == ["prod.main.stray"]
+
+
+def test_only_roles_that_someone_holds_are_offered(tmp_path: Path) -> None:
+    text = POLICY.replace("  investigator:\n", "  unheld:\n    columns: {pci: allow}\n  investigator:\n")
+    policy = load_policy(write(tmp_path, text))
+    assert [role for role, _ in policy.roles_seeing("prod.cards", "pan")] == ["investigator"]

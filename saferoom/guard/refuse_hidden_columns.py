@@ -1,4 +1,5 @@
-"""A rule of the guard: a column the role may not see is refused by name, with the rule that hides it.
+"""A rule of the guard: a column the role may not see is refused by name, with the rule that hides it;
+one that no source in reach shows is refused as unknown, with the closest name the role may see.
 
 The policy view is the enforcement: a denied or unclassified column is not in
 it, so the engine could never read it. This rule is for the explanation and
@@ -7,11 +8,18 @@ in reach has that name visibly — the query is refused here, before it runs,
 naming the column, its tag, the threat and the roles that may see it. Columns
 compare by name, case-insensitively, as the engines bind them.
 
-A reference this rule cannot pin down is left to the engine, which reports a
-missing column: one inside a lambda, a struct field (``a.b.c``), a name a
-select list defines (DuckDB lets WHERE and ORDER BY use those), a table used
-as a value, or a name that a source of unknown shape might supply (renamed
-columns ``t(a, b)``, ``* REPLACE``, unnamed expressions, table functions).
+A reference that no source in reach shows at all is refused as an unknown
+column. The engine cannot say it better: it sees only the policy view, cut to
+the columns the query names, so its own "candidate" would be a wrong guess.
+The hint is the closest name the role may see (a visible column, or a name the
+query defines); an unclassified column is not in the view and is refused as
+one that does not exist, so its existence is not disclosed.
+
+A reference this rule cannot pin down is left to the engine: one inside a
+lambda, a struct field (``a.b.c``), a name a select list defines (DuckDB lets
+WHERE and ORDER BY use those), a table used as a value, or a name that a
+source of unknown shape might supply (renamed columns ``t(a, b)``,
+``* REPLACE``, unnamed expressions, table functions).
 
 >>> import sqlglot
 >>> from saferoom.guard.context import example
@@ -22,17 +30,21 @@ Traceback (most recent call last):
 saferoom.errors.QueryRejected: column `pan` of prod.cards is tagged `pci` (no threat named). Role `analyst` is denied it, so it does not exist in your queries. Roles that may see it: no role. Leave it out, or ask the security team for a role that includes it.
 >>> refuse_hidden_columns(resolve_tables(sqlglot.parse_one("select card_id as pan from cards order by pan"), context), context).sql()
 'SELECT card_id AS pan FROM cards ORDER BY pan'
+>>> refuse_hidden_columns(resolve_tables(sqlglot.parse_one("select crad_id from cards"), context), context)
+Traceback (most recent call last):
+saferoom.errors.QueryRejected: unknown column `crad_id`. Did you mean `card_id`? Run `saferoom tables` to list the columns you can query.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.scope import Scope, build_scope
 
-from saferoom.errors import QueryRejected
+from saferoom.errors import QueryRejected, did_you_mean
 from saferoom.guard.context import Columns, Context, Hidden
 from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import ColumnRule
@@ -40,13 +52,23 @@ from saferoom.policy import ColumnRule
 Source = exp.Table | Scope
 
 
+@dataclass(frozen=True)
+class Unknown:
+    """A column that no source in reach shows, and the names in reach the role may see, for a hint."""
+
+    written: str
+    nearby: frozenset[str]
+
+
 def refuse_hidden_columns(expression: exp.Expr, context: Context) -> exp.Expr:
-    names = frozenset(n for table in context.touched.tables for n in context.columns(table).hidden)
-    if not names or not any(isinstance(n, exp.Identifier) and n.name.lower() in names for n in expression.walk()):
-        return expression  # the common case: the query names nothing hidden
+    tables = [context.columns(table) for table in context.touched.tables]
+    names = frozenset(n for table in tables for n in table.hidden)
+    visible = frozenset().union(*(table.visible for table in tables))
+    if not tables or not _suspect(expression, names, visible):
+        return expression  # the common case: every name the query uses is a column it may see
     try:
         root = build_scope(expression)
-        hit = next(_references(root, names, Shapes(context)), None) if root else None
+        hit = next(_references(root, names, visible, Shapes(context)), None) if root else None
     except OptimizeError:
         return expression  # e.g. one alias used twice: the engine's own error says it better
     if hit is not None:
@@ -54,12 +76,25 @@ def refuse_hidden_columns(expression: exp.Expr, context: Context) -> exp.Expr:
     return expression
 
 
-def _references(root: Scope, names: frozenset[str], shapes: Shapes) -> Iterator[Hidden]:
-    """Each hidden column the query provably names, innermost scope first."""
+def _suspect(expression: exp.Expr, hidden: frozenset[str], visible: frozenset[str]) -> bool:
+    """Whether the query uses a hidden name, or a column name no policy table it reads shows."""
+    return any(
+        (isinstance(n, exp.Identifier) and n.name.lower() in hidden) or (isinstance(n, exp.Column) and _unseen(n, visible))
+        for n in expression.walk()
+    )
+
+
+def _unseen(column: exp.Column, visible: frozenset[str]) -> bool:
+    """A named column (not ``*``) that no policy table the query reads shows."""
+    return isinstance(column.this, exp.Identifier) and column.this.name.lower() not in visible
+
+
+def _references(root: Scope, names: frozenset[str], visible: frozenset[str], shapes: Shapes) -> Iterator[Hidden | Unknown]:
+    """Each hidden or unknown column the query provably names, innermost scope first."""
     for scope in root.traverse():
         levels = list(_levels(scope))
         for column in scope.find_all(exp.Column):
-            if column.name.lower() in names and (hit := _binding(column, levels, shapes)):
+            if (column.name.lower() in names or _unseen(column, visible)) and (hit := _binding(column, levels, shapes)):
                 yield hit
         yield from _using(scope, names, shapes)
 
@@ -72,28 +107,42 @@ def _levels(scope: Scope) -> Iterator[Scope]:
         current = None if current.is_cte else current.parent
 
 
-def _binding(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidden | None:
+def _binding(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidden | Unknown | None:
     if column.args.get("db") or column.find_ancestor(exp.Lambda) or _in_star_options(column):
         return None
     name = column.name.lower()
     if column.table:
-        return _qualified(column.table.lower(), name, levels, shapes)
+        return _qualified(column, levels, shapes)
     if any(name in _aliases(level) or name in _sources(level) for level in levels):
         return None  # a select alias, or a table used as a value
     seen, hidden = _reach(name, levels, shapes)
-    return None if seen else hidden
+    if seen:
+        return None
+    return hidden or Unknown(column.name, _nearby(levels, shapes))
 
 
-def _qualified(qualifier: str, name: str, levels: list[Scope], shapes: Shapes) -> Hidden | None:
+def _qualified(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidden | Unknown | None:
     """``q.name`` where ``q`` is a source in reach; if ``q`` may also be a column, it may be a struct field."""
+    qualifier, name = column.table.lower(), column.name.lower()
     for level in levels:
         source = _sources(level).get(qualifier)
         if source is not None:
             shape = shapes.of(source)
             if shape is None or name in shape.visible or _reach(qualifier, levels, shapes)[0]:
                 return None
-            return shape.hidden.get(name)
+            return shape.hidden.get(name) or Unknown(column.name, shape.visible)
     return None
+
+
+def _nearby(levels: list[Scope], shapes: Shapes) -> frozenset[str]:
+    """The names an unqualified column could have meant: what the sources in reach show, and select aliases."""
+    nearby: set[str] = set()
+    for level in levels:
+        nearby |= _aliases(level)
+        for source in _sources(level).values():
+            shape = shapes.of(source)
+            nearby |= shape.visible if shape is not None else set()
+    return frozenset(nearby)
 
 
 def _reach(name: str, levels: list[Scope], shapes: Shapes) -> tuple[bool, Hidden | None]:
@@ -193,10 +242,18 @@ def _merge(shapes: list[Columns | None]) -> Columns | None:
     return Columns(visible, hidden)
 
 
-def refusal(context: Context, hidden: Hidden) -> QueryRejected:
-    """The policy's explanation of a denied column, for the user and the audit record."""
+def refusal(context: Context, hidden: Hidden | Unknown) -> QueryRejected:
+    """The policy's explanation of a denied column, or the hint for an unknown one, for the user and the audit record."""
+    if isinstance(hidden, Unknown):
+        return unknown(hidden)
     assert hidden.rule is not None  # only denied columns are hidden with a rule; unclassified ones are not listed
     return denied(context, hidden.rule)
+
+
+def unknown(column: Unknown) -> QueryRejected:
+    """Worded the same for a column that does not exist and one nobody classified: neither is disclosed."""
+    return QueryRejected(f"unknown column `{column.written}`.{did_you_mean(column.written, column.nearby)} "
+                         "Run `saferoom tables` to list the columns you can query.")
 
 
 def denied(context: Context, rule: ColumnRule) -> QueryRejected:

@@ -5,13 +5,11 @@ Names compare case-insensitively, quoted or not, as DuckDB does.
 
 from __future__ import annotations
 
-import difflib
-
 from sqlglot import exp
 
 from saferoom.engines import registry
 from saferoom.engines.base import EngineSpec
-from saferoom.errors import QueryRejected
+from saferoom.errors import QueryRejected, did_you_mean
 from saferoom.policy import Policy, TableRef
 
 
@@ -42,9 +40,7 @@ class Resolver:
         return len(self._names.get(parts, [])) == 1
 
     def _suggest(self, written: str) -> str:
-        names = sorted({".".join(n) for n in self._names})
-        close = difflib.get_close_matches(written.lower(), names, n=1)
-        return f" Did you mean `{close[0]}`?" if close else ""
+        return did_you_mean(written, {".".join(n) for n in self._names})
 
 
 def _spellings(ref: TableRef, schema: str, default_schema: str) -> list[tuple[str, ...]]:

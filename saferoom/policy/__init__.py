@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlglot import exp
 
 from saferoom import secrets
-from saferoom.errors import AccessDenied, PolicyError
+from saferoom.errors import AccessDenied, PolicyError, did_you_mean
 from saferoom.policy.filters import parse_filter, raw_columns
 from saferoom.policy.loader import LineMap, policy_hash, read_policy_bytes, read_policy_file
 from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, PostgresSource, Role, User
@@ -107,7 +107,9 @@ class Policy:
         return ColumnRule(table, column, tags, spec.action, spec, strictest, threats)
 
     def roles_seeing(self, table: str, column: str) -> list[tuple[str, Action]]:
-        rules = ((role, self.rule(role, table, column).action) for role in self.model.roles)
+        """Roles a user holds that may see the column: a role no user holds (one only builds use) is not one to ask for."""
+        held = {role for user in self.model.users.values() for role in user.roles}
+        rules = ((role, self.rule(role, table, column).action) for role in self.model.roles if role in held)
         return [(role, action) for role, action in rules if action is not Action.DENY]
 
     def row_filter(self, role: str, table: str) -> exp.Expr | None:
@@ -161,7 +163,8 @@ class Policy:
                 for tag in _tags(tags):
                     if tag not in self.model.tags:
                         raise self._fail(
-                            f"column `{key}.{column}` has tag `{tag}`, which is not under `tags:` (use `public` for none)",
+                            f"column `{key}.{column}` has tag `{tag}`, which is not under `tags:` (use `public` for none)."
+                            + did_you_mean(tag, [*self.model.tags, PUBLIC]),
                             "tables", key, column,
                         )
             self.tables[key] = ref
@@ -174,7 +177,8 @@ class Policy:
         for name, role in self.model.roles.items():
             for tag in role.columns:
                 if tag not in self.model.tags:
-                    raise self._fail(f"role `{name}` gives an action for tag `{tag}`, which is not under `tags:`", "roles", name, "columns", tag)
+                    raise self._fail(f"role `{name}` gives an action for tag `{tag}`, which is not under `tags:`."
+                                     + did_you_mean(tag, self.model.tags), "roles", name, "columns", tag)
             for table in role.rows:
                 self._check_filter(name, table)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import ssl
 import threading
 from collections.abc import Sequence
@@ -63,6 +64,18 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
         super().__init__(config)
         self.gateway = gateway
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # uvicorn's own line names its socket; people need the URL to give clients, and how in
+            log.info("saferoom gateway at %s; each person needs a token from `saferoom token create`, then "
+                     "`saferoom login --url %s`", self.url(), self.url())
+
+    def url(self) -> str:
+        """Where clients reach the gateway, with the port it listens on (the one asked for, or the one given for 0)."""
+        listening = [s.getsockname()[1] for server in self.servers for s in server.sockets]
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{'https' if self.config.is_ssl else 'http'}://{host}:{listening[0] if listening else self.config.port}"
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # not on this thread: a signal handler must not wait for a lock the interrupted code may hold

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+META_TABLE = "saferoom_build"  # the table a build writes into its target: its id, policy hash and time
+
 
 @dataclass
 class TableResult:

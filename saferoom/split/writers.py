@@ -23,7 +23,7 @@ from saferoom.engines.duckdb import attach_sql
 from saferoom.engines.parquet import parquet_scan
 from saferoom.errors import BuildError
 from saferoom.files import fsync_dir, try_lock
-from saferoom.split.manifest import now, write_json
+from saferoom.split.manifest import META_TABLE, now, write_json
 from saferoom.split.plan import BuildPlan
 from saferoom.split.queries import count_query
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from saferoom.split.sources import Side
 
 TARGET, PREVIOUS, INCOMING = "__saferoom_target", "__saferoom_previous", "__saferoom_incoming"
-META_TABLE = "saferoom_build"
 META_FILE = "_saferoom_build.json"
 
 
