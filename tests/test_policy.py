@@ -211,3 +211,64 @@ def test_lint_sources_reads_every_source_of_the_policy(room) -> None:
     findings = lint_sources(saferoom.load_policy(room.policy))
     assert ("prod.customers", "internal_score", WARNING) in {(f.table, f.column, f.level) for f in findings}
     assert not [f for f in findings if f.level == ERROR]
+
+
+def load_error(tmp_path: Path, text: str) -> saferoom.PolicyError:
+    with pytest.raises(saferoom.PolicyError) as caught:
+        load_policy(write(tmp_path, text))
+    return caught.value
+
+
+@pytest.mark.parametrize("old, new, line, says", [
+    ("pci: mask, key: allow", "pci: obliterate, key: allow", 29,
+     "roles.investigator.columns.pci: `obliterate` is not allowed; expected one of: `deny`, `null`, `redact`"),
+    ("pci: mask, key: allow", "pci: {action: mask, keep: 2}, key: allow", 29,
+     "unknown key `keep` in roles.investigator.columns.pci; expected one of: `action`, `bucket`"),
+    ("    max_rows: 100000", "    maxrows: 100000", 27, "unknown key `maxrows` in roles.analyst; expected one of: `description`"),
+    ("engine: duckdb", "engine: duckbd", 4, "sources.prod.engine: `duckbd` is not known; expected one of: `duckdb`, `parquet`"),
+    ("{card_id: public", "{card_id: 1", 18, "tables.prod.cards.card_id: expected text or a list, found `1`"),
+])
+def test_shape_errors_speak_the_policys_words(tmp_path: Path, old: str, new: str, line: int, says: str) -> None:
+    error = load_error(tmp_path, POLICY.replace(old, new))
+    assert says in str(error) and error.line == line, str(error)
+    assert not any(internal in str(error) for internal in ("str-enum", "ActionSpec", "Input should", "Extra inputs"))
+
+
+@pytest.mark.parametrize("old, new, suggestion", [
+    ("    max_rows: 100000", "    maxrows: 100000", "did you mean `max_rows`?"),
+    ("pci: mask, key: allow", "pci: mak, key: allow", "did you mean `mask`?"),
+])
+def test_shape_errors_suggest_the_close_name(tmp_path: Path, old: str, new: str, suggestion: str) -> None:
+    assert suggestion in str(load_error(tmp_path, POLICY.replace(old, new)))
+
+
+def test_every_shape_error_is_reported_at_once_sorted_by_line(tmp_path: Path) -> None:
+    text = POLICY.replace("    max_rows: 100000", "    max_rows: -5").replace("pci: deny, key", "pci: obliterate, key")
+    error = load_error(tmp_path, text.replace("version: 1", "version: 1\nsurprise: 1"))
+    assert [p.line for p in error.problems] == [2, 26, 28, 32]  # `pci: deny` is in two roles
+    assert error.line == 2 and error.exit_code == 2
+    assert str(error).startswith(f"{error.file}:2: 4 problems in the policy:\n  line 2: unknown key `surprise`")
+
+
+def test_many_problems_are_cut_with_a_count(tmp_path: Path) -> None:
+    extra = "".join(f"    bogus{i}: 1\n" for i in range(25))
+    error = load_error(tmp_path, POLICY.replace("    max_rows: 100000\n", "    max_rows: 100000\n" + extra))
+    assert len(error.problems) == 25 and str(error).count("unknown key `bogus") == 20
+    assert str(error).endswith("and 5 more")
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    error = load_error(tmp_path, POLICY.replace("token_key: file:token.key", "token_key: 987654321"))
+    assert "987654321" not in str(error) and error.line == 7
+
+
+@pytest.mark.parametrize("text, line, says", [
+    ("version: 1\nsources:\n  prod:\n    engine: duckdb\n   path: x\n", 5, "the indentation of line 5 does not match"),
+    ("version: 1\nsources:\n\tprod: 1\n", 3, "indented with a tab"),
+    ("version: 1\nsources: {prod: 1\ntables: {}\n", 3, "opened on line 2 is not closed"),
+    ("version: 1\nsources: {}\ntables: 'x\n", 4, "a quote opened on line 3 is never closed"),
+])
+def test_yaml_syntax_errors_are_said_plainly(tmp_path: Path, text: str, line: int, says: str) -> None:
+    error = load_error(tmp_path, text)
+    assert says in str(error) and error.line == line, str(error)
+    assert "<block" not in str(error) and f"(line {line}, column" in str(error)
