@@ -64,7 +64,7 @@ BROKEN = [
     (POLICY.replace("token_key: file:token.key", "token_key: hunter2-literal"), 7, "written as a value"),
     (POLICY.replace("token_key: file:token.key", "token_key: env:SAFEROOM_TEST_UNSET_VARIABLE"), 7, "SAFEROOM_TEST_UNSET_VARIABLE"),
     (POLICY.replace("token_key: file:token.key", "token_key: file:missing.key"), 7, "cannot read secret file"),
-    (POLICY.replace('"region = {user.region}"', '"region = = {user.region}"'), 26, "not valid SQL"),
+    (POLICY.replace('"region = {user.region}"', '"region = = {user.region}"'), 26, "is not a complete condition"),
     (POLICY.replace('"region = {user.region}"', '"regoin = {user.region}"'), 26, "regoin"),
     (POLICY.replace('"region = {user.region}"', '"region in (select region from prod.orders)"'), 26, "subqueries"),
     (POLICY.replace('"region = {user.region}"', '"region = {usr.region}"'), 26, "placeholders"),
@@ -272,3 +272,24 @@ def test_yaml_syntax_errors_are_said_plainly(tmp_path: Path, text: str, line: in
     error = load_error(tmp_path, text)
     assert says in str(error) and error.line == line, str(error)
     assert "<block" not in str(error) and f"(line {line}, column" in str(error)
+
+
+def test_every_reference_error_is_reported_at_once_with_suggestions(tmp_path: Path) -> None:
+    text = POLICY.replace("name: pii, email", "name: pi, email").replace("roles: [investigator]", "roles: [investigatr]")
+    error = load_error(tmp_path, text.replace("pci: deny, key: tokenize}\n    rows", "pcx: deny, key: tokenize}\n    rows"))
+    assert [p.line for p in error.problems] == [17, 22, 25]
+    assert "tag `pi`, which is not under `tags:` (use `public` for none); expected one of: `pci`, `pii`" in str(error)
+    assert "did you mean `pii`?" in str(error) and "did you mean `investigator`?" in str(error)
+    assert "tag `pcx`" in str(error) and "did you mean `pci`?" in str(error)
+
+
+@pytest.mark.parametrize("predicate, says", [
+    ("region =", "the filter `region =` is not a complete condition"),
+    ("(region = {user.region}", "opens a parenthesis that it does not close"),
+    ("region = 'EU", "has a quote that is not closed"),
+    ("region = {user.region})", "is not valid SQL near `)`"),
+])
+def test_a_bad_row_filter_is_explained_in_sql_terms(tmp_path: Path, predicate: str, says: str) -> None:
+    error = load_error(tmp_path, POLICY.replace('"region = {user.region}"', f'"{predicate}"'))
+    assert says in str(error) and error.line == 26, str(error)
+    assert "sqlglot" not in str(error) and "Required keyword" not in str(error)

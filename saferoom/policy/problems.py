@@ -32,8 +32,13 @@ def did_you_mean(name: object, choices: Iterable[object]) -> str:
     return f"; did you mean `{close[0]}`?" if close else ""
 
 
+LISTED = 12  # a policy can list thousands of tables; the closest name matters more than the rest
+
+
 def listed(choices: Iterable[object]) -> str:
-    return ", ".join(f"`{c}`" for c in choices) or "(none yet)"
+    names = [f"`{c}`" for c in choices]
+    more = f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
+    return ", ".join(names[:LISTED]) + more if names else "(none yet)"
 
 
 def expected(name: object, choices: Sequence[object]) -> str:
