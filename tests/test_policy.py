@@ -293,3 +293,18 @@ def test_a_bad_row_filter_is_explained_in_sql_terms(tmp_path: Path, predicate: s
     error = load_error(tmp_path, POLICY.replace('"region = {user.region}"', f'"{predicate}"'))
     assert says in str(error) and error.line == 26, str(error)
     assert "sqlglot" not in str(error) and "Required keyword" not in str(error)
+
+
+def test_lint_findings_carry_the_policy_line_they_are_about(tmp_path: Path) -> None:
+    from saferoom.lint import lint
+
+    text = POLICY.replace("  prod.cards: {card_id: public, customer_id: key, pan: pci}\n",
+                          "  prod.cards:\n    card_id: public\n    Customer_ID: key\n    pan: pci\n    expiry: public\n")
+    policy = load_policy(write(tmp_path, text))
+    catalog = {("prod", "main", "cards"): {"card_id": "INTEGER", "customer_id": "INTEGER", "pan": "VARCHAR", "cvv": "VARCHAR"},
+               ("prod", "main", "customers"): {"customer_id": "INTEGER"}, ("prod", "main", "audit"): {"x": "INTEGER"}}
+    found = {(f.table, f.column, f.level): f.line for f in lint(policy, catalog, "main")}
+    assert found[("prod.cards", "expiry", "error")] == 22      # listed there, gone from the source
+    assert found[("prod.cards", "cvv", "warning")] == 18       # not listed: the table's line, where it belongs
+    assert found[("prod.orders", None, "error")] == 23
+    assert found[("prod.main.audit", None, "warning")] is None  # not in the file

@@ -177,9 +177,12 @@ class LineMap:
     def __init__(self, file: str) -> None:
         self.file = file
         self._lines: dict[Loc, int] = {}
+        self._keys: dict[Loc, int] = {}
 
     def index(self, node: yaml.Node, loc: Loc) -> None:
         self._lines[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            self._keys.update({(*loc, str(k.value)): k.start_mark.line + 1 for k, _ in node.value})
         for key, child, child_loc in _children(node, loc):
             if child_loc in self._lines and key is not None:
                 raise PolicyError(
@@ -188,6 +191,11 @@ class LineMap:
                     line=child.start_mark.line + 1,
                 )
             self.index(child, child_loc)
+
+    def exact(self, loc: Loc) -> int | None:
+        """The line this very key is written on (a block mapping's value starts a line below it); None when the
+        file does not write it (an included fragment may)."""
+        return self._keys.get(loc)
 
     def line(self, loc: Loc) -> int | None:
         while loc:
