@@ -308,3 +308,9 @@ def test_lint_findings_carry_the_policy_line_they_are_about(tmp_path: Path) -> N
     assert found[("prod.cards", "cvv", "warning")] == 18       # not listed: the table's line, where it belongs
     assert found[("prod.orders", None, "error")] == 23
     assert found[("prod.main.audit", None, "warning")] is None  # not in the file
+
+
+def test_every_duplicate_key_is_reported(tmp_path: Path) -> None:
+    text = POLICY.replace("  ivan: {roles: [investigator]}", "  ivan: {roles: [investigator]}\n  ivan: {roles: [analyst]}")
+    error = load_error(tmp_path, text.replace("  key: {}", "  key: {}\n  pii: {}"))
+    assert [(p.line, p.key) for p in error.problems] == [(16, "tags.pii"), (24, "users.ivan")]

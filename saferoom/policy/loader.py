@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from saferoom.errors import PolicyError
+from saferoom.errors import PolicyError, Problem
 from saferoom.policy.model import PolicyModel
 from saferoom.policy.problems import translate
 
@@ -52,6 +52,8 @@ def _parse_yaml(raw: bytes, lines: LineMap) -> Any:
         raise PolicyError("the policy file is empty; start from `saferoom demo` or docs/policy.md", file=lines.file)
     _bounded(node, lines.file)
     lines.index(node, ())
+    if lines.duplicates:
+        raise PolicyError.of(lines.duplicates, file=lines.file)
     return yaml.safe_load(raw)
 
 
@@ -178,6 +180,7 @@ class LineMap:
         self.file = file
         self._lines: dict[Loc, int] = {}
         self._keys: dict[Loc, int] = {}
+        self.duplicates: list[Problem] = []
 
     def index(self, node: yaml.Node, loc: Loc) -> None:
         self._lines[loc] = node.start_mark.line + 1
@@ -185,11 +188,10 @@ class LineMap:
             self._keys.update({(*loc, str(k.value)): k.start_mark.line + 1 for k, _ in node.value})
         for key, child, child_loc in _children(node, loc):
             if child_loc in self._lines and key is not None:
-                raise PolicyError(
-                    f"duplicate key `{key}` in {'.'.join(loc) or 'the top level'}; each key may appear once",
-                    file=self.file,
-                    line=child.start_mark.line + 1,
-                )
+                where = ".".join(loc) or "the top level"
+                message = f"duplicate key `{key}` in {where}; each key may appear once"
+                self.duplicates.append(Problem(child.start_mark.line + 1, ".".join(child_loc), message))
+                continue  # a YAML loader would silently keep the last one; here it is an error, named at its line
             self.index(child, child_loc)
 
     def exact(self, loc: Loc) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -24,6 +24,7 @@ from saferoom.errors import Problem
 from saferoom.policy.model import SIZE, PolicyModel
 
 Loc = tuple[str, ...]
+Lines = Callable[[Loc], int | None]  # a key path to the line it is written on
 SECRET_KEYS = ("secrets", "password")  # a value under these is never echoed, even when it is the wrong type
 
 
@@ -118,7 +119,7 @@ def _mismatch(err: ErrorDetails) -> bool:
     return err["type"] in MISMATCH or (err["type"] in ("enum", "literal_error") and isinstance(err["input"], (dict, list)))
 
 
-def translate(errors: Sequence[ErrorDetails], line: Any) -> list[Problem]:
+def translate(errors: Sequence[ErrorDetails], line: Lines) -> list[Problem]:
     """Every validation error as a problem; ``line`` maps a key path to its line."""
     forks: dict[Loc, list[tuple[ErrorDetails, Located]]] = {}
     problems: list[Problem] = []
@@ -133,7 +134,7 @@ def translate(errors: Sequence[ErrorDetails], line: Any) -> list[Problem]:
     return problems
 
 
-def _union_problems(tried: list[tuple[ErrorDetails, Located]], line: Any) -> list[Problem]:
+def _union_problems(tried: list[tuple[ErrorDetails, Located]], line: Lines) -> list[Problem]:
     """Blame the member the value fits the shape of; when it fits none, say every shape that would do."""
     meant = [(err, where) for err, where in tried if not _mismatch(err)]
     if meant:
@@ -146,7 +147,7 @@ def _union_problems(tried: list[tuple[ErrorDetails, Located]], line: Any) -> lis
     return [Problem(line(where.key), _dotted(where.key), f"{_name(where.key)}: expected {shapes}, found {_shown(err, where)}")]
 
 
-def _problem(err: ErrorDetails, where: Located, line: Any) -> Problem:
+def _problem(err: ErrorDetails, where: Located, line: Lines) -> Problem:
     message = _message(err, where)
     key = where.key + (_discriminator(err),) if err["type"] == "union_tag_invalid" else where.key
     return Problem(line(key), _dotted(key), message)
