@@ -314,3 +314,10 @@ def test_every_duplicate_key_is_reported(tmp_path: Path) -> None:
     text = POLICY.replace("  ivan: {roles: [investigator]}", "  ivan: {roles: [investigator]}\n  ivan: {roles: [analyst]}")
     error = load_error(tmp_path, text.replace("  key: {}", "  key: {}\n  pii: {}"))
     assert [(p.line, p.key) for p in error.problems] == [(16, "tags.pii"), (24, "users.ivan")]
+
+
+def test_each_wrong_value_of_one_source_is_reported(tmp_path: Path) -> None:
+    """A source's `engine:` picks its kind, so each of its keys' mistakes is its own problem."""
+    error = load_error(tmp_path, POLICY.replace("    path: prod.duckdb", "    path: [prod.duckdb]\n    master: 3"))
+    assert [(p.line, p.key) for p in error.problems] == [(5, "sources.prod.path"), (6, "sources.prod.master")], str(error)
+    assert "sources.prod.path: expected text, found a list" in str(error)

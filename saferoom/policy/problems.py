@@ -54,21 +54,23 @@ class Located:
     key: Loc
     kind: Any
     fork: Loc | None  # the key of the union whose member pydantic tried, if one was
+    member: str = ""  # that member, as pydantic names it
 
 
 def locate(raw: Sequence[int | str]) -> Located:
     kind: Any = PolicyModel
     key: list[str] = []
     fork: Loc | None = None
+    member = ""
     for part in map(str, raw):
         members = _members(kind)
         if members is not None:  # pydantic names the member of the union it tried; the file does not
-            fork = fork or tuple(key)
+            fork, member = (fork, member) if fork is not None else (tuple(key), part)
             kind = next((m for m in members if _is_named(m, part)), None)
             continue
         key.append(part)
         kind = _child(kind, part)
-    return Located(tuple(key), kind, fork)
+    return Located(tuple(key), kind, fork, member)
 
 
 def _unwrap(kind: Any) -> Any:
@@ -136,6 +138,8 @@ def translate(errors: Sequence[ErrorDetails], line: Lines) -> list[Problem]:
 
 def _union_problems(tried: list[tuple[ErrorDetails, Located]], line: Lines) -> list[Problem]:
     """Blame the member the value fits the shape of; when it fits none, say every shape that would do."""
+    if len({where.member for _, where in tried}) == 1:  # one member tried (a discriminated union): all its errors stand
+        return [_problem(err, where, line) for err, where in tried]
     meant = [(err, where) for err, where in tried if not _mismatch(err)]
     if meant:
         return [_problem(err, where, line) for err, where in meant]
