@@ -135,7 +135,8 @@ def lint(policy: PolicyOpt = POLICY, strict: Annotated[bool, typer.Option(help="
     findings = lint_sources(load_policy(policy))
     for finding in findings:
         colour = "red" if finding.level == ERROR else "yellow"
-        out.print(f"[{colour}]{finding.level}[/]: {finding.message}")
+        where = f"{policy}:{finding.line}: " if finding.line else ""
+        out.print(f"{escape(where)}[{colour}]{finding.level}[/]: {escape(finding.message)}")
     failed = [f for f in findings if f.level == ERROR or strict]
     out.print(f"{len(findings)} finding(s) in {policy}" if findings else f"[green]{policy} matches its sources.[/]")
     if failed:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 
 class SaferoomError(Exception):
@@ -44,20 +45,51 @@ class SaferoomError(Exception):
         return {}
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a policy file: its line, the key path as the file writes it, and what to fix."""
+
+    line: int | None
+    key: str
+    message: str
+
+
+MAX_PROBLEMS = 20  # past this, more lines hide the first fixes rather than help
+
+
 class PolicyError(SaferoomError):
-    """The policy file is malformed, inconsistent or refers to something missing."""
+    """The policy file is malformed, inconsistent or refers to something missing.
+
+    ``file`` and ``line`` point at the first problem; ``problems`` holds every one found, sorted by line.
+    """
 
     exit_code = 2
     http_status = 500
 
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
-        where = ""
-        if file:
-            where = f"{file}:{line}: " if line else f"{file}: "
-        super().__init__(f"{where}{message}")
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 problems: Sequence[Problem] = ()) -> None:
+        super().__init__(_located(message, file, line))
         self.file = file
         self.line = line
         self.detail = message
+        self.problems = tuple(problems) or (Problem(line, "", message),)
+
+    @classmethod
+    def of(cls, problems: Iterable[Problem], *, file: str | None) -> PolicyError:
+        """One error for all the problems a check found, so a single edit-and-retry fixes them all."""
+        found = sorted(problems, key=lambda p: (p.line is None, p.line or 0))
+        if len(found) == 1:
+            return cls(found[0].message, file=file, line=found[0].line, problems=found)
+        shown = [f"\n  line {p.line}: {p.message}" if p.line else f"\n  {p.message}" for p in found[:MAX_PROBLEMS]]
+        if len(found) > MAX_PROBLEMS:
+            shown.append(f"\n  and {len(found) - MAX_PROBLEMS} more")
+        return cls(f"{len(found)} problems in the policy:" + "".join(shown), file=file, line=found[0].line, problems=found)
+
+
+def _located(message: str, file: str | None, line: int | None) -> str:
+    if not file:
+        return message
+    return f"{file}:{line}: {message}" if line else f"{file}: {message}"
 
 
 class QueryRejected(SaferoomError):

@@ -18,6 +18,7 @@ class Finding:
     table: str
     column: str | None
     message: str
+    line: int | None = None  # of the policy file, where it lists the table or column this is about
 
 
 def lint_sources(policy: Policy) -> list[Finding]:
@@ -44,7 +45,7 @@ def lint(policy: Policy, catalog: Catalog, default_schema: str, engine: str | No
             continue
         address = (ref.source.lower(), (ref.schema or default_schema).lower(), ref.name.lower())
         listed.add(address)
-        findings += _compare(key, _expected(policy, key), catalog.get(address))
+        findings += _compare(policy, key, _expected(policy, key), catalog.get(address))
     for address, columns in catalog.items():
         if address[0] in policy.model.sources and address not in listed and not _manifest(address, default_schema):
             name = ".".join(address)
@@ -64,13 +65,23 @@ def _expected(policy: Policy, table: str) -> dict[str, tuple[str, ...]]:
     return {c: tags for c, tags in columns.items() if c not in removed}
 
 
-def _compare(table: str, listed: dict[str, tuple[str, ...]], actual: dict[str, str] | None) -> list[Finding]:
+def _compare(policy: Policy, table: str, listed: dict[str, tuple[str, ...]], actual: dict[str, str] | None) -> list[Finding]:
+    at = _line(policy, table)
     if actual is None:
-        return [Finding(ERROR, table, None, f"table {table} is in the policy but not in the source")]
-    missing = [Finding(ERROR, table, c, f"column {table}.{c} is classified but does not exist in the source") for c in listed if c not in actual]
-    unclassified = [
-        Finding(WARNING, table, c, f"column {table}.{c} ({kind}) is not classified, so it does not exist for anyone; tag it or mark it public")
+        return [Finding(ERROR, table, None, f"table {table} is in the policy but not in the source", at)]
+    missing = [Finding(ERROR, table, c, f"column {table}.{c} is classified but does not exist in the source", _line(policy, table, c))
+               for c in listed if c not in actual]
+    unclassified = [  # pointed at the table's line: that is where the column is to be added
+        Finding(WARNING, table, c, f"column {table}.{c} ({kind}) is not classified, so it does not exist for anyone; tag it or mark it public", at)
         for c, kind in actual.items()
         if c not in listed
     ]
     return missing + unclassified
+
+
+def _line(policy: Policy, table: str, column: str | None = None) -> int | None:
+    """The line listing the table or column (as the file spells it: lint compares lower-cased names)."""
+    if column is None:
+        return policy.lines.exact(("tables", table))
+    written = next((c for c in policy.model.tables[table] if c.lower() == column), column)
+    return policy.lines.exact(("tables", table, written))

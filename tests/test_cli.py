@@ -85,6 +85,7 @@ def test_lint_reports_unclassified_and_missing(room, tmp_path: Path) -> None:
     policy.write_text(text.replace("segment: public}", "segment: public, loyalty_tier: public}"))
     missing = saferoom("lint", "-p", str(policy))
     assert missing.returncode == 1 and "loyalty_tier" in missing.stdout
+    assert f"{policy}:17: error: column prod.customers.loyalty_tier" in missing.stdout  # the line to fix
 
 
 def test_demo_builds_and_walks_through(tmp_path: Path) -> None:

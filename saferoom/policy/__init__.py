@@ -9,10 +9,11 @@ from pathlib import Path
 from sqlglot import exp
 
 from saferoom import secrets
-from saferoom.errors import AccessDenied, PolicyError, did_you_mean
+from saferoom.errors import AccessDenied, PolicyError, Problem
 from saferoom.policy.filters import parse_filter, raw_columns
 from saferoom.policy.loader import LineMap, policy_hash, read_policy_bytes, read_policy_file
 from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, PostgresSource, Role, User
+from saferoom.policy.problems import expected
 
 __all__ = ["Action", "ActionSpec", "ColumnRule", "Policy", "TableRef", "load_policy", "parse_policy"]
 
@@ -66,6 +67,7 @@ class Policy:
         self.lines = lines
         self.hash = digest
         self.tables: dict[str, TableRef] = {}
+        self._problems: list[Problem] = []
         self._check()
 
     @cached_property
@@ -134,37 +136,47 @@ class Policy:
         return self.model.threats.get(name, name)
 
     def _check(self) -> None:
+        """Run every check and report all that fail together: one round of fixes, not one per mistake."""
         self._check_tags()
         self._check_tables()
         self._check_roles()
         self._check_builds()
         self._check_secrets()
+        if self._problems:
+            raise PolicyError.of(self._problems, file=str(self.path))
 
     def _fail(self, message: str, *loc: str) -> PolicyError:
         return PolicyError(message, file=str(self.path), line=self.lines.line(loc))
 
+    def _note(self, message: str, *loc: str) -> None:
+        self._problems.append(Problem(self.lines.line(loc), ".".join(loc), message))
+
     def _check_tags(self) -> None:
         for name, tag in self.model.tags.items():
             if name == PUBLIC:
-                raise self._fail("`public` is reserved for untagged columns; pick another tag name", "tags", name)
+                self._note("`public` is reserved for untagged columns; pick another tag name", "tags", name)
             for threat in tag.threats:
                 if threat not in self.model.threats:
-                    raise self._fail(f"tag `{name}` names threat `{threat}`, which is not under `threats:`", "tags", name)
+                    self._note(f"tag `{name}` names threat `{threat}`, which is not under `threats:`; "
+                               f"{expected(threat, list(self.model.threats))}", "tags", name)
 
     def _check_tables(self) -> None:
         for key, columns in self.model.tables.items():
             try:
                 ref = TableRef.parse(key)
             except ValueError as exc:
-                raise self._fail(str(exc), "tables", key) from None
+                self._note(str(exc), "tables", key)
+                continue
             if ref.source not in self.model.sources:
-                raise self._fail(f"table `{key}` is in source `{ref.source}`, which is not under `sources:`", "tables", key)
+                self._note(f"table `{key}` is in source `{ref.source}`, which is not under `sources:`; "
+                           f"{expected(ref.source, list(self.model.sources))}", "tables", key)
+                continue
             for column, tags in columns.items():
                 for tag in _tags(tags):
                     if tag not in self.model.tags:
-                        raise self._fail(
-                            f"column `{key}.{column}` has tag `{tag}`, which is not under `tags:` (use `public` for none)."
-                            + did_you_mean(tag, [*self.model.tags, PUBLIC]),
+                        self._note(
+                            f"column `{key}.{column}` has tag `{tag}`, which is not under `tags:` (use `public` for none); "
+                            f"{expected(tag, [*self.model.tags, PUBLIC])}",
                             "tables", key, column,
                         )
             self.tables[key] = ref
@@ -173,40 +185,48 @@ class Policy:
         for user, spec in self.model.users.items():
             for held in spec.roles:
                 if held not in self.model.roles:
-                    raise self._fail(f"user `{user}` has role `{held}`, which is not under `roles:`", "users", user)
+                    self._note(f"user `{user}` has role `{held}`, which is not under `roles:`; "
+                               f"{expected(held, list(self.model.roles))}", "users", user)
         for name, role in self.model.roles.items():
             for tag in role.columns:
                 if tag not in self.model.tags:
-                    raise self._fail(f"role `{name}` gives an action for tag `{tag}`, which is not under `tags:`."
-                                     + did_you_mean(tag, self.model.tags), "roles", name, "columns", tag)
+                    self._note(f"role `{name}` gives an action for tag `{tag}`, which is not under `tags:`; "
+                               f"{expected(tag, list(self.model.tags))}", "roles", name, "columns", tag)
             for table in role.rows:
                 self._check_filter(name, table)
 
     def _check_filter(self, role: str, table: str) -> None:
         loc = ("roles", role, "rows", table)
+        if table in self.model.tables and table not in self.tables:
+            return  # the table itself is wrong, and said so; its filter cannot be checked against it
         if table not in self.tables:
-            raise self._fail(f"role `{role}` filters table `{table}`, which is not under `tables:`", *loc)
+            self._note(f"role `{role}` filters table `{table}`, which is not under `tables:`; "
+                       f"{expected(table, list(self.tables))}", *loc)
+            return
         try:
             predicate = self.row_filter(role, table)
         except ValueError as exc:
-            raise self._fail(f"row filter for `{table}`: {exc}", *loc) from None
+            self._note(f"row filter for `{table}`: {exc}", *loc)
+            return
         unknown = raw_columns(predicate) - set(self.columns(table)) if predicate else set()
         if unknown:
-            raise self._fail(f"row filter for `{table}` uses column(s) {', '.join(sorted(unknown))} that the table does not list", *loc)
+            self._note(f"row filter for `{table}` uses column(s) {', '.join(sorted(unknown))} that the table does not list", *loc)
 
     def _check_builds(self) -> None:
         for name, build in self.model.builds.items():
             loc = ("builds", name)
             if build.role not in self.model.roles:
-                raise self._fail(f"build `{name}` uses role `{build.role}`, which is not under `roles:`", *loc, "role")
+                self._note(f"build `{name}` uses role `{build.role}`, which is not under `roles:`; "
+                           f"{expected(build.role, list(self.model.roles))}", *loc, "role")
             for table in build.tables or []:
-                if table not in self.tables:
-                    raise self._fail(f"build `{name}` lists table `{table}`, which is not under `tables:`", *loc, "tables")
+                if table not in self.model.tables:
+                    self._note(f"build `{name}` lists table `{table}`, which is not under `tables:`; "
+                               f"{expected(table, list(self.model.tables))}", *loc, "tables")
             if build.k_anonymity:
                 listed = {c for t in self.tables for c in self.columns(t)}
                 missing = [c for c in build.k_anonymity.columns if c.lower() not in listed]
                 if missing:
-                    raise self._fail(f"k_anonymity column(s) {', '.join(missing)} are in no listed table", *loc, "k_anonymity")
+                    self._note(f"k_anonymity column(s) {', '.join(missing)} are in no listed table", *loc, "k_anonymity")
 
     def source_url(self, name: str) -> str:
         """The connection URL of a source that is a server (PostgreSQL)."""
@@ -226,33 +246,40 @@ class Policy:
                 continue
             loc = ("sources", name)
             if "@" in source.url.split("://", 1)[-1].split("/", 1)[0] and ":" in source.url.split("://", 1)[-1].split("@", 1)[0]:
-                raise self._fail(f"source `{name}` has a password in its url; move it to `password: env:NAME`", *loc, "url")
+                self._note(f"source `{name}` has a password in its url; move it to `password: env:NAME`", *loc, "url")
             if source.password is not None and not secrets.is_reference(source.password):
-                raise self._fail(f"source `{name}`: the password is written as a value; write env:NAME or file:PATH", *loc, "password")
+                self._note(f"source `{name}`: the password is written as a value; write env:NAME or file:PATH", *loc, "password")
+                continue  # resolving a literal could echo it
             try:
                 self.source_password(name)
             except ValueError as exc:
-                raise self._fail(f"source `{name}`: the password cannot be resolved: {exc}", *loc, "password") from None
+                self._note(f"source `{name}`: the password cannot be resolved: {exc}", *loc, "password")
+
+    def _checked_token_key(self) -> secrets.Secret | None:
+        if not secrets.is_reference(self.model.secrets.get("token_key", "env:")):
+            return None  # a literal is reported above; resolving it could echo it
+        try:
+            return self.token_key
+        except ValueError as exc:
+            self._note(f"secret `token_key` cannot be resolved: {exc}", "secrets", "token_key")
+            return None
 
     def _check_secrets(self) -> None:
         self._check_sources()
         for name, ref in self.model.secrets.items():
             if not secrets.is_reference(ref):
-                raise self._fail(
+                self._note(
                     f"secret `{name}` is written as a value; write env:NAME or file:PATH and keep the value out of the policy",
                     "secrets", name,
                 )
-        try:
-            key = self.token_key
-        except ValueError as exc:
-            raise self._fail(f"secret `token_key` cannot be resolved: {exc}", "secrets", "token_key") from None
+        key = self._checked_token_key()
         uses_tokens = any(
             _spec(a).action is Action.TOKENIZE for role in self.model.roles.values() for a in role.columns.values()
         )
         if uses_tokens and key is None:
-            raise self._fail("a role uses `tokenize` but `secrets.token_key` is not set", "roles")
+            self._note("a role uses `tokenize` but `secrets.token_key` is not set", "roles")
         if key is not None and len(key.reveal().encode()) < 16:
-            raise self._fail("secret `token_key` is too short; use at least 32 random bytes", "secrets", "token_key")
+            self._note("secret `token_key` is too short; use at least 32 random bytes", "secrets", "token_key")
 
 
 def _tags(tags: str | list[str]) -> tuple[str, ...]:

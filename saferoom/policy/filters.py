@@ -29,7 +29,7 @@ def parse_filter(text: str, dialect: str) -> exp.Expr:
     try:
         expressions = sqlglot.parse(f"SELECT 1 WHERE {marked}", read=dialect)
     except sqlglot.errors.SqlglotError as exc:
-        raise ValueError(f"the row filter is not valid SQL: {_first_line(exc)}") from None
+        raise ValueError(_sql_problem(text, exc)) from None
     select = expressions[0] if len(expressions) == 1 else None
     if not isinstance(select, exp.Select) or {k for k, v in select.args.items() if v} != {"expressions", "where"}:
         raise ValueError("a row filter must be one SQL predicate, like region = {user.region}")
@@ -70,5 +70,19 @@ def literal(value: Attribute) -> exp.Expr:
     return exp.Literal.string(str(value))
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def _sql_problem(text: str, exc: sqlglot.errors.SqlglotError) -> str:
+    """sqlglot's parser states (``Required keyword: 'expression' missing for <class …EQ>``) in SQL terms."""
+    said = str(exc)
+    if isinstance(exc, sqlglot.errors.TokenError):
+        return f"the filter `{text}` has a quote that is not closed"
+    if "Required keyword" in said:
+        return f"the filter `{text}` is not a complete condition; a comparison, AND or OR needs something on both sides"
+    if "Expecting )" in said:
+        return f"the filter `{text}` opens a parenthesis that it does not close"
+    near = _near(exc)
+    return f"the filter `{text}` is not valid SQL" + (f" near `{near}`" if near else "")
+
+
+def _near(exc: sqlglot.errors.SqlglotError) -> str:
+    errors = getattr(exc, "errors", None) or [{}]
+    return str(errors[0].get("highlight") or "").replace(_MARKER, "user.")

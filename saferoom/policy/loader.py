@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from saferoom.errors import PolicyError
+from saferoom.errors import PolicyError, Problem
 from saferoom.policy.model import PolicyModel
+from saferoom.policy.problems import translate
 
 Loc = tuple[str, ...]
 
@@ -46,15 +47,48 @@ def _parse_yaml(raw: bytes, lines: LineMap) -> Any:
     except RecursionError:
         raise PolicyError("the policy is nested too deeply", file=lines.file) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(f"not valid YAML: {problem}", file=lines.file, line=line) from None
+        raise _yaml_error(exc, lines.file) from None
     if node is None:
         raise PolicyError("the policy file is empty; start from `saferoom demo` or docs/policy.md", file=lines.file)
     _bounded(node, lines.file)
     lines.index(node, ())
+    if lines.duplicates:
+        raise PolicyError.of(lines.duplicates, file=lines.file)
     return yaml.safe_load(raw)
+
+
+def _yaml_error(exc: yaml.YAMLError, file: str) -> PolicyError:
+    """PyYAML's parser states (``<block end>``, ``<block mapping start>``) as what the writer did wrong."""
+    mark = getattr(exc, "problem_mark", None)
+    context = getattr(exc, "context_mark", None)
+    problem = str(getattr(exc, "problem", None) or exc)
+    line = mark.line + 1 if mark else None
+    column = mark.column + 1 if mark else None
+    opened = context.line + 1 if context else line
+    plain = _plain_yaml(problem, line, column, opened)
+    where = f" (line {line}, column {column})" if line else ""
+    return PolicyError(f"not valid YAML{where}: {plain}", file=file, line=line)
+
+
+def _plain_yaml(problem: str, line: int | None, column: int | None, opened: int | None) -> str:
+    if "<block end>" in problem or "<block mapping start>" in problem:
+        return f"the indentation of line {line} does not match the lines before it; indent keys of one mapping alike"
+    if "mapping values are not allowed" in problem:
+        return (f"a `key:` cannot start at column {column} of line {line}; indent it under its parent, "
+                "or quote a value that holds `: `")
+    if "'\\t'" in problem:
+        return f"line {line} is indented with a tab; YAML indents with spaces only"
+    if "<stream end>" in problem:
+        return "the file ends before a `[` or `{` is closed, or before a value it promised"
+    if "expected ',' or" in problem:
+        return f"a `[` or `{{` opened on line {opened} is not closed before line {line}"
+    if "unexpected end of stream" in problem:
+        return f"a quote opened on line {opened} is never closed"
+    if "undefined alias" in problem:
+        return f"{problem.replace('found undefined alias', 'the alias')} names no anchor (`&name`) written before it"
+    if "could not find expected ':'" in problem:
+        return f"line {line} has a key without a `:` after it"
+    return problem
 
 
 MAX_VALUES = 100_000  # a real policy holds thousands of values; aliases must not multiply it past this
@@ -136,27 +170,7 @@ def _validate(data: Any, lines: LineMap) -> PolicyModel:
 
 
 def _explain_validation(exc: ValidationError, lines: LineMap) -> PolicyError:
-    err = exc.errors()[0]
-    loc = tuple(str(p) for p in err["loc"] if not str(p).startswith(("function-", "Action", "ActionSpec")))
-    loc = _source_untagged(tuple(p for p in loc if p not in ("str", "list[str]")))
-    where = ".".join(loc) or "the top level"
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        message = f"unknown key `{loc[-1]}` in {'.'.join(loc[:-1]) or 'the top level'}; check its spelling in docs/policy.md"
-    elif kind == "missing":
-        message = f"missing required key `{where}`"
-    else:
-        message = f"{where}: {err['msg'].removeprefix('Value error, ')}"
-    more = len(exc.errors()) - 1
-    if more:
-        message += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return PolicyError(message, file=lines.file, line=lines.line(loc))
-
-
-def _source_untagged(loc: Loc) -> Loc:
-    """``sources.prod.duckdb.path`` as the file writes it, ``sources.prod.path``: pydantic names the kind of
-    source (its ``engine:``) among the keys."""
-    return loc[:2] + loc[3:] if len(loc) > 2 and loc[0] == "sources" else loc
+    return PolicyError.of(translate(exc.errors(), lines.line), file=lines.file)
 
 
 class LineMap:
@@ -165,17 +179,25 @@ class LineMap:
     def __init__(self, file: str) -> None:
         self.file = file
         self._lines: dict[Loc, int] = {}
+        self._keys: dict[Loc, int] = {}
+        self.duplicates: list[Problem] = []
 
     def index(self, node: yaml.Node, loc: Loc) -> None:
         self._lines[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            self._keys.update({(*loc, str(k.value)): k.start_mark.line + 1 for k, _ in node.value})
         for key, child, child_loc in _children(node, loc):
             if child_loc in self._lines and key is not None:
-                raise PolicyError(
-                    f"duplicate key `{key}` in {'.'.join(loc) or 'the top level'}; each key may appear once",
-                    file=self.file,
-                    line=child.start_mark.line + 1,
-                )
+                where = ".".join(loc) or "the top level"
+                message = f"duplicate key `{key}` in {where}; each key may appear once"
+                self.duplicates.append(Problem(child.start_mark.line + 1, ".".join(child_loc), message))
+                continue  # a YAML loader would silently keep the last one; here it is an error, named at its line
             self.index(child, child_loc)
+
+    def exact(self, loc: Loc) -> int | None:
+        """The line this very key is written on (a block mapping's value starts a line below it); None when the
+        file does not write it (an included fragment may)."""
+        return self._keys.get(loc)
 
     def line(self, loc: Loc) -> int | None:
         while loc:
