@@ -217,13 +217,18 @@ def from_fields(kind: str, message: str, fields: dict[str, object]) -> SaferoomE
     return error
 
 
+def closest(written: object, names: Iterable[object]) -> str | None:
+    """The closest of ``names`` to a misspelt name, or None. The caller passes only names the reader may
+    know of: a hint is itself a disclosure."""
+    close = difflib.get_close_matches(str(written).lower(), sorted(str(n) for n in names), n=1)
+    return close[0] if close else None
+
+
 def did_you_mean(written: str, names: Iterable[str]) -> str:
     """`` Did you mean `x`?`` for the closest of ``names`` to a misspelt name, or nothing.
-
-    The caller passes only names the reader may know of: a hint is itself a disclosure.
 
     >>> did_you_mean("ammount", ["amount", "order_id"])
     ' Did you mean `amount`?'
     """
-    close = difflib.get_close_matches(written.lower(), sorted(names), n=1)
-    return f" Did you mean `{close[0]}`?" if close else ""
+    close = closest(written, names)
+    return f" Did you mean `{close}`?" if close else ""

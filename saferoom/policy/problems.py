@@ -10,7 +10,6 @@ and only the member the value was evidently meant for is blamed.
 
 from __future__ import annotations
 
-import difflib
 import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from saferoom.errors import Problem
+from saferoom.errors import Problem, closest
 from saferoom.policy.model import SIZE, PolicyModel
 
 Loc = tuple[str, ...]
@@ -29,8 +28,8 @@ SECRET_KEYS = ("secrets", "password")  # a value under these is never echoed, ev
 
 
 def did_you_mean(name: object, choices: Iterable[object]) -> str:
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean `{close[0]}`?" if close else ""
+    close = closest(name, choices)
+    return f"; did you mean `{close}`?" if close else ""
 
 
 LISTED = 12  # a policy can list thousands of tables; the closest name matters more than the rest
