@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,13 +145,47 @@ def test_compile_for_spark_makes_views_that_mask_and_filter(spark_room, alice, t
     assert "CREATE DATABASE IF NOT EXISTS `saferoom_investigator`" in statements
 
 
-def test_unreachable_spark_connect_is_a_clear_error(spark_room, tmp_path) -> None:
+def _connect_policy(spark_room: Path, folder: Path, url: str, timeout: float) -> Path:
     policy = policies.load(spark_room)
     del policy["sources"]["lake"]["master"]
-    policy["sources"]["lake"]["connect"] = "sc://127.0.0.1:1"
-    policies.write(policy, tmp_path / "saferoom.yaml", "spark")
-    with pytest.raises(saferoom.EngineError, match="Spark Connect"):
-        saferoom.connect(tmp_path / "saferoom.yaml", user="alice")
+    policy["sources"]["lake"] |= {"connect": url, "connect_timeout": timeout}
+    return policies.write(policy, folder / "saferoom.yaml", "spark")
+
+
+def test_unreachable_spark_connect_is_a_clear_error(spark_room, tmp_path) -> None:
+    pytest.importorskip("grpc")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        path = _connect_policy(spark_room, tmp_path, f"sc://127.0.0.1:{port}", 5)
+        with pytest.raises(saferoom.EngineError) as caught:
+            saferoom.connect(path, user="alice")
+    assert f"Spark Connect endpoint 127.0.0.1:{port}" in str(caught.value)
+    assert "check that the Spark Connect server runs there" in str(caught.value) and "connect_timeout" in str(caught.value)
+
+
+def test_a_silent_spark_connect_endpoint_fails_within_connect_timeout(spark_room, tmp_path) -> None:
+    pytest.importorskip("grpc")
+    import pyspark.sql.connect.session  # noqa: F401  (imported before the clock starts: the bound is the wait's)
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepts TCP connections and never says a word
+        path = _connect_policy(spark_room, tmp_path, f"sc://127.0.0.1:{silent.getsockname()[1]}", 1)
+        started = time.monotonic()
+        with pytest.raises(saferoom.EngineError, match=r"no answer in time.*waited at most 1 s"):
+            saferoom.connect(path, user="alice")
+        assert time.monotonic() - started < 1 + 3
+
+
+def test_spark_connect_without_its_client_libraries_names_the_extra(spark_room, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "grpc", None)  # as installed without `saferoom[spark-connect]`
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        path = _connect_policy(spark_room, tmp_path, f"sc://127.0.0.1:{listening.getsockname()[1]}", 5)
+        with pytest.raises(saferoom.UsageError, match=r"pip install 'saferoom\[spark-connect\]'"):
+            saferoom.connect(path, user="alice")
 
 
 def test_gateway_serves_a_spark_source(spark_room, spark_alice, tmp_path) -> None:
@@ -287,3 +325,14 @@ def test_a_catalog_table_is_served_like_a_file_table(spark_room, alice, tmp_path
     cards_as({"path": str(cards), "table": "saferoom_test_cards"})
     with pytest.raises(saferoom.PolicyError, match="either `path`"):
         saferoom.load_policy(tmp_path / "saferoom.yaml")
+
+
+def test_a_cli_command_on_a_spark_policy_prints_no_spark_logs(spark_room) -> None:
+    saferoom_cli = Path(sys.executable).with_name("saferoom")
+    sql = "select customer_id, count(*) as n from cards group by 1 order by 2 desc limit 3"  # tokens: Python workers
+    done = subprocess.run([str(saferoom_cli), "query", "-p", str(spark_room), "-u", "alice", "-f", "csv", sql],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines()[0] == "\"customer_id\",\"n\"" and len(done.stdout.splitlines()) == 4, done.stdout
+
