@@ -336,3 +336,20 @@ def test_a_cli_command_on_a_spark_policy_prints_no_spark_logs(spark_room) -> Non
     assert done.stderr == ""
     assert done.stdout.splitlines()[0] == "\"customer_id\",\"n\"" and len(done.stdout.splitlines()) == 4, done.stdout
 
+
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_errors_on_a_table_with_no_visible_column_name_no_internal_alias(request, room, tmp_path, engine: str) -> None:
+    """A role that sees no column of cards gets a placeholder view; an engine's "did you mean" names only it."""
+    policy = policies.load(request.getfixturevalue("spark_room")) if engine == "spark" else policies.demo(room)
+    source = next(iter(policy["sources"]))
+    if engine == "duckdb":
+        policy["sources"][source]["path"] = str(room.database)
+    policy["tables"][f"{source}.cards"]["card_id"] = "key"
+    policy["roles"]["nocards"] = {"columns": {"pci": "deny", "key": "deny"}}
+    policy["users"]["nora"] = {"roles": ["nocards"]}
+    path = policies.write(policy, tmp_path / "saferoom.yaml", engine)
+    with saferoom.connect(path, user="nora") as nora:
+        for sql in ("select nosuch from cards", "select count(c.nosuch) as n from cards as c"):
+            with pytest.raises(saferoom.EngineError) as caught:
+                nora.query(sql).to_arrow()
+            assert "__saferoom" not in str(caught.value).lower() and "nosuch" in str(caught.value), str(caught.value)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped, until_done
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, stopped, until_done
 from saferoom.errors import EngineError, LimitExceeded, UsageError
 from saferoom.secrets import Secret, hmac_block, hmac_pads
 
@@ -340,4 +340,4 @@ def _scrub(message: str) -> str:
     first = re.sub(r"'[^']*'", "'…'", first)
     first = re.sub(r"(/[\w.\-]+)+", "<path>", first)
     first = re.sub(r"unhex\([^)]*\)", "unhex(…)", first, flags=re.IGNORECASE)
-    return re.sub(r"\[SQLSTATE: \w+\]|\bSQLSTATE: \w+", "", first).strip()[:400]
+    return policy_names_only(re.sub(r"\[SQLSTATE: \w+\]|\bSQLSTATE: \w+", "", first).strip())[:400]
