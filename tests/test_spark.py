@@ -353,3 +353,47 @@ def test_errors_on_a_table_with_no_visible_column_name_no_internal_alias(request
             with pytest.raises(saferoom.EngineError) as caught:
                 nora.query(sql).to_arrow()
             assert "__saferoom" not in str(caught.value).lower() and "nosuch" in str(caught.value), str(caught.value)
+
+
+def _untyped_roles(spark_room: Path, folder: Path) -> dict:
+    """The demo policy with actions that need no column type (no generalize, no typed null)."""
+    policy = policies.load(spark_room)
+    policy["roles"]["analyst"]["columns"] = {"pii": "redact", "quasi": "mask", "pci": "deny", "key": "deny"}
+    policy["roles"]["analyst"]["rows"] = {"lake.orders": "region = 'EU'"}
+    return policy
+
+
+def test_compile_for_spark_reads_the_policy_not_spark_and_splits_at_each_semicolon(spark_room, tmp_path, monkeypatch) -> None:
+    from saferoom import session as sessions
+    from saferoom.compile import script
+    from saferoom.engines.spark import SparkEngine
+
+    path = policies.write(_untyped_roles(spark_room, tmp_path), tmp_path / "saferoom.yaml", "spark")
+    policy = saferoom.load_policy(path)
+
+    def no_spark(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compile opened Spark for views that need no column type")
+
+    monkeypatch.setattr(sessions, "open_engine", no_spark)
+    text = script(policy, "spark")
+    monkeypatch.undo()
+    comments = [line for line in text.splitlines() if line.startswith("--")]
+    assert comments and all(";" not in line for line in comments)  # reporting tokenizes: left out, with the reason
+    chunks = [chunk for chunk in text.split(";") if chunk.strip()]
+    assert len(chunks) == text.count(";\n") == len([line for line in text.splitlines() if not line.startswith("--")])
+    engine = SparkEngine("lake", policy.model.sources["lake"], policy.base)
+    for chunk in chunks:  # as a notebook runs it: one statement at a time
+        engine.session.sql(chunk)
+    rows = engine.session.sql("select distinct region from saferoom_analyst.orders").toArrow().column(0).to_pylist()
+    assert rows == ["EU"]
+    assert engine.session.sql("select * from saferoom_analyst.cards").toArrow().column_names == ["card_id"]
+
+
+def test_compile_for_spark_refuses_a_semicolon_inside_a_statement(spark_room, tmp_path) -> None:
+    from saferoom.compile import script
+
+    policy = _untyped_roles(spark_room, tmp_path)
+    policy["roles"]["analyst"]["rows"] = {"lake.orders": "region <> 'a;b'"}
+    path = policies.write(policy, tmp_path / "saferoom.yaml", "spark")
+    with pytest.raises(saferoom.UsageError, match="would split the compiled statement"):
+        script(saferoom.load_policy(path), "spark")
