@@ -15,6 +15,8 @@ from tests import policies
 from tests.leaks import assert_refused_or_harmless
 from tests.test_redteam import ATTACKS
 
+DOCS_BUILD = Path(__file__).parent.parent / "docs" / "build.md"
+
 SPARK_ATTACKS = [
     "select * from parquet.`/etc/passwd`",
     "select * from csv.`/etc/passwd`",
@@ -110,6 +112,10 @@ def test_build_from_spark(spark_room, room, tmp_path, engine: str) -> None:
     assert tables["lake.orders"].rows_out == room.raw("select count(*) from orders")[0][0]
     assert tables["lake.customers"].k_anonymity["rows_suppressed"] > 0
     source = f"read_parquet('{target}/cards.parquet/*.parquet')" if engine == "parquet" else "cards"
+    if engine == "parquet":  # Spark writes a folder of part files per table, and docs/build.md says so
+        assert (target / "cards.parquet").is_dir()
+        row = next(line for line in DOCS_BUILD.read_text().splitlines() if line.startswith("| `analytics/`"))
+        assert "a folder of part files" in row and "when the source is Spark" in row
     with duckdb.connect(str(target) if engine == "duckdb" else ":memory:", read_only=engine == "duckdb") as con:
         built = {str(t) for (t,) in con.execute(f"select customer_id from {source}").fetchall()}
     assert built == {room.token(c) for (c,) in room.raw("select customer_id from cards")}
