@@ -21,6 +21,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid
 import warnings
@@ -267,9 +268,10 @@ def _stop(session: Any) -> None:
 def _remote(url: str, timeout: float) -> Any:
     """A Spark Connect session; unreachable within ``timeout`` seconds, or without the client library: a clear error."""
     if url not in _SESSIONS:
+        deadline = time.monotonic() + timeout  # one bound for the whole start, as `connect_timeout` promises
         _reachable(url, timeout)
         session = _connect_client(url)
-        _probe(session, url, timeout)
+        _probe(session, url, timeout, max(deadline - time.monotonic(), 0.0))
         atexit.register(_stop, session)
         _SESSIONS[url] = session
     return _SESSIONS[url]
@@ -316,8 +318,8 @@ def _connect_client(url: str) -> Any:
     return session
 
 
-def _probe(session: Any, url: str, timeout: float) -> None:
-    """One query, in a thread the caller waits for at most ``timeout`` seconds (gRPC has no overall deadline)."""
+def _probe(session: Any, url: str, timeout: float, left: float) -> None:
+    """One query, in a thread the caller waits for at most ``left`` seconds (gRPC has no overall deadline)."""
     answered: list[bool] = []
 
     def run() -> None:
@@ -327,7 +329,7 @@ def _probe(session: Any, url: str, timeout: float) -> None:
 
     probe = threading.Thread(target=run, name="saferoom-spark-connect-probe", daemon=True)
     probe.start()
-    probe.join(timeout)
+    probe.join(left)
     if not answered:
         with contextlib.suppress(Exception):  # closing the channel ends the probe's call at once; stop() would wait
             session.client._channel.close()
