@@ -20,6 +20,7 @@ look-alike functions were planted elsewhere. Running it again converges;
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
@@ -31,7 +32,7 @@ from saferoom.engines.base import Catalog, EngineSpec
 from saferoom.engines.postgres import POSTGRES, KeyTable, token_sql
 from saferoom.errors import UsageError
 from saferoom.guard.views import build_view
-from saferoom.policy import Action, ActionSpec, Policy
+from saferoom.policy import Action, ActionSpec, Policy, TableRef
 from saferoom.policy.filters import _MARKER
 from saferoom.policy.model import SparkSource
 from saferoom.secrets import Secret, hmac_pads
@@ -221,34 +222,83 @@ def apply(policy: Policy, admin_url: str, password: Secret | None, schema: str =
     return len(statements)
 
 
-def compile_spark(policy: Policy, catalog: dict[tuple[str, str, str], dict[str, str]], schema: str = SCHEMA) -> list[str]:
-    """Per-role databases of views for Spark, over the declared files.
+def compile_spark(policy: Policy, catalog: Callable[[], Catalog] | Catalog, schema: str = SCHEMA) -> list[str]:
+    """Per-role databases of views for Spark, over the declared files; comments first, then statements.
 
-    Spark's catalog has no place a role could use a key without reading it, so a role that
+    The columns are the policy's own: a view lists what the policy declares, so Spark is opened (``catalog``
+    called) only when some view needs a column's type: a typed ``null``, or ``generalize``, whose expression
+    depends on it. Spark's catalog has no place a role could use a key without reading it, so a role that
     tokenizes is left out with the reason: serve it through the gateway, or from a build.
     """
+    read = _once(catalog)
+    comments: list[str] = []
+    statements: list[str] = []
+    for role in policy.model.roles:
+        name = role_name(schema, role)
+        if any(_action(a) is Action.TOKENIZE for a in policy.model.roles[role].columns.values()):
+            comments.append(f"-- role {role}: tokenize needs a protected key, which a Spark catalog cannot hold, "
+                            "so it is served through the gateway or from `saferoom build`")
+            continue
+        statements.append(f"CREATE DATABASE IF NOT EXISTS `{name}`")
+        statements += [_spark_view(policy, role, name, ref, read) for ref in _file_tables(policy)]
+    return comments + [_unsplittable(statement) for statement in statements]
+
+
+def _action(spec: Action | ActionSpec) -> Action:
+    return spec.action if isinstance(spec, ActionSpec) else spec
+
+
+def _once(catalog: Callable[[], Catalog] | Catalog) -> Callable[[], Catalog]:
+    """The catalog, read at the first call only (reading it starts Spark)."""
+    if callable(catalog):
+        return functools.cache(catalog)
+    return lambda: catalog
+
+
+def _file_tables(policy: Policy) -> list[TableRef]:
+    """Policy tables declared by path on a Spark source: only files compile (a catalog table is the catalog's)."""
+    refs = []
+    for ref in policy.tables.values():
+        source = policy.model.sources[ref.source]
+        if isinstance(source, SparkSource) and ref.name in source.tables and source.tables[ref.name].path:
+            refs.append(ref)
+    return refs
+
+
+_TYPED = (Action.NULL, Action.GENERALIZE)  # the actions whose expression depends on the column's type
+
+
+def _types(policy: Policy, role: str, ref: TableRef, read: Callable[[], Catalog]) -> dict[str, str]:
+    """Column types for a view: Spark's when an action needs them, else the declared columns, untyped."""
+    declared = policy.columns(ref.key)
+    if all(policy.rule(role, ref.key, column).action not in _TYPED for column in declared):
+        return dict.fromkeys(declared, "")  # allow, mask, redact and deny read no type
+    address = (ref.source.lower(), "default", ref.name.lower())
+    catalog = read()
+    if address not in catalog:
+        raise UsageError(f"table {ref.key} is in the policy but not in Spark; run `saferoom lint`")
+    return catalog[address]
+
+
+def _spark_view(policy: Policy, role: str, database: str, ref: TableRef, read: Callable[[], Catalog]) -> str:
     from saferoom.engines.spark import SPARK
 
     physical = dataclasses.replace(SPARK, physical=None, catalog_in_names=False)
-    statements = []
-    for role in policy.model.roles:
-        name = role_name(schema, role)
-        if any((a.action if isinstance(a, ActionSpec) else a) is Action.TOKENIZE for a in policy.model.roles[role].columns.values()):
-            statements.append(f"-- role {role}: tokenize needs a protected key, which a Spark catalog cannot hold; "
-                              "serve it through the gateway or from `saferoom build`")
-            continue
-        statements.append(f"CREATE DATABASE IF NOT EXISTS `{name}`")
-        for ref in policy.tables.values():
-            source = policy.model.sources[ref.source]
-            if not isinstance(source, SparkSource) or ref.name not in source.tables:  # only declared files compile
-                continue
-            files = source.tables[ref.name]
-            address = (ref.source.lower(), "default", ref.name.lower())
-            view = build_view(policy, role, {}, ref, catalog[address], physical, user_filters=False)
-            view.args["from_"].this.replace(exp.Table(this=exp.to_identifier(files.path, quoted=True), db=exp.to_identifier(files.format),
-                                                      alias=exp.TableAlias(this=exp.to_identifier("__saferoom_t"))))
-            statements.append(f"CREATE OR REPLACE VIEW `{name}`.`{ident(ref.name)}` AS {view.sql('spark')}")
-    return statements
+    files = policy.model.sources[ref.source].tables[ref.name]  # type: ignore[union-attr]
+    view = build_view(policy, role, {}, ref, _types(policy, role, ref, read), physical, user_filters=False)
+    view.args["from_"].this.replace(exp.Table(this=exp.to_identifier(files.path, quoted=True), db=exp.to_identifier(files.format),
+                                              alias=exp.TableAlias(this=exp.to_identifier("__saferoom_t"))))
+    return f"CREATE OR REPLACE VIEW `{database}`.`{ident(ref.name)}` AS {view.sql('spark')}"
+
+
+def _unsplittable(statement: str) -> str:
+    """Notebooks and `spark-sql -f` alike run the script a statement at a time, split at `;`: a `;` inside a
+    path or a filter's text would cut a statement in two, so it is refused rather than printed."""
+    if ";" in statement:
+        raise UsageError("a `;` in a Spark table's path or in a row filter's text would split the compiled "
+                         f"statement in two when it is run: {statement.split(' AS ')[0]}; remove it, or serve "
+                         "that role through the gateway")
+    return statement
 
 
 def _postgres_script(policy: Policy, catalog: Catalog, schema: str) -> str:
@@ -258,19 +308,27 @@ def _postgres_script(policy: Policy, catalog: Catalog, schema: str) -> str:
             "BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;\n")
 
 
-def _spark_script(policy: Policy, catalog: Catalog, schema: str) -> str:
-    return ";\n".join(compile_spark(policy, catalog, schema)) + ";\n"
+def _spark_script(policy: Policy, catalog: Callable[[], Catalog], schema: str) -> str:
+    """Comments first, each on its own line and without `;`; then every statement ends with `;` and a line end."""
+    lines = compile_spark(policy, catalog, schema)
+    return "".join(f"{line}\n" if line.startswith("--") else f"{line};\n" for line in lines)
+
+
+def _postgres_catalog_script(policy: Policy, catalog: Callable[[], Catalog], schema: str) -> str:
+    return _postgres_script(policy, catalog(), schema)
 
 
 # what each engine's compile prints; only PostgreSQL's can be applied from here
-SCRIPTS: dict[str, Callable[[Policy, Catalog, str], str]] = {"postgres": _postgres_script, "spark": _spark_script}
+# (each is given how to read the catalog, and reads it only if it must: for Spark that starts a session)
+SCRIPTS: dict[str, Callable[[Policy, Callable[[], Catalog], str], str]] = {"postgres": _postgres_catalog_script,
+                                                                          "spark": _spark_script}
 APPLIES = ("postgres",)
 
 
 def script(policy: Policy, engine: str = "postgres", schema: str = SCHEMA) -> str:
     """What `saferoom compile` prints for ``engine``: the SQL that makes every role's views; never the token key."""
     _known(engine)
-    return SCRIPTS[engine](policy, _catalog(policy, engine), schema)
+    return SCRIPTS[engine](policy, lambda: _catalog(policy, engine), schema)
 
 
 def _known(engine: str) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,8 @@ import saferoom
 from tests import policies
 from tests.leaks import assert_refused_or_harmless
 from tests.test_redteam import ATTACKS
+
+DOCS_BUILD = Path(__file__).parent.parent / "docs" / "build.md"
 
 SPARK_ATTACKS = [
     "select * from parquet.`/etc/passwd`",
@@ -106,6 +112,10 @@ def test_build_from_spark(spark_room, room, tmp_path, engine: str) -> None:
     assert tables["lake.orders"].rows_out == room.raw("select count(*) from orders")[0][0]
     assert tables["lake.customers"].k_anonymity["rows_suppressed"] > 0
     source = f"read_parquet('{target}/cards.parquet/*.parquet')" if engine == "parquet" else "cards"
+    if engine == "parquet":  # Spark writes a folder of part files per table, and docs/build.md says so
+        assert (target / "cards.parquet").is_dir()
+        row = next(line for line in DOCS_BUILD.read_text().splitlines() if line.startswith("| `analytics/`"))
+        assert "a folder of part files" in row and "when the source is Spark" in row
     with duckdb.connect(str(target) if engine == "duckdb" else ":memory:", read_only=engine == "duckdb") as con:
         built = {str(t) for (t,) in con.execute(f"select customer_id from {source}").fetchall()}
     assert built == {room.token(c) for (c,) in room.raw("select customer_id from cards")}
@@ -141,13 +151,47 @@ def test_compile_for_spark_makes_views_that_mask_and_filter(spark_room, alice, t
     assert "CREATE DATABASE IF NOT EXISTS `saferoom_investigator`" in statements
 
 
-def test_unreachable_spark_connect_is_a_clear_error(spark_room, tmp_path) -> None:
+def _connect_policy(spark_room: Path, folder: Path, url: str, timeout: float) -> Path:
     policy = policies.load(spark_room)
     del policy["sources"]["lake"]["master"]
-    policy["sources"]["lake"]["connect"] = "sc://127.0.0.1:1"
-    policies.write(policy, tmp_path / "saferoom.yaml", "spark")
-    with pytest.raises(saferoom.EngineError, match="Spark Connect"):
-        saferoom.connect(tmp_path / "saferoom.yaml", user="alice")
+    policy["sources"]["lake"] |= {"connect": url, "connect_timeout": timeout}
+    return policies.write(policy, folder / "saferoom.yaml", "spark")
+
+
+def test_unreachable_spark_connect_is_a_clear_error(spark_room, tmp_path) -> None:
+    pytest.importorskip("grpc")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        path = _connect_policy(spark_room, tmp_path, f"sc://127.0.0.1:{port}", 5)
+        with pytest.raises(saferoom.EngineError) as caught:
+            saferoom.connect(path, user="alice")
+    assert f"Spark Connect endpoint 127.0.0.1:{port}" in str(caught.value)
+    assert "check that the Spark Connect server runs there" in str(caught.value) and "connect_timeout" in str(caught.value)
+
+
+def test_a_silent_spark_connect_endpoint_fails_within_connect_timeout(spark_room, tmp_path) -> None:
+    pytest.importorskip("grpc")
+    import pyspark.sql.connect.session  # noqa: F401  (imported before the clock starts: the bound is the wait's)
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepts TCP connections and never says a word
+        path = _connect_policy(spark_room, tmp_path, f"sc://127.0.0.1:{silent.getsockname()[1]}", 1)
+        started = time.monotonic()
+        with pytest.raises(saferoom.EngineError, match=r"no answer in time.*waited at most 1 s"):
+            saferoom.connect(path, user="alice")
+        assert time.monotonic() - started < 1 + 3
+
+
+def test_spark_connect_without_its_client_libraries_names_the_extra(spark_room, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "grpc", None)  # as installed without `saferoom[spark-connect]`
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        path = _connect_policy(spark_room, tmp_path, f"sc://127.0.0.1:{listening.getsockname()[1]}", 5)
+        with pytest.raises(saferoom.UsageError, match=r"pip install 'saferoom\[spark-connect\]'"):
+            saferoom.connect(path, user="alice")
 
 
 def test_gateway_serves_a_spark_source(spark_room, spark_alice, tmp_path) -> None:
@@ -287,3 +331,75 @@ def test_a_catalog_table_is_served_like_a_file_table(spark_room, alice, tmp_path
     cards_as({"path": str(cards), "table": "saferoom_test_cards"})
     with pytest.raises(saferoom.PolicyError, match="either `path`"):
         saferoom.load_policy(tmp_path / "saferoom.yaml")
+
+
+def test_a_cli_command_on_a_spark_policy_prints_no_spark_logs(spark_room) -> None:
+    saferoom_cli = Path(sys.executable).with_name("saferoom")
+    sql = "select customer_id, count(*) as n from cards group by 1 order by 2 desc limit 3"  # tokens: Python workers
+    done = subprocess.run([str(saferoom_cli), "query", "-p", str(spark_room), "-u", "alice", "-f", "csv", sql],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines()[0] == "\"customer_id\",\"n\"" and len(done.stdout.splitlines()) == 4, done.stdout
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_errors_on_a_table_with_no_visible_column_name_no_internal_alias(request, room, tmp_path, engine: str) -> None:
+    """A role that sees no column of cards gets a placeholder view; an engine's "did you mean" names only it."""
+    policy = policies.load(request.getfixturevalue("spark_room")) if engine == "spark" else policies.demo(room)
+    source = next(iter(policy["sources"]))
+    if engine == "duckdb":
+        policy["sources"][source]["path"] = str(room.database)
+    policy["tables"][f"{source}.cards"]["card_id"] = "key"
+    policy["roles"]["nocards"] = {"columns": {"pci": "deny", "key": "deny"}}
+    policy["users"]["nora"] = {"roles": ["nocards"]}
+    path = policies.write(policy, tmp_path / "saferoom.yaml", engine)
+    with saferoom.connect(path, user="nora") as nora:
+        for sql in ("select nosuch from cards", "select count(c.nosuch) as n from cards as c"):
+            with pytest.raises(saferoom.EngineError) as caught:
+                nora.query(sql).to_arrow()
+            assert "__saferoom" not in str(caught.value).lower() and "nosuch" in str(caught.value), str(caught.value)
+
+
+def _untyped_roles(spark_room: Path, folder: Path) -> dict:
+    """The demo policy with actions that need no column type (no generalize, no typed null)."""
+    policy = policies.load(spark_room)
+    policy["roles"]["analyst"]["columns"] = {"pii": "redact", "quasi": "mask", "pci": "deny", "key": "deny"}
+    policy["roles"]["analyst"]["rows"] = {"lake.orders": "region = 'EU'"}
+    return policy
+
+
+def test_compile_for_spark_reads_the_policy_not_spark_and_splits_at_each_semicolon(spark_room, tmp_path, monkeypatch) -> None:
+    from saferoom import session as sessions
+    from saferoom.compile import script
+    from saferoom.engines.spark import SparkEngine
+
+    path = policies.write(_untyped_roles(spark_room, tmp_path), tmp_path / "saferoom.yaml", "spark")
+    policy = saferoom.load_policy(path)
+
+    def no_spark(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compile opened Spark for views that need no column type")
+
+    monkeypatch.setattr(sessions, "open_engine", no_spark)
+    text = script(policy, "spark")
+    monkeypatch.undo()
+    comments = [line for line in text.splitlines() if line.startswith("--")]
+    assert comments and all(";" not in line for line in comments)  # reporting tokenizes: left out, with the reason
+    chunks = [chunk for chunk in text.split(";") if chunk.strip()]
+    assert len(chunks) == text.count(";\n") == len([line for line in text.splitlines() if not line.startswith("--")])
+    engine = SparkEngine("lake", policy.model.sources["lake"], policy.base)
+    for chunk in chunks:  # as a notebook runs it: one statement at a time
+        engine.session.sql(chunk)
+    rows = engine.session.sql("select distinct region from saferoom_analyst.orders").toArrow().column(0).to_pylist()
+    assert rows == ["EU"]
+    assert engine.session.sql("select * from saferoom_analyst.cards").toArrow().column_names == ["card_id"]
+
+
+def test_compile_for_spark_refuses_a_semicolon_inside_a_statement(spark_room, tmp_path) -> None:
+    from saferoom.compile import script
+
+    policy = _untyped_roles(spark_room, tmp_path)
+    policy["roles"]["analyst"]["rows"] = {"lake.orders": "region <> 'a;b'"}
+    path = policies.write(policy, tmp_path / "saferoom.yaml", "spark")
+    with pytest.raises(saferoom.UsageError, match="would split the compiled statement"):
+        script(saferoom.load_policy(path), "spark")

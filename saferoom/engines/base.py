@@ -8,6 +8,7 @@ parses to) plus the names of functions sqlglot passes through as ``Anonymous``.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,3 +154,20 @@ def stopped(cancel: Cancel, timeout: float | None) -> SaferoomError:
     if cancel.timed_out:
         return LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds")
     return QueryCancelled(f"the query was stopped: {cancel.reason}")
+
+
+_INTERNAL = re.compile(r"__saferoom_\w*", re.IGNORECASE)
+_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def policy_names_only(message: str) -> str:
+    """An engine's message without saferoom's own names (view aliases, a placeholder column, physical views).
+
+    They mean nothing to the user and would disclose how the guard rewrites queries, so each sentence that
+    names one is left out: typically an engine's "did you mean …" list, which then had nothing the user may
+    name. What is left still says what went wrong (a column or table that does not exist in their view).
+    """
+    if not _INTERNAL.search(message):
+        return message
+    kept = [part for part in _SENTENCES.split(message) if part.strip() and not _INTERNAL.search(part)]
+    return " ".join(kept) or "the query names something that is not in your view of the policy's tables"

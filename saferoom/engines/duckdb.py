@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped, until_done
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, stopped, until_done
 from saferoom.errors import EngineError, LimitExceeded
 from saferoom.keyed import TOKEN_FUNCTION, token_function
 from saferoom.policy.limits import Limits
@@ -214,7 +214,7 @@ def scrub(message: str, paths: dict[str, str]) -> str:
         message = message.replace(path, f"<source {name}>")
     message = re.sub(r"(/[\w.\-]+)+", "<path>", message)
     message = re.sub(r"'[^']*'", "'…'", message)  # values quoted back could be another row's data
-    return re.sub(r"__saferoom_(hmac_)?token", "tokenize", message, flags=re.IGNORECASE)
+    return policy_names_only(re.sub(r"__saferoom_(hmac_)?token", "tokenize", message, flags=re.IGNORECASE))
 
 
 def attach_sql(path: Path | str, name: str, *, read_only: bool) -> str:

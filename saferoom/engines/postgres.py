@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, until_done
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, until_done
 from saferoom.errors import EngineError, LimitExceeded, QueryCancelled
 from saferoom.secrets import Secret, hmac_pads
 
@@ -265,7 +265,7 @@ class PostgresEngine:
         message = re.sub(r'(\w+)?(\s*)"([^"]*)"', _keep_identifiers, message)
         message = message.split("\nLINE ")[0].split("\nQUERY:")[0]
         message = re.sub(r"^(ProgrammingError|OperationalError|InternalError|DatabaseError|Error): ", "", message)
-        return message.strip()[:500]
+        return policy_names_only(message.strip())[:500]
 
 
 NUMERIC = pa.decimal128(38, 10)

@@ -10,23 +10,29 @@ the guard's generated SELECT.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import re
+import socket
 import sys
+import tempfile
 import threading
+import time
+import urllib.parse
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, stopped, until_done
-from saferoom.errors import EngineError, LimitExceeded
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, stopped, until_done
+from saferoom.errors import EngineError, LimitExceeded, UsageError
 from saferoom.secrets import Secret, hmac_block, hmac_pads
 
 TOKEN_FUNCTION = "saferoom_token"
@@ -203,39 +209,132 @@ def _spark_errors() -> tuple[type[BaseException], ...]:
 
 
 _SESSIONS: dict[str, Any] = {}
+LOG_CONFIG = Path(__file__).with_name("spark-log4j2.properties")  # every JVM logger off, from the JVM's start
 
 
 def _session(source: Any) -> Any:
-    from pyspark.sql import SparkSession
-
+    _quiet_pyspark()
     if source.connect:
-        return _remote(source.connect)
+        return _remote(source.connect, source.connect_timeout)
     if source.master not in _SESSIONS:
-        if source.master.startswith("local"):
-            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local Python workers run saferoom's interpreter
-        builder = SparkSession.builder.appName("saferoom").master(source.master).config("spark.ui.enabled", "false").config(
-            "spark.sql.session.timeZone", "UTC").config("spark.sql.ansi.enabled", "true").config(
-            "spark.ui.showConsoleProgress", "false")
-        _SESSIONS[source.master] = builder.getOrCreate()
-        _SESSIONS[source.master].sparkContext.setLogLevel("OFF")  # Spark logs query plans, and plans hold the token function
-    logging.getLogger("SQLQueryContextLogger").disabled = True  # pyspark logs failed queries' plans too
+        _SESSIONS[source.master] = _local(source.master)
     return _SESSIONS[source.master]
 
 
-def _remote(url: str) -> Any:
-    """A Spark Connect session; a missing client library or an unreachable endpoint is a clear error."""
-    if url not in _SESSIONS:
-        try:
-            from pyspark.sql import SparkSession
+def _quiet_pyspark() -> None:
+    """pyspark's own Python warnings (pandas versions, deprecations) are not the user's business; others' stay."""
+    warnings.filterwarnings("ignore", module=r"pyspark(\.|$)")
+    logging.getLogger("SQLQueryContextLogger").disabled = True  # pyspark logs failed queries' plans too
 
-            session = SparkSession.builder.remote(url).getOrCreate()
-            session.sql("SELECT 1").collect()
-        except ImportError as exc:
-            raise EngineError(f"Spark Connect needs the client libraries (pip install 'pyspark[connect]'): {exc.name}") from None
-        except _spark_errors() as exc:
-            raise EngineError(f"cannot reach the Spark Connect endpoint {url}: {_scrub(str(exc))}") from None
+
+def _local(master: str) -> Any:
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+    from pyspark.sql import SparkSession
+
+    if master.startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local Python workers run saferoom's interpreter
+    conf = SparkConf().setAppName("saferoom").setMaster(master).setAll([
+        ("spark.ui.enabled", "false"), ("spark.sql.session.timeZone", "UTC"), ("spark.sql.ansi.enabled", "true"),
+        ("spark.ui.showConsoleProgress", "false"),
+        # the JVM reads this before it logs a line, so its start-up warnings are off too
+        ("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}")])
+    if SparkContext._gateway is None:
+        SparkContext._ensure_initialized(gateway=_gateway(conf, launch_gateway), conf=conf)
+    session = SparkSession.builder.config(conf=conf).getOrCreate()
+    session.sparkContext.setLogLevel("OFF")  # Spark logs query plans, and plans hold the token function
+    atexit.register(_stop, session)
+    return session
+
+
+def _gateway(conf: Any, launch: Any) -> Any:
+    """The JVM, its console output kept aside: shown only if it fails to start (the JDK's own start-up notes,
+    such as incubator modules, are printed before any logger is configured)."""
+    with tempfile.TemporaryFile("w+") as output:
+        try:
+            return launch(conf, popen_kwargs={"stdout": output, "stderr": output})
+        except _spark_errors() + (OSError,) as exc:  # the JVM exited early, or Java is not there
+            output.seek(0)
+            lines = [line for line in output.read().splitlines() if line.strip()][-3:]
+            raise EngineError(f"Spark could not start its JVM: {exc}; {' / '.join(lines) or 'no output'}") from None
+
+
+def _stop(session: Any) -> None:
+    """Stopped before Python exits: otherwise the Python workers lose their JVM mid-write and print tracebacks."""
+    with contextlib.suppress(Exception):
+        session.stop()
+
+
+def _remote(url: str, timeout: float) -> Any:
+    """A Spark Connect session; unreachable within ``timeout`` seconds, or without the client library: a clear error."""
+    if url not in _SESSIONS:
+        deadline = time.monotonic() + timeout  # one bound for the whole start, as `connect_timeout` promises
+        _reachable(url, timeout)
+        session = _connect_client(url)
+        _probe(session, url, timeout, max(deadline - time.monotonic(), 0.0))
+        atexit.register(_stop, session)
         _SESSIONS[url] = session
     return _SESSIONS[url]
+
+
+def _endpoint(url: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "sc" or not parsed.hostname:
+        raise UsageError(f"`connect: {url}` is not a Spark Connect address; write sc://host:15002")
+    return parsed.hostname, parsed.port or 15002
+
+
+def _unreachable(url: str, timeout: float, why: str) -> EngineError:
+    host, port = _endpoint(url)
+    return EngineError(f"cannot reach the Spark Connect endpoint {host}:{port} ({why}); check that the Spark Connect "
+                       f"server runs there and that this machine may connect to it (waited at most {timeout:g} s: "
+                       "the source's `connect_timeout`)")
+
+
+def _reachable(url: str, timeout: float) -> None:
+    """A TCP connection first: gRPC would retry an unreachable endpoint for minutes without a word."""
+    host, port = _endpoint(url)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise _unreachable(url, timeout, exc.strerror or type(exc).__name__) from None
+
+
+def _connect_client(url: str) -> Any:
+    from pyspark.sql.connect.utils import check_dependencies
+
+    try:
+        check_dependencies()  # grpcio and the other client libraries, which `pyspark` alone does not bring
+    except ImportError:
+        raise UsageError("the policy's Spark source uses Spark Connect, and its client libraries are not installed: "
+                         "pip install 'saferoom[spark-connect]'") from None
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+    from pyspark.sql.connect.session import SparkSession
+
+    # Spark Connect's own builder: pyspark's generic one refuses while a local session runs in the process,
+    # and switches the whole process to Connect mode
+    session = SparkSession.builder.remote(url).create()
+    session.client.set_retry_policies([DefaultPolicy(max_retries=0)])  # the probe's deadline bounds the wait
+    return session
+
+
+def _probe(session: Any, url: str, timeout: float, left: float) -> None:
+    """One query, in a thread the caller waits for at most ``left`` seconds (gRPC has no overall deadline)."""
+    answered: list[bool] = []
+
+    def run() -> None:
+        with contextlib.suppress(Exception):  # any failure means the endpoint does not serve Spark Connect
+            session.sql("SELECT 1").collect()
+            answered.append(True)
+
+    probe = threading.Thread(target=run, name="saferoom-spark-connect-probe", daemon=True)
+    probe.start()
+    probe.join(left)
+    if not answered:
+        with contextlib.suppress(Exception):  # closing the channel ends the probe's call at once; stop() would wait
+            session.client._channel.close()
+        why = "no answer in time" if probe.is_alive() else "it does not answer as a Spark Connect server"
+        raise _unreachable(url, timeout, why)
 
 
 def _scrub(message: str) -> str:
@@ -243,4 +342,4 @@ def _scrub(message: str) -> str:
     first = re.sub(r"'[^']*'", "'…'", first)
     first = re.sub(r"(/[\w.\-]+)+", "<path>", first)
     first = re.sub(r"unhex\([^)]*\)", "unhex(…)", first, flags=re.IGNORECASE)
-    return re.sub(r"\[SQLSTATE: \w+\]|\bSQLSTATE: \w+", "", first).strip()[:400]
+    return policy_names_only(re.sub(r"\[SQLSTATE: \w+\]|\bSQLSTATE: \w+", "", first).strip())[:400]

@@ -75,6 +75,8 @@ class SparkSource(Strict):
     engine: Literal["spark"]
     master: str | None = Field(default="local[2]", description="local[N] or spark://host:7077.")
     connect: str | None = Field(default=None, description="A Spark Connect endpoint, sc://host:15002 (instead of master).")
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds Spark Connect has to answer at start "
+                                   "before the session fails with an error naming the endpoint.")
     tables: dict[str, SparkTable] = Field(default_factory=dict, description="Tables by path (files) or by name in the session's catalog.")
 
 
