@@ -356,7 +356,7 @@ def test_errors_on_a_table_with_no_visible_column_name_no_internal_alias(request
     path = policies.write(policy, tmp_path / "saferoom.yaml", engine)
     with saferoom.connect(path, user="nora") as nora:
         for sql in ("select nosuch from cards", "select count(c.nosuch) as n from cards as c"):
-            with pytest.raises(saferoom.EngineError) as caught:
+            with pytest.raises((saferoom.EngineError, saferoom.QueryRejected)) as caught:
                 nora.query(sql).to_arrow()
             assert "__saferoom" not in str(caught.value).lower() and "nosuch" in str(caught.value), str(caught.value)
 
