@@ -107,7 +107,7 @@ class DuckDBEngine:
             if token_key is not None:
                 token_function(self._conn, token_key)
             if limits is not None:
-                folder = str(spill) if spill else _private_spill(limits)
+                folder = str(spill) if spill else spill_folder(limits)
                 self._spill = None if spill else folder
                 _bound(self._conn, limits, folder)
             _only_reach(self._conn, [folder for source in sources.values() for folder in source.folders()])
@@ -172,7 +172,8 @@ class DuckDBEngine:
         return scrub(message, self._paths)
 
 
-def _private_spill(limits: Limits) -> str | None:
+def spill_folder(limits: Limits) -> str | None:
+    """A new folder for one engine's spill files, when its limits allow spilling; whoever makes it removes it."""
     return tempfile.mkdtemp(prefix="saferoom-spill-") if limits.temp_limit else None
 
 

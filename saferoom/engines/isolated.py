@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ import pyarrow as pa
 
 from saferoom import priority
 from saferoom.engines.base import Cancel, Catalog, stopped, until_done
-from saferoom.engines.duckdb import DUCKDB, Attachment, DuckDBEngine
+from saferoom.engines.duckdb import DUCKDB, Attachment, DuckDBEngine, spill_folder
 from saferoom.errors import EngineError, SaferoomError, from_fields
 from saferoom.policy.limits import Limits
 from saferoom.secrets import Secret
@@ -181,7 +180,8 @@ class _Worker:
         process.start()
         child.close()
         # the spill folder is made and removed here: a killed worker (a query that would not stop) removes nothing
-        spill = tempfile.mkdtemp(prefix="saferoom-spill-") if setup[-1] and setup[-1].temp_limit else None
+        _, _, limits = setup
+        spill = spill_folder(limits)
         worker = cls(process, parent, spill)
         try:
             worker.send(("setup", *setup, spill))  # the key travels over the pipe, never on a command line or in the environment
@@ -313,8 +313,8 @@ class _Query:
             priority.BACKGROUND.leave()
 
     def _demote(self) -> None:
-        """Still running after a short query's time: long work (never after the query ended, whose process
-        may be reaped already)."""
+        """Long work from now on: it used a short query's processor time, or its user is behind (never after
+        the query ended, whose process may be reaped already)."""
         with self._lock:
             if not self._ended and self.cancel.reason is None and not self.worker.lowered:
                 self.worker.lower()
