@@ -21,7 +21,7 @@ from saferoom.errors import SaferoomError
 from saferoom.result import Result
 
 ARROW = "application/vnd.apache.arrow.stream"
-MEDIA = {"arrow": ARROW, "json": "application/json", "csv": "text/csv; charset=utf-8"}
+MEDIA = {"arrow": ARROW, "json": "application/json", "csv": "text/csv; charset=utf-8", "page": "application/json"}
 
 
 class _Sink(io.RawIOBase):
@@ -85,7 +85,7 @@ def arrow_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
             pending, size = [], 0
     except SaferoomError as exc:
         outcome.error = exc
-    pending += [EOS, _trailer(result, outcome)]
+    pending += [EOS, trailer(result, outcome)]
     yield outcome.count(b"".join(pending))
 
 
@@ -101,7 +101,7 @@ def _arrow_with_dictionaries(result: Result, outcome: Outcome) -> Iterator[bytes
     except SaferoomError as exc:
         outcome.error = exc
     writer.close()
-    yield outcome.count(sink.take() + _trailer(result, outcome))
+    yield outcome.count(sink.take() + trailer(result, outcome))
 
 
 def json_body(result: Result, outcome: Outcome, decision: Decision | None = None) -> Iterator[bytes]:
@@ -118,7 +118,7 @@ def json_body(result: Result, outcome: Outcome, decision: Decision | None = None
             outcome.rows += batch.num_rows
     except SaferoomError as exc:
         outcome.error = exc
-    yield outcome.count(b'], "status": ' + _trailer(result, outcome).rstrip() + b"}")
+    yield outcome.count(b'], "status": ' + trailer(result, outcome).rstrip() + b"}")
 
 
 def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
@@ -137,7 +137,8 @@ def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
 BODIES = {"arrow": arrow_body, "json": json_body, "csv": csv_body}
 
 
-def _trailer(result: Result, outcome: Outcome) -> bytes:
+def trailer(result: Result, outcome: Outcome) -> bytes:
+    """The status line after the rows: how many, whether cut, the notices, and an error that ended the stream."""
     status: dict[str, Any] = {"rows": outcome.rows, "truncated": result.truncated if outcome.error is None else False,
                               "notices": list(result.notices_so_far)}
     if outcome.error is not None:
