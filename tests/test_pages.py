@@ -11,7 +11,7 @@ import saferoom
 from saferoom.server.pages import Pages
 from saferoom.server.streams import Outcome
 from tests.conftest import CANARY_NAME, HIDDEN_ORDER_ID
-from tests.gateway_helpers import RITA, Server, free_port, gateway_policy, serving
+from tests.gateway_helpers import RITA, Server, eventually, free_port, gateway_policy, serving
 
 ORDERED = "select order_id, amount from prod.orders order by order_id"
 
@@ -84,13 +84,19 @@ def test_each_user_keeps_their_latest_three_results(server) -> None:
 
 
 def test_a_kept_result_is_audited_as_a_result_and_counted(server) -> None:
-    token = server.token("sam")
-    body = page_query(server, token, "select order_id from prod.orders limit 10")
+    response = httpx.post(f"{server.url}/v1/query", json={"sql": "select order_id from prod.orders limit 10", "format": "page"},
+                          headers={"Authorization": f"Bearer {server.token('sam')}"})
+    body = response.json()
     assert body["status"]["rows"] == 5 and body["status"]["truncated"] is True  # the role's max_rows holds here too
     assert any("cut at max_rows=5" in n for n in body["status"]["notices"])
-    records = [json.loads(line) for line in (server.state / "audit.log").read_text().splitlines()]
-    record = next(r for r in reversed(records) if r.get("event") == "result" and r["user"] == "sam")
-    assert record["rows"] == 5 and record["bytes"] > 0 and record["status"] == "completed" and record["truncated"]
+
+    def record() -> dict | None:  # the result record joins the next group commit: it may land a moment later
+        records = [json.loads(line) for line in (server.state / "audit.log").read_text().splitlines()]
+        return next((r for r in records if r.get("event") == "result"
+                     and r["request_id"] == response.headers["x-saferoom-request"]), None)
+
+    eventually(record, "the result record")
+    assert record()["rows"] == 5 and record()["bytes"] > 0 and record()["status"] == "completed" and record()["truncated"]
 
 
 def test_a_failed_query_keeps_nothing(server) -> None:
@@ -134,13 +140,14 @@ def test_a_result_past_the_size_cap_is_kept_in_part_and_says_so(room, tmp_path) 
         decision = session.explain(sql)
         result = session.query(sql)
         outcome = Outcome()
-        body = json.loads(b"".join(pages.body(result, outcome, decision, 10)))
+        body = json.loads(b"".join(pages.body(result, outcome, decision, "policy", 10)))
     kept = body["result"]["rows"]
     assert 0 < kept < 200_000 and body["status"]["rows"] == kept == outcome.rows
     assert any(f"keeps only the first {kept:,} rows" in n for n in body["status"]["notices"])
-    assert len(body["rows"]) == 10
+    assert len(body["rows"]) == 10 and body["status"]["truncated"] and outcome.cut
     files = list((tmp_path / "results").iterdir())
     assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+    assert files[0].stat().st_size < 20_000 + 4096  # the cap cuts inside a batch (a batch here is 65,536 rows)
     assert outcome.bytes >= files[0].stat().st_size
     pages.close()
     assert not (tmp_path / "results").exists()
@@ -176,3 +183,81 @@ def test_the_bundled_editor_is_the_one_its_recipe_names() -> None:
     licences = (root / "saferoom/server/static/editor.LICENSES.txt").read_text()
     for name, version in wanted.items():
         assert f"{name} {version} (MIT)" in licences
+
+
+def test_a_policy_change_makes_kept_results_unreadable(room, tmp_path_factory) -> None:
+    gateway = serving(room, tmp_path_factory, "reload")
+    server = next(gateway)
+    try:
+        token = server.token("alice")
+        result = page_query(server, token, "select name from prod.customers")["result"]["id"]
+        assert get_page(server, token, result, offset=100).status_code == 200
+        server.policy.write_text(server.policy.read_text().replace("pii: tokenize", "pii: deny", 1))
+        before = httpx.get(f"{server.url}/healthz").json()["policy"]
+        server.hup()
+        eventually(lambda: httpx.get(f"{server.url}/healthz").json()["policy"] != before, "the reload")
+        gone = get_page(server, token, result, offset=100)
+        assert gone.status_code == 404 and "policy" in gone.json()["error"]["message"]
+    finally:
+        next(gateway, None)
+
+
+def test_a_client_that_leaves_while_its_result_is_kept_stops_it(server) -> None:
+    token = server.token("ivan")
+    sql = "select o1.order_id, repeat('x', 2000) as s from prod.orders o1, prod.orders o2 limit 3000000"
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/query", json={"sql": sql, "format": "page"},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=1.5)
+
+    def ended() -> dict | None:
+        records = [json.loads(line) for line in (server.state / "audit.log").read_text().splitlines()]
+        asked = [r["request_id"] for r in records if r.get("event") == "decision" and r.get("query") == sql]
+        return next((r for r in records if r.get("event") == "result" and r["request_id"] in asked), None)
+
+    eventually(ended, "the kept result's record")
+    assert ended()["status"] == "cancelled"
+    assert not any(p.stat().st_size > 1 << 20 for p in (server.state / "results").iterdir())  # nothing large kept
+
+
+def test_a_page_of_wide_rows_holds_fewer_of_them(server) -> None:
+    token = server.token("alice")
+    body = page_query(server, token, "select repeat('x', 100000) as s from prod.orders limit 1000", page_size=1000)
+    assert body["status"]["rows"] == 1000 and 1 <= len(body["rows"]) < 100  # about 4 MB, not 100 MB
+    later = get_page(server, token, body["result"]["id"], offset=len(body["rows"]), limit=1000).json()
+    assert 1 <= len(later["rows"]) < 100 and later["offset"] == len(body["rows"])
+
+
+def test_not_a_number_is_sent_as_valid_json(server) -> None:
+    token = server.token("alice")
+    sql = "select 'nan'::double as a, 'inf'::double as b, '-inf'::double as c, 1.5::double as d"
+    for kind in ("page", "json"):
+        response = httpx.post(f"{server.url}/v1/query", json={"sql": sql, "format": kind},
+                              headers={"Authorization": f"Bearer {token}"})
+        strict = json.loads(response.text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+        assert strict["rows"] == [["nan", "inf", "-inf", 1.5]]
+
+
+def test_a_token_bound_to_a_role_forgets_only_that_roles_results(server) -> None:
+    analyst, security = server.token("rita"), server.token("rita", "-r", "security")
+    kept = page_query(server, analyst, ORDERED)["result"]["id"]
+    page_query(server, security, "select 1 as one")
+    dropped = httpx.request("DELETE", f"{server.url}/v1/results", headers={"Authorization": f"Bearer {security}"}).json()
+    assert dropped["dropped"] >= 1
+    assert get_page(server, analyst, kept).status_code == 200
+
+
+def test_all_users_kept_results_stay_within_the_folders_budget(room, tmp_path) -> None:
+    pages = Pages(tmp_path / "results", max_total=1)  # every result is over it: only the newest stays
+    kept = []
+    with saferoom.connect(room.policy, user="alice") as session:
+        for n in (1, 2, 3):
+            sql = f"select order_id from prod.orders limit {n}"
+            body = json.loads(b"".join(pages.body(session.query(sql), Outcome(), session.explain(sql), "p", 10)))
+            kept.append(body["result"]["id"])
+    assert len(list((tmp_path / "results").iterdir())) == 1
+    assert pages.page("alice", "analyst", "p", kept[-1], 0, 10)["total"] == 3
+    with pytest.raises(saferoom.NotFound):
+        pages.page("alice", "analyst", "p", kept[0], 0, 10)
+    with pytest.raises(saferoom.NotFound):
+        pages.page("alice", "analyst", "another policy", kept[-1], 0, 10)
+    pages.close()

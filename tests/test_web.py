@@ -168,17 +168,17 @@ def test_a_large_result_is_paged_from_the_server(browser, server) -> None:
     run(browser, wait, BIG)
     assert browser.find_element(By.ID, "status").text == "50,000 rows"
     assert len(result_cells(browser)) == 100
-    assert browser.find_element(By.ID, "page-info").text == "page 1 of 500"
+    assert browser.find_element(By.ID, "page-info").text == "rows 1–100 of 50,000"
     # the page received one page of rows, not the result: the response is a few kilobytes
     sent = browser.execute_script(
         "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/v1/query')).map(e => e.encodedBodySize)")
     assert sent and max(sent) < 64 * 1024, sent
     first = result_cells(browser)[0]
     browser.find_element(By.ID, "next-page").click()
-    wait.until(lambda b: b.find_element(By.ID, "page-info").text == "page 2 of 500")
+    wait.until(lambda b: b.find_element(By.ID, "page-info").text == "rows 101–200 of 50,000")
     assert result_cells(browser)[0] != first and len(result_cells(browser)) == 100
     browser.find_element(By.ID, "last-page").click()
-    wait.until(lambda b: b.find_element(By.ID, "page-info").text == "page 500 of 500")
+    wait.until(lambda b: b.find_element(By.ID, "page-info").text == "rows 49,901–50,000 of 50,000")
     assert len(result_cells(browser)) == 100
     assert not browser.find_element(By.ID, "next-page").is_enabled()
     shot(browser, "06-paged")

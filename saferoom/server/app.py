@@ -91,8 +91,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             worker.close()
             raise
         body = _Body(stream, cancel, worker)
-        try:
-            first, rest = await body.read(), await body.read()
+        try:  # the first reads can take long (a kept result is written whole): a client that leaves cancels them
+            first, rest = await _watching(request, cancel, worker, lambda: (body.next(), body.next()))
         except BaseException:
             await body.aclose()
             raise
@@ -107,11 +107,12 @@ def create_app(gateway: Gateway) -> FastAPI:
                     offset: Annotated[int, Query(ge=0)] = 0,
                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS)] = PAGE_ROWS) -> dict[str, Any]:
         session = gateway.session(gateway.identify(authorization), role)
-        return gateway.pages.page(session.user, session.role, result_id, offset, limit)
+        return gateway.pages.page(session.user, session.role, session.policy.hash, result_id, offset, limit)
 
     @app.delete("/v1/results", summary="Forget the caller's kept results (the web page's sign-out)")
     def drop_results(authorization: Auth = None) -> dict[str, int]:
-        return {"dropped": gateway.pages.drop(gateway.identify(authorization).user)}
+        identity = gateway.identify(authorization)  # a token bound to a role forgets only that role's results
+        return {"dropped": gateway.pages.drop(identity.user, identity.role)}
 
     @app.get("/v1/audit", summary="The audit log (roles with audit: true)")
     def audit(authorization: Auth = None, role: str | None = None,
@@ -285,7 +286,7 @@ def _begin(gateway: Gateway, payload: QueryRequest, authorization: str | None, k
     identity = gateway.identify(authorization)
     session = gateway.session(identity, payload.role)
     running = gateway.start(session, payload.sql, identity, cancel)
-    return running, _stream(gateway, running, kind, payload.page_size)
+    return running, _stream(gateway, running, kind, (session.policy.hash, payload.page_size))
 
 
 class _Body:
@@ -304,9 +305,10 @@ class _Body:
         return self
 
     async def read(self) -> bytes | None:
-        return await self._worker.run(self._next)
+        return await self._worker.run(self.next)
 
-    def _next(self) -> bytes | None:
+    def next(self) -> bytes | None:
+        """The next chunk, read on the calling thread (the query's)."""
         if self._ready:
             return self._ready.pop(0)
         chunk = next(self._rest, None)
@@ -366,15 +368,16 @@ def _format(requested: str | None, accept: str | None) -> str:
     return "json" if "application/json" in accept else "csv" if "text/csv" in accept else "arrow"
 
 
-def _stream(gateway: Gateway, running: Running, kind: str, page_size: int) -> Generator[bytes, None, None]:
+def _stream(gateway: Gateway, running: Running, kind: str, page: tuple[str, int]) -> Generator[bytes, None, None]:
+    """The body of ``kind``; ``page`` is the policy's hash and the first page's size, for a kept result."""
     outcome = Outcome()
     result = running.result
     assert result is not None
     try:  # a JSON body carries the query's decision too, for the web page to show how each column was shaped
         if kind == "page":
-            yield from gateway.pages.body(result, outcome, running.decision, page_size)
+            yield from gateway.pages.body(result, outcome, running.decision, *page)
         else:
             yield from json_body(result, outcome, running.decision) if kind == "json" else BODIES[kind](result, outcome)
     finally:
-        gateway.finish(running, rows=outcome.rows, size=outcome.bytes, truncated=result.truncated_so_far,
+        gateway.finish(running, rows=outcome.rows, size=outcome.bytes, truncated=result.truncated_so_far or outcome.cut,
                        error=outcome.error)

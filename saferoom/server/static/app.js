@@ -15,7 +15,8 @@ let explainTimer = 0, explainSeq = 0;
 // -- talking to the gateway -------------------------------------------------------------------------------
 async function call(path, options = {}) {
   const response = await fetch(path, {...options, headers: {...(options.headers || {}), Authorization: "Bearer " + token}});
-  const body = await response.json().catch(() => ({}));
+  const body = await response.json().catch(() => null);
+  if (body === null) throw new Error("the gateway's answer could not be read (" + response.status + " " + response.statusText + ")");
   if (!response.ok) {
     const error = new Error(body.error ? body.error.message : response.statusText);
     error.status = response.status;
@@ -233,14 +234,15 @@ async function run() {
 }
 
 function showPage(rows) {
+  current.shown = rows.length;
   $("result").replaceChildren(table(current.columns, rows, current.kinds));
-  const pages = Math.max(1, Math.ceil(current.rows / PAGE));
-  const page = Math.floor(current.offset / PAGE) + 1;
-  $("page-info").textContent = "page " + page.toLocaleString("en") + " of " + pages.toLocaleString("en");
-  $("first-page").disabled = $("prev-page").disabled = page <= 1;
-  $("next-page").disabled = $("last-page").disabled = page >= pages;
+  const from = rows.length ? current.offset + 1 : 0, to = current.offset + rows.length;
+  $("page-info").textContent = "rows " + from.toLocaleString("en") + "–" + to.toLocaleString("en") + " of " + current.rows.toLocaleString("en");
+  $("first-page").disabled = $("prev-page").disabled = current.offset <= 0;
+  $("next-page").disabled = $("last-page").disabled = to >= current.rows;
 }
 
+// A page holds PAGE rows unless they are wide (the gateway then sends fewer): the next page starts where this one ended.
 async function goTo(offset) {
   if (!current) return;
   try {
@@ -250,10 +252,6 @@ async function goTo(offset) {
   } catch (e) {
     $("error").textContent = e.message;
   }
-}
-
-function lastOffset() {
-  return Math.max(0, (Math.ceil(current.rows / PAGE) - 1) * PAGE);
 }
 
 // -- a quick chart of the result ----------------------------------------------------------------------------
@@ -389,7 +387,7 @@ $("tab-chart").addEventListener("click", () => showTab("chart"));
 ["chart-kind", "chart-x", "chart-y"].forEach(id => $(id).addEventListener("change", drawChart));
 $("first-page").addEventListener("click", () => goTo(0));
 $("prev-page").addEventListener("click", () => goTo(Math.max(0, current.offset - PAGE)));
-$("next-page").addEventListener("click", () => goTo(current.offset + PAGE));
-$("last-page").addEventListener("click", () => goTo(lastOffset()));
+$("next-page").addEventListener("click", () => goTo(current.offset + current.shown));
+$("last-page").addEventListener("click", () => goTo(Math.max(0, current.rows - PAGE)));
 $("load-audit").addEventListener("click", loadAudit);
 if (token) signIn();
