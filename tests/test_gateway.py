@@ -630,16 +630,16 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 
 def test_tls_serves_verified_clients_only(room, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "-p", str(gateway_policy(room, tmp_path)), "--state",
+    port, policy = free_port(), gateway_policy(room, tmp_path)
+    process = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "-p", str(policy), "--state",
                                 str(tmp_path / "state"), "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"https://127.0.0.1:{port}"
     try:
         eventually(lambda: answers(url, verify=ssl.create_default_context(cafile=str(cert))) or process.poll() is not None,
                    "the gateway to start")
-        token = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(tmp_path / "state"), "-u", "alice"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        token = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(tmp_path / "state"), "-p", str(policy),
+                                "-u", "alice"], capture_output=True, text=True, check=True).stdout.strip()
         with RemoteSession(url, token, verify=str(cert)) as remote:
             assert remote.query("select count(*) as n from prod.orders").to_arrow().num_rows == 1
         with pytest.raises(saferoom.UsageError, match="cannot reach the gateway"):
