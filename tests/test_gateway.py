@@ -512,7 +512,8 @@ def test_a_token_is_only_made_for_a_user_and_role_the_policy_has(tmp_path: Path,
     assert TokenStore(tmp_path / "state").list() == []  # nothing minted
 
 
-@pytest.mark.parametrize("sql", ["select * from db.vault", "select v.* from db.vault v", "select * from db.t, db.vault"])
+@pytest.mark.parametrize("sql", ["select * from db.vault", "select v.* from db.vault v", "select * from db.t, db.vault",
+                                 "select v from db.vault v"])
 def test_a_star_over_a_table_the_role_sees_none_of_is_refused_alike_embedded_and_remote(tmp_path: Path, sql: str) -> None:
     database = tmp_path / "db.duckdb"
     with duckdb.connect(str(database)) as con:
