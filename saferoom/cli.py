@@ -22,7 +22,7 @@ import saferoom
 from saferoom import settings
 from saferoom.decision import Decision, TableInfo
 from saferoom.errors import SaferoomError, UsageError
-from saferoom.policy import load_policy
+from saferoom.policy import Policy, load_policy
 from saferoom.policy.model import PolicyModel
 
 if TYPE_CHECKING:
@@ -245,16 +245,26 @@ def token_create(
     state: StateOpt = STATE,
     role: Annotated[str | None, _option("role", "Bind the token to one role.")] = None,
     ttl: Annotated[str | None, typer.Option(help="Lifetime, like 30d, 12h or 90m.")] = None,
-    policy: Annotated[Path | None, _option("policy", "Check the user and role against this policy.")] = None,
+    policy: Annotated[Path | None, _option("policy", "The gateway's policy: the user and role are checked against it.")] = None,
 ) -> None:
-    """Create a token and print it once; only its hash is kept."""
+    """Create a token and print it once; only its hash is kept.
+
+    Example: saferoom token create --policy saferoom.yaml --state state --user alice
+    """
     from saferoom.identity import TokenStore, parse_ttl
 
-    if policy is not None:
-        load_policy(policy).role_for(user, role)
+    _policy_for_token(policy).role_for(user, role)  # fail closed: no token for a user or role the policy lacks
     token, record = TokenStore(state).create(user, role, parse_ttl(ttl))
     sys.stdout.write(token + "\n")
     err.print(f"Token {record.id} for {user}" + (f" as {role}" if role else "") + (f", expires {record.expires}" if record.expires else "") + ". It is shown only now.")
+
+
+def _policy_for_token(policy: Path | None) -> Policy:
+    """The policy a token is checked against; never guessed, since a token for a user it lacks would be unusable or wrong."""
+    if policy is None:
+        raise UsageError("give the gateway's policy with --policy PATH (or SAFEROOM_POLICY), so the user and role "
+                         "can be checked before a token is made")
+    return load_policy(policy)
 
 
 @token_app.command("list")

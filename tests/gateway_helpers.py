@@ -105,7 +105,8 @@ class Server:
         self.process.send_signal(signal.SIGHUP)
 
     def token(self, user: str, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(self.state), "-u", user, *args],
+        done = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(self.state), "-p", str(self.policy),
+                               "-u", user, *args],
                               capture_output=True, text=True, check=True)
         return done.stdout.strip()
 
