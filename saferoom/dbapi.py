@@ -247,6 +247,7 @@ class Connection:
         return self._session
 
     def cursor(self) -> Cursor:
+        self.session  # noqa: B018 (raises when closed)
         cursor = Cursor(self)
         self._cursors = [c for c in self._cursors if not c.closed] + [cursor]
         return cursor

@@ -15,10 +15,12 @@ from __future__ import annotations
 import datetime
 import decimal
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.tokenizer_core import Token, TokenType
 
 from saferoom.errors import UsageError
 
@@ -30,7 +32,8 @@ def bind(sql: str, parameters: Parameters | None, dialect: str = "duckdb") -> st
     if parameters is None:
         return sql
     try:
-        statements = sqlglot.parse(sql, read=dialect)
+        reader = Dialect.get_or_raise(dialect)
+        statements = reader.parser().parse(list(_named_as_parameters(reader.tokenize(sql))), sql)
     except sqlglot.errors.SqlglotError:
         raise UsageError("the query is not valid SQL, so its parameters cannot be bound; correct it and send it "
                          "again") from None
@@ -42,6 +45,36 @@ def bind(sql: str, parameters: Parameters | None, dialect: str = "duckdb") -> st
     else:
         bound = _bind_numbered(tree, parameters)
     return bound.sql(dialect=dialect)
+
+
+# tokens after which a colon is part of an expression (a slice `a[1:2]` or `a[:n]`, a path `v:field`)
+_NOT_BEFORE_A_PLACEHOLDER = {TokenType.VAR, TokenType.NUMBER, TokenType.STRING, TokenType.IDENTIFIER, TokenType.R_PAREN,
+                             TokenType.L_BRACKET, TokenType.R_BRACKET}
+
+
+def _named_as_parameters(tokens: list[Token]) -> Iterator[Token]:
+    """``:name`` read as the dialect's own parameter (``$name``): DuckDB reads ``select :v`` as a prefix alias.
+
+    Tokens, not text, are rewritten: a colon directly followed by a name, after no operand."""
+    previous: Token | None = None
+    at = 0
+    while at < len(tokens):
+        token, following = tokens[at], tokens[at + 1] if at + 1 < len(tokens) else None
+        if _is_named_placeholder(previous, token, following):
+            assert following is not None
+            yield Token(TokenType.PARAMETER, "$", token.line, token.col, token.start, token.end)
+            yield following
+            previous, at = following, at + 2
+            continue
+        yield token
+        previous, at = token, at + 1
+
+
+def _is_named_placeholder(previous: Token | None, token: Token, following: Token | None) -> bool:
+    return (token.token_type == TokenType.COLON and following is not None and following.start == token.end + 1
+            and following.token_type in (TokenType.VAR, TokenType.NUMBER)
+            and (following.text.isidentifier() or following.text.isdigit())
+            and (previous is None or previous.token_type not in _NOT_BEFORE_A_PLACEHOLDER))
 
 
 def _placeholders(tree: exp.Expr) -> list[exp.Placeholder | exp.Parameter]:
