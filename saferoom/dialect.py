@@ -116,27 +116,33 @@ class SaferoomDialect(default.DefaultDialect):
         return sorted({schema for schema, _ in self._catalog(connection, **kw)})
 
     def get_table_names(self, connection: Any, schema: str | None = None, **kw: Any) -> list[str]:
-        schema = schema or self.default_schema_name
-        return sorted(table for s, table in self._catalog(connection, **kw) if s == schema)
+        """A schema's tables; with none named, the tables a query may name without a schema (unambiguous ones)."""
+        names = [table for s, table in self._catalog(connection, **kw) if not schema or s == schema]
+        return sorted(n for n in set(names) if schema or names.count(n) == 1)
 
     def get_view_names(self, connection: Any, schema: str | None = None, **kw: Any) -> list[str]:
         return []
 
     def has_table(self, connection: Any, table_name: str, schema: str | None = None, **kw: Any) -> bool:
-        return (schema or self.default_schema_name or "", table_name) in self._catalog(connection, **kw)
+        return self._find(connection, table_name, schema, **kw) is not None
 
     def get_columns(self, connection: Any, table_name: str, schema: str | None = None,
                     **kw: Any) -> list[ReflectedColumn]:
         """The columns the role may see, typed as the role receives them (a query of no rows tells)."""
-        key = (schema or self.default_schema_name or "", table_name)
-        table = self._catalog(connection, **kw).get(key)
+        table = self._find(connection, table_name, schema, **kw)
         if table is None:
             from sqlalchemy.exc import NoSuchTableError
 
-            raise NoSuchTableError(".".join(key))
+            raise NoSuchTableError(f"{schema}.{table_name}" if schema else table_name)
         visible = [c.name for c in table.columns if c.action != "deny"]
         received = _received_types(connection, table.name, visible)
         return [{"name": f.name, "type": sql_type(f.type), "nullable": True, "default": None} for f in received]
+
+    def _find(self, connection: Any, table_name: str, schema: str | None, **kw: Any) -> TableInfo | None:
+        """The table ``schema.table_name``; without a schema, the one table of that name, as the guard resolves it."""
+        found = [t for (s, name), t in self._catalog(connection, **kw).items()
+                 if name == table_name and (not schema or s == schema)]
+        return found[0] if len(found) == 1 else None
 
     def get_pk_constraint(self, connection: Any, table_name: str, schema: str | None = None,
                           **kw: Any) -> ReflectedPrimaryKeyConstraint:

@@ -260,3 +260,12 @@ def test_the_connection_is_a_context_manager(room) -> None:
     with dbapi.connect(room.policy, user="ivan") as con:
         assert con.cursor().execute("select count(*) from cards").fetchone() is not None
     assert con.closed
+
+
+def test_the_binding_examples_run() -> None:
+    import doctest
+
+    from saferoom import parameters
+
+    failed, attempted = doctest.testmod(parameters)
+    assert failed == 0 and attempted >= 2
