@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 import saferoom
 from saferoom.dialect import connect_args
-from tests.gateway_helpers import serving
+from tests.gateway_helpers import HUNG, serving
 
 SUMMARY = "select region, count(*) as n, sum(amount) as total from orders group by region order by region"
 
@@ -129,32 +130,69 @@ def test_a_missing_sqlalchemy_says_which_extra_to_install() -> None:
     assert "pip install 'saferoom[sqlalchemy]'" in done.stdout, done.stdout + done.stderr
 
 
+class Kernel:
+    """A real IPython kernel in its own process, driven as a notebook drives it."""
+
+    def __init__(self, cwd: Path) -> None:
+        from jupyter_client.manager import start_new_kernel
+
+        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(cwd))
+
+    def run(self, code: str) -> tuple[str, str | None]:
+        """What the cell printed or returned, and its error as ``Name: message`` (None when it ran)."""
+        msg_id = self.client.execute(code)
+        shown, error = [], None
+        while True:
+            message = self.client.get_iopub_msg(timeout=HUNG)
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = message["msg_type"], message["content"]
+            if kind == "stream":
+                shown.append(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                shown.append(content["data"].get("text/plain", ""))
+            elif kind == "error":
+                error = f"{content['ename']}: {content['evalue']}"
+            elif kind == "status" and content["execution_state"] == "idle":
+                return "".join(shown), error
+
+    def stop(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
 @pytest.fixture(scope="module")
-def shell():
-    from IPython.core.interactiveshell import InteractiveShell
-
-    ipython = InteractiveShell.instance()
-    assert ipython.run_cell("%load_ext sql").success
-    ipython.run_line_magic("config", "SqlMagic.displaylimit = None")
-    yield ipython
-    from sql.connection import ConnectionManager
-
-    ConnectionManager.close_all()
+def kernel(room) -> Iterator[Kernel]:
+    started = Kernel(room.folder)
+    try:
+        _, error = started.run("%load_ext sql")
+        assert error is None, error
+        yield started
+    finally:
+        started.stop()
 
 
-def test_jupysql_cells_return_rows(shell, room, alice: saferoom.Session) -> None:
-    shell.run_line_magic("sql", f"saferoom:///{room.policy}?user=alice")
-    result = shell.run_cell(f"%%sql\n{SUMMARY}")
-    assert result.success, result.error_in_exec
+def test_a_session_opens_in_a_notebook_kernel(kernel: Kernel, room) -> None:
+    """DuckDB in a kernel without ipywidgets refuses any change to its progress bar, even to off."""
+    shown, error = kernel.run(f"import saferoom\nprint(saferoom.connect({str(room.policy)!r}, user='alice')"
+                              ".query('select 41 + 1 as answer').to_pylist())")
+    assert error is None and "[{'answer': 42}]" in shown, (shown, error)
+
+
+@pytest.mark.parametrize("where", ["embedded", "gateway"])
+def test_jupysql_cells_in_a_kernel(kernel: Kernel, room, server, alice_token, alice: saferoom.Session,
+                                   where: str) -> None:
+    url = f"saferoom:///{room.policy}?user=alice" if where == "embedded" else \
+        f"saferoom+http://:{alice_token}@127.0.0.1:{server.port}"
+    _, error = kernel.run(f"%sql {url}")
+    assert error is None, error
+    shown, error = kernel.run(f"rows = %sql {SUMMARY}\nprint(repr([tuple(r) for r in rows]))")
     expected = [tuple(r.values()) for r in alice.query(SUMMARY).to_pylist()]
-    assert [tuple(r) for r in result.result] == expected
-    line = shell.run_cell("%sql select count(*) as n from customers")
-    expected_n = alice.query("select count(*) as n from customers").to_pylist()[0]["n"]
-    assert line.success and [tuple(r) for r in line.result] == [(expected_n,)]
-
-
-def test_jupysql_shows_a_refusal_as_its_explanation(shell, room) -> None:
-    shell.run_line_magic("sql", f"saferoom:///{room.policy}?user=alice")
-    result = shell.run_cell("%%sql\nselect pan from cards")
-    assert not result.success
-    assert "card-theft" in str(result.error_in_exec) and "Roles that may see it: investigator" in str(result.error_in_exec)
+    assert error is None and repr(expected) in shown and expected, (shown, error)
+    shown, error = kernel.run("%%sql\nselect segment, count(*) as n from customers group by segment order by segment")
+    segments = alice.query("select segment from customers group by segment order by segment").to_pylist()
+    assert error is None and all(s["segment"] in shown for s in segments) and "| n " in shown.replace("  ", " "), shown
+    shown, error = kernel.run("%%sql\nselect pan from cards")
+    said = shown + (error or "")  # JupySQL shows a failed query as text, not as the cell's exception
+    assert "QueryRejected" in said and "card-theft" in said and "Roles that may see it: investigator" in said, said
+    assert "Traceback" not in said and alice_token not in said
