@@ -24,7 +24,7 @@ Errors are the PEP's classes; each one saferoom raised is also still its saferoo
         ├── InternalError
         │   └── PolicyError     (also saferoom.PolicyError)
         ├── DataError, IntegrityError
-        └── NotSupportedError   executemany, and binary parameters
+        └── NotSupportedError   executemany
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from saferoom import errors
 from saferoom.parameters import Parameters, bind
+from saferoom.policy import Policy
 from saferoom.result import Result
 from saferoom.session import SessionProtocol
 from saferoom.session import connect as open_session
@@ -207,12 +208,13 @@ def TimestampFromTicks(ticks: float) -> datetime.datetime:
     return datetime.datetime(*time.localtime(ticks)[:6])
 
 
-def Binary(value: bytes) -> NoReturn:
-    raise NotSupportedError("binary parameters are not supported: compare with a string or a number instead")
+def Binary(value: bytes) -> bytes:
+    """Binary data, as the PEP asks a driver to construct; binding it as a parameter is not supported."""
+    return bytes(value)
 
 
 def connect(
-    policy: str | Path | None = None,
+    policy: str | Path | Policy | None = None,
     user: str | None = None,
     role: str | None = None,
     *,
@@ -229,7 +231,8 @@ def connect(
 
 
 class Connection:
-    """One session, read-only. Closing it closes its cursors' results and the session."""
+    """One session, read-only: ``Connection(session)`` wraps one already open. Closing the connection closes
+    its cursors' results and the session."""
 
     # the PEP's optional extension: errors reachable from the connection
     Error, Warning, InterfaceError, DatabaseError = Error, Warning, InterfaceError, DatabaseError
