@@ -196,3 +196,37 @@ def test_jupysql_cells_in_a_kernel(kernel: Kernel, room, server, alice_token, al
     said = shown + (error or "")  # JupySQL shows a failed query as text, not as the cell's exception
     assert "QueryRejected" in said and "card-theft" in said and "Roles that may see it: investigator" in said, said
     assert "Traceback" not in said and alice_token not in said
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory) -> Path:
+    """Two DuckDB sources that both have a table `t`, and one table only the first has."""
+    import duckdb
+
+    folder = tmp_path_factory.mktemp("two_sources")
+    for source, tables in (("a", {"t": "x int, y varchar", "only_a": "z int"}), ("b", {"t": "w double"})):
+        with duckdb.connect(str(folder / f"{source}.duckdb")) as con:
+            for table, columns in tables.items():
+                con.execute(f"create table {table} ({columns})")
+    (folder / "saferoom.yaml").write_text("""version: 1
+sources: {a: {engine: duckdb, path: a.duckdb}, b: {engine: duckdb, path: b.duckdb}}
+tables: {a.t: {x: public, y: public}, a.only_a: {z: public}, b.t: {w: public}}
+tags: {}
+users: {u: {roles: [analyst]}}
+roles: {analyst: {}}
+""")
+    return folder / "saferoom.yaml"
+
+
+def test_without_a_schema_reflection_lists_the_tables_a_query_may_name_unqualified(two_sources: Path) -> None:
+    engine = sa.create_engine(f"saferoom:///{two_sources}?user=u")
+    inspector = sa.inspect(engine)
+    assert inspector.get_schema_names() == ["a", "b"]
+    assert inspector.get_table_names() == ["only_a"]  # `t` is in both: a query must say which
+    assert inspector.get_table_names(schema="b") == ["t"]
+    assert not inspector.has_table("t") and inspector.has_table("t", schema="a")
+    assert [c["name"] for c in inspector.get_columns("t", schema="b")] == ["w"]
+    only_a = sa.Table("only_a", sa.MetaData(), autoload_with=engine)
+    with engine.connect() as con:
+        assert con.execute(sa.select(sa.func.count()).select_from(only_a)).scalar() == 0
+    engine.dispose()
