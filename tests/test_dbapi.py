@@ -269,3 +269,13 @@ def test_the_binding_examples_run() -> None:
 
     failed, attempted = doctest.testmod(parameters)
     assert failed == 0 and attempted >= 2
+
+
+def test_a_placeholder_inside_a_string_or_comment_is_text(con: dbapi.Connection) -> None:
+    cur = con.cursor()
+    cur.execute("select ':v' as s, :v as v -- and :w in a comment", {"v": 1})
+    assert cur.fetchall() == [(":v", 1)]
+
+
+def test_parameters_are_read_in_the_sessions_dialect(con: dbapi.Connection) -> None:
+    assert con.session.dialect == "duckdb"  # the gateway says which in /v1/whoami
