@@ -30,6 +30,7 @@ Errors are the PEP's classes; each one saferoom raised is also still its saferoo
 from __future__ import annotations
 
 import datetime
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -320,7 +321,7 @@ class Cursor:
         return self._result.notices_so_far if self._result is not None else ()
 
     def execute(self, operation: str, parameters: Parameters | None = None) -> Self:
-        """Run one statement; ``parameters`` (a mapping for ``:name``, a sequence for ``?``) are bound as literals."""
+        """Run one statement; ``parameters`` (a mapping for ``:name``, a sequence for ``$1``) are bound as literals."""
         session = self._session()
         self._release()
         with _translated():
@@ -385,10 +386,8 @@ class Cursor:
         taken: list[tuple[Any, ...]] = []
         with _translated():
             while size is None or len(taken) < size:
-                want = None if size is None else size - len(taken)
-                got = list(self._rows) if want is None else [row for _, row in zip(range(want), self._rows, strict=False)]
-                taken += got
-                if (want is None or len(got) < want) and not self._next_batch():
+                taken += itertools.islice(self._rows, None if size is None else size - len(taken))
+                if (size is None or len(taken) < size) and not self._next_batch():
                     break
         self._fetched += len(taken)
         return taken
