@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -136,7 +137,8 @@ class Kernel:
     def __init__(self, cwd: Path) -> None:
         from jupyter_client.manager import start_new_kernel
 
-        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(cwd))
+        env = {**os.environ, "PLOOMBER_STATS_ENABLED": "false"}  # JupySQL would report usage over the network
+        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(cwd), env=env)
 
     def run(self, code: str) -> tuple[str, str | None]:
         """What the cell printed or returned, and its error as ``Name: message`` (None when it ran)."""
