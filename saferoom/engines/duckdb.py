@@ -101,7 +101,7 @@ class DuckDBEngine:
         self._conn = duckdb.connect(":memory:", config=CLOSED_CONFIG)
         self._spill: str | None = None  # the private spill folder this engine removes on close
         try:
-            self._conn.execute("SET enable_progress_bar = false")  # never draw on a notebook's stdout
+            no_progress_bar(self._conn)
             for name, source in sources.items():
                 source.attach(self._conn, name, self._paths)
             if token_key is not None:
@@ -170,6 +170,14 @@ class DuckDBEngine:
 
     def _scrub(self, message: str) -> str:
         return scrub(message, self._paths)
+
+
+def no_progress_bar(conn: duckdb.DuckDBPyConnection) -> None:
+    """Never draw a progress bar on a notebook's stdout. In a Jupyter kernel without ipywidgets DuckDB has it
+    off already and refuses any change to it, even to off: set it only when it is on."""
+    ((on,),) = conn.execute("select current_setting('enable_progress_bar')").fetchall()
+    if on:
+        conn.execute("SET enable_progress_bar = false")
 
 
 def spill_folder(limits: Limits) -> str | None:
