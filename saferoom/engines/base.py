@@ -186,6 +186,38 @@ def stopped(cancel: Cancel, timeout: float | None) -> SaferoomError:
     return QueryCancelled(f"the query was stopped: {cancel.reason}")
 
 
+_QUOTED = re.compile(r"""(\w+)?(\s*)(?:"([^"]*)"|'([^']*)'|`([^`]*)`)""")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?(?![\w(])")
+_TYPE_ARGS = re.compile(r"(\b[A-Za-z_]\w*\(\d+(?:,\s*\d+)?\))")  # DECIMAL(3,1), VARCHAR(10): a type, not a value
+_NAMED = frozenset({"column", "columns", "relation", "table", "tables", "function", "functions", "schema", "type",
+                    "operator", "role", "database", "reference", "alias", "catalog", "field", "macro", "view"})
+
+
+def without_values(message: str) -> str:
+    """An engine's message with every value it could have quoted back taken out: only its first line (later
+    lines repeat the input with a caret under it), quoted text but the names after words like ``column`` or
+    ``table`` (the user wrote those), and every number but a type's size. A value in an error could be a row
+    the role's filter removes, or one masked in the result; nothing of it stays, however it was quoted.
+
+    >>> without_values('Conversion Error: invalid date field format: "EU", expected format is (YYYY-MM-DD)')
+    'Conversion Error: invalid date field format: "…", expected format is (YYYY-MM-DD)'
+    >>> without_values('Type INT64 with value 3000000000 can not be cast to DECIMAL(3,1); column "amount"')
+    'Type INT64 with value … can not be cast to DECIMAL(3,1); column "amount"'
+    """
+    lines = message.strip().splitlines()
+    first = _QUOTED.sub(_keep_names, lines[0] if lines else "")
+    parts = _TYPE_ARGS.split(first)  # types' sizes at odd positions, kept; numbers elsewhere go
+    return "".join(part if i % 2 else _NUMBER.sub("…", part) for i, part in enumerate(parts))
+
+
+def _keep_names(match: re.Match[str]) -> str:
+    word, space = match.group(1) or "", match.group(2)
+    if word.lower() in _NAMED and match.group(4) is None:  # a name after its kind, in the quotes names take
+        return match.group(0)
+    quote = "'" if match.group(4) is not None else "`" if match.group(5) is not None else '"'
+    return f"{word}{space}{quote}…{quote}"
+
+
 _INTERNAL = re.compile(r"__saferoom_\w*", re.IGNORECASE)
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 

@@ -23,7 +23,16 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, stopped, until_done
+from saferoom.engines.base import (
+    Cancel,
+    Catalog,
+    EngineSpec,
+    Templates,
+    policy_names_only,
+    stopped,
+    until_done,
+    without_values,
+)
 from saferoom.errors import EngineError, LimitExceeded
 from saferoom.keyed import TOKEN_FUNCTION, token_function
 from saferoom.policy.limits import Limits
@@ -218,11 +227,9 @@ def _end(timer: threading.Timer | None, cursor: duckdb.DuckDBPyConnection, done:
 
 def scrub(message: str, paths: dict[str, str]) -> str:
     """Keep the engine's explanation; drop echoed SQL, paths, quoted values and internal names."""
-    message = message.split("\n\nLINE ")[0].split("\nLINE ")[0].strip()
     for name, path in paths.items():
         message = message.replace(path, f"<source {name}>")
-    message = re.sub(r"(/[\w.\-]+)+", "<path>", message)
-    message = re.sub(r"'[^']*'", "'…'", message)  # values quoted back could be another row's data
+    message = without_values(re.sub(r"(/[\w.\-]+)+", "<path>", message))
     return policy_names_only(re.sub(r"__saferoom_(hmac_)?token", "tokenize", message, flags=re.IGNORECASE))
 
 
