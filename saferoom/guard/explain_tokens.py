@@ -24,7 +24,7 @@ saferoom.errors.QueryRejected: column `holder` of prod.cards holds tokens for ro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
@@ -73,7 +73,7 @@ def _token_columns(scope: Scope, tokenized: dict[str, frozenset[str]]) -> Iterat
             yield column, table
 
 
-def _table_of(column: exp.Column, sources: dict[str, object], tables: dict[str, str],
+def _table_of(column: exp.Column, sources: Mapping[str, object], tables: dict[str, str],
               tokenized: dict[str, frozenset[str]]) -> str | None:
     name = column.name.lower()
     if column.table:
