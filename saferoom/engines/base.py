@@ -188,6 +188,7 @@ def stopped(cancel: Cancel, timeout: float | None) -> SaferoomError:
 
 _QUOTED = re.compile(r"""(\w+)?(\s*)(?:"([^"]*)"|'([^']*)'|`([^`]*)`)""")
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?(?![\w(])")
+_THOUSANDS = re.compile(r"\d{1,3}(,\d{3})+")
 _TYPE_ARGS = re.compile(r"(\b[A-Za-z_]\w*\(\d+(?:,\s*\d+)?\))")  # DECIMAL(3,1), VARCHAR(10): a type, not a value
 _NAMED = frozenset({"column", "columns", "relation", "table", "tables", "function", "functions", "schema", "type",
                     "operator", "role", "database", "reference", "alias", "catalog", "field", "macro", "view"})
@@ -205,9 +206,17 @@ def without_values(message: str) -> str:
     'Type INT64 with value … can not be cast to DECIMAL(3,1); column "amount"'
     """
     lines = message.strip().splitlines()
-    first = _QUOTED.sub(_keep_names, lines[0] if lines else "")
-    parts = _TYPE_ARGS.split(first)  # types' sizes at odd positions, kept; numbers elsewhere go
-    return "".join(part if i % 2 else _NUMBER.sub("…", part) for i, part in enumerate(parts))
+    first = lines[0] if lines else ""
+    if first.startswith("IO Error:"):
+        return first  # the engine's own files (spill, a build's output): no row's value, and errno says why
+    parts = _TYPE_ARGS.split(_QUOTED.sub(_keep_names, first))  # types' sizes at odd positions, kept
+    return "".join(part if i % 2 else _NUMBER.sub(_not_a_limit, part) for i, part in enumerate(parts))
+
+
+def _not_a_limit(match: re.Match[str]) -> str:
+    """A number goes, but one grouped in thousands: engines never print a value so, saferoom's own limits do
+    (``would make a value over 1,048,576 bytes``, raised inside the engine by saferoom's size checks)."""
+    return match.group(0) if _THOUSANDS.fullmatch(match.group(0)) else "…"
 
 
 def _keep_names(match: re.Match[str]) -> str:

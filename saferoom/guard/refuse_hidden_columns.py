@@ -181,8 +181,15 @@ def _in_star_options(column: exp.Column) -> bool:
 
 
 def _aliases(scope: Scope) -> set[str]:
+    """The names a select list defines; a set operation's are its first branch's (its ORDER BY sorts by them)."""
     select = scope.expression
-    return {p.alias.lower() for p in select.expressions if isinstance(p, exp.Alias)} if isinstance(select, exp.Select) else set()
+    while isinstance(select, exp.SetOperation | exp.Subquery):
+        select = select.left if isinstance(select, exp.SetOperation) else select.this
+    if not isinstance(select, exp.Select):
+        return set()
+    if isinstance(scope.expression, exp.SetOperation):
+        return {p.alias_or_name.lower() for p in select.expressions}
+    return {p.alias.lower() for p in select.expressions if isinstance(p, exp.Alias)}
 
 
 def _sources(scope: Scope) -> dict[str, Source]:
