@@ -21,7 +21,7 @@ from rich.table import Table
 import saferoom
 from saferoom import settings
 from saferoom.decision import Decision, TableInfo
-from saferoom.errors import SaferoomError, UsageError
+from saferoom.errors import RoomError, SaferoomError, UsageError
 from saferoom.policy import load_policy
 from saferoom.policy.model import PolicyModel
 
@@ -225,6 +225,7 @@ def serve(
         help="Also send every audit record and checkpoint to syslog+tcp://HOST:PORT or file:PATH (repeatable); "
              "a query whose record cannot be sent does not run.")] = None,
     max_sql_bytes: Annotated[int, typer.Option(min=1024, help="The longest query text accepted, in bytes.")] = 256 * 1024,
+    socket: Annotated[Path | None, typer.Option(help="Listen on this Unix socket instead of --host/--port (rooms reach the gateway so).")] = None,
 ) -> None:
     """Run the gateway: it holds the credentials and the policy; people hold personal tokens.
 
@@ -235,7 +236,7 @@ def serve(
 
     jwt = JWTSettings(jwks, jwt_audience, jwt_issuer, jwt_claim) if jwks else None
     run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=jwt, packages=packages,
-               audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes)
+               audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes, socket_path=socket)
 
 
 @token_app.command("create")
@@ -509,6 +510,56 @@ def _print_summary(report: CheckReport) -> None:
                   soft_wrap=True)
     if report.findings:
         out.print("[dim]--details lists every finding with the sha256 that .saferoom-allow accepts.[/]")
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def room(
+    command: Annotated[list[str], typer.Argument(help="What to run inside, after --: python, bash, a script.")],
+    socket: Annotated[Path | None, _option("socket", "The gateway's Unix socket (`serve --socket`): the room's only way out.")] = None,
+    workspace: Annotated[Path, typer.Option(help="The one folder the room may write (default: this one).")] = Path("."),
+    packages: Annotated[Path | None, typer.Option(help="A package snapshot, read-only inside; pip installs from it only.")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Whose room: mint a token for them in --state.")] = None,
+    role: Annotated[str | None, _option("role", "Bind the minted token to this role.")] = None,
+    state: Annotated[Path | None, _option("state", "The gateway's state folder, to mint the room's token in.")] = None,
+    policy: Annotated[Path | None, _option("policy", "Take the room's limits from this policy's `rooms:`.")] = None,
+    account: Annotated[str | None, typer.Option(help="Started as root: the account the room runs as (default: the user's name).")] = None,
+) -> None:
+    """Run a command in a sandbox whose only way to data is the gateway; its exit status is the command's.
+
+    With --state and --user, a token is minted for the room and revoked when it ends; otherwise the
+    room uses SAFEROOM_TOKEN. Example: saferoom room --socket /run/saferoom.sock --state /var/lib/saferoom -u alice -- python job.py
+    """
+    from saferoom import room as rooms
+
+    if socket is None:
+        raise UsageError("give the gateway's socket: --socket PATH (what `saferoom serve --socket` listens on), or set SAFEROOM_SOCKET")
+    loaded = load_policy(policy) if policy else None
+    private = [p for p in (policy, state) if p is not None]
+    if state is not None:
+        if not user:
+            raise UsageError("--state mints a token for the room's user: give --user")
+        with rooms.minted(state, user, role) as token:
+            status = rooms.start(command, socket, workspace, token, policy=loaded, packages=packages,
+                                 account_name=account, private=private)
+        raise typer.Exit(status)
+    given = _secret("token")
+    if given is None or role or user:
+        raise UsageError("without --state, the room uses SAFEROOM_TOKEN as it is: set it, and leave out --user and --role")
+    raise typer.Exit(rooms.start(command, socket, workspace, given, policy=loaded, packages=packages,
+                                 account_name=account, private=private))
+
+
+@app.command()
+def doctor() -> None:
+    """Check that this host can make rooms, and say what it lacks and how to fix it."""
+    from saferoom import room as rooms
+
+    found = rooms.problems()
+    for problem in found:
+        err.print(f"[red]missing:[/] {escape(problem)}", highlight=False)
+    if found:
+        raise typer.Exit(RoomError.exit_code)
+    out.print("This host can make rooms: bubblewrap makes a sandbox here.")
 
 
 @app.command()

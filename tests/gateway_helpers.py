@@ -55,6 +55,7 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     extra: list[str] = field(default_factory=list)
     max_file_bytes: int | None = None  # RLIMIT_FSIZE: a write past it fails as on a full disk
+    socket: Path | None = None  # serve on this Unix socket instead of the port
 
     @property
     def url(self) -> str:
@@ -65,7 +66,7 @@ class Server:
         log = self.log.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-c", self._limits() + SERVE, "serve", "-p", str(self.policy), "--state", str(self.state), "--port", str(self.port),
-             *self.extra],
+             *(["--socket", str(self.socket)] if self.socket else []), *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         # ready when it answers, failed when it exits: no guess of how fast this machine starts a process
@@ -73,8 +74,9 @@ class Server:
         deadline = time.monotonic() + HUNG
         while self.process.poll() is None and time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
-                    return self
+                with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)) if self.socket else None) as http:
+                    if http.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                        return self
             except httpx.HTTPError:
                 time.sleep(0.1)
         self.stop()
