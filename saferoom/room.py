@@ -25,12 +25,15 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 
 from saferoom.client import RemoteSession
 from saferoom.errors import RoomError, UsageError
@@ -197,20 +200,44 @@ def check_workspace(workspace: Path, private: Sequence[Path]) -> None:
                             "give a workspace folder of its own")
 
 
-def run(spec: RoomSpec, token: Secret) -> int:
-    """Run the room's command to its end and return its exit status; refuse if no sandbox can be made."""
+def possible() -> None:
+    """Refuse, saying what to fix, when this host cannot make a sandbox: nothing runs unconfined instead."""
     found = problems()
     if found:
         raise RoomError("no room can be made on this host: " + "; ".join(found) + " (`saferoom doctor` checks a host)")
+
+
+def run(spec: RoomSpec, token: Secret) -> int:
+    """Run the room's command to its end and return its exit status; refuse if no sandbox can be made."""
+    possible()
     if host().root and spec.account is None:
         raise RoomError("a room started as root needs an account to run as: give --account")
     process = subprocess.Popen(bwrap_args(spec, host()), env=environment(spec, token))
+    with _stopped_by_sigterm():
+        try:
+            return process.wait()
+        finally:
+            if process.poll() is None:  # interrupted: killing bwrap ends everything in its PID namespace
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the sandbox is ended and the room's token revoked on the way out
+    (by default it would end this process on the spot, leaving the token valid until it expires)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; its owner decides what SIGTERM does
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return process.wait()
+        yield
     finally:
-        if process.poll() is None:  # interrupted: --die-with-parent ends the sandbox with bwrap
-            process.kill()
-            process.wait()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(sig: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {sig}")
 
 
 @contextlib.contextmanager
@@ -235,6 +262,7 @@ def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, 
     """
     if not command:
         raise UsageError("say what to run in the room, after --: saferoom room --socket PATH -- python")
+    possible()
     check_workspace(workspace, private)
     with RemoteSession(None, token.reveal(), role, socket=socket) as session:
         user, acting = session.user, session.role
