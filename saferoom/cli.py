@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -516,6 +517,7 @@ def _print_summary(report: CheckReport) -> None:
 def room(
     command: Annotated[list[str], typer.Argument(help="What to run inside, after --: python, bash, a script.")],
     socket: Annotated[Path | None, _option("socket", "The gateway's Unix socket (`serve --socket`): the room's only way out.")] = None,
+    gateway: Annotated[str | None, typer.Option(help="A gateway's URL instead: a relay on a socket carries the room's requests there.")] = None,
     workspace: Annotated[Path, typer.Option(help="The one folder the room may write (default: this one).")] = Path("."),
     packages: Annotated[Path | None, typer.Option(help="A package snapshot, read-only inside; pip installs from it only.")] = None,
     user: Annotated[str | None, typer.Option("--user", "-u", help="Whose room: mint a token for them in --state.")] = None,
@@ -530,23 +532,32 @@ def room(
     room uses SAFEROOM_TOKEN. Example: saferoom room --socket /run/saferoom.sock --state /var/lib/saferoom -u alice -- python job.py
     """
     from saferoom import room as rooms
+    from saferoom.relay import Relay
 
-    if socket is None:
-        raise UsageError("give the gateway's socket: --socket PATH (what `saferoom serve --socket` listens on), or set SAFEROOM_SOCKET")
+    if (socket is None) == (gateway is None):
+        raise UsageError("give the gateway's socket, --socket PATH (what `saferoom serve --socket` listens on; or set "
+                         "SAFEROOM_SOCKET), or its URL, --gateway URL; one of them")
     loaded = load_policy(policy) if policy else None
-    private = [p for p in (policy, state) if p is not None]
+    with contextlib.ExitStack() as stack:  # on the way out: the token revoked, the relay closed
+        token = _room_token(stack, state, user, role)
+        door = socket or stack.enter_context(Relay(str(gateway)))
+        status = rooms.start(command, door, workspace, token, policy=loaded, packages=packages,
+                             account_name=account, private=[p for p in (policy, state) if p is not None])
+    raise typer.Exit(status)
+
+
+def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | None, role: str | None) -> Secret:
+    """A token minted for the room in the state folder, revoked when ``stack`` closes; or SAFEROOM_TOKEN as it is."""
+    from saferoom.room import minted
+
     if state is not None:
         if not user:
             raise UsageError("--state mints a token for the room's user: give --user")
-        with rooms.minted(state, user, role) as token:
-            status = rooms.start(command, socket, workspace, token, policy=loaded, packages=packages,
-                                 account_name=account, private=private)
-        raise typer.Exit(status)
+        return stack.enter_context(minted(state, user, role))
     given = _secret("token")
     if given is None or role or user:
         raise UsageError("without --state, the room uses SAFEROOM_TOKEN as it is: set it, and leave out --user and --role")
-    raise typer.Exit(rooms.start(command, socket, workspace, given, policy=loaded, packages=packages,
-                                 account_name=account, private=private))
+    return given
 
 
 @app.command()

@@ -11,6 +11,7 @@ import pwd
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,18 +55,28 @@ def tasks_of(uid: int) -> int:
     return count
 
 
-@pytest.fixture(scope="module")
-def gateway(room, tmp_path_factory) -> Iterator[Server]:
-    """A gateway on a Unix socket over the demo data, its policy giving rooms small limits."""
+def started(room, folder: Path, on_socket: bool) -> Server:
+    """A gateway over the demo data, on a Unix socket or on a port, its policy giving rooms small limits."""
     if rooms.problems() and os.environ.get("SAFEROOM_REQUIRE_SANDBOX"):
         raise RuntimeError("bubblewrap must make sandboxes here (apt-get install bubblewrap): " + "; ".join(rooms.problems()))
-    folder = tmp_path_factory.mktemp("roomgw")
     policy = policies.demo(room)
     policy["sources"]["prod"]["path"] = str(room.database)
     policy["rooms"] = {"default": {"memory": MEMORY, "processes": tasks_of(room_uid()) + FORKS, "cpu_seconds": CPU_SECONDS}}
     path = policies.write(policy, folder / "saferoom.yaml")
-    server = Server(path, folder / "state", free_port(), folder / "server.log", socket=folder / "gateway.sock")
-    server.start()
+    return Server(path, folder / "state", free_port(), folder / "server.log",
+                  socket=folder / "gateway.sock" if on_socket else None).start()
+
+
+@pytest.fixture(scope="module")
+def gateway(room, tmp_path_factory) -> Iterator[Server]:
+    server = started(room, tmp_path_factory.mktemp("roomgw"), on_socket=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tcp_gateway(room, tmp_path_factory) -> Iterator[Server]:
+    server = started(room, tmp_path_factory.mktemp("roomtcp"), on_socket=False)
     yield server
     server.stop()
 
@@ -82,7 +93,8 @@ def workspace(tmp_path) -> Path:
 
 def in_room(gateway: Server, workspace: Path, code: str, *args: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
     """Run Python ``code`` in a room for ``user``, its token minted in the gateway's state and revoked after."""
-    command = [sys.executable, "-c", SERVE, "room", "--socket", str(gateway.socket), "--state", str(gateway.state),
+    door = ["--socket", str(gateway.socket)] if gateway.socket else ["--gateway", gateway.url]
+    command = [sys.executable, "-c", SERVE, "room", *door, "--state", str(gateway.state),
                "-u", user, "--policy", str(gateway.policy), "--workspace", str(workspace),
                *(["--account", ACCOUNT] if ROOT else []), *args, "--", sys.executable, "-c", textwrap.dedent(code)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}
@@ -244,10 +256,13 @@ def test_a_room_reaches_no_network(gateway, workspace) -> None:
 
 
 @sandbox
-def test_a_room_reads_no_policy_state_database_or_key_and_writes_only_its_workspace(gateway, workspace, room) -> None:
-    private = [gateway.policy, gateway.state / "tokens.json", room.database, room.folder / "token.key", Path("/root/.bashrc"),
-               Path("/etc/shadow")]
-    assert all(p.exists() for p in private[:4])
+def test_a_room_reads_no_policy_state_database_or_key_and_writes_only_its_workspace(gateway, workspace, room, tmp_path) -> None:
+    neighbour = tmp_path / "bob-workspace" / "notes.txt"  # another person's room's workspace
+    neighbour.parent.mkdir()
+    neighbour.write_text("bob's notes")
+    private = [gateway.policy, gateway.state / "audit.log", room.database, room.folder / "token.key", neighbour,
+               Path("/root/.bashrc"), Path("/etc/shadow")]
+    assert all(p.exists() for p in private[:5])
     found = last_json(in_room(gateway, workspace, f"""
         import json, os
         def attempt(fn):
@@ -345,3 +360,20 @@ def test_a_stopped_room_ends_its_processes_and_its_token(gateway, workspace) -> 
     eventually(lambda: not running(marker), "the room's processes ended")
     minted = {i: revoked for i, revoked in tokens(gateway).items() if i not in before}
     assert len(minted) == 1 and all(minted.values())
+
+
+@sandbox
+def test_a_room_reaches_a_gateway_on_a_port_through_a_relay_and_nothing_else(tcp_gateway, workspace) -> None:
+    found = last_json(in_room(tcp_gateway, workspace, f"""
+        import json, socket, saferoom
+        s = saferoom.connect()
+        regions = s.query("select distinct region from prod.orders").to_arrow().column(0).to_pylist()
+        try:
+            socket.create_connection(("127.0.0.1", {tcp_gateway.port}), timeout=5)
+            direct = "connected"
+        except OSError as exc:
+            direct = type(exc).__name__
+        print(json.dumps({{"user": s.user, "regions": regions, "direct": direct}}))
+    """))
+    assert found == {"user": "alice", "regions": ["EU"], "direct": "ConnectionRefusedError"}
+    assert not list(Path(tempfile.gettempdir()).glob("saferoom-relay-*"))  # the relay's socket went with the room
