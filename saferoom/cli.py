@@ -542,7 +542,7 @@ def room(
         token = _room_token(stack, state, user, role)
         door = socket or stack.enter_context(Relay(str(gateway)))
         status = rooms.start(command, door, workspace, token, policy=loaded, packages=packages,
-                             account_name=account, private=[p for p in (policy, state) if p is not None])
+                             account_name=account, private=[state] if state else [])
     raise typer.Exit(status)
 
 

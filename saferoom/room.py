@@ -263,7 +263,7 @@ def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, 
     if not command:
         raise UsageError("say what to run in the room, after --: saferoom room --socket PATH -- python")
     possible()
-    check_workspace(workspace, private)
+    check_workspace(workspace, [*private, *(kept_out(policy) if policy else ())])
     with RemoteSession(None, token.reveal(), role, socket=socket) as session:
         user, acting = session.user, session.role
     spec = RoomSpec(
@@ -272,6 +272,13 @@ def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, 
         account=account(account_name or user) if host().root else None, python_bin=str(Path(sys.executable).parent),
     )
     return run(spec, token)
+
+
+def kept_out(policy: Policy) -> list[Path]:
+    """What a policy names that no room may see: the policy file, its sources' files, its secrets' files."""
+    sources = [policy.source_path(name) for name in policy.model.sources]
+    files = [policy.local_path(ref.removeprefix("file:")) for ref in policy.model.secrets.values() if ref.startswith("file:")]
+    return [policy.path, *(p for p in sources if p is not None), *files]
 
 
 def _snapshot(packages: Path | None) -> Path | None:

@@ -168,10 +168,14 @@ def test_a_rooms_entry_that_is_no_role_is_a_policy_problem(room, tmp_path) -> No
         saferoom.load_policy(policies.write(policy, tmp_path / "saferoom.yaml"))
 
 
-def test_a_workspace_holding_the_policy_is_refused(tmp_path) -> None:
-    (tmp_path / "saferoom.yaml").write_text("version: 1\n")
+def test_a_workspace_holding_the_policy_its_database_or_its_key_is_refused(room, tmp_path) -> None:
+    policy = saferoom.load_policy(room.policy)
+    kept = rooms.kept_out(policy)
+    assert {room.policy, room.database, room.folder / "token.key"} <= {p.resolve() for p in kept}
     with pytest.raises(RoomError, match="must not see"):
-        rooms.check_workspace(tmp_path, [tmp_path / "saferoom.yaml"])
+        rooms.check_workspace(room.folder, kept)
+    for path in kept:  # a workspace beside them is fine
+        rooms.check_workspace(tmp_path, [path])
 
 
 def test_without_bubblewrap_no_room_starts(gateway, workspace) -> None:
@@ -205,6 +209,12 @@ def test_the_command_line_reaches_the_socket_the_environment_names(gateway, tmp_
 
 
 # --- real rooms ------------------------------------------------------------------------------------
+
+
+def test_doctor_says_what_a_host_without_bubblewrap_lacks() -> None:
+    done = subprocess.run([sys.executable, "-c", SERVE, "doctor"], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PATH": "/nonexistent"})
+    assert done.returncode == RoomError.exit_code and "apt-get install bubblewrap" in done.stderr
 
 
 @sandbox
