@@ -107,8 +107,14 @@ def bwrap_args(spec: RoomSpec, layout: Host) -> list[str]:
 
     No secret is in it (a command line is visible to every account on the host): the token is in the environment.
     """
-    args = ["bwrap", *NAMESPACES, *(() if layout.root else ("--unshare-user",)),
-            "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
+    return ["bwrap", *NAMESPACES, *(() if layout.root else ("--unshare-user",)), "--die-with-parent", "--new-session",
+            *_system(layout), *_python(spec.readonly), *_doors(spec), "--",
+            *_bounded(spec.bounds), *_as_account(spec.account), *spec.command]
+
+
+def _system(layout: Host) -> list[str]:
+    """/usr and the links into it, read-only, and of /etc only what programs need to start."""
+    args = ["--ro-bind", "/usr", "/usr"]
     for name, target in sorted(layout.links.items()):
         args += ["--symlink", target, f"/{name}"]
     for name in layout.top:
@@ -116,14 +122,20 @@ def bwrap_args(spec: RoomSpec, layout: Host) -> list[str]:
     args += ["--perms", "0755", "--dir", "/etc"]
     for name in layout.etc:
         args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    args += _parents([str(p) for p in spec.readonly])
-    for path in spec.readonly:
-        args += ["--ro-bind", str(path), str(path)]
-    if spec.packages:
-        args += ["--ro-bind", str(spec.packages), PACKAGES]
-    args += ["--bind", str(spec.workspace), WORKSPACE, *_parents([SOCKET]), "--ro-bind", str(spec.socket), SOCKET,
-             "--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", WORKSPACE, "--"]
-    return args + _bounded(spec.bounds) + _as_account(spec.account) + list(spec.command)
+    return args
+
+
+def _python(paths: Sequence[Path]) -> list[str]:
+    """The Python environment, read-only where it is on the host (a virtual environment names absolute paths)."""
+    outside = [str(p) for p in paths if not p.is_relative_to("/usr")]  # under /usr it is there already
+    return _parents(outside) + [arg for path in outside for arg in ("--ro-bind", path, path)]
+
+
+def _doors(spec: RoomSpec) -> list[str]:
+    """The packages (read-only), the workspace (the one writable folder), the gateway's socket, a private /tmp."""
+    packages = ["--ro-bind", str(spec.packages), PACKAGES] if spec.packages else []
+    return [*packages, "--bind", str(spec.workspace), WORKSPACE, *_parents([SOCKET]), "--ro-bind", str(spec.socket), SOCKET,
+            "--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", WORKSPACE]
 
 
 def _parents(paths: Sequence[str]) -> list[str]:
