@@ -8,7 +8,7 @@ Inside: its own network namespace with only loopback (no route anywhere), its ow
 UTS namespaces, a read-only view of /usr, a filtered /etc and the Python environment, one
 writable workspace, a private /tmp, the gateway's socket, and nothing else: not the policy, the
 state folder, source databases, keys or anyone's home. Limits (address space, processes, CPU
-time) are set by ``prlimit`` before the command starts, as hard limits it cannot raise.
+time) are set by ``prlimit`` before the command starts, as hard limits it cannot raise; /tmp has a size.
 
 Started as root (a gateway host), bwrap runs privileged, without a user namespace, and the
 command drops to the person's own account with ``setpriv`` inside the sandbox. The other ways
@@ -135,7 +135,7 @@ def _doors(spec: RoomSpec) -> list[str]:
     """The packages (read-only), the workspace (the one writable folder), the gateway's socket, a private /tmp."""
     packages = ["--ro-bind", str(spec.packages), PACKAGES] if spec.packages else []
     return [*packages, "--bind", str(spec.workspace), WORKSPACE, *_parents([SOCKET]), "--ro-bind", str(spec.socket), SOCKET,
-            "--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", WORKSPACE]
+            "--perms", "1777", "--size", str(spec.bounds.tmp_bytes), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", WORKSPACE]
 
 
 def _parents(paths: Sequence[str]) -> list[str]:

@@ -34,6 +34,7 @@ ROOM_SECONDS = 120  # a room that runs longer than this hangs; the test ends it 
 FORKS = 24  # processes a room may add to what its account already runs: enough for Python, far from a bomb
 MEMORY = "1GiB"
 CPU_SECONDS = 5
+TMP = "32MB"
 
 sandbox = pytest.mark.skipif(bool(rooms.problems()) and not os.environ.get("SAFEROOM_REQUIRE_SANDBOX"),
                              reason="no sandbox on this host: " + "; ".join(rooms.problems()) + " (`saferoom doctor`)")
@@ -61,7 +62,7 @@ def started(room, folder: Path, on_socket: bool) -> Server:
         raise RuntimeError("bubblewrap must make sandboxes here (apt-get install bubblewrap): " + "; ".join(rooms.problems()))
     policy = policies.demo(room)
     policy["sources"]["prod"]["path"] = str(room.database)
-    policy["rooms"] = {"default": {"memory": MEMORY, "processes": tasks_of(room_uid()) + FORKS, "cpu_seconds": CPU_SECONDS}}
+    policy["rooms"] = {"default": {"memory": MEMORY, "processes": tasks_of(room_uid()) + FORKS, "cpu_seconds": CPU_SECONDS, "tmp": TMP}}
     path = policies.write(policy, folder / "saferoom.yaml")
     return Server(path, folder / "state", free_port(), folder / "server.log",
                   socket=folder / "gateway.sock" if on_socket else None).start()
@@ -116,7 +117,7 @@ def last_json(done: subprocess.CompletedProcess[str]) -> dict:
 
 SPEC = rooms.RoomSpec(command=("python", "job.py"), socket=Path("/srv/saferoom/gateway.sock"),
                       workspace=Path("/srv/rooms/alice"), readonly=(Path("/opt/python"),),
-                      bounds=RoomBounds(memory_bytes=2**30, processes=64, cpu_seconds=60))
+                      bounds=RoomBounds(memory_bytes=2**30, processes=64, cpu_seconds=60, tmp_bytes=2**28))
 AS_ROOT = rooms.Host(links={"lib": "usr/lib"}, top=(), etc=("passwd", "ld.so.cache"), root=True)
 AS_USER = rooms.Host(links={"lib": "usr/lib"}, top=(), etc=("passwd",), root=False)
 
@@ -133,6 +134,7 @@ def test_the_sandbox_shows_only_the_system_python_workspace_and_socket() -> None
     assert binds(args)[rooms.SOCKET] == "/srv/saferoom/gateway.sock"
     for namespace in ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--new-session", "--die-with-parent"):
         assert namespace in args
+    assert args[args.index("--tmpfs") - 2:args.index("--tmpfs") + 2] == ["--size", str(2**28), "--tmpfs", "/tmp"]
     assert "--unshare-user" not in args  # as root: setpriv drops to the account; a user namespace would map it to root
     tail = args[args.index("--", args.index("--chdir")) + 1:]
     assert tail[:5] == ["prlimit", f"--as={2**30}", "--nproc=64", "--cpu=60", "--core=0"]
@@ -154,9 +156,9 @@ def test_the_token_is_in_the_environment_not_on_the_command_line() -> None:
 
 
 def test_room_limits_come_from_the_role_then_default_then_saferoom() -> None:
-    configured = {"default": RoomLimits(memory="2GB", processes=50), "analyst": RoomLimits(processes=10)}
-    assert room_bounds(configured, "analyst") == RoomBounds(2 * 10**9, 10, ROOM_DEFAULTS.cpu_seconds)
-    assert room_bounds(configured, "investigator") == RoomBounds(2 * 10**9, 50, ROOM_DEFAULTS.cpu_seconds)
+    configured = {"default": RoomLimits(memory="2GB", processes=50), "analyst": RoomLimits(processes=10, tmp="100MiB")}
+    assert room_bounds(configured, "analyst") == RoomBounds(2 * 10**9, 10, ROOM_DEFAULTS.cpu_seconds, 100 * 2**20)
+    assert room_bounds(configured, "investigator") == RoomBounds(2 * 10**9, 50, ROOM_DEFAULTS.cpu_seconds, ROOM_DEFAULTS.tmp_bytes)
     assert room_bounds({}, None) == ROOM_DEFAULTS
     assert size_bytes("512 MiB") == 512 * 2**20
 
@@ -329,6 +331,25 @@ def test_a_memory_hog_is_stopped_by_the_memory_limit(gateway, workspace) -> None
         print(json.dumps({"outcome": outcome}))
     """))
     assert found == {"outcome": "MemoryError"}
+
+
+@sandbox
+def test_a_full_tmp_is_stopped_by_its_size(gateway, workspace) -> None:
+    found = last_json(in_room(gateway, workspace, """
+        import errno, json
+        written = 0
+        try:
+            with open("/tmp/fill", "wb") as out:
+                for _ in range(64):  # 64 MB, twice the room's /tmp
+                    out.write(b"x" * 2**20)
+                    out.flush()
+                    written += 1
+            outcome = "written"
+        except OSError as exc:
+            outcome = errno.errorcode[exc.errno]
+        print(json.dumps({"outcome": outcome, "written": written}))
+    """))
+    assert found["outcome"] == "ENOSPC" and found["written"] <= size_bytes(TMP) // 2**20
 
 
 @sandbox

@@ -52,11 +52,13 @@ class RoomBounds:
     memory_bytes: int
     processes: int
     cpu_seconds: int
+    tmp_bytes: int
 
 
 # A notebook with pandas needs a few GB of address space and tens of threads; a fork bomb or a leak does not
 # get much further than that before the limit stops it, and the host's other rooms keep running.
-ROOM_DEFAULTS = RoomBounds(memory_bytes=8 * 1024**3, processes=256, cpu_seconds=8 * 3600)
+# /tmp is a tmpfs, held in the host's memory outside any process's address space: it needs a bound of its own.
+ROOM_DEFAULTS = RoomBounds(memory_bytes=8 * 1024**3, processes=256, cpu_seconds=8 * 3600, tmp_bytes=1024**3)
 _UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
           "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
@@ -75,12 +77,13 @@ def room_bounds(rooms: Mapping[str, RoomLimits], role: str | None, defaults: Roo
     """The role's room limits, then the policy's `default` entry, then saferoom's own, limit by limit."""
     bounds = defaults
     for entry in (rooms.get("default"), rooms.get(role) if role else None):
-        if entry is None:
-            continue
-        if entry.memory is not None:
-            bounds = replace(bounds, memory_bytes=size_bytes(entry.memory))
-        if entry.processes is not None:
-            bounds = replace(bounds, processes=entry.processes)
-        if entry.cpu_seconds is not None:
-            bounds = replace(bounds, cpu_seconds=entry.cpu_seconds)
+        if entry is not None:
+            bounds = replace(bounds, **_given(entry))
     return bounds
+
+
+def _given(entry: RoomLimits) -> dict[str, int]:
+    """The limits an entry sets, in the units the room applies them in."""
+    sizes = {"memory_bytes": entry.memory, "tmp_bytes": entry.tmp}
+    counts = {"processes": entry.processes, "cpu_seconds": entry.cpu_seconds}
+    return {**{k: size_bytes(v) for k, v in sizes.items() if v is not None}, **{k: v for k, v in counts.items() if v is not None}}

@@ -127,6 +127,7 @@ class RoomLimits(Strict):
     memory: str | None = Field(default=None, pattern=SIZE, description="Address space each process in the room may map, e.g. 4GB.")
     processes: int | None = Field(default=None, gt=0, description="Processes and threads the room's account may run at once.")
     cpu_seconds: int | None = Field(default=None, gt=0, description="CPU time each process in the room may use.")
+    tmp: str | None = Field(default=None, pattern=SIZE, description="The room's private /tmp, held in memory, e.g. 1GB.")
 
 
 Attribute = str | int | float | bool | list[str | int | float | bool]
