@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -84,7 +84,7 @@ class RoomSpec:
     bounds: RoomBounds = ROOM_DEFAULTS
     account: Account | None = None
     python_bin: str | None = None  # the environment's bin folder, first on PATH
-    extra_env: Mapping[str, str] = field(default_factory=dict)
+    user: str = "room"  # whom the room is for, as the gateway names them
 
 
 def python_paths() -> tuple[Path, ...]:
@@ -163,8 +163,8 @@ def environment(spec: RoomSpec, token: Secret) -> dict[str, str]:
     """The command's whole environment: nothing of the starter's leaks in (its SAFEROOM_POLICY, its tokens)."""
     path = ":".join([*([spec.python_bin] if spec.python_bin else []), "/usr/local/bin", "/usr/bin", "/bin"])
     return {"PATH": path, "HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
-            "USER": spec.account.name if spec.account else os.environ.get("USER", "room"),
-            "SAFEROOM_SOCKET": SOCKET, "SAFEROOM_TOKEN": token.reveal(), **_pip(spec.packages), **spec.extra_env}
+            "USER": spec.account.name if spec.account else spec.user,
+            "SAFEROOM_SOCKET": SOCKET, "SAFEROOM_TOKEN": token.reveal(), **_pip(spec.packages)}
 
 
 def _pip(packages: Path | None) -> dict[str, str]:
@@ -282,6 +282,7 @@ def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, 
         command=tuple(command), socket=socket.resolve(), workspace=workspace.resolve(), readonly=python_paths(),
         packages=_snapshot(packages), bounds=room_bounds(policy.model.rooms, acting) if policy else ROOM_DEFAULTS,
         account=account(account_name or user) if host().root else None, python_bin=str(Path(sys.executable).parent),
+        user=user,
     )
     return run(spec, token)
 

@@ -408,3 +408,31 @@ def test_a_room_reaches_a_gateway_on_a_port_through_a_relay_and_nothing_else(tcp
     """))
     assert found == {"user": "alice", "regions": ["EU"], "direct": "ConnectionRefusedError"}
     assert not list(Path(tempfile.gettempdir()).glob("saferoom-relay-*"))  # the relay's socket went with the room
+
+
+@sandbox
+def test_a_room_can_use_a_token_it_is_given_and_leaves_it_valid(gateway, workspace) -> None:
+    token = gateway.token("alice")
+    command = [sys.executable, "-c", SERVE, "room", "--socket", str(gateway.socket), "--workspace", str(workspace),
+               *(["--account", ACCOUNT] if ROOT else []), "--", sys.executable, "-c",
+               "import saferoom; print(saferoom.connect().user)"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}, "SAFEROOM_TOKEN": token}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=ROOM_SECONDS, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "alice", done.stderr[-2000:]
+    with RemoteSession(None, token, socket=gateway.socket) as session:  # not the room's to revoke
+        assert session.user == "alice"
+
+
+@sandbox
+@pytest.mark.skipif(not ROOT, reason="only a room started by root runs as another account")
+def test_as_root_a_user_without_an_account_gets_no_room(gateway, workspace) -> None:
+    try:
+        pwd.getpwnam("alice")
+        pytest.skip("this host has an account named alice")
+    except KeyError:
+        pass
+    command = [sys.executable, "-c", SERVE, "room", "--socket", str(gateway.socket), "--state", str(gateway.state),
+               "-u", "alice", "--workspace", str(workspace), "--", "/bin/sh", "-c", f"touch {workspace}/ran"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=ROOM_SECONDS, check=False)
+    assert done.returncode == RoomError.exit_code and "useradd" in done.stderr, done.stderr
+    assert not (workspace / "ran").exists()
