@@ -538,6 +538,7 @@ def room(
         raise UsageError("give the gateway's socket, --socket PATH (what `saferoom serve --socket` listens on; or set "
                          "SAFEROOM_SOCKET), or its URL, --gateway URL; one of them")
     loaded = load_policy(policy) if policy else None
+    rooms.possible()  # before a token exists for a room that cannot be
     with contextlib.ExitStack() as stack:  # on the way out: the token revoked, the relay closed
         token = _room_token(stack, state, user, role)
         door = socket or stack.enter_context(Relay(str(gateway)))
