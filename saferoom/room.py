@@ -135,7 +135,14 @@ def _doors(spec: RoomSpec) -> list[str]:
     """The packages (read-only), the workspace (the one writable folder), the gateway's socket, a private /tmp."""
     packages = ["--ro-bind", str(spec.packages), PACKAGES] if spec.packages else []
     return [*packages, "--bind", str(spec.workspace), WORKSPACE, *_parents([SOCKET]), "--ro-bind", str(spec.socket), SOCKET,
-            "--perms", "1777", "--size", str(spec.bounds.tmp_bytes), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", WORKSPACE]
+            *_scratch("/tmp", spec.bounds.tmp_bytes), "--proc", "/proc", "--dev", "/dev",
+            *_scratch("/dev/shm", spec.bounds.tmp_bytes), "--chdir", WORKSPACE]
+
+
+def _scratch(path: str, size: int) -> list[str]:
+    """A private tmpfs anyone in the room may write, of a bounded size: it is held in the host's memory.
+    /dev/shm is one too (bwrap's is root's alone), for multiprocessing's semaphores and shared arrays."""
+    return ["--perms", "1777", "--size", str(size), "--tmpfs", path]
 
 
 def _parents(paths: Sequence[str]) -> list[str]:
