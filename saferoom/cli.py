@@ -525,6 +525,7 @@ def room(
     state: Annotated[Path | None, _option("state", "The gateway's state folder, to mint the room's token in.")] = None,
     policy: Annotated[Path | None, _option("policy", "Take the room's limits from this policy's `rooms:`.")] = None,
     account: Annotated[str | None, typer.Option(help="Started as root: the account the room runs as (default: the user's name).")] = None,
+    ttl: Annotated[str, typer.Option(help="The minted token's lifetime, should the room outlive its revocation (30d, 12h, 90m).")] = "12h",
 ) -> None:
     """Run a command in a sandbox whose only way to data is the gateway; its exit status is the command's.
 
@@ -540,21 +541,22 @@ def room(
     loaded = load_policy(policy) if policy else None
     rooms.possible()  # before a token exists for a room that cannot be
     with contextlib.ExitStack() as stack:  # on the way out: the token revoked, the relay closed
-        token = _room_token(stack, state, user, role)
+        token = _room_token(stack, state, user, role, ttl)
         door = socket or stack.enter_context(Relay(str(gateway)))
         status = rooms.start(command, door, workspace, token, policy=loaded, packages=packages,
                              account_name=account, private=[state] if state else [])
     raise typer.Exit(status)
 
 
-def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | None, role: str | None) -> Secret:
+def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | None, role: str | None, ttl: str) -> Secret:
     """A token minted for the room in the state folder, revoked when ``stack`` closes; or SAFEROOM_TOKEN as it is."""
-    from saferoom.room import minted
+    from saferoom.identity import parse_ttl
+    from saferoom.room import TOKEN_TTL, minted
 
     if state is not None:
         if not user:
             raise UsageError("--state mints a token for the room's user: give --user")
-        return stack.enter_context(minted(state, user, role))
+        return stack.enter_context(minted(state, user, role, parse_ttl(ttl) or TOKEN_TTL))
     given = _secret("token")
     if given is None or role or user:
         raise UsageError("without --state, the room uses SAFEROOM_TOKEN as it is: set it, and leave out --user and --role")

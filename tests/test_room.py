@@ -14,6 +14,7 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def workspace(tmp_path) -> Path:
     return folder
 
 
-def in_room(gateway: Server, workspace: Path, code: str, *args: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
+def in_room(gateway: Server, workspace: Path, *args: str, code: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
     """Run Python ``code`` in a room for ``user``, its token minted in the gateway's state and revoked after."""
     door = ["--socket", str(gateway.socket)] if gateway.socket else ["--gateway", gateway.url]
     command = [sys.executable, "-c", SERVE, "room", *door, "--state", str(gateway.state),
@@ -227,7 +228,8 @@ def test_doctor_says_this_host_can_make_rooms() -> None:
 
 @sandbox
 def test_connect_with_no_arguments_queries_through_the_gateway_as_the_rooms_user(gateway, workspace, room) -> None:
-    found = last_json(in_room(gateway, workspace, """
+    before = tokens(gateway)
+    found = last_json(in_room(gateway, workspace, "--ttl", "90m", code="""
         import json, os, saferoom
         s = saferoom.connect()
         regions = s.query("select distinct region from prod.orders").to_arrow().column(0).to_pylist()
@@ -238,6 +240,9 @@ def test_connect_with_no_arguments_queries_through_the_gateway_as_the_rooms_user
     assert found["uid"] == room_uid()
     with pytest.raises(AuthError, match="revoked"):  # the room's token died with the room
         RemoteSession(None, found["token"], socket=gateway.socket)
+    [minted] = [t for t in json.loads((gateway.state / "tokens.json").read_text()) if t["id"] not in before]
+    assert found["token"].startswith(f"sr_{minted['id']}_") and minted["user"] == "alice"
+    assert datetime.fromisoformat(minted["expires"]) - datetime.fromisoformat(minted["created"]) == timedelta(minutes=90)
 
 
 @sandbox
@@ -247,7 +252,7 @@ def test_a_room_reaches_no_network(gateway, workspace) -> None:
         outside.listen()
         outside.settimeout(0.5)
         port = outside.getsockname()[1]
-        found = last_json(in_room(gateway, workspace, f"""
+        found = last_json(in_room(gateway, workspace, code=f"""
             import json, socket
             def attempt(fn):
                 try:
@@ -275,7 +280,7 @@ def test_a_room_reads_no_policy_state_database_or_key_and_writes_only_its_worksp
     private = [gateway.policy, gateway.state / "audit.log", room.database, room.folder / "token.key", neighbour,
                Path("/root/.bashrc"), Path("/etc/shadow")]
     assert all(p.exists() for p in private[:5])
-    found = last_json(in_room(gateway, workspace, f"""
+    found = last_json(in_room(gateway, workspace, code=f"""
         import json, os
         def attempt(fn):
             try:
@@ -299,7 +304,7 @@ def test_a_room_reads_no_policy_state_database_or_key_and_writes_only_its_worksp
 
 @sandbox
 def test_a_fork_bomb_is_stopped_by_the_process_limit(gateway, workspace) -> None:
-    found = last_json(in_room(gateway, workspace, """
+    found = last_json(in_room(gateway, workspace, code="""
         import json, os, signal, time
         children, refused = [], None
         for _ in range(200):  # bounded even if the limit failed: the host stays fine either way
@@ -322,7 +327,7 @@ def test_a_fork_bomb_is_stopped_by_the_process_limit(gateway, workspace) -> None
 
 @sandbox
 def test_a_memory_hog_is_stopped_by_the_memory_limit(gateway, workspace) -> None:
-    found = last_json(in_room(gateway, workspace, """
+    found = last_json(in_room(gateway, workspace, code="""
         import json
         try:
             hog = bytearray(2 * 1024 ** 3)  # twice the room's address space
@@ -336,7 +341,7 @@ def test_a_memory_hog_is_stopped_by_the_memory_limit(gateway, workspace) -> None
 
 @sandbox
 def test_a_full_tmp_is_stopped_by_its_size(gateway, workspace) -> None:
-    found = last_json(in_room(gateway, workspace, """
+    found = last_json(in_room(gateway, workspace, code="""
         import errno, json
         written = 0
         try:
@@ -355,7 +360,7 @@ def test_a_full_tmp_is_stopped_by_its_size(gateway, workspace) -> None:
 
 @sandbox
 def test_a_busy_loop_is_stopped_by_the_cpu_limit(gateway, workspace) -> None:
-    done = in_room(gateway, workspace, "while True: pass")
+    done = in_room(gateway, workspace, code="while True: pass")
     # soft and hard limits are the same, so the kernel sends SIGKILL at once; bwrap passes it on as 128 + signal
     assert done.returncode == 128 + 9, (done.returncode, done.stderr[-2000:])
 
@@ -396,7 +401,7 @@ def test_a_stopped_room_ends_its_processes_and_its_token(gateway, workspace) -> 
 
 @sandbox
 def test_a_room_reaches_a_gateway_on_a_port_through_a_relay_and_nothing_else(tcp_gateway, workspace) -> None:
-    found = last_json(in_room(tcp_gateway, workspace, f"""
+    found = last_json(in_room(tcp_gateway, workspace, code=f"""
         import json, socket, saferoom
         s = saferoom.connect()
         regions = s.query("select distinct region from prod.orders").to_arrow().column(0).to_pylist()
