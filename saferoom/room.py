@@ -136,7 +136,13 @@ def _doors(spec: RoomSpec) -> list[str]:
     packages = ["--ro-bind", str(spec.packages), PACKAGES] if spec.packages else []
     return [*packages, "--bind", str(spec.workspace), WORKSPACE, *_parents([SOCKET]), "--ro-bind", str(spec.socket), SOCKET,
             *_scratch("/tmp", spec.bounds.tmp_bytes), "--proc", "/proc", "--dev", "/dev",
-            *_scratch("/dev/shm", spec.bounds.tmp_bytes), "--chdir", WORKSPACE]
+            *_scratch("/dev/shm", spec.bounds.tmp_bytes), *_sealed(), "--chdir", WORKSPACE]
+
+
+def _sealed() -> list[str]:
+    """The sandbox's own root, read-only once everything is mounted on it: in a user namespace its folders
+    (/etc, /run) belong to the room's user, who could otherwise fill them, unbounded, in the host's memory."""
+    return ["--remount-ro", "/"]
 
 
 def _scratch(path: str, size: int) -> list[str]:

@@ -5,9 +5,11 @@ As root (CI), each room runs as the unprivileged account `nobody`; as anyone els
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import sys
@@ -290,7 +292,7 @@ def test_a_room_reads_no_policy_state_database_or_key_and_writes_only_its_worksp
                 return type(exc).__name__
         reads = {{p: attempt(lambda p=p: open(p, "rb").read()) for p in {[str(p) for p in private]!r}}}
         writes = {{p: attempt(lambda p=p: open(p, "w").write("x")) for p in
-                  ["/workspace/mine.txt", "/tmp/mine.txt", "/dev/shm/mine.txt", "/etc/evil", "/usr/evil", "/evil", {str(Path(sys.prefix) / "evil")!r}]}}
+                  ["/workspace/mine.txt", "/tmp/mine.txt", "/dev/shm/mine.txt", "/etc/evil", "/usr/evil", "/evil", "/run/evil", {str(Path(sys.prefix) / "evil")!r}]}}
         print(json.dumps({{"reads": reads, "writes": writes, "home": os.listdir("/home") if os.path.exists("/home") else None}}))
     """))
     assert not [p for p, outcome in found["reads"].items() if outcome == "done"], found["reads"]
@@ -442,3 +444,28 @@ def test_as_root_a_user_without_an_account_gets_no_room(gateway, workspace) -> N
     done = subprocess.run(command, capture_output=True, text=True, timeout=ROOM_SECONDS, check=False)
     assert done.returncode == RoomError.exit_code and "useradd" in done.stderr, done.stderr
     assert not (workspace / "ran").exists()
+
+
+@sandbox
+@pytest.mark.skipif(not ROOT, reason="needs root to become an unprivileged account for the test")
+def test_started_by_an_unprivileged_account_the_room_has_a_user_namespace_of_its_own() -> None:
+    """The command line a room started by anyone but root gets (no setpriv; bwrap makes a user namespace)."""
+    uid, gid = pwd.getpwnam(ACCOUNT).pw_uid, pwd.getpwnam(ACCOUNT).pw_gid
+    folder = Path(tempfile.mkdtemp(prefix="saferoom-unprivileged-"))  # not under pytest's 0700 folder: the account must reach it
+    try:
+        folder.chmod(0o755)
+        (folder / "workspace").mkdir()
+        os.chown(folder / "workspace", uid, gid)
+        with socket.socket(socket.AF_UNIX) as door:
+            door.bind(str(folder / "gateway.sock"))
+            spec = rooms.RoomSpec(command=("/bin/sh", "-c", "id -u; echo x > /workspace/f; for f in /etc/f /f /run/f; do echo x > $f || echo refused; done"),
+                                  socket=folder / "gateway.sock", workspace=folder / "workspace",
+                                  bounds=RoomBounds(2**30, tasks_of(uid) + FORKS, 10, 2**20))
+            args = rooms.bwrap_args(spec, dataclasses.replace(rooms.host(), root=False))
+            done = subprocess.run(args, user=uid, group=gid, extra_groups=[], env={"PATH": "/usr/bin:/bin"},
+                                  capture_output=True, text=True, timeout=ROOM_SECONDS, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [str(uid), "refused", "refused", "refused"]
+        assert (folder / "workspace" / "f").stat().st_uid == uid
+    finally:
+        shutil.rmtree(folder)
