@@ -297,7 +297,18 @@ def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, 
         account=account(account_name or user) if host().root else None, python_bin=str(Path(sys.executable).parent),
         user=user,
     )
+    if spec.account is not None:
+        owned_by(spec.workspace, spec.account)
     return run(spec, token)
+
+
+def owned_by(workspace: Path, owner: Account) -> None:
+    """Started as root, a room writes only a folder its account owns: a folder of root's (the current one, by
+    default) would be shown to the account with whatever root keeps in it."""
+    found = workspace.stat().st_uid
+    if found != owner.uid:
+        raise RoomError(f"the workspace {workspace} belongs to uid {found}, not to the room's account {owner.name}: "
+                        f"give the account a folder of its own (chown {owner.name} FOLDER)")
 
 
 def kept_out(policy: Policy) -> list[Path]:

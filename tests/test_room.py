@@ -216,6 +216,15 @@ def test_the_command_line_reaches_the_socket_the_environment_names(gateway, tmp_
 # --- real rooms ------------------------------------------------------------------------------------
 
 
+def test_a_room_run_by_root_writes_only_a_folder_its_account_owns(tmp_path) -> None:
+    owner = rooms.Account("alice", 4242, 4242)
+    with pytest.raises(RoomError, match="chown alice"):
+        rooms.owned_by(tmp_path, owner)  # the test's own folder: not alice's
+    if ROOT:
+        os.chown(tmp_path, owner.uid, owner.gid)
+        rooms.owned_by(tmp_path, owner)
+
+
 def test_doctor_says_what_a_host_without_bubblewrap_lacks() -> None:
     done = subprocess.run([sys.executable, "-c", SERVE, "doctor"], capture_output=True, text=True, check=False,
                           env={**os.environ, "PATH": "/nonexistent"})
