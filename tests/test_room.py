@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -27,9 +28,10 @@ from saferoom.client import RemoteSession
 from saferoom.errors import AuthError, PolicyError, RoomError
 from saferoom.policy.limits import ROOM_DEFAULTS, RoomBounds, room_bounds, size_bytes
 from saferoom.policy.model import RoomLimits
+from saferoom.relay import Relay
 from saferoom.secrets import Secret
 from tests import policies
-from tests.gateway_helpers import SERVE, Server, eventually, free_port
+from tests.gateway_helpers import SERVE, Server, answers, eventually, free_port, gateway_policy, self_signed
 
 ROOT = os.geteuid() == 0
 ACCOUNT = "nobody"
@@ -478,3 +480,27 @@ def test_started_by_an_unprivileged_account_the_room_has_a_user_namespace_of_its
         assert (folder / "workspace" / "f").stat().st_uid == uid
     finally:
         shutil.rmtree(folder)
+
+
+def test_the_relay_speaks_verified_tls_to_a_gateway_on_https(room, tmp_path, monkeypatch) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "-p", str(gateway_policy(room, tmp_path)), "--state",
+                                str(tmp_path / "state"), "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        eventually(lambda: answers(url, verify=ssl.create_default_context(cafile=str(cert))) or process.poll() is not None,
+                   "the gateway to start")
+        token = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(tmp_path / "state"), "-u", "alice"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        with Relay(url) as door, pytest.raises(saferoom.UsageError, match="cannot reach the gateway"):
+            RemoteSession(None, token, socket=door)  # the system's CAs do not vouch for it: the relay hangs up
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # OpenSSL's own variable: a private CA for the relay
+        with Relay(url) as door, RemoteSession(None, token, socket=door) as session:
+            assert session.user == "alice"
+            assert session.query("select distinct region from prod.orders").to_arrow().column(0).to_pylist() == ["EU"]
+        assert not door.exists()
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
