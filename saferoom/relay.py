@@ -8,6 +8,7 @@ verified against the system's certificates, so inside the room the client speaks
 
 from __future__ import annotations
 
+import selectors
 import shutil
 import socket
 import ssl
@@ -68,28 +69,41 @@ class Relay:
         except OSError:
             client.close()  # the client sees the connection close, and says it cannot reach the gateway
             return
-        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
-        back.start()
-        _pump(client, upstream)
-        back.join()
-        upstream.close()
-        client.close()
+        try:
+            _pump(client, upstream)
+        finally:
+            upstream.close()
+            client.close()
 
 
-def _pump(source: socket.socket, target: socket.socket) -> None:
-    """Copy until either side ends, then end both: HTTP needs no half-open connection, and the other pump wakes."""
+def _pump(one: socket.socket, other: socket.socket) -> None:
+    """Copy both ways on one thread until either side ends: a TLS socket must not be read on one thread while
+    written on another, and HTTP needs no half-open connection."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(one, selectors.EVENT_READ, other)
+        selector.register(other, selectors.EVENT_READ, one)
+        while True:
+            for key, _ in selector.select():
+                if not _forward(key.fileobj, key.data):  # type: ignore[arg-type]
+                    return
+
+
+def _forward(source: socket.socket, target: socket.socket) -> bool:
+    """Move what ``source`` has (for TLS, also what it decrypted past one read) to ``target``; False at its end."""
     try:
-        while data := source.recv(CHUNK):
-            target.sendall(data)
+        data = source.recv(CHUNK)
+        if not data:
+            return False
+        target.sendall(data)
+        while isinstance(source, ssl.SSLSocket) and source.pending():
+            target.sendall(source.recv(source.pending()))
+        return True
     except OSError:
-        pass
-    finally:
-        _hang_up(source)
-        _hang_up(target)
+        return False
 
 
 def _hang_up(sock: socket.socket) -> None:
-    """Shut the descriptor itself down (past TLS, which would otherwise try to say goodbye first)."""
+    """Shut the listener down, which wakes the thread waiting in ``accept``."""
     try:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
