@@ -5,10 +5,12 @@
 (c) the gateway's peak memory while it streams the large result;
 (e) one user's small queries per second while another floods the gateway with runaway queries that
     they abandon after 3 s, against the same user's rate on a quiet gateway, measured in turn.
+(f) the web page's result: the first page of a 100,000-row result kept by the gateway (format page) against
+    the whole result as JSON (what a page without paging receives), and a later page, in alternating rounds.
 (d) what sealing the audit log costs: (b) on a gateway with --audit-key (HMAC per record, a signed
     checkpoint every 1,000 records or 10 s) against one without, in alternating rounds of the same run.
 
-Uses the data of bench/guard.py (built on first run). Usage: python bench/gateway.py [--rows N] [--audit-only] [--only-flood]
+Uses the data of bench/guard.py (built on first run). Usage: python bench/gateway.py [--rows N] [--audit-only] [--only-flood] [--only-page]
 """
 
 from __future__ import annotations
@@ -184,9 +186,13 @@ def main() -> None:
     parser.add_argument("--only-flood", action="store_true", help="Only (e).")
     parser.add_argument("--audit-rounds", type=int, default=4)
     parser.add_argument("--audit-only", action="store_true", help="Only (d).")
+    parser.add_argument("--only-page", action="store_true", help="Only (f).")
     args = parser.parse_args()
     if args.only_flood:
         flood_only(args)
+        return
+    if args.only_page:
+        page_only(args)
         return
     policy = build(args.rows)
     plain, sealed = audit_cost(policy, args.clients, args.seconds, args.audit_rounds)
@@ -204,6 +210,7 @@ def main() -> None:
             rate = requests_per_second(server, token, args.clients, args.seconds)
             trivial = requests_per_second(server, token, args.clients, args.seconds, "select 1")
             audited = sum(1 for _ in (Path(state) / "audit.log").open())
+            pages = page_costs(server, token, args.repeat)
             quiet, flooded, flood_peak = under_flood(server, token, server.token("ana"), FLOOD_GOOD_CLIENTS, args.seconds)
         finally:
             server.stop()
@@ -214,6 +221,7 @@ def main() -> None:
           f"(1M-row table, zone-map filter), {trivial:,.0f} requests/s for `select 1`; {audited:,} audit records written")
     print(f"(c) gateway memory: {idle:.0f} MB idle, peak {peak:.0f} MB while streaming {rows:,} rows")
     print_flood(FLOOD_GOOD_CLIENTS, quiet, flooded, flood_peak)
+    print_pages(pages, args.repeat)
     print_audit_cost(args, plain, sealed)
 
 
@@ -226,6 +234,48 @@ def flood_only(args: argparse.Namespace) -> None:
         finally:
             server.stop()
     print_flood(FLOOD_GOOD_CLIENTS, quiet, flooded, peak)
+
+
+PAGED = "select order_id, amount, region, created_at from orders_1m limit 100000"
+
+
+def page_costs(server: Server, token: str, repeat: int) -> dict[str, float]:
+    """Median seconds and bytes: the first page (format page), the whole result as JSON, a page further on."""
+    seconds: dict[str, list[float]] = {"page": [], "json": [], "later": []}
+    sizes: dict[str, int] = {}
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {token}"}) as http:
+        for i in range(repeat):
+            for kind in ("page", "json") if i % 2 else ("json", "page"):
+                start = time.perf_counter()
+                response = http.post(f"{server.url}/v1/query", json={"sql": PAGED, "format": kind})
+                seconds[kind].append(time.perf_counter() - start)
+                assert response.status_code == 200 and response.json()["status"]["rows"] == 100_000, response.text[:200]
+                sizes[kind] = len(response.content)
+                kept = response.json().get("result")
+                if kept:
+                    start = time.perf_counter()
+                    later = http.get(f"{server.url}/v1/results/{kept['id']}", params={"offset": 50_000, "limit": 100})
+                    seconds["later"].append(time.perf_counter() - start)
+                    assert len(later.json()["rows"]) == 100
+    return {**{k: statistics.median(v) for k, v in seconds.items()}, **{f"{k}_bytes": v for k, v in sizes.items()}}
+
+
+def page_only(args: argparse.Namespace) -> None:
+    policy = build(args.rows)
+    with tempfile.TemporaryDirectory() as state:
+        server = Server(policy, Path(state), free_port(), Path(state) / "server.log").start()
+        try:
+            costs = page_costs(server, server.token("sam"), args.repeat)
+        finally:
+            server.stop()
+    print_pages(costs, args.repeat)
+
+
+def print_pages(costs: dict[str, float], repeat: int) -> None:
+    print(f"(f) web page, 100,000-row result, median of {repeat}: first page {costs['page']:.2f} s "
+          f"({costs['page_bytes'] / 1024:,.0f} KB), whole result as JSON {costs['json']:.2f} s "
+          f"({costs['json_bytes'] / 1024:,.0f} KB): time ratio {costs['page'] / costs['json']:.2f}, bytes ratio "
+          f"{costs['page_bytes'] / costs['json_bytes']:.4f}; a page at row 50,000: {costs['later'] * 1000:.0f} ms")
 
 
 def print_flood(clients: int, quiet: float, flooded: float, peak: int) -> None:

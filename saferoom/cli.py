@@ -23,7 +23,7 @@ import saferoom
 from saferoom import settings
 from saferoom.decision import Decision, TableInfo
 from saferoom.errors import RoomError, SaferoomError, UsageError
-from saferoom.policy import load_policy
+from saferoom.policy import Policy, load_policy
 from saferoom.policy.model import PolicyModel
 
 if TYPE_CHECKING:
@@ -247,16 +247,26 @@ def token_create(
     state: StateOpt = STATE,
     role: Annotated[str | None, _option("role", "Bind the token to one role.")] = None,
     ttl: Annotated[str | None, typer.Option(help="Lifetime, like 30d, 12h or 90m.")] = None,
-    policy: Annotated[Path | None, _option("policy", "Check the user and role against this policy.")] = None,
+    policy: Annotated[Path | None, _option("policy", "The gateway's policy: the user and role are checked against it.")] = None,
 ) -> None:
-    """Create a token and print it once; only its hash is kept."""
+    """Create a token and print it once; only its hash is kept.
+
+    Example: saferoom token create --policy saferoom.yaml --state state --user alice
+    """
     from saferoom.identity import TokenStore, parse_ttl
 
-    if policy is not None:
-        load_policy(policy).role_for(user, role)
+    _policy_for_token(policy).role_for(user, role)  # fail closed: no token for a user or role the policy lacks
     token, record = TokenStore(state).create(user, role, parse_ttl(ttl))
     sys.stdout.write(token + "\n")
     err.print(f"Token {record.id} for {user}" + (f" as {role}" if role else "") + (f", expires {record.expires}" if record.expires else "") + ". It is shown only now.")
+
+
+def _policy_for_token(policy: Path | None) -> Policy:
+    """The policy a token is checked against; never guessed, since a token for a user it lacks would be unusable or wrong."""
+    if policy is None:
+        raise UsageError("give the gateway's policy with --policy PATH (or SAFEROOM_POLICY), so the user and role "
+                         "can be checked before a token is made")
+    return load_policy(policy)
 
 
 @token_app.command("list")
@@ -541,14 +551,15 @@ def room(
     loaded = load_policy(policy) if policy else None
     rooms.possible()  # before a token exists for a room that cannot be
     with contextlib.ExitStack() as stack:  # on the way out: the token revoked, the relay closed
-        token = _room_token(stack, state, user, role, ttl)
+        token = _room_token(stack, state, user, role, ttl, policy)
         door = socket or stack.enter_context(Relay(str(gateway)))
         status = rooms.start(command, door, workspace, token, policy=loaded, packages=packages,
                              account_name=account, private=[state] if state else [])
     raise typer.Exit(status)
 
 
-def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | None, role: str | None, ttl: str) -> Secret:
+def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | None, role: str | None, ttl: str,
+                policy: Path | None) -> Secret:
     """A token minted for the room in the state folder, revoked when ``stack`` closes; or SAFEROOM_TOKEN as it is."""
     from saferoom.identity import parse_ttl
     from saferoom.room import TOKEN_TTL, minted
@@ -556,6 +567,7 @@ def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | Non
     if state is not None:
         if not user:
             raise UsageError("--state mints a token for the room's user: give --user")
+        _policy_for_token(policy).role_for(user, role)  # as `token create`: no token for a user or role the policy lacks
         return stack.enter_context(minted(state, user, role, parse_ttl(ttl) or TOKEN_TTL))
     given = _secret("token")
     if given is None or role or user:

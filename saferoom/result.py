@@ -78,6 +78,10 @@ class Result:
         self._read += batch.num_rows if batch is not None else 0
         return batch
 
+    def close(self) -> None:
+        """Stop reading: the engine's query ends, and the rows not yet read are never read."""
+        self._finish()
+
     def _finish(self) -> None:
         if self._reader is not None:
             self._reader.close()

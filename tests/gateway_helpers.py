@@ -107,7 +107,8 @@ class Server:
         self.process.send_signal(signal.SIGHUP)
 
     def token(self, user: str, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(self.state), "-u", user, *args],
+        done = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(self.state), "-p", str(self.policy),
+                               "-u", user, *args],
                               capture_output=True, text=True, check=True)
         return done.stdout.strip()
 
@@ -158,10 +159,17 @@ roles: {{analyst: {role}}}
     return Server(folder / "saferoom.yaml", folder / "state", free_port(), folder / "server.log", extra=list(extra)).start()
 
 
-def serving(room: object, tmp_path_factory: object, name: str) -> Iterator[Server]:
-    """A gateway over the room for a module of tests (the body of its ``server`` fixture)."""
+# a user with two roles, for what changes with the role a request acts as
+RITA = "  rita: {roles: [analyst, security], attributes: {region: US}}\n"
+
+
+def serving(room: object, tmp_path_factory: object, name: str, users: str = "") -> Iterator[Server]:
+    """A gateway over the room for a module of tests (the body of its ``server`` fixture); ``users`` adds
+    policy lines under ``users:``."""
     folder = tmp_path_factory.mktemp(name)  # type: ignore[attr-defined]
-    running = Server(gateway_policy(room, folder), folder / "state", free_port(), folder / "server.log").start()
+    policy = gateway_policy(room, folder)
+    policy.write_text(policy.read_text().replace("users:\n", "users:\n" + users, 1))
+    running = Server(policy, folder / "state", free_port(), folder / "server.log").start()
     yield running
     running.stop()
 

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
 import httpx
 import pyarrow as pa
 import pytest
@@ -465,8 +466,9 @@ def test_admins_creating_and_revoking_tokens_at_once_lose_nothing(tmp_path: Path
     from saferoom.identity import TokenStore
 
     state = tmp_path / "state"
+    policy = users_policy(tmp_path, ["mallory", *(f"user{i}" for i in range(12))])
     victim, _ = TokenStore(state).create("mallory")
-    command = [sys.executable, "-c", SERVE, "token", "create", "--state", str(state), "-u"]
+    command = [sys.executable, "-c", SERVE, "token", "create", "--state", str(state), "-p", str(policy), "-u"]
     creators = [subprocess.Popen([*command, f"user{i}"], stdout=subprocess.PIPE, text=True) for i in range(12)]
     revoker = subprocess.Popen([sys.executable, "-c", SERVE, "token", "revoke", "--state", str(state), victim.split("_")[1]])
     made = [p.communicate()[0].strip() for p in creators]
@@ -477,6 +479,73 @@ def test_admins_creating_and_revoking_tokens_at_once_lose_nothing(tmp_path: Path
         store.verify(victim)  # and the revocation was not undone by a create racing it
 
 
+def users_policy(folder: Path, users: list[str]) -> Path:
+    """A policy over one empty table that names ``users``, for commands that check users against a policy."""
+    database = folder / "db.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("create table t (id integer)")
+    path = folder / "saferoom.yaml"
+    path.write_text(f"""version: 1
+sources: {{db: {{engine: duckdb, path: {database}}}}}
+tables: {{db.t: {{id: public}}}}
+tags: {{}}
+users: {{{", ".join(f"{u}: {{roles: [analyst]}}" for u in users)}}}
+roles: {{analyst: {{}}}}
+""")
+    return path
+
+
+@pytest.mark.parametrize(("user", "args", "code", "said"), [
+    ("nobody", (), 2, "--policy"),  # no policy to check against: a usage error, saying how
+    ("alice", (), 2, "--policy"),  # even for a user who exists: the check is never skipped
+    ("nobody", ("-p", "{policy}"), 4, "`nobody` is not in the policy"),
+    ("alice", ("-p", "{policy}", "--role", "admin"), 4, "does not hold role `admin`"),
+])
+def test_a_token_is_only_made_for_a_user_and_role_the_policy_has(tmp_path: Path, user: str, args: tuple[str, ...], code: int,
+                                                                 said: str) -> None:
+    from saferoom.identity import TokenStore
+
+    policy = users_policy(tmp_path, ["alice"])
+    command = [sys.executable, "-c", SERVE, "token", "create", "--state", str(tmp_path / "state"), "-u", user]
+    done = subprocess.run([*command, *(a.format(policy=policy) for a in args)], check=False, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "SAFEROOM_POLICY"})
+    assert (done.returncode, done.stdout) == (code, "") and said in " ".join(done.stderr.split())
+    assert TokenStore(tmp_path / "state").list() == []  # nothing minted
+
+
+@pytest.mark.parametrize("sql", ["select * from db.vault", "select v.* from db.vault v", "select * from db.t, db.vault",
+                                 "select v from db.vault v"])
+def test_a_star_over_a_table_the_role_sees_none_of_is_refused_alike_embedded_and_remote(tmp_path: Path, sql: str) -> None:
+    database = tmp_path / "db.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("create table t (id integer); insert into t values (1)")
+        con.execute("create table vault (pan varchar, note varchar); insert into vault values ('4111', 'n')")
+    policy = tmp_path / "saferoom.yaml"
+    policy.write_text(f"""version: 1
+sources: {{db: {{engine: duckdb, path: {database}}}}}
+tables: {{db.t: {{id: public}}, db.vault: {{pan: pci}}}}
+tags: {{pci: {{}}}}
+users: {{alice: {{roles: [analyst]}}, ivan: {{roles: [investigator]}}}}
+roles: {{analyst: {{columns: {{pci: deny}}}}, investigator: {{columns: {{pci: mask}}}}}}
+""")
+    server = Server(policy, tmp_path / "state", free_port(), tmp_path / "server.log").start()
+    try:
+        with saferoom.connect(policy, user="alice") as local, RemoteSession(server.url, server.token("alice")) as remote:
+            refusals = []
+            for session in (local, remote):
+                with pytest.raises(saferoom.QueryRejected) as caught:
+                    session.query(sql).to_arrow()
+                refusals.append(caught.value)
+            assert local.query("select count(*) as n from db.vault").to_pylist() == [{"n": 1}]  # no column read: allowed
+    finally:
+        server.stop()
+    for refusal in refusals:
+        assert str(refusal).startswith("role `analyst` sees no column of db.vault") and "investigator" in str(refusal)
+        assert "__saferoom" not in str(refusal) and "note" not in str(refusal)  # no internal name, no unclassified column
+        assert refusal.allowed_roles == ("investigator",)
+    assert str(refusals[0]) == str(refusals[1])
+
+
 def test_every_response_is_uncacheable_and_the_page_runs_only_its_own_script(server, tokens) -> None:
     page = httpx.get(f"{server.url}/")
     answer = post(server, tokens["alice"], "select 1")
@@ -485,7 +554,8 @@ def test_every_response_is_uncacheable_and_the_page_runs_only_its_own_script(ser
         assert response.headers["cache-control"] == "no-store"  # results are data: no browser or proxy keeps them
         assert response.headers["x-content-type-options"] == "nosniff" and response.headers["x-frame-options"] == "DENY"
     policy = page.headers["content-security-policy"]
-    assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+    assert policy.split("script-src")[1].split(";")[0].strip() == "'self'"  # its own files: no inline script, no eval
+    assert "<script>" not in page.text
     assert "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert answer.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
 
@@ -538,16 +608,16 @@ def test_a_url_that_is_not_a_gateway_is_a_clear_error() -> None:
 
 def test_tls_serves_verified_clients_only(room, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "-p", str(gateway_policy(room, tmp_path)), "--state",
+    port, policy = free_port(), gateway_policy(room, tmp_path)
+    process = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "-p", str(policy), "--state",
                                 str(tmp_path / "state"), "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"https://127.0.0.1:{port}"
     try:
         eventually(lambda: answers(url, verify=ssl.create_default_context(cafile=str(cert))) or process.poll() is not None,
                    "the gateway to start")
-        token = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(tmp_path / "state"), "-u", "alice"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        token = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(tmp_path / "state"), "-p", str(policy),
+                                "-u", "alice"], capture_output=True, text=True, check=True).stdout.strip()
         with RemoteSession(url, token, verify=str(cert)) as remote:
             assert remote.query("select count(*) as n from prod.orders").to_arrow().num_rows == 1
         with pytest.raises(saferoom.UsageError, match="cannot reach the gateway"):

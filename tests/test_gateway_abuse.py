@@ -102,7 +102,7 @@ def test_abandoned_runaway_queries_starve_nobody_and_are_cancelled(gateway: Serv
             assert small.status_code == 200, small.text
             assert httpx.get(f"{gateway.url}/healthz", timeout=HUNG).status_code == 200
             assert httpx.get(f"{gateway.url}/v1/whoami", headers=auth(bob), timeout=HUNG).json()["user"] == "bob"
-            assert "<script>" in httpx.get(f"{gateway.url}/", timeout=HUNG).text  # the web page
+            assert "/static/app.js" in httpx.get(f"{gateway.url}/", timeout=HUNG).text  # the web page
         running, _ = outcomes(gateway)
         assert sum(d["user"] == "mallory" for d in running.values()) == GATEWAY_DEFAULTS.max_concurrent
     finally:

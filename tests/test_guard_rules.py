@@ -29,6 +29,7 @@ tables:
   prod.customers: {customer_id: key, name: pii, birth_date: quasi, zip: quasi, segment: public}
   prod.cards: {card_id: public, customer_id: key, pan: pci}
   prod.orders: {order_id: public, amount: quasi, region: public}
+  prod.vault: {pan: pci}
 users:
   alice: {roles: [analyst], attributes: {region: EU}}
   nobody: {roles: [analyst]}
@@ -45,6 +46,7 @@ CATALOG = {
     ("prod", "main", "customers"): {"customer_id": "BIGINT", "name": "VARCHAR", "birth_date": "DATE", "zip": "VARCHAR", "segment": "VARCHAR", "unlisted": "VARCHAR"},
     ("prod", "main", "cards"): {"card_id": "BIGINT", "customer_id": "BIGINT", "pan": "VARCHAR"},
     ("prod", "main", "orders"): {"order_id": "BIGINT", "amount": "DOUBLE", "region": "VARCHAR"},
+    ("prod", "main", "vault"): {"pan": "VARCHAR", "note": "VARCHAR"},  # analyst sees none: pan denied, note unlisted
 }
 
 

@@ -394,7 +394,7 @@ def running(marker: str) -> list[int]:
 @sandbox
 def test_a_stopped_room_ends_its_processes_and_its_token(gateway, workspace) -> None:
     marker = f"room-marker-{os.getpid()}-{workspace.parent.name}"
-    command = [sys.executable, "-c", SERVE, "room", "--socket", str(gateway.socket), "--state", str(gateway.state),
+    command = [sys.executable, "-c", SERVE, "room", "--socket", str(gateway.socket), "--state", str(gateway.state), "-p", str(gateway.policy),
                "-u", "alice", "--workspace", str(workspace), *(["--account", ACCOUNT] if ROOT else []), "--",
                sys.executable, "-c", f"import time; open('/workspace/started', 'w').close(); time.sleep(300)  # {marker}"]
     before = tokens(gateway)
@@ -451,7 +451,7 @@ def test_as_root_a_user_without_an_account_gets_no_room(gateway, workspace) -> N
         pytest.skip("this host has an account named alice")
     except KeyError:
         pass
-    command = [sys.executable, "-c", SERVE, "room", "--socket", str(gateway.socket), "--state", str(gateway.state),
+    command = [sys.executable, "-c", SERVE, "room", "--socket", str(gateway.socket), "--state", str(gateway.state), "-p", str(gateway.policy),
                "-u", "alice", "--workspace", str(workspace), "--", "/bin/sh", "-c", f"touch {workspace}/ran"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=ROOM_SECONDS, check=False)
     assert done.returncode == RoomError.exit_code and "useradd" in done.stderr, done.stderr
@@ -493,7 +493,8 @@ def test_the_relay_speaks_verified_tls_to_a_gateway_on_https(room, tmp_path, mon
     try:
         eventually(lambda: answers(url, verify=ssl.create_default_context(cafile=str(cert))) or process.poll() is not None,
                    "the gateway to start")
-        token = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(tmp_path / "state"), "-u", "alice"],
+        token = subprocess.run([sys.executable, "-c", SERVE, "token", "create", "--state", str(tmp_path / "state"),
+                                "-p", str(tmp_path / "saferoom.yaml"), "-u", "alice"],
                                capture_output=True, text=True, check=True).stdout.strip()
         with Relay(url) as door, pytest.raises(saferoom.UsageError, match="cannot reach the gateway"):
             RemoteSession(None, token, socket=door)  # the system's CAs do not vouch for it: the relay hangs up

@@ -8,13 +8,16 @@ parses to) plus the names of functions sqlglot passes through as ``Anonymous``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import pyarrow as pa
+import sqlglot
+from sqlglot.errors import ParseError
 
 from saferoom.errors import LimitExceeded, QueryCancelled, SaferoomError
 
@@ -53,10 +56,12 @@ class EngineSpec:
     max_value_bytes: int | None = None  # the largest value a query may make (engines that run in-process)
     per_user: bool = False  # cheap to open per user, so each user's limits (memory, threads) bound only them
     physical: str | None = None  # a template for the engine's own name of a table, e.g. "__saferoom_{source}_{name}"
-    allowed_nodes: frozenset[str] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "allowed_nodes", STRUCTURE | self.functions)
+    @functools.cached_property
+    def allowed_nodes(self) -> frozenset[str]:
+        """Query structure, the function classes, and the classes the allowlisted names parse into
+        (worked out on first use: it parses each name, which a command that runs no query should not pay for)."""
+        return STRUCTURE | self.functions | typed_functions(self.dialect, self.anonymous_functions)
 
     def type_class(self, type_name: str) -> str:
         upper = type_name.upper()
@@ -67,6 +72,31 @@ class EngineSpec:
         if upper.startswith(self.text_types):
             return "text"
         return "other"
+
+
+def typed_functions(dialect: str, names: frozenset[str]) -> frozenset[str]:
+    """The expression classes sqlglot parses allowlisted function names into.
+
+    An allowlist names functions as users write them; sqlglot turns many of them into typed expressions
+    (``dayname(d)`` is ``Dayname``, ``time_bucket`` is ``DateBin``), which would otherwise never match the
+    list. Each name is parsed with one to eight arguments (``make_timestamp`` of one is ``UnixToTime``, of
+    six ``TimestampFromParts``); each class it yields is the same function, generated back in the dialect.
+
+    >>> sorted(typed_functions("duckdb", frozenset({"DAYNAME", "TIME_BUCKET"})))
+    ['DateBin', 'Dayname']
+    """
+    return frozenset(kind for name in names for kind in _typed(dialect, name))
+
+
+def _typed(dialect: str, name: str) -> set[str]:
+    kinds = set()
+    for arity in range(1, 9):
+        try:
+            call = sqlglot.parse_one(f"SELECT {name}({', '.join(['x'] * arity)})", read=dialect).expressions[0]
+        except ParseError:
+            continue
+        kinds.add(type(call).__name__)
+    return kinds - {"Anonymous"}
 
 
 ColumnTypes = dict[str, str]

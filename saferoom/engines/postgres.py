@@ -89,7 +89,7 @@ _FUNCTIONS = """
     DateTrunc TimestampTrunc Extract DateAdd DateSub CurrentDate CurrentTimestamp TimeToStr Unnest Explode
 """.split()
 
-_ANONYMOUS = "AGE DATE_PART TO_CHAR BTRIM TRUNC WIDTH_BUCKET JUSTIFY_DAYS MAKE_DATE".split()
+_ANONYMOUS = "AGE DATE_PART TO_CHAR BTRIM TRUNC WIDTH_BUCKET JUSTIFY_DAYS MAKE_DATE GROUPING".split()
 
 POSTGRES = EngineSpec(
     name="postgres",

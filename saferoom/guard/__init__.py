@@ -5,7 +5,7 @@ function ``rule(expression, context) -> expression`` over the sqlglot tree in
 its own module (as sqlglot's optimizer is built), then generated::
 
     parse → check_statement → check_nodes → bound_sizes → unqualify_columns → resolve_tables
-          → refuse_hidden_columns → substitute_views → generate
+          → refuse_hidden_columns → refuse_empty_stars → substitute_views → generate
 
 The engine only ever runs SQL generated from the rewritten tree, never the
 text the user sent, so the guard and the engine cannot disagree about what
@@ -30,6 +30,7 @@ from saferoom.guard.check_statement import check_statement
 from saferoom.guard.context import Columns, Context, Hidden, Touched
 from saferoom.guard.outputs import Outputs, outputs
 from saferoom.guard.parse import parse
+from saferoom.guard.refuse_empty_stars import refuse_empty_stars
 from saferoom.guard.refuse_hidden_columns import refuse_hidden_columns
 from saferoom.guard.render import render, rendered
 from saferoom.guard.resolve_tables import resolve_tables
@@ -50,6 +51,7 @@ RULES: tuple[Rule, ...] = (
     unqualify_columns,
     resolve_tables,
     refuse_hidden_columns,
+    refuse_empty_stars,
     substitute_views,
 )
 

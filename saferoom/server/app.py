@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 from collections.abc import Callable, Generator
 from importlib import resources
@@ -22,6 +20,7 @@ from saferoom.audit import now, read
 from saferoom.engines.base import Cancel
 from saferoom.errors import AccessDenied, AuthError, NotFound, SaferoomError, TooLarge, UsageError
 from saferoom.server.gateway import Gateway, Running
+from saferoom.server.pages import MAX_PAGE_ROWS, PAGE_ROWS
 from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body, json_body
 from saferoom.server.workers import QueryThread
 
@@ -32,7 +31,9 @@ Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=Fal
 class QueryRequest(BaseModel):
     sql: str = Field(description="One read-only SQL statement.")
     role: str | None = Field(default=None, description="Act as this role (default: the user's first).")
-    format: str | None = Field(default=None, description="arrow (default), json or csv.")
+    format: str | None = Field(default=None, description="arrow (default), json, csv, or page: the result kept by the "
+                               "gateway and the first page of it sent as JSON, the next pages from /v1/results/{id}.")
+    page_size: int = Field(default=PAGE_ROWS, ge=1, le=MAX_PAGE_ROWS, description="The first page's rows (format page).")
 
 
 class ExplainRequest(BaseModel):
@@ -68,7 +69,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         identity = gateway.identify(authorization)
         session = gateway.session(identity, role)
         roles = gateway.policy.user(identity.user).roles
-        return {"user": session.user, "role": session.role, "roles": roles, "audit": gateway.may_audit(session)}
+        return {"user": session.user, "role": session.role, "roles": roles, "audit": gateway.may_audit(session),
+                "dialect": session.dialect}
 
     @app.get("/v1/tables", summary="The catalog as the caller sees it")
     def tables(authorization: Auth = None, role: str | None = None) -> list[dict[str, Any]]:
@@ -90,8 +92,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             worker.close()
             raise
         body = _Body(stream, cancel, worker)
-        try:
-            first, rest = await body.read(), await body.read()
+        try:  # the first reads can take long (a kept result is written whole): a client that leaves cancels them
+            first, rest = await _watching(request, cancel, worker, lambda: (body.next(), body.next()))
         except BaseException:
             await body.aclose()
             raise
@@ -100,6 +102,18 @@ def create_app(gateway: Gateway) -> FastAPI:
             await body.aclose()
             return Response(first or b"", media_type=MEDIA[kind], headers=headers)
         return _ClosingStream(body.then([first or b"", rest]), media_type=MEDIA[kind], headers=headers)
+
+    @app.get("/v1/results/{result_id}", summary="A page of a result kept for the web page (format page)")
+    def result_page(result_id: str, authorization: Auth = None, role: str | None = None,
+                    offset: Annotated[int, Query(ge=0)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS)] = PAGE_ROWS) -> dict[str, Any]:
+        session = gateway.session(gateway.identify(authorization), role)
+        return gateway.pages.page(session.user, session.role, session.policy.hash, result_id, offset, limit)
+
+    @app.delete("/v1/results", summary="Forget the caller's kept results (the web page's sign-out)")
+    def drop_results(authorization: Auth = None) -> dict[str, int]:
+        identity = gateway.identify(authorization)  # a token bound to a role forgets only that role's results
+        return {"dropped": gateway.pages.drop(identity.user, identity.role)}
 
     @app.get("/v1/audit", summary="The audit log (roles with audit: true)")
     def audit(authorization: Auth = None, role: str | None = None,
@@ -125,12 +139,18 @@ def create_app(gateway: Gateway) -> FastAPI:
         gateway.audit.append_later({"event": "package", "time": now(), "user": identity.user, "file": filename})
         return FileResponse(path, media_type="application/octet-stream")
 
-    html = resources.files("saferoom.server").joinpath("static/index.html").read_text()
-    page_headers = {"Content-Security-Policy": _page_policy(html)}
+    static = _static_files()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> Response:
-        return HTMLResponse(html, headers=page_headers)
+        return HTMLResponse(static["index.html"][0], headers={"Content-Security-Policy": PAGE_POLICY})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str) -> Response:
+        if name not in static or name == "index.html":  # only the page's own files, named one by one
+            raise NotFound(f"{name} is not one of the page's files")
+        content, media = static[name]
+        return Response(content, media_type=media, headers={"Content-Security-Policy": PAGE_POLICY})
 
     app.add_middleware(_BodyLimit, limit=body_limit(gateway.max_sql_bytes))
     app.add_middleware(_SecurityHeaders)
@@ -202,12 +222,19 @@ async def _no_body() -> dict[str, Any]:
     return {"type": "http.disconnect"}
 
 
-def _page_policy(html: str) -> str:
-    """The web page may run only its own script (by hash) and talk only to this gateway."""
-    script = html.split("<script>", 1)[1].split("</script>", 1)[0]
-    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    return (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; connect-src 'self'; "
-            "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+# The web page may run only the gateway's own scripts (no inline script, no eval), and talk only to this gateway.
+# Inline styles are allowed: the editor sets its own.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
+               "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+          "editor.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+          "editor.LICENSES.txt": "text/plain; charset=utf-8"}
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """The page's files, read once: their content and media type."""
+    folder = resources.files("saferoom.server").joinpath("static")
+    return {name: (folder.joinpath(name).read_bytes(), media) for name, media in STATIC.items()}
 
 
 class _SecurityHeaders:
@@ -260,7 +287,7 @@ def _begin(gateway: Gateway, payload: QueryRequest, authorization: str | None, k
     identity = gateway.identify(authorization)
     session = gateway.session(identity, payload.role)
     running = gateway.start(session, payload.sql, identity, cancel)
-    return running, _stream(gateway, running, kind)
+    return running, _stream(gateway, running, kind, (session.policy.hash, payload.page_size))
 
 
 class _Body:
@@ -279,9 +306,10 @@ class _Body:
         return self
 
     async def read(self) -> bytes | None:
-        return await self._worker.run(self._next)
+        return await self._worker.run(self.next)
 
-    def _next(self) -> bytes | None:
+    def next(self) -> bytes | None:
+        """The next chunk, read on the calling thread (the query's)."""
         if self._ready:
             return self._ready.pop(0)
         chunk = next(self._rest, None)
@@ -334,19 +362,23 @@ def _package_path(gateway: Gateway, *parts: str) -> Path:
 
 def _format(requested: str | None, accept: str | None) -> str:
     if requested:
-        if requested not in BODIES:
-            raise UsageError(f"format {requested!r} is not one of arrow, json, csv")
+        if requested not in MEDIA:
+            raise UsageError(f"format {requested!r} is not one of arrow, json, csv, page")
         return requested
     accept = accept or ""
     return "json" if "application/json" in accept else "csv" if "text/csv" in accept else "arrow"
 
 
-def _stream(gateway: Gateway, running: Running, kind: str) -> Generator[bytes, None, None]:
+def _stream(gateway: Gateway, running: Running, kind: str, page: tuple[str, int]) -> Generator[bytes, None, None]:
+    """The body of ``kind``; ``page`` is the policy's hash and the first page's size, for a kept result."""
     outcome = Outcome()
     result = running.result
     assert result is not None
     try:  # a JSON body carries the query's decision too, for the web page to show how each column was shaped
-        yield from json_body(result, outcome, running.decision) if kind == "json" else BODIES[kind](result, outcome)
+        if kind == "page":
+            yield from gateway.pages.body(result, outcome, running.decision, *page)
+        else:
+            yield from json_body(result, outcome, running.decision) if kind == "json" else BODIES[kind](result, outcome)
     finally:
-        gateway.finish(running, rows=outcome.rows, size=outcome.bytes, truncated=result.truncated_so_far,
+        gateway.finish(running, rows=outcome.rows, size=outcome.bytes, truncated=result.truncated_so_far or outcome.cut,
                        error=outcome.error)

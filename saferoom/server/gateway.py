@@ -23,6 +23,7 @@ from saferoom.identity import Authenticator, Identity, JWTVerifier, TokenStore
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import gateway_limits
 from saferoom.result import Result
+from saferoom.server.pages import Pages
 from saferoom.session import Session, open_engine
 
 log = logging.getLogger("saferoom.gateway")
@@ -68,6 +69,7 @@ class Gateway:
         self.state = state
         self.auth = Authenticator(TokenStore(state), jwt)
         self.audit = audit or AuditLog(state)  # sealed and forwarded when the caller passes one so configured
+        self.pages = Pages(state / "results")  # after the log: a second gateway on this state has been refused
         self._lock = threading.Lock()
         # per user: one of their query slots came back, or the gateway is stopping (one condition for all
         # would wake every waiting query of a flooding user each time anyone's query ends)
@@ -243,6 +245,7 @@ class Gateway:
         self.drain()
         for session in list(self._room.sessions.values()):
             session.close()
+        self.pages.close()
         self.audit.close()
 
 

@@ -133,3 +133,4 @@ def _check_tls(host: str, cert: Path | None, key: Path | None) -> None:
 def _watch(gateway: Gateway, stop: threading.Event) -> None:
     while not stop.wait(WATCH_SECONDS):
         gateway.reload_if_changed()
+        gateway.pages.sweep()  # kept results past their time go even when nobody asks for one

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv
 
 from saferoom.decision import Decision
@@ -21,7 +23,7 @@ from saferoom.errors import SaferoomError
 from saferoom.result import Result
 
 ARROW = "application/vnd.apache.arrow.stream"
-MEDIA = {"arrow": ARROW, "json": "application/json", "csv": "text/csv; charset=utf-8"}
+MEDIA = {"arrow": ARROW, "json": "application/json", "csv": "text/csv; charset=utf-8", "page": "application/json"}
 
 
 class _Sink(io.RawIOBase):
@@ -55,6 +57,7 @@ class Outcome:
         self.rows = 0
         self.bytes = 0
         self.error: SaferoomError | None = None
+        self.cut = False  # stopped short by the body itself (a kept result's size cap), not by the role's limit
 
     def count(self, chunk: Any) -> Any:
         self.bytes += chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
@@ -85,7 +88,7 @@ def arrow_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
             pending, size = [], 0
     except SaferoomError as exc:
         outcome.error = exc
-    pending += [EOS, _trailer(result, outcome)]
+    pending += [EOS, trailer(result, outcome)]
     yield outcome.count(b"".join(pending))
 
 
@@ -101,7 +104,7 @@ def _arrow_with_dictionaries(result: Result, outcome: Outcome) -> Iterator[bytes
     except SaferoomError as exc:
         outcome.error = exc
     writer.close()
-    yield outcome.count(sink.take() + _trailer(result, outcome))
+    yield outcome.count(sink.take() + trailer(result, outcome))
 
 
 def json_body(result: Result, outcome: Outcome, decision: Decision | None = None) -> Iterator[bytes]:
@@ -112,13 +115,30 @@ def json_body(result: Result, outcome: Outcome, decision: Decision | None = None
     first = True
     try:
         for batch in result.stream():
-            for row in batch.to_pylist():
-                yield outcome.count((b"" if first else b",") + json.dumps(list(row.values()), default=str).encode())
-                first = False
+            if not batch.num_rows:
+                continue
+            # one chunk a batch (a chunk a row cost more to send than to encode), values converted a column at a time
+            rows = json_rows(batch)[1:-1]
+            yield outcome.count((b"" if first else b",") + rows.encode())
+            first = False
             outcome.rows += batch.num_rows
     except SaferoomError as exc:
         outcome.error = exc
-    yield outcome.count(b'], "status": ' + _trailer(result, outcome).rstrip() + b"}")
+    yield outcome.count(b'], "status": ' + trailer(result, outcome).rstrip() + b"}")
+
+
+def json_rows(batch: pa.RecordBatch | pa.Table) -> str:
+    """The rows as a JSON array of arrays, values converted a column at a time. NaN and infinities, which JSON
+    cannot hold, are sent as the strings "nan", "inf" and "-inf"."""
+    columns = [_json_values(c) for c in batch.columns]
+    return json.dumps(list(map(list, zip(*columns, strict=True))), default=str, allow_nan=False)
+
+
+def _json_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
+    values: list[Any] = column.to_pylist()
+    if pa.types.is_floating(column.type) and not pc.all(pc.is_finite(column)).as_py():
+        return [v if v is None or math.isfinite(v) else str(v) for v in values]  # only such columns pay for this
+    return values
 
 
 def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
@@ -137,7 +157,8 @@ def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
 BODIES = {"arrow": arrow_body, "json": json_body, "csv": csv_body}
 
 
-def _trailer(result: Result, outcome: Outcome) -> bytes:
+def trailer(result: Result, outcome: Outcome) -> bytes:
+    """The status line after the rows: how many, whether cut, the notices, and an error that ended the stream."""
     status: dict[str, Any] = {"rows": outcome.rows, "truncated": result.truncated if outcome.error is None else False,
                               "notices": list(result.notices_so_far)}
     if outcome.error is not None:
