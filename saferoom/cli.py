@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -21,7 +22,7 @@ from rich.table import Table
 import saferoom
 from saferoom import settings
 from saferoom.decision import Decision, TableInfo
-from saferoom.errors import SaferoomError, UsageError
+from saferoom.errors import RoomError, SaferoomError, UsageError
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.model import PolicyModel
 
@@ -225,6 +226,7 @@ def serve(
         help="Also send every audit record and checkpoint to syslog+tcp://HOST:PORT or file:PATH (repeatable); "
              "a query whose record cannot be sent does not run.")] = None,
     max_sql_bytes: Annotated[int, typer.Option(min=1024, help="The longest query text accepted, in bytes.")] = 256 * 1024,
+    socket: Annotated[Path | None, typer.Option(help="Listen on this Unix socket instead of --host/--port (rooms reach the gateway so).")] = None,
 ) -> None:
     """Run the gateway: it holds the credentials and the policy; people hold personal tokens.
 
@@ -235,7 +237,7 @@ def serve(
 
     jwt = JWTSettings(jwks, jwt_audience, jwt_issuer, jwt_claim) if jwks else None
     run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=jwt, packages=packages,
-               audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes)
+               audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes, socket_path=socket)
 
 
 @token_app.command("create")
@@ -519,6 +521,71 @@ def _print_summary(report: CheckReport) -> None:
                   soft_wrap=True)
     if report.findings:
         out.print("[dim]--details lists every finding with the sha256 that .saferoom-allow accepts.[/]")
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def room(
+    command: Annotated[list[str], typer.Argument(help="What to run inside, after --: python, bash, a script.")],
+    socket: Annotated[Path | None, _option("socket", "The gateway's Unix socket (`serve --socket`): the room's only way out.")] = None,
+    gateway: Annotated[str | None, typer.Option(help="A gateway's URL instead: a relay on a socket carries the room's requests there.")] = None,
+    workspace: Annotated[Path, typer.Option(help="The one folder the room may write (default: this one).")] = Path("."),
+    packages: Annotated[Path | None, typer.Option(help="A package snapshot, read-only inside; pip installs from it only.")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Whose room: mint a token for them in --state.")] = None,
+    role: Annotated[str | None, _option("role", "Bind the minted token to this role.")] = None,
+    state: Annotated[Path | None, _option("state", "The gateway's state folder, to mint the room's token in.")] = None,
+    policy: Annotated[Path | None, _option("policy", "Take the room's limits from this policy's `rooms:`.")] = None,
+    account: Annotated[str | None, typer.Option(help="Started as root: the account the room runs as (default: the user's name).")] = None,
+    ttl: Annotated[str, typer.Option(help="The minted token's lifetime, should the room outlive its revocation (30d, 12h, 90m).")] = "12h",
+) -> None:
+    """Run a command in a sandbox whose only way to data is the gateway; its exit status is the command's.
+
+    With --state and --user, a token is minted for the room and revoked when it ends; otherwise the
+    room uses SAFEROOM_TOKEN. Example: saferoom room --socket /run/saferoom.sock --state /var/lib/saferoom -u alice -- python job.py
+    """
+    from saferoom import room as rooms
+    from saferoom.relay import Relay
+
+    if (socket is None) == (gateway is None):
+        raise UsageError("give the gateway's socket, --socket PATH (what `saferoom serve --socket` listens on; or set "
+                         "SAFEROOM_SOCKET), or its URL, --gateway URL; one of them")
+    loaded = load_policy(policy) if policy else None
+    rooms.possible()  # before a token exists for a room that cannot be
+    with contextlib.ExitStack() as stack:  # on the way out: the token revoked, the relay closed
+        token = _room_token(stack, state, user, role, ttl, policy)
+        door = socket or stack.enter_context(Relay(str(gateway)))
+        status = rooms.start(command, door, workspace, token, policy=loaded, packages=packages,
+                             account_name=account, private=[state] if state else [])
+    raise typer.Exit(status)
+
+
+def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | None, role: str | None, ttl: str,
+                policy: Path | None) -> Secret:
+    """A token minted for the room in the state folder, revoked when ``stack`` closes; or SAFEROOM_TOKEN as it is."""
+    from saferoom.identity import parse_ttl
+    from saferoom.room import TOKEN_TTL, minted
+
+    if state is not None:
+        if not user:
+            raise UsageError("--state mints a token for the room's user: give --user")
+        _policy_for_token(policy).role_for(user, role)  # as `token create`: no token for a user or role the policy lacks
+        return stack.enter_context(minted(state, user, role, parse_ttl(ttl) or TOKEN_TTL))
+    given = _secret("token")
+    if given is None or role or user:
+        raise UsageError("without --state, the room uses SAFEROOM_TOKEN as it is: set it, and leave out --user and --role")
+    return given
+
+
+@app.command()
+def doctor() -> None:
+    """Check that this host can make rooms, and say what it lacks and how to fix it."""
+    from saferoom import room as rooms
+
+    found = rooms.problems()
+    for problem in found:
+        err.print(f"[red]missing:[/] {escape(problem)}", highlight=False)
+    if found:
+        raise typer.Exit(RoomError.exit_code)
+    out.print("This host can make rooms: bubblewrap makes a sandbox here.")
 
 
 @app.command()

@@ -14,6 +14,7 @@
     ├── PackagesError      a package snapshot could not be made; the previous one is untouched
     ├── PackagesRefused    a snapshot was published without some top-level requirements (refused)
     ├── NotFound           a package or file that is not there
+    ├── RoomError          a room's sandbox cannot be made on this host (fail closed: nothing runs)
     └── UsageError         the caller asked for something that cannot be done (bad argument)
 
 Each class carries ``exit_code`` for the command line and ``http_status`` for
@@ -193,6 +194,13 @@ class NotFound(SaferoomError):
     http_status = 404
 
 
+class RoomError(SaferoomError):
+    """A room's sandbox cannot be built here (no bubblewrap, no namespaces, no account to run as); nothing runs."""
+
+    exit_code = 13
+    http_status = 500
+
+
 class UsageError(SaferoomError):
     """A bad argument from the caller: a missing file, an unknown format, SQL that does not parse."""
 
@@ -203,7 +211,7 @@ class UsageError(SaferoomError):
 ERRORS: dict[str, type[SaferoomError]] = {
     cls.__name__: cls
     for cls in (SaferoomError, PolicyError, QueryRejected, AccessDenied, EngineError, BuildError, AuthError,
-                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, PackagesRefused, NotFound, UsageError)
+                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, PackagesRefused, NotFound, RoomError, UsageError)
 }
 
 

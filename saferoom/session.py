@@ -158,13 +158,18 @@ def connect(
     url: str | None = None,
     token: str | None = None,
     backend: str | None = None,
+    socket: str | Path | None = None,
 ) -> SessionProtocol:
-    """Open a session: embedded with a policy file, or through a gateway with a URL and a token.
+    """Open a session: embedded with a policy file, or through a gateway with a URL (or Unix socket) and a token.
 
-    With no arguments: ``SAFEROOM_URL`` and ``SAFEROOM_TOKEN`` (or what `saferoom login`
-    saved) reach a gateway; otherwise ``SAFEROOM_POLICY`` and ``SAFEROOM_USER`` open the
-    embedded engine.
+    With no arguments: ``SAFEROOM_SOCKET`` (set inside a room) or ``SAFEROOM_URL``, with
+    ``SAFEROOM_TOKEN`` (or what `saferoom login` saved), reach a gateway; otherwise
+    ``SAFEROOM_POLICY`` and ``SAFEROOM_USER`` open the embedded engine.
     """
+    socket = socket or (None if url or policy is not None else os.environ.get("SAFEROOM_SOCKET"))
+    if socket:
+        _no_user_for_a_gateway(user, f"unix:{socket}")
+        return RemoteSession(None, token or os.environ.get("SAFEROOM_TOKEN") or "", role, socket=socket)
     embedded = policy is not None or bool(os.environ.get("SAFEROOM_POLICY"))
     saved = {} if embedded and not url else load_credentials()  # read once, and only when a gateway may be meant
     if url or (not embedded and (os.environ.get("SAFEROOM_URL") or saved.get("url"))):

@@ -41,6 +41,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state", "The gateway's state folder: tokens and the audit log.", default="saferoom-state"),
     Setting("url", "The gateway to query through when no policy file is at hand (`saferoom login` saves one).",
             env="SAFEROOM_URL"),
+    Setting("socket", "The gateway's Unix socket, instead of a URL (a room sets it).", env="SAFEROOM_SOCKET"),
     Setting("token", "Your personal token for that gateway.", env="SAFEROOM_TOKEN", secret=True),
     Setting("admin_password", "The password `saferoom compile --apply|--drop` connects with.",
             env="SAFEROOM_ADMIN_PASSWORD", secret=True),

@@ -55,6 +55,7 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     extra: list[str] = field(default_factory=list)
     max_file_bytes: int | None = None  # RLIMIT_FSIZE: a write past it fails as on a full disk
+    socket: Path | None = None  # serve on this Unix socket instead of the port
 
     @property
     def url(self) -> str:
@@ -65,7 +66,7 @@ class Server:
         log = self.log.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-c", self._limits() + SERVE, "serve", "-p", str(self.policy), "--state", str(self.state), "--port", str(self.port),
-             *self.extra],
+             *(["--socket", str(self.socket)] if self.socket else []), *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         # ready when it answers, failed when it exits: no guess of how fast this machine starts a process
@@ -73,8 +74,9 @@ class Server:
         deadline = time.monotonic() + HUNG
         while self.process.poll() is None and time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
-                    return self
+                with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)) if self.socket else None) as http:
+                    if http.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                        return self
             except httpx.HTTPError:
                 time.sleep(0.1)
         self.stop()
@@ -170,3 +172,28 @@ def serving(room: object, tmp_path_factory: object, name: str, users: str = "") 
     running = Server(policy, folder / "state", free_port(), folder / "server.log").start()
     yield running
     running.stop()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"

@@ -14,7 +14,7 @@ from tests.gateway_helpers import SERVE
 
 EXPECTED = {
     "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "Decision", "LimitExceeded", "NotFound", "PackagesError", "PackagesRefused", "RemoteSession", "EngineError", "OutputColumn", "Policy",
-    "PolicyError", "QueryCancelled", "QueryRejected", "Refusal", "Result", "TooLarge", "SaferoomError", "Session", "SessionProtocol", "TableInfo", "UsageError",
+    "PolicyError", "QueryCancelled", "QueryRejected", "Refusal", "Result", "RoomError", "TooLarge", "SaferoomError", "Session", "SessionProtocol", "TableInfo", "UsageError",
     "__version__", "connect", "load_policy",
 }
 
@@ -43,7 +43,7 @@ def test_connect_needs_a_user(room, monkeypatch) -> None:
 
 
 def test_connect_with_nothing_set_up_says_how_to_log_in(tmp_path: Path, monkeypatch) -> None:
-    for name in ("SAFEROOM_URL", "SAFEROOM_TOKEN", "SAFEROOM_POLICY", "SAFEROOM_USER"):
+    for name in ("SAFEROOM_URL", "SAFEROOM_SOCKET", "SAFEROOM_TOKEN", "SAFEROOM_POLICY", "SAFEROOM_USER"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no saved login
     monkeypatch.chdir(tmp_path)  # no saferoom.yaml here

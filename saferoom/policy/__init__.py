@@ -141,6 +141,7 @@ class Policy:
         self._check_tables()
         self._check_roles()
         self._check_builds()
+        self._check_rooms()
         self._check_secrets()
         if self._problems:
             raise PolicyError.of(self._problems, file=str(self.path))
@@ -227,6 +228,12 @@ class Policy:
                 missing = [c for c in build.k_anonymity.columns if c.lower() not in listed]
                 if missing:
                     self._note(f"k_anonymity column(s) {', '.join(missing)} are in no listed table", *loc, "k_anonymity")
+
+    def _check_rooms(self) -> None:
+        for name in self.model.rooms:
+            if name != "default" and name not in self.model.roles:
+                self._note(f"`rooms:` names `{name}`, which is neither `default` nor a role under `roles:`; "
+                           f"{expected(name, ['default', *self.model.roles])}", "rooms", name)
 
     def source_url(self, name: str) -> str:
         """The connection URL of a source that is a server (PostgreSQL)."""

@@ -121,6 +121,15 @@ class Role(Strict):
     audit: bool = Field(default=False, description="May read the gateway's audit log.")
 
 
+class RoomLimits(Strict):
+    """What one room may use; each limit left out takes saferoom's default (saferoom/policy/limits.py)."""
+
+    memory: str | None = Field(default=None, pattern=SIZE, description="Address space each process in the room may map, e.g. 4GB.")
+    processes: int | None = Field(default=None, gt=0, description="Processes and threads the room's account may run at once.")
+    cpu_seconds: int | None = Field(default=None, gt=0, description="CPU time each process in the room may use.")
+    tmp: str | None = Field(default=None, pattern=SIZE, description="The room's private /tmp, held in memory, e.g. 1GB.")
+
+
 Attribute = str | int | float | bool | list[str | int | float | bool]
 
 
@@ -199,6 +208,8 @@ class PolicyModel(Strict):
     roles: dict[str, Role] = Field(default_factory=dict)
     builds: dict[str, Build] = Field(default_factory=dict)
     packages: Packages | None = None
+    rooms: dict[str, RoomLimits] = Field(
+        default_factory=dict, description="role (or `default`, for every role) -> the limits of its rooms.")
     includes: list[str] = Field(
         default_factory=list, description="Policy fragments (sources, tags, threats, tables) to merge, e.g. from a build."
     )

@@ -28,7 +28,8 @@ log = logging.getLogger("saferoom.gateway")
 def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 8470,
           tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None,
           packages: Path | None = None, audit_key: AuditKey | None = None, audit_forward: Sequence[str] = (),
-          max_sql_bytes: int = MAX_SQL_BYTES) -> None:
+          max_sql_bytes: int = MAX_SQL_BYTES, socket_path: Path | None = None) -> None:
+    """Serve on ``host:port``, or on the Unix socket ``socket_path`` instead (what rooms reach the gateway through)."""
     _check_tls(host, tls_cert, tls_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     audit = _audit_log(state, audit_key, audit_forward)
@@ -42,7 +43,10 @@ def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 847
     watcher.start()
     signal.signal(signal.SIGHUP, lambda *_: gateway.reload())
     # the audit log is the request log: every query, who asked, what left; no second, weaker copy
-    config = uvicorn.Config(create_app(gateway), host=host, port=port, log_level="info", access_log=False,
+    # a socket is made readable and writable by every account (uvicorn's 0666), like a port on loopback:
+    # rooms run as their users' own accounts, and a token, not the file's mode, says who may ask what
+    config = uvicorn.Config(create_app(gateway), host=host, port=port, uds=str(socket_path) if socket_path else None,
+                            log_level="info", access_log=False,
                             ssl_certfile=str(tls_cert) if tls_cert else None,
                             ssl_keyfile=str(tls_key) if tls_key else None, timeout_graceful_shutdown=DRAIN_SECONDS)
     previous = {sig: signal.signal(sig, _stopping) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -67,12 +71,20 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started:  # uvicorn's own line names its socket; people need the URL to give clients, and how in
+        if not self.started:
+            return
+        # uvicorn's own line names its socket; people need the URL to give clients, and how in
+        if self.config.uds:
+            log.info("saferoom gateway at %s; rooms reach it with `saferoom room --socket %s`, other clients with "
+                     "SAFEROOM_SOCKET=%s and a token from `saferoom token create`", self.url(), self.config.uds, self.config.uds)
+        else:
             log.info("saferoom gateway at %s; each person needs a token from `saferoom token create`, then "
                      "`saferoom login --url %s`", self.url(), self.url())
 
     def url(self) -> str:
         """Where clients reach the gateway, with the port it listens on (the one asked for, or the one given for 0)."""
+        if self.config.uds:
+            return f"unix:{self.config.uds}"
         listening = [s.getsockname()[1] for server in self.servers for s in server.sockets]
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         return f"{'https' if self.config.is_ssl else 'http'}://{host}:{listening[0] if listening else self.config.port}"
