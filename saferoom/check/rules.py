@@ -26,6 +26,7 @@ from typing import Any
 RULES_DIR = Path(__file__).parent / "rules"
 RULES_FILE = RULES_DIR / "gitleaks.toml"
 VERSION_FILE = RULES_DIR / "gitleaks.version"
+EXTRA_FILE = RULES_DIR / "saferoom.toml"
 _ASCII = {"w": "0-9A-Za-z_", "d": "0-9", "s": "\\t\\n\\f\\r "}
 _QUANTIFIER = re.compile(r"\{\d+(?:,\d*)?\}")
 
@@ -65,19 +66,27 @@ class RuleSet:
 
 
 @cache
-def ruleset(path: Path = RULES_FILE, version_file: Path = VERSION_FILE) -> RuleSet:
-    """The shipped rule set, read once."""
-    with path.open("rb") as f:
-        config = tomllib.load(f)
+def ruleset(path: Path = RULES_FILE, version_file: Path = VERSION_FILE, extra: Path = EXTRA_FILE) -> RuleSet:
+    """The shipped rule set with saferoom's extra allowlists, read once."""
+    config, additions = _toml(path), _toml(extra) if extra.exists() else {}
     version = version_file.read_text().split()[0] if version_file.exists() else "unknown"
-    rules = tuple(_rule(r) for r in config.get("rules", []) if "regex" in r)  # path-only rules name files, not values
+    added: dict[str, list[dict[str, Any]]] = {}
+    for entry in additions.get("allowlists", []):
+        added.setdefault(entry["rule"], []).append(entry)
+    rules = tuple(_rule(r, added.get(r["id"], [])) for r in config.get("rules", []) if "regex" in r)  # path-only rules name files
     return RuleSet("gitleaks", version, rules, _allowlist(config.get("allowlist", {})))
 
 
-def _rule(raw: dict[str, Any]) -> Rule:
+def _toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def _rule(raw: dict[str, Any], extra: list[dict[str, Any]]) -> Rule:
+    allowlists = [*raw.get("allowlists", []), *extra]
     return Rule(raw["id"], raw.get("description", raw["id"]), rust_regex(raw["regex"]),
                 tuple(k.lower() for k in raw.get("keywords", [])), float(raw.get("entropy", 0.0)),
-                int(raw.get("secretGroup", 0)), tuple(_allowlist(a) for a in raw.get("allowlists", [])))
+                int(raw.get("secretGroup", 0)), tuple(_allowlist(a) for a in allowlists))
 
 
 def _allowlist(raw: dict[str, Any]) -> Allowlist:
