@@ -99,7 +99,9 @@ def phone(text: str) -> str | None:
     if number is not None and phonenumbers.is_valid_number(number):
         return None if _fictional(number) else value
     ssn_shaped = re.fullmatch(r"\d{3}([ .-])\d{2}\1\d{4}", value)  # an SSN, whatever word precedes it
-    return value if value != text and not ssn_shaped and _valid_somewhere(value) else None
+    # "number" is a weak context word: the value must then look like a whole phone number, not a short id
+    weak = re.match(r"(?i)number", text) is not None and len(re.sub(r"\D", "", value)) < 9
+    return value if value != text and not ssn_shaped and not weak and _valid_somewhere(value) else None
 
 
 def _fictional(number: phonenumbers.PhoneNumber) -> bool:
@@ -118,20 +120,28 @@ def _valid_somewhere(value: str) -> bool:
     return False
 
 
+def address(text: str) -> str | None:
+    """An IPv6 match carries the character on either side (so ``2001::db8::1`` is not read in pieces)."""
+    found = re.search(r"[0-9A-Fa-f:][0-9A-Fa-f:.]*", text)
+    value = found.group(0).rstrip(".") if found else ""  # a sentence's full stop is not part of it
+    return value if value and ip(value) else None
+
+
 def ip(text: str) -> bool:
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         return False
     documentation = ipaddress.ip_network("2001:db8::/32")
-    return not (address.is_loopback or address.is_unspecified or address.is_reserved or address.is_multicast
+    reserved = address.version == 4 and address.is_reserved  # IPv6's "reserved" is most of the unallocated space
+    return not (address.is_loopback or address.is_unspecified or reserved or address.is_multicast
                 or address.is_link_local or (address.version == 6 and address in documentation)
                 or text.startswith(("192.0.2.", "198.51.100.", "203.0.113.")))  # documentation ranges
 
 
 _IBAN = r"\b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?\b"
 _HEX = "[0-9A-Fa-f]{1,4}"
-_PHONE_WORDS = r"(?i:phone|tel|telephone|mobile|mob|cell|call|fax|whatsapp)"
+_PHONE_WORDS = r"(?i:phone|tel|telephone|mobile|mob|cell|call|fax|whatsapp|number)"
 _SSN_WORDS = r"(?i:ssn|social security(?: number| no\.?)?|ss#)"
 
 DETECTORS: tuple[Detector, ...] = (
@@ -141,13 +151,13 @@ DETECTORS: tuple[Detector, ...] = (
              rf"\b\d{{3}}-\d{{2}}-\d{{4}}\b|\b\d{{3}} \d{{2}} \d{{4}}\b|\b\d{{3}}\.\d{{2}}\.\d{{4}}\b|\b{_SSN_WORDS}\W{{0,3}}\d{{9}}\b", ssn),
     Detector("email", "email address (documentation domains excluded)", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b", _only(email)),
     Detector("phone", "phone number (libphonenumber-valid for its region)",
-             r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?\d{2,5}){1,4}\b|(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b"
-             rf"|\b{_PHONE_WORDS}\b[.:#\s]{{0,3}}\(?\d[\d ().-]{{6,16}}\d\b", phone),
+             r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?\d{1,5}){1,5}\b|(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]?\d{3}[ .-]\d{4}\b"
+             rf"|\b{_PHONE_WORDS}\b[^\d+(\n]{{0,12}}\(?\d[\d ().-]{{6,16}}\d\b", phone),
     Detector("iban", "IBAN (python-stdnum: country format and mod-97 checksum)", _IBAN, iban),
     Detector("bic", "BIC / SWIFT code named as such (python-stdnum)", r"\b(?i:bic|swift)(?i: code)?\W{0,3}[A-Z]{6}[A-Z0-9]{2}(?:[A-Z0-9]{3})?\b", bic),
     Detector("ip-address", "IP address (loopback, link-local and documentation ranges excluded)",
-             rf"\b(?:\d{{1,3}}\.){{3}}\d{{1,3}}\b|\b(?:{_HEX}:){{7}}{_HEX}\b|\b(?:{_HEX}:){{1,6}}(?::{_HEX}){{1,6}}\b",
-             _only(ip), blank=r"(?i)\b(?:version|ver\.?|v)\s*\d+(?:\.\d+)+|\b\d+(?:\.\d+){4,}"),
+             rf"\b(?:\d{{1,3}}\.){{3}}\d{{1,3}}\b|(?:^|[^:\w])(?:(?:{_HEX}:){{7}}{_HEX}|(?:{_HEX}:){{1,6}}(?::{_HEX}){{1,6}})(?:$|[^:\w])",
+             address, blank=r"(?i)\b(?:version|ver\.?|v)\s*\d+(?:\.\d+)+|\b\d+(?:\.\d+){4,}"),
     Detector("connection-string", "connection string with a password",
              r"\b[a-z][a-z0-9+.-]*://[^\s:/@]+:[^\s@/]{3,}@[^\s/]+",
              _only(lambda t: not re.search(r"://[^:]+:(\*+|<[^>]+>|\$\{?\w+\}?|password)@", t))),

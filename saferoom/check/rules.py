@@ -18,7 +18,7 @@ import math
 import re
 import tomllib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ class Rule:
     entropy: float = 0.0
     group: int = 0
     allowlists: tuple[Allowlist, ...] = ()
+    source: str = "gitleaks"  # or "saferoom", for the few rules saferoom adds in rules/saferoom.toml
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ def ruleset(path: Path = RULES_FILE, version_file: Path = VERSION_FILE, extra: P
     added: dict[str, list[dict[str, Any]]] = {}
     for entry in additions.get("allowlists", []):
         added.setdefault(entry["rule"], []).append(entry)
-    rules = tuple(_rule(r, added.get(r["id"], [])) for r in config.get("rules", []) if "regex" in r)  # path-only rules name files
-    return RuleSet("gitleaks", version, rules, _allowlist(config.get("allowlist", {})))
+    rules = [_rule(r, added.get(r["id"], [])) for r in config.get("rules", []) if "regex" in r]  # path-only rules name files
+    rules += [replace(_rule(r, []), source="saferoom") for r in additions.get("rules", [])]
+    return RuleSet("gitleaks", version, tuple(rules), _allowlist(config.get("allowlist", {})))
 
 
 def _toml(path: Path) -> dict[str, Any]:

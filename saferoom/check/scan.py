@@ -100,9 +100,12 @@ def _detected(detector: Detector, candidates: pl.DataFrame) -> list[Finding]:
 
 def secrets(cells: pl.DataFrame) -> list[Finding]:
     rules = ruleset()
-    return [Finding("secret", h.file, location(h.row, h.column), f"{h.rule.id} ({rules.name} {rules.version})",
-                    mask(h.secret), digest(h.secret), h.rule.id, rules.name, rules.version)
-            for h in find_secrets(cells, rules)]
+    findings = []
+    for hit in find_secrets(cells, rules):
+        name, version = (rules.name, rules.version) if hit.rule.source == rules.name else (SAFEROOM_RULES, saferoom_version())
+        findings.append(Finding("secret", hit.file, location(hit.row, hit.column), f"{hit.rule.id} ({name} {version})",
+                                mask(hit.secret), digest(hit.secret), hit.rule.id, name, version))
+    return findings
 
 
 def saferoom_version() -> str:
