@@ -334,3 +334,77 @@ def test_a_report_summarises_in_python_too(tmp_path: Path) -> None:
     (tmp_path / "leak.csv").write_text("ssn,email\n212-67-8910,jane.roe@gmail.com\n212-67-8911,jane.roe@gmail.com\n")
     groups = airlock.check(tmp_path).summary()
     assert [(g.kind, g.place, g.count) for g in groups] == [("ssn", "column ssn", 2), ("email", "column email", 2)]
+
+
+# Issue #16: each miss and false positive it lists, as a line of text; the kind it must give, or None.
+ISSUE_16 = [
+    ("+44 (20) 7123 4567", "phone"), ("+49 30 1234567", "phone"), ("+55 11 98456 5666", "phone"),
+    ("tel 090-1234-5678", "phone"), ("(212) 555-0123", None), ("+1 (415) 555-0175", None),
+    ("078 05 1123", "ssn"), ("078.05.1123", "ssn"), ("SSN 078051121", "ssn"), ("078051121", None),
+    ("host 2001:4860:4860::8888", "ip-address"), ("OID 1.3.6.1.4.1.311", None), ("Version 1.2.3.4", None),
+    ("UATP 122000000000003", "card-number"), ("Dankort 5019717010103742", "card-number"),
+    ("Maestro 6759649826438453", "card-number"),
+    ("IBAN DE89-3704-0044-0532-0130-00", "iban"), ("DE89 3704 0044 0532 0130 01", None),
+    ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "jwt"),
+    ("xoxb-1234567890123-1234567890123-aBcDeFgHiJkLmNoPqRsTuVwX", "slack-bot-token"),
+    ("ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5", "github-pat"), ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "stripe-access-token"),
+    ("glpat-xK9mP2vL7nQ4rT8sW1yZ", "gitlab-pat"), ("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", "huggingface-access-token"),
+    ("A3T0QYLPMN5HHHFPZAM2", "aws-access-token"), ("ABIAQYLPMN5HHHFPZAM2", "aws-access-token"),
+    ("ACCAQYLPMN5HHHFPZAM2", "aws-access-token"), ("curl -u admin:Sup3rS3cr3tP4ss https://api.internal", "curl-auth-user"),
+    ('{"api_key": "Zx9kQ2vL7mN4pR8sT1wY6bC3dF5gH0jK"}', "generic-api-key"),
+    ('os.environ["GITHUB_TOKEN"] = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"', "github-pat"),
+    ('connect(password="Xy7#kP2$mQ9!vL4w")', "saferoom-quoted-password"),
+    ("AKIAIOSFODNN7EXAMPLE", None), ("AKIAXXXXXXXXXXXXXXXX", None), ("-----BEGIN RSA PRIVATE KEY-----", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ISSUE_16, ids=[t[:24] for t, _ in ISSUE_16])
+def test_issue_16_misses_are_found_and_false_positives_are_not(tmp_path: Path, text: str, expected: str | None) -> None:
+    (tmp_path / "notes.md").write_text(f"# Notes\n\n{text}\n")
+    found = [f.rule_id for f in airlock.check(tmp_path, allow=tmp_path / "none").findings]
+    assert found == ([expected] if expected else []), found
+
+
+def test_a_pgp_key_block_over_lines_is_one_finding_on_its_first_line(tmp_path: Path) -> None:
+    body = "\n".join(["lQOYBF0fTq0BCADExkSlZ2xBqDMv3GjhTzk/b9k7bRZ0+F1MJGs+o2cVbPqXlZ3Z"] * 3)
+    (tmp_path / "key.py").write_text(f'x = 1\nKEY = """\n-----BEGIN PGP PRIVATE KEY BLOCK-----\n\n{body}\n-----END PGP PRIVATE KEY BLOCK-----\n"""\n')
+    findings = airlock.check(tmp_path / "key.py").findings
+    assert [(f.rule_id, f.location) for f in findings] == [("private-key", "line 3")]
+
+
+def test_line_numbers_count_newlines_only(tmp_path: Path) -> None:
+    (tmp_path / "odd.txt").write_text("page\fbreak\x1cand\u2028more\nssn 212-67-8910\n")
+    assert [f.location for f in airlock.check(tmp_path / "odd.txt").findings] == ["line 2"]
+
+
+def test_json_names_the_rule_and_rule_set_version(tmp_path: Path) -> None:
+    from saferoom.check.rules import ruleset
+
+    (tmp_path / "leak.txt").write_text("ssn 212-67-8910\ntoken ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5\n")
+    run = [sys.executable, "-c", "from saferoom.cli import main; main()", "check", str(tmp_path), "-f", "json"]
+    done = subprocess.run(run, capture_output=True, text=True, check=False)
+    findings = {f["rule_id"]: f for f in json.loads(done.stdout)["findings"]}
+    assert findings["github-pat"]["ruleset"] == "gitleaks" and findings["github-pat"]["ruleset_version"] == ruleset().version
+    assert findings["ssn"]["ruleset"] == "saferoom" and findings["ssn"]["ruleset_version"] == saferoom.__version__
+    assert "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5" not in done.stdout
+
+
+def test_the_rule_set_ships_with_its_version_and_licence() -> None:
+    from saferoom.check.rules import RULES_DIR, ruleset
+
+    rules = ruleset()
+    assert rules.version.startswith("v8.") and len(rules.rules) > 200
+    assert "MIT License" in (RULES_DIR / "gitleaks.LICENSE").read_text()
+    assert {"jwt", "github-pat", "private-key", "generic-api-key"} <= {r.id for r in rules.rules}
+
+
+@pytest.mark.parametrize(("go", "rust"), [
+    (r"\bkey\w{3}\s\d", r"(?-u:\b)key[0-9A-Za-z_]{3}[\t\n\f\r ][0-9]"),
+    (r"[\w.-]", r"[0-9A-Za-z_.-]"),
+    (r"^\${\d+}$", r"^\$\{[0-9]+}$"),
+    (r"a{2,3}[{]", r"a{2,3}[{]"),
+])
+def test_go_regexes_are_read_as_go_reads_them(go: str, rust: str) -> None:
+    from saferoom.check.rules import rust_regex
+
+    assert rust_regex(go) == rust

@@ -68,7 +68,7 @@ def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None =
         if progress:
             progress(label)
         cells = pl.concat(loaded.cells, how="vertical_relaxed") if loaded.cells else None
-        found = detect(cells) if cells is not None else []
+        found = detect(cells, text=loaded.text) if cells is not None else []
         if index is not None and cells is not None:
             found += fingerprint_matches(cells, key, index)  # type: ignore[arg-type]
         found += disclosure(loaded.tables, min_cell) + birth_dates(cells, loaded.tables)

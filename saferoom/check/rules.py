@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
 from functools import cache
@@ -52,6 +53,7 @@ class Rule:
     group: int = 0
     allowlists: tuple[Allowlist, ...] = ()
     source: str = "gitleaks"  # or "saferoom", for the few rules saferoom adds in rules/saferoom.toml
+    shortest: int = 0  # no shorter text can match: a prefilter as cheap as reading a string's length
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,15 @@ class RuleSet:
     @property
     def keywords(self) -> list[str]:
         return sorted({k for r in self.rules for k in r.keywords})
+
+    @property
+    def keyword_pattern(self) -> str:
+        """Every keyword as one case-blind regex: Rust runs a literal alternation faster than Aho-Corasick here."""
+        return "(?i:" + "|".join(re.escape(k) for k in self.keywords) + ")"
+
+    @property
+    def shortest(self) -> int:
+        return min((r.shortest for r in self.rules), default=0)
 
 
 @cache
@@ -88,7 +99,23 @@ def _rule(raw: dict[str, Any], extra: list[dict[str, Any]]) -> Rule:
     allowlists = [*raw.get("allowlists", []), *extra]
     return Rule(raw["id"], raw.get("description", raw["id"]), rust_regex(raw["regex"]),
                 tuple(k.lower() for k in raw.get("keywords", [])), float(raw.get("entropy", 0.0)),
-                int(raw.get("secretGroup", 0)), tuple(_allowlist(a) for a in allowlists))
+                int(raw.get("secretGroup", 0)), tuple(_allowlist(a) for a in allowlists), shortest=shortest(raw["regex"]))
+
+
+def shortest(go: str) -> int:
+    """The fewest characters a match can have, by Python's parser; 0 (no prefilter) for what it cannot read.
+
+    Case flags do not change a width, so they are dropped first: Python refuses them mid-pattern, Go does not;
+    a POSIX class (``[[:alnum:]]``), which Python would read as two characters, becomes one letter.
+    """
+    go = re.sub(r"\[:\w+:\]", "a", re.sub(r"\(\?i\)", "", go))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "possible nested set": a POSIX class, read by Go as meant
+        try:
+            low, _ = re._parser.parse(go.replace("\\z", "\\Z")).getwidth()  # type: ignore[attr-defined]
+        except (re.error, OverflowError, ValueError):
+            return 0
+    return int(low)
 
 
 def _allowlist(raw: dict[str, Any]) -> Allowlist:

@@ -69,9 +69,16 @@ def location(row: int | None, column: str | None) -> str:
 ANY = "|".join(f"(?:{d.pattern})" for d in DETECTORS)
 
 
-def detect(cells: pl.DataFrame) -> list[Finding]:
-    """Personal data, then secrets by the rule set; each keeps its prefilter-first design."""
-    return _once_per_chunked_value(personal(cells) + secrets(cells))
+def detect(cells: pl.DataFrame, *, text: bool = True) -> list[Finding]:
+    """Personal data, then secrets by the rule set.
+
+    A table's cells are read once by one regex holding every detector's pattern and every rule's keyword;
+    only the cells it matches go further. A text's lines all go to the secret rules, since a key block's
+    body lines hold no keyword: they are joined there, and only the joined texts are prefiltered.
+    """
+    if not text:
+        cells = cells.filter(pl.col("text").str.contains(f"{ANY}|{ruleset().keyword_pattern}"))
+    return _once_per_chunked_value(personal(cells) + secrets(cells, text=text))
 
 
 def personal(cells: pl.DataFrame) -> list[Finding]:
@@ -98,10 +105,10 @@ def _detected(detector: Detector, candidates: pl.DataFrame) -> list[Finding]:
                     ) for file, row, column, match in rows]
 
 
-def secrets(cells: pl.DataFrame) -> list[Finding]:
+def secrets(cells: pl.DataFrame, *, text: bool = True) -> list[Finding]:
     rules = ruleset()
     findings = []
-    for hit in find_secrets(cells, rules):
+    for hit in find_secrets(cells, rules, text=text):
         name, version = (rules.name, rules.version) if hit.rule.source == rules.name else (SAFEROOM_RULES, saferoom_version())
         findings.append(Finding("secret", hit.file, location(hit.row, hit.column), f"{hit.rule.id} ({name} {version})",
                                 mask(hit.secret), digest(hit.secret), hit.rule.id, name, version))

@@ -28,10 +28,12 @@ class Hit:
     secret: str
 
 
-def find_secrets(cells: pl.DataFrame, rules: RuleSet | None = None) -> list[Hit]:
+def find_secrets(cells: pl.DataFrame, rules: RuleSet | None = None, *, text: bool = True) -> list[Hit]:
+    """``text``: the cells may be lines of a text or notebook parts, to be joined first; a table's never are."""
     rules = rules or ruleset()
-    docs = documents(cells).with_row_index("cell")
-    candidates = docs.filter(pl.col("text").str.contains_any(rules.keywords, ascii_case_insensitive=True))
+    docs = (documents(cells) if text else cells.with_columns(pl.lit(False).alias("lines"))).with_row_index("cell")
+    long_enough = pl.col("text").str.len_bytes() >= rules.shortest  # a length is read without reading the text
+    candidates = docs.filter(long_enough).filter(pl.col("text").str.contains(rules.keyword_pattern))
     if candidates.is_empty():
         return []
     # A tag ends a value as whitespace does: gitleaks' rules end a secret at a quote, space or line end,
@@ -48,11 +50,12 @@ def documents(cells: pl.DataFrame) -> pl.DataFrame:
     lines = pl.col("column").is_null() & (pl.col("row") > 0)
     parts = pl.col("column").str.starts_with(NOTEBOOK_PARTS[0]) | pl.col("column").str.starts_with(NOTEBOOK_PARTS[1]) \
         | (pl.col("column") == NOTEBOOK_PARTS[2])
-    joined = cells.filter(lines | parts.fill_null(False)).with_columns(
+    in_text = cells.select((lines | parts.fill_null(False)).alias("in_text")).to_series()
+    joined = cells.filter(in_text).with_columns(
         pl.when(lines).then(None).otherwise(pl.col("row")).alias("key"))
     texts = joined.group_by("file", "key", "column", maintain_order=True).agg(
         pl.col("row").min(), pl.col("text").str.join("\n")).with_columns(pl.col("column").is_null().alias("lines"))
-    rest = cells.filter(~(lines | parts.fill_null(False))).with_columns(pl.lit(False).alias("lines"))
+    rest = cells.filter(~in_text).with_columns(pl.lit(False).alias("lines"))
     return pl.concat([rest.select("file", "row", "column", "text", "lines"),
                       texts.select("file", "row", "column", "text", "lines")], how="vertical_relaxed")
 
@@ -69,7 +72,8 @@ def _per_rule(candidates: pl.DataFrame, rules: RuleSet) -> list[tuple[Rule, pl.D
     for rule in rules.rules:
         wanted = {c for k in rule.keywords for c in cells_by_keyword.get(k, [])}
         if wanted:
-            out.append((rule, candidates.filter(pl.col("cell").is_in(list(wanted)))))
+            rows = candidates.filter(pl.col("cell").is_in(list(wanted)) & (pl.col("text").str.len_bytes() >= rule.shortest))
+            out.append((rule, rows))
     return out
 
 
