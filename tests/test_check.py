@@ -408,3 +408,10 @@ def test_go_regexes_are_read_as_go_reads_them(go: str, rust: str) -> None:
     from saferoom.check.rules import rust_regex
 
     assert rust_regex(go) == rust
+
+
+def test_notebook_findings_name_the_cell(tmp_path: Path) -> None:
+    cells = [{"cell_type": "markdown", "source": ["# Title\n"]},
+             {"cell_type": "code", "source": ["x = 1\n", "print('212-67-8910')\n"], "outputs": []}]
+    (tmp_path / "n.ipynb").write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert [f.location for f in airlock.check(tmp_path / "n.ipynb").findings] == ["cell 2, source"]

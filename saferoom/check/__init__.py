@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,16 @@ def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None =
         if index is not None and cells is not None:
             found += fingerprint_matches(cells, key, index)  # type: ignore[arg-type]
         found += disclosure(loaded.tables, min_cell) + birth_dates(cells, loaded.tables)
+        if label.lower().endswith(".ipynb"):
+            found = [_in_notebook(f) for f in found]
         report.findings += [f for f in found if f.sha256 not in allowed]
     return report
+
+
+def _in_notebook(finding: Finding) -> Finding:
+    """A notebook is read as rows of cell parts; its findings say so as a notebook reader would: cell 3, source."""
+    found = re.fullmatch(r"row (\d+), column (.+)", finding.location)
+    return replace(finding, location=f"cell {found.group(1)}, {found.group(2)}") if found else finding
 
 
 def fingerprint_key(policy: Policy | Path | None) -> Secret | None:

@@ -116,7 +116,7 @@ def _valid_somewhere(value: str) -> bool:
             if phonenumbers.is_valid_number(phonenumbers.parse(value, region)):
                 return True
         except phonenumbers.NumberParseException:
-            return False
+            continue
     return False
 
 

@@ -134,10 +134,13 @@ def _row(row: int | None, text: str, match: str, lines: bool) -> int | None:
 
 
 def _without_generic_duplicates(hits: list[Hit]) -> list[Hit]:
-    specific = {(h.file, h.row, h.column): h.secret for h in hits if h.rule.id != GENERIC}
+    specific: dict[tuple[str, int | None, str | None], list[str]] = {}
+    for hit in hits:
+        if hit.rule.id != GENERIC:
+            specific.setdefault((hit.file, hit.row, hit.column), []).append(hit.secret)
     return [h for h in hits if h.rule.id != GENERIC
-            or not _overlap(specific.get((h.file, h.row, h.column)), h.secret)]
+            or not any(_overlap(s, h.secret) for s in specific.get((h.file, h.row, h.column), []))]
 
 
-def _overlap(one: str | None, other: str) -> bool:
-    return one is not None and (one in other or other in one)
+def _overlap(one: str, other: str) -> bool:
+    return one in other or other in one
