@@ -72,3 +72,12 @@ def test_recall_and_false_positives_per_entity(measured: dict[str, Counter[str]]
 
 def test_every_case_names_its_source() -> None:
     assert all(c.get("source") for c in cases())
+
+
+def test_secrets_are_found_as_well_in_text_files(tmp_path: Path) -> None:
+    """A text's lines are joined back before the secret rules run: the positives, one Markdown file each."""
+    positives = [c for c in cases() if c["entity"] == "secret" and c["positive"]]
+    for i, case in enumerate(positives):
+        (tmp_path / f"case{i:04d}.md").write_text(f"# Case\n\n{case['text']}\n")
+    found = {f.file for f in airlock.check(tmp_path, allow=tmp_path / "none").findings if f.kind == "secret"}
+    assert len(found) / len(positives) >= LEVELS["secret"][0], len(found)
