@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,20 @@ def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None =
         if progress:
             progress(label)
         cells = pl.concat(loaded.cells, how="vertical_relaxed") if loaded.cells else None
-        found = detect(cells) if cells is not None else []
+        found = detect(cells, text=loaded.text) if cells is not None else []
         if index is not None and cells is not None:
             found += fingerprint_matches(cells, key, index)  # type: ignore[arg-type]
         found += disclosure(loaded.tables, min_cell) + birth_dates(cells, loaded.tables)
+        if label.lower().endswith(".ipynb"):
+            found = [_in_notebook(f) for f in found]
         report.findings += [f for f in found if f.sha256 not in allowed]
     return report
+
+
+def _in_notebook(finding: Finding) -> Finding:
+    """A notebook is read as rows of cell parts; its findings say so as a notebook reader would: cell 3, source."""
+    found = re.fullmatch(r"row (\d+), column (.+)", finding.location)
+    return replace(finding, location=f"cell {found.group(1)}, {found.group(2)}") if found else finding
 
 
 def fingerprint_key(policy: Policy | Path | None) -> Secret | None:

@@ -29,6 +29,7 @@ TABLES = {".csv", ".tsv", ".parquet", ".jsonl", ".ndjson", ".xlsx", ".xls"}
 class Read:
     cells: list[pl.DataFrame] = field(default_factory=list)
     tables: list[tuple[str, pl.DataFrame]] = field(default_factory=list)
+    text: bool = False  # cells are a text's lines or a notebook's parts, which secrets are matched across
 
 
 class Unreadable(Exception):
@@ -42,8 +43,8 @@ def read(path: Path, label: str) -> Read:
         if suffix in TABLES or suffix == ".json":
             return _table_file(path, label, suffix)
         if suffix == ".ipynb":
-            return Read(cells=[_notebook(path, label)])
-        return Read(cells=[_text(path, label)])
+            return Read(cells=[_notebook(path, label)], text=True)
+        return Read(cells=[_text(path, label)], text=True)
     except Unreadable:
         raise
     except (OSError, UnicodeDecodeError) as exc:
@@ -179,11 +180,18 @@ def _text(path: Path, label: str) -> pl.DataFrame:
     if path.stat().st_size > 64 * CHUNK:
         return _chunks(path, label)
     text = path.read_text(encoding="utf-8", errors="replace")
-    if max((len(line) for line in text.splitlines()), default=0) > CHUNK:
+    lines = _lines(text)
+    if max((len(line) for line in lines), default=0) > CHUNK:
         return _chunks(path, label)
-    lines = text.splitlines()
     return pl.DataFrame({"row": list(range(1, len(lines) + 1)), "column": [None] * len(lines), "text": lines},
                         schema={"row": pl.UInt32, "column": pl.String, "text": pl.String}).with_columns(pl.lit(label).alias("file"))
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as editors number them: split at \\n only (str.splitlines also splits at form feeds,
+    \\x1c-\\x1e and U+2028, and every line number after one would drift)."""
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _chunks(path: Path, label: str) -> pl.DataFrame:
@@ -217,7 +225,7 @@ def _notebook(path: Path, label: str) -> pl.DataFrame:
     rows, columns, texts = [], [], []
     for number, cell in enumerate(cells, 1):
         for part, text in _notebook_texts(cell):
-            for line in text.splitlines():
+            for line in _lines(text):
                 rows.append(number)
                 columns.append(part)
                 texts.append(line)

@@ -11,13 +11,14 @@ SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 
 def sarif(report: Report, version: str) -> dict[str, Any]:
-    rules = {f.kind: f.rule for f in report.findings}
+    rules = {f.rule_id: f.rule for f in report.findings}
     results = [
         {
-            "ruleId": f.kind,
+            "ruleId": f.rule_id,
             "level": "error",
             "message": {"text": f"{f.rule}: {f.preview} at {f.location}"},
             "partialFingerprints": {"valueSha256": f.sha256},
+            "properties": {"kind": f.kind, "ruleset": f.ruleset, "rulesetVersion": f.ruleset_version},
             "locations": [{"physicalLocation": _where(f.file, f.location)}],
         }
         for f in report.findings

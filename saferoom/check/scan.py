@@ -12,10 +12,13 @@ import numpy as np
 import polars as pl
 
 from saferoom.check.detectors import DETECTORS, Detector
+from saferoom.check.rules import ruleset
+from saferoom.check.secrets import find_secrets
 from saferoom.secrets import Secret
 
 COUNT_COLUMN = re.compile(r"^(n|count|cnt|num|number|freq|frequency|patients|customers|people|.*_count|.*_n|n_.*)$", re.I)
 SUPPRESSED = {"*", "<10", "< 10", "c", "~", "suppressed", "redacted", "[suppressed]", "x"}
+SAFEROOM_RULES = "saferoom"
 TOTAL = re.compile(r"(?i)^(total|all|overall|sum)$")
 
 
@@ -27,6 +30,15 @@ class Finding:
     rule: str
     preview: str
     sha256: str
+    rule_id: str = ""  # the detector or the rule set's rule that matched
+    ruleset: str = ""  # "saferoom" for the personal-data detectors, else the secret rule set's name
+    ruleset_version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.rule_id:  # saferoom's own checks name their rule by their kind
+            object.__setattr__(self, "rule_id", self.kind)
+            object.__setattr__(self, "ruleset", SAFEROOM_RULES)
+            object.__setattr__(self, "ruleset_version", saferoom_version())
 
     def to_dict(self) -> dict[str, str]:
         return self.__dict__.copy()
@@ -54,27 +66,59 @@ def location(row: int | None, column: str | None) -> str:
     return f"line {row}"
 
 
-ANY = "|".join(f"(?:{d.pattern.removeprefix('(?i)')})" for d in DETECTORS if not d.pattern.startswith("(?i)"))
-ANY_CASELESS = "(?i)" + "|".join(f"(?:{d.pattern.removeprefix('(?i)')})" for d in DETECTORS if d.pattern.startswith("(?i)"))
+ANY = "|".join(f"(?:{d.pattern})" for d in DETECTORS)
 
 
-def detect(cells: pl.DataFrame) -> list[Finding]:
+def detect(cells: pl.DataFrame, *, text: bool = True) -> list[Finding]:
+    """Personal data, then secrets by the rule set.
+
+    A table's cells are read once by one regex holding every detector's pattern and every rule's keyword;
+    only the cells it matches go further. A text's lines all go to the secret rules, since a key block's
+    body lines hold no keyword: they are joined there, and only the joined texts are prefiltered.
+    """
+    if not text:
+        cells = cells.filter(pl.col("text").str.contains(f"{ANY}|{ruleset().keyword_pattern}"))
+    return _once_per_chunked_value(personal(cells) + secrets(cells, text=text))
+
+
+def personal(cells: pl.DataFrame) -> list[Finding]:
     """One pass over everything with all patterns at once; each detector then reads only those hits."""
-    candidates = cells.filter(pl.col("text").str.contains(ANY) | pl.col("text").str.contains(ANY_CASELESS))
+    candidates = cells.filter(pl.col("text").str.contains(ANY))
     findings: list[Finding] = []
     for detector in DETECTORS:
-        hits = candidates.filter(pl.col("text").str.contains(detector.pattern))
-        if hits.is_empty():
-            continue
-        matches = hits.with_columns(pl.col("text").str.extract_all(detector.pattern).alias("match")).explode("match")
-        valid = _valid(detector, matches.get_column("match").drop_nulls().unique().to_list())
-        if not valid:
-            continue
-        for file, row, column, match in matches.filter(pl.col("match").is_in(list(valid))).select(
-                "file", "row", "column", "match").iter_rows():
-            value = valid[match]
-            findings.append(Finding(detector.kind, file, location(row, column), detector.rule, mask(value), digest(value)))
-    return _once_per_chunked_value(findings)
+        findings += _detected(detector, candidates)
+    return findings
+
+
+def _detected(detector: Detector, candidates: pl.DataFrame) -> list[Finding]:
+    if detector.blank is not None:  # text another kind owns (an IBAN's digits) is blanked for this one
+        candidates = candidates.with_columns(pl.col("text").str.replace_all(detector.blank, " "))
+    hits = candidates.filter(pl.col("text").str.contains(detector.pattern))
+    if hits.is_empty():
+        return []
+    matches = hits.with_columns(pl.col("text").str.extract_all(detector.pattern).alias("match")).explode("match")
+    valid = _valid(detector, matches.get_column("match").drop_nulls().unique().to_list())
+    if not valid:
+        return []
+    rows = matches.filter(pl.col("match").is_in(list(valid))).select("file", "row", "column", "match").iter_rows()
+    return [Finding(detector.kind, file, location(row, column), detector.rule, mask(valid[match]), digest(valid[match]),
+                    ) for file, row, column, match in rows]
+
+
+def secrets(cells: pl.DataFrame, *, text: bool = True) -> list[Finding]:
+    rules = ruleset()
+    findings = []
+    for hit in find_secrets(cells, rules, text=text):
+        name, version = (rules.name, rules.version) if hit.rule.source == rules.name else (SAFEROOM_RULES, saferoom_version())
+        findings.append(Finding("secret", hit.file, location(hit.row, hit.column), f"{hit.rule.id} ({name} {version})",
+                                mask(hit.secret), digest(hit.secret), hit.rule.id, name, version))
+    return findings
+
+
+def saferoom_version() -> str:
+    from saferoom import __version__
+
+    return __version__
 
 
 def _once_per_chunked_value(findings: list[Finding]) -> list[Finding]:
@@ -93,15 +137,8 @@ def _once_per_chunked_value(findings: list[Finding]) -> list[Finding]:
 
 def _valid(detector: Detector, matches: list[str]) -> dict[str, str]:
     """Each distinct match is validated once, however often it repeats: match -> the value it carries."""
-    groups = {m: _group(detector, m) for m in matches}
-    return {m: value for m, value in groups.items() if value and detector.valid(value)}
-
-
-def _group(detector: Detector, match: str) -> str | None:
-    if detector.group == 0:
-        return match
-    inner = re.search(detector.pattern, match)
-    return inner.group(detector.group) if inner else None
+    values = {m: detector.valid(m) for m in matches}
+    return {m: value for m, value in values.items() if value}
 
 
 def fingerprint_matches(cells: pl.DataFrame, key: Secret, index: list[object]) -> list[Finding]:
