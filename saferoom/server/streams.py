@@ -1,4 +1,4 @@
-"""Result bodies: Arrow IPC (default), JSON or CSV, produced batch by batch.
+"""Result bodies: Arrow IPC (default), JSON, vectors or CSV, produced batch by batch.
 
 An Arrow body is a standard IPC stream followed, after its end-of-stream
 marker, by one JSON line: ``{"rows": n, "truncated": bool, "notices": [...], "error": ...}``.
@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import struct
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv
@@ -23,7 +25,9 @@ from saferoom.errors import SaferoomError
 from saferoom.result import Result
 
 ARROW = "application/vnd.apache.arrow.stream"
-MEDIA = {"arrow": ARROW, "json": "application/json", "csv": "text/csv; charset=utf-8", "page": "application/json"}
+VECTORS = "application/vnd.saferoom.vectors"
+MEDIA = {"arrow": ARROW, "json": "application/json", "vectors": VECTORS, "csv": "text/csv; charset=utf-8",
+         "page": "application/json"}
 
 
 class _Sink(io.RawIOBase):
@@ -141,6 +145,76 @@ def _json_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
     return values
 
 
+def vectors_body(result: Result, outcome: Outcome, decision: Decision | None = None) -> Iterator[bytes]:
+    """Frames a client without Arrow (R) reads into vectors with plain binary reads: a tag byte, the payload's
+    length (uint32, little-endian), the payload. ``H``: JSON ``{"decision", "columns", "types", "kinds"}``;
+    ``B``: a batch, its row count (int32) then each column: a byte 1 and a validity byte a row when it holds
+    nulls (else 0), then its values by kind: ``i`` int32, ``d`` float64, ``l`` one byte a row, ``s`` UTF-8 strings
+    each ended by a NUL. Dates are days and timestamps seconds since 1970-01-01 (UTC). ``S``: the status line."""
+    kinds = [_vector_kind(f.type) for f in result.schema]
+    head = {"decision": decision.to_dict() if decision else None, "columns": result.schema.names,
+            "types": [str(f.type) for f in result.schema], "kinds": kinds}
+    yield outcome.count(_frame(b"H", json.dumps(head).encode()))
+    try:
+        for batch in result.stream():
+            if not batch.num_rows:
+                continue
+            parts = [struct.pack("<i", batch.num_rows)]
+            for column, kind in zip(batch.columns, kinds, strict=True):
+                parts += _vector(column, kind)
+            yield outcome.count(_frame(b"B", b"".join(parts)))
+            outcome.rows += batch.num_rows
+    except SaferoomError as exc:
+        outcome.error = exc
+    yield outcome.count(_frame(b"S", trailer(result, outcome).rstrip()))
+
+
+def _frame(tag: bytes, payload: bytes) -> bytes:
+    return tag + struct.pack("<I", len(payload)) + payload
+
+
+def _vector_kind(kind: pa.DataType) -> str:
+    if pa.types.is_dictionary(kind):
+        return _vector_kind(kind.value_type)
+    if kind in (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16()):
+        return "i"
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind) \
+            or pa.types.is_date(kind) or pa.types.is_timestamp(kind):
+        return "d"
+    return "l" if pa.types.is_boolean(kind) else "s"
+
+
+SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _vector(column: pa.Array, kind: str) -> list[bytes]:
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    nulls = [b"\x01", np.asarray(column.is_valid(), dtype=np.uint8).tobytes()] if column.null_count else [b"\x00"]
+    if pa.types.is_date(column.type):
+        column = column.cast(pa.date32()).cast(pa.int32())
+    elif pa.types.is_timestamp(column.type):
+        column = pc.divide(column.cast(pa.int64()).cast(pa.float64()), float(SECONDS[column.type.unit]))
+    if kind == "i":
+        return [*nulls, np.asarray(column.cast(pa.int32()).fill_null(0), dtype="<i4").tobytes()]
+    if kind == "d":
+        return [*nulls, np.asarray(column.cast(pa.float64()).fill_null(0.0), dtype="<f8").tobytes()]
+    if kind == "l":
+        return [*nulls, np.asarray(column.fill_null(False), dtype=np.uint8).tobytes()]
+    return [*nulls, _strings(column)]
+
+
+def _strings(column: pa.Array) -> bytes:
+    """Each value as UTF-8 with a NUL after it (a NUL inside a value, which R cannot hold, becomes U+FFFD)."""
+    text = column.cast(pa.large_string()) if pa.types.is_large_string(column.type) or pa.types.is_string(column.type) \
+        else pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.large_string())
+    text = pc.replace_substring(text.fill_null(""), "\0", "\ufffd")
+    ended = pc.binary_join_element_wise(text, pa.scalar("", pa.large_string()), pa.scalar("\0", pa.large_string()))
+    offsets = np.frombuffer(ended.buffers()[1], dtype=np.int64)[ended.offset:ended.offset + len(ended) + 1]
+    values: bytes = ended.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
+    return values
+
+
 def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
     header = True
     try:
@@ -154,7 +228,7 @@ def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
         outcome.error = exc
 
 
-BODIES = {"arrow": arrow_body, "json": json_body, "csv": csv_body}
+BODIES = {"arrow": arrow_body, "json": json_body, "vectors": vectors_body, "csv": csv_body}
 
 
 def trailer(result: Result, outcome: Outcome) -> bytes:
