@@ -194,11 +194,11 @@ def _vector(column: pa.Array, kind: str) -> list[bytes]:
     if pa.types.is_date(column.type):
         column = column.cast(pa.date32()).cast(pa.int32())
     elif pa.types.is_timestamp(column.type):
-        column = pc.divide(column.cast(pa.int64()).cast(pa.float64()), float(SECONDS[column.type.unit]))
+        column = pc.divide(column.cast(pa.int64()).cast(pa.float64(), safe=False), float(SECONDS[column.type.unit]))
     if kind == "i":
         return [*nulls, np.asarray(column.cast(pa.int32()).fill_null(0), dtype="<i4").tobytes()]
     if kind == "d":
-        return [*nulls, np.asarray(column.cast(pa.float64()).fill_null(0.0), dtype="<f8").tobytes()]
+        return [*nulls, np.asarray(column.cast(pa.float64(), safe=False).fill_null(0.0), dtype="<f8").tobytes()]  # BIGINT: exact to 2**53
     if kind == "l":
         return [*nulls, np.asarray(column.fill_null(False), dtype=np.uint8).tobytes()]
     return [*nulls, _strings(column)]

@@ -9,14 +9,15 @@ setMethod("dbIsValid", "SaferoomConnection", function(dbObj, ...) isTRUE(dbObj@s
 
 setMethod("dbDisconnect", "SaferoomConnection", function(conn, ...) {
   if (!dbIsValid(conn)) warning("the connection is already closed", call. = FALSE)
+  if (isTRUE(conn@state$result$open)) warning("closing the connection closed its open result", call. = FALSE)
   conn@state$valid <- FALSE
   invisible(TRUE)
 })
 
 setMethod("dbGetInfo", "SaferoomConnection", function(dbObj, ...) {
-  address <- curl::curl_parse_url(dbObj@url)
+  address <- regmatches(dbObj@url, regexec("^[a-z]+://([^/:]+):?([0-9]*)", dbObj@url))[[1]]
   list(db.version = "saferoom gateway", dbname = dbObj@url, username = dbObj@user, role = dbObj@role,
-       host = address$host, port = if (is.null(address$port)) "" else address$port)
+       host = address[2], port = address[3])
 })
 
 setMethod("dbDataType", "SaferoomConnection", function(dbObj, obj, ...) sr_data_type(obj))
@@ -72,7 +73,9 @@ setMethod("dbSendQuery", c("SaferoomConnection", "character"), function(conn, st
     warning(paste(c("the result was cut at the role's limit", unlist(answer$status$notices)), collapse = "; "),
             call. = FALSE)
   }
+  sr_close_previous(conn)
   state <- new.env(parent = emptyenv())
+  conn@state$result <- state
   state$frame <- answer$frame
   state$position <- 0L
   state$open <- TRUE
@@ -80,3 +83,13 @@ setMethod("dbSendQuery", c("SaferoomConnection", "character"), function(conn, st
   state$decision <- answer$decision
   new("SaferoomResult", connection = conn, statement = statement, state = state)
 })
+
+# One open result a connection, as DBI asks: a new query closes the one before it.
+sr_close_previous <- function(conn) {
+  previous <- conn@state$result
+  if (!is.null(previous) && isTRUE(previous$open)) {
+    warning("a new query closed the connection's open result", call. = FALSE)
+    previous$open <- FALSE
+    previous$frame <- NULL
+  }
+}
