@@ -51,7 +51,7 @@ def test_r_cmd_check_passes_against_a_real_gateway(server, tmp_path: Path) -> No
     expected.write_text(json.dumps(expected_answers(server.url, investigator, analyst)))
     env = {**os.environ, "SAFEROOM_TEST_URL": server.url, "SAFEROOM_TEST_TOKEN": investigator,
            "SAFEROOM_TEST_ANALYST_TOKEN": analyst, "SAFEROOM_TEST_EXPECTED": str(expected),
-           "_R_CHECK_FUTURE_FILE_TIMESTAMPS_": "false", "_R_CHECK_SYSTEM_CLOCK_": "false"}
+           "_R_CHECK_FUTURE_FILE_TIMESTAMPS_": "false", "_R_CHECK_SYSTEM_CLOCK_": "false", "TZ": "UTC"}
     env.pop("SAFEROOM_URL", None)
     env.pop("SAFEROOM_TOKEN", None)
     built = subprocess.run([R, "CMD", "build", "--no-build-vignettes", str(R_PACKAGE)], cwd=tmp_path, env=env, check=False,
