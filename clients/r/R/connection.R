@@ -67,7 +67,7 @@ setMethod("dbSendQuery", c("SaferoomConnection", "character"), function(conn, st
   if (length(params)) stop("saferoom does not bind parameters: write the values into the query", call. = FALSE)
   body <- list(sql = statement, format = "vectors")
   if (!is.null(conn@state$role)) body$role <- conn@state$role
-  answer <- sr_vectors(sr_request(sr_live(conn), "POST", "/v1/query", body = body, raw = TRUE))
+  answer <- sr_query(sr_live(conn), body)
   if (!is.null(answer$status$error)) sr_stop(answer$status$error)
   if (isTRUE(answer$status$truncated)) {
     warning(paste(c("the result was cut at the role's limit", unlist(answer$status$notices)), collapse = "; "),

@@ -1,6 +1,6 @@
 # Requests to the gateway, and its errors as R conditions.
 
-sr_request <- function(state, method, path, body = NULL, query = NULL, raw = FALSE) {
+sr_handle <- function(state, method, body) {
   handle <- curl::new_handle()
   curl::handle_setheaders(handle, Authorization = paste("Bearer", state$token),
                           Accept = "application/json", `Content-Type` = "application/json")
@@ -9,18 +9,41 @@ sr_request <- function(state, method, path, body = NULL, query = NULL, raw = FAL
   } else if (method != "GET") {
     curl::handle_setopt(handle, customrequest = method)
   }
+  handle
+}
+
+sr_url <- function(state, path, query = NULL) {
   url <- paste0(state$url, path)
-  if (length(query)) {
-    url <- paste0(url, "?", paste(names(query), vapply(query, curl::curl_escape, ""), sep = "=", collapse = "&"))
+  if (!length(query)) return(url)
+  paste0(url, "?", paste(names(query), vapply(query, curl::curl_escape, ""), sep = "=", collapse = "&"))
+}
+
+sr_unreachable <- function(state) {
+  function(e) {
+    sr_stop(list(type = "ConnectionError",
+                 message = paste0("cannot reach the gateway at ", state$url, ": ", conditionMessage(e))))
   }
-  response <- tryCatch(
-    curl::curl_fetch_memory(url, handle = handle),
-    error = function(e) sr_stop(list(type = "ConnectionError",
-                                     message = paste0("cannot reach the gateway at ", state$url, ": ", conditionMessage(e))))
-  )
+}
+
+# A JSON call: the answer parsed, or the gateway's error signalled.
+sr_request <- function(state, method, path, body = NULL, query = NULL) {
+  force(state)  # a closed connection's error is its own, not "cannot reach"
+  handle <- sr_handle(state, method, body)
+  response <- tryCatch(curl::curl_fetch_memory(sr_url(state, path, query), handle = handle),
+                       error = sr_unreachable(state))
   if (response$status_code >= 400) sr_stop(sr_error_of(sr_text(response$content), response$status_code), response$status_code)
-  if (raw) return(response$content)
   sr_json(response$content)
+}
+
+# A query, its `vectors` body read frame by frame as it arrives (see sr_frames).
+sr_query <- function(state, body) {
+  force(state)
+  frames <- sr_frames()
+  response <- tryCatch(curl::curl_fetch_stream(sr_url(state, "/v1/query"), frames$take,
+                                               handle = sr_handle(state, "POST", body)),
+                       error = sr_unreachable(state))
+  if (response$status_code >= 400) sr_stop(sr_error_of(sr_text(frames$rest()), response$status_code), response$status_code)
+  frames$result()
 }
 
 sr_text <- function(bytes) {

@@ -25,6 +25,10 @@ setMethod("dbFetch", "SaferoomResult", function(res, n = -1, ...) {
   }
   total <- nrow(state$frame)
   last <- if (n < 0 || is.infinite(n)) total else min(total, state$position + n)
+  if (state$position == 0 && last == total) {  # all of it: no copy
+    state$position <- total
+    return(state$frame)
+  }
   rows <- seq_len(last - state$position) + state$position
   state$position <- last
   chunk <- state$frame[rows, , drop = FALSE]
@@ -66,47 +70,71 @@ setMethod("dbGetInfo", "SaferoomResult", function(dbObj, ...) {
 })
 
 # The gateway's `vectors` body (docs/gateway.md): a header, batches of columns, a status; each frame a tag
-# byte, the payload's length and the payload.
-sr_vectors <- function(body) {
-  input <- rawConnection(body)
-  on.exit(close(input))
+# byte, the payload's length and the payload. `take` is given the body piece by piece as it arrives and
+# reads each frame once it is whole, so the rows are decoded while the gateway is still sending.
+sr_frames <- function() {
+  pieces <- list()
+  have <- 0
+  need <- 5
   head <- NULL
   status <- NULL
   batches <- list()
-  repeat {
-    tag <- readBin(input, "raw", 1)
-    if (!length(tag)) break
-    size <- readBin(input, "integer", size = 4, endian = "little")
-    tag <- rawToChar(tag)
-    if (tag == "B") {
-      batches[[length(batches) + 1]] <- sr_batch(input, head$kinds)
-    } else if (tag == "H") {
-      head <- sr_json(readBin(input, "raw", size))
-    } else {
-      status <- sr_json(readBin(input, "raw", size))
-    }
+  framed <- NA  # whether the body is frames at all (an error is JSON)
+  take <- function(piece) {
+    pieces[[length(pieces) + 1]] <<- piece
+    have <<- have + length(piece)
+    if (is.na(framed)) framed <<- piece[1] == charToRaw("H")
+    if (isTRUE(framed) && have >= need) read()
   }
-  if (is.null(head) || is.null(status)) stop("the gateway's answer ended early: run the query again", call. = FALSE)
-  columns <- lapply(seq_along(head$columns), function(i) {
-    sr_typed(unlist(lapply(batches, `[[`, i)), head$kinds[i], head$types[i])
-  })
-  names(columns) <- head$columns
-  rows <- if (length(columns)) length(columns[[1]]) else 0L
-  list(frame = structure(columns, class = "data.frame", row.names = .set_row_names(rows)),
-       decision = head$decision, status = status)
+  read <- function() {
+    pending <- do.call(c, pieces)
+    input <- rawConnection(pending)
+    on.exit(close(input))
+    used <- 0
+    repeat {
+      if (length(pending) - used < 5) break
+      tag <- rawToChar(readBin(input, "raw", 1))
+      size <- readBin(input, "integer", size = 4, endian = "little")
+      if (length(pending) - used - 5 < size) break
+      if (tag == "B") {
+        batches[[length(batches) + 1]] <<- sr_batch(input, head$kinds)
+      } else if (tag == "H") {
+        head <<- sr_json(readBin(input, "raw", size))
+      } else {
+        status <<- sr_json(readBin(input, "raw", size))
+      }
+      used <- used + 5 + size
+    }
+    pieces <<- if (used < length(pending)) list(pending[(used + 1):length(pending)]) else list()
+    have <<- length(pending) - used
+    need <<- if (have >= 5) 5 + readBin(pending[used + 2:5], "integer", size = 4, endian = "little") else 5
+  }
+  rest <- function() do.call(c, pieces)
+  result <- function() {
+    if (is.null(head) || is.null(status)) stop("the gateway's answer ended early: run the query again", call. = FALSE)
+    columns <- lapply(seq_along(head$columns), function(i) {
+      sr_typed(unlist(lapply(batches, `[[`, i)), head$kinds[i], head$types[i])
+    })
+    names(columns) <- head$columns
+    rows <- if (length(columns)) length(columns[[1]]) else 0L
+    list(frame = structure(columns, class = "data.frame", row.names = .set_row_names(rows)),
+         decision = head$decision, status = status)
+  }
+  list(take = take, rest = rest, result = result)
 }
 
 sr_batch <- function(input, kinds) {
   rows <- readBin(input, "integer", size = 4, endian = "little")
   lapply(kinds, function(kind) {
-    valid <- if (readBin(input, "raw", 1) == as.raw(1)) readBin(input, "raw", rows) == as.raw(1)
+    flags <- as.integer(readBin(input, "raw", 1))
+    valid <- if (bitwAnd(flags, 1L)) readBin(input, "raw", rows) == as.raw(1)
     values <- switch(kind,
       i = readBin(input, "integer", rows, size = 4, endian = "little"),
       d = readBin(input, "double", rows, size = 8, endian = "little"),
       l = readBin(input, "integer", rows, size = 1, signed = FALSE) == 1L,
       s = {
         text <- readBin(input, "character", rows)
-        Encoding(text) <- "UTF-8"
+        if (bitwAnd(flags, 2L)) Encoding(text) <- "UTF-8"  # ASCII needs no mark (and marking 1M strings costs)
         text
       })
     if (!is.null(valid)) values[!valid] <- NA

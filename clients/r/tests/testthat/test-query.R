@@ -41,6 +41,7 @@ test_that("text keeps its characters", {
   on.exit(DBI::dbDisconnect(con))
   row <- DBI::dbGetQuery(con, "select 'Zoë ☃ 東京' as s, '' as empty")
   expect_identical(row$s, "Zo\u00eb \u2603 \u6771\u4eac")
+  expect_identical(Encoding(row$s), "UTF-8")  # readable as such in any locale
   expect_identical(row$empty, "")
 })
 
