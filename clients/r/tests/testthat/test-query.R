@@ -4,7 +4,7 @@ test_that("a query returns the user's rows with the right types", {
   rows <- DBI::dbGetQuery(con, "select order_id, amount, region, created_at from prod.orders order by order_id limit 5")
   expected <- gateway()$expected$orders
   expect_equal(rows$order_id, vapply(expected, function(row) row$order_id, 0))
-  expect_equal(rows$amount, vapply(expected, function(row) row$amount, 0))
+  expect_identical(rows$amount, vapply(expected, function(row) row$amount, 0))  # DECIMAL: the nearest double
   expect_equal(unique(rows$region), "EU")  # alice's row filter
   expect_s3_class(rows$created_at, "POSIXct")
   expect_equal(format(rows$created_at, "%Y-%m-%d %H:%M:%S", tz = "UTC"),
