@@ -46,11 +46,11 @@ def expected_answers(url: str, investigator: str, analyst: str) -> dict[str, obj
 
 
 def test_r_cmd_check_passes_against_a_real_gateway(server, tmp_path: Path) -> None:
-    investigator, analyst = server.token("ivan"), server.token("alice")
+    investigator, analyst, limited = server.token("ivan"), server.token("alice"), server.token("sam")
     expected = tmp_path / "expected.json"
     expected.write_text(json.dumps(expected_answers(server.url, investigator, analyst)))
     env = {**os.environ, "SAFEROOM_TEST_URL": server.url, "SAFEROOM_TEST_TOKEN": investigator,
-           "SAFEROOM_TEST_ANALYST_TOKEN": analyst, "SAFEROOM_TEST_EXPECTED": str(expected),
+           "SAFEROOM_TEST_ANALYST_TOKEN": analyst, "SAFEROOM_TEST_LIMITED_TOKEN": limited, "SAFEROOM_TEST_EXPECTED": str(expected),
            "_R_CHECK_FUTURE_FILE_TIMESTAMPS_": "false", "_R_CHECK_SYSTEM_CLOCK_": "false", "TZ": "UTC"}
     env.pop("SAFEROOM_URL", None)
     env.pop("SAFEROOM_TOKEN", None)

@@ -102,6 +102,13 @@ test_that("chunked dbFetch of a large result adds up to the whole", {
   expect_equal(total, expected$amount, tolerance = 1e-9)
 })
 
+test_that("a result cut at the role's limit says so", {
+  con <- connect(gateway()$limited)
+  on.exit(DBI::dbDisconnect(con))
+  expect_warning(rows <- DBI::dbGetQuery(con, "select order_id from prod.orders"), "max_rows=5")
+  expect_identical(nrow(rows), 5L)
+})
+
 test_that("the catalog is the role's", {
   con <- connect(gateway()$analyst)
   on.exit(DBI::dbDisconnect(con))
