@@ -1,10 +1,18 @@
-"""Clients other than the Python one, against the Python client on the same gateway in the same run.
+"""pandas.read_sql through the SQLAlchemy dialect, and an R data.frame through the R package, against the Python
+client's to_pandas(), same query, same run.
 
-R: 1M rows x 6 columns into a data.frame with the R package in clients/r (DBI's dbGetQuery; the gateway's
-`vectors` format), timed inside Rscript, against the Python client's to_pandas() of the same query, in
-alternating rounds (target: R at least 0.5x the Python client's throughput).
+1M rows x 6 columns. read_sql embedded and through a gateway on this machine: each median and the speed of
+read_sql as a fraction of to_pandas() (target >= 0.8), from pairs timed back to back (bench/timing.py).
+R through the same gateway (clients/r, DBI's dbGetQuery over the gateway's `vectors` body, timed inside
+Rscript) against to_pandas() in alternating rounds: R's throughput as a fraction of to_pandas() (target >= 0.5).
 
-Uses the data of bench/guard.py (built on first run). Usage: python bench/clients.py [--repeat N]
+Uses the data of bench/guard.py (built on first run). Usage: python bench/clients.py [--repeat 5] [--rows N]
+
+On the 2-core development machine: embedded 0.15, gateway 0.25. read_sql cannot reach to_pandas() through
+PEP 249: pandas builds its frame from a million Python row tuples (DataFrame.from_records alone takes longer
+than the whole of to_pandas()), after each value became a Python object; to_pandas() converts Arrow
+columns at once. R: 0.51 (R 7.54 s, to_pandas() 3.74 s, median of 7 rounds on the same machine under heavy
+load); most of what R spends is making a string per value of the tokenized key.
 """
 
 from __future__ import annotations
@@ -19,17 +27,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+import sqlalchemy as sa
+
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from guard import build
+from timing import paired_medians
 
 import saferoom
-from saferoom.client import RemoteSession
+from saferoom.session import SessionProtocol
 from tests.gateway_helpers import Server, free_port
 
 ROOT = Path(__file__).parent.parent
-QUERY = "select order_id, customer_id, amount, region, created_at, amount > 500 as large from orders_1m"
+SQL = "select order_id, customer_id, amount, region, created_at, amount * 2 as doubled from orders_1m"
 R_SCRIPT = """
 library(DBI)
 con <- dbConnect(saferoom::saferoom())
@@ -41,8 +53,24 @@ cat(nrow(frame), seconds, "\\n")
 """
 
 
+def compare(label: str, session: SessionProtocol, engine: sa.Engine, repeat: int) -> None:
+    rows = len(session.query(SQL).to_pandas())
+
+    def client() -> object:
+        return session.query(SQL).to_pandas()
+
+    def read_sql() -> object:
+        return pd.read_sql(SQL, engine)
+
+    assert len(pd.read_sql(SQL, engine)) == rows
+    read_s, client_s, ratio = paired_medians(read_sql, client, repeat)
+    print(f"{label:9} {rows:,} rows  read_sql {read_s:6.2f} s  to_pandas() {client_s:6.2f} s  "
+          f"read_sql speed / to_pandas() = {1 / ratio:.2f} (target >= 0.8)")
+
+
 def r_seconds(url: str, token: str, library: Path) -> tuple[int, float]:
-    env = {**os.environ, "SAFEROOM_URL": url, "SAFEROOM_TOKEN": token, "R_LIBS": str(library), "BENCH_QUERY": QUERY}
+    """Rows and seconds of dbGetQuery inside Rscript (R's start and the package's loading left out)."""
+    env = {**os.environ, "SAFEROOM_URL": url, "SAFEROOM_TOKEN": token, "R_LIBS": str(library), "BENCH_QUERY": SQL}
     done = subprocess.run(["Rscript", "-e", R_SCRIPT], env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"Rscript failed: {done.stderr[-2000:]}")
@@ -50,45 +78,54 @@ def r_seconds(url: str, token: str, library: Path) -> tuple[int, float]:
     return int(rows), float(seconds)
 
 
-def python_seconds(session: RemoteSession) -> tuple[int, float]:
+def python_seconds(session: SessionProtocol) -> tuple[int, float]:
     start = time.perf_counter()
-    frame = session.query(QUERY).to_pandas()
+    frame = session.query(SQL).to_pandas()
     return len(frame), time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+def compare_r(server: Server, token: str, session: SessionProtocol, repeat: int, folder: Path) -> None:
     if shutil.which("Rscript") is None:
-        sys.exit("Rscript is not installed (see .ci/run for the Debian packages)")
-    policy = build(1_000_000)
+        print("R        skipped: Rscript is not installed (see .ci/run for the Debian packages)")
+        return
+    library = folder / "r-library"
+    library.mkdir()
+    subprocess.run(["R", "CMD", "INSTALL", f"--library={library}", str(ROOT / "clients" / "r")], capture_output=True, check=True)
+    r_runs, python_runs, ratios = [], [], []
+    for i in range(repeat):
+        order = ("r", "python") if i % 2 == 0 else ("python", "r")
+        timed = {name: r_seconds(server.url, token, library) if name == "r" else python_seconds(session) for name in order}
+        assert timed["r"][0] == timed["python"][0], timed
+        r_runs.append(timed["r"][1])
+        python_runs.append(timed["python"][1])
+        ratios.append(timed["python"][1] / timed["r"][1])
+    print(f"R         {timed['r'][0]:,} rows  data.frame {statistics.median(r_runs):6.2f} s  "
+          f"to_pandas() {statistics.median(python_runs):6.2f} s  "
+          f"R speed / to_pandas() = {statistics.median(ratios):.2f} (target >= 0.5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of bench/guard.py's `orders` (unused here)")
+    args = parser.parse_args()
+    policy = build(args.rows)
+    with saferoom.connect(policy, user="sam") as session:
+        engine = sa.create_engine(f"saferoom:///{policy}?user=sam")
+        compare("embedded", session, engine, args.repeat)
+        engine.dispose()
     with tempfile.TemporaryDirectory() as folder:
-        library = Path(folder) / "library"
-        library.mkdir()
-        subprocess.run(["R", "CMD", "INSTALL", f"--library={library}", str(ROOT / "clients" / "r")],
-                       capture_output=True, check=True)
-        server = Server(policy, Path(folder), free_port(), Path(folder) / "server.log").start()
+        state = Path(folder) / "state"
+        server = Server(policy, state, free_port(), Path(folder) / "server.log").start()
         try:
             token = server.token("sam")
-            with RemoteSession(server.url, token) as session:
-                r_runs, python_runs, ratios = [], [], []
-                for i in range(args.repeat):
-                    order = ("r", "python") if i % 2 == 0 else ("python", "r")
-                    timed = {name: r_seconds(server.url, token, library) if name == "r" else python_seconds(session)
-                             for name in order}
-                    assert timed["r"][0] == timed["python"][0], timed
-                    r_runs.append(timed["r"][1])
-                    python_runs.append(timed["python"][1])
-                    ratios.append(timed["python"][1] / timed["r"][1])
-                rows = timed["r"][0]
+            with saferoom.connect(url=server.url, token=token) as remote:
+                engine = sa.create_engine(f"saferoom+http://:{token}@127.0.0.1:{server.port}")
+                compare("gateway", remote, engine, args.repeat)
+                engine.dispose()
+                compare_r(server, token, remote, args.repeat, Path(folder))
         finally:
             server.stop()
-    r, python = statistics.median(r_runs), statistics.median(python_runs)
-    print(f"saferoom {saferoom.__version__}: {rows:,} rows x 6 columns from the gateway, median of {args.repeat}")
-    print(f"R data.frame (dbGetQuery) {r:.2f} s ({rows / r / 1e6:.2f} M rows/s), "
-          f"Python to_pandas() {python:.2f} s ({rows / python / 1e6:.2f} M rows/s): "
-          f"R / Python throughput {statistics.median(ratios):.2f} (target >= 0.5)")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ class RemoteSession:
         me = self._json("GET", "/v1/whoami", params=_role(role))
         self.user: str = me["user"]
         self.role: str = me["role"]
+        self.dialect: str = me.get("dialect") or "duckdb"  # a gateway from before it said so ran DuckDB
         self.requested_role = role
 
     def query(self, sql: str) -> Result:

@@ -33,6 +33,9 @@ class SessionProtocol(Protocol):
     @property
     def role(self) -> str: ...
 
+    @property
+    def dialect(self) -> str: ...
+
     def query(self, sql: str) -> Result: ...
 
     def tables(self) -> list[TableInfo]: ...
@@ -62,6 +65,11 @@ class Session:
         self._engine = engine or open_engine(policy, backend, self.limits, isolated=isolated)
         self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog())
         self._filter_notices: dict[str, str | None] = {}
+
+    @property
+    def dialect(self) -> str:
+        """The SQL dialect the guard reads queries in (its engine's): clients bind parameters in it."""
+        return self._engine.spec.dialect
 
     def guard(self, sql: str) -> GuardedQuery:
         """Check and rewrite a query without running it."""

@@ -124,3 +124,14 @@ def test_unqualified_names_resolve_and_ambiguity_is_refused(room, tmp_path) -> N
         with pytest.raises(saferoom.QueryRejected, match="ambiguous"):
             session.query("select count(*) from orders")
         assert session.query("select count(*) from copy.orders").to_arrow().column(0).to_pylist() == [room.raw("select count(*) from orders")[0][0]]
+
+
+@pytest.mark.parametrize("sql", [
+    "select b, a from orders t(a, b) order by a",
+    "select customer, id from orders t(id, customer) order by id",
+    "select t.c, t.a from orders t(a, b, c) order by t.a",
+    "select x.a, y.b from orders x(a) join orders y(a, b) on x.a = y.a order by 1",
+])
+def test_positional_column_aliases_keep_their_columns(ivan: saferoom.Session, room, sql: str) -> None:
+    """Columns renamed by position name the same columns as in the table the role sees (all of orders here)."""
+    assert one(ivan, sql) == room.raw(sql)

@@ -8,13 +8,16 @@ parses to) plus the names of functions sqlglot passes through as ``Anonymous``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import pyarrow as pa
+import sqlglot
+from sqlglot.errors import ParseError
 
 from saferoom.errors import LimitExceeded, QueryCancelled, SaferoomError
 
@@ -53,10 +56,12 @@ class EngineSpec:
     max_value_bytes: int | None = None  # the largest value a query may make (engines that run in-process)
     per_user: bool = False  # cheap to open per user, so each user's limits (memory, threads) bound only them
     physical: str | None = None  # a template for the engine's own name of a table, e.g. "__saferoom_{source}_{name}"
-    allowed_nodes: frozenset[str] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "allowed_nodes", STRUCTURE | self.functions)
+    @functools.cached_property
+    def allowed_nodes(self) -> frozenset[str]:
+        """Query structure, the function classes, and the classes the allowlisted names parse into
+        (worked out on first use: it parses each name, which a command that runs no query should not pay for)."""
+        return STRUCTURE | self.functions | typed_functions(self.dialect, self.anonymous_functions)
 
     def type_class(self, type_name: str) -> str:
         upper = type_name.upper()
@@ -67,6 +72,31 @@ class EngineSpec:
         if upper.startswith(self.text_types):
             return "text"
         return "other"
+
+
+def typed_functions(dialect: str, names: frozenset[str]) -> frozenset[str]:
+    """The expression classes sqlglot parses allowlisted function names into.
+
+    An allowlist names functions as users write them; sqlglot turns many of them into typed expressions
+    (``dayname(d)`` is ``Dayname``, ``time_bucket`` is ``DateBin``), which would otherwise never match the
+    list. Each name is parsed with one to eight arguments (``make_timestamp`` of one is ``UnixToTime``, of
+    six ``TimestampFromParts``); each class it yields is the same function, generated back in the dialect.
+
+    >>> sorted(typed_functions("duckdb", frozenset({"DAYNAME", "TIME_BUCKET"})))
+    ['DateBin', 'Dayname']
+    """
+    return frozenset(kind for name in names for kind in _typed(dialect, name))
+
+
+def _typed(dialect: str, name: str) -> set[str]:
+    kinds = set()
+    for arity in range(1, 9):
+        try:
+            call = sqlglot.parse_one(f"SELECT {name}({', '.join(['x'] * arity)})", read=dialect).expressions[0]
+        except ParseError:
+            continue
+        kinds.add(type(call).__name__)
+    return kinds - {"Anonymous"}
 
 
 ColumnTypes = dict[str, str]
@@ -154,6 +184,38 @@ def stopped(cancel: Cancel, timeout: float | None) -> SaferoomError:
     if cancel.timed_out:
         return LimitExceeded(f"the query was stopped after {timeout:g} s, the role's timeout_seconds")
     return QueryCancelled(f"the query was stopped: {cancel.reason}")
+
+
+_QUOTED = re.compile(r"""(\w+)?(\s*)(?:"([^"]*)"|'([^']*)'|`([^`]*)`)""")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?(?![\w(])")
+_TYPE_ARGS = re.compile(r"(\b[A-Za-z_]\w*\(\d+(?:,\s*\d+)?\))")  # DECIMAL(3,1), VARCHAR(10): a type, not a value
+_NAMED = frozenset({"column", "columns", "relation", "table", "tables", "function", "functions", "schema", "type",
+                    "operator", "role", "database", "reference", "alias", "catalog", "field", "macro", "view"})
+
+
+def without_values(message: str) -> str:
+    """An engine's message with every value it could have quoted back taken out: only its first line (later
+    lines repeat the input with a caret under it), quoted text but the names after words like ``column`` or
+    ``table`` (the user wrote those), and every number but a type's size. A value in an error could be a row
+    the role's filter removes, or one masked in the result; nothing of it stays, however it was quoted.
+
+    >>> without_values('Conversion Error: invalid date field format: "EU", expected format is (YYYY-MM-DD)')
+    'Conversion Error: invalid date field format: "…", expected format is (YYYY-MM-DD)'
+    >>> without_values('Type INT64 with value 3000000000 can not be cast to DECIMAL(3,1); column "amount"')
+    'Type INT64 with value … can not be cast to DECIMAL(3,1); column "amount"'
+    """
+    lines = message.strip().splitlines()
+    first = _QUOTED.sub(_keep_names, lines[0] if lines else "")
+    parts = _TYPE_ARGS.split(first)  # types' sizes at odd positions, kept; numbers elsewhere go
+    return "".join(part if i % 2 else _NUMBER.sub("…", part) for i, part in enumerate(parts))
+
+
+def _keep_names(match: re.Match[str]) -> str:
+    word, space = match.group(1) or "", match.group(2)
+    if word.lower() in _NAMED and match.group(4) is None:  # a name after its kind, in the quotes names take
+        return match.group(0)
+    quote = "'" if match.group(4) is not None else "`" if match.group(5) is not None else '"'
+    return f"{word}{space}{quote}…{quote}"
 
 
 _INTERNAL = re.compile(r"__saferoom_\w*", re.IGNORECASE)

@@ -23,7 +23,16 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, stopped, until_done
+from saferoom.engines.base import (
+    Cancel,
+    Catalog,
+    EngineSpec,
+    Templates,
+    policy_names_only,
+    stopped,
+    until_done,
+    without_values,
+)
 from saferoom.errors import EngineError, LimitExceeded
 from saferoom.keyed import TOKEN_FUNCTION, token_function
 from saferoom.policy.limits import Limits
@@ -31,7 +40,7 @@ from saferoom.secrets import Secret
 
 _FUNCTIONS = ["Count", "CountIf", "Sum", "Avg", "Min", "Max", "Median", "Mode", "Stddev", "StddevPop", "StddevSamp", "Variance", "VariancePop", "Corr", "CovarPop", "CovarSamp", "ApproxDistinct", "ApproxQuantile", "Quantile", "PercentileCont", "PercentileDisc", "AnyValue", "ArgMax", "ArgMin", "First", "Last", "ArrayAgg", "GroupConcat", "LogicalAnd", "LogicalOr", "RowNumber", "Rank", "DenseRank", "PercentRank", "CumeDist", "Ntile", "Lag", "Lead", "FirstValue", "LastValue", "NthValue", "Abs", "Ceil", "Floor", "Round", "Sqrt", "Exp", "Ln", "Log", "Pow", "Sign", "Greatest", "Least", "Coalesce", "Nullif", "Rand", "Lower", "Upper", "Length", "Trim", "Substring", "Left", "Right", "Replace", "Concat", "ConcatWs", "Pad", "Reverse", "StrPosition", "SplitPart", "StartsWith", "Contains", "RegexpLike", "RegexpReplace", "RegexpExtract", "Repeat", "Initcap", "Levenshtein", "Chr", "Ascii", "Split", "MD5", "SHA", "SHA2", "Hex", "DateTrunc", "TimestampTrunc", "Extract", "DateDiff", "DateAdd", "DateSub", "Year", "Month", "Day", "Hour", "Minute", "Second", "DayOfWeek", "DayOfYear", "DayOfMonth", "Week", "Quarter", "TimeToStr", "StrToTime", "StrToDate", "CurrentDate", "CurrentTimestamp", "CurrentTime", "DateFromParts", "LastDay", "TimeToUnix", "UnixToTime", "ArrayContains", "ArraySize", "Explode", "Unnest"]
 
-_ANONYMOUS = ["AGE", "DATE_PART", "HASH", "NOW", "LEN", "ARRAY_LENGTH", "LIST_SUM", "LIST_AVG", "LIST_SORT", "LIST_DISTINCT", "LIST_UNIQUE", "QUANTILE_DISC", "QUANTILE_CONT", "ROUND_EVEN", "TRUNC", "EVEN", "ISNAN", "ISINF", "ISFINITE", "FACTORIAL", "GAMMA", "STRIP_ACCENTS", "JACCARD", "HAMMING", "DAMERAU_LEVENSHTEIN", "JARO_WINKLER_SIMILARITY", "PRINTF", "FORMAT", "TIME_BUCKET", "DAYNAME", "MONTHNAME", "ISODOW", "ISOYEAR", "YEARWEEK", "EPOCH", "EPOCH_MS", "BIT_LENGTH", "ENDS_WITH", "SUFFIX", "PREFIX", "REGEXP_FULL_MATCH", "REGEXP_SPLIT_TO_ARRAY", "STRING_SPLIT", "ARRAY_TO_STRING", "MAKE_TIMESTAMP", "DATE_SUB", "DATE_ADD", "DATEDIFF", "DATESUB", "DATEADD", "ENTROPY", "KURTOSIS", "SKEWNESS", "REGR_SLOPE", "REGR_INTERCEPT", "REGR_R2", "REGR_COUNT", "FAVG", "FSUM", "BIT_AND", "BIT_OR", "BIT_XOR"]
+_ANONYMOUS = ["AGE", "DATE_PART", "HASH", "NOW", "LEN", "ARRAY_LENGTH", "LIST_SUM", "LIST_AVG", "LIST_SORT", "LIST_DISTINCT", "LIST_UNIQUE", "QUANTILE_DISC", "QUANTILE_CONT", "ROUND_EVEN", "TRUNC", "EVEN", "ISNAN", "ISINF", "ISFINITE", "FACTORIAL", "GAMMA", "STRIP_ACCENTS", "JACCARD", "HAMMING", "DAMERAU_LEVENSHTEIN", "JARO_WINKLER_SIMILARITY", "PRINTF", "FORMAT", "TIME_BUCKET", "DAYNAME", "MONTHNAME", "ISODOW", "ISOYEAR", "YEARWEEK", "EPOCH", "EPOCH_MS", "BIT_LENGTH", "ENDS_WITH", "SUFFIX", "PREFIX", "REGEXP_FULL_MATCH", "REGEXP_SPLIT_TO_ARRAY", "STRING_SPLIT", "ARRAY_TO_STRING", "MAKE_TIMESTAMP", "DATE_SUB", "DATE_ADD", "DATEDIFF", "DATESUB", "DATEADD", "ENTROPY", "KURTOSIS", "SKEWNESS", "REGR_SLOPE", "REGR_INTERCEPT", "REGR_R2", "REGR_COUNT", "FAVG", "FSUM", "BIT_AND", "BIT_OR", "BIT_XOR", "GROUPING", "TYPEOF", "HISTOGRAM"]
 
 DUCKDB = EngineSpec(
     name="duckdb",
@@ -101,7 +110,7 @@ class DuckDBEngine:
         self._conn = duckdb.connect(":memory:", config=CLOSED_CONFIG)
         self._spill: str | None = None  # the private spill folder this engine removes on close
         try:
-            self._conn.execute("SET enable_progress_bar = false")  # never draw on a notebook's stdout
+            no_progress_bar(self._conn)
             for name, source in sources.items():
                 source.attach(self._conn, name, self._paths)
             if token_key is not None:
@@ -172,6 +181,14 @@ class DuckDBEngine:
         return scrub(message, self._paths)
 
 
+def no_progress_bar(conn: duckdb.DuckDBPyConnection) -> None:
+    """Never draw a progress bar on a notebook's stdout. In a Jupyter kernel without ipywidgets DuckDB has it
+    off already and refuses any change to it, even to off: set it only when it is on."""
+    ((on,),) = conn.execute("select current_setting('enable_progress_bar')").fetchall()
+    if on:
+        conn.execute("SET enable_progress_bar = false")
+
+
 def spill_folder(limits: Limits) -> str | None:
     """A new folder for one engine's spill files, when its limits allow spilling; whoever makes it removes it."""
     return tempfile.mkdtemp(prefix="saferoom-spill-") if limits.temp_limit else None
@@ -210,11 +227,9 @@ def _end(timer: threading.Timer | None, cursor: duckdb.DuckDBPyConnection, done:
 
 def scrub(message: str, paths: dict[str, str]) -> str:
     """Keep the engine's explanation; drop echoed SQL, paths, quoted values and internal names."""
-    message = message.split("\n\nLINE ")[0].split("\nLINE ")[0].strip()
     for name, path in paths.items():
         message = message.replace(path, f"<source {name}>")
-    message = re.sub(r"(/[\w.\-]+)+", "<path>", message)
-    message = re.sub(r"'[^']*'", "'…'", message)  # values quoted back could be another row's data
+    message = without_values(re.sub(r"(/[\w.\-]+)+", "<path>", message))
     return policy_names_only(re.sub(r"__saferoom_(hmac_)?token", "tokenize", message, flags=re.IGNORECASE))
 
 

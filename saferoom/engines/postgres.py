@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, until_done
+from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, until_done, without_values
 from saferoom.errors import EngineError, LimitExceeded, QueryCancelled
 from saferoom.secrets import Secret, hmac_pads
 
@@ -89,7 +89,7 @@ _FUNCTIONS = """
     DateTrunc TimestampTrunc Extract DateAdd DateSub CurrentDate CurrentTimestamp TimeToStr Unnest Explode
 """.split()
 
-_ANONYMOUS = "AGE DATE_PART TO_CHAR BTRIM TRUNC WIDTH_BUCKET JUSTIFY_DAYS MAKE_DATE".split()
+_ANONYMOUS = "AGE DATE_PART TO_CHAR BTRIM TRUNC WIDTH_BUCKET JUSTIFY_DAYS MAKE_DATE GROUPING".split()
 
 POSTGRES = EngineSpec(
     name="postgres",
@@ -260,10 +260,7 @@ class PostgresEngine:
     def _scrub(self, message: str) -> str:
         for secret in self._secrets:
             message = message.replace(secret, "***")
-        message = re.sub(r"postgres(ql)?://\S+", "<source>", message)
-        message = re.sub(r"'[^']*'", "'…'", message)
-        message = re.sub(r'(\w+)?(\s*)"([^"]*)"', _keep_identifiers, message)
-        message = message.split("\nLINE ")[0].split("\nQUERY:")[0]
+        message = without_values(re.sub(r"postgres(ql)?://\S+", "<source>", message))
         message = re.sub(r"^(ProgrammingError|OperationalError|InternalError|DatabaseError|Error): ", "", message)
         return policy_names_only(message.strip())[:500]
 
@@ -291,15 +288,6 @@ def _as_decimal(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 
 def _storage(column: pa.Array) -> pa.Array:
     return column.storage if isinstance(column.type, pa.ExtensionType) else column
-
-
-_NAMED = {"column", "relation", "table", "function", "schema", "type", "operator", "role", "database", "reference"}
-
-
-def _keep_identifiers(match: re.Match[str]) -> str:
-    """PostgreSQL quotes names and values alike; keep names (for explanations), hide values."""
-    word, space = match.group(1) or "", match.group(2)
-    return match.group(0) if word.lower() in _NAMED else f'{word}{space}"…"'
 
 
 def _with_password(url: str, password: Secret | None) -> str:

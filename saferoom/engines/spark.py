@@ -31,7 +31,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, stopped, until_done
+from saferoom.engines.base import (
+    Cancel,
+    Catalog,
+    EngineSpec,
+    Templates,
+    policy_names_only,
+    stopped,
+    until_done,
+    without_values,
+)
 from saferoom.errors import EngineError, LimitExceeded, UsageError
 from saferoom.secrets import Secret, hmac_block, hmac_pads
 
@@ -338,8 +347,6 @@ def _probe(session: Any, url: str, timeout: float, left: float) -> None:
 
 
 def _scrub(message: str) -> str:
-    first = message.strip().splitlines()[0] if message.strip() else "Spark failed"
-    first = re.sub(r"'[^']*'", "'…'", first)
-    first = re.sub(r"(/[\w.\-]+)+", "<path>", first)
+    first = re.sub(r"(/[\w.\-]+)+", "<path>", without_values(message) or "Spark failed")
     first = re.sub(r"unhex\([^)]*\)", "unhex(…)", first, flags=re.IGNORECASE)
     return policy_names_only(re.sub(r"\[SQLSTATE: \w+\]|\bSQLSTATE: \w+", "", first).strip())[:400]

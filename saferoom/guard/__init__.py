@@ -5,7 +5,8 @@ function ``rule(expression, context) -> expression`` over the sqlglot tree in
 its own module (as sqlglot's optimizer is built), then generated::
 
     parse → check_statement → check_nodes → bound_sizes → unqualify_columns → resolve_tables
-          → refuse_hidden_columns → refuse_empty_stars → substitute_views → generate
+          → refuse_hidden_columns → refuse_empty_stars → explain_tokens → name_outputs → substitute_views
+          → generate
 
 The engine only ever runs SQL generated from the rewritten tree, never the
 text the user sent, so the guard and the engine cannot disagree about what
@@ -28,6 +29,8 @@ from saferoom.guard.bound_sizes import bound_sizes
 from saferoom.guard.check_nodes import check_nodes
 from saferoom.guard.check_statement import check_statement
 from saferoom.guard.context import Columns, Context, Hidden, Touched
+from saferoom.guard.explain_tokens import explain_tokens
+from saferoom.guard.name_outputs import name_outputs
 from saferoom.guard.outputs import Outputs, outputs
 from saferoom.guard.parse import parse
 from saferoom.guard.refuse_empty_stars import refuse_empty_stars
@@ -52,6 +55,8 @@ RULES: tuple[Rule, ...] = (
     resolve_tables,
     refuse_hidden_columns,
     refuse_empty_stars,
+    explain_tokens,
+    name_outputs,
     substitute_views,
 )
 

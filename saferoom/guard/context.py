@@ -7,6 +7,7 @@ query reads and which names it uses, kept for the audit log and the decision.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -56,13 +57,18 @@ class Context:
     touched: Touched = field(default_factory=Touched)
 
 
-EXAMPLE_POLICY = "{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}}, tables: {prod.cards: {card_id: public, pan: pci}}, users: {al: {roles: [analyst]}}, roles: {analyst: {columns: {pci: deny}}}}"
+EXAMPLE_POLICY = ("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}, pii: {}}, "
+                  "tables: {prod.cards: {card_id: public, pan: pci, holder: pii}}, users: {al: {roles: [analyst]}, "
+                  "ivy: {roles: [investigator]}}, roles: {analyst: {columns: {pci: deny, pii: tokenize}}, investigator: {columns: {pii: allow}}}, "
+                  "secrets: {token_key: \"env:SAFEROOM_EXAMPLE_TOKEN_KEY\"}}")
 
 
 def example() -> Context:
-    """The context the rules' examples run in: analyst `al`, who is denied `prod.cards.pan`."""
+    """The context the rules' examples run in: analyst `al`, who is denied `prod.cards.pan` and gets `holder` tokenized."""
     from saferoom.engines.duckdb import DUCKDB  # here, not at the top: the guard imports this module
     from saferoom.guard import Guard
     from saferoom.policy import parse_policy
 
-    return Guard(parse_policy(EXAMPLE_POLICY), "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR"}}).context()
+    os.environ.setdefault("SAFEROOM_EXAMPLE_TOKEN_KEY", "a key only the docstrings' examples use")
+
+    return Guard(parse_policy(EXAMPLE_POLICY), "al", "analyst", DUCKDB, {("prod", "main", "cards"): {"card_id": "BIGINT", "pan": "VARCHAR", "holder": "VARCHAR"}}).context()

@@ -64,7 +64,9 @@ def refuse_hidden_columns(expression: exp.Expr, context: Context) -> exp.Expr:
     tables = [context.columns(table) for table in context.touched.tables]
     names = frozenset(n for table in tables for n in table.hidden)
     visible = frozenset().union(*(table.visible for table in tables))
-    if not tables or not _suspect(expression, names, visible):
+    # with no policy table every column name is suspect: `select user` or `current_schema` would otherwise reach
+    # the engine, which reads them as its session's functions, past the allowlist
+    if not _suspect(expression, names, visible):
         return expression  # the common case: every name the query uses is a column it may see
     try:
         root = build_scope(expression)

@@ -3,7 +3,8 @@
 The view is the enforcement: a query only ever reads a table through it, so
 what a role may not see is not there to be read. Views are cut to the columns
 a query names so the engine plans less; cutting only ever removes columns, so
-a name missed here is a binder error, never a leak.
+a name missed here is a binder error, never a leak. A table whose columns the
+query renames by position (``t(a, b)``) is not cut: positions must not move.
 
 >>> import sqlglot
 >>> from saferoom.guard.context import example
@@ -26,7 +27,10 @@ def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
     context.touched.names = names
     for table in tables:
         alias = table.args.get("alias") or exp.TableAlias(this=table.this.copy())
-        table.replace(exp.Subquery(this=context.view(table.meta[POLICY_TABLE], names), alias=alias))
+        # `t(a, b)` names the columns by position: a view cut to the names used would shift them onto other
+        # columns (a silent wrong answer), so such a table keeps every column the role sees, in order
+        cut = None if alias.args.get("columns") else names
+        table.replace(exp.Subquery(this=context.view(table.meta[POLICY_TABLE], cut), alias=alias))
     return expression
 
 

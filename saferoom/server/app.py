@@ -70,7 +70,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         identity = gateway.identify(authorization)
         session = gateway.session(identity, role)
         roles = gateway.policy.user(identity.user).roles
-        return {"user": session.user, "role": session.role, "roles": roles, "audit": gateway.may_audit(session)}
+        return {"user": session.user, "role": session.role, "roles": roles, "audit": gateway.may_audit(session),
+                "dialect": session.dialect}
 
     @app.get("/v1/tables", summary="The catalog as the caller sees it")
     def tables(authorization: Auth = None, role: str | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from sqlglot import exp
 
 from saferoom.engines import registry
 from saferoom.engines.base import Catalog
-from saferoom.engines.duckdb import CLOSED_CONFIG, Attachment, read_catalog
+from saferoom.engines.duckdb import CLOSED_CONFIG, Attachment, no_progress_bar, read_catalog
 from saferoom.keyed import fingerprint_function, fingerprint_key, token_function
 from saferoom.policy import Policy
 from saferoom.secrets import Secret
@@ -119,7 +119,7 @@ def build_connection(sources: dict[str, Attachment], token_key: Secret | None) -
     """
     conn = duckdb.connect(":memory:", config={**CLOSED_CONFIG, "preserve_insertion_order": False})
     try:
-        conn.execute("SET enable_progress_bar = false")
+        no_progress_bar(conn)
         for name, source in sources.items():
             source.attach(conn, name, {})
         if token_key is not None:
