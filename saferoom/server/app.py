@@ -21,7 +21,7 @@ from saferoom.engines.base import Cancel
 from saferoom.errors import AccessDenied, AuthError, NotFound, SaferoomError, TooLarge, UsageError
 from saferoom.server.gateway import Gateway, Running
 from saferoom.server.pages import MAX_PAGE_ROWS, PAGE_ROWS
-from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body, json_body
+from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body, json_body, vectors_body
 from saferoom.server.workers import QueryThread
 
 T = TypeVar("T")
@@ -31,7 +31,8 @@ Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=Fal
 class QueryRequest(BaseModel):
     sql: str = Field(description="One read-only SQL statement.")
     role: str | None = Field(default=None, description="Act as this role (default: the user's first).")
-    format: str | None = Field(default=None, description="arrow (default), json, csv, or page: the result kept by the "
+    format: str | None = Field(default=None, description="arrow (default), json, vectors (binary column by column, for clients "
+                               "without Arrow such as R), csv, or page: the result kept by the "
                                "gateway and the first page of it sent as JSON, the next pages from /v1/results/{id}.")
     page_size: int = Field(default=PAGE_ROWS, ge=1, le=MAX_PAGE_ROWS, description="The first page's rows (format page).")
 
@@ -363,7 +364,7 @@ def _package_path(gateway: Gateway, *parts: str) -> Path:
 def _format(requested: str | None, accept: str | None) -> str:
     if requested:
         if requested not in MEDIA:
-            raise UsageError(f"format {requested!r} is not one of arrow, json, csv, page")
+            raise UsageError(f"format {requested!r} is not one of arrow, json, vectors, csv, page")
         return requested
     accept = accept or ""
     return "json" if "application/json" in accept else "csv" if "text/csv" in accept else "arrow"
@@ -378,7 +379,8 @@ def _stream(gateway: Gateway, running: Running, kind: str, page: tuple[str, int]
         if kind == "page":
             yield from gateway.pages.body(result, outcome, running.decision, *page)
         else:
-            yield from json_body(result, outcome, running.decision) if kind == "json" else BODIES[kind](result, outcome)
+            decided = {"json": json_body, "vectors": vectors_body}.get(kind)  # bodies that carry the decision
+            yield from decided(result, outcome, running.decision) if decided else BODIES[kind](result, outcome)
     finally:
         gateway.finish(running, rows=outcome.rows, size=outcome.bytes, truncated=result.truncated_so_far or outcome.cut,
                        error=outcome.error)

@@ -1,4 +1,4 @@
-"""Result bodies: Arrow IPC (default), JSON or CSV, produced batch by batch.
+"""Result bodies: Arrow IPC (default), JSON, vectors or CSV, produced batch by batch.
 
 An Arrow body is a standard IPC stream followed, after its end-of-stream
 marker, by one JSON line: ``{"rows": n, "truncated": bool, "notices": [...], "error": ...}``.
@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import struct
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv
@@ -23,7 +25,9 @@ from saferoom.errors import SaferoomError
 from saferoom.result import Result
 
 ARROW = "application/vnd.apache.arrow.stream"
-MEDIA = {"arrow": ARROW, "json": "application/json", "csv": "text/csv; charset=utf-8", "page": "application/json"}
+VECTORS = "application/vnd.saferoom.vectors"
+MEDIA = {"arrow": ARROW, "json": "application/json", "vectors": VECTORS, "csv": "text/csv; charset=utf-8",
+         "page": "application/json"}
 
 
 class _Sink(io.RawIOBase):
@@ -141,6 +145,99 @@ def _json_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
     return values
 
 
+def vectors_body(result: Result, outcome: Outcome, decision: Decision | None = None) -> Iterator[bytes]:
+    """Frames a client without Arrow (R) reads into vectors with plain binary reads: a tag byte, the payload's
+    length (uint32, little-endian), the payload. ``H``: JSON ``{"decision", "columns", "types", "kinds"}``;
+    ``B``: a batch, its row count (int32) then each column: a flags byte (1: it holds nulls, and a validity byte
+    a row follows; 2: text that is not all ASCII), then its values by kind: ``i`` int32, ``d`` float64, ``l`` one
+    byte a row, ``s`` UTF-8 strings each ended by a NUL. Dates are days and timestamps seconds since 1970-01-01 (UTC). ``S``: the status line."""
+    kinds = [_vector_kind(f.type) for f in result.schema]
+    head = {"decision": decision.to_dict() if decision else None, "columns": result.schema.names,
+            "types": [str(f.type) for f in result.schema], "kinds": kinds}
+    yield from map(outcome.count, _frame(b"H", [json.dumps(head).encode()]))
+    try:
+        for batch in result.stream():
+            if not batch.num_rows:
+                continue
+            parts: list[bytes | memoryview] = [struct.pack("<i", batch.num_rows)]
+            for column, kind in zip(batch.columns, kinds, strict=True):
+                parts += _vector(column, kind)
+            yield from map(outcome.count, _frame(b"B", parts))  # the columns' buffers as they are: no copy
+            outcome.rows += batch.num_rows
+    except SaferoomError as exc:
+        outcome.error = exc
+    yield from map(outcome.count, _frame(b"S", [trailer(result, outcome).rstrip()]))
+
+
+def _frame(tag: bytes, parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """The frame's pieces, each as bytes (a server counts a chunk with len()); no empty one (it would end the body)."""
+    pieces = [memoryview(p).cast("B") for p in parts]
+    return [tag + struct.pack("<I", sum(map(len, pieces))), *(p for p in pieces if len(p))]
+
+
+def _vector_kind(kind: pa.DataType) -> str:
+    if pa.types.is_dictionary(kind):
+        return _vector_kind(kind.value_type)
+    if kind in (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16()):
+        return "i"
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind) \
+            or pa.types.is_date(kind) or pa.types.is_timestamp(kind):
+        return "d"
+    return "l" if pa.types.is_boolean(kind) else "s"
+
+
+SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _vector(column: pa.Array, kind: str) -> list[bytes | memoryview]:
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    validity = [np.asarray(column.is_valid(), dtype=np.uint8).data] if column.null_count else []
+    if pa.types.is_date(column.type):
+        column = column.cast(pa.date32()).cast(pa.int32())
+    elif pa.types.is_timestamp(column.type):
+        column = pc.divide(column.cast(pa.int64()).cast(pa.float64(), safe=False), float(SECONDS[column.type.unit]))
+    flags = bytes([1 if validity else 0])
+    if kind == "i":
+        return [flags, *validity, np.asarray(column.cast(pa.int32()).fill_null(0), dtype="<i4").data]
+    if kind == "d":  # BIGINT: exact to 2**53
+        doubles = _decimals(column) if pa.types.is_decimal128(column.type) else \
+            np.asarray(column.cast(pa.float64(), safe=False).fill_null(0.0), dtype="<f8")
+        return [flags, *validity, doubles.data]
+    if kind == "l":
+        return [flags, *validity, np.asarray(column.fill_null(False), dtype=np.uint8).data]
+    text = _strings(column)
+    ascii_only = not len(text) or int(text.max()) < 0x80
+    return [bytes([flags[0] | (0 if ascii_only else 2)]), *validity, text.data]
+
+
+def _decimals(column: pa.Array) -> np.ndarray:
+    """Decimals as their nearest doubles: the unscaled integer divided by 10**scale (Arrow's cast can be a bit
+    off: 118.32 became 118.32000000000001). Past 64 bits, Arrow's cast."""
+    words = np.frombuffer(column.buffers()[1], dtype="<i8")[2 * column.offset:2 * (column.offset + len(column))]
+    low, high = words[0::2], words[1::2]
+    if column.type.scale < 0 or not np.array_equal(high, low >> 63):
+        return np.asarray(column.cast(pa.float64(), safe=False).fill_null(0.0), dtype="<f8")
+    doubles: np.ndarray = (low / 10.0 ** column.type.scale).astype("<f8")
+    return doubles
+
+
+def _strings(column: pa.Array) -> np.ndarray:
+    """Each value as UTF-8 with a NUL after it (a NUL inside a value, which R cannot hold, becomes U+FFFD)."""
+    text = column.cast(pa.large_string()) if pa.types.is_large_string(column.type) or pa.types.is_string(column.type) \
+        else pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.large_string())
+    if not _values(text).all():  # a NUL inside a value: rare
+        text = pc.replace_substring(text, "\0", "\ufffd")
+    ended = pc.binary_join_element_wise(text.fill_null(""), pa.scalar("", pa.large_string()), pa.scalar("\0", pa.large_string()))
+    return _values(ended)
+
+
+def _values(text: pa.Array) -> np.ndarray:
+    """The bytes of a large_string array's values, in place."""
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset:text.offset + len(text) + 1]
+    return np.frombuffer(text.buffers()[2] or b"", dtype=np.uint8)[offsets[0]:offsets[-1]]
+
+
 def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
     header = True
     try:
@@ -154,7 +251,7 @@ def csv_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
         outcome.error = exc
 
 
-BODIES = {"arrow": arrow_body, "json": json_body, "csv": csv_body}
+BODIES = {"arrow": arrow_body, "json": json_body, "vectors": vectors_body, "csv": csv_body}
 
 
 def trailer(result: Result, outcome: Outcome) -> bytes:

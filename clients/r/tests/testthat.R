@@ -1,0 +1,4 @@
+library(testthat)
+library(saferoom)
+
+test_check("saferoom")
