@@ -45,6 +45,7 @@ from saferoom.secrets import Secret
 SOCKET = "/run/saferoom/gateway.sock"  # where the gateway's socket is inside every room
 WORKSPACE = "/workspace"
 PACKAGES = "/packages"
+INSTALLED = f"{WORKSPACE}/.python-packages"  # where pip installs in a room: the environment itself is read-only
 TOKEN_TTL = timedelta(hours=12)  # a room whose starter is killed before it can revoke the token still loses it
 NAMESPACES = ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")
 # /etc holds the host's keys and configuration; a program needs only these to load libraries and name users
@@ -181,8 +182,11 @@ def environment(spec: RoomSpec, token: Secret) -> dict[str, str]:
 
 
 def _pip(packages: Path | None) -> dict[str, str]:
-    """pip reads the snapshot's index (a folder `saferoom packages sync` wrote), or no index at all."""
-    return {"PIP_INDEX_URL": f"file://{PACKAGES}/simple/"} if packages else {"PIP_NO_INDEX": "1"}
+    """pip reads the snapshot's index (a folder `saferoom packages sync` wrote), or no index at all, and installs
+    into the workspace, which Python searches first: the room's environment is read-only, and a virtual
+    environment has no user site for ``pip install --user``."""
+    index = {"PIP_INDEX_URL": f"file://{PACKAGES}/simple/"} if packages else {"PIP_NO_INDEX": "1"}
+    return {**index, "PIP_TARGET": INSTALLED, "PYTHONPATH": INSTALLED}
 
 
 def account(name: str) -> Account:

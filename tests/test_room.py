@@ -506,3 +506,41 @@ def test_the_relay_speaks_verified_tls_to_a_gateway_on_https(room, tmp_path, mon
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+@pytest.fixture
+def snapshot(tmp_path) -> Path:
+    """A package snapshot as `saferoom packages sync` lays one out (`latest` -> a folder of `files/` and the
+    `simple/` index over them), holding one small real wheel. Not under pytest's 0700 folder: the room's
+    account must reach it."""
+    from saferoom.packages import wheels as wheel_files
+    from saferoom.packages.index import write_index
+    from tests.wheels import make_wheel
+
+    mirror = Path(tempfile.mkdtemp(prefix="saferoom-snapshot-"))
+    mirror.chmod(0o755)
+    files = mirror / "2026-01-01" / "files"
+    files.mkdir(parents=True)
+    write_index(files.parent, [wheel_files.read(make_wheel(files, "roomtool", "1.0"))])
+    (mirror / "latest").symlink_to("2026-01-01")
+    subprocess.run(["chmod", "-R", "a+rX", str(mirror)], check=True)
+    yield mirror
+    shutil.rmtree(mirror)
+
+
+@sandbox
+def test_pip_installs_from_the_snapshot_and_nothing_else(gateway, workspace, snapshot) -> None:
+    found = last_json(in_room(gateway, workspace, "--packages", str(snapshot), code="""
+        import json, subprocess, sys
+        def pip(name):
+            done = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", name],
+                                  capture_output=True, text=True)
+            return {"code": done.returncode, "said": done.stdout[-1500:] + done.stderr[-1500:]}
+        inside, outside = pip("roomtool"), pip("six")
+        imported = subprocess.run([sys.executable, "-c", "import roomtool; print(roomtool.VERSION)"], capture_output=True, text=True)
+        print(json.dumps({"inside": inside, "outside": outside, "imported": imported.stdout.strip() or imported.stderr[-800:]}))
+    """))
+    assert found["inside"]["code"] == 0, found["inside"]["said"]
+    assert found["imported"] == "1.0", found
+    assert found["outside"]["code"] != 0 and "No matching distribution found for six" in found["outside"]["said"], found["outside"]
+    assert any(workspace.rglob("roomtool/__init__.py"))  # installed in the workspace: the environment is read-only
