@@ -227,6 +227,16 @@ def test_a_room_run_by_root_writes_only_a_folder_its_account_owns(tmp_path) -> N
         rooms.owned_by(tmp_path, owner)
 
 
+def test_a_notebook_rooms_doors_are_the_hubs_socket_and_a_folder_to_listen_in() -> None:
+    spec = dataclasses.replace(SPEC, hub=Path("/tmp/relay/gateway.sock"), published=Path("/tmp/opening"),
+                               passed={"JUPYTERHUB_API_TOKEN": "t", "PATH": "/evil", "SAFEROOM_SOCKET": "/evil"})
+    args = rooms.bwrap_args(spec, AS_ROOT)
+    assert binds(args)[rooms.HUB] == "/tmp/relay/gateway.sock" and args[args.index(rooms.HUB) - 2] == "--ro-bind"
+    assert binds(args)[rooms.PUBLISHED] == "/tmp/opening" and args[args.index(rooms.PUBLISHED) - 2] == "--bind"
+    env = rooms.environment(spec, Secret("sr_x"))
+    assert env["JUPYTERHUB_API_TOKEN"] == "t" and env["SAFEROOM_SOCKET"] == rooms.SOCKET and "/evil" not in env["PATH"]
+
+
 def test_doctor_says_what_a_host_without_bubblewrap_lacks() -> None:
     done = subprocess.run([sys.executable, "-c", SERVE, "doctor"], capture_output=True, text=True, check=False,
                           env={**os.environ, "PATH": "/nonexistent"})
