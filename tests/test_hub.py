@@ -70,6 +70,14 @@ class Hub:
         return httpx.request(method, f"{self.url}/hub/api{path}", headers={"Authorization": f"token {token}"},
                              timeout=60, **options)
 
+    def signs_in(self, user: str, password: str) -> bool:
+        """Whether the hub's login form lets ``user`` in with ``password``, as a browser signs in."""
+        with httpx.Client(base_url=self.url, timeout=60) as browser:
+            browser.get("/hub/login")
+            done = browser.post("/hub/login", data={"username": user, "password": password,
+                                                    "_xsrf": browser.cookies.get("_xsrf", "")})
+            return done.status_code == 302 and any(c.startswith("jupyterhub-session-id") for c in browser.cookies)
+
     def answers(self) -> bool:
         assert self.process.poll() is None, self.log.read_text()[-3000:]
         try:
@@ -148,7 +156,8 @@ def test_a_hub_users_notebook_runs_in_their_room_and_reaches_only_the_gateway(ga
     hub = Hub(tmp_path / "hub", gateway)
     try:
         eventually(hub.answers, "the hub to start")
-        assert hub.api("POST", "/users/ann", hub.admin).status_code == 201
+        assert not hub.signs_in("ann", "wrong") and hub.signs_in("ann", PASSWORD)  # signing in made her a hub user
+        # her token for the REST API, as the hub's token page would make it
         made = hub.api("POST", "/users/ann/tokens", hub.admin, json={"note": "test", "expires_in": 3600})
         assert made.status_code == 201, made.text
         token = made.json()["token"]
