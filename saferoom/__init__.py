@@ -63,6 +63,19 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext saferoom``: ``%%sql`` cells that run guarded queries (see :mod:`saferoom.magic`)."""
+    from saferoom.magic import load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    from saferoom.magic import unload
+
+    unload(shell)
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 

@@ -536,6 +536,9 @@ def room(
     policy: Annotated[Path | None, _option("policy", "Take the room's limits from this policy's `rooms:`.")] = None,
     account: Annotated[str | None, typer.Option(help="Started as root: the account the room runs as (default: the user's name).")] = None,
     ttl: Annotated[str, typer.Option(help="The minted token's lifetime, should the room outlive its revocation (30d, 12h, 90m).")] = "12h",
+    env: Annotated[list[str] | None, typer.Option("--env", help="Give the command this variable of this environment (repeat).")] = None,
+    hub: Annotated[str | None, typer.Option(help="A JupyterHub's API URL: a relay at /run/saferoom/hub.sock reaches it.")] = None,
+    publish: Annotated[int | None, typer.Option(help="Connections to 127.0.0.1:PORT reach the socket /run/saferoom/published/server.sock.")] = None,
 ) -> None:
     """Run a command in a sandbox whose only way to data is the gateway; its exit status is the command's.
 
@@ -543,7 +546,7 @@ def room(
     room uses SAFEROOM_TOKEN. Example: saferoom room --socket /run/saferoom.sock --state /var/lib/saferoom -u alice -- python job.py
     """
     from saferoom import room as rooms
-    from saferoom.relay import Relay
+    from saferoom.relay import Opening, Relay
 
     if (socket is None) == (gateway is None):
         raise UsageError("give the gateway's socket, --socket PATH (what `saferoom serve --socket` listens on; or set "
@@ -554,8 +557,18 @@ def room(
         token = _room_token(stack, state, user, role, ttl, policy)
         door = socket or stack.enter_context(Relay(str(gateway)))
         status = rooms.start(command, door, workspace, token, policy=loaded, packages=packages,
-                             account_name=account, private=[state] if state else [])
+                             account_name=account, private=[state] if state else [],
+                             hub=stack.enter_context(Relay(hub, "--hub")) if hub else None,
+                             published=stack.enter_context(Opening(publish)) if publish else None, passed=_passed(env or []))
     raise typer.Exit(status)
+
+
+def _passed(names: list[str]) -> dict[str, str]:
+    """The named variables of this environment, for the room's command: values never on a command line."""
+    missing = [name for name in names if name not in os.environ]
+    if missing:
+        raise UsageError(f"--env names variables this environment lacks: {', '.join(missing)}")
+    return {name: os.environ[name] for name in names}
 
 
 def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | None, role: str | None, ttl: str,

@@ -1,9 +1,13 @@
-"""A Unix socket that carries each connection to a gateway reached by URL: a room's door to a remote gateway.
+"""Doors through a room's wall, each between a Unix socket and one host and port, kept by the room's starter.
 
-A room has no network, only a socket; when its gateway listens on a host and port rather than on a
-socket on this machine, the room's starter opens this relay and the room is given its socket. The relay
-goes to that one host and port and nowhere else; for an ``https`` URL it speaks TLS to the gateway,
-verified against the system's certificates, so inside the room the client speaks plain HTTP to the socket.
+:class:`Relay` is a Unix socket that carries each connection to a server reached by URL: a room's door to a
+remote gateway (or to a JupyterHub's API). A room has no network, only sockets; when its gateway listens on a
+host and port rather than on a socket on this machine, the room's starter opens this relay and the room is
+given its socket. The relay goes to that one host and port and nowhere else; for an ``https`` URL it speaks
+TLS, verified against the system's certificates, so inside the room the client speaks plain HTTP to the socket.
+
+:class:`Opening` is the other way: a port on this host's loopback whose connections reach a Unix socket a
+server in the room listens on (a notebook server, which a JupyterHub outside the room must reach).
 """
 
 from __future__ import annotations
@@ -18,33 +22,33 @@ import urllib.parse
 from pathlib import Path
 from types import TracebackType
 
-from saferoom.errors import UsageError
+from saferoom.errors import RoomError, UsageError
 
 CONNECT_SECONDS = 30.0
 CHUNK = 1 << 16
 
 
-class Relay:
-    """``with Relay(url) as path:`` a socket at ``path`` whose connections reach the gateway at ``url``."""
+class _Door:
+    """A listener whose every connection is carried, both ways, to a new connection made by ``_upstream``."""
 
-    def __init__(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--gateway {url!r}: give the gateway's URL, like https://saferoom.internal:8470")
-        self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.tls = ssl.create_default_context() if parts.scheme == "https" else None
+    def __init__(self) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="saferoom-relay-"))
-        self.path = self._folder / "gateway.sock"
         self._thread = threading.Thread(target=self._accept, name="saferoom-relay", daemon=True)
 
-    def __enter__(self) -> Path:
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(str(self.path))
-        self.path.chmod(0o666)  # the room's account connects to it; the token says who is asking
+    def _listen(self) -> socket.socket:
+        raise NotImplementedError
+
+    def _upstream(self) -> socket.socket:
+        raise NotImplementedError
+
+    def _open(self) -> None:
+        try:
+            self._listener = self._listen()
+        except OSError as exc:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            raise RoomError(f"cannot open the room's door: {exc}") from None
         self._listener.listen()
         self._thread.start()
-        return self.path
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         _hang_up(self._listener)
@@ -62,18 +66,76 @@ class Relay:
 
     def _carry(self, client: socket.socket) -> None:
         try:
-            upstream = socket.create_connection((self.host, self.port), timeout=CONNECT_SECONDS)
-            if self.tls is not None:
-                upstream = self.tls.wrap_socket(upstream, server_hostname=self.host)
-            upstream.settimeout(None)
+            upstream = self._upstream()
         except OSError:
-            client.close()  # the client sees the connection close, and says it cannot reach the gateway
+            client.close()  # the client sees the connection close, and says it cannot reach the server
             return
         try:
             _pump(client, upstream)
         finally:
             upstream.close()
             client.close()
+
+
+class Relay(_Door):
+    """``with Relay(url) as path:`` a socket at ``path`` whose connections reach the server at ``url``."""
+
+    def __init__(self, url: str, option: str = "--gateway") -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{option} {url!r}: give the server's URL, like https://saferoom.internal:8470")
+        super().__init__()
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self.path = self._folder / "gateway.sock"
+
+    def __enter__(self) -> Path:
+        self._open()
+        return self.path
+
+    def _listen(self) -> socket.socket:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.path))
+        self.path.chmod(0o666)  # the room's account connects to it; the token says who is asking
+        return listener
+
+    def _upstream(self) -> socket.socket:
+        upstream = socket.create_connection((self.host, self.port), timeout=CONNECT_SECONDS)
+        if self.tls is not None:
+            upstream = self.tls.wrap_socket(upstream, server_hostname=self.host)
+        upstream.settimeout(None)
+        return upstream
+
+
+class Opening(_Door):
+    """``with Opening(port) as folder:`` connections to 127.0.0.1:``port`` reach the socket ``SOCKET_NAME`` that a
+    server in the room listens on, in ``folder`` (which the room is given, writable, to make it in)."""
+
+    SOCKET_NAME = "server.sock"
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def __enter__(self) -> Path:
+        self._open()
+        return self._folder
+
+    def _listen(self) -> socket.socket:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))  # loopback only: a hub on this host reaches it, nothing else
+        return listener
+
+    def _upstream(self) -> socket.socket:
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream.connect(str(self._folder / self.SOCKET_NAME))
+        except OSError:
+            upstream.close()
+            raise
+        return upstream
 
 
 def _pump(one: socket.socket, other: socket.socket) -> None:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -43,8 +43,11 @@ from saferoom.policy.limits import ROOM_DEFAULTS, RoomBounds, room_bounds
 from saferoom.secrets import Secret
 
 SOCKET = "/run/saferoom/gateway.sock"  # where the gateway's socket is inside every room
+HUB = "/run/saferoom/hub.sock"  # a JupyterHub's API, for a notebook server in the room
+PUBLISHED = "/run/saferoom/published"  # the folder where a server in the room makes the socket it is reached on
 WORKSPACE = "/workspace"
 PACKAGES = "/packages"
+INSTALLED = f"{WORKSPACE}/.python-packages"  # where pip installs in a room: the environment itself is read-only
 TOKEN_TTL = timedelta(hours=12)  # a room whose starter is killed before it can revoke the token still loses it
 NAMESPACES = ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")
 # /etc holds the host's keys and configuration; a program needs only these to load libraries and name users
@@ -85,6 +88,9 @@ class RoomSpec:
     account: Account | None = None
     python_bin: str | None = None  # the environment's bin folder, first on PATH
     user: str = "room"  # whom the room is for, as the gateway names them
+    hub: Path | None = None  # a socket to a JupyterHub's API (a relay), seen at HUB
+    published: Path | None = None  # a folder seen writable at PUBLISHED, whose socket a port outside reaches
+    passed: Mapping[str, str] = field(default_factory=dict)  # variables given to the command besides the room's own
 
 
 def python_paths() -> tuple[Path, ...]:
@@ -134,7 +140,10 @@ def _python(paths: Sequence[Path]) -> list[str]:
 def _doors(spec: RoomSpec) -> list[str]:
     """The packages (read-only), the workspace (the one writable folder), the gateway's socket, a private /tmp."""
     packages = ["--ro-bind", str(spec.packages), PACKAGES] if spec.packages else []
+    hub = ["--ro-bind", str(spec.hub), HUB] if spec.hub else []
+    published = ["--bind", str(spec.published), PUBLISHED] if spec.published else []
     return [*packages, "--bind", str(spec.workspace), WORKSPACE, *_parents([SOCKET]), "--ro-bind", str(spec.socket), SOCKET,
+            *hub, *published,
             *_scratch("/tmp", spec.bounds.tmp_bytes), "--proc", "/proc", "--dev", "/dev",
             *_scratch("/dev/shm", spec.bounds.tmp_bytes), *_sealed(), "--chdir", WORKSPACE]
 
@@ -175,14 +184,17 @@ def _as_account(account: Account | None) -> list[str]:
 def environment(spec: RoomSpec, token: Secret) -> dict[str, str]:
     """The command's whole environment: nothing of the starter's leaks in (its SAFEROOM_POLICY, its tokens)."""
     path = ":".join([*([spec.python_bin] if spec.python_bin else []), "/usr/local/bin", "/usr/bin", "/bin"])
-    return {"PATH": path, "HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+    return {**spec.passed, "PATH": path, "HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
             "USER": spec.account.name if spec.account else spec.user,
             "SAFEROOM_SOCKET": SOCKET, "SAFEROOM_TOKEN": token.reveal(), **_pip(spec.packages)}
 
 
 def _pip(packages: Path | None) -> dict[str, str]:
-    """pip reads the snapshot's index (a folder `saferoom packages sync` wrote), or no index at all."""
-    return {"PIP_INDEX_URL": f"file://{PACKAGES}/simple/"} if packages else {"PIP_NO_INDEX": "1"}
+    """pip reads the snapshot's index (a folder `saferoom packages sync` wrote), or no index at all, and installs
+    into the workspace, which Python searches first: the room's environment is read-only, and a virtual
+    environment has no user site for ``pip install --user``."""
+    index = {"PIP_INDEX_URL": f"file://{PACKAGES}/simple/"} if packages else {"PIP_NO_INDEX": "1"}
+    return {**index, "PIP_TARGET": INSTALLED, "PYTHONPATH": INSTALLED}
 
 
 def account(name: str) -> Account:
@@ -278,7 +290,8 @@ def minted(state: Path, user: str, role: str | None, ttl: timedelta = TOKEN_TTL)
 
 def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, *, role: str | None = None,
           policy: Policy | None = None, packages: Path | None = None, account_name: str | None = None,
-          private: Sequence[Path] = ()) -> int:
+          private: Sequence[Path] = (), hub: Path | None = None, published: Path | None = None,
+          passed: Mapping[str, str] | None = None) -> int:
     """Run ``command`` in a room for whoever ``token`` belongs to, and return its exit status.
 
     The gateway says whose token it is before anything starts (a token it refuses opens no room); the
@@ -295,10 +308,12 @@ def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, 
         command=tuple(command), socket=socket.resolve(), workspace=workspace.resolve(), readonly=python_paths(),
         packages=_snapshot(packages), bounds=room_bounds(policy.model.rooms, acting) if policy else ROOM_DEFAULTS,
         account=account(account_name or user) if host().root else None, python_bin=str(Path(sys.executable).parent),
-        user=user,
+        user=user, hub=hub, published=published, passed=dict(passed or {}),
     )
     if spec.account is not None:
         owned_by(spec.workspace, spec.account)
+        if published is not None:
+            os.chown(published, spec.account.uid, spec.account.gid)  # the room's server makes its socket there
     return run(spec, token)
 
 

@@ -227,6 +227,16 @@ def test_a_room_run_by_root_writes_only_a_folder_its_account_owns(tmp_path) -> N
         rooms.owned_by(tmp_path, owner)
 
 
+def test_a_notebook_rooms_doors_are_the_hubs_socket_and_a_folder_to_listen_in() -> None:
+    spec = dataclasses.replace(SPEC, hub=Path("/tmp/relay/gateway.sock"), published=Path("/tmp/opening"),
+                               passed={"JUPYTERHUB_API_TOKEN": "t", "PATH": "/evil", "SAFEROOM_SOCKET": "/evil"})
+    args = rooms.bwrap_args(spec, AS_ROOT)
+    assert binds(args)[rooms.HUB] == "/tmp/relay/gateway.sock" and args[args.index(rooms.HUB) - 2] == "--ro-bind"
+    assert binds(args)[rooms.PUBLISHED] == "/tmp/opening" and args[args.index(rooms.PUBLISHED) - 2] == "--bind"
+    env = rooms.environment(spec, Secret("sr_x"))
+    assert env["JUPYTERHUB_API_TOKEN"] == "t" and env["SAFEROOM_SOCKET"] == rooms.SOCKET and "/evil" not in env["PATH"]
+
+
 def test_doctor_says_what_a_host_without_bubblewrap_lacks() -> None:
     done = subprocess.run([sys.executable, "-c", SERVE, "doctor"], capture_output=True, text=True, check=False,
                           env={**os.environ, "PATH": "/nonexistent"})
@@ -506,3 +516,41 @@ def test_the_relay_speaks_verified_tls_to_a_gateway_on_https(room, tmp_path, mon
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+@pytest.fixture
+def snapshot(tmp_path) -> Path:
+    """A package snapshot as `saferoom packages sync` lays one out (`latest` -> a folder of `files/` and the
+    `simple/` index over them), holding one small real wheel. Not under pytest's 0700 folder: the room's
+    account must reach it."""
+    from saferoom.packages import wheels as wheel_files
+    from saferoom.packages.index import write_index
+    from tests.wheels import make_wheel
+
+    mirror = Path(tempfile.mkdtemp(prefix="saferoom-snapshot-"))
+    mirror.chmod(0o755)
+    files = mirror / "2026-01-01" / "files"
+    files.mkdir(parents=True)
+    write_index(files.parent, [wheel_files.read(make_wheel(files, "roomtool", "1.0"))])
+    (mirror / "latest").symlink_to("2026-01-01")
+    subprocess.run(["chmod", "-R", "a+rX", str(mirror)], check=True)
+    yield mirror
+    shutil.rmtree(mirror)
+
+
+@sandbox
+def test_pip_installs_from_the_snapshot_and_nothing_else(gateway, workspace, snapshot) -> None:
+    found = last_json(in_room(gateway, workspace, "--packages", str(snapshot), code="""
+        import json, subprocess, sys
+        def pip(name):
+            done = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", name],
+                                  capture_output=True, text=True)
+            return {"code": done.returncode, "said": done.stdout[-1500:] + done.stderr[-1500:]}
+        inside, outside = pip("roomtool"), pip("six")
+        imported = subprocess.run([sys.executable, "-c", "import roomtool; print(roomtool.VERSION)"], capture_output=True, text=True)
+        print(json.dumps({"inside": inside, "outside": outside, "imported": imported.stdout.strip() or imported.stderr[-800:]}))
+    """))
+    assert found["inside"]["code"] == 0, found["inside"]["said"]
+    assert found["imported"] == "1.0", found
+    assert found["outside"]["code"] != 0 and "No matching distribution found for six" in found["outside"]["said"], found["outside"]
+    assert any(workspace.rglob("roomtool/__init__.py"))  # installed in the workspace: the environment is read-only

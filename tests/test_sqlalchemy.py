@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,8 @@ from sqlalchemy.engine import make_url
 
 import saferoom
 from saferoom.dialect import connect_args
-from tests.gateway_helpers import HUNG, serving
+from tests.gateway_helpers import serving
+from tests.kernels import Kernel
 
 SUMMARY = "select region, count(*) as n, sum(amount) as total from orders group by region order by region"
 
@@ -129,38 +129,6 @@ def test_a_missing_sqlalchemy_says_which_extra_to_install() -> None:
             "try:\n    import saferoom.dialect\nexcept UsageError as exc:\n    print(exc)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'saferoom[sqlalchemy]'" in done.stdout, done.stdout + done.stderr
-
-
-class Kernel:
-    """A real IPython kernel in its own process, driven as a notebook drives it."""
-
-    def __init__(self, cwd: Path) -> None:
-        from jupyter_client.manager import start_new_kernel
-
-        env = {**os.environ, "PLOOMBER_STATS_ENABLED": "false"}  # JupySQL would report usage over the network
-        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(cwd), env=env)
-
-    def run(self, code: str) -> tuple[str, str | None]:
-        """What the cell printed or returned, and its error as ``Name: message`` (None when it ran)."""
-        msg_id = self.client.execute(code)
-        shown, error = [], None
-        while True:
-            message = self.client.get_iopub_msg(timeout=HUNG)
-            if message["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind, content = message["msg_type"], message["content"]
-            if kind == "stream":
-                shown.append(content["text"])
-            elif kind in ("execute_result", "display_data"):
-                shown.append(content["data"].get("text/plain", ""))
-            elif kind == "error":
-                error = f"{content['ename']}: {content['evalue']}"
-            elif kind == "status" and content["execution_state"] == "idle":
-                return "".join(shown), error
-
-    def stop(self) -> None:
-        self.client.stop_channels()
-        self.manager.shutdown_kernel(now=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,126 @@
+"""A room's cost, against baselines measured in the same run (the machine is shared and noisy).
+
+* start-up: ``python -c pass`` in a room (``saferoom room --socket ... -- python -c pass``: the gateway asked
+  whose token it is, the sandbox made, the limits set) against the same command run plainly;
+* throughput: a query's whole result read inside a room through the gateway's Unix socket, against the
+  same query in an embedded session, as rows per second and their ratio.
+
+Usage: python bench/room.py [--rows 2000000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+from timing import paired_medians
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import saferoom
+from saferoom import room as rooms
+from tests.gateway_helpers import SERVE, Server, free_port
+
+QUERY = "select * from bench.t"
+ACCOUNT = "nobody"  # started as root, a room runs as an unprivileged account
+
+
+def make_gateway(folder: Path, rows: int) -> Server:
+    with duckdb.connect(str(folder / "bench.duckdb")) as con:
+        con.execute(f"create table t as select range as id, random() as x, 'row ' || range as s from range({rows})")
+    (folder / "saferoom.yaml").write_text(f"""version: 1
+sources: {{bench: {{engine: duckdb, path: {folder / 'bench.duckdb'}}}}}
+tables: {{bench.t: {{id: public, x: public, s: public}}}}
+tags: {{}}
+users: {{bench: {{roles: [analyst]}}}}
+roles: {{analyst: {{max_rows: {rows * 2}}}}}
+""")
+    return Server(folder / "saferoom.yaml", folder / "state", free_port(), folder / "server.log",
+                  socket=folder / "gateway.sock").start()
+
+
+def workspace(folder: Path) -> Path:
+    path = folder / "workspace"
+    path.mkdir()
+    if os.geteuid() == 0:
+        os.chown(path, pwd.getpwnam(ACCOUNT).pw_uid, -1)
+    return path
+
+
+def room_command(server: Server, space: Path, *command: str) -> list[str]:
+    account = ["--account", ACCOUNT] if os.geteuid() == 0 else []
+    return [sys.executable, "-c", SERVE, "room", "--socket", str(server.socket), "--workspace", str(space),
+            *account, "--", *command]
+
+
+def run(command: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{command[:6]}... failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def startup(server: Server, space: Path, env: dict[str, str], repeat: int) -> None:
+    plain, room, ratio = paired_medians(lambda: run([sys.executable, "-c", "pass"], env),
+                                        lambda: run(room_command(server, space, sys.executable, "-c", "pass"), env), repeat)
+    print(f"start-up   python -c pass  plain {plain * 1000:7.0f} ms   in a room {room * 1000:7.0f} ms   "
+          f"room adds {(room - plain) * 1000:5.0f} ms (x{1 / ratio:.1f})")
+
+
+def throughput(server: Server, space: Path, env: dict[str, str], rows: int, repeat: int) -> None:
+    inside = textwrap.dedent(f"""
+        import json, time, saferoom
+        s = saferoom.connect()
+        runs = []
+        for _ in range({repeat}):
+            start = time.perf_counter()
+            n = s.query({QUERY!r}).to_arrow().num_rows
+            runs.append(time.perf_counter() - start)
+        print(json.dumps({{"rows": n, "runs": runs}}))
+    """)
+    found = json.loads(run(room_command(server, space, sys.executable, "-c", inside), env).strip().splitlines()[-1])
+    assert found["rows"] == rows, found
+    socket_seconds = statistics.median(found["runs"])
+    with saferoom.connect(server.policy, user="bench") as session:
+        embedded = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            session.query(QUERY).to_arrow()
+            embedded.append(time.perf_counter() - start)
+    embedded_seconds = statistics.median(embedded)
+    print(f"throughput {rows:,} rows  embedded {rows / embedded_seconds / 1e6:6.2f} M rows/s   "
+          f"room's socket {rows / socket_seconds / 1e6:6.2f} M rows/s   ratio {embedded_seconds / socket_seconds:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    rooms.possible()
+    folder = Path(tempfile.mkdtemp(prefix="saferoom-bench-room-"))
+    folder.chmod(0o755)
+    server = make_gateway(folder, args.rows)
+    try:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SAFEROOM_")}, "SAFEROOM_TOKEN": server.token("bench")}
+        space = workspace(folder)
+        startup(server, space, env, args.repeat)
+        throughput(server, space, env, args.rows, args.repeat)
+    finally:
+        server.stop()
+        shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    main()
