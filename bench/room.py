@@ -3,7 +3,9 @@
 * start-up: ``python -c pass`` in a room (``saferoom room --socket ... -- python -c pass``: the gateway asked
   whose token it is, the sandbox made, the limits set) against the same command run plainly;
 * throughput: a query's whole result read inside a room through the gateway's Unix socket, against the
-  same query in an embedded session, as rows per second and their ratio.
+  same query in an embedded session, and against an Arrow Flight ``do_get`` of the same result (a Flight
+  server in a process of its own, holding the result already made, over TCP on 127.0.0.1), as rows per
+  second and their ratios.
 
 Usage: python bench/room.py [--rows 2000000] [--repeat 5]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import pwd
 import shutil
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pyarrow.flight as flight
 from timing import paired_medians
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -99,8 +103,45 @@ def throughput(server: Server, space: Path, env: dict[str, str], rows: int, repe
             session.query(QUERY).to_arrow()
             embedded.append(time.perf_counter() - start)
     embedded_seconds = statistics.median(embedded)
+    flight_seconds = flight_get(server.policy, rows, repeat)
     print(f"throughput {rows:,} rows  embedded {rows / embedded_seconds / 1e6:6.2f} M rows/s   "
           f"room's socket {rows / socket_seconds / 1e6:6.2f} M rows/s   ratio {embedded_seconds / socket_seconds:.2f}")
+    print(f"           Arrow Flight do_get {rows / flight_seconds / 1e6:6.2f} M rows/s   "
+          f"room's socket / Flight {flight_seconds / socket_seconds:.2f} (target >= 1)")
+
+
+def flight_get(policy: Path, rows: int, repeat: int) -> float:
+    """Median seconds of a Flight ``do_get`` of the query's result, served by a process of its own."""
+    context = multiprocessing.get_context("spawn")
+    port, ready = free_port(), context.Event()
+    process = context.Process(target=_serve_flight, args=(str(policy), port, ready), daemon=True)
+    process.start()
+    try:
+        if not ready.wait(120):
+            raise SystemExit("the Flight server did not start")
+        client = flight.connect(f"grpc://127.0.0.1:{port}")
+        seconds = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            assert client.do_get(flight.Ticket(b"result")).read_all().num_rows == rows
+            seconds.append(time.perf_counter() - start)
+        return statistics.median(seconds)
+    finally:
+        process.terminate()
+        process.join()
+
+
+def _serve_flight(policy: str, port: int, ready: object) -> None:
+    with saferoom.connect(Path(policy), user="bench") as session:
+        table = session.query(QUERY).to_arrow()
+
+    class Serve(flight.FlightServerBase):  # type: ignore[misc]
+        def do_get(self, context: object, ticket: object) -> flight.RecordBatchStream:
+            return flight.RecordBatchStream(table)
+
+    server = Serve(f"grpc://127.0.0.1:{port}")
+    ready.set()  # type: ignore[attr-defined]
+    server.serve()
 
 
 def main() -> None:
