@@ -12,10 +12,13 @@ server in the room listens on (a notebook server, which a JupyterHub outside the
 
 from __future__ import annotations
 
+import errno
+import os
 import selectors
 import shutil
 import socket
 import ssl
+import stat
 import tempfile
 import threading
 import urllib.parse
@@ -129,13 +132,24 @@ class Opening(_Door):
         return listener
 
     def _upstream(self) -> socket.socket:
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        """The room's server socket, and only that: the room can write its folder, so a symlink there (or a
+        socket someone else made) would have this process, root, connect wherever the room points it. The
+        name is opened without following a link, checked to be a socket owned by the folder's owner (the
+        room's account), and connected to through that same open file."""
+        fd = os.open(self._folder / self.SOCKET_NAME, os.O_PATH | os.O_NOFOLLOW)
         try:
-            upstream.connect(str(self._folder / self.SOCKET_NAME))
-        except OSError:
-            upstream.close()
-            raise
-        return upstream
+            found, owner = os.fstat(fd), os.stat(self._folder).st_uid
+            if not stat.S_ISSOCK(found.st_mode) or found.st_uid != owner:
+                raise OSError(errno.EACCES, "the room's published name is not a socket its server made")
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(f"/proc/self/fd/{fd}")
+            except OSError:
+                upstream.close()
+                raise
+            return upstream
+        finally:
+            os.close(fd)
 
 
 def _pump(one: socket.socket, other: socket.socket) -> None:
