@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sqlglot import exp
+from sqlglot.errors import OptimizeError
+from sqlglot.optimizer.scope import Scope, build_scope
 
 from saferoom.engines.base import EngineSpec
 from saferoom.guard.resolver import Resolver
@@ -43,6 +45,19 @@ class Touched:
 
     tables: list[str] = field(default_factory=list)  # policy tables, in the order the query names them
     names: frozenset[str] | None = None  # names that can reach a view's column; None: all of them
+    scopes: dict[int, Scope | None] = field(default_factory=dict)  # the tree's scopes, worked out once (see scope_of)
+
+
+def scope_of(expression: exp.Expr, context: Context) -> Scope | None:
+    """The query's root scope, built once for the rules that read it (neither changes the tree); None when
+    sqlglot cannot scope it (one alias used twice, say), which those rules leave to the engine."""
+    key = id(expression)
+    if key not in context.touched.scopes:
+        try:
+            context.touched.scopes[key] = build_scope(expression)
+        except OptimizeError:
+            context.touched.scopes[key] = None
+    return context.touched.scopes[key]
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from sqlglot import exp
-from sqlglot.errors import OptimizeError
-from sqlglot.optimizer.scope import Scope, build_scope
+from sqlglot.optimizer.scope import Scope
 
 from saferoom.errors import QueryRejected
-from saferoom.guard.context import Context
+from saferoom.guard.context import Context, scope_of
 from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import Action
 
@@ -46,10 +45,7 @@ def explain_tokens(expression: exp.Expr, context: Context) -> exp.Expr:
     tokenized = {t: _tokenized(context, t) for t in context.touched.tables}
     if not any(tokenized.values()):
         return expression  # the common case: no column the query reads holds tokens for this role
-    try:
-        root = build_scope(expression)
-    except OptimizeError:
-        return expression
+    root = scope_of(expression, context)
     for scope in root.traverse() if root else ():
         for column, table in _token_columns(scope, tokenized):
             misuse = _misuse(column)

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
-from sqlglot.optimizer.scope import Scope, build_scope
+from sqlglot.optimizer.scope import Scope
 
 from saferoom.errors import QueryRejected, did_you_mean
-from saferoom.guard.context import Columns, Context, Hidden
+from saferoom.guard.context import Columns, Context, Hidden, scope_of
 from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import ColumnRule
 
@@ -68,8 +68,8 @@ def refuse_hidden_columns(expression: exp.Expr, context: Context) -> exp.Expr:
     # the engine, which reads them as its session's functions, past the allowlist
     if not _suspect(expression, names, visible):
         return expression  # the common case: every name the query uses is a column it may see
+    root = scope_of(expression, context)
     try:
-        root = build_scope(expression)
         hit = next(_references(root, names, visible, Shapes(context)), None) if root else None
     except OptimizeError:
         return expression  # e.g. one alias used twice: the engine's own error says it better
