@@ -31,6 +31,7 @@ from sqlglot.optimizer.scope import Scope
 
 from saferoom.errors import QueryRejected
 from saferoom.guard.context import Context, scope_of
+from saferoom.guard.refuse_hidden_columns import roles_and_actions
 from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import Action
 
@@ -107,7 +108,7 @@ def _is_value(node: exp.Expr | None) -> bool:
 def _refusal(context: Context, table: str, column: str, misuse: str) -> QueryRejected:
     rule = context.policy.rule(context.role, table, column)
     seeing = [(r, a) for r, a in context.policy.roles_seeing(table, rule.column) if a is not Action.TOKENIZE]
-    who = ", ".join(f"{r} ({a.value})" for r, a in seeing) or "no role"
+    who = roles_and_actions(seeing)
     return QueryRejected(
         f"column `{rule.column}` of {table} holds tokens for role `{context.role}` (tag `{rule.tag}`): each value is "
         f"a stand-in for the real one, so {misuse}. Tokens still group, count, join and compare with each other "

@@ -17,11 +17,11 @@ from __future__ import annotations
 from sqlglot import exp
 
 from saferoom.guard.context import Context
-from saferoom.guard.outputs import NAME_CHARS
+from saferoom.guard.outputs import NAME_CHARS, first_select
 
 
 def name_outputs(expression: exp.Expr, context: Context) -> exp.Expr:
-    select = _first_select(expression)
+    select = first_select(expression)
     if select is None:
         return expression
     for projection in list(select.expressions):
@@ -29,13 +29,6 @@ def name_outputs(expression: exp.Expr, context: Context) -> exp.Expr:
             name = projection.sql(context.spec.dialect)[:NAME_CHARS]
             projection.replace(exp.alias_(projection.copy(), exp.to_identifier(name, quoted=True)))
     return expression
-
-
-def _first_select(tree: exp.Expr) -> exp.Select | None:
-    """The SELECT whose list names the result's columns (a set operation's first branch)."""
-    while isinstance(tree, exp.SetOperation | exp.Subquery):
-        tree = tree.left if isinstance(tree, exp.SetOperation) else tree.this
-    return tree if isinstance(tree, exp.Select) else None
 
 
 def _holds_a_query(projection: exp.Expr) -> bool:

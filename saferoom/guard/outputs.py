@@ -31,6 +31,12 @@ def outputs(tree: exp.Expr, dialect: str) -> Outputs:
                  for i, p in enumerate(branches[0].expressions))
 
 
+def first_select(tree: exp.Expr) -> exp.Select | None:
+    """The SELECT whose list names the result's columns: the query's own, or a set operation's first branch."""
+    branches = _selects(tree)
+    return branches[0] if branches else None
+
+
 def _selects(tree: exp.Expr) -> list[exp.Select]:
     """The SELECTs whose lists make the result's columns: one, or each branch of a set operation."""
     if isinstance(tree, exp.SetOperation):

@@ -37,7 +37,7 @@ saferoom.errors.QueryRejected: unknown column `crad_id`. Did you mean `card_id`?
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -46,8 +46,9 @@ from sqlglot.optimizer.scope import Scope
 
 from saferoom.errors import QueryRejected, did_you_mean
 from saferoom.guard.context import Columns, Context, Hidden, scope_of
+from saferoom.guard.outputs import first_select
 from saferoom.guard.resolve_tables import POLICY_TABLE
-from saferoom.policy import ColumnRule
+from saferoom.policy import Action, ColumnRule
 
 Source = exp.Table | Scope
 
@@ -182,10 +183,8 @@ def _in_star_options(column: exp.Column) -> bool:
 
 def _aliases(scope: Scope) -> set[str]:
     """The names a select list defines; a set operation's are its first branch's (its ORDER BY sorts by them)."""
-    select = scope.expression
-    while isinstance(select, exp.SetOperation | exp.Subquery):
-        select = select.left if isinstance(select, exp.SetOperation) else select.this
-    if not isinstance(select, exp.Select):
+    select = first_select(scope.expression)
+    if select is None:
         return set()
     if isinstance(scope.expression, exp.SetOperation):
         return {p.alias_or_name.lower() for p in select.expressions}
@@ -265,11 +264,16 @@ def unknown(column: Unknown) -> QueryRejected:
                          "Run `saferoom tables` to list the columns you can query.")
 
 
+def roles_and_actions(seeing: Sequence[tuple[str, Action]]) -> str:
+    """``investigator (allow), auditor (mask)``: roles to ask for, each with what it gets; or "no role"."""
+    return ", ".join(f"{role} ({action.value})" for role, action in seeing) or "no role"
+
+
 def denied(context: Context, rule: ColumnRule) -> QueryRejected:
     policy = context.policy
     threats = "; ".join(f"{t}: {policy.threat(t)}" for t in rule.threats) or "no threat named"
     seeing = policy.roles_seeing(rule.table, rule.column)
-    who = ", ".join(f"{r} ({a.value})" for r, a in seeing) or "no role"
+    who = roles_and_actions(seeing)
     return QueryRejected(
         f"column `{rule.column}` of {rule.table} is tagged `{rule.tag}` ({threats}). "
         f"Role `{context.role}` is denied it, so it does not exist in your queries. "
