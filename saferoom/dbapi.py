@@ -222,13 +222,15 @@ def connect(
     url: str | None = None,
     token: str | None = None,
     backend: str | None = None,
+    socket: str | Path | None = None,
 ) -> Connection:
-    """A connection: embedded with a policy file and a user, or through a gateway with a URL and a token.
+    """A connection: embedded with a policy file and a user, or through a gateway with a URL (or Unix socket)
+    and a token.
 
     Arguments and their defaults (``SAFEROOM_URL``, ``SAFEROOM_TOKEN``, what `saferoom login` saved,
     ``SAFEROOM_POLICY``, ``SAFEROOM_USER``) are those of :func:`saferoom.connect`."""
     with _translated():
-        return Connection(open_session(policy, user, role, url=url, token=token, backend=backend))
+        return Connection(open_session(policy, user, role, url=url, token=token, backend=backend, socket=socket))
 
 
 class Connection:
