@@ -535,7 +535,8 @@ def room(
     state: Annotated[Path | None, _option("state", "The gateway's state folder, to mint the room's token in.")] = None,
     policy: Annotated[Path | None, _option("policy", "Take the room's limits from this policy's `rooms:`.")] = None,
     account: Annotated[str | None, typer.Option(help="Started as root: the account the room runs as (default: the user's name).")] = None,
-    ttl: Annotated[str, typer.Option(help="The minted token's lifetime, should the room outlive its revocation (30d, 12h, 90m).")] = "12h",
+    ttl: Annotated[str, typer.Option(help="The longest the minted token lives, however long the room runs (30d, 12h, 90m).")] = "12h",
+    lease: Annotated[str, typer.Option(help="How soon the minted token dies if this process is killed (it renews it while it runs).")] = "60s",
     env: Annotated[list[str] | None, typer.Option("--env", help="Give the command this variable of this environment (repeat).")] = None,
     hub: Annotated[str | None, typer.Option(help="A JupyterHub's API URL: a relay at /run/saferoom/hub.sock reaches it.")] = None,
     publish: Annotated[int | None, typer.Option(help="Connections to 127.0.0.1:PORT reach the socket /run/saferoom/published/server.sock.")] = None,
@@ -554,7 +555,7 @@ def room(
     loaded = load_policy(policy) if policy else None
     rooms.possible()  # before a token exists for a room that cannot be
     with contextlib.ExitStack() as stack:  # on the way out: the token revoked, the relay closed
-        token = _room_token(stack, state, user, role, ttl, policy)
+        token = _room_token(stack, state, user, role, (ttl, lease), policy)
         door = socket or stack.enter_context(Relay(str(gateway)))
         status = rooms.start(command, door, workspace, token, policy=loaded, packages=packages,
                              account_name=account, private=[state] if state else [],
@@ -571,17 +572,18 @@ def _passed(names: list[str]) -> dict[str, str]:
     return {name: os.environ[name] for name in names}
 
 
-def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | None, role: str | None, ttl: str,
-                policy: Path | None) -> Secret:
+def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | None, role: str | None,
+                lifetimes: tuple[str, str], policy: Path | None) -> Secret:
     """A token minted for the room in the state folder, revoked when ``stack`` closes; or SAFEROOM_TOKEN as it is."""
     from saferoom.identity import parse_ttl
-    from saferoom.room import TOKEN_TTL, minted
+    from saferoom.room import LEASE, TOKEN_TTL, minted
 
     if state is not None:
         if not user:
             raise UsageError("--state mints a token for the room's user: give --user")
         _policy_for_token(policy).role_for(user, role)  # as `token create`: no token for a user or role the policy lacks
-        return stack.enter_context(minted(state, user, role, parse_ttl(ttl) or TOKEN_TTL))
+        ttl, lease = (parse_ttl(text) for text in lifetimes)
+        return stack.enter_context(minted(state, user, role, ttl or TOKEN_TTL, lease or LEASE))
     given = _secret("token")
     if given is None or role or user:
         raise UsageError("without --state, the room uses SAFEROOM_TOKEN as it is: set it, and leave out --user and --role")
@@ -591,6 +593,7 @@ def _room_token(stack: contextlib.ExitStack, state: Path | None, user: str | Non
 @app.command()
 def doctor() -> None:
     """Check that this host can make rooms, and say what it lacks and how to fix it."""
+    from saferoom import cgroup
     from saferoom import room as rooms
 
     found = rooms.problems()
@@ -598,7 +601,8 @@ def doctor() -> None:
         err.print(f"[red]missing:[/] {escape(problem)}", highlight=False)
     if found:
         raise typer.Exit(RoomError.exit_code)
-    out.print("This host can make rooms: bubblewrap makes a sandbox here.")
+    out.print("This host can make rooms: bubblewrap makes a sandbox here, with a system-call filter (libseccomp).")
+    out.print(escape(cgroup.status()), highlight=False)
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 from typing import IO
 
@@ -27,3 +28,50 @@ def try_lock(path: Path) -> IO[str] | None:
         handle.close()
         return None
     return handle
+
+
+def socket_path_problem(path: Path, *, listening: bool) -> str | None:
+    """Why a Unix socket at ``path`` cannot be trusted, or None.
+
+    A socket is found by name, so whoever can make that name first can squat it and be the gateway to whoever
+    connects (and read their token). Every folder on the way must be one only this account or root can add
+    names to (a world-writable folder such as /tmp only with its sticky bit, which keeps others from replacing
+    names they do not own), owned by this account or root; the socket's own folder may belong to another account
+    (the gateway's) when root gave it to that account, in a folder only root writes. An existing socket must
+    belong to one of them too. ``listening``: for the gateway itself, which must own its folder outright.
+    """
+    trusted = {0, os.geteuid()}
+    folder = Path(os.path.realpath(path.parent))
+    for above in reversed(folder.parents):
+        found = _open_to_others(above) or _owner_problem(above, trusted)
+        if found:
+            return found
+    owner = os.stat(folder).st_uid
+    parent_closed = not os.stat(folder.parent).st_mode & 0o022
+    if owner not in trusted and (listening or not parent_closed):
+        return f"the folder {folder} belongs to uid {owner}, who could replace the socket in it"
+    return _open_to_others(folder) or _socket_problem(folder / path.name, {*trusted, owner})
+
+
+def _open_to_others(folder: Path) -> str | None:
+    mode = os.stat(folder).st_mode
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        return f"the folder {folder} is writable by other accounts (mode {stat.filemode(mode)}, no sticky bit)"
+    return None
+
+
+def _owner_problem(folder: Path, trusted: set[int]) -> str | None:
+    owner = os.stat(folder).st_uid
+    return None if owner in trusted else f"the folder {folder} belongs to uid {owner}, who could rename what it holds"
+
+
+def _socket_problem(path: Path, trusted: set[int]) -> str | None:
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISSOCK(found.st_mode):
+        return f"{path} is not a socket"
+    if found.st_uid not in trusted:
+        return f"the socket {path} belongs to uid {found.st_uid}: another account may have made it first"
+    return None

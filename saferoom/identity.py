@@ -99,6 +99,17 @@ class TokenStore:
             self._save({**records, token_id: revoked})
             return revoked
 
+    def renew(self, token_id: str, expires: datetime) -> TokenRecord:
+        """Move a token's expiry to ``expires`` (a lease renewed); a revoked token stays revoked."""
+        with self._writing():
+            records = self._load()
+            if token_id not in records:
+                raise UsageError(f"no token with id {token_id}; `saferoom token list` shows them")
+            renewed = replace(records[token_id], expires=expires.isoformat(timespec="seconds"))
+            if not records[token_id].revoked:
+                self._save({**records, token_id: renewed})
+            return renewed
+
     def list(self) -> list[TokenRecord]:
         return sorted(self._load().values(), key=lambda r: r.created)
 

@@ -31,12 +31,14 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
+from saferoom import cgroup, seccomp
 from saferoom.client import RemoteSession
 from saferoom.errors import RoomError, UsageError
+from saferoom.files import socket_path_problem
 from saferoom.identity import TokenStore
 from saferoom.policy import Policy
 from saferoom.policy.limits import ROOM_DEFAULTS, RoomBounds, room_bounds
@@ -48,7 +50,8 @@ PUBLISHED = "/run/saferoom/published"  # the folder where a server in the room m
 WORKSPACE = "/workspace"
 PACKAGES = "/packages"
 INSTALLED = f"{WORKSPACE}/.python-packages"  # where pip installs in a room: the environment itself is read-only
-TOKEN_TTL = timedelta(hours=12)  # a room whose starter is killed before it can revoke the token still loses it
+TOKEN_TTL = timedelta(hours=12)  # the longest a room's token lives, however long its room runs
+LEASE = timedelta(seconds=60)  # how long a room's token outlives a starter that stopped renewing it (SIGKILL)
 NAMESPACES = ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")
 # /etc holds the host's keys and configuration; a program needs only these to load libraries and name users
 ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "passwd", "group", "nsswitch.conf",
@@ -108,13 +111,30 @@ def host() -> Host:
     return Host(links, top, etc, os.geteuid() == 0)
 
 
-def bwrap_args(spec: RoomSpec, layout: Host) -> list[str]:
+@dataclass(frozen=True)
+class Opened:
+    """What bwrap is handed open rather than by name: the workspace, checked on this very descriptor (a name could
+    be swapped for a symbolic link between the check and the mount), and the system-call filter."""
+
+    workspace: int
+    seccomp: int
+
+    def fds(self) -> tuple[int, int]:
+        return (self.workspace, self.seccomp)
+
+    def close(self) -> None:
+        for fd in self.fds():
+            os.close(fd)
+
+
+def bwrap_args(spec: RoomSpec, layout: Host, opened: Opened) -> list[str]:
     """bwrap's command line for ``spec`` on a host laid out as ``layout``: the sandbox, then the limits, then the command.
 
     No secret is in it (a command line is visible to every account on the host): the token is in the environment.
     """
     return ["bwrap", *NAMESPACES, *(() if layout.root else ("--unshare-user",)), "--die-with-parent", "--new-session",
-            *_system(layout), *_python(spec.readonly), *_doors(spec), "--",
+            *_system(layout), *_python(spec.readonly), *_doors(spec, opened.workspace),
+            "--seccomp", str(opened.seccomp), "--",
             *_bounded(spec.bounds), *_as_account(spec.account), *spec.command]
 
 
@@ -137,12 +157,12 @@ def _python(paths: Sequence[Path]) -> list[str]:
     return _parents(outside) + [arg for path in outside for arg in ("--ro-bind", path, path)]
 
 
-def _doors(spec: RoomSpec) -> list[str]:
+def _doors(spec: RoomSpec, workspace: int) -> list[str]:
     """The packages (read-only), the workspace (the one writable folder), the gateway's socket, a private /tmp."""
     packages = ["--ro-bind", str(spec.packages), PACKAGES] if spec.packages else []
     hub = ["--ro-bind", str(spec.hub), HUB] if spec.hub else []
     published = ["--bind", str(spec.published), PUBLISHED] if spec.published else []
-    return [*packages, "--bind", str(spec.workspace), WORKSPACE, *_parents([SOCKET]), "--ro-bind", str(spec.socket), SOCKET,
+    return [*packages, "--bind-fd", str(workspace), WORKSPACE, *_parents([SOCKET]), "--ro-bind", str(spec.socket), SOCKET,
             *hub, *published,
             *_scratch("/tmp", spec.bounds.tmp_bytes), "--proc", "/proc", "--dev", "/dev",
             *_scratch("/dev/shm", spec.bounds.tmp_bytes), *_sealed(), "--chdir", WORKSPACE]
@@ -216,6 +236,9 @@ def problems(layout: Host | None = None) -> list[str]:
     if missing:
         return [f"{tool} is not installed: apt-get install {'bubblewrap' if tool == 'bwrap' else 'util-linux'}"
                 for tool in missing]
+    filtering = seccomp.problem()
+    if filtering:
+        return [filtering]
     probe = ["bwrap", *NAMESPACES, *(() if layout.root else ("--unshare-user",)), "--ro-bind", "/", "/", "--", "true"]
     done = subprocess.run(probe, check=False, capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
@@ -225,16 +248,43 @@ def problems(layout: Host | None = None) -> list[str]:
     return []
 
 
+def open_workspace(workspace: Path, private: Sequence[Path], owner: Account | None = None) -> int:
+    """The workspace, opened once (a symbolic link is not followed) and checked on that descriptor, which bwrap
+    then mounts (``--bind-fd``): swapping the name for a link to another folder after the check changes nothing.
+
+    Refused: not a folder, a folder holding the policy, the state folder or another private path (the room could
+    read and write them there), and, started as root, a folder the room's account does not own.
+    """
+    try:
+        fd = os.open(workspace, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        raise RoomError(f"the workspace {workspace} is not a folder (a symbolic link is not followed): give the "
+                        "folder itself, owned by the room's account") from None
+    try:
+        inside = Path(os.readlink(f"/proc/self/fd/{fd}"))  # where the descriptor is, whatever the name says now
+        for path in private:
+            if path.resolve().is_relative_to(inside):
+                raise RoomError(f"the workspace {workspace} holds {path}, which a room must not see; "
+                                "give a workspace folder of its own")
+        if owner is not None:
+            owned_by(fd, owner, workspace)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def check_workspace(workspace: Path, private: Sequence[Path]) -> None:
-    """Refuse a workspace that holds the policy, the state folder or another private path: the room could
-    read and write them there."""
-    if not workspace.is_dir():
-        raise RoomError(f"the workspace {workspace} is not a folder; create it, owned by the room's account")
-    inside = workspace.resolve()
-    for path in private:
-        if path.resolve().is_relative_to(inside):
-            raise RoomError(f"the workspace {workspace} holds {path}, which a room must not see; "
-                            "give a workspace folder of its own")
+    """Refuse a workspace :func:`open_workspace` would refuse."""
+    os.close(open_workspace(workspace, private))
+
+
+def check_socket(path: Path) -> None:
+    """Refuse a gateway socket another account could have made or could replace (see files.socket_path_problem)."""
+    found = socket_path_problem(path, listening=False)
+    if found:
+        raise RoomError(f"the gateway's socket {path} cannot be trusted: {found}; put it in a folder only the "
+                        "gateway's account (or root) can write, such as /run/saferoom")
 
 
 def possible() -> None:
@@ -244,12 +294,25 @@ def possible() -> None:
         raise RoomError("no room can be made on this host: " + "; ".join(found) + " (`saferoom doctor` checks a host)")
 
 
-def run(spec: RoomSpec, token: Secret) -> int:
-    """Run the room's command to its end and return its exit status; refuse if no sandbox can be made."""
+def run(spec: RoomSpec, token: Secret, workspace: int) -> int:
+    """Run the room's command to its end, in a cgroup of its own where the host allows one, and return its exit
+    status; refuse if no sandbox can be made. ``workspace`` is the descriptor :func:`open_workspace` checked."""
     possible()
     if host().root and spec.account is None:
         raise RoomError("a room started as root needs an account to run as: give --account")
-    process = subprocess.Popen(bwrap_args(spec, host()), env=environment(spec, token))
+    opened = Opened(os.dup(workspace), seccomp.room_filter())
+    try:
+        with cgroup.room_group(spec.bounds) as procs:
+            command = cgroup.entering(procs, bwrap_args(spec, host(), opened))
+            process = subprocess.Popen(command, env=environment(spec, token), pass_fds=opened.fds())
+            opened.close()
+            return _waited(process)
+    finally:
+        with contextlib.suppress(OSError):
+            opened.close()
+
+
+def _waited(process: subprocess.Popen[bytes]) -> int:
     with _stopped_by_sigterm():
         try:
             return process.wait()
@@ -278,14 +341,38 @@ def _interrupt(sig: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def minted(state: Path, user: str, role: str | None, ttl: timedelta = TOKEN_TTL) -> Iterator[Secret]:
-    """A token for one room, revoked when the room ends (and expiring anyway, should the revocation never run)."""
+def minted(state: Path, user: str, role: str | None, ttl: timedelta = TOKEN_TTL,
+           lease: timedelta = LEASE) -> Iterator[Secret]:
+    """A token for one room, revoked when the room ends; and since a starter killed with SIGKILL revokes
+    nothing, the token lives only ``lease`` at a time, renewed while the starter runs (never past ``ttl``)."""
     store = TokenStore(state)
-    token, record = store.create(user, role, ttl)
+    token, record = store.create(user, role, min(ttl, lease))
+    renewing = Lease(store, record.id, datetime.now(UTC) + ttl, lease)
     try:
         yield Secret(token)
     finally:
+        renewing.stop()
         store.revoke(record.id)
+
+
+class Lease:
+    """A thread that pushes a token's expiry ``lease`` ahead every third of ``lease``, up to ``until``: the token
+    dies at most ``lease`` after its starter does, whatever killed it."""
+
+    def __init__(self, store: TokenStore, token_id: str, until: datetime, lease: timedelta) -> None:
+        self.store, self.token_id, self.until, self.lease = store, token_id, until, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="saferoom-room-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease.total_seconds() / 3):
+            with contextlib.suppress(OSError):  # a failed renewal only lets the token lapse: fail closed
+                self.store.renew(self.token_id, min(self.until, datetime.now(UTC) + self.lease))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, *, role: str | None = None,
@@ -301,7 +388,9 @@ def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, 
     if not command:
         raise UsageError("say what to run in the room, after --: saferoom room --socket PATH -- python")
     possible()
-    check_workspace(workspace, [*private, *(kept_out(policy) if policy else ())])
+    check_socket(socket)
+    private = [*private, *(kept_out(policy) if policy else ())]
+    check_workspace(workspace, private)  # before the gateway is asked anything
     with RemoteSession(None, token.reveal(), role, socket=socket) as session:
         user, acting = session.user, session.role
     spec = RoomSpec(
@@ -310,20 +399,22 @@ def start(command: Sequence[str], socket: Path, workspace: Path, token: Secret, 
         account=account(account_name or user) if host().root else None, python_bin=str(Path(sys.executable).parent),
         user=user, hub=hub, published=published, passed=dict(passed or {}),
     )
-    if spec.account is not None:
-        owned_by(spec.workspace, spec.account)
-        if published is not None:
+    fd = open_workspace(workspace, private, spec.account)
+    try:
+        if spec.account is not None and published is not None:
             os.chown(published, spec.account.uid, spec.account.gid)  # the room's server makes its socket there
-    return run(spec, token)
+        return run(spec, token, fd)
+    finally:
+        os.close(fd)
 
 
-def owned_by(workspace: Path, owner: Account) -> None:
+def owned_by(workspace: int | Path, owner: Account, shown: Path | None = None) -> None:
     """Started as root, a room writes only a folder its account owns: a folder of root's (the current one, by
-    default) would be shown to the account with whatever root keeps in it."""
-    found = workspace.stat().st_uid
+    default) would be shown to the account with whatever root keeps in it. ``workspace``: a path or descriptor."""
+    found = os.stat(workspace).st_uid
     if found != owner.uid:
-        raise RoomError(f"the workspace {workspace} belongs to uid {found}, not to the room's account {owner.name}: "
-                        f"give the account a folder of its own (chown {owner.name} FOLDER)")
+        raise RoomError(f"the workspace {shown or workspace} belongs to uid {found}, not to the room's account "
+                        f"{owner.name}: give the account a folder of its own (chown {owner.name} FOLDER)")
 
 
 def kept_out(policy: Policy) -> list[Path]:

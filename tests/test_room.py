@@ -24,6 +24,7 @@ import pytest
 
 import saferoom
 from saferoom import room as rooms
+from saferoom import seccomp
 from saferoom.client import RemoteSession
 from saferoom.errors import AuthError, PolicyError, RoomError
 from saferoom.policy.limits import ROOM_DEFAULTS, RoomBounds, room_bounds, size_bytes
@@ -124,18 +125,20 @@ SPEC = rooms.RoomSpec(command=("python", "job.py"), socket=Path("/srv/saferoom/g
                       workspace=Path("/srv/rooms/alice"), readonly=(Path("/opt/python"),),
                       bounds=RoomBounds(memory_bytes=2**30, processes=64, cpu_seconds=60, tmp_bytes=2**28))
 AS_ROOT = rooms.Host(links={"lib": "usr/lib"}, top=(), etc=("passwd", "ld.so.cache"), root=True)
+OPENED = rooms.Opened(workspace=7, seccomp=8)  # descriptors, as bwrap is given them
 AS_USER = rooms.Host(links={"lib": "usr/lib"}, top=(), etc=("passwd",), root=False)
 
 
 def binds(args: list[str]) -> dict[str, str]:
     """Mount point -> host path for every bind in a bwrap command line."""
-    return {args[i + 2]: args[i + 1] for i, a in enumerate(args) if a in ("--bind", "--ro-bind")}
+    return {args[i + 2]: args[i + 1] for i, a in enumerate(args) if a in ("--bind", "--ro-bind", "--bind-fd")}
 
 
 def test_the_sandbox_shows_only_the_system_python_workspace_and_socket() -> None:
-    args = rooms.bwrap_args(rooms.RoomSpec(**{**SPEC.__dict__, "account": rooms.Account("alice", 1001, 1001)}), AS_ROOT)
+    args = rooms.bwrap_args(rooms.RoomSpec(**{**SPEC.__dict__, "account": rooms.Account("alice", 1001, 1001)}), AS_ROOT, OPENED)
     assert set(binds(args)) == {"/usr", "/etc/passwd", "/etc/ld.so.cache", "/opt/python", rooms.WORKSPACE, rooms.SOCKET}
-    assert args[args.index(rooms.WORKSPACE) - 2] == "--bind"  # the only writable one
+    assert args[args.index(rooms.WORKSPACE) - 2 :][:2] == ["--bind-fd", "7"]  # the only writable one, as checked
+    assert "--bind" not in args and args[args.index("--seccomp") + 1] == "8"
     assert binds(args)[rooms.SOCKET] == "/srv/saferoom/gateway.sock"
     for namespace in ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--new-session", "--die-with-parent"):
         assert namespace in args
@@ -149,13 +152,13 @@ def test_the_sandbox_shows_only_the_system_python_workspace_and_socket() -> None
 
 
 def test_as_a_user_the_sandbox_has_a_user_namespace_and_no_setpriv() -> None:
-    args = rooms.bwrap_args(SPEC, AS_USER)
+    args = rooms.bwrap_args(SPEC, AS_USER, OPENED)
     assert "--unshare-user" in args and "setpriv" not in args
 
 
 def test_the_token_is_in_the_environment_not_on_the_command_line() -> None:
     token = Secret("sr_0123456789ab_" + "s" * 43)
-    args, env = rooms.bwrap_args(SPEC, AS_ROOT), rooms.environment(SPEC, token)
+    args, env = rooms.bwrap_args(SPEC, AS_ROOT, OPENED), rooms.environment(SPEC, token)
     assert not [a for a in args if token.reveal() in a]
     assert env["SAFEROOM_TOKEN"] == token.reveal() and env["SAFEROOM_SOCKET"] == rooms.SOCKET
     assert env["HOME"] == rooms.WORKSPACE and env["PIP_NO_INDEX"] == "1"
@@ -230,7 +233,7 @@ def test_a_room_run_by_root_writes_only_a_folder_its_account_owns(tmp_path) -> N
 def test_a_notebook_rooms_doors_are_the_hubs_socket_and_a_folder_to_listen_in() -> None:
     spec = dataclasses.replace(SPEC, hub=Path("/tmp/relay/gateway.sock"), published=Path("/tmp/opening"),
                                passed={"JUPYTERHUB_API_TOKEN": "t", "PATH": "/evil", "SAFEROOM_SOCKET": "/evil"})
-    args = rooms.bwrap_args(spec, AS_ROOT)
+    args = rooms.bwrap_args(spec, AS_ROOT, OPENED)
     assert binds(args)[rooms.HUB] == "/tmp/relay/gateway.sock" and args[args.index(rooms.HUB) - 2] == "--ro-bind"
     assert binds(args)[rooms.PUBLISHED] == "/tmp/opening" and args[args.index(rooms.PUBLISHED) - 2] == "--bind"
     env = rooms.environment(spec, Secret("sr_x"))
@@ -265,7 +268,8 @@ def test_connect_with_no_arguments_queries_through_the_gateway_as_the_rooms_user
         RemoteSession(None, found["token"], socket=gateway.socket)
     [minted] = [t for t in json.loads((gateway.state / "tokens.json").read_text()) if t["id"] not in before]
     assert found["token"].startswith(f"sr_{minted['id']}_") and minted["user"] == "alice"
-    assert datetime.fromisoformat(minted["expires"]) - datetime.fromisoformat(minted["created"]) == timedelta(minutes=90)
+    # a lease, renewed while the starter runs (--ttl, 90m, is only the longest it may be renewed to)
+    assert datetime.fromisoformat(minted["expires"]) - datetime.fromisoformat(minted["created"]) == rooms.LEASE
 
 
 @sandbox
@@ -483,9 +487,11 @@ def test_started_by_an_unprivileged_account_the_room_has_a_user_namespace_of_its
             spec = rooms.RoomSpec(command=("/bin/sh", "-c", "id -u; echo x > /workspace/f; for f in /etc/f /f /run/f; do echo x > $f || echo refused; done"),
                                   socket=folder / "gateway.sock", workspace=folder / "workspace",
                                   bounds=RoomBounds(2**30, tasks_of(uid) + FORKS, 10, 2**20))
-            args = rooms.bwrap_args(spec, dataclasses.replace(rooms.host(), root=False))
+            opened = rooms.Opened(rooms.open_workspace(spec.workspace, []), seccomp.room_filter())
+            args = rooms.bwrap_args(spec, dataclasses.replace(rooms.host(), root=False), opened)
             done = subprocess.run(args, user=uid, group=gid, extra_groups=[], env={"PATH": "/usr/bin:/bin"},
-                                  capture_output=True, text=True, timeout=ROOM_SECONDS, check=False)
+                                  pass_fds=opened.fds(), capture_output=True, text=True, timeout=ROOM_SECONDS, check=False)
+            opened.close()
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == [str(uid), "refused", "refused", "refused"]
         assert (folder / "workspace" / "f").stat().st_uid == uid

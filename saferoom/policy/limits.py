@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from saferoom.policy.model import Role, RoomLimits
 
@@ -53,6 +54,7 @@ class RoomBounds:
     processes: int
     cpu_seconds: int
     tmp_bytes: int
+    cpus: float = 2.0  # the room's share of the host's CPUs at once, where it has a cgroup (cpu.max)
 
 
 # A notebook with pandas needs a few GB of address space and tens of threads; a fork bomb or a leak does not
@@ -82,8 +84,8 @@ def room_bounds(rooms: Mapping[str, RoomLimits], role: str | None, defaults: Roo
     return bounds
 
 
-def _given(entry: RoomLimits) -> dict[str, int]:
+def _given(entry: RoomLimits) -> dict[str, Any]:
     """The limits an entry sets, in the units the room applies them in."""
     sizes = {"memory_bytes": entry.memory, "tmp_bytes": entry.tmp}
-    counts = {"processes": entry.processes, "cpu_seconds": entry.cpu_seconds}
+    counts: dict[str, int | float | None] = {"processes": entry.processes, "cpu_seconds": entry.cpu_seconds, "cpus": entry.cpus}
     return {**{k: size_bytes(v) for k, v in sizes.items() if v is not None}, **{k: v for k, v in counts.items() if v is not None}}

@@ -128,6 +128,7 @@ class RoomLimits(Strict):
     processes: int | None = Field(default=None, gt=0, description="Processes and threads the room's account may run at once.")
     cpu_seconds: int | None = Field(default=None, gt=0, description="CPU time each process in the room may use.")
     tmp: str | None = Field(default=None, pattern=SIZE, description="The room's private /tmp, held in memory, e.g. 1GB.")
+    cpus: float | None = Field(default=None, gt=0, description="CPUs the room as a whole may keep busy at once, e.g. 1.5 (where rooms get a cgroup).")
 
 
 Attribute = str | int | float | bool | list[str | int | float | bool]

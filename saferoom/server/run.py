@@ -16,6 +16,7 @@ import uvicorn
 from saferoom.audit import AuditKey, AuditLog
 from saferoom.decision import MAX_SQL_BYTES
 from saferoom.errors import UsageError
+from saferoom.files import socket_path_problem
 from saferoom.identity import JWTSettings, JWTVerifier
 from saferoom.server.app import create_app
 from saferoom.server.gateway import Gateway
@@ -31,6 +32,8 @@ def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 847
           max_sql_bytes: int = MAX_SQL_BYTES, socket_path: Path | None = None) -> None:
     """Serve on ``host:port``, or on the Unix socket ``socket_path`` instead (what rooms reach the gateway through)."""
     _check_tls(host, tls_cert, tls_key)
+    if socket_path is not None:
+        _check_socket(socket_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     audit = _audit_log(state, audit_key, audit_forward)
     try:
@@ -57,6 +60,14 @@ def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 847
         gateway.close()  # every queued audit record is written before the process ends
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _check_socket(path: Path) -> None:
+    """Refuse a socket path another account could squat (make first, or replace): rooms would give it their tokens."""
+    found = socket_path_problem(path, listening=True)
+    if found:
+        raise UsageError(f"--socket {path}: {found}; give a path in a folder only this account (or root) can write, "
+                         "such as /run/saferoom")
 
 
 class _Server(uvicorn.Server):
