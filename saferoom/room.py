@@ -22,6 +22,7 @@ bwrap makes an unprivileged user namespace and the command keeps that person's u
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import shutil
@@ -231,21 +232,26 @@ def account(name: str) -> Account:
 
 def problems(layout: Host | None = None) -> list[str]:
     """What this host lacks for rooms, each with the way to fix it; empty when a sandbox can be made."""
-    layout = layout or host()
-    missing = [tool for tool in ("bwrap", "prlimit", *(("setpriv",) if layout.root else ())) if not shutil.which(tool)]
+    return list(_problems((layout or host()).root, os.environ.get("PATH", "")))
+
+
+@functools.cache
+def _problems(root: bool, path: str) -> tuple[str, ...]:
+    """Asked once a process (a room's start asks at each step, and a probe is a sandbox made and ended)."""
+    missing = [tool for tool in ("bwrap", "prlimit", *(("setpriv",) if root else ())) if not shutil.which(tool, path=path)]
     if missing:
-        return [f"{tool} is not installed: apt-get install {'bubblewrap' if tool == 'bwrap' else 'util-linux'}"
-                for tool in missing]
+        return tuple(f"{tool} is not installed: apt-get install {'bubblewrap' if tool == 'bwrap' else 'util-linux'}"
+                     for tool in missing)
     filtering = seccomp.problem()
     if filtering:
-        return [filtering]
-    probe = ["bwrap", *NAMESPACES, *(() if layout.root else ("--unshare-user",)), "--ro-bind", "/", "/", "--", "true"]
+        return (filtering,)
+    probe = ["bwrap", *NAMESPACES, *(() if root else ("--unshare-user",)), "--ro-bind", "/", "/", "--", "true"]
     done = subprocess.run(probe, check=False, capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
-        return [f"bwrap cannot make a sandbox here ({done.stderr.strip() or f'exit {done.returncode}'}): user "
+        return (f"bwrap cannot make a sandbox here ({done.stderr.strip() or f'exit {done.returncode}'}): user "
                 "namespaces may be off (sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu "
-                "kernel.apparmor_restrict_unprivileged_userns=0), or the container forbids them"]
-    return []
+                "kernel.apparmor_restrict_unprivileged_userns=0), or the container forbids them",)
+    return ()
 
 
 def open_workspace(workspace: Path, private: Sequence[Path], owner: Account | None = None) -> int:

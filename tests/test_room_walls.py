@@ -25,7 +25,7 @@ from saferoom.files import socket_path_problem
 from saferoom.policy.limits import RoomBounds
 from saferoom.secrets import Secret
 from tests.gateway_helpers import SERVE, Server, eventually
-from tests.test_room import ACCOUNT, ROOM_SECONDS, ROOT, in_room, last_json, room_uid, running, sandbox, started
+from tests.test_room import ACCOUNT, ROOM_SECONDS, ROOT, in_room, last_json, room_uid, running, sandbox, started, tokens
 from tests.test_room import workspace as workspace  # the fixture: a folder the room's account owns
 
 # What a program in the room tries; each answer is the errno it got (0: it worked). Run outside a room too, as the
@@ -90,6 +90,23 @@ def test_the_filter_compiles_to_bpf_and_names_what_the_room_refuses() -> None:
                     "userfaultfd", "kexec_load", "init_module", "finit_module", "clone", "clone3", "socket"):
         assert refused not in seccomp.ALLOWED  # clone and socket only with their arguments checked
     assert seccomp.problem() is None
+
+
+def test_without_libseccomp_no_room_starts_and_doctor_says_how_to_fix_it(gateway, workspace, tmp_path) -> None:
+    """Fail closed: the binding finds no libseccomp (as pyseccomp says when the library is not installed), so the
+    room refuses before its command runs (it would write a file) and no token is minted."""
+    stand_in = tmp_path / "no-libseccomp"
+    stand_in.mkdir()
+    (stand_in / "pyseccomp.py").write_text('raise RuntimeError("Unable to find libseccomp")\n')
+    env = {**os.environ, "PYTHONPATH": str(stand_in)}
+    before = tokens(gateway)
+    done = subprocess.run(_room_command(gateway, workspace, "--", "/bin/sh", "-c", f"touch {workspace}/ran"),
+                          capture_output=True, text=True, timeout=ROOM_SECONDS, check=False, env=env)
+    assert done.returncode == RoomError.exit_code and "apt-get install libseccomp2" in _said(done.stderr)
+    assert not (workspace / "ran").exists()
+    assert tokens(gateway) == before  # no token for a room that cannot be
+    doctor = subprocess.run([sys.executable, "-c", SERVE, "doctor"], capture_output=True, text=True, check=False, env=env)
+    assert doctor.returncode == RoomError.exit_code and "libseccomp" in _said(doctor.stderr)
 
 
 @sandbox
