@@ -17,7 +17,7 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
