@@ -9,6 +9,11 @@ UTS namespaces, a read-only view of /usr, a filtered /etc and the Python environ
 writable workspace, a private /tmp, the gateway's socket, and nothing else: not the policy, the
 state folder, source databases, keys or anyone's home. Limits (address space, processes, CPU
 time) are set by ``prlimit`` before the command starts, as hard limits it cannot raise; /tmp has a size.
+A system-call filter (saferoom/seccomp.py) refuses namespaces, mounts, ptrace and the rest of the kernel a
+program has no need for; where the host allows, a cgroup of its own (saferoom/cgroup.py) bounds the room's
+totals. The workspace is checked and mounted as one open descriptor, and the gateway's socket must be one
+no other account could have made (files.socket_path_problem). The room's token is a lease its starter
+renews (:class:`Lease`), so it dies soon after a starter killed with SIGKILL.
 
 Started as root (a gateway host), bwrap runs privileged, without a user namespace, and the
 command drops to the person's own account with ``setpriv`` inside the sandbox. The other ways

@@ -124,8 +124,8 @@ class Role(Strict):
 class RoomLimits(Strict):
     """What one room may use; each limit left out takes saferoom's default (saferoom/policy/limits.py)."""
 
-    memory: str | None = Field(default=None, pattern=SIZE, description="Address space each process in the room may map, e.g. 4GB.")
-    processes: int | None = Field(default=None, gt=0, description="Processes and threads the room's account may run at once.")
+    memory: str | None = Field(default=None, pattern=SIZE, description="Address space each process in the room may map, e.g. 4GB; the room's total where it has a cgroup.")
+    processes: int | None = Field(default=None, gt=0, description="Processes and threads the room's account may run at once (the room's, where it has a cgroup).")
     cpu_seconds: int | None = Field(default=None, gt=0, description="CPU time each process in the room may use.")
     tmp: str | None = Field(default=None, pattern=SIZE, description="The room's private /tmp, held in memory, e.g. 1GB.")
     cpus: float | None = Field(default=None, gt=0, description="CPUs the room as a whole may keep busy at once, e.g. 1.5 (where rooms get a cgroup).")
