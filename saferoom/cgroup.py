@@ -71,22 +71,28 @@ def missing(where: Path) -> list[str]:
 
 
 def hierarchy() -> Hierarchy | None:
-    """The rooms' folder, made and with its controllers enabled, stale rooms swept; None where :func:`unavailable`."""
+    """The rooms' folder, made, its controllers enabled where the host lets them be, stale rooms swept; None where
+    :func:`unavailable` says why, or where the folder cannot be made."""
     where = mount()
     if where is None or unavailable() is not None:
         return None
-    controllers = tuple(name for name in CONTROLLERS if name not in missing(where))
     folder = where / FOLDER
-    folder.mkdir(mode=0o755, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o755, exist_ok=True)
+    except OSError:
+        return None
     for level in (where, folder):
-        _enable(level, controllers)
+        _enable(level, tuple(name for name in CONTROLLERS if name not in missing(where)))
     sweep(folder)
-    return Hierarchy(folder, controllers)
+    return Hierarchy(folder, tuple(name for name in CONTROLLERS if name not in missing(folder)))
 
 
 def _enable(level: Path, controllers: tuple[str, ...]) -> None:
-    if controllers:
-        (level / "cgroup.subtree_control").write_text(" ".join(f"+{name}" for name in controllers))
+    """Offer the controllers to the cgroups below ``level``, each on its own: a container's own cgroup, which holds
+    its processes, may refuse (EBUSY), and then the rooms are bounded by what was offered."""
+    for name in controllers:
+        with contextlib.suppress(OSError):
+            (level / "cgroup.subtree_control").write_text(f"+{name}")
 
 
 @contextlib.contextmanager
@@ -181,13 +187,14 @@ def _started(pid: int) -> str:
 
 def status() -> str:
     """One sentence for ``saferoom doctor``: how rooms are bounded as a whole on this host, and what to do if not."""
-    reason, where = unavailable(), mount()
-    if reason is not None or where is None:
-        return f"Rooms are bounded per process only (memory, CPU time, the account's processes): {reason}."
-    lacking = missing(where)
+    found = hierarchy()
+    if found is None:
+        why = unavailable() or f"{mount()}/{FOLDER} cannot be made"
+        return f"Rooms are bounded per process only (memory, CPU time, the account's processes): {why}."
+    lacking = [name for name in CONTROLLERS if name not in found.controllers]
     if not lacking:
-        return f"Each room is bounded as a whole by a cgroup of its own ({', '.join(CONTROLLERS)}) under {where / FOLDER}."
-    return (f"Each room gets a cgroup under {where / FOLDER}, ended as a whole when it stops, but the cgroup2 hierarchy "
-            f"there offers no {', '.join(lacking)} controller (on this host they are bound to cgroup v1), so those "
-            "totals are not bounded: each process's limits are; boot with systemd.unified_cgroup_hierarchy=1 "
-            "(cgroup v2 only) to bound the room as a whole.")
+        return f"Each room is bounded as a whole by a cgroup of its own ({', '.join(CONTROLLERS)}) under {found.folder}."
+    return (f"Each room gets a cgroup under {found.folder}, ended as a whole when it stops, but the cgroup2 hierarchy "
+            f"there offers no {', '.join(lacking)} controller (a host may keep them in cgroup v1 hierarchies, a "
+            "container may not pass them on), so those totals are not bounded: each process's limits are; on a "
+            "systemd host, boot with systemd.unified_cgroup_hierarchy=1 (cgroup v2 only) to bound the room as a whole.")
