@@ -43,7 +43,7 @@ from types import FrameType
 
 from saferoom import cgroup, seccomp
 from saferoom.client import RemoteSession
-from saferoom.errors import RoomError, UsageError
+from saferoom.errors import RoomError, SaferoomError, UsageError
 from saferoom.files import socket_path_problem
 from saferoom.identity import TokenStore
 from saferoom.policy import Policy
@@ -378,7 +378,7 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease.total_seconds() / 3):
-            with contextlib.suppress(OSError):  # a failed renewal only lets the token lapse: fail closed
+            with contextlib.suppress(OSError, ValueError, SaferoomError):  # a failed renewal lets the token lapse
                 self.store.renew(self.token_id, min(self.until, datetime.now(UTC) + self.lease))
 
     def stop(self) -> None:

@@ -22,6 +22,7 @@ from saferoom import room as rooms
 from saferoom.client import RemoteSession
 from saferoom.errors import AuthError, RoomError
 from saferoom.files import socket_path_problem
+from saferoom.identity import TokenStore
 from saferoom.policy.limits import RoomBounds
 from saferoom.secrets import Secret
 from tests.gateway_helpers import SERVE, Server, eventually
@@ -196,6 +197,26 @@ def test_a_killed_starters_room_token_dies_within_its_lease(gateway, workspace) 
         assert all(group.exists() for group in groups)
         cgroup.hierarchy()
         assert not any(group.exists() for group in groups)
+
+
+def test_a_lease_is_renewed_up_to_the_ttl_and_never_revives_a_revoked_token(tmp_path) -> None:
+    store = TokenStore(tmp_path)
+    token, record = store.create("alice", None, timedelta(seconds=60))
+    until = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
+    lease = rooms.Lease(store, record.id, until, timedelta(seconds=3))  # renews every second, never past `until`
+    try:
+        eventually(lambda: _expires(store, record.id) == until, "the lease was renewed up to the ttl")
+    finally:
+        lease.stop()
+    store.revoke(record.id)
+    store.renew(record.id, until + timedelta(hours=1))
+    with pytest.raises(AuthError, match="revoked"):
+        store.verify(token)
+
+
+def _expires(store: TokenStore, token_id: str) -> datetime:
+    [found] = [r for r in store.list() if r.id == token_id]
+    return datetime.fromisoformat(str(found.expires))
 
 
 def _written(path: Path) -> bool:
