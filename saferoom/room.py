@@ -311,16 +311,20 @@ def run(spec: RoomSpec, token: Secret, workspace: int) -> int:
     possible()
     if host().root and spec.account is None:
         raise RoomError("a room started as root needs an account to run as: give --account")
-    opened = Opened(os.dup(workspace), seccomp.room_filter())
+    with cgroup.room_group(spec.bounds) as procs:
+        return _waited(_started(spec, token, workspace, procs))
+
+
+def _started(spec: RoomSpec, token: Secret, workspace: int, procs: Path | None) -> subprocess.Popen[bytes]:
+    """bwrap started (in the room's cgroup, when there is one) with the workspace and the filter handed to it
+    open; this process's copies are closed once bwrap has its own."""
+    filtered = seccomp.room_filter()
+    opened = Opened(os.dup(workspace), filtered)
     try:
-        with cgroup.room_group(spec.bounds) as procs:
-            command = cgroup.entering(procs, bwrap_args(spec, host(), opened))
-            process = subprocess.Popen(command, env=environment(spec, token), pass_fds=opened.fds())
-            opened.close()
-            return _waited(process)
+        command = cgroup.entering(procs, bwrap_args(spec, host(), opened))
+        return subprocess.Popen(command, env=environment(spec, token), pass_fds=opened.fds())
     finally:
-        with contextlib.suppress(OSError):
-            opened.close()
+        opened.close()
 
 
 def _waited(process: subprocess.Popen[bytes]) -> int:
