@@ -494,6 +494,9 @@ def test_findings_past_the_cap_are_counted_not_kept(tmp_path: Path) -> None:
     assert [(g.place, g.count) for g in report.summary()] == [("column ssn", EXAMPLES * 3)]
     assert report.to_dict()["omitted"] == [{"file": str(tmp_path / "many.csv"), "place": "column ssn", "kind": "ssn",
                                             "findings": EXAMPLES * 3, "kept": EXAMPLES}]
+    done = subprocess.run([sys.executable, "-c", "from saferoom.cli import main; main()", "check", str(tmp_path / "many.csv")],
+                          capture_output=True, text=True, check=False)
+    assert f"{EXAMPLES * 3} finding(s) ({EXAMPLES * 2} past the first {EXAMPLES}" in done.stdout, done.stdout
 
 
 PEAK = """
