@@ -43,22 +43,27 @@ def frame_cells(frame: pl.DataFrame, label: str, offset: int = 0, keep: str | No
     The column names are cells too (row 0), read with the first batch. With ``keep`` (a regex), only the
     values it matches become cells: one pass over each column, so the rest is never copied.
     """
-    parts = [p for name in frame.columns if (p := _column_cells(frame, name, offset, keep)) is not None]
+    texts = frame.select(_as_text(name, dtype) for name, dtype in frame.schema.items() if _as_text(name, dtype) is not None)
+    # every column's pass at once: polars runs the expressions in parallel
+    masks = texts.select(pl.col(c).str.contains(keep).fill_null(False) if keep is not None else pl.col(c).is_not_null()
+                         for c in texts.columns)
+    parts = [_column_cells(texts.get_column(name), masks.get_column(name), offset) for name in texts.columns]
     names = frame.columns if offset == 0 else []
     header = pl.DataFrame({"row": [0] * len(names), "column": [None] * len(names), "text": [str(c) for c in names]}, schema=CELLS)
     cells = pl.concat([header, *parts], how="vertical_relaxed") if parts else header
     return cells.drop_nulls("text").with_columns(pl.lit(label).alias("file"), pl.lit(None, pl.UInt32).alias("cell_line"))
 
 
-def _column_cells(frame: pl.DataFrame, name: str, offset: int, keep: str | None) -> pl.DataFrame | None:
-    column = frame.get_column(name)
-    if column.dtype.is_integer():
-        column = column.cast(pl.String).set(column.abs() < 10**12, None)
-    elif column.dtype == pl.Categorical:
-        column = column.cast(pl.String)
-    elif column.dtype != pl.String:
-        return None
-    wanted = column.str.contains(keep).fill_null(False) if keep is not None else column.is_not_null()
+def _as_text(name: str, dtype: pl.DataType) -> pl.Expr | None:
+    """A column as the text the detectors read, or None for a type that cannot carry a finding."""
+    if dtype.is_integer():  # only numbers long enough to be a card or an account number
+        return pl.when(pl.col(name).abs() >= 10**12).then(pl.col(name).cast(pl.String)).alias(name)
+    if dtype == pl.Categorical:
+        return pl.col(name).cast(pl.String)
+    return pl.col(name) if dtype == pl.String else None
+
+
+def _column_cells(column: pl.Series, wanted: pl.Series, offset: int) -> pl.DataFrame:
     rows = wanted.arg_true()
-    return pl.DataFrame({"row": (rows + offset + 1).cast(pl.UInt32), "column": pl.repeat(str(name), len(rows), eager=True),
+    return pl.DataFrame({"row": (rows + offset + 1).cast(pl.UInt32), "column": pl.repeat(column.name, len(rows), eager=True),
                          "text": column.gather(rows)})
