@@ -381,9 +381,13 @@ def test_json_names_the_rule_and_rule_set_version(tmp_path: Path) -> None:
     from saferoom.check.rules import ruleset
 
     (tmp_path / "leak.txt").write_text("ssn 212-67-8910\ntoken ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5\n")
+    pd.DataFrame({"region": ["north", "south"], "count": [120, 4], "contact": ["jane.roe@gmail.com", "x"]}).to_csv(tmp_path / "t.csv", index=False)
     run = [sys.executable, "-c", "from saferoom.cli import main; main()", "check", str(tmp_path), "-f", "json"]
     done = subprocess.run(run, capture_output=True, text=True, check=False)
-    findings = {f["rule_id"]: f for f in json.loads(done.stdout)["findings"]}
+    every = json.loads(done.stdout)["findings"]
+    assert {f["rule_id"] for f in every} == {"ssn", "github-pat", "small-cell", "email"}
+    assert all(f["ruleset"] and f["ruleset_version"] for f in every), every  # every finding names its rule set and version
+    findings = {f["rule_id"]: f for f in every}
     assert findings["github-pat"]["ruleset"] == "gitleaks" and findings["github-pat"]["ruleset_version"] == ruleset().version
     assert findings["ssn"]["ruleset"] == "saferoom" and findings["ssn"]["ruleset_version"] == saferoom.__version__
     assert "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5" not in done.stdout
