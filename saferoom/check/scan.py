@@ -78,7 +78,7 @@ ANY = "|".join(f"(?:{d.pattern})" for d in DETECTORS)
 @cache
 def prefilter() -> str:
     """One regex for every detector's pattern and every secret rule's keyword: a cell it misses holds no finding."""
-    return f"{ANY}|{ruleset().keyword_pattern}"
+    return f"{ANY}|{ruleset().candidate_pattern}"
 
 
 def detect(cells: pl.DataFrame, *, text: bool = True) -> list[Finding]:

@@ -26,6 +26,7 @@ from saferoom.check.cells import Batch, cells_frame
 BATCH_BYTES = 8 << 20
 BLOCK_BYTES = 1 << 20  # Arrow's CSV block: larger blocks cost far more memory than their size
 EXCEL_ROWS = 20_000
+PARQUET_ROWS = 16_384
 LOSSY = "saferoom-utf8-lossy"
 
 
@@ -126,10 +127,10 @@ def _parquet(path: Path, label: str) -> Iterator[Batch]:
     with pq.ParquetFile(path) as file:
         schema = file.schema_arrow
         wanted = [f.name for f in schema if not _numeric_only(f.type)] or schema.names[:1]
-        rows = max(1, BATCH_BYTES // max(1, _row_bytes(file)))
         offset = 0
-        for record in file.iter_batches(batch_size=rows, columns=wanted, use_threads=False):
-            frame = pl.from_arrow(record)
+        # small record batches gathered by their size in memory: a dictionary-encoded column is small on disk only
+        for group in _grouped(file.iter_batches(batch_size=PARQUET_ROWS, columns=wanted, use_threads=False)):
+            frame = pl.from_arrow(pa.Table.from_batches(group))
             assert isinstance(frame, pl.DataFrame)
             yield _table(_texts(frame), offset)
             offset += frame.height
@@ -138,12 +139,6 @@ def _parquet(path: Path, label: str) -> Iterator[Batch]:
 def _numeric_only(kind: pa.DataType) -> bool:
     """Floats, dates, times and booleans carry no pattern; integers can (a card number stored as a number)."""
     return bool(pa.types.is_floating(kind) or pa.types.is_temporal(kind) or pa.types.is_boolean(kind))
-
-
-def _row_bytes(file: pq.ParquetFile) -> int:
-    meta = file.metadata
-    total = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    return int(total // max(1, meta.num_rows))
 
 
 def _texts(frame: pl.DataFrame) -> pl.DataFrame:
