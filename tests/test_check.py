@@ -540,3 +540,18 @@ def test_memory_stays_bounded_however_large_the_table(tmp_path: Path) -> None:
         path.unlink()
     assert peaks[1] - peaks[0] < (sizes[1] - sizes[0]) / 2, (peaks, sizes)
     assert counts[1][0] > counts[0][0] * 6 and counts[1][1] <= 3 * airlock.EXAMPLES, counts  # every finding counted, a bounded number kept
+
+
+SHORT_KEYWORDS = [  # rules whose keyword is one or two letters: the table prefilter reads their regex instead
+    ("twilio SK8a3f9c2e7b1d4f6a8c0e2b4d6f8a1c3e5", "twilio-api-key"),
+    ("jwt eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "jwt"),
+    ("<td>hvs.CAESIJlWh5LEHU1dZ8QcUwPqJtrR2FvAL4o9HLqtQv2bQeQhGh4KHGh2cy5QbVB6c0RGZlpGY2pPRjNIZWdMR3h3Qkw</td>", "vault-service-token"),
+    ("vault s.Xk7Pq2Lm9Rt4Vw8Yz3Bn6Cd1", "vault-service-token"),
+    ("risk task desk they survey money SKU-1234", None),
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), SHORT_KEYWORDS, ids=[r or "none" for _, r in SHORT_KEYWORDS])
+def test_rules_with_short_keywords_still_find_their_secrets_in_tables(text: str, rule: str | None) -> None:
+    found = [f.rule_id for f in airlock.check(pl.DataFrame({"v": [text]})).findings]
+    assert found == ([rule] if rule else []), found
