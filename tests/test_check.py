@@ -555,3 +555,18 @@ SHORT_KEYWORDS = [  # rules whose keyword is one or two letters: the table prefi
 def test_rules_with_short_keywords_still_find_their_secrets_in_tables(text: str, rule: str | None) -> None:
     found = [f.rule_id for f in airlock.check(pl.DataFrame({"v": [text]})).findings]
     assert found == ([rule] if rule else []), found
+
+
+def test_each_sheet_of_a_workbook_is_its_own_table(tmp_path: Path) -> None:
+    """One suppressed cell in each of two sheets, each with its total: each is given back, named by its cell."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    for index, title in enumerate(("North", "South")):
+        sheet = book.active if index == 0 else book.create_sheet()
+        sheet.title = title
+        for row in (["group", "n"], ["a", "40"], ["b", "*"], ["Total", "80"]):
+            sheet.append(row)
+    book.save(tmp_path / "counts.xlsx")
+    found = sorted((f.kind, f.location) for f in airlock.check(tmp_path / "counts.xlsx").findings)
+    assert found == [("recoverable-cell", "North!B3, column n"), ("recoverable-cell", "South!B3, column n")]

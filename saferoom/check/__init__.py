@@ -97,14 +97,17 @@ def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None =
         report.files += 1
         if progress:
             progress(label)
-        tables, seen = TableChecks(label, min_cell), set[tuple[str, str]]()
+        tables: dict[str, tuple[TableChecks, Batch]] = {}  # a workbook's sheets are tables of their own
+        seen = set[tuple[str, str]]()
         try:
             for batch in batches:
-                found = _batch(batch, label, tables, index, key)
+                checks = tables.setdefault(batch.part, (TableChecks(label, min_cell), batch))[0]
+                found = _batch(batch, label, checks, index, key)
                 report.add([f for f in _once(found, seen) if f.sha256 not in allowed])
         except Unreadable as exc:
             report.errors.append((label, str(exc)))
-        report.add([f for f in tables.finish() if f.sha256 not in allowed])
+        for checks, first in tables.values():
+            report.add([f for f in _relocated(checks.finish(), first) if f.sha256 not in allowed])
     return report
 
 
@@ -123,6 +126,10 @@ def _batch(batch: Batch, label: str, tables: TableChecks, index: list[object] | 
     if index is not None:
         found += fingerprint_matches(cells, key, index)  # type: ignore[arg-type]
     found += birth_dates(cells)
+    return _relocated(found, batch)
+
+
+def _relocated(found: list[Finding], batch: Batch) -> list[Finding]:
     relocate = batch.relocate
     return [replace(f, location=relocate(f.location)) for f in found] if relocate else found
 

@@ -25,6 +25,7 @@ class Batch:
     offset: int = 0  # rows of the table read before this batch
     text: bool = False  # cells are a text's lines or a notebook's parts, which secrets are matched across
     relocate: Callable[[str], str] | None = None  # a location as this format names it (an Excel cell: Sheet1!C7)
+    part: str = ""  # the table of the file the rows belong to: a workbook's sheet
 
 
 def cells_frame(label: str, rows: list[int], columns: list[str | None], texts: list[str],

@@ -196,17 +196,17 @@ def _sheet(title: str, rows: Iterator[tuple[Any, ...]], label: str) -> Iterator[
     for values in rows:
         block.append(["" if v is None else str(v) for v in values[:len(names)]])
         if len(block) == EXCEL_ROWS:
-            yield _sheet_batch(block, names, offset, relocate)
+            yield _sheet_batch(block, names, offset, relocate, title)
             offset, block = offset + len(block), []
     if block or offset == 0:
-        yield _sheet_batch(block, names, offset, relocate)
+        yield _sheet_batch(block, names, offset, relocate, title)
 
 
-def _sheet_batch(block: list[list[str]], names: list[str], offset: int, relocate: Any) -> Batch:
+def _sheet_batch(block: list[list[str]], names: list[str], offset: int, relocate: Any, title: str) -> Batch:
     columns = list(zip(*[row + [""] * (len(names) - len(row)) for row in block], strict=True)) if block else [()] * len(names)
     frame = pl.DataFrame({n: pl.Series(n, col, dtype=pl.String) for n, col in zip(names, columns, strict=True)})
     frame = frame.with_columns(pl.all().replace("", None))
-    return Batch(table=frame, offset=offset, relocate=relocate)
+    return Batch(table=frame, offset=offset, relocate=relocate, part=title)
 
 
 def _letter(index: int) -> str:
@@ -240,6 +240,7 @@ def _xls(path: Path, label: str) -> Iterator[Batch]:
         assert isinstance(frame, pl.DataFrame)
         batch = _table(frame, 0)
         batch.relocate = functools.partial(_sheet_prefix, name)
+        batch.part = name
         yield batch
 
 
