@@ -570,3 +570,14 @@ def test_each_sheet_of_a_workbook_is_its_own_table(tmp_path: Path) -> None:
     book.save(tmp_path / "counts.xlsx")
     found = sorted((f.kind, f.location) for f in airlock.check(tmp_path / "counts.xlsx").findings)
     assert found == [("recoverable-cell", "North!B3, column n"), ("recoverable-cell", "South!B3, column n")]
+
+
+def test_a_json_lines_record_too_long_to_hold_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saferoom.check import tables
+
+    monkeypatch.setattr(tables, "LONGEST_RECORD", 1 << 20)
+    monkeypatch.setattr(tables, "BATCH_BYTES", 1 << 18)
+    (tmp_path / "long.jsonl").write_text('{"a": "ssn 212-67-8910"}\n{"b": "' + "x" * (2 << 20) + '"}\n')
+    report = airlock.check(tmp_path / "long.jsonl")
+    assert "a line longer than 1 MiB" in dict(report.errors)[str(tmp_path / "long.jsonl")] and report.exit_code == 2
+    assert [f.kind for f in report.findings] == ["ssn"]  # what was read before it is still reported

@@ -27,6 +27,7 @@ BATCH_BYTES = 8 << 20
 BLOCK_BYTES = 1 << 20  # Arrow's CSV block: larger blocks cost far more memory than their size
 EXCEL_ROWS = 20_000
 PARQUET_ROWS = 16_384
+LONGEST_RECORD = 64 << 20
 LOSSY = "saferoom-utf8-lossy"
 
 
@@ -167,6 +168,8 @@ def _line_blocks(path: Path) -> Iterator[bytes]:
             if cut:
                 yield data[:cut]
             carry = data[cut:]
+            if len(carry) > LONGEST_RECORD:  # one record is never read past this: memory stays bounded
+                raise ValueError(f"a line longer than {LONGEST_RECORD >> 20} MiB")
         if carry.strip():
             yield carry
 
