@@ -581,3 +581,21 @@ def test_a_json_lines_record_too_long_to_hold_is_reported(tmp_path: Path, monkey
     report = airlock.check(tmp_path / "long.jsonl")
     assert "a line longer than 1 MiB" in dict(report.errors)[str(tmp_path / "long.jsonl")] and report.exit_code == 2
     assert [f.kind for f in report.findings] == ["ssn"]  # what was read before it is still reported
+
+
+def test_a_large_text_is_read_in_blocks_of_lines_and_keeps_its_line_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks repeat the last lines of the one before: a key block across the edge is found whole, once."""
+    from saferoom.check import readers, tables
+
+    monkeypatch.setattr(readers, "WHOLE_TEXT", 1 << 12)
+    monkeypatch.setattr(tables, "BATCH_BYTES", 1 << 12)
+    monkeypatch.setattr(readers, "REPEATED_LINES", 20)
+    lines = [f"line {n} nothing to see" for n in range(1, 1001)]
+    lines[99] = "ssn 212-67-8910"
+    pem = PEM.split("\n")
+    start = next(n for n in range(180, 400) if sum(len(x) + 1 for x in lines[:n]) % (1 << 12) > (1 << 12) - 60)  # a block ends inside it
+    lines[start:start + len(pem)] = pem
+    lines[899] = "mail jane.roe@gmail.com"
+    (tmp_path / "big.log").write_text("\n".join(lines) + "\n")
+    found = sorted((f.rule_id, f.location) for f in airlock.check(tmp_path / "big.log").findings)
+    assert found == [("email", "line 900"), ("private-key", f"line {start + 1}"), ("ssn", "line 100")], found

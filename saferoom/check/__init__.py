@@ -99,10 +99,11 @@ def check(target: Any, *, fingerprints: Path | None = None, key: Secret | None =
             progress(label)
         tables: dict[str, tuple[TableChecks, Batch]] = {}  # a workbook's sheets are tables of their own
         seen = set[tuple[str, str]]()
+        repeated: set[tuple[str, str, str]] = set()
         try:
             for batch in batches:
                 checks = tables.setdefault(batch.part, (TableChecks(label, min_cell), batch))[0]
-                found = _batch(batch, label, checks, index, key)
+                found = _not_repeated(_batch(batch, label, checks, index, key), batch, repeated)
                 report.add([f for f in _once(found, seen) if f.sha256 not in allowed])
         except Unreadable as exc:
             report.errors.append((label, str(exc)))
@@ -132,6 +133,21 @@ def _batch(batch: Batch, label: str, tables: TableChecks, index: list[object] | 
 def _relocated(found: list[Finding], batch: Batch) -> list[Finding]:
     relocate = batch.relocate
     return [replace(f, location=relocate(f.location)) for f in found] if relocate else found
+
+
+def _not_repeated(found: list[Finding], batch: Batch, repeated: set[tuple[str, str, str]]) -> list[Finding]:
+    """A large text's blocks overlap by a few lines: what the block before found there is not found again."""
+    if batch.repeats is None:
+        return found
+    fresh, tail = batch.repeats
+    kept = [f for f in found if _line_of(f) >= fresh or (f.location, f.kind, f.sha256) not in repeated]
+    repeated.clear()
+    repeated.update((f.location, f.kind, f.sha256) for f in found if _line_of(f) >= tail)
+    return kept
+
+
+def _line_of(finding: Finding) -> int:
+    return int(finding.location.removeprefix("line ")) if finding.location.startswith("line ") else 0
 
 
 def _once(found: list[Finding], seen: set[tuple[str, str]]) -> list[Finding]:

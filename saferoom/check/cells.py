@@ -26,6 +26,7 @@ class Batch:
     text: bool = False  # cells are a text's lines or a notebook's parts, which secrets are matched across
     relocate: Callable[[str], str] | None = None  # a location as this format names it (an Excel cell: Sheet1!C7)
     part: str = ""  # the table of the file the rows belong to: a workbook's sheet
+    repeats: tuple[int, int] | None = None  # a large text's block: its first line not in the block before, and the first the next repeats
 
 
 def cells_frame(label: str, rows: list[int], columns: list[str | None], texts: list[str],

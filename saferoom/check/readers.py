@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import polars as pl
 
 from saferoom.check import tables
@@ -22,7 +23,8 @@ from saferoom.check.cells import Batch, cells_frame
 CHUNK = 1 << 20  # very long lines are read in overlapping chunks, never whole
 CHUNKS_PER_BATCH = 8
 OVERLAP = 256
-WHOLE_TEXT = 32 << 20  # a larger text is read in chunks, a few at a time (its findings then name a byte offset)
+WHOLE_TEXT = 8 << 20  # a larger text is read in blocks of lines (or of bytes, if a line is over CHUNK)
+REPEATED_LINES = 200  # each block of a large text starts with the last lines of the block before
 TABLES = {".csv", ".tsv", ".parquet", ".jsonl", ".ndjson", ".xlsx", ".xlsm", ".xls"}
 
 
@@ -136,7 +138,7 @@ def _text(path: Path, label: str) -> Iterator[Batch]:
     if b"\0" in head:
         raise Unreadable("a binary file; saferoom reads text, tables and notebooks")
     if path.stat().st_size > WHOLE_TEXT:
-        yield from _chunks(path, label)
+        yield from _chunks(path, label) if _longest_line(path) > CHUNK else _line_batches(path, label)
         return
     text = path.read_text(encoding="utf-8", errors="replace")
     lines = _lines(text)
@@ -144,6 +146,35 @@ def _text(path: Path, label: str) -> Iterator[Batch]:
         yield from _chunks(path, label)
         return
     yield Batch(cells_frame(label, list(range(1, len(lines) + 1)), [None] * len(lines), lines), text=True)
+
+
+def _longest_line(path: Path) -> int:
+    """The longest line's length in bytes, read a block at a time; it stops once a line is longer than CHUNK."""
+    longest, since = 0, 0  # since: bytes after the last line end
+    with path.open("rb") as f:
+        while longest <= CHUNK and (block := f.read(CHUNK)):
+            ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+            if len(ends):
+                lengths = np.diff(ends, prepend=-1) - 1
+                longest = max(longest, int(lengths[0]) + since, int(lengths.max()))
+                since = len(block) - int(ends[-1]) - 1
+            else:
+                since += len(block)
+            longest = max(longest, since)
+    return longest
+
+
+def _line_batches(path: Path, label: str) -> Iterator[Batch]:
+    """A large text in blocks of whole lines, each repeating the last lines of the one before, so a key block or
+    a command spanning lines is matched whole; a finding both blocks hold is reported once (``check``)."""
+    first, carry = 1, list[str]()
+    for block in tables.line_blocks(path):
+        lines = carry + _lines(block.decode("utf-8", errors="replace"))
+        start = first - len(carry)
+        rows = list(range(start, start + len(lines)))
+        carry = lines[-REPEATED_LINES:]
+        yield Batch(cells_frame(label, rows, [None] * len(lines), lines), text=True, repeats=(first, start + len(lines) - len(carry)))
+        first = start + len(lines)
 
 
 def _lines(text: str) -> list[str]:

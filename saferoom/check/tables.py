@@ -152,14 +152,14 @@ def _texts(frame: pl.DataFrame) -> pl.DataFrame:
 def _jsonl(path: Path, label: str) -> Iterator[Batch]:
     """Blocks of whole lines, each parsed on its own; every block infers its own columns."""
     offset = 0
-    for block in _line_blocks(path):
+    for block in line_blocks(path):
         frame = pl.read_ndjson(io.BytesIO(block), infer_schema_length=None)
         frame = frame.select(pl.all().cast(pl.String, strict=False)) if frame.width else frame
         yield _table(frame, offset)
         offset += frame.height
 
 
-def _line_blocks(path: Path) -> Iterator[bytes]:
+def line_blocks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as f:
         carry = b""
         while block := f.read(BATCH_BYTES):
