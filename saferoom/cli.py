@@ -490,6 +490,7 @@ def check_command(
 
 
 def _print_check(report: CheckReport, format: CheckFormat, details: bool) -> None:
+    from saferoom.check import EXAMPLES
     from saferoom.check.sarif import sarif
 
     if format is CheckFormat.json:
@@ -503,7 +504,8 @@ def _print_check(report: CheckReport, format: CheckFormat, details: bool) -> Non
             _print_summary(report)
         for file, problem in report.errors:
             out.print(f"[yellow]unreadable[/] {escape(file)}: {escape(problem)}")
-        out.print(f"{report.files} file(s), {len(report.findings)} finding(s), {len(report.errors)} unreadable.")
+        kept = f" ({report.omitted} past the first {EXAMPLES} of a file, place and kind not listed)" if report.omitted else ""
+        out.print(f"{report.files} file(s), {sum(report.counts.values())} finding(s){kept}, {len(report.errors)} unreadable.")
 
 
 def _print_findings(report: CheckReport) -> None:

@@ -373,7 +373,7 @@ def test_a_pgp_key_block_over_lines_is_one_finding_on_its_first_line(tmp_path: P
 
 
 def test_line_numbers_count_newlines_only(tmp_path: Path) -> None:
-    (tmp_path / "odd.txt").write_text("page\fbreak\x1cand\u2028more\nssn 212-67-8910\n")
+    (tmp_path / "odd.txt").write_text("page\fbreak\x1cand\x1d\x1e\x85\u2028more\u2029\v\r\nssn 212-67-8910\n")
     assert [f.location for f in airlock.check(tmp_path / "odd.txt").findings] == ["line 2"]
 
 
@@ -381,9 +381,13 @@ def test_json_names_the_rule_and_rule_set_version(tmp_path: Path) -> None:
     from saferoom.check.rules import ruleset
 
     (tmp_path / "leak.txt").write_text("ssn 212-67-8910\ntoken ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5\n")
+    pd.DataFrame({"region": ["north", "south"], "count": [120, 4], "contact": ["jane.roe@gmail.com", "x"]}).to_csv(tmp_path / "t.csv", index=False)
     run = [sys.executable, "-c", "from saferoom.cli import main; main()", "check", str(tmp_path), "-f", "json"]
     done = subprocess.run(run, capture_output=True, text=True, check=False)
-    findings = {f["rule_id"]: f for f in json.loads(done.stdout)["findings"]}
+    every = json.loads(done.stdout)["findings"]
+    assert {f["rule_id"] for f in every} == {"ssn", "github-pat", "small-cell", "email"}
+    assert all(f["ruleset"] and f["ruleset_version"] for f in every), every  # every finding names its rule set and version
+    findings = {f["rule_id"]: f for f in every}
     assert findings["github-pat"]["ruleset"] == "gitleaks" and findings["github-pat"]["ruleset_version"] == ruleset().version
     assert findings["ssn"]["ruleset"] == "saferoom" and findings["ssn"]["ruleset_version"] == saferoom.__version__
     assert "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5" not in done.stdout
@@ -410,8 +414,188 @@ def test_go_regexes_are_read_as_go_reads_them(go: str, rust: str) -> None:
     assert rust_regex(go) == rust
 
 
-def test_notebook_findings_name_the_cell(tmp_path: Path) -> None:
+def test_notebook_findings_name_the_cell_and_its_line(tmp_path: Path) -> None:
     cells = [{"cell_type": "markdown", "source": ["# Title\n"]},
-             {"cell_type": "code", "source": ["x = 1\n", "print('212-67-8910')\n"], "outputs": []}]
+             {"cell_type": "code", "source": ["x = 1\n", "print('212-67-8910')\n", "t = 'ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5'\n"],
+              "outputs": [{"output_type": "stream", "name": "stdout", "text": ["ok\n", "jane.roe@gmail.com\n"]}]}]
     (tmp_path / "n.ipynb").write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    assert [f.location for f in airlock.check(tmp_path / "n.ipynb").findings] == ["cell 2, source"]
+    report = airlock.check(tmp_path / "n.ipynb")
+    assert sorted((f.rule_id, f.location) for f in report.findings) == [
+        ("email", "cell 2, output stream, line 2"), ("github-pat", "cell 2, source, line 3"), ("ssn", "cell 2, source, line 2")]
+    assert {g.where() for g in report.summary()} == {"cell 2, output stream, line 2", "cell 2, source, line 3", "cell 2, source, line 2"}
+
+
+def test_excel_findings_name_the_sheet_and_cell(tmp_path: Path) -> None:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    first = book.active
+    first.title = "Orders"
+    first["B3"], first["C3"] = "id", "note"  # the table starts at B3: its header row
+    for row in range(4, 9):
+        first[f"B{row}"], first[f"C{row}"] = row, "fine"
+    first["C7"] = "ssn 212-67-8910"
+    second = book.create_sheet("People")
+    second.append(["name", "contact"])
+    second.append(["Jane", "jane.roe@gmail.com"])
+    book.save(tmp_path / "book.xlsx")
+    found = sorted((f.kind, f.file, f.location) for f in airlock.check(tmp_path / "book.xlsx").findings)
+    book_path = str(tmp_path / "book.xlsx")
+    assert found == [("email", book_path, "People!B2, column contact"), ("ssn", book_path, "Orders!C7, column note")]
+    assert {g.where() for g in airlock.check(tmp_path / "book.xlsx").summary()} == {"People column contact", "Orders column note"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet", "jsonl", "xlsx"])
+def test_rows_are_numbered_across_batches(tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small batches force a table to be read in many: every row keeps its own number, in every format."""
+    from saferoom.check import tables
+
+    monkeypatch.setattr(tables, "BATCH_BYTES", 4096)
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(tables, "EXCEL_ROWS", 100)
+    notes = ["order shipped on time, nothing to report"] * 3000
+    planted = {17: "ssn 212-67-8910", 1234: "card 4539 1488 0343 6467", 2999: "mail jane.roe@gmail.com"}
+    for row, value in planted.items():
+        notes[row] = value
+    pd.DataFrame({"id": range(3000), "note": notes, "n": [100] * 2999 + [3]}).to_parquet(tmp_path / "t.parquet", row_group_size=500) \
+        if fmt == "parquet" else write(tmp_path, fmt, notes, "t")
+    found = sorted(f.location for f in airlock.check(tmp_path / f"t.{fmt}", min_cell=0).findings)
+    expected = [f"row {row + 1}, column note" for row in planted]
+    if fmt == "xlsx":  # the header is the sheet's row 1, so a table's row n is the sheet's row n + 1
+        expected = [f"Sheet1!B{row + 2}, column note" for row in planted]
+    assert found == sorted(expected)
+
+
+def test_a_suppressed_cell_is_recoverable_across_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saferoom.check import tables
+
+    monkeypatch.setattr(tables, "BATCH_BYTES", 1024)
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 1024)
+    groups = [f"g{i}" for i in range(400)] + ["Total"]
+    counts = ["50"] * 400 + ["20000"]
+    counts[7] = "*"
+    pd.DataFrame({"group": groups, "n": counts}).to_csv(tmp_path / "s.csv", index=False)
+    assert [(f.kind, f.location) for f in airlock.check(tmp_path / "s.csv").findings] == [("recoverable-cell", "row 8, column n")]
+    counts[300] = "*"  # two suppressed cells: neither is given back by the total alone
+    pd.DataFrame({"group": groups, "n": counts}).to_csv(tmp_path / "s.csv", index=False)
+    assert airlock.check(tmp_path / "s.csv").findings == []
+
+
+def test_a_csv_that_is_not_utf8_or_has_ragged_rows_is_still_read(tmp_path: Path) -> None:
+    (tmp_path / "odd.csv").write_bytes(b"id,note\n1,caf\xe9\n2,ssn 212-67-8910\n3,a,b,extra mail jane.roe@gmail.com\n4,card 4539 1488 0343 6467\n")
+    report = airlock.check(tmp_path / "odd.csv")
+    assert not report.errors
+    assert sorted(f.kind for f in report.findings) == ["card-number", "email", "ssn"]
+
+
+def test_findings_past_the_cap_are_counted_not_kept(tmp_path: Path) -> None:
+    from saferoom.check import EXAMPLES
+
+    ssns = [f"212-67-{n:04d}" for n in range(1, EXAMPLES * 3 + 1)]
+    pd.DataFrame({"ssn": ssns}).to_csv(tmp_path / "many.csv", index=False)
+    report = airlock.check(tmp_path / "many.csv")
+    assert len(report.findings) == EXAMPLES and report.omitted == EXAMPLES * 2 and report.exit_code == 1
+    assert [(g.place, g.count) for g in report.summary()] == [("column ssn", EXAMPLES * 3)]
+    assert report.to_dict()["omitted"] == [{"file": str(tmp_path / "many.csv"), "place": "column ssn", "kind": "ssn",
+                                            "findings": EXAMPLES * 3, "kept": EXAMPLES}]
+    done = subprocess.run([sys.executable, "-c", "from saferoom.cli import main; main()", "check", str(tmp_path / "many.csv")],
+                          capture_output=True, text=True, check=False)
+    assert f"{EXAMPLES * 3} finding(s) ({EXAMPLES * 2} past the first {EXAMPLES}" in done.stdout, done.stdout
+
+
+# The child's own peak: VmHWM starts afresh at exec, while ru_maxrss keeps the peak of the process it was forked from.
+PEAK = """
+import re, sys
+import saferoom.check as airlock
+report = airlock.check(sys.argv[1])
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+print(peak, sum(report.counts.values()), len(report.findings))
+"""
+
+
+def _orders_csv(path: Path, megabytes: int) -> int:
+    """Order-like rows, one in a hundred carrying an SSN, an email or a card, repeated up to the size asked."""
+    rng = np.random.default_rng(7)
+    pii = np.array(["ssn 212-67-8910", "mail jane.roe@gmail.com", "card 4539 1488 0343 6467"])
+    notes = np.where(rng.random(20_000) < 0.01, pii[rng.integers(0, 3, 20_000)], "order shipped on time; no issue reported")
+    block = "".join(f"{i},SKU-{i % 9973},{i * 0.37:.2f},{note}\n" for i, note in enumerate(notes)).encode()
+    with path.open("wb") as f:
+        f.write(b"order_id,sku,amount,note\n")
+        for _ in range(megabytes * 1_000_000 // len(block) + 1):
+            f.write(block)
+    return path.stat().st_size
+
+
+def test_memory_stays_bounded_however_large_the_table(tmp_path: Path) -> None:
+    """Two CSVs, one eight times the other: the larger's peak memory grows far less than its extra size
+    (reading a table whole grew it by about five times the file)."""
+    peaks, sizes, counts = [], [], []
+    for megabytes in (30, 240):
+        path = tmp_path / f"orders-{megabytes}.csv"
+        sizes.append(_orders_csv(path, megabytes))
+        done = subprocess.run([sys.executable, "-c", PEAK, str(path)], capture_output=True, text=True, check=True)
+        peak, found, kept = map(int, done.stdout.split())
+        peaks.append(peak)
+        counts.append((found, kept))
+        path.unlink()
+    assert peaks[1] - peaks[0] < (sizes[1] - sizes[0]) / 2, (peaks, sizes)
+    assert counts[1][0] > counts[0][0] * 6 and counts[1][1] <= 3 * airlock.EXAMPLES, counts  # every finding counted, a bounded number kept
+
+
+SHORT_KEYWORDS = [  # rules whose keyword is one or two letters: the table prefilter reads their regex instead
+    ("twilio SK8a3f9c2e7b1d4f6a8c0e2b4d6f8a1c3e5", "twilio-api-key"),
+    ("jwt eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "jwt"),
+    ("<td>hvs.CAESIJlWh5LEHU1dZ8QcUwPqJtrR2FvAL4o9HLqtQv2bQeQhGh4KHGh2cy5QbVB6c0RGZlpGY2pPRjNIZWdMR3h3Qkw</td>", "vault-service-token"),
+    ("vault s.Xk7Pq2Lm9Rt4Vw8Yz3Bn6Cd1", "vault-service-token"),
+    ("risk task desk they survey money SKU-1234", None),
+]
+
+
+@pytest.mark.parametrize(("text", "rule"), SHORT_KEYWORDS, ids=[r or "none" for _, r in SHORT_KEYWORDS])
+def test_rules_with_short_keywords_still_find_their_secrets_in_tables(text: str, rule: str | None) -> None:
+    found = [f.rule_id for f in airlock.check(pl.DataFrame({"v": [text]})).findings]
+    assert found == ([rule] if rule else []), found
+
+
+def test_each_sheet_of_a_workbook_is_its_own_table(tmp_path: Path) -> None:
+    """One suppressed cell in each of two sheets, each with its total: each is given back, named by its cell."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    for index, title in enumerate(("North", "South")):
+        sheet = book.active if index == 0 else book.create_sheet()
+        sheet.title = title
+        for row in (["group", "n"], ["a", "40"], ["b", "*"], ["Total", "80"]):
+            sheet.append(row)
+    book.save(tmp_path / "counts.xlsx")
+    found = sorted((f.kind, f.location) for f in airlock.check(tmp_path / "counts.xlsx").findings)
+    assert found == [("recoverable-cell", "North!B3, column n"), ("recoverable-cell", "South!B3, column n")]
+
+
+def test_a_json_lines_record_too_long_to_hold_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saferoom.check import tables
+
+    monkeypatch.setattr(tables, "LONGEST_RECORD", 1 << 20)
+    monkeypatch.setattr(tables, "BATCH_BYTES", 1 << 18)
+    (tmp_path / "long.jsonl").write_text('{"a": "ssn 212-67-8910"}\n{"b": "' + "x" * (2 << 20) + '"}\n')
+    report = airlock.check(tmp_path / "long.jsonl")
+    assert "a line longer than 1 MiB" in dict(report.errors)[str(tmp_path / "long.jsonl")] and report.exit_code == 2
+    assert [f.kind for f in report.findings] == ["ssn"]  # what was read before it is still reported
+
+
+def test_a_large_text_is_read_in_blocks_of_lines_and_keeps_its_line_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks repeat the last lines of the one before: a key block across the edge is found whole, once."""
+    from saferoom.check import readers, tables
+
+    monkeypatch.setattr(readers, "WHOLE_TEXT", 1 << 12)
+    monkeypatch.setattr(tables, "BATCH_BYTES", 1 << 12)
+    monkeypatch.setattr(readers, "REPEATED_LINES", 20)
+    lines = [f"line {n} nothing to see" for n in range(1, 1001)]
+    lines[99] = "ssn 212-67-8910"
+    pem = PEM.split("\n")
+    start = next(n for n in range(180, 400) if sum(len(x) + 1 for x in lines[:n]) % (1 << 12) > (1 << 12) - 60)  # a block ends inside it
+    lines[start:start + len(pem)] = pem
+    lines[899] = "mail jane.roe@gmail.com"
+    (tmp_path / "big.log").write_text("\n".join(lines) + "\n")
+    found = sorted((f.rule_id, f.location) for f in airlock.check(tmp_path / "big.log").findings)
+    assert found == [("email", "line 900"), ("private-key", f"line {start + 1}"), ("ssn", "line 100")], found

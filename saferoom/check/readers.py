@@ -1,9 +1,8 @@
-"""Every format the airlock reads, turned into one shape: cells of text with where they came from.
+"""Every format the airlock reads, turned into batches of cells (see ``cells.py``).
 
-A cell is (file, row, column, text): a table's value, a line of text, a
-notebook cell's source or output. Tables also come back whole, for the
-disclosure checks. A file that cannot be read is an error to report, never a
-file silently skipped.
+Tables are streamed (``tables.py``); a text, a notebook or a JSON document is one batch, a text over
+32 MiB a few 1 MiB pieces at a time. A file that cannot be read is an error to report, never a file
+silently skipped.
 """
 
 from __future__ import annotations
@@ -12,39 +11,40 @@ import json
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import duckdb
+import numpy as np
 import polars as pl
-from sqlglot import exp
+
+from saferoom.check import tables
+from saferoom.check.cells import Batch, cells_frame
 
 CHUNK = 1 << 20  # very long lines are read in overlapping chunks, never whole
+CHUNKS_PER_BATCH = 8
 OVERLAP = 256
-TABLES = {".csv", ".tsv", ".parquet", ".jsonl", ".ndjson", ".xlsx", ".xls"}
-
-
-@dataclass
-class Read:
-    cells: list[pl.DataFrame] = field(default_factory=list)
-    tables: list[tuple[str, pl.DataFrame]] = field(default_factory=list)
-    text: bool = False  # cells are a text's lines or a notebook's parts, which secrets are matched across
+WHOLE_TEXT = 8 << 20  # a larger text is read in blocks of lines (or of bytes, if a line is over CHUNK)
+REPEATED_LINES = 200  # each block of a large text starts with the last lines of the block before
+TABLES = {".csv", ".tsv", ".parquet", ".jsonl", ".ndjson", ".xlsx", ".xlsm", ".xls"}
 
 
 class Unreadable(Exception):
     """A file saferoom cannot read; the message says why."""
 
 
-def read(path: Path, label: str) -> Read:
+def read(path: Path, label: str) -> Iterator[Batch]:
+    """The file in batches; a file that turns out unreadable half way raises Unreadable when that batch is read."""
     _regular(path)
     suffix = path.suffix.lower()
     try:
-        if suffix in TABLES or suffix == ".json":
-            return _table_file(path, label, suffix)
-        if suffix == ".ipynb":
-            return Read(cells=[_notebook(path, label)], text=True)
-        return Read(cells=[_text(path, label)], text=True)
+        if suffix in TABLES:
+            yield from tables.batches(path, label, suffix)
+        elif suffix == ".json":
+            yield _json(path, label)
+        elif suffix == ".ipynb":
+            yield Batch(_notebook(path, label), text=True)
+        else:
+            yield from _text(path, label)
     except Unreadable:
         raise
     except (OSError, UnicodeDecodeError) as exc:
@@ -61,6 +61,9 @@ def as_text(target: Any) -> pl.DataFrame:
     Arrow cannot type (mixed ints and strings, dicts, bytes) is turned into text value by value first,
     since its values are Python objects anyway.
     """
+    import duckdb
+    from sqlglot import exp
+
     frame = target if isinstance(target, pl.DataFrame) else _from_pandas(target)
     if frame.width == 0:
         return pl.DataFrame()
@@ -87,13 +90,7 @@ def _pandas_column(column: Any, name: str) -> pl.DataFrame:
 
 
 def _unique_names(columns: Any) -> list[str]:
-    names: list[str] = []
-    for column in columns:
-        name = " ".join(map(str, column)) if isinstance(column, tuple) else str(column)
-        while name in names:
-            name += "'"
-        names.append(name)
-    return names
+    return tables.unique_names([" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in columns])
 
 
 def _regular(path: Path) -> None:
@@ -106,55 +103,19 @@ def _regular(path: Path) -> None:
         raise Unreadable("not a regular file (pipes, sockets and devices are never read)")
 
 
-def frame_cells(frame: pl.DataFrame, label: str) -> pl.DataFrame:
-    """Every value of a table that could hold something sensitive, as text, with its row (1-based).
-
-    Text columns are read whole. Of integer columns only values long enough to be a card or an
-    account number are kept; floats, dates and booleans cannot carry the patterns and are skipped.
-    """
-    parts = [p for name in frame.columns if (p := _column_cells(frame, name)) is not None]
-    names = pl.DataFrame({"row": [0] * len(frame.columns), "column": [None] * len(frame.columns), "text": [str(c) for c in frame.columns]},
-                         schema={"row": pl.UInt32, "column": pl.String, "text": pl.String})
-    cells = pl.concat([names, *parts], how="vertical_relaxed") if parts else names
-    return cells.drop_nulls("text").with_columns(pl.lit(label).alias("file"))
-
-
-def _column_cells(frame: pl.DataFrame, name: str) -> pl.DataFrame | None:
-    column = frame.get_column(name)
-    indexed = pl.DataFrame({"value": column}).with_row_index("row", offset=1)
-    if column.dtype.is_integer():
-        indexed = indexed.filter(pl.col("value").abs() >= 10**12)
-    elif column.dtype != pl.String and column.dtype != pl.Categorical:
-        return None
-    return indexed.select("row", pl.lit(str(name)).alias("column"), pl.col("value").cast(pl.String, strict=False).alias("text"))
-
-
-def _table_file(path: Path, label: str, suffix: str) -> Read:
-    if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
-            frame = pl.DataFrame(data, infer_schema_length=None).select(pl.all().cast(pl.String, strict=False))
-            return Read([frame_cells(frame, label)], [(label, frame)])
-        return Read(cells=[_leaves(data, label)])
-    frames = _frames(path, suffix)
-    return Read([frame_cells(f, f"{label}{sheet}") for sheet, f in frames], [(f"{label}{sheet}", f) for sheet, f in frames])
-
-
-def _frames(path: Path, suffix: str) -> list[tuple[str, pl.DataFrame]]:
-    if suffix in (".csv", ".tsv"):
-        return [("", pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema=False,
-                                 truncate_ragged_lines=True, encoding="utf8-lossy"))]
-    if suffix == ".parquet":
-        return [("", pl.read_parquet(path))]
-    if suffix in (".jsonl", ".ndjson"):
-        return [("", pl.read_ndjson(path, infer_schema_length=None))]
-    sheets = pl.read_excel(path, sheet_id=0)
-    return [(f" [{name}]", frame) for name, frame in sheets.items()]
+def _json(path: Path, label: str) -> Batch:
+    """A JSON document is parsed whole (its structure needs all of it): a list of records is a table."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
+        frame = pl.DataFrame(data, infer_schema_length=None).select(pl.all().cast(pl.String, strict=False))
+        return Batch(table=frame)
+    return Batch(_leaves(data, label))
 
 
 def _leaves(data: object, label: str) -> pl.DataFrame:
     """Every scalar of a JSON document, with its path as the column."""
-    paths, texts = [], []
+    paths: list[str | None] = []
+    texts: list[str] = []
 
     def walk(node: object, where: str) -> None:
         if isinstance(node, dict):
@@ -168,23 +129,52 @@ def _leaves(data: object, label: str) -> pl.DataFrame:
             texts.append(str(node))
 
     walk(data, "$")
-    return pl.DataFrame({"row": [0] * len(texts), "column": paths, "text": texts},
-                        schema={"row": pl.UInt32, "column": pl.String, "text": pl.String}).with_columns(pl.lit(label).alias("file"))
+    return cells_frame(label, [0] * len(texts), paths, texts)
 
 
-def _text(path: Path, label: str) -> pl.DataFrame:
+def _text(path: Path, label: str) -> Iterator[Batch]:
     with path.open("rb") as f:
         head = f.read(8192)
     if b"\0" in head:
         raise Unreadable("a binary file; saferoom reads text, tables and notebooks")
-    if path.stat().st_size > 64 * CHUNK:
-        return _chunks(path, label)
+    if path.stat().st_size > WHOLE_TEXT:
+        yield from _chunks(path, label) if _longest_line(path) > CHUNK else _line_batches(path, label)
+        return
     text = path.read_text(encoding="utf-8", errors="replace")
     lines = _lines(text)
     if max((len(line) for line in lines), default=0) > CHUNK:
-        return _chunks(path, label)
-    return pl.DataFrame({"row": list(range(1, len(lines) + 1)), "column": [None] * len(lines), "text": lines},
-                        schema={"row": pl.UInt32, "column": pl.String, "text": pl.String}).with_columns(pl.lit(label).alias("file"))
+        yield from _chunks(path, label)
+        return
+    yield Batch(cells_frame(label, list(range(1, len(lines) + 1)), [None] * len(lines), lines), text=True)
+
+
+def _longest_line(path: Path) -> int:
+    """The longest line's length in bytes, read a block at a time; it stops once a line is longer than CHUNK."""
+    longest, since = 0, 0  # since: bytes after the last line end
+    with path.open("rb") as f:
+        while longest <= CHUNK and (block := f.read(CHUNK)):
+            ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+            if len(ends):
+                lengths = np.diff(ends, prepend=-1) - 1
+                longest = max(longest, int(lengths[0]) + since, int(lengths.max()))
+                since = len(block) - int(ends[-1]) - 1
+            else:
+                since += len(block)
+            longest = max(longest, since)
+    return longest
+
+
+def _line_batches(path: Path, label: str) -> Iterator[Batch]:
+    """A large text in blocks of whole lines, each repeating the last lines of the one before, so a key block or
+    a command spanning lines is matched whole; a finding both blocks hold is reported once (``check``)."""
+    first, carry = 1, list[str]()
+    for block in tables.line_blocks(path):
+        lines = carry + _lines(block.decode("utf-8", errors="replace"))
+        start = first - len(carry)
+        rows = list(range(start, start + len(lines)))
+        carry = lines[-REPEATED_LINES:]
+        yield Batch(cells_frame(label, rows, [None] * len(lines), lines), text=True, repeats=(first, start + len(lines) - len(carry)))
+        first = start + len(lines)
 
 
 def _lines(text: str) -> list[str]:
@@ -194,26 +184,42 @@ def _lines(text: str) -> list[str]:
     return lines[:-1] if lines and lines[-1] == "" else lines
 
 
-def _chunks(path: Path, label: str) -> pl.DataFrame:
-    """Large files in overlapping 1 MiB pieces, so memory stays bounded and no match is cut in two."""
-    starts, texts = [], []
+def _chunks(path: Path, label: str) -> Iterator[Batch]:
+    """Large files in overlapping 1 MiB pieces, a few at a time, so memory stays bounded and no match is cut in two."""
+    starts: list[int] = []
+    texts: list[str] = []
+    for start, text in _pieces(path):
+        starts.append(start)
+        texts.append(text)
+        if len(starts) == CHUNKS_PER_BATCH:
+            yield _chunk_batch(label, starts, texts)
+            starts, texts = [], []
+    if starts:
+        yield _chunk_batch(label, starts, texts)
+
+
+def _pieces(path: Path) -> Iterator[tuple[int, str]]:
     with path.open("rb") as f:
         offset = 0
         while True:
             f.seek(max(0, offset - OVERLAP))
             block = f.read(CHUNK + OVERLAP)
             if not block:
-                break
+                return
             if b"\0" in block[:8192] and offset == 0:
                 raise Unreadable("a binary file; saferoom reads text, tables and notebooks")
-            starts.append(offset)
-            texts.append(block.decode("utf-8", errors="replace"))
+            yield offset, block.decode("utf-8", errors="replace")
             offset += CHUNK
             if len(block) < CHUNK:
-                break
-    return pl.DataFrame({"row": starts, "column": ["bytes"] * len(starts), "text": texts},
-                        schema={"row": pl.UInt64, "column": pl.String, "text": pl.String}).with_columns(
-        pl.col("row").cast(pl.UInt32, strict=False), pl.lit(label).alias("file"))
+                return
+
+
+def _chunk_batch(label: str, starts: list[int], texts: list[str]) -> Batch:
+    frame = pl.DataFrame({"row": starts, "column": ["bytes"] * len(starts), "text": texts},
+                         schema={"row": pl.UInt64, "column": pl.String, "text": pl.String})
+    cells = frame.with_columns(pl.col("row").cast(pl.UInt32, strict=False), pl.lit(label).alias("file"),
+                               pl.lit(None, pl.UInt32).alias("cell_line"))
+    return Batch(cells, text=True)
 
 
 def _notebook(path: Path, label: str) -> pl.DataFrame:
@@ -222,15 +228,18 @@ def _notebook(path: Path, label: str) -> pl.DataFrame:
         cells = notebook["cells"]
     except (ValueError, KeyError, TypeError):
         raise Unreadable("not a valid notebook (its JSON does not parse or has no cells)") from None
-    rows, columns, texts = [], [], []
+    rows: list[int] = []
+    columns: list[str | None] = []
+    texts: list[str] = []
+    lines: list[int] = []
     for number, cell in enumerate(cells, 1):
         for part, text in _notebook_texts(cell):
-            for line in _lines(text):
+            for line, content in enumerate(_lines(text), 1):
                 rows.append(number)
                 columns.append(part)
-                texts.append(line)
-    return pl.DataFrame({"row": rows, "column": columns, "text": texts},
-                        schema={"row": pl.UInt32, "column": pl.String, "text": pl.String}).with_columns(pl.lit(label).alias("file"))
+                texts.append(content)
+                lines.append(line)
+    return cells_frame(label, rows, columns, texts, lines)
 
 
 def _notebook_texts(cell: dict[str, object]) -> Iterator[tuple[str, str]]:
@@ -255,4 +264,4 @@ def _joined(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-__all__ = ["Read", "Unreadable", "frame_cells", "read"]
+__all__ = ["Unreadable", "as_text", "read"]

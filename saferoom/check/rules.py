@@ -30,6 +30,7 @@ VERSION_FILE = RULES_DIR / "gitleaks.version"
 EXTRA_FILE = RULES_DIR / "saferoom.toml"
 _ASCII = {"w": "0-9A-Za-z_", "d": "0-9", "s": "\\t\\n\\f\\r "}
 _QUANTIFIER = re.compile(r"\{\d+(?:,\d*)?\}")
+SHORT_KEYWORD = 2
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,17 @@ class RuleSet:
     def keyword_pattern(self) -> str:
         """Every keyword as one case-blind regex: Rust runs a literal alternation faster than Aho-Corasick here."""
         return "(?i:" + "|".join(re.escape(k) for k in self.keywords) + ")"
+
+    @property
+    def candidate_pattern(self) -> str:
+        """What a text needs for any rule to match it, tighter than the keywords alone: a keyword of one or two
+        characters (``sk``, ``ey``, ``s.``) is in every other word, so there its rule's own regex stands in, which
+        a finding needs anyway; or the keyword with a ``<`` (a tag is read as a space before rules run)."""
+        needs = {re.escape(k) for r in self.rules for k in r.keywords if len(k) > SHORT_KEYWORD}
+        for rule in self.rules:
+            for short in (re.escape(k) for k in rule.keywords if len(k) <= SHORT_KEYWORD):
+                needs |= {f"(?:{rule.regex})", f"(?s:(?i:{short}).*<|<.*(?i:{short}))"}
+        return "(?i:" + "|".join(sorted(needs)) + ")"
 
     @property
     def shortest(self) -> int:

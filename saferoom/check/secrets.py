@@ -7,10 +7,11 @@ or a ``curl`` command that spans lines is matched whole, and each finding is pla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
+from saferoom.check.cells import PLACE
 from saferoom.check.rules import Allowlist, Rule, RuleSet, entropy, ruleset
 
 NOTEBOOK_PARTS = ("source", "output ", "image alt text")
@@ -26,6 +27,7 @@ class Hit:
     row: int | None
     column: str | None
     secret: str
+    cell_line: int | None = None  # the line within a notebook cell
 
 
 def find_secrets(cells: pl.DataFrame, rules: RuleSet | None = None, *, text: bool = True) -> list[Hit]:
@@ -40,8 +42,9 @@ def find_secrets(cells: pl.DataFrame, rules: RuleSet | None = None, *, text: boo
     # and would miss a token in <p>…</p> or <apiKey>…</apiKey>.
     candidates = candidates.with_columns(pl.col("text").str.replace_all("<", " <", literal=True))
     hits: list[Hit] = []
+    common = replace(rules.allowlist, paths=())  # gitleaks' global list of files to skip: an output is checked whatever its name
     for rule, rows in _per_rule(candidates, rules):
-        hits += _rule_hits(rule, rows, rules.allowlist)
+        hits += _rule_hits(rule, rows, common)
     return _without_generic_duplicates(hits)
 
 
@@ -54,10 +57,9 @@ def documents(cells: pl.DataFrame) -> pl.DataFrame:
     joined = cells.filter(in_text).with_columns(
         pl.when(lines).then(None).otherwise(pl.col("row")).alias("key"))
     texts = joined.group_by("file", "key", "column", maintain_order=True).agg(
-        pl.col("row").min(), pl.col("text").str.join("\n")).with_columns(pl.col("column").is_null().alias("lines"))
+        pl.col("row").min(), pl.col("cell_line").min(), pl.col("text").str.join("\n")).with_columns(pl.lit(True).alias("lines"))
     rest = cells.filter(~in_text).with_columns(pl.lit(False).alias("lines"))
-    return pl.concat([rest.select("file", "row", "column", "text", "lines"),
-                      texts.select("file", "row", "column", "text", "lines")], how="vertical_relaxed")
+    return pl.concat([rest.select(*PLACE, "text", "lines"), texts.select(*PLACE, "text", "lines")], how="vertical_relaxed")
 
 
 def _per_rule(candidates: pl.DataFrame, rules: RuleSet) -> list[tuple[Rule, pl.DataFrame]]:
@@ -87,8 +89,17 @@ def _rule_hits(rule: Rule, rows: pl.DataFrame, common: Allowlist) -> list[Hit]:
     kept = kept.with_columns(pl.struct("text", "match").map_elements(_line, return_dtype=pl.String).alias("line"))
     for allowlist in (*rule.allowlists, common):
         kept = kept.filter(~_allowed(allowlist))
-    return [Hit(rule, file, _row(row, text, match, lines), column, secret) for file, row, column, text, match, secret, lines
-            in kept.select("file", "row", "column", "text", "match", "secret", "lines").iter_rows()]
+    return [_hit(rule, file, row, column, line, text, match, secret, lines) for file, row, column, line, text, match, secret, lines
+            in kept.select(*PLACE, "text", "match", "secret", "lines").iter_rows()]
+
+
+def _hit(rule: Rule, file: str, row: int | None, column: str | None, cell_line: int | None,
+         text: str, match: str, secret: str, lines: bool) -> Hit:
+    """In a joined text, the line the match starts on: a text's line, or the line within a notebook cell."""
+    below = text.count("\n", 0, text.find(match)) if lines else 0
+    if cell_line is not None:
+        return Hit(rule, file, row, column, secret, cell_line + below)
+    return Hit(rule, file, row + below if row is not None else None, column, secret)
 
 
 def _secrets(rule: Rule, matches: pl.Series) -> pl.DataFrame:
@@ -128,18 +139,13 @@ def _line(pair: dict[str, str]) -> str:
     return text[text.rfind("\n", 0, start) + 1:end if end >= 0 else len(text)]
 
 
-def _row(row: int | None, text: str, match: str, lines: bool) -> int | None:
-    """In a joined text, the line the match starts on."""
-    return row + text.count("\n", 0, text.find(match)) if lines and row is not None else row
-
-
 def _without_generic_duplicates(hits: list[Hit]) -> list[Hit]:
-    specific: dict[tuple[str, int | None, str | None], list[str]] = {}
+    specific: dict[tuple[str, int | None, str | None, int | None], list[str]] = {}
     for hit in hits:
         if hit.rule.id != GENERIC:
-            specific.setdefault((hit.file, hit.row, hit.column), []).append(hit.secret)
+            specific.setdefault((hit.file, hit.row, hit.column, hit.cell_line), []).append(hit.secret)
     return [h for h in hits if h.rule.id != GENERIC
-            or not any(_overlap(s, h.secret) for s in specific.get((h.file, h.row, h.column), []))]
+            or not any(_overlap(s, h.secret) for s in specific.get((h.file, h.row, h.column, h.cell_line), []))]
 
 
 def _overlap(one: str, other: str) -> bool:

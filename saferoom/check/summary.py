@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from saferoom.check.scan import Finding
 
-_CELL = re.compile(r"^row \d+, (column .+)$")  # a table's cell: grouped by its column
-_LINE = re.compile(r"^line (\d+)$")  # a line of text: grouped by file
+_CELL = re.compile(r"^(?:row \d+|(.+)![A-Z]+\d+), (column .+)$")  # a table's cell (an Excel sheet's too): grouped by its column
+_LINE = re.compile(r"^(?:(cell \d+, .+), )?line (\d+)$")  # a line of text, or of a notebook cell: grouped with the others
 SHOWN_LINES = 5
 
 
@@ -23,41 +23,46 @@ class Group:
 
     kind: str
     file: str
-    place: str  # "column ssn", "lines", or a location that is its own group (a header, a notebook cell)
+    place: str  # "column ssn", "Sheet1 column ssn", "lines", "cell 3, source", or a location that is its own group
     count: int
     example: Finding
     lines: tuple[int, ...] = ()
 
     def where(self) -> str:
-        """The place in words: a column, the lines of a text, or the one location."""
+        """The place in words: a column, the lines of a text or notebook cell, or the one location."""
         if not self.lines:
             return self.place
         shown = ", ".join(str(n) for n in self.lines[:SHOWN_LINES])
         more = f" and {len(self.lines) - SHOWN_LINES} more" if len(self.lines) > SHOWN_LINES else ""
-        return f"line{'s' if len(self.lines) > 1 else ''} {shown}{more}"
+        lines = f"line{'s' if len(self.lines) > 1 else ''} {shown}{more}"
+        return lines if self.place == "lines" else f"{self.place}, {lines}"
 
 
-def summarise(findings: list[Finding]) -> list[Group]:
-    """One group per (file, place, kind), in the order each was first found."""
+def summarise(findings: list[Finding], counts: dict[tuple[str, str, str], int] | None = None) -> list[Group]:
+    """One group per (file, place, kind), in the order each was first found; ``counts`` holds findings not kept."""
     members: dict[tuple[str, str, str], list[Finding]] = {}
     for finding in findings:
-        members.setdefault((finding.file, _place(finding.location), finding.kind), []).append(finding)
-    return [_group(place, found) for (_, place, _), found in members.items()]
+        members.setdefault((finding.file, place(finding.location), finding.kind), []).append(finding)
+    return [_group(key[1], found, (counts or {}).get(key, len(found))) for key, found in members.items()]
 
 
-def _place(location: str) -> str:
+def place(location: str) -> str:
+    """What a finding is grouped by: its column, its text's lines, a notebook cell, or its own location."""
     cell = _CELL.match(location)
     if cell:
-        return cell.group(1)
-    return "lines" if _LINE.match(location) else location
+        return f"{cell.group(1)} {cell.group(2)}" if cell.group(1) else cell.group(2)
+    line = _LINE.match(location)
+    if line:
+        return line.group(1) or "lines"
+    return location
 
 
-def _group(place: str, found: list[Finding]) -> Group:
+def _group(place: str, found: list[Finding], count: int) -> Group:
     first = found[0]
-    lines = tuple(dict.fromkeys(_line(f.location) for f in found)) if place == "lines" else ()
-    return Group(first.kind, first.file, place, len(found), first, lines)
+    lines = tuple(dict.fromkeys(_line(f.location) for f in found)) if _LINE.match(first.location) else ()
+    return Group(first.kind, first.file, place, count, first, lines)
 
 
 def _line(location: str) -> int:
     found = _LINE.match(location)
-    return int(found.group(1)) if found else 0
+    return int(found.group(2)) if found else 0
