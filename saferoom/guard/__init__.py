@@ -5,7 +5,8 @@ function ``rule(expression, context) -> expression`` over the sqlglot tree in
 its own module (as sqlglot's optimizer is built), then generated::
 
     parse → check_statement → check_nodes → bound_sizes → unqualify_columns → resolve_tables
-          → refuse_hidden_columns → refuse_empty_stars → explain_tokens → name_outputs → substitute_views
+          → refuse_hidden_columns → refuse_empty_stars → explain_tokens → name_outputs → aggregate_only
+          → substitute_views
           → generate
 
 The engine only ever runs SQL generated from the rewritten tree, never the
@@ -25,6 +26,7 @@ from sqlglot import exp
 
 from saferoom.engines.base import Catalog, ColumnTypes, EngineSpec
 from saferoom.errors import EngineError, QueryRejected
+from saferoom.guard.aggregate_only import aggregate_only
 from saferoom.guard.bound_sizes import bound_sizes
 from saferoom.guard.check_nodes import check_nodes
 from saferoom.guard.check_statement import check_statement
@@ -57,6 +59,7 @@ RULES: tuple[Rule, ...] = (
     refuse_empty_stars,
     explain_tokens,
     name_outputs,
+    aggregate_only,
     substitute_views,
 )
 
