@@ -24,12 +24,19 @@ tables:
 users:
   mo: {roles: [marketing]}
   ivan: {roles: [investigator]}
+  dana: {roles: [research]}
 roles:
   marketing:
     columns: {key: allow, pii: tokenize, quasi: allow}
     aggregate: {min_group: 10, entity: prod.customers.customer_id}
   investigator:
     columns: {key: allow, pii: allow, quasi: allow}
+  research:
+    columns: {key: allow, pii: tokenize, quasi: allow}
+    aggregate:
+      min_group: 10
+      entity: prod.customers.customer_id
+      dp: {epsilon_per_query: 1.0, budget: {epsilon: 3, per: 30d}, bounds: {amount: [0, 100]}}
 """
 
 # Customers 1-9 are segment `nine` and order in region R9; 10-19 `ten` in R10; 20-119 `big` in EU;
@@ -45,14 +52,18 @@ CREATE TABLE stores AS SELECT 1 AS store_id, 'Lyon' AS city;
 """
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("aggregate")
+def small_groups(folder: Path) -> Path:
+    """``folder`` with the policy, its token key and the database of groups of known size."""
     (folder / "token.key").write_text("k" * 64)
     (folder / "saferoom.yaml").write_text(POLICY)
     with duckdb.connect(str(folder / "prod.duckdb")) as con:
         con.execute(SETUP)
     return folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_groups(tmp_path_factory.mktemp("aggregate"))
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from sqlglot import exp
 
 from saferoom.engines.base import Catalog, ColumnTypes, EngineSpec
 from saferoom.errors import EngineError, QueryRejected
+from saferoom.guard.aggregate_dp import NoisePlan
 from saferoom.guard.aggregate_only import aggregate_only
 from saferoom.guard.bound_sizes import bound_sizes
 from saferoom.guard.check_nodes import check_nodes
@@ -74,6 +75,7 @@ class GuardedQuery:
     tables: tuple[str, ...]
     columns: tuple[tuple[str, str], ...] = ()  # (table, column) the query can reach, for the audit log
     outputs: Outputs = ()  # each output column's name and the column names it reads, for its decision
+    noise: NoisePlan | None = None  # the noise the session adds to the result, and the budget it spends
 
 
 class Guard:
@@ -117,7 +119,8 @@ class Guard:
         tables = tuple(dict.fromkeys(context.touched.tables))
         reached = self._reached(tables, context.touched.names)
         named = outputs(tree, self.spec.dialect)  # before rendering, which may change the tree it is given
-        return GuardedQuery(render(tree, self.spec.dialect, copy=False), tables, reached, named)
+        sql = render(tree, self.spec.dialect, copy=False)
+        return GuardedQuery(sql, tables, reached, named, context.touched.noise)
 
     def context(self) -> Context:
         """A fresh context for one query: what the rules know, and an empty record of what it touches."""

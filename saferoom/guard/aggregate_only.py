@@ -26,11 +26,12 @@ from __future__ import annotations
 from sqlglot import exp
 
 from saferoom.errors import QueryRejected
-from saferoom.guard.aggregate_shape import check_shape
+from saferoom.guard.aggregate_dp import NoisePlan, bound_contributions, plan_noise
+from saferoom.guard.aggregate_shape import check_shape, group_keys
 from saferoom.guard.context import Context
 from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import Action
-from saferoom.policy.aggregate import Aggregate, entity_key
+from saferoom.policy.aggregate import DP, Aggregate, entity_key
 
 
 def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
@@ -44,13 +45,38 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
                             column=exc.column) from None
     assert isinstance(expression, exp.Select)  # check_shape refused anything else
     keys = entity_columns(expression, context, rules)
+    if rules.dp is not None:
+        context.touched.noise = _with_noise(expression, context, rules, rules.dp)
     conditions = [_at_least(exp.Count(this=exp.Distinct(expressions=[k.copy()])), rules.min_group) for k in keys]
     if expression.args.get("where") is not None:
         conditions += [_at_least(_left_out(expression, k), rules.min_group) for k in keys]
     having = expression.args.get("having")
     everything = [having.this, *conditions] if having is not None else conditions
     expression.set("having", exp.Having(this=exp.and_(*everything, copy=False)))
+    if rules.dp is not None:
+        limited = _limited(expression, context, rules)
+        bound_contributions(limited, rules.dp.max_contributions)
     return expression
+
+
+def _with_noise(select: exp.Select, context: Context, rules: Aggregate, dp: DP) -> NoisePlan:
+    rows = dp.max_contributions ** len(_limited(select, context, rules))
+    return plan_noise(select, dp, group_keys(select), rows_per_entity=rows)
+
+
+def _limited(select: exp.Select, context: Context, rules: Aggregate) -> list[tuple[exp.Table, str]]:
+    """The covered tables other than the entity's own (which holds one row per entity), with their keys."""
+    found = []
+    for table in _sources(select):
+        name = table.meta[POLICY_TABLE]
+        key = entity_key(rules, name, context.policy.columns(name))
+        if rules.covers(name) and name != rules.entity_table and key is not None:
+            found.append((table, key))
+    return found
+
+
+def _sources(select: exp.Select) -> list[exp.Table]:
+    return [select.args["from_"].this, *(j.this for j in select.args.get("joins") or [])]
 
 
 EXAMPLE_POLICY = ("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {key: {}}, "
@@ -82,9 +108,8 @@ def identifiers(context: Context, rules: Aggregate) -> frozenset[str]:
 
 def entity_columns(select: exp.Select, context: Context, rules: Aggregate) -> list[exp.Column]:
     """Each covered table's entity key, as a column of the query (``alias.customer_id``)."""
-    sources = [select.args["from_"].this, *(j.this for j in select.args.get("joins") or [])]
     columns = []
-    for table in sources:
+    for table in _sources(select):
         name = table.meta[POLICY_TABLE]
         if not rules.covers(name):
             continue
