@@ -21,16 +21,21 @@ tables:
   prod.customers: {customer_id: key, name: pii, zip: quasi, segment: public}
   prod.orders: {order_id: public, customer_id: key, amount: public, region: public}
   prod.stores: {store_id: public, city: public}
+  prod.accounts: {account_id: public, customer_id: key, branch: public, balance: public}
 users:
   mo: {roles: [marketing]}
   ivan: {roles: [investigator]}
   dana: {roles: [research]}
+  fay: {roles: [finance]}
 roles:
   marketing:
     columns: {key: allow, pii: tokenize, quasi: allow}
     aggregate: {min_group: 10, entity: prod.customers.customer_id}
   investigator:
     columns: {key: allow, pii: allow, quasi: allow}
+  finance:
+    columns: {key: allow, pii: tokenize, quasi: allow}
+    aggregate: {min_group: 10, entity: prod.customers.customer_id, dominance: {n: 1, k: 0.5}}
   research:
     columns: {key: allow, pii: tokenize, quasi: allow}
     aggregate:
@@ -41,6 +46,7 @@ roles:
 
 # Customers 1-9 are segment `nine` and order in region R9; 10-19 `ten` in R10; 20-119 `big` in EU;
 # customer 120, `solo`, placed ten orders in region SOLO. Everyone else placed one order of 10.00.
+# Accounts: branch A is customers 1-10, where customer 1 holds 1000 and the others 1 each; branch B, 11-20, 100 each.
 SETUP = """
 CREATE TABLE customers AS SELECT i AS customer_id, 'name ' || i AS name, lpad((i % 7)::VARCHAR, 5, '0') AS zip,
   CASE WHEN i < 10 THEN 'nine' WHEN i < 20 THEN 'ten' WHEN i < 120 THEN 'big' ELSE 'solo' END AS segment
@@ -49,6 +55,8 @@ CREATE TABLE orders AS SELECT i AS order_id, i AS customer_id, 10.0 AS amount,
   CASE WHEN i < 10 THEN 'R9' WHEN i < 20 THEN 'R10' ELSE 'EU' END AS region FROM range(1, 120) t(i)
   UNION ALL SELECT 1000 + i, 120, 500.0, 'SOLO' FROM range(10) t(i);
 CREATE TABLE stores AS SELECT 1 AS store_id, 'Lyon' AS city;
+CREATE TABLE accounts AS SELECT i AS account_id, i AS customer_id, CASE WHEN i <= 10 THEN 'A' ELSE 'B' END AS branch,
+  CASE WHEN i = 1 THEN 1000.0 WHEN i <= 10 THEN 1.0 ELSE 100.0 END AS balance FROM range(1, 21) t(i);
 """
 
 
@@ -192,3 +200,15 @@ def test_an_entity_key_the_role_cannot_count_is_a_policy_error() -> None:
     text = POLICY.replace("columns: {key: allow, pii: tokenize", "columns: {key: mask, pii: allow")
     with pytest.raises(PolicyError, match="must see `prod.customers.customer_id`"):
         parse_policy(text.replace("secrets: {token_key: file:token.key}\n", ""))
+
+
+DOMINATED = "select branch, sum(balance), count(*) from accounts group by branch"
+
+
+def test_a_sum_dominated_by_one_customer_is_suppressed(folder: Path, mo) -> None:
+    assert rows(mo, DOMINATED) == [("A", 1009.0, 10), ("B", 1000.0, 10)]  # no dominance rule for marketing
+    with saferoom.connect(folder / "saferoom.yaml", user="fay") as fay:
+        assert rows(fay, DOMINATED) == [("B", 1000.0, 10)]
+        assert rows(fay, "select branch, count(*) from accounts group by branch") == [("A", 10), ("B", 10)]
+        assert rows(fay, "select sum(balance) from accounts") == [(2009.0,)]  # 1000 of 2009: under 0.5
+        assert rows(fay, "select avg(balance) from accounts where branch = 'A'") == []

@@ -26,6 +26,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from saferoom.errors import QueryRejected
+from saferoom.guard.aggregate_dominance import dominance_condition
 from saferoom.guard.aggregate_dp import NoisePlan, bound_contributions, plan_noise
 from saferoom.guard.aggregate_shape import check_shape, group_keys
 from saferoom.guard.context import Context
@@ -50,6 +51,8 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     conditions = [_at_least(exp.Count(this=exp.Distinct(expressions=[k.copy()])), rules.min_group) for k in keys]
     if expression.args.get("where") is not None:
         conditions += [_at_least(_left_out(expression, k), rules.min_group) for k in keys]
+    dominated = dominance_condition(expression, keys[0], rules.dominance) if rules.dominance and keys else None
+    conditions += [dominated] if dominated is not None else []
     having = expression.args.get("having")
     everything = [having.this, *conditions] if having is not None else conditions
     expression.set("having", exp.Having(this=exp.and_(*everything, copy=False)))

@@ -57,8 +57,14 @@ def group_keys(select: exp.Select) -> frozenset[str]:
         return frozenset()
     if group.args.get("all"):
         raise QueryRejected("name the GROUP BY keys (GROUP BY ALL is not allowed for an aggregate-only role)")
+    return frozenset(e.sql() for e in group_expressions(select))
+
+
+def group_expressions(select: exp.Select) -> list[exp.Expr]:
+    """The GROUP BY expressions as written, each positional or alias reference replaced by the output's."""
+    group = select.args.get("group")
     outputs = {p.alias_or_name.lower(): p.unalias() for p in select.expressions}
-    return frozenset(_key(e, select.expressions, outputs).sql() for e in group.expressions)
+    return [_key(e, select.expressions, outputs) for e in (group.expressions if group is not None else [])]
 
 
 def _key(key: exp.Expr, projections: list[exp.Expr], outputs: dict[str, exp.Expr]) -> exp.Expr:
