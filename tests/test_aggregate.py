@@ -27,12 +27,17 @@ users:
   ivan: {roles: [investigator]}
   dana: {roles: [research]}
   fay: {roles: [finance]}
+  ann: {roles: [reader]}
 roles:
   marketing:
     columns: {key: allow, pii: tokenize, quasi: allow}
     aggregate: {min_group: 10, entity: prod.customers.customer_id}
   investigator:
     columns: {key: allow, pii: allow, quasi: allow}
+    disclosure: {tags: [quasi]}
+  reader:
+    columns: {key: allow, pii: allow, quasi: allow}
+    disclosure: {tags: [quasi], max_unique: 1}
   finance:
     columns: {key: allow, pii: tokenize, quasi: allow}
     aggregate: {min_group: 10, entity: prod.customers.customer_id, dominance: {n: 1, k: 0.5}}
@@ -212,3 +217,25 @@ def test_a_sum_dominated_by_one_customer_is_suppressed(folder: Path, mo) -> None
         assert rows(fay, "select branch, count(*) from accounts group by branch") == [("A", 10), ("B", 10)]
         assert rows(fay, "select sum(balance) from accounts") == [(2009.0,)]  # 1000 of 2009: under 0.5
         assert rows(fay, "select avg(balance) from accounts where branch = 'A'") == []
+
+
+def test_explain_counts_rows_unique_on_quasi_identifiers(folder: Path) -> None:
+    with saferoom.connect(folder / "saferoom.yaml", user="ivan") as ivan:
+        decision = ivan.explain("select zip, segment from customers where customer_id < 3")
+        assert decision.unique_rows == 2 and "2 result row(s) are unique on zip" in decision.notes[-1]
+        assert ivan.explain("select zip from customers where customer_id < 30").unique_rows == 0
+        assert ivan.explain("select segment from customers").unique_rows is None  # no quasi-identifier returned
+        assert saferoom.Decision.from_dict(decision.to_dict()) == decision
+
+
+def test_a_role_refuses_results_with_too_many_unique_rows(folder: Path) -> None:
+    with saferoom.connect(folder / "saferoom.yaml", user="ann") as ann:
+        with pytest.raises(QueryRejected, match="2 result row"):
+            ann.query("select zip, segment from customers where customer_id < 3")
+        assert len(ann.query("select zip from customers where customer_id < 30").to_pylist()) == 29
+
+
+def test_explain_of_a_refused_query_says_the_role_s_rules(folder: Path) -> None:
+    with saferoom.connect(folder / "saferoom.yaml", user="mo") as mo:
+        decision = mo.explain("select * from orders")
+    assert not decision.allowed and decision.notes[0].startswith("aggregate-only: every row returned is an aggregate")

@@ -26,7 +26,8 @@ PARTS = "__saferoom_d"
 
 def dominance_condition(select: exp.Select, entity: exp.Column, rule: Dominance) -> exp.Expr | None:
     """The HAVING condition that drops dominated groups; None when the query sums nothing."""
-    summed = [n.this for p in select.expressions for n in p.find_all(exp.Sum, exp.Avg) if isinstance(n.this, exp.Column)]
+    summed: list[exp.Expr] = [n.this for p in select.expressions for n in p.find_all(exp.Sum, exp.Avg)
+                              if isinstance(n.this, exp.Column)]
     if not summed:
         return None
     keys = group_expressions(select)
@@ -41,7 +42,7 @@ def _dominated(select: exp.Select, entity: exp.Column, keys: list[exp.Expr], sum
     names = [f"__saferoom_k{i}" for i in range(len(keys))]
     sums = [f"__saferoom_s{i}" for i in range(len(summed))]
     parts = _per_entity(select, entity, list(zip(names, keys, strict=True)), list(zip(sums, summed, strict=True)))
-    outputs = [exp.column(n) for n in names] or [exp.Literal.number(1)]
+    outputs: list[exp.Expr] = [exp.column(n) for n in names] or [exp.Literal.number(1)]
     shares = [_share_above(exp.column(s), rule) for s in sums]
     query = exp.Select(expressions=outputs).from_(exp.Subquery(this=parts, alias=exp.TableAlias(this=exp.to_identifier(PARTS))))
     if names:

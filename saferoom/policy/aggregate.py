@@ -88,6 +88,16 @@ class Aggregate(_Strict):
                 f"distinct {_plural(self.entity_table)} are suppressed")
 
 
+class Disclosure(_Strict):
+    """Live disclosure warnings for a role that sees rows: how many result rows are unique on the columns of
+    these tags (each such row singles out whoever it describes), and a limit above which a result is refused."""
+
+    tags: list[str] = Field(default_factory=lambda: ["quasi"], min_length=1,
+                            description="Tags of quasi-identifiers: birth dates, zip codes, and the like.")
+    max_unique: int | None = Field(default=None, ge=0, description="Refuse a result with more rows than this "
+                                   "unique on those columns (default: report only).")
+
+
 def entity_key(rules: Aggregate, table: str, columns: Mapping[str, object]) -> str | None:
     """The column of ``table`` holding the entity's key (None: the table has none): declared under ``keys``,
     or, as a foreign key usually is, named as the entity column."""

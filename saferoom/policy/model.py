@@ -12,7 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from saferoom.policy.aggregate import Aggregate
+from saferoom.policy.aggregate import Aggregate, Disclosure
 
 PUBLIC = "public"
 SIZE = r"^[0-9]+(\.[0-9]+)? ?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
@@ -122,6 +122,7 @@ class Role(Strict):
     temp_limit: str | None = Field(default=None, pattern=SIZE, description="DuckDB: disk one user's queries may spill, e.g. 4GB.")
     audit: bool = Field(default=False, description="May read the gateway's audit log.")
     aggregate: Aggregate | None = Field(default=None, description="Statistics only: see docs/aggregate.md.")
+    disclosure: Disclosure | None = Field(default=None, description="Count result rows unique on quasi-identifiers.")
 
 
 class RoomLimits(Strict):
