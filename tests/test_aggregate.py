@@ -137,6 +137,10 @@ def test_entities_follow_joins(mo) -> None:
     ("select count(*) from orders o join customers c on o.customer_id = 3", "may only equate columns"),
     ("select count(*) from orders natural join customers", "NATURAL JOIN"),
     ("select count(*) from orders qualify true", "QUALIFY is not allowed"),
+    ("select region, count(*) from orders group by region order by max(amount)", "MAX returns one row's value"),
+    ("select region, count(*) from orders group by region having sum(case when amount > 499 then 1 end) > 0",
+     "takes a column as it is"),
+    ("select region, count(*) from orders group by region having max(amount) > 499", "MAX returns"),
 ])
 def test_what_an_aggregate_only_role_may_not_ask(mo, sql: str, says: str) -> None:
     with pytest.raises(QueryRejected) as refused:
@@ -239,3 +243,43 @@ def test_explain_of_a_refused_query_says_the_role_s_rules(folder: Path) -> None:
     with saferoom.connect(folder / "saferoom.yaml", user="mo") as mo:
         decision = mo.explain("select * from orders")
     assert not decision.allowed and decision.notes[0].startswith("aggregate-only: every row returned is an aggregate")
+
+
+MARKETING = """
+  marketing:
+    columns: {pii: tokenize, quasi: allow, pci: deny, key: tokenize}
+    aggregate: {min_group: 10, entity: prod.customers.customer_id}
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_mo(room, tmp_path_factory: pytest.TempPathFactory) -> Iterator[saferoom.Session]:
+    """The demo's database and policy, with an aggregate-only role for `mo` (keys seen as tokens)."""
+    text = room.policy.read_text().split("builds:")[0]
+    text = text.replace("path: prod.duckdb", f"path: {room.database}").replace("file:token.key", f"file:{room.folder / 'token.key'}")
+    text = text.replace("roles:\n", "roles:\n" + MARKETING.lstrip("\n"), 1).replace("users:\n", "users:\n  mo: {roles: [marketing]}\n", 1)
+    path = tmp_path_factory.mktemp("demo-aggregate") / "saferoom.yaml"
+    path.write_text(text)
+    with saferoom.connect(path, user="mo") as session:
+        yield session
+
+
+def test_on_the_demo_segments_are_shown_and_quasi_identifier_cells_suppressed(room, demo_mo) -> None:
+    segments = dict(rows(demo_mo, "select segment, count(*) from customers group by segment"))
+    assert segments == dict(room.raw("select segment, count(*) from customers group by segment"))
+    cells = ("select date_trunc('month', birth_date) as m, left(zip, 3) as z, count(*) as n from customers "
+             "group by 1, 2")
+    shown = rows(demo_mo, cells)
+    raw = room.raw(f"select count(*) from ({cells}) where n >= 10")
+    assert len(shown) == raw[0][0] and all(n >= 10 for _, _, n in shown)
+    assert len(shown) < len(room.raw(cells)) / 10  # nearly every birth-month-and-zip cell singles people out
+
+
+def test_on_the_demo_entities_follow_joins_through_tokens(room, demo_mo) -> None:
+    sql = ("select c.segment, o.region, count(*) as n from orders o join customers c on o.customer_id = c.customer_id "
+           "group by 1, 2")
+    expected = room.raw(sql.replace("count(*) as n", "count(*) as n, count(distinct c.customer_id) as e") +
+                        " having count(distinct c.customer_id) >= 10")
+    assert rows(demo_mo, sql) == sorted(((s, r, n) for s, r, n, _ in expected), key=repr)
+    with pytest.raises(QueryRejected, match="direct identifier"):
+        demo_mo.query("select email, count(*) from customers group by email")

@@ -89,6 +89,8 @@ def _check_nodes(select: exp.Select) -> None:
                                 "or subtotals the group minimum does not cover")
         if isinstance(node, exp.Filter):
             raise QueryRejected("FILTER (WHERE …) on an aggregate narrows it below the group's minimum; use WHERE")
+        if isinstance(node, exp.AggFunc):  # in HAVING and ORDER BY too: an order by max(x) tells max(x)
+            _check_aggregate(node)
 
 
 def _check_sources(select: exp.Select) -> None:
