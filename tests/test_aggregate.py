@@ -283,3 +283,18 @@ def test_on_the_demo_entities_follow_joins_through_tokens(room, demo_mo) -> None
     assert rows(demo_mo, sql) == sorted(((s, r, n) for s, r, n, _ in expected), key=repr)
     with pytest.raises(QueryRejected, match="direct identifier"):
         demo_mo.query("select email, count(*) from customers group by email")
+
+
+def test_saferoom_explain_shows_the_role_s_rules(folder: Path) -> None:
+    from typer.testing import CliRunner
+
+    from saferoom.cli import app
+
+    policy = str(folder / "saferoom.yaml")
+    refused = CliRunner().invoke(app, ["explain", "select * from orders", "-p", policy, "-u", "mo"], env={"COLUMNS": "300"})
+    assert refused.exit_code == QueryRejected.exit_code
+    assert "may only aggregate by segment" in refused.output and "groups resting on fewer than 10" in refused.output
+    shown = CliRunner().invoke(app, ["explain", "select region, count(*) from orders group by 1", "-p", policy, "-u", "dana"],
+                               env={"COLUMNS": "300"})
+    assert shown.exit_code == 0 and "differential privacy: counts, sums and means carry noise" in shown.output
+    assert "this query spends epsilon 1 of the user's privacy budget" in shown.output

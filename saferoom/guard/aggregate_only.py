@@ -48,9 +48,10 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     keys = entity_columns(expression, context, rules)
     if rules.dp is not None:
         context.touched.noise = _with_noise(expression, context, rules, rules.dp)
-    conditions = [_at_least(exp.Count(this=exp.Distinct(expressions=[k.copy()])), rules.min_group) for k in keys]
+    unique = _one_row_each(expression, rules)
+    conditions = [_at_least(_entities(k, unique), rules.min_group) for k in keys]
     if expression.args.get("where") is not None:
-        conditions += [_at_least(_left_out(expression, k), rules.min_group) for k in keys]
+        conditions += [_at_least(_left_out(expression, k, unique), rules.min_group) for k in keys]
     dominated = dominance_condition(expression, keys[0], rules.dominance) if rules.dominance and keys else None
     conditions += [dominated] if dominated is not None else []
     having = expression.args.get("having")
@@ -83,13 +84,15 @@ def _sources(select: exp.Select) -> list[exp.Table]:
 
 
 EXAMPLE_POLICY = ("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {key: {}}, "
-                  "tables: {prod.orders: {order_id: public, customer_id: key, region: public, amount: public}}, "
+                  "tables: {prod.orders: {order_id: public, customer_id: key, region: public, amount: public}, "
+                  "prod.customers: {customer_id: key, segment: public}}, "
                   "users: {mo: {roles: [marketing]}}, roles: {marketing: {columns: {key: allow}, "
-                  "aggregate: {min_group: 10, entity: prod.orders.customer_id}}}}")
+                  "aggregate: {min_group: 10, entity: prod.customers.customer_id}}}}")
 
 
 def example() -> Context:
-    """The context of this rule's examples: `mo` of role `marketing`, aggregate-only over prod.orders."""
+    """The context of this rule's examples: `mo` of role `marketing`, aggregate-only over prod.orders and
+    prod.customers."""
     from saferoom.engines.duckdb import DUCKDB  # here, not at the top: the guard imports this module
     from saferoom.guard import Guard
     from saferoom.policy import parse_policy
@@ -125,20 +128,30 @@ def entity_columns(select: exp.Select, context: Context, rules: Aggregate) -> li
     return columns
 
 
+def _one_row_each(select: exp.Select, rules: Aggregate) -> bool:
+    """Whether the query reads the entity's own table alone, whose rows are one per entity (its key is the
+    primary key: docs/aggregate.md), so that counting keys counts entities without a costly DISTINCT."""
+    sources = _sources(select)
+    return len(sources) == 1 and sources[0].meta[POLICY_TABLE] == rules.entity_table
+
+
+def _entities(key: exp.Column, unique: bool) -> exp.Expr:
+    return exp.Count(this=key.copy()) if unique else exp.Count(this=exp.Distinct(expressions=[key.copy()]))
+
+
 def _at_least(count: exp.Expr, minimum: int) -> exp.Expr:
     return exp.GTE(this=count, expression=exp.Literal.number(minimum))
 
 
-def _left_out(select: exp.Select, key: exp.Column) -> exp.Expr:
+def _left_out(select: exp.Select, key: exp.Column, unique: bool) -> exp.Expr:
     """Entities the WHERE leaves out: all the query's sources hold, less those its rows hold."""
-    every = _distinct_entities(select, key, where=False)
-    kept = _distinct_entities(select, key, where=True)
+    every = _distinct_entities(select, key, unique, where=False)
+    kept = _distinct_entities(select, key, unique, where=True)
     return exp.Sub(this=every, expression=kept)
 
 
-def _distinct_entities(select: exp.Select, key: exp.Column, *, where: bool) -> exp.Expr:
-    count = exp.Count(this=exp.Distinct(expressions=[key.copy()]))
-    inner = exp.Select(expressions=[count]).from_(select.args["from_"].copy(), copy=False)
+def _distinct_entities(select: exp.Select, key: exp.Column, unique: bool, *, where: bool) -> exp.Expr:
+    inner = exp.Select(expressions=[_entities(key, unique)]).from_(select.args["from_"].copy(), copy=False)
     for join in select.args.get("joins") or []:
         inner.append("joins", join.copy())
     if where:
