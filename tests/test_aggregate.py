@@ -298,3 +298,18 @@ def test_saferoom_explain_shows_the_role_s_rules(folder: Path) -> None:
                                env={"COLUMNS": "300"})
     assert shown.exit_code == 0 and "differential privacy: counts, sums and means carry noise" in shown.output
     assert "this query spends epsilon 1 of the user's privacy budget" in shown.output
+
+
+def test_a_dominance_rule_off_duckdb_refuses_rather_than_answers_unchecked(folder: Path) -> None:
+    from dataclasses import replace
+
+    from saferoom.engines.duckdb import DUCKDB
+    from saferoom.guard import Guard
+
+    policy = saferoom.load_policy(folder / "saferoom.yaml")
+    spec = replace(DUCKDB, dialect="postgres")  # the same sources, written for another engine
+    catalog = {("prod", "main", "accounts"): {"account_id": "BIGINT", "customer_id": "BIGINT", "branch": "VARCHAR",
+                                               "balance": "DOUBLE"}}
+    with pytest.raises(QueryRejected, match="checks on DuckDB sources only"):
+        Guard(policy, "fay", "finance", spec, catalog).rewrite(DOMINATED)
+    assert "HAVING COUNT(DISTINCT" in Guard(policy, "mo", "marketing", spec, catalog).rewrite(DOMINATED).sql

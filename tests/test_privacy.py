@@ -102,6 +102,7 @@ def test_the_gateway_keeps_the_budget_across_a_restart(folder: Path, tmp_path: P
         server.stop()
         server.start()
         with RemoteSession(server.url, token) as remote:
+            assert "this query spends epsilon 1 of the user's privacy budget" in remote.explain(SUMS).notes
             answer(remote, SUMS)
             with pytest.raises(LimitExceeded, match="privacy budget of `dana` is spent"):
                 remote.query(SUMS)
