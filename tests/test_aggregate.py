@@ -162,6 +162,7 @@ def test_what_an_aggregate_only_role_may_not_ask(mo, sql: str, says: str) -> Non
     # a cross join pairs each small segment with every order: the customers' side still counts 9
     ("select c.segment, count(*) from customers c, orders o group by 1", [("big", 12900), ("ten", 1290)]),
     ("select c.segment, count(*) from customers c join stores s on true group by 1", "may only equate columns"),
+    ("select sum(\"120\") from orders pivot (sum(amount) for customer_id in (120)) group by region", "pivots"),
 ])
 def test_small_groups_cannot_be_smuggled_out(mo, sql: str, expected: list[tuple] | str) -> None:
     if isinstance(expected, str):

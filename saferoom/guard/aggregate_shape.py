@@ -5,7 +5,7 @@ GROUP BY key, a literal, or arithmetic over those; anything else is refused with
 Each refusal closes a way of getting one person's value out past the group minimum:
 
 - ``min``/``max``/``any_value``/``array_agg``/``list``/``string_agg``/``median``… return one row's value;
-- a window function, a subquery, a CTE, LATERAL or a set operation (UNION, EXCEPT) returns or combines
+- a window function, a subquery, a CTE, LATERAL, PIVOT or a set operation (UNION, EXCEPT) returns or combines
   rows the minimum is not counted on;
 - ``FILTER (WHERE …)``, CASE or arithmetic inside an aggregate narrows it to rows the group's count does not
   describe (``sum(CASE WHEN id = 7 THEN amount END)``);
@@ -32,7 +32,8 @@ from saferoom.guard.resolve_tables import POLICY_TABLE
 AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Stddev, exp.StddevPop, exp.StddevSamp, exp.Variance, exp.VariancePop)
 ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg, exp.Paren, exp.Cast, exp.Round, exp.Alias)
 CONSTANTS = (exp.Literal, exp.Null, exp.Boolean)
-MANY_ROWS = (exp.Window, exp.Lateral, exp.Unnest, exp.Qualify, exp.Rollup, exp.Cube, exp.GroupingSets)
+MANY_ROWS = (exp.Window, exp.Lateral, exp.Unnest, exp.Qualify, exp.Rollup, exp.Cube, exp.GroupingSets, exp.Pivot,
+             exp.MatchRecognize)
 
 
 def check_shape(select: exp.Expr, identifiers: frozenset[str]) -> None:
