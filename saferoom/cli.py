@@ -693,7 +693,9 @@ def _explanation_rows(decision: Decision) -> list[dict[str, Any]]:
 
 def _print_explanation(decision: Decision) -> None:
     if decision.refusal:
-        out.print(f"[red]Refused[/] for role {decision.role}: {decision.refusal.message}")
+        out.print(f"[red]Refused[/] for role {decision.role}: {escape(decision.refusal.message)}")
+        for note in decision.notes:
+            out.print(escape(note))
         return
     view = Table("output column", "type", "comes from", title=f"As role {decision.role}", title_justify="left")
     for column in decision.columns:

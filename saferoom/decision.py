@@ -114,6 +114,7 @@ class Decision:
     notes: tuple[str, ...] = ()
     query_bytes: int | None = None  # set when ``query`` is only the text's first RECORDED_PREFIX bytes
     query_sha256: str | None = None
+    unique_rows: int | None = None  # result rows unique on the role's quasi-identifiers, when it asks (disclosure)
 
     @property
     def allowed(self) -> bool:
@@ -141,7 +142,7 @@ class Decision:
                    tuple(TableInfo.from_dict(t) for t in data.get("tables") or ()),
                    tuple(OutputColumn.from_dict(c) for c in data.get("columns") or ()),
                    tuple(data.get("tags") or ()), tuple(data.get("notes") or ()),
-                   data.get("query_bytes"), data.get("query_sha256"))
+                   data.get("query_bytes"), data.get("query_sha256"), data.get("unique_rows"))
 
 
 def allowed(user: str, role: str, sql: str, *, tables: tuple[TableInfo, ...], columns: tuple[OutputColumn, ...],
@@ -150,8 +151,9 @@ def allowed(user: str, role: str, sql: str, *, tables: tuple[TableInfo, ...], co
                     **_statement(sql, limit))
 
 
-def refused(user: str, role: str, sql: str, error: SaferoomError, *, limit: int = MAX_SQL_BYTES) -> Decision:
-    return Decision(user, role, decision=REFUSED, refusal=Refusal.of(error), **_statement(sql, limit))
+def refused(user: str, role: str, sql: str, error: SaferoomError, *, limit: int = MAX_SQL_BYTES,
+            notes: tuple[str, ...] = ()) -> Decision:
+    return Decision(user, role, decision=REFUSED, refusal=Refusal.of(error), notes=notes, **_statement(sql, limit))
 
 
 def _statement(sql: str, limit: int) -> dict[str, Any]:

@@ -9,11 +9,17 @@ on a column the role sees masked, tokenized or not at all is named but not shown
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlglot import exp
 
 from saferoom.policy import Action, Policy
+from saferoom.policy.aggregate import Aggregate
 from saferoom.policy.filters import bind_filter, placeholders, raw_columns
 from saferoom.policy.model import Attribute
+
+if TYPE_CHECKING:
+    from saferoom.guard.aggregate_dp import NoisePlan
 
 
 def row_filter_notice(policy: Policy, role: str, attributes: dict[str, Attribute], table: str) -> str | None:
@@ -39,3 +45,29 @@ def _shown_in_the_clear(policy: Policy, role: str, table: str, predicate: exp.Ex
     """Whether the role sees every column the filter reads as it is stored (action allow)."""
     listed = policy.columns(table)  # the policy checks this at load; an unlisted name still fails closed
     return all(c in listed and policy.rule(role, table, c).action is Action.ALLOW for c in raw_columns(predicate))
+
+
+def aggregate_rules(rules: Aggregate) -> tuple[str, ...]:
+    """An aggregate-only role's rules, each a sentence: for ``saferoom explain``, refusals and decisions."""
+    lines = [f"aggregate-only: every row returned is an aggregate; groups resting on fewer than {rules.min_group} "
+             f"distinct {rules.entity} are suppressed (dropped), and a query with WHERE must leave at least "
+             f"{rules.min_group} of them out",
+             "direct identifiers (entity keys, tokenized columns) may only be counted or joined on"]
+    if rules.tables is not None:
+        lines.append(f"applies to queries reading {', '.join(rules.tables)}")
+    if rules.dominance is not None:
+        lines.append(f"a sum whose top {rules.dominance.n} entities hold more than {rules.dominance.k:.0%} of it "
+                     "is suppressed")
+    if rules.dp is not None:
+        dp = rules.dp
+        lines.append(f"differential privacy: counts, sums and means carry noise; each query spends epsilon "
+                     f"{dp.epsilon_per_query:g} of {dp.budget.epsilon:g} per {dp.budget.per}")
+    return tuple(lines)
+
+
+def aggregate_notes(rules: Aggregate | None, noise: NoisePlan | None) -> tuple[str, ...]:
+    """What a decision on a query of an aggregate-only role says: its rules, and the epsilon it will spend."""
+    if rules is None:
+        return ()
+    spent = (f"this query spends epsilon {noise.epsilon:g} of the user's privacy budget",) if noise else ()
+    return (*aggregate_rules(rules), *spent)

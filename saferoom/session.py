@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+import pyarrow as pa
+
 from saferoom.client import RemoteSession, load_credentials
 from saferoom.decision import MAX_SQL_BYTES, Decision, TableInfo, refused
+from saferoom.disclosure import quasi_columns, unique_note, unique_rows_sql
 from saferoom.engines import registry
 from saferoom.engines.base import Cancel, Engine
 from saferoom.errors import QueryRejected, UsageError
 from saferoom.explain import catalog, decide
 from saferoom.guard import Guard, GuardedQuery
+from saferoom.guard.aggregate_dp import NoisePlan
 from saferoom.guard.check_nodes import check_filters
-from saferoom.notices import row_filter_notice
+from saferoom.notices import aggregate_notes, aggregate_rules, row_filter_notice
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import Limits, role_limits
+from saferoom.privacy import Ledger, MemoryLedger, add_noise, require_opendp
 from saferoom.result import Result
 from saferoom.settings import default
 
@@ -54,7 +60,8 @@ class Session:
     """A user acting as exactly one role against the policy's sources."""
 
     def __init__(self, policy: Policy, user: str, role: str | None = None, *, engine: Engine | None = None,
-                 backend: str | None = None, limits: Limits | None = None, isolated: bool = False) -> None:
+                 backend: str | None = None, limits: Limits | None = None, isolated: bool = False,
+                 ledger: Ledger | None = None) -> None:
         self.policy = policy
         self.user = user
         self.role, role_spec = policy.role_for(user, role)
@@ -65,6 +72,7 @@ class Session:
         self._engine = engine or open_engine(policy, backend, self.limits, isolated=isolated)
         self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog())
         self._filter_notices: dict[str, str | None] = {}
+        self._ledger = ledger or MemoryLedger()  # privacy budgets; the gateway's are kept in its state
 
     @property
     def dialect(self) -> str:
@@ -78,9 +86,40 @@ class Session:
     def query(self, sql: str, cancel: Cancel | None = None) -> Result:
         """Run a query; what comes back is already shaped by the policy. ``cancel`` stops it from another thread."""
         guarded = self._guard.rewrite(sql)
+        if guarded.noise is not None:
+            return self._noisy(guarded, guarded.noise, cancel)
+        self._refuse_disclosing(sql, guarded)
         reader = self._engine.stream(guarded.sql, timeout=self.timeout, cancel=cancel)
         return Result(reader, max_rows=self.max_rows, sql=guarded.sql, tables=guarded.tables,
                       notices=self.notices(guarded.tables), role=self.role)
+
+    def _noisy(self, guarded: GuardedQuery, plan: NoisePlan, cancel: Cancel | None) -> Result:
+        """Spend the query's epsilon (durably, before it runs), run it, and noise its (few) group rows."""
+        require_opendp()  # a missing extra must not cost budget
+        left = self._ledger.spend(self.user, plan.epsilon, budget=plan.budget, period_seconds=plan.period_seconds)
+        table = add_noise(self._engine.stream(guarded.sql, timeout=self.timeout, cancel=cancel).read_all(), plan)
+        notice = f"answers carry noise (differential privacy, epsilon {plan.epsilon:g}); {left:g} of {plan.budget:g} left"
+        return Result(pa.RecordBatchReader.from_batches(table.schema, table.to_batches()), max_rows=self.max_rows,
+                      sql=guarded.sql, tables=guarded.tables, notices=(*self.notices(guarded.tables), notice),
+                      role=self.role)
+
+    def _unique_rows(self, decision: Decision, guarded: GuardedQuery) -> tuple[int, list[str]] | None:
+        """Result rows unique on the role's quasi-identifiers, counted on the engine; None: none returned."""
+        rules = self.policy.model.roles[self.role].disclosure
+        quasi = quasi_columns(decision, rules) if rules is not None else []
+        if not quasi:
+            return None
+        counted = self._engine.stream(unique_rows_sql(guarded.sql, quasi, self.dialect), timeout=self.timeout)
+        return int(counted.read_all().column(0)[0].as_py()), quasi
+
+    def _refuse_disclosing(self, sql: str, guarded: GuardedQuery) -> None:
+        rules = self.policy.model.roles[self.role].disclosure
+        if rules is None or rules.max_unique is None:
+            return
+        found = self._unique_rows(self.decide(sql, guarded), guarded)
+        if found is not None and found[0] > rules.max_unique:
+            raise QueryRejected(f"{unique_note(found[0], found[1], rules)}: more than role `{self.role}` may receive. "
+                                "Aggregate them (GROUP BY with counts), or leave the quasi-identifiers out")
 
     def notices(self, tables: tuple[str, ...]) -> tuple[str, ...]:
         """What a result from ``tables`` should say about this role's row filters; worked out once a table."""
@@ -100,13 +139,25 @@ class Session:
             guarded = self._guard.rewrite(sql)
             types = self._engine.column_types(guarded.sql)
         except QueryRejected as exc:
-            return refused(self.user, self.role, sql, exc)
-        return self.decide(sql, guarded, types)
+            return refused(self.user, self.role, sql, exc, notes=self._aggregate_rules())
+        decision = self.decide(sql, guarded, types)
+        found = self._unique_rows(decision, guarded)
+        if found is None:
+            return decision
+        rules = self.policy.model.roles[self.role].disclosure
+        assert rules is not None  # found is None without it
+        note = unique_note(found[0], found[1], rules)
+        return dataclasses.replace(decision, unique_rows=found[0], notes=(*decision.notes, note))
+
+    def _aggregate_rules(self) -> tuple[str, ...]:
+        rules = self.policy.model.roles[self.role].aggregate
+        return aggregate_rules(rules) if rules is not None else ()
 
     def decide(self, sql: str, guarded: GuardedQuery, types: list[tuple[str, str]] | None = None, *,
                limit: int = MAX_SQL_BYTES) -> Decision:
         """The decision on a query the guard accepted; ``types``, the engine's output columns, when known."""
-        notes = (f"results are cut at {self.max_rows} rows for role {self.role}",) if self.max_rows else ()
+        notes: tuple[str, ...] = (f"results are cut at {self.max_rows} rows for role {self.role}",) if self.max_rows else ()
+        notes += aggregate_notes(self.policy.model.roles[self.role].aggregate, guarded.noise)
         return decide(self._guard, sql, guarded, types, notes=notes, limit=limit)
 
     def close(self) -> None:

@@ -5,7 +5,8 @@ function ``rule(expression, context) -> expression`` over the sqlglot tree in
 its own module (as sqlglot's optimizer is built), then generated::
 
     parse → check_statement → check_nodes → bound_sizes → unqualify_columns → resolve_tables
-          → refuse_hidden_columns → refuse_empty_stars → explain_tokens → name_outputs → substitute_views
+          → refuse_hidden_columns → refuse_empty_stars → explain_tokens → name_outputs → aggregate_only
+          → substitute_views
           → generate
 
 The engine only ever runs SQL generated from the rewritten tree, never the
@@ -25,6 +26,8 @@ from sqlglot import exp
 
 from saferoom.engines.base import Catalog, ColumnTypes, EngineSpec
 from saferoom.errors import EngineError, QueryRejected
+from saferoom.guard.aggregate_dp import NoisePlan
+from saferoom.guard.aggregate_only import aggregate_only
 from saferoom.guard.bound_sizes import bound_sizes
 from saferoom.guard.check_nodes import check_nodes
 from saferoom.guard.check_statement import check_statement
@@ -57,6 +60,7 @@ RULES: tuple[Rule, ...] = (
     refuse_empty_stars,
     explain_tokens,
     name_outputs,
+    aggregate_only,
     substitute_views,
 )
 
@@ -71,6 +75,7 @@ class GuardedQuery:
     tables: tuple[str, ...]
     columns: tuple[tuple[str, str], ...] = ()  # (table, column) the query can reach, for the audit log
     outputs: Outputs = ()  # each output column's name and the column names it reads, for its decision
+    noise: NoisePlan | None = None  # the noise the session adds to the result, and the budget it spends
 
 
 class Guard:
@@ -114,7 +119,8 @@ class Guard:
         tables = tuple(dict.fromkeys(context.touched.tables))
         reached = self._reached(tables, context.touched.names)
         named = outputs(tree, self.spec.dialect)  # before rendering, which may change the tree it is given
-        return GuardedQuery(render(tree, self.spec.dialect, copy=False), tables, reached, named)
+        sql = render(tree, self.spec.dialect, copy=False)
+        return GuardedQuery(sql, tables, reached, named, context.touched.noise)
 
     def context(self) -> Context:
         """A fresh context for one query: what the rules know, and an empty record of what it touches."""

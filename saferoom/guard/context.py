@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
@@ -18,6 +19,9 @@ from sqlglot.optimizer.scope import Scope, build_scope
 from saferoom.engines.base import EngineSpec
 from saferoom.guard.resolver import Resolver
 from saferoom.policy import ColumnRule, Policy
+
+if TYPE_CHECKING:
+    from saferoom.guard.aggregate_dp import NoisePlan
 
 ViewFor = Callable[[str, frozenset[str] | None], exp.Expr]
 
@@ -46,6 +50,7 @@ class Touched:
     tables: list[str] = field(default_factory=list)  # policy tables, in the order the query names them
     names: frozenset[str] | None = None  # names that can reach a view's column; None: all of them
     scopes: dict[int, Scope | None] = field(default_factory=dict)  # the tree's scopes, worked out once (see scope_of)
+    noise: NoisePlan | None = None  # an aggregate-only role with differential privacy: what the session noises
 
 
 def scope_of(expression: exp.Expr, context: Context) -> Scope | None:

@@ -10,10 +10,13 @@ from sqlglot import exp
 
 from saferoom import secrets
 from saferoom.errors import AccessDenied, PolicyError, Problem
+from saferoom.policy.aggregate import Aggregate, entity_key
 from saferoom.policy.filters import parse_filter, raw_columns
 from saferoom.policy.loader import LineMap, policy_hash, read_policy_bytes, read_policy_file
 from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, PostgresSource, Role, User
 from saferoom.policy.problems import expected
+
+COUNTABLE = (Action.ALLOW, Action.TOKENIZE)  # actions under which distinct values of a key stay distinct
 
 __all__ = ["Action", "ActionSpec", "ColumnRule", "Policy", "TableRef", "load_policy", "parse_policy"]
 
@@ -195,6 +198,25 @@ class Policy:
                                f"{expected(tag, list(self.model.tags))}", "roles", name, "columns", tag)
             for table in role.rows:
                 self._check_filter(name, table)
+            if role.aggregate is not None:
+                self._check_aggregate(name, role.aggregate)
+
+    def _check_aggregate(self, role: str, rules: Aggregate) -> None:
+        """The entity and every key name a listed table and column, which the role sees whole or as tokens
+        (a count of distinct tokens is a count of distinct keys; a masked or generalized key is not)."""
+        loc = ("roles", role, "aggregate")
+        named = [rules.entity_table, *rules.keys, *(rules.tables or ())]
+        for table in (t for t in named if t not in self.tables):
+            self._note(f"`aggregate` names table `{table}`, which is not under `tables:`; "
+                       f"{expected(table, list(self.tables))}", *loc)
+        if rules.entity_table in self.tables and rules.entity_column not in self.columns(rules.entity_table):
+            self._note(f"`aggregate.entity` names `{rules.entity}`, a column `{rules.entity_table}` does not list", *loc)
+        for table in (t for t in self.tables if t in named or rules.covers(t)):
+            key = entity_key(rules, table, self.columns(table))
+            if key is not None and key not in self.columns(table):
+                self._note(f"`aggregate.keys` gives `{key}` for `{table}`, which does not list it", *loc, "keys")
+            elif key is not None and self.rule(role, table, key).action not in COUNTABLE:
+                self._note(f"role `{role}` must see `{table}.{key}` (allow or tokenize) to count its entities", *loc)
 
     def _check_filter(self, role: str, table: str) -> None:
         loc = ("roles", role, "rows", table)

@@ -12,6 +12,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from saferoom.policy.aggregate import Aggregate, Disclosure
+
 PUBLIC = "public"
 SIZE = r"^[0-9]+(\.[0-9]+)? ?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
 
@@ -119,6 +121,8 @@ class Role(Strict):
     threads: int | None = Field(default=None, gt=0, le=256, description="DuckDB: threads one user's queries may use.")
     temp_limit: str | None = Field(default=None, pattern=SIZE, description="DuckDB: disk one user's queries may spill, e.g. 4GB.")
     audit: bool = Field(default=False, description="May read the gateway's audit log.")
+    aggregate: Aggregate | None = Field(default=None, description="Statistics only: see docs/aggregate.md.")
+    disclosure: Disclosure | None = Field(default=None, description="Count result rows unique on quasi-identifiers.")
 
 
 class RoomLimits(Strict):

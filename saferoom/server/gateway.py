@@ -22,6 +22,7 @@ from saferoom.errors import AccessDenied, LimitExceeded, PolicyError, QueryCance
 from saferoom.identity import Authenticator, Identity, JWTVerifier, TokenStore
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import gateway_limits
+from saferoom.privacy import FileLedger
 from saferoom.result import Result
 from saferoom.server.pages import Pages
 from saferoom.session import Session, open_engine
@@ -70,6 +71,7 @@ class Gateway:
         self.auth = Authenticator(TokenStore(state), jwt)
         self.audit = audit or AuditLog(state)  # sealed and forwarded when the caller passes one so configured
         self.pages = Pages(state / "results")  # after the log: a second gateway on this state has been refused
+        self.ledger = FileLedger(state / "privacy")  # each user's privacy budget, spent before a noisy query runs
         self._lock = threading.Lock()
         # per user: one of their query slots came back, or the gateway is stopping (one condition for all
         # would wake every waiting query of a flooding user each time anyone's query ends)
@@ -135,7 +137,7 @@ class Gateway:
         threads and processor time are theirs alone (see :mod:`saferoom.engines.isolated`)."""
         limits = gateway_limits(room.policy.role_for(user, role)[1])
         engine = None if room.engine.spec.per_user else room.engine
-        return Session(room.policy, user, role, engine=engine, limits=limits, isolated=True)
+        return Session(room.policy, user, role, engine=engine, limits=limits, isolated=True, ledger=self.ledger)
 
     def may_audit(self, session: Session) -> bool:
         return session.policy.model.roles[session.role].audit
@@ -246,6 +248,7 @@ class Gateway:
         for session in list(self._room.sessions.values()):
             session.close()
         self.pages.close()
+        self.ledger.close()
         self.audit.close()
 
 

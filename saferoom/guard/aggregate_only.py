@@ -1,0 +1,162 @@
+"""A rule of the guard: an aggregate-only role gets only groups that rest on enough distinct entities.
+
+For a role with ``aggregate:`` (see :mod:`saferoom.policy.aggregate`), a query that reads a table the rules
+cover must aggregate every row it returns (:mod:`saferoom.guard.aggregate_shape` says what that allows).
+The query is then rewritten so the engine counts, for each group, the distinct entities (customers) behind
+it, through each table's entity key, and drops a group under ``min_group``: the counts are conditions
+of the query's HAVING, computed alongside the user's aggregates and never returned. Every table that
+carries the entity must reach the minimum (a join of an order with some other customer's row counts on
+both), so ten orders of one customer count as one entity.
+
+A query with a WHERE must also leave at least ``min_group`` entities out (the query-set restriction):
+otherwise the total minus its answer would be the answer for the few it leaves out.
+
+Suppressed groups are dropped, not folded into a remainder group (see docs/aggregate.md for why).
+
+>>> import sqlglot
+>>> context = example()
+>>> from saferoom.guard.resolve_tables import resolve_tables
+>>> tree = resolve_tables(sqlglot.parse_one("select region, count(*) from orders group by region"), context)
+>>> aggregate_only(tree, context).sql()
+'SELECT region, COUNT(*) FROM orders GROUP BY region HAVING COUNT(DISTINCT "orders"."customer_id") >= 10'
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from saferoom.errors import QueryRejected
+from saferoom.guard.aggregate_dominance import dominance_condition
+from saferoom.guard.aggregate_dp import NoisePlan, bound_contributions, plan_noise
+from saferoom.guard.aggregate_shape import check_shape, group_keys
+from saferoom.guard.context import Context
+from saferoom.guard.resolve_tables import POLICY_TABLE
+from saferoom.policy import Action
+from saferoom.policy.aggregate import DP, Aggregate, entity_key
+
+
+def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
+    rules = context.policy.model.roles[context.role].aggregate
+    if rules is None or not any(rules.covers(t) for t in context.touched.tables):
+        return expression
+    try:
+        check_shape(expression, identifiers(context, rules))
+    except QueryRejected as exc:
+        raise QueryRejected(f"{exc.message}. Role `{context.role}` may only {rules.allowed_instead()}",
+                            column=exc.column) from None
+    assert isinstance(expression, exp.Select)  # check_shape refused anything else
+    keys = entity_columns(expression, context, rules)
+    if rules.dp is not None:
+        context.touched.noise = _with_noise(expression, context, rules, rules.dp)
+    unique = _one_row_each(expression, rules)
+    conditions = [_at_least(_entities(k, unique), rules.min_group) for k in keys]
+    if expression.args.get("where") is not None:
+        conditions += [_at_least(_left_out(expression, k, unique), rules.min_group) for k in keys]
+    if rules.dominance and context.spec.dialect != "duckdb":  # its condition is written in DuckDB's list functions
+        raise QueryRejected(f"role `{context.role}` has a dominance rule, which saferoom checks on DuckDB sources "
+                            f"only; ask the security team (this {context.spec.dialect} source cannot answer it)")
+    dominated = dominance_condition(expression, keys[0], rules.dominance) if rules.dominance and keys else None
+    conditions += [dominated] if dominated is not None else []
+    having = expression.args.get("having")
+    everything = [having.this, *conditions] if having is not None else conditions
+    expression.set("having", exp.Having(this=exp.and_(*everything, copy=False)))
+    if rules.dp is not None:
+        limited = _limited(expression, context, rules)
+        bound_contributions(limited, rules.dp.max_contributions)
+    return expression
+
+
+def _with_noise(select: exp.Select, context: Context, rules: Aggregate, dp: DP) -> NoisePlan:
+    rows = dp.max_contributions ** len(_limited(select, context, rules))
+    return plan_noise(select, dp, group_keys(select), rows_per_entity=rows)
+
+
+def _limited(select: exp.Select, context: Context, rules: Aggregate) -> list[tuple[exp.Table, str]]:
+    """The covered tables other than the entity's own (which holds one row per entity), with their keys."""
+    found = []
+    for table in _sources(select):
+        name = table.meta[POLICY_TABLE]
+        key = entity_key(rules, name, context.policy.columns(name))
+        if rules.covers(name) and name != rules.entity_table and key is not None:
+            found.append((table, key))
+    return found
+
+
+def _sources(select: exp.Select) -> list[exp.Table]:
+    return [select.args["from_"].this, *(j.this for j in select.args.get("joins") or [])]
+
+
+EXAMPLE_POLICY = ("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {key: {}}, "
+                  "tables: {prod.orders: {order_id: public, customer_id: key, region: public, amount: public}, "
+                  "prod.customers: {customer_id: key, segment: public}}, "
+                  "users: {mo: {roles: [marketing]}}, roles: {marketing: {columns: {key: allow}, "
+                  "aggregate: {min_group: 10, entity: prod.customers.customer_id}}}}")
+
+
+def example() -> Context:
+    """The context of this rule's examples: `mo` of role `marketing`, aggregate-only over prod.orders and
+    prod.customers."""
+    from saferoom.engines.duckdb import DUCKDB  # here, not at the top: the guard imports this module
+    from saferoom.guard import Guard
+    from saferoom.policy import parse_policy
+
+    types = {"order_id": "BIGINT", "customer_id": "BIGINT", "region": "VARCHAR", "amount": "DOUBLE"}
+    return Guard(parse_policy(EXAMPLE_POLICY), "mo", "marketing", DUCKDB, {("prod", "main", "orders"): types}).context()
+
+
+def identifiers(context: Context, rules: Aggregate) -> frozenset[str]:
+    """Names of direct identifiers in the tables read: entity keys, and columns the role sees only as tokens."""
+    names: set[str] = set()
+    for table in context.touched.tables:
+        listed = context.policy.columns(table)
+        key = entity_key(rules, table, listed)
+        names.update([key] if key else [])
+        names.update(c for c in listed if context.policy.rule(context.role, table, c).action is Action.TOKENIZE)
+    return frozenset(names)
+
+
+def entity_columns(select: exp.Select, context: Context, rules: Aggregate) -> list[exp.Column]:
+    """Each covered table's entity key, as a column of the query (``alias.customer_id``)."""
+    columns = []
+    for table in _sources(select):
+        name = table.meta[POLICY_TABLE]
+        if not rules.covers(name):
+            continue
+        key = entity_key(rules, name, context.policy.columns(name))
+        if key is None:
+            raise QueryRejected(f"table {name} has no column holding the {rules.entity} it is about, so its groups "
+                                f"cannot be counted; ask the security team to declare it under the role's "
+                                f"`aggregate.keys`")
+        columns.append(exp.column(key, table=exp.to_identifier(table.alias_or_name, quoted=True), quoted=True))
+    return columns
+
+
+def _one_row_each(select: exp.Select, rules: Aggregate) -> bool:
+    """Whether the query reads the entity's own table alone, whose rows are one per entity (its key is the
+    primary key: docs/aggregate.md), so that counting keys counts entities without a costly DISTINCT."""
+    sources = _sources(select)
+    return len(sources) == 1 and sources[0].meta[POLICY_TABLE] == rules.entity_table
+
+
+def _entities(key: exp.Column, unique: bool) -> exp.Expr:
+    return exp.Count(this=key.copy()) if unique else exp.Count(this=exp.Distinct(expressions=[key.copy()]))
+
+
+def _at_least(count: exp.Expr, minimum: int) -> exp.Expr:
+    return exp.GTE(this=count, expression=exp.Literal.number(minimum))
+
+
+def _left_out(select: exp.Select, key: exp.Column, unique: bool) -> exp.Expr:
+    """Entities the WHERE leaves out: all the query's sources hold, less those its rows hold."""
+    every = _distinct_entities(select, key, unique, where=False)
+    kept = _distinct_entities(select, key, unique, where=True)
+    return exp.Sub(this=every, expression=kept)
+
+
+def _distinct_entities(select: exp.Select, key: exp.Column, unique: bool, *, where: bool) -> exp.Expr:
+    inner = exp.Select(expressions=[_entities(key, unique)]).from_(select.args["from_"].copy(), copy=False)
+    for join in select.args.get("joins") or []:
+        inner.append("joins", join.copy())
+    if where:
+        inner.set("where", select.args["where"].copy())
+    return exp.Subquery(this=inner)
