@@ -98,7 +98,7 @@ SHOWN = {  # what a rule's fixture shows, when not the SQL it makes
 @pytest.mark.parametrize("rule, sql, expected", [(r.__name__, *case) for r in RULES for case in cases(f"{r.__name__}.sql")])
 def test_rule(policy, rule: str, sql: str, expected: str) -> None:
     def run() -> str:
-        context = stub_context(policy)
+        context = replace(stub_context(policy), text=sql)
         tree = through(rule, sql, context)
         return SHOWN[rule](tree, context) if rule in SHOWN else tree.sql("duckdb")
 

@@ -11,18 +11,16 @@ are generated into a temporary folder, never kept in git.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 import saferoom
+from tests import answers
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 import tpc
@@ -101,43 +99,16 @@ def _cases(name: str) -> list[Any]:
 CASES = _cases("tpch") + _cases("tpcds")
 
 
-def direct(benchmark: tpc.Benchmark, sql: str, views: dict[str, str] | None = None) -> tuple[list[str], list[tuple]]:
-    """The query on the raw file, or with ``views`` over views that filter the named tables by hand."""
-    with duckdb.connect() as con:
-        con.execute(f"ATTACH '{benchmark.database}' AS raw (READ_ONLY)")
-        for table in benchmark.tables():
-            where = (views or {}).get(table, "true")
-            denied = [c.split(".")[-1] for c in DENIED.get(f"{benchmark.name}.{table}", ())] if views else []
-            exclude = f" EXCLUDE ({', '.join(denied)})" if denied else ""
-            con.execute(f"CREATE VIEW {table} AS SELECT *{exclude} FROM raw.{table} WHERE {where}")
-        cursor = con.execute(sql)
-        return [d[0] for d in cursor.description], cursor.fetchall()
+def direct(benchmark: tpc.Benchmark, sql: str, restricted: bool = False) -> answers.Answer:
+    """The query on the raw file, or over views that apply the restricted role's policy by hand."""
+    return answers.direct(benchmark.database, sql, {t: _view(benchmark, t, restricted) for t in benchmark.tables()})
 
 
-def guarded(session: saferoom.Session, sql: str) -> tuple[list[str], list[tuple]]:
-    table = session.query(sql).to_arrow()
-    return table.column_names, [tuple(row.values()) for row in table.to_pylist()]
-
-
-def same(got: tuple[list[str], list[tuple]], want: tuple[list[str], list[tuple]]) -> None:
-    """Same names, same rows: in the same order, up to float rounding (a parallel sum of doubles may add in
-    another order) and ties an ORDER BY leaves unordered."""
-    assert got[0] == want[0]
-    assert len(got[1]) == len(want[1])
-    if _rounded(got[1]) != _rounded(want[1]):
-        assert sorted(_rounded(got[1]), key=repr) == sorted(_rounded(want[1]), key=repr)
-
-
-def _rounded(rows: list[tuple]) -> list[tuple]:
-    return [tuple(_round(v) for v in row) for row in rows]
-
-
-def _round(value: object) -> object:
-    if isinstance(value, float) and math.isfinite(value):
-        return float(f"{value:.9g}")
-    if isinstance(value, Decimal):
-        return value.normalize()
-    return value
+def _view(benchmark: tpc.Benchmark, table: str, restricted: bool) -> str:
+    denied = DENIED.get(f"{benchmark.name}.{table}", ()) if restricted else ()
+    exclude = f" EXCLUDE ({', '.join(denied)})" if denied else ""
+    where = VIEWS[benchmark.name].get(table, "true") if restricted else "true"
+    return f"SELECT *{exclude} FROM raw.{table} WHERE {where}"
 
 
 @pytest.mark.parametrize(("name", "number"), CASES)
@@ -145,7 +116,7 @@ def test_allow_all_answers_exactly_as_direct(benchmarks: dict[str, tpc.Benchmark
                                              name: str, number: int) -> None:
     benchmark = benchmarks[name]
     sql = benchmark.queries[number]
-    same(guarded(everything[name], sql), direct(benchmark, sql))
+    answers.same(answers.guarded(everything[name], sql), direct(benchmark, sql))
 
 
 @pytest.mark.parametrize(("name", "number"), CASES)
@@ -159,4 +130,4 @@ def test_restricted_answers_what_the_policy_implies(benchmarks: dict[str, tpc.Be
             restricted[name].query(sql)
         assert refused.value.column.split(".")[-1] in named
         return
-    same(guarded(restricted[name], sql), direct(benchmark, sql, VIEWS[name]))
+    answers.same(answers.guarded(restricted[name], sql), direct(benchmark, sql, restricted=True))

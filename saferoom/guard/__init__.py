@@ -107,7 +107,7 @@ class Guard:
             raise QueryRejected(f"the query could not be checked: {str(exc).splitlines()[0][:200]}") from None
 
     def _pipeline(self, sql: str) -> GuardedQuery:
-        context = self.context()
+        context = self.context(sql)
         tree = parse(sql, self.spec)
         for rule in RULES:
             tree = rule(tree, context)
@@ -116,9 +116,9 @@ class Guard:
         named = outputs(tree, self.spec.dialect)  # before rendering, which may change the tree it is given
         return GuardedQuery(render(tree, self.spec.dialect, copy=False), tables, reached, named)
 
-    def context(self) -> Context:
-        """A fresh context for one query: what the rules know, and an empty record of what it touches."""
-        return Context(*self._given, touched=Touched())  # twice as fast as dataclasses.replace, on every query
+    def context(self, text: str = "") -> Context:
+        """A fresh context for one query (``text``): what the rules know, and an empty record of what it touches."""
+        return Context(*self._given, touched=Touched(), text=text)  # twice as fast as dataclasses.replace
 
     def _reached(self, tables: tuple[str, ...], names: frozenset[str] | None) -> tuple[tuple[str, str], ...]:
         listed = ((t, c) for t in tables for c in self.policy.columns(t))

@@ -70,6 +70,7 @@ class Context:
     columns: Callable[[str], Columns]  # of a policy table
     view: ViewFor  # the policy view of a table, cut to the names given
     touched: Touched = field(default_factory=Touched)
+    text: str = ""  # the query as written, to quote the user's own words back in refusals
 
 
 EXAMPLE_POLICY = ("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}, pii: {}}, "

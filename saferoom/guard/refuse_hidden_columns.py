@@ -111,17 +111,32 @@ def _levels(scope: Scope) -> Iterator[Scope]:
 
 
 def _binding(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidden | Unknown | None:
-    if column.args.get("db") or column.find_ancestor(exp.Lambda) or _in_star_options(column):
+    if column.args.get("db") or column.find_ancestor(exp.Lambda) or _in_star_options(column) or _in_pivot(column):
         return None
     name = column.name.lower()
     if column.table:
         return _qualified(column, levels, shapes)
-    if any(name in _aliases(level) or name in _sources(level) for level in levels):
-        return None  # a select alias, or a table used as a value
+    if any(name in _aliases(level) or name in _sources(level) or _pivoted(level) for level in levels):
+        return None  # a select alias, a table used as a value, or a column a PIVOT makes
     seen, hidden = _reach(name, levels, shapes)
     if seen:
         return None
     return hidden or Unknown(column.name, _nearby(levels, shapes))
+
+
+def _pivoted(scope: Scope) -> bool:
+    """The scope reads a PIVOT or UNPIVOT, whose columns sqlglot's scopes do not know."""
+    reads = [scope.expression.args.get("from_"), *scope.expression.args.get("joins", [])]
+    return any(r is not None and r.find(exp.Pivot) is not None for r in reads)
+
+
+def _in_pivot(column: exp.Column) -> bool:
+    """A name in a PIVOT's ON, USING or GROUP BY: a column of the pivoted relation, which sqlglot's scopes do not
+    bind; the engine binds it against that relation, which holds only views."""
+    parent = column.parent
+    while parent is not None and not isinstance(parent, (exp.Select, exp.Subquery, exp.Pivot)):
+        parent = parent.parent
+    return isinstance(parent, exp.Pivot)
 
 
 def _qualified(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidden | Unknown | None:

@@ -30,7 +30,9 @@ def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
         # `t(a, b)` names the columns by position: a view cut to the names used would shift them onto other
         # columns (a silent wrong answer), so such a table keeps every column the role sees, in order
         cut = None if alias.args.get("columns") else names
-        table.replace(exp.Subquery(this=context.view(table.meta[POLICY_TABLE], cut), alias=alias))
+        # TABLESAMPLE samples the view's rows: the filtered, masked ones
+        view = context.view(table.meta[POLICY_TABLE], cut)
+        table.replace(exp.Subquery(this=view, alias=alias, sample=table.args.get("sample")))
     return expression
 
 
@@ -44,8 +46,8 @@ def _scan(tree: exp.Expr) -> tuple[frozenset[str] | None, list[exp.Table]]:
     for node in tree.walk():
         if isinstance(node, exp.Identifier):
             names.add(node.name.lower())
-        elif isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
-            whole = True
+        elif isinstance(node, (exp.Star, exp.Columns)) and not isinstance(node.parent, exp.Count):
+            whole = True  # `*` and COLUMNS('regex') expand to columns the query does not name
         elif isinstance(node, exp.Table):
             aliases.add(node.alias_or_name.lower())
             if POLICY_TABLE in node.meta:
