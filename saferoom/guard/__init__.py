@@ -154,10 +154,12 @@ def _columns(policy: Policy, role: str, table: str, types: ColumnTypes) -> Colum
     declares that the database no longer has (a column a split removed). Unclassified ones are not listed at
     all, so a query naming one fails exactly as for a column that does not exist (its existence is not disclosed)."""
     listed = policy.columns(table)
-    visible = frozenset(rule.column for rule, _ in visible_columns(policy, role, table, types))
+    shown = [rule for rule, _ in visible_columns(policy, role, table, types)]
+    visible = frozenset(rule.column for rule in shown)
     rules = (policy.rule(role, table, c) for c in listed if c not in visible)
     hidden = {r.column.lower(): Hidden(table, r.column, r) for r in rules if r.action is Action.DENY}
-    return Columns(visible, hidden)
+    tokenized = frozenset(r.column.lower() for r in shown if r.action is Action.TOKENIZE)
+    return Columns(visible, hidden, tokenized)
 
 
 def _keep(types: dict[str, str], names: frozenset[str], visible: frozenset[str]) -> frozenset[str]:

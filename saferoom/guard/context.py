@@ -37,6 +37,7 @@ class Columns:
 
     visible: frozenset[str]
     hidden: Mapping[str, Hidden]
+    tokenized: frozenset[str] = frozenset()  # visible columns that hold tokens for the role, lower-cased
 
 
 @dataclass
