@@ -38,6 +38,8 @@ class Templates:
     generalize_date: str
     generalize_number: str
     generalize_text: str
+    # exact integer/decimal buckets over ``__w`` (the value in a type wide enough not to overflow); empty: none
+    generalize_exact: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class EngineSpec:
 
     def type_class(self, type_name: str) -> str:
         upper = type_name.upper()
+        if "[" in upper or upper.startswith(("STRUCT", "MAP", "UNION")):
+            return "other"  # a list of text is not text: VARCHAR[] must not be cut as a string
         if upper.startswith(self.date_types):
             return "date"
         if upper.startswith(self.number_types):

@@ -57,6 +57,7 @@ DUCKDB = EngineSpec(
         generalize_date="date_trunc('__p', __v)",
         generalize_number="floor(__v / __p) * __p",
         generalize_text="left(__v, __p)",
+        generalize_exact="__w - ((__w % __p) + __p) % __p",
     ),
     date_types=("DATE", "TIMESTAMP"),
     number_types=("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
