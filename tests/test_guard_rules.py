@@ -144,6 +144,14 @@ def test_views_are_rendered_once_and_spliced_whole(policy) -> None:
     ("select count(o.*) from orders o", None),
     ("select * from orders natural join cards", None),
     ("select o.region from orders o join cards c using (card_id)", {"region"}),
+    # a star keeps whole only the tables of its own SELECT
+    ("select region from orders where exists (select * from cards)", {"region"}),
+    ("with c as (select * from cards) select o.region from orders o, c", {"region"}),
+    ("select o.*, c.card_id from orders o join cards c on true", None),
+    ("select c.* from orders o join cards c on true", {"order_id"}),
+    ("select * from (select amount from orders) s", {"amount"}),
+    # PIVOT groups by every column it does not name
+    ("select * from (pivot orders on region in ('EU') using sum(amount))", None),
 ])
 def test_views_are_cut_to_named_columns(policy, sql: str, kept: set[str] | None) -> None:
     guard = Guard(policy, "ivan", "investigator", DUCKDB, CATALOG)
