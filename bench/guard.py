@@ -135,17 +135,18 @@ def end_to_end(policy: Path, user: str, sql: str, direct_sql: str, repeat: int) 
     return statistics.median(plain), statistics.median(guarded)
 
 
-def tpc_benchmarks(sf: float, repeat: int) -> None:
+def tpc_benchmarks(sf: float, repeat: int, names: list[str], numbers: list[int]) -> None:
     """Each TPC query guarded and direct, timed in pairs on the session's own connection (the direct text has
     its tables qualified with the attached source, as the guard's views name them)."""
     folder = DATA / f"tpc-sf{sf:g}"
     benchmarks = tpc.generate(folder, sf)
     (folder / "token.key").write_text("bench-key-" * 4)
-    for benchmark in benchmarks.values():
+    for benchmark in (benchmarks[name] for name in names):
         policy = folder / f"{benchmark.name}.yaml"
         policy.write_text(tpc.policy(benchmark, folder / "token.key"))
         with saferoom.connect(policy, user="ana") as session:
-            runs = [_tpc_query(session, benchmark.name, n, sql, repeat) for n, sql in sorted(benchmark.queries.items())]
+            chosen = sorted((n, sql) for n, sql in benchmark.queries.items() if not numbers or n in numbers)
+            runs = [_tpc_query(session, benchmark.name, n, sql, repeat) for n, sql in chosen]
         _tpc_summary(benchmark.name, sf, runs)
 
 
@@ -178,12 +179,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sf", type=float, default=1.0, help="TPC-H and TPC-DS scale factor")
     parser.add_argument("--only", choices=["guard", "tpc"], help="run one part")
+    parser.add_argument("--tpc", default="tpch,tpcds", help="which TPC benchmarks, comma-separated")
+    parser.add_argument("--queries", default="", help="only these query numbers, comma-separated")
     args = parser.parse_args()
     print(f"saferoom {saferoom.__version__}, sqlglot {sqlglot.__version__}, duckdb {duckdb.__version__}, python {sys.version.split()[0]}")
     if args.only != "tpc":
         overhead(args)
     if args.only != "guard":
-        tpc_benchmarks(args.sf, max(3, args.repeat // 2))
+        numbers = [int(n) for n in args.queries.split(",") if n]
+        tpc_benchmarks(args.sf, max(3, args.repeat // 2), args.tpc.split(","), numbers)
 
 
 def overhead(args: argparse.Namespace) -> None:
