@@ -173,3 +173,10 @@ def test_parse_tells_a_mistake_from_a_refusal(sql: str, error: type[Exception], 
     with pytest.raises(error) as caught:
         parse(sql, DUCKDB)
     assert type(caught.value) is error and message in str(caught.value)
+
+
+def test_the_audit_records_every_column_of_a_table_a_star_expands(policy) -> None:
+    guard = Guard(policy, "ivan", "investigator", DUCKDB, CATALOG)
+    reached = set(guard.rewrite("select c.*, o.region from orders o join cards c on true").columns)
+    assert {("prod.cards", c) for c in ("card_id", "customer_id", "pan")} <= reached
+    assert ("prod.orders", "region") in reached and ("prod.orders", "amount") not in reached

@@ -112,7 +112,7 @@ class Guard:
         for rule in RULES:
             tree = rule(tree, context)
         tables = tuple(dict.fromkeys(context.touched.tables))
-        reached = self._reached(tables, context.touched.names)
+        reached = self._reached(tables, context.touched.names, context.touched.whole)
         named = outputs(tree, self.spec.dialect)  # before rendering, which may change the tree it is given
         return GuardedQuery(render(tree, self.spec.dialect, copy=False), tables, reached, named)
 
@@ -120,9 +120,9 @@ class Guard:
         """A fresh context for one query (``text``): what the rules know, and an empty record of what it touches."""
         return Context(*self._given, touched=Touched(), text=text)  # twice as fast as dataclasses.replace
 
-    def _reached(self, tables: tuple[str, ...], names: frozenset[str] | None) -> tuple[tuple[str, str], ...]:
+    def _reached(self, tables: tuple[str, ...], names: frozenset[str] | None, whole: set[str]) -> tuple[tuple[str, str], ...]:
         listed = ((t, c) for t in tables for c in self.policy.columns(t))
-        return tuple((t, c) for t, c in listed if names is None or c in names)
+        return tuple((t, c) for t, c in listed if names is None or t in whole or c in names)
 
     def view(self, table: str, names: frozenset[str] | None = None) -> exp.Var:
         """The policy view of a table for this user and role, cut to ``names``; rendered once."""

@@ -46,6 +46,7 @@ class Touched:
 
     tables: list[str] = field(default_factory=list)  # policy tables, in the order the query names them
     names: frozenset[str] | None = None  # names that can reach a view's column; None: all of them
+    whole: set[str] = field(default_factory=set)  # policy tables a `*` (or PIVOT, or `t(a, b)`) reads every column of
     scopes: dict[int, Scope | None] = field(default_factory=dict)  # the tree's scopes, worked out once (see scope_of)
 
 

@@ -30,6 +30,8 @@ def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
         # `t(a, b)` names the columns by position: a view cut to the names used would shift them onto other
         # columns (a silent wrong answer), so such a table keeps every column the role sees, in order
         kept = alias.args.get("columns") or names is None or id(table) in whole
+        if kept:
+            context.touched.whole.add(table.meta[POLICY_TABLE])  # the audit records every column as reached
         # TABLESAMPLE samples the view's rows: the filtered, masked ones
         view = context.view(table.meta[POLICY_TABLE], None if kept else names)
         table.replace(exp.Subquery(this=view, alias=alias, sample=table.args.get("sample")))
