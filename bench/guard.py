@@ -6,9 +6,12 @@ shared and noisy; absolute times drift):
 * per query: sqlglot's own parse + generate of the text (baseline), a cold
   guard pass (parse, check, rewrite, generate), and a cached one;
 * end to end: the same query run directly on the raw DuckDB file and through
-  a saferoom session, for a small aggregate over 1M rows and a 10M-row scan.
+  a saferoom session, for a small aggregate over 1M rows and a 10M-row scan;
+* TPC-H (22 queries) and TPC-DS (99) at scale factor ``--sf``, under a role that
+  allows everything: per query guarded/direct (median and worst over the
+  queries) and the cold guard pass against sqlglot's parse + generate.
 
-Usage: python bench/guard.py [--rows 10000000] [--repeat 7]
+Usage: python bench/guard.py [--rows 10000000] [--repeat 7] [--sf 1] [--only tpc]
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 
 import duckdb
 import sqlglot
-from timing import median_seconds
+import tpc
+from sqlglot.optimizer.qualify_tables import qualify_tables
+from timing import median_seconds, paired_medians
 
 import saferoom
 
@@ -130,13 +135,63 @@ def end_to_end(policy: Path, user: str, sql: str, direct_sql: str, repeat: int) 
     return statistics.median(plain), statistics.median(guarded)
 
 
+def tpc_benchmarks(sf: float, repeat: int, names: list[str], numbers: list[int]) -> None:
+    """Each TPC query guarded and direct, timed in pairs on the session's own connection (the direct text has
+    its tables qualified with the attached source, as the guard's views name them)."""
+    folder = DATA / f"tpc-sf{sf:g}"
+    benchmarks = tpc.generate(folder, sf)
+    (folder / "token.key").write_text("bench-key-" * 4)
+    for benchmark in (benchmarks[name] for name in names):
+        policy = folder / f"{benchmark.name}.yaml"
+        policy.write_text(tpc.policy(benchmark, folder / "token.key"))
+        with saferoom.connect(policy, user="ana") as session:
+            chosen = sorted((n, sql) for n, sql in benchmark.queries.items() if not numbers or n in numbers)
+            runs = [_tpc_query(session, benchmark.name, n, sql, repeat) for n, sql in chosen]
+        _tpc_summary(benchmark.name, sf, runs)
+
+
+def _tpc_query(session: saferoom.Session, source: str, number: int, sql: str, repeat: int) -> tuple[int, float, float, float]:
+    """(query, end-to-end guarded/direct, cold guard µs, parse + generate µs)."""
+    conn = session._engine._conn
+    direct_sql = qualify_tables(sqlglot.parse_one(sql, read="duckdb"), db="main", catalog=source).sql("duckdb")
+    guarded, direct = (lambda: session.query(sql).to_arrow()), (lambda: conn.sql(direct_sql).to_arrow_table())
+    guarded(), direct()  # warm both
+    ratio = paired_medians(guarded, direct, repeat)[2]
+    n = max(repeat * 3, 15)
+    cold = median_us(lambda: session._guard._rewrite(sql), n)
+    base = median_us(lambda: sqlglot.parse_one(sql, read="duckdb").sql("duckdb"), n)
+    return number, ratio, cold, base
+
+
+def _tpc_summary(name: str, sf: float, runs: list[tuple[int, float, float, float]]) -> None:
+    ratios = [r for _, r, _, _ in runs]
+    worst = max(runs, key=lambda run: run[1])
+    guard = [cold / base for _, _, cold, base in runs]
+    print(f"\n{name.upper()} at SF {sf:g}, {len(runs)} queries, guarded / direct end to end:")
+    print(f"  median {statistics.median(ratios):.3f}×, worst {worst[1]:.3f}× (Q{worst[0]}); "
+          f"slowest five: {', '.join(f'Q{n} {r:.2f}×' for n, r, _, _ in sorted(runs, key=lambda x: -x[1])[:5])}")
+    print(f"  cold guard / parse + generate: median {statistics.median(guard):.2f}×, worst {max(guard):.2f}×")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--sf", type=float, default=1.0, help="TPC-H and TPC-DS scale factor")
+    parser.add_argument("--only", choices=["guard", "tpc"], help="run one part")
+    parser.add_argument("--tpc", default="tpch,tpcds", help="which TPC benchmarks, comma-separated")
+    parser.add_argument("--queries", default="", help="only these query numbers, comma-separated")
     args = parser.parse_args()
-    policy = build(args.rows)
     print(f"saferoom {saferoom.__version__}, sqlglot {sqlglot.__version__}, duckdb {duckdb.__version__}, python {sys.version.split()[0]}")
+    if args.only != "tpc":
+        overhead(args)
+    if args.only != "guard":
+        numbers = [int(n) for n in args.queries.split(",") if n]
+        tpc_benchmarks(args.sf, max(3, args.repeat // 2), args.tpc.split(","), numbers)
+
+
+def overhead(args: argparse.Namespace) -> None:
+    policy = build(args.rows)
     print("\nGuard overhead per query (median)")
     print(f"{'query':<14}{'parse+generate':>16}{'cold guard':>12}{'ratio':>8}{'cached':>10}")
     with saferoom.connect(policy, user="ana") as session:

@@ -104,7 +104,7 @@ SHOWN = {  # what a rule's fixture shows, when not the SQL it makes
 @pytest.mark.parametrize("rule, sql, expected", [(r.__name__, *case) for r in RULES for case in cases(f"{r.__name__}.sql")])
 def test_rule(policy, rule: str, sql: str, expected: str) -> None:
     def run() -> str:
-        context = stub_context(policy, *ACTING.get(rule, ("alice", "analyst")))
+        context = replace(stub_context(policy, *ACTING.get(rule, ("alice", "analyst"))), text=sql)
         tree = through(rule, sql, context)
         return SHOWN[rule](tree, context) if rule in SHOWN else tree.sql("duckdb")
 
@@ -150,6 +150,14 @@ def test_views_are_rendered_once_and_spliced_whole(policy) -> None:
     ("select count(o.*) from orders o", None),
     ("select * from orders natural join cards", None),
     ("select o.region from orders o join cards c using (card_id)", {"region"}),
+    # a star keeps whole only the tables of its own SELECT
+    ("select region from orders where exists (select * from cards)", {"region"}),
+    ("with c as (select * from cards) select o.region from orders o, c", {"region"}),
+    ("select o.*, c.card_id from orders o join cards c on true", None),
+    ("select c.* from orders o join cards c on true", {"order_id"}),
+    ("select * from (select amount from orders) s", {"amount"}),
+    # PIVOT groups by every column it does not name
+    ("select * from (pivot orders on region in ('EU') using sum(amount))", None),
 ])
 def test_views_are_cut_to_named_columns(policy, sql: str, kept: set[str] | None) -> None:
     guard = Guard(policy, "ivan", "investigator", DUCKDB, CATALOG)
@@ -171,3 +179,10 @@ def test_parse_tells_a_mistake_from_a_refusal(sql: str, error: type[Exception], 
     with pytest.raises(error) as caught:
         parse(sql, DUCKDB)
     assert type(caught.value) is error and message in str(caught.value)
+
+
+def test_the_audit_records_every_column_of_a_table_a_star_expands(policy) -> None:
+    guard = Guard(policy, "ivan", "investigator", DUCKDB, CATALOG)
+    reached = set(guard.rewrite("select c.*, o.region from orders o join cards c on true").columns)
+    assert {("prod.cards", c) for c in ("card_id", "customer_id", "pan")} <= reached
+    assert ("prod.orders", "region") in reached and ("prod.orders", "amount") not in reached

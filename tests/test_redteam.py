@@ -95,6 +95,33 @@ ATTACKS = [
     "select * from query_table('prod.main.cards')",
     "select * from prod.main.duckdb_settings()",
     "select * from cards tablesample 10 percent",
+    # sampling samples the view's rows
+    "select * from orders using sample 100 percent (bernoulli)",
+    "select * from prod.orders tablesample 100 percent where region = 'US'",
+    "select * from customers using sample 10 rows",
+    "select pan from cards using sample 1 rows",
+    "select * from cards tablesample reservoir(5 rows) repeatable (1)",
+    "select * from orders using sample (select count(*) from prod.orders) rows",
+    "select * from read_csv('/etc/passwd') using sample 10 rows",
+    # PIVOT and UNPIVOT read the views; a PIVOT's columns are the values it lists
+    "select * from (pivot orders on region in ('US', 'EU') using sum(amount))",
+    "select * from (pivot orders on order_id in (990000001) using max(amount))",
+    "select * from (pivot cards on card_id in (999001) using first(pan))",
+    "select * from (pivot customers on ssn in ('212-45-6789') using count(*))",
+    "select * from (pivot customers on ssn using count(*))",
+    "select * from (pivot orders on region in (select region from prod.orders) using sum(amount))",
+    "select * from (unpivot customers on name, email, ssn into name k value v)",
+    "select * from (unpivot cards on pan, card_id into name k value v)",
+    "select * from (unpivot (select * from prod.orders) on amount into name k value v) where region = 'US'",
+    # generators take literal arguments and read nothing
+    "select * from range(990000000, 990000002) r(x) join orders o on o.order_id = x",
+    "select * from generate_series(1, (select max(order_id) from prod.orders)) s(x)",
+    "select * from range((select count(*) from cards)) r(x)",
+    "select * from orders, range(1, order_id) r(x)",
+    "select * from unnest((select list(pan) from cards)) t(x)",
+    "select * from unnest((select list(ssn) from customers)) t(x)",
+    "select * from generate_series(1, 3) as cards",
+    "select columns('pan|ssn|name|internal_score') from customers",
     # settings, variables, side effects
     "select current_setting('threads')",
     "select getvariable('x')",
@@ -133,7 +160,7 @@ ATTACKS = [
 
 
 def test_there_are_enough_attacks() -> None:
-    assert len(ATTACKS) >= 60
+    assert len(ATTACKS) >= 80
 
 
 @pytest.mark.parametrize("sql", ATTACKS)
@@ -141,7 +168,7 @@ def test_attack_is_refused_or_harmless(alice: saferoom.Session, secrets_of: set[
     assert_refused_or_harmless(alice, sql, secrets_of, room.key)
 
 
-NAMING_PAN = [a for a in ATTACKS if re.search(r"\bpan\b", a, re.IGNORECASE) and not re.search(r";|--|as pan|union", a)]
+NAMING_PAN = [a for a in ATTACKS if re.search(r"\bpan\b", a, re.IGNORECASE) and not re.search(r";|--|as pan|union|columns\(", a)]
 
 
 @pytest.mark.parametrize("sql", NAMING_PAN)

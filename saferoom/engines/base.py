@@ -38,6 +38,8 @@ class Templates:
     generalize_date: str
     generalize_number: str
     generalize_text: str
+    # exact integer/decimal buckets over ``__w`` (the value in a type wide enough not to overflow); empty: none
+    generalize_exact: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,15 +58,18 @@ class EngineSpec:
     max_value_bytes: int | None = None  # the largest value a query may make (engines that run in-process)
     per_user: bool = False  # cheap to open per user, so each user's limits (memory, threads) bound only them
     physical: str | None = None  # a template for the engine's own name of a table, e.g. "__saferoom_{source}_{name}"
+    constructs: frozenset[str] = frozenset()  # query structure only some engines have (PIVOT, sampling, generators)
 
     @functools.cached_property
     def allowed_nodes(self) -> frozenset[str]:
         """Query structure, the function classes, and the classes the allowlisted names parse into
         (worked out on first use: it parses each name, which a command that runs no query should not pay for)."""
-        return STRUCTURE | self.functions | typed_functions(self.dialect, self.anonymous_functions)
+        return STRUCTURE | self.constructs | self.functions | typed_functions(self.dialect, self.anonymous_functions)
 
     def type_class(self, type_name: str) -> str:
         upper = type_name.upper()
+        if "[" in upper or upper.startswith(("STRUCT", "MAP", "UNION")):
+            return "other"  # a list of text is not text: VARCHAR[] must not be cut as a string
         if upper.startswith(self.date_types):
             return "date"
         if upper.startswith(self.number_types):

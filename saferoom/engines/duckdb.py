@@ -38,7 +38,9 @@ from saferoom.keyed import TOKEN_FUNCTION, token_function
 from saferoom.policy.limits import Limits
 from saferoom.secrets import Secret
 
-_FUNCTIONS = ["Count", "CountIf", "Sum", "Avg", "Min", "Max", "Median", "Mode", "Stddev", "StddevPop", "StddevSamp", "Variance", "VariancePop", "Corr", "CovarPop", "CovarSamp", "ApproxDistinct", "ApproxQuantile", "Quantile", "PercentileCont", "PercentileDisc", "AnyValue", "ArgMax", "ArgMin", "First", "Last", "ArrayAgg", "GroupConcat", "LogicalAnd", "LogicalOr", "RowNumber", "Rank", "DenseRank", "PercentRank", "CumeDist", "Ntile", "Lag", "Lead", "FirstValue", "LastValue", "NthValue", "Abs", "Ceil", "Floor", "Round", "Sqrt", "Exp", "Ln", "Log", "Pow", "Sign", "Greatest", "Least", "Coalesce", "Nullif", "Rand", "Lower", "Upper", "Length", "Trim", "Substring", "Left", "Right", "Replace", "Concat", "ConcatWs", "Pad", "Reverse", "StrPosition", "SplitPart", "StartsWith", "Contains", "RegexpLike", "RegexpReplace", "RegexpExtract", "Repeat", "Initcap", "Levenshtein", "Chr", "Ascii", "Split", "MD5", "SHA", "SHA2", "Hex", "DateTrunc", "TimestampTrunc", "Extract", "DateDiff", "DateAdd", "DateSub", "Year", "Month", "Day", "Hour", "Minute", "Second", "DayOfWeek", "DayOfYear", "DayOfMonth", "Week", "Quarter", "TimeToStr", "StrToTime", "StrToDate", "CurrentDate", "CurrentTimestamp", "CurrentTime", "DateFromParts", "LastDay", "TimeToUnix", "UnixToTime", "ArrayContains", "ArraySize", "Explode", "Unnest"]
+_FUNCTIONS = ["Count", "CountIf", "Sum", "Avg", "Min", "Max", "Median", "Mode", "Stddev", "StddevPop", "StddevSamp", "Variance", "VariancePop", "Corr", "CovarPop", "CovarSamp", "ApproxDistinct", "ApproxQuantile", "Quantile", "PercentileCont", "PercentileDisc", "AnyValue", "ArgMax", "ArgMin", "First", "Last", "ArrayAgg", "GroupConcat", "LogicalAnd", "LogicalOr", "RowNumber", "Rank", "DenseRank", "PercentRank", "CumeDist", "Ntile", "Lag", "Lead", "FirstValue", "LastValue", "NthValue", "Abs", "Ceil", "Floor", "Round", "Sqrt", "Exp", "Ln", "Log", "Pow", "Sign", "Greatest", "Least", "Coalesce", "Nullif", "Rand", "Lower", "Upper", "Length", "Trim", "Substring", "Left", "Right", "Replace", "Concat", "ConcatWs", "Pad", "Reverse", "StrPosition", "SplitPart", "StartsWith", "Contains", "RegexpLike", "RegexpReplace", "RegexpExtract", "Repeat", "Initcap", "Levenshtein", "Chr", "Ascii", "Split", "MD5", "SHA", "SHA2", "Hex", "DateTrunc", "TimestampTrunc", "Extract", "DateDiff", "DateAdd", "DateSub", "Year", "Month", "Day", "Hour", "Minute", "Second", "DayOfWeek", "DayOfYear", "DayOfMonth", "Week", "Quarter", "TimeToStr", "StrToTime", "StrToDate", "CurrentDate", "CurrentTimestamp", "CurrentTime", "DateFromParts", "LastDay", "TimeToUnix", "UnixToTime", "ArrayContains", "ArraySize", "Explode", "Unnest", "Transform", "ArrayFilter", "Map"]
+# Sampling, PIVOT/UNPIVOT and generators read nothing but the views and literals; check_nodes bounds their form.
+_CONSTRUCTS = ["TableSample", "Pivot", "PivotAlias", "UnpivotColumns", "GenerateSeries", "Columns"]
 
 _ANONYMOUS = ["AGE", "DATE_PART", "HASH", "NOW", "LEN", "ARRAY_LENGTH", "LIST_SUM", "LIST_AVG", "LIST_SORT", "LIST_DISTINCT", "LIST_UNIQUE", "QUANTILE_DISC", "QUANTILE_CONT", "ROUND_EVEN", "TRUNC", "EVEN", "ISNAN", "ISINF", "ISFINITE", "FACTORIAL", "GAMMA", "STRIP_ACCENTS", "JACCARD", "HAMMING", "DAMERAU_LEVENSHTEIN", "JARO_WINKLER_SIMILARITY", "PRINTF", "FORMAT", "TIME_BUCKET", "DAYNAME", "MONTHNAME", "ISODOW", "ISOYEAR", "YEARWEEK", "EPOCH", "EPOCH_MS", "BIT_LENGTH", "ENDS_WITH", "SUFFIX", "PREFIX", "REGEXP_FULL_MATCH", "REGEXP_SPLIT_TO_ARRAY", "STRING_SPLIT", "ARRAY_TO_STRING", "MAKE_TIMESTAMP", "DATE_SUB", "DATE_ADD", "DATEDIFF", "DATESUB", "DATEADD", "ENTROPY", "KURTOSIS", "SKEWNESS", "REGR_SLOPE", "REGR_INTERCEPT", "REGR_R2", "REGR_COUNT", "FAVG", "FSUM", "BIT_AND", "BIT_OR", "BIT_XOR", "GROUPING", "TYPEOF", "HISTOGRAM"]
 
@@ -48,12 +50,14 @@ DUCKDB = EngineSpec(
     default_schema="main",
     functions=frozenset(_FUNCTIONS),
     anonymous_functions=frozenset(_ANONYMOUS),
+    constructs=frozenset(_CONSTRUCTS),
     templates=Templates(
         mask="CASE WHEN length(__v) > 4 THEN repeat('*', length(__v) - 4) || right(__v, 4) ELSE repeat('*', length(__v)) END",
         tokenize=f"{TOKEN_FUNCTION}(__v)",
         generalize_date="date_trunc('__p', __v)",
         generalize_number="floor(__v / __p) * __p",
         generalize_text="left(__v, __p)",
+        generalize_exact="__w - ((__w % __p) + __p) % __p",
     ),
     date_types=("DATE", "TIMESTAMP"),
     number_types=("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",

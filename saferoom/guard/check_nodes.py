@@ -31,42 +31,81 @@ from saferoom.policy.filters import bind_filter, placeholders
 
 _WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_PREFIX = "__saferoom"
-TABLE_ARGS = frozenset({"this", "db", "catalog", "alias"})
+TABLE_ARGS = frozenset({"this", "db", "catalog", "alias", "sample"})
+# What a generator's or a PIVOT list's arguments may be built of: values written in the query, nothing read.
+LITERAL = (exp.Literal, exp.Null, exp.Boolean, exp.Cast, exp.DataType, exp.DataTypeParam, exp.Interval, exp.Var,
+           exp.Neg, exp.Paren, exp.Identifier)
 
 
 def check_nodes(expression: exp.Expr, context: Context) -> exp.Expr:
     """Refuse any node that is not query structure or an allowlisted function."""
-    return allowed_nodes(expression, context.spec)
+    return allowed_nodes(expression, context.spec, context.text)
 
 
-def allowed_nodes(tree: exp.Expr, spec: EngineSpec) -> exp.Expr:
+def allowed_nodes(tree: exp.Expr, spec: EngineSpec, text: str = "") -> exp.Expr:
+    """``text`` is the query as written, to quote a refused function as the user wrote it (sqlglot parses
+    ``time_bucket`` into ``DateBin``)."""
     for node in tree.walk():
         name = type(node).__name__
         if name == "Anonymous":
             if node.name.upper() not in spec.anonymous_functions:
                 raise QueryRejected(f"function {node.name}() is not on saferoom's allowlist for {spec.name}")
         elif name not in spec.allowed_nodes:
-            raise QueryRejected(_refusal(node))
+            raise QueryRejected(_refusal(node, text))
         elif isinstance(node, exp.Identifier) and node.name.lower().startswith(RESERVED_PREFIX):
             raise QueryRejected(f"names starting with {RESERVED_PREFIX} are reserved for saferoom")
         elif isinstance(node, exp.Table):
             _check_table(node)
         elif isinstance(node, exp.Var) and not _WORD.match(node.name):
             raise QueryRejected(f"`{node.name[:40]}` is not allowed here")  # Var is emitted verbatim
+        elif isinstance(node, (exp.GenerateSeries, exp.Pivot)):
+            _check_form(node, text)
+        elif isinstance(node, exp.TableSample) and not _literal(node):
+            raise QueryRejected("a sample's size and seed must be numbers written in the query")
     return tree
 
 
 def _check_table(table: exp.Table) -> None:
     extra = {k for k, v in table.args.items() if v not in (None, [], False)} - TABLE_ARGS
-    if not isinstance(table.this, exp.Identifier):
+    if not isinstance(table.this, (exp.Identifier, exp.GenerateSeries)):
         raise QueryRejected("table functions are not allowed in FROM; query the policy's tables by name")
     if extra:
         raise QueryRejected(f"table modifiers ({', '.join(sorted(extra))}) are not allowed on `{table.name}`")
 
 
-def _refusal(node: exp.Expr) -> str:
+def _check_form(node: exp.Expr, text: str) -> None:
+    """A generator stands in FROM with literal arguments (a calendar spine, a counter): it reads no column,
+    and its size is written in the query. A PIVOT lists the values it spreads into columns, so its result's
+    shape is the query's, not the data's."""
+    if isinstance(node, exp.GenerateSeries):
+        if not isinstance(node.parent, exp.Table) or not _literal(node):
+            raise QueryRejected(f"{_written(node, text)}() may only stand in FROM with literal arguments, as in "
+                                "`FROM generate_series(DATE '2024-01-01', DATE '2024-12-31', INTERVAL 1 DAY) AS d(day)`")
+    elif not node.args.get("unpivot") and not all(isinstance(e, exp.In) and _literal_list(e) for e in node.expressions):
+        raise QueryRejected("PIVOT needs the values it turns into columns listed, as in `PIVOT … ON year IN (2023, 2024)`")
+
+
+def _literal(node: exp.Expr) -> bool:
+    return all(isinstance(child, LITERAL) for child in node.iter_expressions() for child in child.walk())
+
+
+def _literal_list(clause: exp.In) -> bool:
+    return bool(clause.expressions) and all(_literal(exp.Tuple(expressions=[e.copy()])) for e in clause.expressions)
+
+
+def _written(node: exp.Expr, text: str) -> str:
+    """A function's name as the query wrote it, from the parser's positions; sqlglot's name without them."""
+    start, end = node.meta.get("start"), node.meta.get("end")
+    if isinstance(start, int) and isinstance(end, int) and _WORD.match(text[start:end + 1]):
+        return text[start:end + 1]
+    if isinstance(node, exp.GenerateSeries) and node.args.get("is_end_exclusive"):
+        return "range"  # DuckDB's range() parses into GenerateSeries, marked end-exclusive, with no position
+    return str(node.sql_name()).lower() if isinstance(node, exp.Func) else node.key
+
+
+def _refusal(node: exp.Expr, text: str = "") -> str:
     if isinstance(node, exp.Func):
-        return f"function {node.sql_name().lower()}() is not on saferoom's allowlist"
+        return f"function {_written(node, text)}() is not on saferoom's allowlist"
     if isinstance(node, (exp.Placeholder, exp.Parameter, exp.SessionParameter)):
         return "parameters and session variables are not allowed; write values into the query"
     if isinstance(node, exp.Lock):

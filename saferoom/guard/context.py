@@ -41,6 +41,7 @@ class Columns:
 
     visible: frozenset[str]
     hidden: Mapping[str, Hidden]
+    tokenized: frozenset[str] = frozenset()  # visible columns that hold tokens for the role, lower-cased
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Touched:
 
     tables: list[str] = field(default_factory=list)  # policy tables, in the order the query names them
     names: frozenset[str] | None = None  # names that can reach a view's column; None: all of them
+    whole: set[str] = field(default_factory=set)  # policy tables a `*` (or PIVOT, or `t(a, b)`) reads every column of
     scopes: dict[int, Scope | None] = field(default_factory=dict)  # the tree's scopes, worked out once (see scope_of)
     noise: NoisePlan | None = None  # an aggregate-only role with differential privacy: what the session noises
 
@@ -75,6 +77,7 @@ class Context:
     columns: Callable[[str], Columns]  # of a policy table
     view: ViewFor  # the policy view of a table, cut to the names given
     touched: Touched = field(default_factory=Touched)
+    text: str = ""  # the query as written, to quote the user's own words back in refusals
 
 
 EXAMPLE_POLICY = ("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}, pii: {}}, "

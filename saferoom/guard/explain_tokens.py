@@ -43,7 +43,7 @@ COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ
 
 
 def explain_tokens(expression: exp.Expr, context: Context) -> exp.Expr:
-    tokenized = {t: _tokenized(context, t) for t in context.touched.tables}
+    tokenized = {t: context.columns(t).tokenized for t in context.touched.tables}
     if not any(tokenized.values()):
         return expression  # the common case: no column the query reads holds tokens for this role
     root = scope_of(expression, context)
@@ -53,11 +53,6 @@ def explain_tokens(expression: exp.Expr, context: Context) -> exp.Expr:
             if misuse:
                 raise _refusal(context, table, column.name, misuse)
     return expression
-
-
-def _tokenized(context: Context, table: str) -> frozenset[str]:
-    visible = context.columns(table).visible
-    return frozenset(c.lower() for c in visible if context.policy.rule(context.role, table, c).action is Action.TOKENIZE)
 
 
 def _token_columns(scope: Scope, tokenized: dict[str, frozenset[str]]) -> Iterator[tuple[exp.Column, str]]:

@@ -111,17 +111,41 @@ def _levels(scope: Scope) -> Iterator[Scope]:
 
 
 def _binding(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidden | Unknown | None:
+    if (pivot := _in_pivot(column)) is not None:
+        return _pivoted_column(column, pivot, shapes)
     if column.args.get("db") or column.find_ancestor(exp.Lambda) or _in_star_options(column):
         return None
     name = column.name.lower()
     if column.table:
         return _qualified(column, levels, shapes)
-    if any(name in _aliases(level) or name in _sources(level) for level in levels):
-        return None  # a select alias, or a table used as a value
+    if any(name in _aliases(level) or name in _sources(level) or _pivoted(level) for level in levels):
+        return None  # a select alias, a table used as a value, or a column a PIVOT makes
     seen, hidden = _reach(name, levels, shapes)
     if seen:
         return None
     return hidden or Unknown(column.name, _nearby(levels, shapes))
+
+
+def _pivoted(scope: Scope) -> bool:
+    """The scope reads a PIVOT or UNPIVOT, whose columns sqlglot's scopes do not know."""
+    reads = [scope.expression.args.get("from_"), *scope.expression.args.get("joins", [])]
+    return any(r is not None and r.find(exp.Pivot) is not None for r in reads)
+
+
+def _in_pivot(column: exp.Column) -> exp.Pivot | None:
+    """The PIVOT whose ON, USING or GROUP BY names ``column``: a column of the pivoted relation, which sqlglot's
+    scopes do not bind."""
+    parent = column.parent
+    while parent is not None and not isinstance(parent, (exp.Select, exp.Subquery, exp.Pivot)):
+        parent = parent.parent
+    return parent if isinstance(parent, exp.Pivot) else None
+
+
+def _pivoted_column(column: exp.Column, pivot: exp.Pivot, shapes: Shapes) -> Hidden | None:
+    """A denied column of a policy table pivoted by name is explained; any other name is left to the engine,
+    which binds it against the pivoted relation (views only)."""
+    shape = shapes.of(pivot.this) if isinstance(pivot.this, exp.Table) else None
+    return None if shape is None else shape.hidden.get(column.name.lower())
 
 
 def _qualified(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidden | Unknown | None:

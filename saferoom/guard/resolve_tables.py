@@ -53,6 +53,8 @@ def _visit_ctes(with_: exp.With, ctes: frozenset[str], context: Context) -> froz
 
 
 def _resolve(table: exp.Table, ctes: frozenset[str], context: Context) -> None:
+    if not isinstance(table.this, exp.Identifier):
+        return  # a generator with literal arguments (check_nodes allows no other table function)
     if not table.args.get("db") and not table.args.get("catalog") and table.name.lower() in ctes:
         return
     key = context.resolver.resolve(table)

@@ -23,36 +23,57 @@ from saferoom.guard.resolve_tables import POLICY_TABLE
 
 
 def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
-    names, tables = _scan(expression)
+    names, tables, whole = _scan(expression)
     context.touched.names = names
     for table in tables:
         alias = table.args.get("alias") or exp.TableAlias(this=table.this.copy())
         # `t(a, b)` names the columns by position: a view cut to the names used would shift them onto other
         # columns (a silent wrong answer), so such a table keeps every column the role sees, in order
-        cut = None if alias.args.get("columns") else names
-        table.replace(exp.Subquery(this=context.view(table.meta[POLICY_TABLE], cut), alias=alias))
+        kept = alias.args.get("columns") or names is None or id(table) in whole
+        if kept:
+            context.touched.whole.add(table.meta[POLICY_TABLE])  # the audit records every column as reached
+        # TABLESAMPLE samples the view's rows: the filtered, masked ones
+        view = context.view(table.meta[POLICY_TABLE], None if kept else names)
+        table.replace(exp.Subquery(this=view, alias=alias, sample=table.args.get("sample")))
     return expression
 
 
-def _scan(tree: exp.Expr) -> tuple[frozenset[str] | None, list[exp.Table]]:
-    """The policy tables, and every name the query could use to reach a view column (None: it may need them all)."""
+def _scan(tree: exp.Expr) -> tuple[frozenset[str] | None, list[exp.Table], set[int]]:
+    """The policy tables; every name the query could use to reach a view column (None: it may need them all);
+    and the tables a `*` expands, which keep every column (by id). A `*` needs only the tables of its own
+    SELECT: one anywhere else (`EXISTS (SELECT * …)`, a CTE read by name) no longer keeps every table whole."""
     names: set[str] = set()
     aliases: set[str] = set()
     single: set[str] = set()
     tables: list[exp.Table] = []
-    whole = False
+    whole: set[int] = set()
+    everything = False
     for node in tree.walk():
         if isinstance(node, exp.Identifier):
             names.add(node.name.lower())
-        elif isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
-            whole = True
+        elif isinstance(node, (exp.Star, exp.Columns)) and not isinstance(node.parent, exp.Count):
+            whole |= _expanded(node)
         elif isinstance(node, exp.Table):
             aliases.add(node.alias_or_name.lower())
             if POLICY_TABLE in node.meta:
                 tables.append(node)
+                if isinstance(node.parent, exp.Pivot):
+                    whole.add(id(node))  # PIVOT groups by, and UNPIVOT keeps, every column it does not name
         elif isinstance(node, exp.Column) and not node.args.get("table"):
             single.add(node.name.lower())
         elif isinstance(node, exp.Join) and str(node.args.get("method") or "").upper() == "NATURAL":
-            whole = True
-    whole = whole or bool(single & aliases)  # a table used as a value needs its whole row
-    return (None if whole else frozenset(names)), tables
+            everything = True
+    everything = everything or bool(single & aliases)  # a table used as a value needs its whole row
+    return (None if everything else frozenset(names)), tables, whole
+
+
+def _expanded(star: exp.Expr) -> set[int]:
+    """The tables of the SELECT a `*` (or `t.*`, or COLUMNS()) stands in; none inside EXISTS, whose select list
+    is never read."""
+    select = star.find_ancestor(exp.Select)
+    if select is None or isinstance(select.parent, exp.Exists):
+        return set()
+    qualifier = star.parent.table.lower() if isinstance(star.parent, exp.Column) and star.parent.table else None
+    sources = [select.args.get("from_"), *select.args.get("joins", [])]
+    found = (t for s in sources if s is not None for t in [s.this] if isinstance(t, exp.Table))
+    return {id(t) for t in found if qualifier is None or t.alias_or_name.lower() == qualifier}

@@ -10,7 +10,9 @@ a row the filter removes, never its values.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from decimal import Decimal, localcontext
 from functools import lru_cache
 
 import sqlglot
@@ -109,12 +111,54 @@ def _generalized(column: exp.Expr, kind: str, rule: ColumnRule, spec: EngineSpec
         unit = exp.Literal.string(options.date_unit or "month")
         return _cast(_template(spec, spec.templates.generalize_date, column, unit), kind, spec)
     if type_class == "number":
-        width = exp.Literal.number(options.bucket or 10)
+        width = exp.Literal.number(_number(options.bucket or 10))
+        exact = _exact_bucket(column, kind, width, spec)
+        if exact is not None:
+            return exact
         return _cast(_template(spec, spec.templates.generalize_number, column, width), kind, spec)
     if type_class == "text":
         length = exp.Literal.number(options.prefix if options.prefix is not None else 3)
         return _template(spec, spec.templates.generalize_text, column, length)
     return _typed_null(kind, spec)  # nothing coarser than the value exists for this type
+
+
+# Signed integer types, the type their buckets are worked out in, and their smallest value: the bucket below
+# the smallest values is clamped to it (its floor is not a value of the type).
+_SIGNED = {"TINYINT": -(2**7), "SMALLINT": -(2**15), "INTEGER": -(2**31), "BIGINT": -(2**63)}
+_UNSIGNED = ("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
+
+
+def _exact_bucket(column: exp.Expr, kind: str, width: exp.Expr, spec: EngineSpec) -> exp.Expr | None:
+    """The bottom of the value's bucket in exact integer or decimal arithmetic (floor through a DOUBLE puts
+    BIGINTs off the grid and fails near their maximum); None for floats and engines without the template."""
+    upper = kind.upper()
+    decimal = re.fullmatch(r"DECIMAL\((\d+),\s*(\d+)\)", upper)
+    if not spec.templates.generalize_exact or not (upper in _SIGNED or upper in _UNSIGNED or decimal or "HUGEINT" in upper):
+        return None
+    wide, smallest = _widened(upper, decimal)
+    value = exp.Cast(this=column.copy(), to=exp.DataType.build(wide, dialect=spec.dialect)) if wide else column
+    bucket = _template(spec, spec.templates.generalize_exact.replace("__w", "__v"), value, width)
+    if smallest is not None:
+        bucket = exp.Greatest(this=bucket, expressions=[exp.Literal.number(smallest)])
+    return _cast(bucket, kind, spec)
+
+
+def _widened(upper: str, decimal: re.Match[str] | None) -> tuple[str | None, object]:
+    """A type wide enough for the bucket arithmetic, and the smallest value to clamp to (None: no clamp needed,
+    or none possible: HUGEINT and 37-38 digit decimals are worked out in their own type)."""
+    if upper in _SIGNED:
+        return "HUGEINT", _SIGNED[upper]
+    if upper in _UNSIGNED:
+        return "HUGEINT", None
+    if decimal is not None and int(decimal.group(1)) <= 36:
+        digits, scale = int(decimal.group(1)), int(decimal.group(2))
+        with localcontext(prec=80):  # exact: the default 28 digits would round a 36-digit bound
+            return f"DECIMAL(38, {scale})", format(-(Decimal(10) ** (digits - scale) - Decimal(10) ** -scale), "f")
+    return None, None
+
+
+def _number(bucket: float) -> int | float:
+    return int(bucket) if float(bucket).is_integer() else bucket
 
 
 def _guarded(expression: exp.Expr, predicate: exp.Expr | None) -> exp.Expr:
