@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from saferoom.secrets import Secret
     from saferoom.split import BuildPlan
     from saferoom.split.carry import Change
+    from saferoom.store import Store
 
 
 
@@ -79,12 +80,12 @@ def _secret(name: str) -> Secret | None:
     return settings.secret(name, os.environ)
 
 
-POLICY, STATE, FORMAT = Path(settings.default("policy")), Path(settings.default("state")), Format(settings.default("format"))
+POLICY, STATE, FORMAT = Path(settings.default("policy")), settings.default("state") or "", Format(settings.default("format"))
 PolicyOpt = Annotated[Path, _option("policy")]
 UserOpt = Annotated[str, _option("user")]
 RoleOpt = Annotated[str | None, _option("role")]
 FormatOpt = Annotated[Format, _option("format")]
-StateOpt = Annotated[Path, _option("state")]
+StateOpt = Annotated[str, _option("state")]
 SqlArg = Annotated[str, typer.Argument(help="The SQL, or - to read it from stdin.")]
 
 
@@ -253,10 +254,10 @@ def token_create(
 
     Example: saferoom token create --policy saferoom.yaml --state state --user alice
     """
-    from saferoom.identity import TokenStore, parse_ttl
+    from saferoom.identity import parse_ttl
 
     _policy_for_token(policy).role_for(user, role)  # fail closed: no token for a user or role the policy lacks
-    token, record = TokenStore(state).create(user, role, parse_ttl(ttl))
+    token, record = _store(state).tokens.create(user, role, parse_ttl(ttl))
     sys.stdout.write(token + "\n")
     err.print(f"Token {record.id} for {user}" + (f" as {role}" if role else "") + (f", expires {record.expires}" if record.expires else "") + ". It is shown only now.")
 
@@ -272,18 +273,24 @@ def _policy_for_token(policy: Path | None) -> Policy:
 @token_app.command("list")
 def token_list(state: StateOpt = STATE, format: FormatOpt = FORMAT) -> None:
     """List tokens (never their secrets)."""
-    from saferoom.identity import TokenStore
-
-    _print_rows([r.public() for r in TokenStore(state).list()], format, ["id", "user", "role", "created", "expires", "revoked"])
+    _print_rows([r.public() for r in _store(state).tokens.list()], format, ["id", "user", "role", "created", "expires", "revoked"])
 
 
 @token_app.command("revoke")
 def token_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (from `token list`).")], state: StateOpt = STATE) -> None:
     """Revoke a token; it is refused from the next request on."""
-    from saferoom.identity import TokenStore
-
-    record = TokenStore(state).revoke(token_id)
+    record = _store(state).tokens.revoke(token_id)
     out.print(f"Revoked token {record.id} of {record.user}.")
+
+
+def _store(state: str, existing: bool = False) -> Store:
+    """The store ``--state`` names; ``existing``: a folder must be there already (reading never makes one)."""
+    from saferoom.store import is_url, open_store
+
+    if existing and not is_url(state) and not Path(state).is_dir():
+        raise UsageError(f"no gateway state folder at {state}; give the folder (or the postgresql:// URL) "
+                         "`saferoom serve --state` wrote to")
+    return open_store(state)
 
 
 @app.command()
@@ -309,12 +316,10 @@ def audit_verify(
 
     Example: saferoom audit verify --state /var/lib/saferoom --public-key audit.pub --checkpoints /mnt/copy/audit.log
     """
-    from saferoom.audit import PublicKey, verify
+    from saferoom.audit import PublicKey
 
-    if not state.is_dir():
-        raise UsageError(f"no gateway state folder at {state}; give the folder `saferoom serve --state` wrote to")
     public = PublicKey.load(public_key) if public_key else None
-    result = verify(state, key=_audit_key(key), public_key=public, checkpoints=checkpoints)
+    result = _store(state, existing=True).verify_audit(_audit_key(key), public, checkpoints)
     for note in result.notes:
         err.print(f"[dim]{escape(note)}[/]", highlight=False)
     if result.ok:
@@ -343,7 +348,7 @@ def audit_report(state: StateOpt = STATE, format: FormatOpt = FORMAT) -> None:
     """Per user and per tag: queries, refusals, rows and bytes; flags sudden jumps in volume."""
     from saferoom.audit import report
 
-    summary = report(state)
+    summary = report(_store(state, existing=True).read_audit())
     if format is Format.json:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return
