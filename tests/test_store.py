@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from saferoom.errors import LimitExceeded, StateConflict, UsageError
-from saferoom.store import FileStore, Store
+from saferoom.store import FileStore, Store, open_store
 
 
-@pytest.fixture(params=["files"])
+@pytest.fixture(params=["files", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened: Store = FileStore(tmp_path / "state")
+    opened: Store = FileStore(tmp_path / "state") if request.param == "files" else open_store(request.getfixturevalue("state_url"))
     try:
         yield opened
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saferoom.errors import UsageError
 from saferoom.store.base import AuditWriter, Store, Versioned
 from saferoom.store.files import FileStore
 
@@ -25,5 +24,7 @@ def is_url(state: str | Path) -> bool:
 def open_store(state: str | Path) -> Store:
     """The store ``state`` names: a PostgreSQL URL, or a folder."""
     if is_url(state):
-        raise UsageError("PostgreSQL state comes in a later version; give a folder")
+        from saferoom.store.postgres import PostgresStore
+
+        return PostgresStore(str(state))
     return FileStore(Path(state))
