@@ -207,6 +207,8 @@ packages_app = typer.Typer(help="Curated, pinned, audited Python packages for ro
 app.add_typer(packages_app, name="packages")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+state_app = typer.Typer(help="The gateway's state: a folder, or PostgreSQL shared by several gateways.", no_args_is_help=True, cls=_Group)
+app.add_typer(state_app, name="state")
 
 
 @app.command()
@@ -330,6 +332,29 @@ def audit_verify(
     where = f" at line {result.line}" if result.line else ""
     out.print(f"[red]The audit log does not verify{where}:[/] {escape(result.problem or '')} ({result.records} good records before it)")
     raise typer.Exit(1)
+
+
+@state_app.command("migrate")
+def state_migrate(
+    source: Annotated[Path, typer.Option("--from", help="The state folder `saferoom serve --state` wrote to.")],
+    target: Annotated[str, typer.Option("--to", help="The PostgreSQL database: postgresql://USER@HOST/DB (password "
+                                        "from PGPASSWORD or ~/.pgpass).")],
+    key: Annotated[str | None, typer.Option("--key", help="The audit key, when the log is sealed: env:NAME or file:PATH.")] = None,
+) -> None:
+    """Move a state folder into PostgreSQL in one transaction; the chain is verified before and on arrival.
+
+    Stop the gateway first. Example: saferoom state migrate --from /var/lib/saferoom --to postgresql://saferoom@db/saferoom
+    """
+    from saferoom.store import is_url
+    from saferoom.store.migrate import migrate
+    from saferoom.store.postgres import redacted
+
+    if not is_url(target):
+        raise UsageError(f"--to {target!r}: give a postgresql:// URL")
+    done = migrate(source, target, _audit_key(key))
+    kept = f" ({done.kept} were there already: the same chain)" if done.kept else ""
+    out.print(f"Moved {done.records} audit records{kept}, {done.tokens} tokens and {done.namespaces} record "
+              f"namespaces into PostgreSQL; the chain verifies there. Start the gateways with --state {redacted(target)!r}.")
 
 
 @audit_app.command("public-key")
