@@ -135,6 +135,7 @@ def _check_seal(mac: str | None, seq: int, digest: str, key: AuditKey | None) ->
 
 def _check_open(connection: psycopg.Connection[Any], key: AuditKey | None) -> int:
     """The head's seq, after checking the head is the last record and the key is the chain's."""
+    connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # both read in one snapshot, as others write
     seq, digest, mac, _, _ = _head(connection)
     last = connection.execute("SELECT seq, hash FROM saferoom_audit ORDER BY seq DESC LIMIT 1").fetchone()
     found = (int(last[0]), str(last[1])) if last else (0, GENESIS)
