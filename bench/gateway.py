@@ -9,8 +9,14 @@
     the whole result as JSON (what a page without paging receives), and a later page, in alternating rounds.
 (d) what sealing the audit log costs: (b) on a gateway with --audit-key (HMAC per record, a signed
     checkpoint every 1,000 records or 10 s) against one without, in alternating rounds of the same run.
+(g) state in PostgreSQL: small-query requests/s for one gateway on file state, and one, two and three on one
+    PostgreSQL state (clients spread across them), in alternating rounds; and audit commit latency (p50,
+    p99: the decision record's wait) for file state and for one, two and three writer processes on
+    PostgreSQL, with the chain ordered by an advisory lock and by serializable transactions. PostgreSQL runs
+    with fsync on, as the file state's log is fsynced.
 
-Uses the data of bench/guard.py (built on first run). Usage: python bench/gateway.py [--rows N] [--audit-only] [--only-flood] [--only-page]
+Uses the data of bench/guard.py (built on first run).
+Usage: python bench/gateway.py [--rows N] [--audit-only] [--only-flood] [--only-page] [--only-state]
 """
 
 from __future__ import annotations
@@ -75,14 +81,21 @@ def throughput(policy: Path, server: Server, token: str, repeat: int) -> tuple[f
     return statistics.median(embedded_s), statistics.median(gateway_s), rows
 
 
-def requests_per_second(server: Server, token: str, clients: int, seconds: float, sql: str = SMALL) -> float:
+def requests_per_second(server: Server | list[Server], token: str, clients: int, seconds: float, sql: str = SMALL) -> float:
+    """Requests/s from ``clients`` threads; given several gateways, client i sends to gateway i mod n."""
     done = [0] * clients
     stop = threading.Event()
+    servers = server if isinstance(server, list) else [server]
 
     def work(i: int) -> None:
+        url = servers[i % len(servers)].url
         with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
             while not stop.is_set():
-                response = http.post(f"{server.url}/v1/query", json={"sql": sql})
+                try:
+                    response = http.post(f"{url}/v1/query", json={"sql": sql})
+                except httpx.TimeoutException:  # a machine this busy: said, and the client goes on
+                    print("  a measured request timed out (30 s)", file=sys.stderr)
+                    continue
                 if response.status_code != 200:  # counted as nothing, and said, rather than ending this client
                     print(f"  a measured request failed: {response.status_code} {response.text[:200]}", file=sys.stderr)
                     continue
@@ -187,7 +200,12 @@ def main() -> None:
     parser.add_argument("--audit-rounds", type=int, default=4)
     parser.add_argument("--audit-only", action="store_true", help="Only (d).")
     parser.add_argument("--only-page", action="store_true", help="Only (f).")
+    parser.add_argument("--only-state", action="store_true", help="Only (g).")
+    parser.add_argument("--state-rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.only_state:
+        print_state(*state_figures(build(args.rows), args))
+        return
     if args.only_flood:
         flood_only(args)
         return
@@ -223,6 +241,7 @@ def main() -> None:
     print_flood(FLOOD_GOOD_CLIENTS, quiet, flooded, flood_peak)
     print_pages(pages, args.repeat)
     print_audit_cost(args, plain, sealed)
+    print_state(*state_figures(policy, args))
 
 
 def flood_only(args: argparse.Namespace) -> None:
@@ -290,6 +309,104 @@ def print_audit_cost(args: argparse.Namespace, plain: float, sealed: float) -> N
     cpu = seal_cpu_us()
     print(f"    sealing costs {cpu:.1f} µs of CPU per record (two records per query: {2 * cpu * sealed / 1e4:.2f}% of one "
           f"core at {sealed:,.0f} requests/s)")
+
+
+STATE_CONFIGS = ("files", "pg1", "pg2", "pg3")
+COMMIT_THREADS, COMMIT_RECORDS = 8, 200  # per writer process: threads appending, records each
+
+
+def state_figures(policy: Path, args: argparse.Namespace) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Requests/s per configuration (median of alternating rounds) and commit latency p50/p99 (ms) per writer setup."""
+    from tests import pg
+
+    server = pg.start(free_port(), durable=True)
+    try:
+        latencies = {"files": _latency("files", "", 1, "lock")}
+        for chain in ("lock", "serializable"):
+            for writers in (1, 2, 3):
+                latencies[f"{chain}{writers}"] = _latency("pg", pg.fresh_database(server), writers, chain)
+                print(f"    commit latency, {chain}, {writers} writers: {latencies[f'{chain}{writers}']}", flush=True)
+        rates = _state_rates(policy, server, args)
+    finally:
+        server.stop()
+    return rates, latencies
+
+
+def _state_rates(policy: Path, server: Any, args: argparse.Namespace) -> dict[str, float]:
+    from tests import pg
+
+    url = pg.fresh_database(server)
+    with tempfile.TemporaryDirectory() as folder:
+        base = Path(folder)
+        files = Server(policy, base / "state", free_port(), base / "files.log")
+        shared = [Server(policy, url, free_port(), base / f"pg{n}.log") for n in range(3)]  # type: ignore[arg-type]
+        rates: dict[str, list[float]] = {name: [] for name in STATE_CONFIGS}
+        try:
+            tokens = {"files": files.start().token("sam"), "pg": [s.start() for s in shared][0].token("sam")}
+            for gateway in [files, *shared]:  # each gateway's first query starts the user's worker: not measured
+                token = tokens["files" if gateway is files else "pg"]
+                httpx.post(f"{gateway.url}/v1/query", json={"sql": SMALL}, headers={"Authorization": f"Bearer {token}"},
+                           timeout=300).raise_for_status()
+            for i in range(args.state_rounds):
+                for name in STATE_CONFIGS if i % 2 == 0 else STATE_CONFIGS[::-1]:
+                    target = [files] if name == "files" else shared[: int(name[-1])]
+                    token = tokens["files" if name == "files" else "pg"]
+                    rates[name].append(requests_per_second(target, token, args.clients, args.seconds))
+                    print(f"    {name}: {rates[name][-1]:.1f} requests/s", flush=True)
+        finally:
+            for gateway in [files, *shared]:
+                gateway.stop()
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def _latency(kind: str, target: str, writers: int, chain: str) -> tuple[float, float]:
+    """p50 and p99 (ms) of ``append`` (the wait for a durable record) across ``writers`` processes at once."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    with tempfile.TemporaryDirectory() as folder:
+        processes = [context.Process(target=_appending, args=(kind, target or folder, chain, results))
+                     for _ in range(writers)]
+        [p.start() for p in processes]
+        samples = [x for _ in processes for x in results.get()]
+        [p.join() for p in processes]
+    samples.sort()
+    return samples[len(samples) // 2] * 1000, samples[int(len(samples) * 0.99)] * 1000
+
+
+def _appending(kind: str, target: str, chain: str, results: Any) -> None:
+    from saferoom.store import FileStore
+    from saferoom.store.postgres import PostgresStore
+
+    store = FileStore(Path(target)) if kind == "files" else PostgresStore(target, chain=chain)
+    writer = store.open_audit()
+    samples: list[float] = []
+
+    def work() -> None:
+        for i in range(COMMIT_RECORDS):
+            start = time.perf_counter()
+            writer.append({"event": "decision", "user": "bench", "sql": SMALL, "i": i})
+            samples.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=work) for _ in range(COMMIT_THREADS)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    writer.close()
+    store.close()
+    results.put(samples)
+
+
+def print_state(rates: dict[str, float], latencies: dict[str, tuple[float, float]]) -> None:
+    base = rates["files"]
+    print(f"(g) small-query requests/s: one gateway on file state {base:,.0f}; on PostgreSQL state one "
+          f"{rates['pg1']:,.0f} (ratio {rates['pg1'] / base:.2f}), two {rates['pg2']:,.0f} ({rates['pg2'] / base:.2f}), "
+          f"three {rates['pg3']:,.0f} ({rates['pg3'] / base:.2f})")
+    p50, p99 = latencies["files"]
+    print(f"    audit commit latency ({COMMIT_THREADS} threads per writer): file state p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    for chain in ("lock", "serializable"):
+        figures = ", ".join(f"{n} writer{'s' * (n > 1)} p50 {latencies[f'{chain}{n}'][0]:.2f} / p99 "
+                            f"{latencies[f'{chain}{n}'][1]:.2f} ms" for n in (1, 2, 3))
+        print(f"    PostgreSQL, {'advisory lock' if chain == 'lock' else 'serializable'}: {figures}; "
+              f"p99 ratio to files (1 writer) {latencies[f'{chain}1'][1] / p99:.2f}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from saferoom.errors import (
     QueryRejected,
     RoomError,
     SaferoomError,
+    StateConflict,
     TooLarge,
     UsageError,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "SaferoomError",
     "Session",
     "SessionProtocol",
+    "StateConflict",
     "TableInfo",
     "TooLarge",
     "UsageError",

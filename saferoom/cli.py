@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from saferoom.secrets import Secret
     from saferoom.split import BuildPlan
     from saferoom.split.carry import Change
+    from saferoom.store import Store
 
 
 
@@ -79,12 +80,12 @@ def _secret(name: str) -> Secret | None:
     return settings.secret(name, os.environ)
 
 
-POLICY, STATE, FORMAT = Path(settings.default("policy")), Path(settings.default("state")), Format(settings.default("format"))
+POLICY, STATE, FORMAT = Path(settings.default("policy")), settings.default("state") or "", Format(settings.default("format"))
 PolicyOpt = Annotated[Path, _option("policy")]
 UserOpt = Annotated[str, _option("user")]
 RoleOpt = Annotated[str | None, _option("role")]
 FormatOpt = Annotated[Format, _option("format")]
-StateOpt = Annotated[Path, _option("state")]
+StateOpt = Annotated[str, _option("state")]
 SqlArg = Annotated[str, typer.Argument(help="The SQL, or - to read it from stdin.")]
 
 
@@ -206,6 +207,8 @@ packages_app = typer.Typer(help="Curated, pinned, audited Python packages for ro
 app.add_typer(packages_app, name="packages")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+state_app = typer.Typer(help="The gateway's state: a folder, or PostgreSQL shared by several gateways.", no_args_is_help=True, cls=_Group)
+app.add_typer(state_app, name="state")
 
 
 @app.command()
@@ -253,10 +256,10 @@ def token_create(
 
     Example: saferoom token create --policy saferoom.yaml --state state --user alice
     """
-    from saferoom.identity import TokenStore, parse_ttl
+    from saferoom.identity import parse_ttl
 
     _policy_for_token(policy).role_for(user, role)  # fail closed: no token for a user or role the policy lacks
-    token, record = TokenStore(state).create(user, role, parse_ttl(ttl))
+    token, record = _store(state).tokens.create(user, role, parse_ttl(ttl))
     sys.stdout.write(token + "\n")
     err.print(f"Token {record.id} for {user}" + (f" as {role}" if role else "") + (f", expires {record.expires}" if record.expires else "") + ". It is shown only now.")
 
@@ -272,18 +275,24 @@ def _policy_for_token(policy: Path | None) -> Policy:
 @token_app.command("list")
 def token_list(state: StateOpt = STATE, format: FormatOpt = FORMAT) -> None:
     """List tokens (never their secrets)."""
-    from saferoom.identity import TokenStore
-
-    _print_rows([r.public() for r in TokenStore(state).list()], format, ["id", "user", "role", "created", "expires", "revoked"])
+    _print_rows([r.public() for r in _store(state).tokens.list()], format, ["id", "user", "role", "created", "expires", "revoked"])
 
 
 @token_app.command("revoke")
 def token_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (from `token list`).")], state: StateOpt = STATE) -> None:
     """Revoke a token; it is refused from the next request on."""
-    from saferoom.identity import TokenStore
-
-    record = TokenStore(state).revoke(token_id)
+    record = _store(state).tokens.revoke(token_id)
     out.print(f"Revoked token {record.id} of {record.user}.")
+
+
+def _store(state: str, existing: bool = False) -> Store:
+    """The store ``--state`` names; ``existing``: a folder must be there already (reading never makes one)."""
+    from saferoom.store import is_url, open_store
+
+    if existing and not is_url(state) and not Path(state).is_dir():
+        raise UsageError(f"no gateway state folder at {state}; give the folder (or the postgresql:// URL) "
+                         "`saferoom serve --state` wrote to")
+    return open_store(state)
 
 
 @app.command()
@@ -309,12 +318,10 @@ def audit_verify(
 
     Example: saferoom audit verify --state /var/lib/saferoom --public-key audit.pub --checkpoints /mnt/copy/audit.log
     """
-    from saferoom.audit import PublicKey, verify
+    from saferoom.audit import PublicKey
 
-    if not state.is_dir():
-        raise UsageError(f"no gateway state folder at {state}; give the folder `saferoom serve --state` wrote to")
     public = PublicKey.load(public_key) if public_key else None
-    result = verify(state, key=_audit_key(key), public_key=public, checkpoints=checkpoints)
+    result = _store(state, existing=True).verify_audit(_audit_key(key), public, checkpoints)
     for note in result.notes:
         err.print(f"[dim]{escape(note)}[/]", highlight=False)
     if result.ok:
@@ -325,6 +332,29 @@ def audit_verify(
     where = f" at line {result.line}" if result.line else ""
     out.print(f"[red]The audit log does not verify{where}:[/] {escape(result.problem or '')} ({result.records} good records before it)")
     raise typer.Exit(1)
+
+
+@state_app.command("migrate")
+def state_migrate(
+    source: Annotated[Path, typer.Option("--from", help="The state folder `saferoom serve --state` wrote to.")],
+    target: Annotated[str, typer.Option("--to", help="The PostgreSQL database: postgresql://USER@HOST/DB (password "
+                                        "from PGPASSWORD or ~/.pgpass).")],
+    key: Annotated[str | None, typer.Option("--key", help="The audit key, when the log is sealed: env:NAME or file:PATH.")] = None,
+) -> None:
+    """Move a state folder into PostgreSQL in one transaction; the chain is verified before and on arrival.
+
+    Stop the gateway first. Example: saferoom state migrate --from /var/lib/saferoom --to postgresql://saferoom@db/saferoom
+    """
+    from saferoom.store import is_url
+    from saferoom.store.migrate import migrate
+    from saferoom.store.postgres import redacted
+
+    if not is_url(target):
+        raise UsageError(f"--to {target!r}: give a postgresql:// URL")
+    done = migrate(source, target, _audit_key(key))
+    kept = f" ({done.kept} were there already: the same chain)" if done.kept else ""
+    out.print(f"Moved {done.records} audit records{kept}, {done.tokens} tokens and {done.namespaces} record "
+              f"namespaces into PostgreSQL; the chain verifies there. Start the gateways with --state {redacted(target)!r}.")
 
 
 @audit_app.command("public-key")
@@ -343,7 +373,7 @@ def audit_report(state: StateOpt = STATE, format: FormatOpt = FORMAT) -> None:
     """Per user and per tag: queries, refusals, rows and bytes; flags sudden jumps in volume."""
     from saferoom.audit import report
 
-    summary = report(state)
+    summary = report(_store(state, existing=True).read_audit())
     if format is Format.json:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return

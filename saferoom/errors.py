@@ -15,6 +15,7 @@
     ├── PackagesRefused    a snapshot was published without some top-level requirements (refused)
     ├── NotFound           a package or file that is not there
     ├── RoomError          a room's sandbox cannot be made on this host (fail closed: nothing runs)
+    ├── StateConflict      a state record changed since it was read (compare-and-set lost): read again
     └── UsageError         the caller asked for something that cannot be done (bad argument)
 
 Each class carries ``exit_code`` for the command line and ``http_status`` for
@@ -201,6 +202,13 @@ class RoomError(SaferoomError):
     http_status = 500
 
 
+class StateConflict(SaferoomError):
+    """A record of the gateway's state changed since it was read (compare-and-set lost): read it again and retry."""
+
+    exit_code = 14
+    http_status = 409
+
+
 class UsageError(SaferoomError):
     """A bad argument from the caller: a missing file, an unknown format, SQL that does not parse."""
 
@@ -211,7 +219,7 @@ class UsageError(SaferoomError):
 ERRORS: dict[str, type[SaferoomError]] = {
     cls.__name__: cls
     for cls in (SaferoomError, PolicyError, QueryRejected, AccessDenied, EngineError, BuildError, AuthError,
-                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, PackagesRefused, NotFound, RoomError, UsageError)
+                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, PackagesRefused, NotFound, RoomError, StateConflict, UsageError)
 }
 
 

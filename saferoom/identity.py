@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from saferoom.errors import AuthError, UsageError
+from saferoom.files import atomic_write, locked
 
 TOKENS, LOCK = "tokens.json", ".tokens.lock"
 JWKS_TIMEOUT = 5.0
@@ -80,15 +79,10 @@ class TokenStore:
 
     def create(self, user: str, role: str | None = None, ttl: timedelta | None = None) -> tuple[str, TokenRecord]:
         """Make a token; the returned string is the only time the secret exists in clear."""
-        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        created = datetime.now(UTC)
-        record = TokenRecord(
-            token_id, user, role, created.isoformat(timespec="seconds"),
-            (created + ttl).isoformat(timespec="seconds") if ttl else None, False, _hash(secret),
-        )
+        token, record = new_token(user, role, ttl)
         with self._writing():
-            self._save({**self._load(), token_id: record})
-        return f"sr_{token_id}_{secret}", record
+            self._save({**self._load(), record.id: record})
+        return token, record
 
     def revoke(self, token_id: str) -> TokenRecord:
         with self._writing():
@@ -114,25 +108,12 @@ class TokenStore:
         return sorted(self._load().values(), key=lambda r: r.created)
 
     def verify(self, token: str) -> Identity:
-        match = _SHAPE.match(token)
-        if not match:
-            raise AuthError("the token is malformed; tokens look like sr_<id>_<secret>")
-        token_id, secret = match.groups()
-        record = self._load().get(token_id)
-        expected = record.secret_sha256 if record else _DUMMY
-        if not hmac.compare_digest(_hash(secret), expected) or record is None:
-            raise AuthError("the token is not valid")
-        if record.revoked:
-            raise AuthError("the token was revoked; ask for a new one")
-        if record.expires and datetime.fromisoformat(record.expires) <= datetime.now(UTC):
-            raise AuthError("the token has expired; ask for a new one")
-        return Identity(record.user, record.role, "token", record.id)
+        return check_token(token, self._load().get)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """One writer at a time across processes: two admins at once must not lose a token or undo a revocation."""
-        with self._lock, (self.path.parent / LOCK).open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with self._lock, locked(self.path.parent / LOCK):
             yield
 
     def _load(self) -> dict[str, TokenRecord]:
@@ -148,13 +129,35 @@ class TokenStore:
         return self._cache[1]
 
     def _save(self, records: dict[str, TokenRecord]) -> None:
-        tmp = self.path.with_name(f".{TOKENS}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump([asdict(r) for r in records.values()], out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps([asdict(r) for r in records.values()], indent=1).encode())
+
+
+def new_token(user: str, role: str | None, ttl: timedelta | None) -> tuple[str, TokenRecord]:
+    """A fresh token and the record kept of it (the secret's hash, never the secret)."""
+    token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    created = datetime.now(UTC)
+    record = TokenRecord(
+        token_id, user, role, created.isoformat(timespec="seconds"),
+        (created + ttl).isoformat(timespec="seconds") if ttl else None, False, _hash(secret),
+    )
+    return f"sr_{token_id}_{secret}", record
+
+
+def check_token(token: str, lookup: Callable[[str], TokenRecord | None]) -> Identity:
+    """Who ``token`` names, with its record found by ``lookup``; compared in constant time, refused unless valid."""
+    match = _SHAPE.match(token)
+    if not match:
+        raise AuthError("the token is malformed; tokens look like sr_<id>_<secret>")
+    token_id, secret = match.groups()
+    record = lookup(token_id)
+    expected = record.secret_sha256 if record else _DUMMY
+    if not hmac.compare_digest(_hash(secret), expected) or record is None:
+        raise AuthError("the token is not valid")
+    if record.revoked:
+        raise AuthError("the token was revoked; ask for a new one")
+    if record.expires and datetime.fromisoformat(record.expires) <= datetime.now(UTC):
+        raise AuthError("the token has expired; ask for a new one")
+    return Identity(record.user, record.role, "token", record.id)
 
 
 def _hash(secret: str) -> str:
@@ -214,10 +217,19 @@ class JWTVerifier:
         raise AuthError("the bearer token was signed by a key the gateway does not know")
 
 
+class Tokens(Protocol):
+    """Where personal tokens are kept: a state folder's tokens.json, or PostgreSQL (:mod:`saferoom.store`)."""
+
+    def create(self, user: str, role: str | None = None, ttl: timedelta | None = None) -> tuple[str, TokenRecord]: ...
+    def revoke(self, token_id: str) -> TokenRecord: ...
+    def list(self) -> list[TokenRecord]: ...
+    def verify(self, token: str) -> Identity: ...
+
+
 class Authenticator:
     """Tries personal tokens, then JWTs when configured."""
 
-    def __init__(self, store: TokenStore, jwt: JWTVerifier | None = None) -> None:
+    def __init__(self, store: Tokens, jwt: JWTVerifier | None = None) -> None:
         self.store, self.jwt = store, jwt
 
     def identify(self, authorization: str | None) -> Identity:

@@ -7,8 +7,8 @@ A query that would overspend is refused. Noise comes from OpenDP's own generator
 so the same query asked twice gets two answers, and spends twice.
 
 A :class:`Ledger` keeps the spends: :class:`MemoryLedger` for an embedded session (it lasts the session; an
-embedded user holds the database file anyway), :class:`FileLedger` for the gateway, in its state folder,
-so that a budget survives a restart.
+embedded user holds the database file anyway), :class:`StoreLedger` for the gateway, in its state store,
+so that a budget survives a restart and is shared by every gateway on the store.
 
 >>> ledger = MemoryLedger()
 >>> ledger.spend("mo", 0.1, budget=0.25, period_seconds=86400)
@@ -22,21 +22,19 @@ saferoom.errors.LimitExceeded: the privacy budget of `mo` is spent: 0.2 of 0.25 
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
-from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from saferoom.errors import LimitExceeded, SaferoomError, UsageError
-from saferoom.files import fsync_dir, try_lock
+from saferoom.errors import LimitExceeded, SaferoomError, StateConflict, UsageError
 from saferoom.guard.aggregate_dp import COUNT, MEAN, NoisePlan, Noisy
+from saferoom.store.base import Versioned
 
+BUDGETS = "budgets"  # the store's namespace for privacy budgets
 Spends = dict[str, list[list[float]]]  # user -> [time, epsilon] of each spend still inside its period
 
 
@@ -62,43 +60,41 @@ class MemoryLedger:
         """Make the spends durable before the query runs (nothing to do in memory)."""
 
 
-class FileLedger(MemoryLedger):
-    """Spends in ``folder/budget.json``, replaced atomically on each spend; the folder is this process's alone
-    (a lock file held while it lives), as the gateway's state is."""
+class StoreLedger:
+    """Spends in the gateway's state store (files or PostgreSQL), one record per user, changed by
+    compare-and-set: gateways sharing one store never both spend the same remainder, and the spend is
+    durable before the query runs."""
 
-    def __init__(self, folder: Path) -> None:
-        super().__init__()
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._path = folder / "budget.json"
-        held: IO[str] | None = try_lock(folder / "budget.lock")
-        if held is None:
-            raise SaferoomError(f"another process keeps the privacy budgets in {folder}; one gateway per state folder")
-        self._held = held
-        self._spends = _read(self._path)
+    def __init__(self, store: Records) -> None:
+        self._store = store
 
-    def _saved(self, spends: Spends) -> None:
-        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
-        with tmp.open("w") as handle:
-            json.dump(spends, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._path)
-        fsync_dir(self._path.parent)
-
-    def close(self) -> None:
-        self._held.close()
+    def spend(self, user: str, epsilon: float, *, budget: float, period_seconds: int) -> float:
+        """Record ``epsilon`` spent by ``user`` and return what is left, or refuse when it would overspend."""
+        while True:
+            current = self._store.get(BUDGETS, user)
+            spends: Spends = {user: _spends_of(current.value if current else {})}
+            left = _spend(spends, user, epsilon, budget, period_seconds)
+            try:
+                self._store.put(BUDGETS, user, {"spends": spends[user]}, current.version if current else 0)
+            except StateConflict:
+                continue  # another gateway spent first: read again
+            return left
 
 
-def _read(path: Path) -> Spends:
-    """The spends on file; a file that cannot be read is an error, never an empty (fresh) budget."""
-    if not path.exists():
-        return {}
+class Records(Protocol):
+    """The part of the state store a ledger uses (see :class:`saferoom.store.Store`)."""
+
+    def get(self, namespace: str, key: str) -> Versioned | None: ...
+    def put(self, namespace: str, key: str, value: dict[str, Any], version: int) -> Versioned: ...
+
+
+def _spends_of(value: dict[str, Any]) -> list[list[float]]:
+    """The spends on record; a record of another shape is an error, never an empty (fresh) budget."""
     try:
-        data: Any = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SaferoomError(f"the privacy budgets in {path} cannot be read ({exc}); restore the file from a backup "
-                            "(starting afresh would give every user their budget again)") from None
-    return {str(user): [[float(t), float(e)] for t, e in spends] for user, spends in data.items()}
+        return [[float(t), float(e)] for t, e in value.get("spends", [])]
+    except (TypeError, ValueError):
+        raise SaferoomError("a privacy budget in the gateway's state cannot be read; restore the state from a "
+                            "backup (starting afresh would give the user their budget again)") from None
 
 
 def _spend(spends: Spends, user: str, epsilon: float, budget: float, period: int) -> float:

@@ -38,7 +38,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("user", "Who is asking.", env="SAFEROOM_USER", short="-u"),
     Setting("role", "Act as this role (default: the user's first).", short="-r"),
     Setting("format", "Output format.", default="table", short="-f"),
-    Setting("state", "The gateway's state folder: tokens and the audit log.", default="saferoom-state"),
+    Setting("state", "The gateway's state: a folder (tokens, the audit log), or a postgresql:// URL that "
+            "several gateways share.", default="saferoom-state"),
     Setting("url", "The gateway to query through when no policy file is at hand (`saferoom login` saves one).",
             env="SAFEROOM_URL"),
     Setting("socket", "The gateway's Unix socket, instead of a URL (a room sets it).", env="SAFEROOM_SOCKET"),

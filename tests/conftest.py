@@ -154,3 +154,23 @@ def spark_room(room: Room, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def spark_alice(spark_room: Path) -> Iterator[saferoom.Session]:
     with saferoom.connect(spark_room, user="alice") as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def state_server() -> Iterator[object]:
+    """A PostgreSQL server for gateway state (``--state postgresql://…``); each test takes a fresh database."""
+    from tests import pg
+
+    server = pg.start_with_reader()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def state_url(state_server: object) -> str:
+    """A URL to an empty database of its own on the state server."""
+    from tests import pg
+
+    return pg.fresh_database(state_server)  # type: ignore[arg-type]

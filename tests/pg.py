@@ -44,6 +44,7 @@ class Postgres:
     port: int
     bin: Path
     account: tuple[int, int] | None
+    durable: bool = False  # fsync on: for benchmarks that compare commit costs; the tests need no crash safety
 
     @property
     def socket(self) -> str:
@@ -68,7 +69,8 @@ class Postgres:
 
     def resume(self) -> None:
         self.run(str(self.bin / "pg_ctl"), "-D", str(self.base / "data"), "-l", str(self.base / "server.log"), "-w", "start",
-                 "-o", f"-p {self.port} -k {self.base / 'sock'} -c listen_addresses=127.0.0.1 -c fsync=off")
+                 "-o", f"-p {self.port} -k {self.base / 'sock'} -c listen_addresses=127.0.0.1"
+                 + ("" if self.durable else " -c fsync=off"))
 
     def stop(self) -> None:
         try:
@@ -77,7 +79,7 @@ class Postgres:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-def start(port: int) -> Postgres:
+def start(port: int, durable: bool = False) -> Postgres:
     """Start a server in a fresh folder under the system temp dir (pytest's own is private to root)."""
     base = Path(tempfile.mkdtemp(prefix="saferoom-pg-"))
     found = bindir()
@@ -88,7 +90,7 @@ def start(port: int) -> Postgres:
     if account:
         for path in (base, base / "sock"):
             os.chown(path, *account)
-    server = Postgres(base, port, found, account)
+    server = Postgres(base, port, found, account, durable)
     server.run(str(found / "initdb"), "-D", str(base / "data"), "-U", "postgres", "--auth-local=trust",
                "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-sync")
     server.resume()
@@ -113,3 +115,15 @@ def start_with_reader() -> Postgres:
         server.stop()
         raise
     return server
+
+
+def fresh_database(server: Postgres) -> str:
+    """A new, empty database on ``server``; the URL saferoom's state takes (psycopg's syntax)."""
+    import uuid
+
+    import adbc_driver_postgresql.dbapi as dbapi
+
+    name = f"state_{uuid.uuid4().hex[:10]}"
+    with dbapi.connect(server.admin_uri(), autocommit=True) as admin, admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://postgres@/{name}?host={server.socket}&port={server.port}"

@@ -3,7 +3,6 @@ kept by a real gateway across a restart."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,8 @@ import pytest
 import saferoom
 from saferoom.client import RemoteSession
 from saferoom.errors import LimitExceeded, QueryRejected, SaferoomError, UsageError
-from saferoom.privacy import FileLedger
+from saferoom.privacy import BUDGETS, StoreLedger
+from saferoom.store import FileStore
 from tests.gateway_helpers import Server, free_port
 from tests.test_aggregate import small_groups
 
@@ -80,16 +80,20 @@ def test_without_opendp_a_clear_error_and_nothing_spent(dana, monkeypatch: pytes
         answer(dana, SUMS)  # the whole budget was still there
 
 
-def test_a_budget_file_is_one_process_s_and_an_unreadable_one_is_not_a_fresh_budget(tmp_path: Path) -> None:
-    ledger = FileLedger(tmp_path)
-    ledger.spend("dana", 1.0, budget=3, period_seconds=86400)
-    with pytest.raises(SaferoomError, match="another process keeps the privacy budgets"):
-        FileLedger(tmp_path)
-    ledger.close()
-    assert FileLedger(tmp_path).spend("dana", 2.0, budget=3, period_seconds=86400) == 0
-    (tmp_path / "budget.json").write_text("{not json")
-    with pytest.raises(SaferoomError, match="cannot be read"):
-        FileLedger(tmp_path / ".." / tmp_path.name)
+def test_the_budget_is_kept_in_the_store_and_an_unreadable_one_is_not_a_fresh_budget(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    try:
+        StoreLedger(store).spend("dana", 1.0, budget=3, period_seconds=86400)
+        assert StoreLedger(store).spend("dana", 2.0, budget=3, period_seconds=86400) == 0
+        with pytest.raises(LimitExceeded):
+            StoreLedger(store).spend("dana", 0.5, budget=3, period_seconds=86400)
+        record = store.get(BUDGETS, "dana")
+        assert record is not None
+        store.put(BUDGETS, "dana", {"spends": "not a list of spends"}, record.version)
+        with pytest.raises(SaferoomError, match="cannot be read"):
+            StoreLedger(store).spend("dana", 0.5, budget=3, period_seconds=86400)
+    finally:
+        store.close()
 
 
 def test_the_gateway_keeps_the_budget_across_a_restart(folder: Path, tmp_path: Path) -> None:
@@ -108,8 +112,12 @@ def test_the_gateway_keeps_the_budget_across_a_restart(folder: Path, tmp_path: P
                 remote.query(SUMS)
     finally:
         server.stop()
-    spends = json.loads((tmp_path / "state" / "privacy" / "budget.json").read_text())
-    assert [e for _, e in spends["dana"]] == [1.0, 1.0, 1.0]
+    store = FileStore(tmp_path / "state")
+    try:
+        record = store.get(BUDGETS, "dana")
+        assert record is not None and [e for _, e in record.value["spends"]] == [1.0, 1.0, 1.0]
+    finally:
+        store.close()
     audit = (tmp_path / "state" / "audit.log").read_text()
     assert "this query spends epsilon 1 of the user's privacy budget" in audit
     assert "privacy budget of `dana` is spent" in audit

@@ -54,10 +54,15 @@ class Head:
 
 
 def _slot_bytes(seq: int, digest: str, key: AuditKey | None) -> bytes:
-    if key is None:
+    return slot_bytes(seq, digest, None if key is None else key.head_mac(seq, digest))
+
+
+def slot_bytes(seq: int, digest: str, mac: str | None) -> bytes:
+    """A slot as the head file holds it: sealed with ``mac`` (the key's head MAC), or with a plain checksum."""
+    if mac is None:
         body = json.dumps({"seq": seq, "hash": digest, "check": _slot_check(seq, digest)}).encode()
     else:
-        body = json.dumps({"seq": seq, "hash": digest, "hmac": key.head_mac(seq, digest)}, separators=(",", ":")).encode()
+        body = json.dumps({"seq": seq, "hash": digest, "hmac": mac}, separators=(",", ":")).encode()
     return body.ljust(SLOT - 1) + b"\n"
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import accumulate
 from pathlib import Path
@@ -110,12 +110,13 @@ def lines_backwards(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, byt
             end = start
 
 
-def report(folder: Path, jump: float = 10.0) -> dict[str, Any]:
-    """Per user and per tag: queries, refusals, rows and bytes; flags a user whose last day jumps above their own baseline."""
+def report(source: Path | Iterable[dict[str, Any]], jump: float = 10.0) -> dict[str, Any]:
+    """Per user and per tag: queries, refusals, rows and bytes; flags a user whose last day jumps above their own baseline.
+    ``source`` is a state folder, or the records themselves (read from any store)."""
     users: dict[str, Counter[str]] = defaultdict(Counter)
     tags: Counter[str] = Counter()
     daily: dict[str, Counter[str]] = defaultdict(Counter)
-    for record in read(folder):
+    for record in read(source) if isinstance(source, Path) else source:
         user = record.get("user") or "?"
         if record.get("event") == "decision":
             users[user]["queries"] += 1

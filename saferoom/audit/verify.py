@@ -15,7 +15,7 @@ What each input lets the verifier see:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class _Walk:
     unchecked: int = 0  # hmac present, no key to check it
     unsealed: int = 0  # no hmac: written before the log had a key
     matched: int = 0  # records the copy holds too
+    unfinished: set[str] = field(default_factory=set)  # allowed queries whose result record has not come (yet)
 
     def step(self, text: str) -> str | None:
         try:
@@ -82,9 +83,16 @@ class _Walk:
         if problem:
             return problem
         self.prev, self.seq = record["hash"], record["seq"]
+        self._follow(record)
         if self.head is not None and self.seq == self.head.seq:
             self.head_hash = self.prev
         return None
+
+    def _follow(self, record: dict[str, Any]) -> None:
+        if record.get("event") == "decision" and record.get("decision") == "allowed":
+            self.unfinished.add(str(record.get("request_id")))
+        elif record.get("event") == "result":
+            self.unfinished.discard(str(record.get("request_id")))
 
     def _seal(self, record: dict[str, Any]) -> str | None:
         mac = record.get("hmac")
@@ -164,6 +172,10 @@ class _Walk:
         elif self.seq:
             notes.append("no record is sealed (written without --audit-key): whoever can write the state folder "
                          "could have rewritten the log and its head")
+        if self.unfinished:
+            notes.append(f"{len(self.unfinished)} allowed queries have a decision but no result record: a gateway "
+                         "stopped mid-query (killed, or its state unreachable), or the query still runs; each "
+                         "decision was durable before any of its result left")
         notes.extend(_copy_notes(copy, self.seq, self.matched))
         return notes
 

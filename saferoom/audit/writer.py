@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from saferoom.audit.checkpoints import CHECKPOINT, checkpoint
-from saferoom.audit.forward import TIMEOUT, AppendFile, Destination, Forwarder, ForwardError, destination
+from saferoom.audit.commits import GroupCommit, Pending
+from saferoom.audit.forward import TIMEOUT, AppendFile, Destination, Forwarder, destination
 from saferoom.audit.head import Head, head_problem, head_sealed, hmac_equal, read_head, read_slot
 from saferoom.audit.keys import AuditKey
 from saferoom.audit.records import (
@@ -43,14 +43,7 @@ log = logging.getLogger("saferoom.audit")
 
 
 @dataclass
-class _Pending:
-    record: dict[str, Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-
-
-@dataclass
-class _Checkpoints:
+class Checkpoints:
     """When the last checkpoint was written, and when the next is due."""
 
     every: int
@@ -68,7 +61,7 @@ class _Checkpoints:
         return None if seq <= self.seq else max(0.0, self.last + self.seconds - time.monotonic())
 
 
-class AuditLog:
+class AuditLog(GroupCommit):
     """Appends chained records to ``DIR/audit.log``; raises :class:`AuditError` when it cannot.
 
     ``key`` seals the records and signs checkpoints; ``forward`` names destinations for every committed
@@ -91,73 +84,23 @@ class AuditLog:
         except BaseException:
             self._writer_lock.close()
             raise
-        self._queue: list[_Pending] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._later: list[_Pending] = []
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # queries can hold values
         end = os.lseek(self._fd, 0, os.SEEK_END)
         self._forwarder = Forwarder(destinations, self.path, end, self._checkpoints.offset if key else end)
-        self._writer = threading.Thread(target=self._run, name="saferoom-audit", daemon=True)
-        self._writer.start()
-
-    def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Write ``record`` durably and return it with seq, prev and hash."""
-        pending = _Pending(dict(record))
-        with self._cond:
-            if self._closed:
-                raise AuditError("the audit log is closed; nothing runs without it")
-            self._queue.append(pending)
-            self._cond.notify()
-        pending.done.wait()
-        if isinstance(pending.error, ForwardError):
-            raise AuditError(f"the query does not run: {pending.error}") from None
-        if pending.error is not None:
-            raise AuditError(f"the audit log cannot be written, so the query does not run: {pending.error}") from None
-        return pending.record
-
-    def append_later(self, record: dict[str, Any]) -> None:
-        """Queue ``record`` for the next group commit without waiting for it (failures are logged)."""
-        pending = _Pending(dict(record))
-        with self._cond:
-            if self._closed:
-                raise AuditError("the audit log is closed")
-            self._queue.append(pending)
-            self._later.append(pending)
-            self._cond.notify()
+        self._start_writer()
 
     def close(self) -> None:
         """Write what is queued, and a last checkpoint when the log is sealed; then stop."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._writer.join()
+        self._stop_writer()
         self._forwarder.close()
         os.close(self._fd)
         self._head.close()
         self._writer_lock.close()
 
-    def _run(self) -> None:
-        while True:
-            batch, closing = self._next_batch()
-            try:
-                self._commit(batch, closing)
-            except Exception as exc:  # noqa: BLE001 - the writer must outlive any failure, or every query waits forever
-                self._settle(batch, exc)
-            if closing:
-                return
+    def _wait(self) -> float | None:
+        return self._checkpoints.wait(self._seq) if self._key else None
 
-    def _next_batch(self) -> tuple[list[_Pending], bool]:
-        with self._cond:
-            while not self._queue and not self._closed and not self._timer_due():
-                self._cond.wait(self._checkpoints.wait(self._seq) if self._key else None)
-            batch, self._queue = self._queue, []
-            return batch, self._closed and not batch
-
-    def _timer_due(self) -> bool:
-        return self._key is not None and self._checkpoints.wait(self._seq) == 0
-
-    def _commit(self, batch: list[_Pending], closing: bool) -> None:
+    def _commit(self, batch: list[Pending], closing: bool) -> None:
         seq, prev = self._seq, self._prev
         lines = []
         for pending in batch:
@@ -182,11 +125,7 @@ class AuditLog:
         self._settle(batch, self._forwarder.send(start, data))
 
     def _chained(self, record: dict[str, Any], seq: int, prev: str) -> dict[str, Any]:
-        record = {**record, "seq": seq, "prev": prev}
-        record["hash"] = _digest(prev, record)
-        if self._key is not None:
-            record["hmac"] = self._key.seal(record["hash"])
-        return record
+        return chained(record, seq, prev, self._key)
 
     def _checkpoint(self, seq: int, prev: str, closing: bool) -> dict[str, Any] | None:
         """A signed checkpoint over record ``seq``, chained after it, when one is due."""
@@ -220,18 +159,6 @@ class AuditLog:
             raise
         return start
 
-    def _settle(self, batch: list[_Pending], error: BaseException | None) -> None:
-        for pending in batch:
-            pending.error = error
-            pending.done.set()
-        if error is not None and not batch:
-            log.error("an audit checkpoint was not committed: %s", error)
-        with self._cond:
-            failed = [p for p in self._later if p.done.is_set() and p.error is not None]
-            self._later = [p for p in self._later if not p.done.is_set()]
-        for pending in failed:
-            log.error("an audit record was not committed: %s", pending.error)
-
     def _recover(self) -> tuple[int, str]:
         """The last record's seq and hash, after checking the log still holds every record its head saw,
         sealed with this key (or unsealed, when no key is given)."""
@@ -249,6 +176,15 @@ class AuditLog:
         return seq, digest
 
 
+def chained(record: dict[str, Any], seq: int, prev: str, key: AuditKey | None) -> dict[str, Any]:
+    """``record`` as the chain's record ``seq`` after ``prev``: with its hash, and its seal when there is a key."""
+    record = {**record, "seq": seq, "prev": prev}
+    record["hash"] = _digest(prev, record)
+    if key is not None:
+        record["hmac"] = key.seal(record["hash"])
+    return record
+
+
 def _check_key(folder: Path, last: dict[str, Any], key: AuditKey | None) -> None:
     """A sealed log goes on only with its own key: without one, or with another, the chain would fork."""
     if key is None:
@@ -264,9 +200,9 @@ def _check_key(folder: Path, last: dict[str, Any], key: AuditKey | None) -> None
                          "start with the key it was written with, and run `saferoom audit verify --key …`")
 
 
-def _last_checkpoint(path: Path, key: AuditKey | None, every: int, seconds: float) -> _Checkpoints:
+def _last_checkpoint(path: Path, key: AuditKey | None, every: int, seconds: float) -> Checkpoints:
     """The newest checkpoint, read back from the end; the search stops at a record from before the key."""
-    state = _Checkpoints(every, seconds)
+    state = Checkpoints(every, seconds)
     if key is None:
         return state
     for offset, text in lines_backwards(path):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saferoom import __version__
-from saferoom.audit import now, read
+from saferoom.audit import now
 from saferoom.engines.base import Cancel
 from saferoom.errors import AccessDenied, AuthError, NotFound, SaferoomError, TooLarge, UsageError
 from saferoom.server.gateway import Gateway, Running
@@ -122,7 +122,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         session = gateway.session(gateway.identify(authorization), role)
         if not gateway.may_audit(session):
             raise AccessDenied(f"role `{session.role}` may not read the audit log; roles with `audit: true` may")
-        return read(gateway.state, limit)
+        return gateway.store.read_audit(limit)
 
     @app.get("/simple/", summary="The offline package index (PEP 503); pip's Basic auth with the token as password")
     @app.get("/simple/{project}/", summary="One project's files in the package index")

@@ -12,20 +12,20 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from saferoom.audit import AuditLog, now
+from saferoom.audit import now
 from saferoom.decision import MAX_SQL_BYTES, Decision, refused
 from saferoom.engines.base import Cancel, Engine
 from saferoom.errors import AccessDenied, LimitExceeded, PolicyError, QueryCancelled, SaferoomError, TooLarge
-from saferoom.identity import Authenticator, Identity, JWTVerifier, TokenStore
+from saferoom.identity import Authenticator, Identity, JWTVerifier
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import gateway_limits
-from saferoom.privacy import FileLedger
+from saferoom.privacy import StoreLedger
 from saferoom.result import Result
 from saferoom.server.pages import Pages
 from saferoom.session import Session, open_engine
+from saferoom.store import AuditWriter, FileStore, Store
 
 log = logging.getLogger("saferoom.gateway")
 
@@ -63,26 +63,23 @@ class Room:
 
 
 class Gateway:
-    def __init__(self, policy_path: Path, state: Path, jwt: JWTVerifier | None = None, packages: Path | None = None,
-                 max_sql_bytes: int = MAX_SQL_BYTES, *, audit: AuditLog | None = None) -> None:
+    def __init__(self, policy_path: Path, state: Path | Store, jwt: JWTVerifier | None = None, packages: Path | None = None,
+                 max_sql_bytes: int = MAX_SQL_BYTES, *, audit: AuditWriter | None = None) -> None:
         self.policy_path = policy_path.resolve()
         self.packages = packages
-        self.state = state
-        self.auth = Authenticator(TokenStore(state), jwt)
-        self.audit = audit or AuditLog(state)  # sealed and forwarded when the caller passes one so configured
-        self.pages = Pages(state / "results")  # after the log: a second gateway on this state has been refused
-        self.ledger = FileLedger(state / "privacy")  # each user's privacy budget, spent before a noisy query runs
+        self.store = FileStore(state) if isinstance(state, Path) else state
+        self.auth = Authenticator(self.store.tokens, jwt)
+        self.audit = audit or self.store.open_audit()  # sealed and forwarded when the caller passes one so configured
+        self.pages = Pages(self.store.results_folder())  # after the log: a second gateway on a folder has been refused
+        self.ledger = StoreLedger(self.store)  # each user's privacy budget, spent before a noisy query runs
         self._lock = threading.Lock()
         # per user: one of their query slots came back, or the gateway is stopping (one condition for all
         # would wake every waiting query of a flooding user each time anyone's query ends)
         self._freed: dict[str, threading.Condition] = defaultdict(lambda: threading.Condition(self._lock))
         self._room = self._load()
         self.max_sql_bytes = max_sql_bytes
-        self._running: dict[str, int] = defaultdict(int)
         self._active: dict[str, Cancel] = {}
         self._draining = False
-        self._bytes: dict[tuple[str, str], int] = defaultdict(int)
-        self._count_bytes_today()
 
     # policy ----------------------------------------------------------------
     def _load(self) -> Room:
@@ -149,7 +146,7 @@ class Gateway:
         try:
             self._admissible(sql)
             decision = session.decide(sql, session.guard(sql), limit=self.max_sql_bytes)
-            self._admit(session, cancel)
+            self._admit(session, cancel, event["request_id"])
         except SaferoomError as exc:
             self.audit.append({**event, **refused(session.user, session.role, sql, exc, limit=self.max_sql_bytes).to_dict()})
             raise
@@ -163,7 +160,7 @@ class Gateway:
             self.finish(running, rows=0, size=0, error=exc)
             raise
         except BaseException:
-            self.release(session.user)
+            self.release(session.user, running.request_id)
             raise
         return running
 
@@ -177,8 +174,8 @@ class Gateway:
         decision = running.decision
         with self._lock:
             self._active.pop(running.request_id, None)
-        self.release(decision.user)
-        self._bytes[(decision.user, _today())] += size
+        self.release(decision.user, running.request_id)
+        self._add_bytes(decision.user, size)
         self.audit.append_later({"event": "result", "request_id": running.request_id, "time": now(),
                                  "user": decision.user, "role": decision.role, "status": running.status(error),
                                  "rows": rows, "bytes": size, "truncated": truncated,
@@ -204,56 +201,48 @@ class Gateway:
             raise TooLarge(f"the query is {size:,} bytes; the gateway accepts at most {self.max_sql_bytes:,} "
                            "(start it with --max-sql-bytes to change that); pass large value lists as a table instead")
 
-    def _admit(self, session: Session, cancel: Cancel | None) -> None:
+    def _admit(self, session: Session, cancel: Cancel | None, slot: str) -> None:
         """Take one of the user's query slots, waiting up to QUEUE_SECONDS for one, or refuse.
 
         Waiting (not refusing at once) keeps a notebook that sends a few queries together working, and
-        keeps a user who floods the gateway from spinning it with refusals."""
+        keeps a user who floods the gateway from spinning it with refusals. The slots are the store's, so
+        with PostgreSQL state the limit holds across gateways; a slot freed on another gateway is seen at the
+        next slice."""
         user, limits = session.user, session.limits
         role = session.policy.model.roles[session.role]
-        if role.max_bytes_per_day and self._bytes[(user, _today())] >= role.max_bytes_per_day:
+        if role.max_bytes_per_day and self.store.bytes_today(user) >= role.max_bytes_per_day:
             raise LimitExceeded(f"{user} has received {role.max_bytes_per_day:,} bytes today, the role's max_bytes_per_day")
         deadline = time.monotonic() + QUEUE_SECONDS
-        with self._lock:
-            freed = self._freed[user]
-            while limits.max_concurrent and self._running[user] >= limits.max_concurrent:
+        while not self.store.take_slot(user, slot, limits.max_concurrent):
+            with self._lock:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._draining or (cancel is not None and cancel.reason is not None):
                     raise LimitExceeded(f"{user} already runs {limits.max_concurrent} queries, the role's max_concurrent "
                                         "(the gateway's default when the role sets none); wait for one to finish")
-                freed.wait(min(left, 0.25))  # a slice at a time: a client that hangs up stops waiting
-            self._running[user] += 1
+                self._freed[user].wait(min(left, 0.25))  # a slice at a time: a client that hangs up stops waiting
 
-    def release(self, user: str) -> None:
+    def release(self, user: str, slot: str) -> None:
+        try:
+            self.store.give_slot(user, slot)
+        except SaferoomError as exc:  # PostgreSQL state: the slot's lease runs out by itself
+            log.error("a query slot of %s was not given back: %s", user, exc)
         with self._lock:
-            self._running[user] -= 1
             self._freed[user].notify()
 
-    def _count_bytes_today(self) -> None:
-        """Today's bytes per user, from the log's tail: records are in time order, so reading stops at yesterday
-        (a day back, in case a record was queued across midnight)."""
-        from saferoom.audit import newest_first
-
-        today = _today()
-        yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
-        for record in newest_first(self.state):
-            day = str(record.get("time", ""))[:10]
-            if day < yesterday:
-                break
-            if record.get("event") == "result" and day == today:
-                self._bytes[(record["user"], today)] += record.get("bytes") or 0
+    def _add_bytes(self, user: str, size: int) -> None:
+        """Count what left; a store that cannot count now is logged (the result record still holds the bytes)."""
+        try:
+            self.store.add_bytes(user, size)
+        except SaferoomError as exc:
+            log.error("today's bytes of %s were not counted: %s", user, exc)
 
     def close(self) -> None:
         self.drain()
         for session in list(self._room.sessions.values()):
             session.close()
         self.pages.close()
-        self.ledger.close()
         self.audit.close()
-
-
-def _today() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d")
+        self.store.close()
 
 
 def _stamp(path: Path, policy: Policy) -> tuple[float, ...]:

@@ -13,20 +13,21 @@ from types import FrameType
 
 import uvicorn
 
-from saferoom.audit import AuditKey, AuditLog
+from saferoom.audit import AuditKey
 from saferoom.decision import MAX_SQL_BYTES
 from saferoom.errors import UsageError
 from saferoom.files import socket_path_problem
 from saferoom.identity import JWTSettings, JWTVerifier
 from saferoom.server.app import create_app
 from saferoom.server.gateway import Gateway
+from saferoom.store import AuditWriter, Store, open_store
 
 WATCH_SECONDS = 1.0
 DRAIN_SECONDS = 10  # after SIGTERM: running queries are cancelled at once; responses get this long to end
 log = logging.getLogger("saferoom.gateway")
 
 
-def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 8470,
+def serve(policy: Path, state: str | Path, *, host: str = "127.0.0.1", port: int = 8470,
           tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None,
           packages: Path | None = None, audit_key: AuditKey | None = None, audit_forward: Sequence[str] = (),
           max_sql_bytes: int = MAX_SQL_BYTES, socket_path: Path | None = None) -> None:
@@ -35,11 +36,17 @@ def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 847
     if socket_path is not None:
         _check_socket(socket_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    audit = _audit_log(state, audit_key, audit_forward)
+    store = open_store(state)
     try:
-        gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes, audit=audit)
+        audit = _audit_log(store, audit_key, audit_forward)
+    except BaseException:
+        store.close()
+        raise
+    try:
+        gateway = Gateway(policy, store, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes, audit=audit)
     except BaseException:
         audit.close()
+        store.close()
         raise
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(gateway, stop), name="saferoom-policy-watch", daemon=True)
@@ -110,9 +117,9 @@ def _stopping(sig: int, frame: FrameType | None) -> None:
     """What uvicorn raises again once it has stopped: the gateway is already closing, nothing more to do."""
 
 
-def _audit_log(state: Path, key: AuditKey | None, forward: Sequence[str]) -> AuditLog:
+def _audit_log(state: Store, key: AuditKey | None, forward: Sequence[str]) -> AuditWriter:
     """The audit log as configured; without a key, say loudly what that leaves open."""
-    audit = AuditLog(state, key=key, forward=forward)
+    audit = state.open_audit(key, forward)
     if key is None:
         log.warning("the audit log is NOT sealed (no --audit-key): its hash chain is plain SHA-256, so whoever can "
                     "write %s can rewrite, cut or empty it and `saferoom audit verify` will not notice; give "
