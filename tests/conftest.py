@@ -154,3 +154,6 @@ def spark_room(room: Room, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def spark_alice(spark_room: Path) -> Iterator[saferoom.Session]:
     with saferoom.connect(spark_room, user="alice") as session:
         yield session
+
+# SQLAlchemy's dialect suite runs in a pytest run of its own (its plugin takes over the run): `make test`
+collect_ignore = ["sqlalchemy_suite"]
