@@ -28,6 +28,7 @@ test: $(VENV)/.dev
 	$(BIN)/ruff check saferoom tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -c tests/sqlalchemy_suite/pytest.ini tests/sqlalchemy_suite
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/guard.py

@@ -11,7 +11,9 @@ Uses the data of bench/guard.py (built on first run). Usage: python bench/client
 On the 2-core development machine: embedded 0.15, gateway 0.25. read_sql cannot reach to_pandas() through
 PEP 249: pandas builds its frame from a million Python row tuples (DataFrame.from_records alone takes longer
 than the whole of to_pandas()), after each value became a Python object; to_pandas() converts Arrow
-columns at once. R: 0.46 to 0.51 over three runs (e.g. R 2.43 s, to_pandas() 1.51 s: 0.46), at or just
+columns at once. The driver now converts a column at a time (timestamps through numpy, decimals from their
+text): embedded 0.20-0.24 in a profile on a machine with a load average of 15-25, where a full run of this
+script took minutes per round (to_pandas() 26 s instead of 1.5 s) and was not completed. R: 0.46 to 0.51 over three runs (e.g. R 2.43 s, to_pandas() 1.51 s: 0.46), at or just
 under the target; most of what R spends is making a string per value of the tokenized key.
 """
 

@@ -49,6 +49,9 @@ _TYPES: tuple[tuple[Callable[[pa.DataType], bool], Callable[[pa.DataType], sqlty
 )
 
 
+FLOOR_DIVISION = frozenset({"postgres"})  # the engines (sqlglot dialects) whose integer `/` floors
+
+
 def sql_type(arrow: pa.DataType) -> sqltypes.TypeEngine[Any]:
     """The SQLAlchemy type for a column the role receives as ``arrow``; NullType when there is none."""
     return next((make(arrow) for test, make in _TYPES if test(arrow)), sqltypes.NullType())
@@ -92,6 +95,12 @@ class SaferoomDialect(default.DefaultDialect):
 
     def create_connect_args(self, url: URL) -> ConnectArgs:
         return [], connect_args(url)
+
+    def initialize(self, connection: Any) -> None:
+        super().initialize(connection)
+        # `/` of two integers: floor division in PostgreSQL, true division in DuckDB and Spark; SQLAlchemy writes
+        # `a / b` or `FLOOR(a / b)` by this, so `//` and `/` keep Python's meaning on every engine
+        self.div_is_floordiv = _session(connection).dialect in FLOOR_DIVISION
 
     def _get_server_version_info(self, connection: Any) -> tuple[int, ...]:
         return ()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from saferoom.display import result_html
+from saferoom.engines.base import FORWARDED
 from saferoom.errors import EngineError, SaferoomError
 from saferoom.notices import cut_notice
 
@@ -38,6 +39,7 @@ class Result:
         self._batches: list[pa.RecordBatch] = []
         self._read = 0  # rows read from the engine so far
         self._truncated = False
+        self._messages = FORWARDED.get(reader)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Stream the record batches; a second call replays what was read."""
@@ -56,6 +58,11 @@ class Result:
             if batch is None:
                 break
             yield batch
+
+    def ipc_message(self, batch: pa.RecordBatch) -> pa.Buffer | None:
+        """The Arrow IPC message ``batch`` arrived in from the engine, when it did and is whole (not cut at
+        ``max_rows``): a server sends it on as it is."""
+        return self._messages.of(batch) if self._messages is not None else None
 
     def _next(self) -> pa.RecordBatch | None:
         assert self._reader is not None

@@ -174,3 +174,7 @@ def state_url(state_server: object) -> str:
     from tests import pg
 
     return pg.fresh_database(state_server)  # type: ignore[arg-type]
+
+
+# SQLAlchemy's dialect suite runs in a pytest run of its own (its plugin takes over the run): `make test`
+collect_ignore = ["sqlalchemy_suite"]

@@ -279,3 +279,24 @@ def test_a_placeholder_inside_a_string_or_comment_is_text(con: dbapi.Connection)
 
 def test_parameters_are_read_in_the_sessions_dialect(con: dbapi.Connection) -> None:
     assert con.session.dialect == "duckdb"  # the gateway says which in /v1/whoami
+
+
+VALUES = """select case when range % 7 = 0 then null else (range - 500)::decimal(12, 2) / 3 end as amount,
+    (range * 123456789012)::decimal(38, 10) as wide,
+    case when range % 5 = 0 then null else timestamp '2024-01-01 10:11:12.345678' + to_seconds(range) end as at,
+    timestamp '2024-01-01 10:11:12.345'::timestamp_ms as at_ms, timestamp '2024-01-01 10:11:12'::timestamptz as at_tz,
+    timestamp '2024-01-01 10:11:12.345678'::timestamp_ns as at_ns,
+    case when range % 3 = 0 then null else date '2024-02-29' + range::int end as day, 'x' || range as label
+from range(2000)"""
+
+
+def test_columns_convert_in_bulk_to_what_arrow_gives_value_by_value() -> None:
+    """The bulk conversions (numpy for dates and timestamps, text for decimals) give the very values and types
+    Arrow's own per-value conversion does, nulls included."""
+    import duckdb
+
+    for column in duckdb.sql(VALUES).to_arrow_table().combine_chunks().columns:
+        chunk = column.chunks[0].slice(3)  # an offset into the buffers, as a batch cut at max_rows has
+        got, expected = dbapi.python_values(chunk), chunk.to_pylist()
+        assert got == expected and [type(v) for v in got] == [type(v) for v in expected], column.type
+        assert [str(v) for v in got] == [str(v) for v in expected]  # Decimal('1.50') is not Decimal('1.5') in text

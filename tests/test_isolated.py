@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from saferoom import priority
@@ -17,6 +18,7 @@ from saferoom.engines.duckdb import DatabaseFile
 from saferoom.engines.isolated import KILL_AFTER_SECONDS, ProcessEngine
 from saferoom.errors import EngineError, LimitExceeded, QueryCancelled
 from saferoom.policy.limits import GATEWAY_DEFAULTS
+from saferoom.result import Result
 from saferoom.secrets import Secret
 
 RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
@@ -66,6 +68,30 @@ def test_results_and_tokens_match_the_in_process_engine(engine: ProcessEngine, r
     assert table.column("t").to_pylist() == [room.token(i) for i in table.column("customer_id").to_pylist()]
     assert ("prod", "main", "customers") in engine.catalog()
     assert engine.column_types("select 1 as one") == [("one", "INTEGER")]
+
+
+def test_whole_batches_are_forwarded_as_the_workers_bytes_and_a_cut_one_is_not(engine: ProcessEngine) -> None:
+    """The gateway sends a batch on as the IPC message the worker wrote (no second serialization): the very bytes
+    Arrow would write for it. A batch cut at max_rows has fewer rows than its message: it is serialized anew."""
+    sql = "select range as id, 'row ' || range as label, range * 0.5 as half from range(200000)"
+    result = Result(engine.stream(sql, batch_size=50_000), max_rows=120_000)
+    arrived = [(batch, result.ipc_message(batch)) for batch in result.stream()]  # asked as each arrives, as the body does
+    batches, messages = [b for b, _ in arrived], [m for _, m in arrived]
+    assert sum(b.num_rows for b in batches) == 120_000 and result.truncated_so_far
+    forwarded = [m for m in messages if m is not None]
+    assert forwarded and messages[-1] is None  # the last batch was cut
+    for batch, message in arrived:
+        if message is not None:
+            assert message.equals(batch.serialize())
+            assert pa.ipc.read_record_batch(message, result.schema).equals(batch)
+
+
+def test_a_batch_not_read_from_the_message_is_not_taken_for_it(engine: ProcessEngine) -> None:
+    result = Result(engine.stream("select range as id from range(10)"), max_rows=None)
+    batch = next(result.stream())
+    assert result.ipc_message(batch) is not None
+    assert result.ipc_message(pa.record_batch([pa.array(range(10), pa.int64())], names=["id"])) is None
+    result.close()
 
 
 def test_a_timeout_and_a_hang_up_stop_the_query_in_its_process(engine: ProcessEngine) -> None:

@@ -91,6 +91,17 @@ def test_core_select_runs_through_the_guard(engine: sa.Engine, alice: saferoom.S
     assert rows == [tuple(r.values()) for r in expected.to_pylist()] and rows
 
 
+def test_division_keeps_pythons_meaning_on_duckdb(engine: sa.Engine) -> None:
+    """DuckDB's `/` divides integers exactly: `/` is true division and `//` is floored (SQLAlchemy's default
+    assumes `/` floors integers, as PostgreSQL's does, and would give 1.5 for 15 // 10)."""
+    fifteen, ten = sa.literal(15, sa.Integer), sa.literal(10, sa.Integer)
+    with engine.connect() as connection:
+        assert connection.dialect.div_is_floordiv is False
+        assert connection.scalar(sa.select(fifteen / ten)) == 1.5
+        assert connection.scalar(sa.select(fifteen // ten)) == 1
+        assert connection.scalar(sa.select(-fifteen // ten)) == -2
+
+
 def test_a_hostile_value_through_core_is_a_literal(engine: sa.Engine) -> None:
     orders = sa.Table("orders", sa.MetaData(), autoload_with=engine)
     with engine.connect() as con:

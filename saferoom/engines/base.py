@@ -11,6 +11,7 @@ import contextlib
 import functools
 import re
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -121,6 +122,36 @@ class Engine(Protocol):
     def column_types(self, sql: str) -> list[tuple[str, str]]: ...
 
     def close(self) -> None: ...
+
+
+class IpcMessages:
+    """The Arrow IPC message the last batch of a stream was read from.
+
+    An engine whose batches arrive as IPC messages (a worker process's) registers its reader in ``FORWARDED``;
+    a server sending such a batch on unchanged forwards the bytes it received instead of serializing the batch
+    again (a copy of every byte of the result, in the gateway)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[pa.Buffer, int] | None = None
+
+    def read(self, message: bytes, schema: pa.Schema) -> pa.RecordBatch:
+        buffer = pa.py_buffer(message)
+        batch = pa.ipc.read_record_batch(buffer, schema)
+        self._last = (buffer, batch.num_rows)
+        return batch
+
+    def of(self, batch: pa.RecordBatch) -> pa.Buffer | None:
+        """The message ``batch`` was read from; None for any other batch, or one cut short (fewer rows)."""
+        if self._last is None or self._last[1] != batch.num_rows:
+            return None
+        message = self._last[0]
+        start, end = message.address, message.address + message.size
+        inside = all(b is None or (start <= b.address and b.address + b.size <= end)
+                     for column in batch.columns for b in column.buffers())
+        return message if inside else None
+
+
+FORWARDED: weakref.WeakKeyDictionary[pa.RecordBatchReader, IpcMessages] = weakref.WeakKeyDictionary()
 
 
 class Cancel:

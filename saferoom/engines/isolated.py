@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from saferoom import priority
-from saferoom.engines.base import Cancel, Catalog, stopped, until_done
+from saferoom.engines.base import FORWARDED, Cancel, Catalog, IpcMessages, stopped, until_done
 from saferoom.engines.duckdb import DUCKDB, Attachment, DuckDBEngine, spill_folder
 from saferoom.errors import EngineError, SaferoomError, from_fields
 from saferoom.policy.limits import Limits
@@ -105,12 +105,15 @@ class ProcessEngine:
         except BaseException:
             query.end(self)
             raise
-        return pa.RecordBatchReader.from_batches(schema, self._batches(query, schema))
+        messages = IpcMessages()
+        reader = pa.RecordBatchReader.from_batches(schema, self._batches(query, schema, messages))
+        FORWARDED[reader] = messages  # the gateway sends these bytes on as they came
+        return reader
 
-    def _batches(self, query: _Query, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    def _batches(self, query: _Query, schema: pa.Schema, messages: IpcMessages) -> Iterator[pa.RecordBatch]:
         try:
             while (message := query.next()) is not None:
-                yield pa.ipc.read_record_batch(pa.py_buffer(message), schema)
+                yield messages.read(message, schema)
         finally:
             query.end(self)
 

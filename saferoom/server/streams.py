@@ -80,7 +80,7 @@ def arrow_body(result: Result, outcome: Outcome) -> Iterator[bytes]:
     size = pending[0].size
     try:
         for batch in result.stream():
-            message = batch.serialize()  # one IPC message
+            message = result.ipc_message(batch) or batch.serialize()  # one IPC message: the worker's, when unchanged
             outcome.rows += batch.num_rows
             if size + message.size < SMALL:
                 pending.append(message)

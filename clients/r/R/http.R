@@ -1,7 +1,8 @@
 # Requests to the gateway, and its errors as R conditions.
 
 sr_handle <- function(state, method, body) {
-  handle <- curl::new_handle()
+  # a result arrives in 1 MiB reads, not curl's 16 KiB: far fewer calls into R for a large body
+  handle <- curl::new_handle(buffersize = 1048576)
   curl::handle_setheaders(handle, Authorization = paste("Bearer", state$token),
                           Accept = "application/json", `Content-Type` = "application/json")
   if (!is.null(body)) {
