@@ -21,6 +21,7 @@ from rich.table import Table
 
 import saferoom
 from saferoom import settings
+from saferoom.cli_requests import access_app, packages_request, release_app, requests_app
 from saferoom.decision import Decision, TableInfo
 from saferoom.errors import RoomError, SaferoomError, UsageError
 from saferoom.policy import Policy, load_policy
@@ -206,6 +207,10 @@ packages_app = typer.Typer(help="Curated, pinned, audited Python packages for ro
 app.add_typer(packages_app, name="packages")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+app.add_typer(release_app, name="release", cls=_Group)
+app.add_typer(access_app, name="access", cls=_Group)
+app.add_typer(requests_app, name="requests", cls=_Group)
+packages_app.command("request")(packages_request)
 
 
 @app.command()
@@ -227,17 +232,23 @@ def serve(
              "a query whose record cannot be sent does not run.")] = None,
     max_sql_bytes: Annotated[int, typer.Option(min=1024, help="The longest query text accepted, in bytes.")] = 256 * 1024,
     socket: Annotated[Path | None, typer.Option(help="Listen on this Unix socket instead of --host/--port (rooms reach the gateway so).")] = None,
+    outbox: Annotated[Path | None, typer.Option(help="Where approved releases are written (default: STATE/outbox); outside every room.")] = None,
+    webhook: Annotated[list[str] | None, typer.Option(help="POST a JSON notice of each request's state change here (repeatable).")] = None,
+    max_upload_bytes: Annotated[int, typer.Option(min=1, help="The largest file a release request may hold.")] = 256 << 20,
+    max_request_bytes: Annotated[int, typer.Option(min=1, help="The most a release request may hold in all.")] = 1 << 30,
 ) -> None:
     """Run the gateway: it holds the credentials and the policy; people hold personal tokens.
 
     Example: saferoom serve --policy saferoom.yaml --state /var/lib/saferoom --audit-key env:SAFEROOM_AUDIT_KEY
     """
     from saferoom.identity import JWTSettings
+    from saferoom.requests import Limits
     from saferoom.server.run import serve as run_server
 
     jwt = JWTSettings(jwks, jwt_audience, jwt_issuer, jwt_claim) if jwks else None
     run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=jwt, packages=packages,
-               audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes, socket_path=socket)
+               audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes, socket_path=socket,
+               outbox=outbox, webhooks=webhook or (), request_limits=Limits(max_upload_bytes, max_request_bytes))
 
 
 @token_app.command("create")

@@ -15,6 +15,7 @@
     ├── PackagesRefused    a snapshot was published without some top-level requirements (refused)
     ├── NotFound           a package or file that is not there
     ├── RoomError          a room's sandbox cannot be made on this host (fail closed: nothing runs)
+    ├── RequestRefused     a request or review the request engine refuses (wrong state, self-approval, changed file)
     └── UsageError         the caller asked for something that cannot be done (bad argument)
 
 Each class carries ``exit_code`` for the command line and ``http_status`` for
@@ -201,6 +202,13 @@ class RoomError(SaferoomError):
     http_status = 500
 
 
+class RequestRefused(SaferoomError):
+    """A release, access or package request step that its state or its reviewers' rules do not allow."""
+
+    exit_code = 14
+    http_status = 409
+
+
 class UsageError(SaferoomError):
     """A bad argument from the caller: a missing file, an unknown format, SQL that does not parse."""
 
@@ -211,7 +219,8 @@ class UsageError(SaferoomError):
 ERRORS: dict[str, type[SaferoomError]] = {
     cls.__name__: cls
     for cls in (SaferoomError, PolicyError, QueryRejected, AccessDenied, EngineError, BuildError, AuthError,
-                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, PackagesRefused, NotFound, RoomError, UsageError)
+                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, PackagesRefused, NotFound, RoomError, RequestRefused,
+                UsageError)
 }
 
 

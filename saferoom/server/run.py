@@ -17,6 +17,7 @@ from saferoom.audit import AuditKey, AuditLog
 from saferoom.decision import MAX_SQL_BYTES
 from saferoom.errors import UsageError
 from saferoom.identity import JWTSettings, JWTVerifier
+from saferoom.requests import Limits
 from saferoom.server.app import create_app
 from saferoom.server.gateway import Gateway
 
@@ -28,13 +29,15 @@ log = logging.getLogger("saferoom.gateway")
 def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 8470,
           tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None,
           packages: Path | None = None, audit_key: AuditKey | None = None, audit_forward: Sequence[str] = (),
-          max_sql_bytes: int = MAX_SQL_BYTES, socket_path: Path | None = None) -> None:
+          max_sql_bytes: int = MAX_SQL_BYTES, socket_path: Path | None = None, outbox: Path | None = None,
+          webhooks: Sequence[str] = (), request_limits: Limits | None = None) -> None:
     """Serve on ``host:port``, or on the Unix socket ``socket_path`` instead (what rooms reach the gateway through)."""
     _check_tls(host, tls_cert, tls_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     audit = _audit_log(state, audit_key, audit_forward)
     try:
-        gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes, audit=audit)
+        gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes, audit=audit,
+                          outbox=outbox, webhooks=tuple(webhooks), request_limits=request_limits)
     except BaseException:
         audit.close()
         raise
@@ -134,3 +137,7 @@ def _watch(gateway: Gateway, stop: threading.Event) -> None:
     while not stop.wait(WATCH_SECONDS):
         gateway.reload_if_changed()
         gateway.pages.sweep()  # kept results past their time go even when nobody asks for one
+        try:
+            gateway.requests.sweep()  # grants past their time are marked expired (they stopped working at their time)
+        except Exception:
+            log.exception("the request sweep failed")

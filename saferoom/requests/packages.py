@@ -1,0 +1,59 @@
+"""Package requests: an approved package joins the requirements the next `saferoom packages sync` resolves,
+and its request is marked landed once a published snapshot admits it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from saferoom.errors import RequestRefused
+from saferoom.files import write_atomic
+from saferoom.identity import Identity
+from saferoom.requests.engine import Engine
+from saferoom.requests.model import Kind, Request, State
+
+REQUIREMENT = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?)(?:==([0-9][A-Za-z0-9.+!_-]{0,49}))?$")
+APPROVED = "approved-packages.txt"
+
+
+class PackageRequests:
+    """Approved requirements are kept in ``ROOT/approved-packages.txt``; ``snapshots`` is where syncs publish."""
+
+    def __init__(self, engine: Engine, root: Path, snapshots: Path | None) -> None:
+        self.engine, self.file, self.snapshots = engine, root / APPROVED, snapshots
+        engine.on_change.append(self._changed)
+
+    def request(self, who: Identity, requirement: str, reason: str) -> Request:
+        found = REQUIREMENT.match(requirement.strip())
+        if not found:
+            raise RequestRefused(f"{requirement[:100]!r} is not NAME or NAME==VERSION (for example polars==1.12.0)")
+        name, version = canonicalize_name(found.group(1)), found.group(2)
+        return self.engine.create(Kind.PACKAGES, who, reason, {"requirement": f"{name}=={version}" if version else name,
+                                                                "project": name, "version": version}, State.SUBMITTED)
+
+    def requirements(self) -> list[str]:
+        kept = (r for r in self.engine.store.all() if r.kind is Kind.PACKAGES and r.state in (State.APPROVED, State.LANDED))
+        return sorted({str(r.detail["requirement"]) for r in kept})
+
+    def land(self, request: Request) -> None:
+        """Mark an approved package landed when the newest published snapshot admits it."""
+        if request.kind is not Kind.PACKAGES or self.snapshots is None:
+            return
+        report = self.snapshots / "latest" / "report.json"
+        try:
+            admitted = json.loads(report.read_text()).get("admitted", [])
+        except (OSError, ValueError):
+            return
+        wanted, version = request.detail["project"], request.detail["version"]
+        for entry in admitted:
+            if canonicalize_name(str(entry.get("project"))) == wanted and version in (None, entry.get("version")):
+                with self.engine.store.locked():
+                    self.engine.change(request, State.LANDED, "saferoom", version=entry.get("version"))
+                return
+
+    def _changed(self, request: Request) -> None:
+        if request.kind is Kind.PACKAGES and request.state is State.APPROVED:
+            write_atomic(self.file, "".join(f"{r}\n" for r in self.requirements()).encode(), 0o644)
