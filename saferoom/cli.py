@@ -376,6 +376,8 @@ def packages_sync(
     dest: Annotated[Path, typer.Option("--dest", help="Where snapshots go: DEST/<date>/ and DEST/latest.")],
     policy: PolicyOpt = POLICY,
     index_url: Annotated[str | None, typer.Option(help="Upstream PEP 503 index (default: the public one pip uses).")] = None,
+    requested: Annotated[Path | None, typer.Option(help="Approved package requests, one a line: the gateway keeps them "
+                                                        "in STATE/requests/approved-packages.txt.")] = None,
 ) -> None:
     """Resolve, download, audit and publish a dated snapshot of the approved packages.
 
@@ -388,13 +390,24 @@ def packages_sync(
     from saferoom.packages import sync
 
     with err.status("Resolving and auditing packages...") as status:
-        report = sync(load_policy(policy), dest, index_url, progress=lambda message: status.update(escape(message)))
+        report = sync(load_policy(policy), dest, index_url, progress=lambda message: status.update(escape(message)),
+                      requested=_lines(requested))
     _print_snapshot(report)
     out.print(f"report: {dest / str(report.snapshot) / 'report.json'}")
     out.print(f"pip install --isolated --index-url file://{dest.absolute() / 'latest' / 'simple'} <package>")
     if report.refused_requirements:
         names = ", ".join(r["requirement"] for r in report.refused_requirements)
         raise PackagesRefused(f"published without {names}: refused (reasons above and in report.json)")
+
+
+def _lines(path: Path | None) -> list[str]:
+    """The non-empty lines of ``path`` (none without one); a file named but missing is an error, not nothing."""
+    if path is None:
+        return []
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _print_snapshot(report: Any) -> None:
