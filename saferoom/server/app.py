@@ -233,6 +233,7 @@ async def _no_body() -> dict[str, Any]:
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
                "img-src 'self' data: blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+          "requests.js": "text/javascript; charset=utf-8",
           "editor.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
           "editor.LICENSES.txt": "text/plain; charset=utf-8"}
 
