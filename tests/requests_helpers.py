@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 import httpx
 
+from saferoom.identity import TokenStore
 from tests.gateway_helpers import SERVE, Server, free_port
 
 POLICY = """version: 1
@@ -85,4 +86,5 @@ def start(folder: Path, *extra: str) -> Gateway:
     (folder / "saferoom.yaml").write_text(POLICY.format(database=database))
     server = Server(folder / "saferoom.yaml", folder / "state", free_port(), folder / "server.log", extra=list(extra)).start()
     users = ("ana", "bob", "rev1", "rev2", "rev3", "boss")
-    return Gateway(server, {u: server.token(u) for u in users})
+    store = TokenStore(server.state)  # what `saferoom token create` does, without a process per user
+    return Gateway(server, {u: store.create(u)[0] for u in users})

@@ -1,8 +1,8 @@
-"""Webhooks: a JSON POST for each state change, sent from a thread of its own.
+"""Webhooks: a JSON POST for each state change, each hook sent from a thread of its own.
 
 The change is already recorded and kept when its notice is queued: a webhook that fails or hangs costs
-a few bounded retries and a log line, never the change. Notices carry ids, names, states and file
-names, never file contents, reasons, comments or credentials.
+a few bounded retries and a log line, never the change, and never delays another hook. Notices carry
+ids, user names, states and file names, never file contents, reasons, comments or credentials.
 """
 
 from __future__ import annotations
@@ -23,43 +23,59 @@ BACKLOG = 10_000  # notices waiting past this are dropped (and logged): a dead h
 
 class Webhooks:
     def __init__(self, urls: Sequence[str], *, attempts: int = ATTEMPTS, timeout: float = TIMEOUT, pause: float = 1.0) -> None:
-        self.urls, self.attempts, self.pause = list(urls), attempts, pause
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(BACKLOG)
-        self._stop = threading.Event()
-        self._http = httpx.Client(timeout=timeout, follow_redirects=False)
-        self._thread = threading.Thread(target=self._run, name="saferoom-webhooks", daemon=True)
-        if self.urls:
-            self._thread.start()
+        self.hooks = [_Hook(url, attempts, timeout, pause) for url in urls]
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if not self.urls:
-            return
+        for hook in self.hooks:
+            hook.put(event)
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.close()
+
+
+class _Hook:
+    def __init__(self, url: str, attempts: int, timeout: float, pause: float) -> None:
+        self.url, self.attempts, self.pause = url, attempts, pause
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(BACKLOG)
+        self._http = httpx.Client(timeout=timeout, follow_redirects=False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="saferoom-webhook", daemon=True)
+        self._thread.start()
+
+    def put(self, event: dict[str, Any]) -> None:
         try:
             self._queue.put_nowait(event)
         except queue.Full:
-            log.error("webhook backlog full: the notice of %s %s was dropped", event.get("request_id"), event.get("state"))
+            log.error("webhook %s: backlog full, the notice of %s (%s) was dropped", _host(self.url), event.get("request_id"),
+                      event.get("state"))
 
     def close(self) -> None:
-        if self.urls:
-            self._queue.put(None)
-            self._thread.join()
+        """Stop at once: a gateway that is stopping does not wait out a dead hook's retries (each unsent
+        notice is logged; the changes themselves are kept)."""
+        self._stop.set()
+        self._queue.put(None)
+        self._thread.join()
         self._http.close()
 
     def _run(self) -> None:
         while (event := self._queue.get()) is not None:
-            for url in self.urls:
-                self._send(url, event)
+            if self._stop.is_set():
+                log.error("webhook %s: the gateway stopped before the notice of %s (%s) was sent", _host(self.url),
+                          event.get("request_id"), event.get("state"))
+                continue
+            self._send(event)
 
-    def _send(self, url: str, event: dict[str, Any]) -> None:
+    def _send(self, event: dict[str, Any]) -> None:
         for attempt in range(1, self.attempts + 1):
             try:
-                if self._http.post(url, json=event).status_code < 300:
+                if self._http.post(self.url, json=event).status_code < 300:
                     return
             except httpx.HTTPError:
                 pass
-            if attempt < self.attempts:
-                self._stop.wait(self.pause * 2 ** (attempt - 1))
-        log.error("webhook %s did not take the notice of %s (%s) after %d attempts", _host(url), event.get("request_id"),
+            if attempt < self.attempts and self._stop.wait(self.pause * 2 ** (attempt - 1)):
+                break
+        log.error("webhook %s did not take the notice of %s (%s) after %d attempts", _host(self.url), event.get("request_id"),
                   event.get("state"), self.attempts)
 
 

@@ -34,6 +34,7 @@ def serve(policy: Path, state: Path, *, host: str = "127.0.0.1", port: int = 847
     """Serve on ``host:port``, or on the Unix socket ``socket_path`` instead (what rooms reach the gateway through)."""
     _check_tls(host, tls_cert, tls_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs each URL whole, and a webhook's URL can hold a token
     audit = _audit_log(state, audit_key, audit_forward)
     try:
         gateway = Gateway(policy, state, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes, audit=audit,
