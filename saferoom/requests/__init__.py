@@ -38,7 +38,8 @@ class Requests:
 
     def sweep(self) -> None:
         """Expire grants past their time; mark packages a published snapshot admitted as landed."""
-        self.engine.sweep([self.access.expire, self.packages.land])
+        self.access.sweep()
+        self.packages.sweep()
 
     def close(self) -> None:
         self.webhooks.close()

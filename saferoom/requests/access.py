@@ -47,11 +47,14 @@ class Access:
         moment = datetime.now(UTC)
         return [g for g in self._active if g.requester == user and g.expires and datetime.fromisoformat(g.expires) > moment]
 
-    def expire(self, request: Request) -> None:
-        """Mark a grant past its time expired (it stopped working at its time already)."""
-        if request.kind is Kind.ACCESS and request.expires and datetime.fromisoformat(request.expires) <= datetime.now(UTC):
+    def sweep(self) -> None:
+        """Mark the grants past their time expired (they stopped working at their time already)."""
+        moment = datetime.now(UTC)
+        for grant in [g for g in self._active if g.expires and datetime.fromisoformat(g.expires) <= moment]:
             with self.engine.store.locked():
-                self.engine.change(request, State.EXPIRED, "saferoom")
+                current = self.engine.store.get(grant.id)
+                if current is not None and current.state is State.APPROVED:
+                    self.engine.change(current, State.EXPIRED, "saferoom")
 
     def _changed(self, request: Request) -> None:
         if request.kind is not Kind.ACCESS:

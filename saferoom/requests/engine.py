@@ -8,7 +8,7 @@ did not happen; then webhooks are told.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,14 +161,6 @@ class Engine:
         self.audit.append(event)
         self.store.put(request)
         self.notify({k: v for k, v in event.items() if k != "files"} | {"files": sorted(request.hashes)})
-
-    def sweep(self, hooks: Iterable[Callable[[Request], None]]) -> None:
-        """Let each kind act on requests whose time came (an access grant's expiry, a package's landing)."""
-        for request in self.store.all():
-            if request.state is State.APPROVED:
-                for hook in hooks:
-                    hook(request)
-
 
 def _after(request: Request, verdict: Verdict, needed: int) -> State:
     if verdict is Verdict.REJECT:

@@ -24,6 +24,7 @@ class PackageRequests:
 
     def __init__(self, engine: Engine, root: Path, snapshots: Path | None) -> None:
         self.engine, self.file, self.snapshots = engine, root / APPROVED, snapshots
+        self._seen: tuple[float, int] | None = None  # the snapshot report last read: only a new one is read again
         engine.on_change.append(self._changed)
 
     def request(self, who: Identity, requirement: str, reason: str) -> Request:
@@ -38,21 +39,33 @@ class PackageRequests:
         kept = (r for r in self.engine.store.all() if r.kind is Kind.PACKAGES and r.state in (State.APPROVED, State.LANDED))
         return sorted({str(r.detail["requirement"]) for r in kept})
 
-    def land(self, request: Request) -> None:
-        """Mark an approved package landed when the newest published snapshot admits it."""
-        if request.kind is not Kind.PACKAGES or self.snapshots is None:
+    def sweep(self) -> None:
+        """Mark approved packages landed once a newly published snapshot admits them."""
+        admitted = self._new_snapshot()
+        if admitted is None:
             return
+        waiting = [r for r in self.engine.store.all() if r.kind is Kind.PACKAGES and r.state is State.APPROVED]
+        for request in waiting:
+            wanted, version = request.detail["project"], request.detail["version"]
+            found = next((v for name, v in admitted if name == wanted and version in (None, v)), None)
+            if found is not None:
+                with self.engine.store.locked():
+                    self.engine.change(request, State.LANDED, "saferoom", version=found)
+
+    def _new_snapshot(self) -> list[tuple[str, str]] | None:
+        """(project, version) of each package the newest snapshot admitted, when it is new since the last look."""
+        if self.snapshots is None:
+            return None
         report = self.snapshots / "latest" / "report.json"
         try:
+            stat = report.stat()
+            if (stat.st_mtime, stat.st_ino) == self._seen:
+                return None
             admitted = json.loads(report.read_text()).get("admitted", [])
         except (OSError, ValueError):
-            return
-        wanted, version = request.detail["project"], request.detail["version"]
-        for entry in admitted:
-            if canonicalize_name(str(entry.get("project"))) == wanted and version in (None, entry.get("version")):
-                with self.engine.store.locked():
-                    self.engine.change(request, State.LANDED, "saferoom", version=entry.get("version"))
-                return
+            return None
+        self._seen = (stat.st_mtime, stat.st_ino)
+        return [(canonicalize_name(str(e.get("project"))), str(e.get("version"))) for e in admitted]
 
     def _changed(self, request: Request) -> None:
         if request.kind is Kind.PACKAGES and request.state is State.APPROVED:
