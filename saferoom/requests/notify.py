@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from saferoom.errors import UsageError
+
 log = logging.getLogger("saferoom.requests")
 ATTEMPTS = 3
 TIMEOUT = 5.0
@@ -23,6 +25,9 @@ BACKLOG = 10_000  # notices waiting past this are dropped (and logged): a dead h
 
 class Webhooks:
     def __init__(self, urls: Sequence[str], *, attempts: int = ATTEMPTS, timeout: float = TIMEOUT, pause: float = 1.0) -> None:
+        for url in urls:
+            if httpx.URL(url).scheme not in ("http", "https"):
+                raise UsageError(f"--webhook {_host(url)}…: give an http:// or https:// URL")
         self.hooks = [_Hook(url, attempts, timeout, pause) for url in urls]
 
     def __call__(self, event: dict[str, Any]) -> None:
