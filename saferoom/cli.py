@@ -21,6 +21,7 @@ from rich.table import Table
 
 import saferoom
 from saferoom import settings
+from saferoom.cli_requests import access_app, packages_request, release_app, requests_app
 from saferoom.decision import Decision, TableInfo
 from saferoom.errors import RoomError, SaferoomError, UsageError
 from saferoom.policy import Policy, load_policy
@@ -209,6 +210,10 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 state_app = typer.Typer(help="The gateway's state: a folder, or PostgreSQL shared by several gateways.", no_args_is_help=True, cls=_Group)
 app.add_typer(state_app, name="state")
+app.add_typer(release_app, name="release", cls=_Group)
+app.add_typer(access_app, name="access", cls=_Group)
+app.add_typer(requests_app, name="requests", cls=_Group)
+packages_app.command("request")(packages_request)
 
 
 @app.command()
@@ -230,17 +235,25 @@ def serve(
              "a query whose record cannot be sent does not run.")] = None,
     max_sql_bytes: Annotated[int, typer.Option(min=1024, help="The longest query text accepted, in bytes.")] = 256 * 1024,
     socket: Annotated[Path | None, typer.Option(help="Listen on this Unix socket instead of --host/--port (rooms reach the gateway so).")] = None,
+    outbox: Annotated[Path | None, typer.Option(help="Where approved releases are written (default: STATE/outbox); outside every room.")] = None,
+    webhook: Annotated[list[str] | None, typer.Option(help="POST a JSON notice of each request's state change here (repeatable).")] = None,
+    requests: Annotated[Path | None, typer.Option(help="Where release, access and package requests are kept (default: STATE/requests); with PostgreSQL state, a folder every gateway shares.")] = None,
+    max_upload_bytes: Annotated[int, typer.Option(min=1, help="The largest file a release request may hold.")] = 256 << 20,
+    max_request_bytes: Annotated[int, typer.Option(min=1, help="The most a release request may hold in all.")] = 1 << 30,
 ) -> None:
     """Run the gateway: it holds the credentials and the policy; people hold personal tokens.
 
     Example: saferoom serve --policy saferoom.yaml --state /var/lib/saferoom --audit-key env:SAFEROOM_AUDIT_KEY
     """
     from saferoom.identity import JWTSettings
+    from saferoom.requests import Limits
     from saferoom.server.run import serve as run_server
 
     jwt = JWTSettings(jwks, jwt_audience, jwt_issuer, jwt_claim) if jwks else None
     run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=jwt, packages=packages,
-               audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes, socket_path=socket)
+               audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes, socket_path=socket,
+               outbox=outbox, webhooks=webhook or (), request_limits=Limits(max_upload_bytes, max_request_bytes),
+               requests_folder=requests)
 
 
 @token_app.command("create")
@@ -395,6 +408,8 @@ def packages_sync(
     dest: Annotated[Path, typer.Option("--dest", help="Where snapshots go: DEST/<date>/ and DEST/latest.")],
     policy: PolicyOpt = POLICY,
     index_url: Annotated[str | None, typer.Option(help="Upstream PEP 503 index (default: the public one pip uses).")] = None,
+    requested: Annotated[Path | None, typer.Option(help="Approved package requests, one a line: the gateway keeps them "
+                                                        "in STATE/requests/approved-packages.txt.")] = None,
 ) -> None:
     """Resolve, download, audit and publish a dated snapshot of the approved packages.
 
@@ -407,13 +422,24 @@ def packages_sync(
     from saferoom.packages import sync
 
     with err.status("Resolving and auditing packages...") as status:
-        report = sync(load_policy(policy), dest, index_url, progress=lambda message: status.update(escape(message)))
+        report = sync(load_policy(policy), dest, index_url, progress=lambda message: status.update(escape(message)),
+                      requested=_lines(requested))
     _print_snapshot(report)
     out.print(f"report: {dest / str(report.snapshot) / 'report.json'}")
     out.print(f"pip install --isolated --index-url file://{dest.absolute() / 'latest' / 'simple'} <package>")
     if report.refused_requirements:
         names = ", ".join(r["requirement"] for r in report.refused_requirements)
         raise PackagesRefused(f"published without {names}: refused (reasons above and in report.json)")
+
+
+def _lines(path: Path | None) -> list[str]:
+    """The non-empty lines of ``path`` (none without one); a file named but missing is an error, not nothing."""
+    if path is None:
+        return []
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _print_snapshot(report: Any) -> None:

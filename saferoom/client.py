@@ -95,6 +95,10 @@ class RemoteSession:
         records: list[dict[str, Any]] = self._json("GET", "/v1/audit", params={"limit": limit, **_role(self.requested_role)})
         return records
 
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A JSON route of the gateway (the request engine's, for instance), errors raised as saferoom's."""
+        return self._json(method, path, **kwargs)
+
     def close(self) -> None:
         self._http.close()
 

@@ -15,6 +15,7 @@
     ├── PackagesRefused    a snapshot was published without some top-level requirements (refused)
     ├── NotFound           a package or file that is not there
     ├── RoomError          a room's sandbox cannot be made on this host (fail closed: nothing runs)
+    ├── RequestRefused     a request or review the request engine refuses (wrong state, self-approval, changed file)
     ├── StateConflict      a state record changed since it was read (compare-and-set lost): read again
     └── UsageError         the caller asked for something that cannot be done (bad argument)
 
@@ -202,10 +203,17 @@ class RoomError(SaferoomError):
     http_status = 500
 
 
+class RequestRefused(SaferoomError):
+    """A release, access or package request step that its state or its reviewers' rules do not allow."""
+
+    exit_code = 14
+    http_status = 409
+
+
 class StateConflict(SaferoomError):
     """A record of the gateway's state changed since it was read (compare-and-set lost): read it again and retry."""
 
-    exit_code = 14
+    exit_code = 15
     http_status = 409
 
 
@@ -219,7 +227,8 @@ class UsageError(SaferoomError):
 ERRORS: dict[str, type[SaferoomError]] = {
     cls.__name__: cls
     for cls in (SaferoomError, PolicyError, QueryRejected, AccessDenied, EngineError, BuildError, AuthError,
-                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, PackagesRefused, NotFound, RoomError, StateConflict, UsageError)
+                AuditError, LimitExceeded, TooLarge, QueryCancelled, PackagesError, PackagesRefused, NotFound, RoomError, RequestRefused,
+                StateConflict, UsageError)
 }
 
 

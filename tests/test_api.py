@@ -14,7 +14,7 @@ from tests.gateway_helpers import SERVE
 
 EXPECTED = {
     "AccessDenied", "Action", "AuditError", "AuthError", "BuildError", "ColumnInfo", "Decision", "LimitExceeded", "NotFound", "PackagesError", "PackagesRefused", "RemoteSession", "EngineError", "OutputColumn", "Policy",
-    "PolicyError", "QueryCancelled", "QueryRejected", "Refusal", "Result", "RoomError", "TooLarge", "SaferoomError", "Session", "SessionProtocol", "StateConflict", "TableInfo", "UsageError",
+    "PolicyError", "QueryCancelled", "QueryRejected", "Refusal", "Result", "RequestRefused", "RoomError", "TooLarge", "SaferoomError", "Session", "SessionProtocol", "StateConflict", "TableInfo", "UsageError",
     "__version__", "connect", "load_policy",
 }
 

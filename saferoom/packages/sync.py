@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -56,8 +56,10 @@ class Report:
     refused_requirements: list[dict[str, str]] = field(default_factory=list)
 
 
-def sync(policy: Policy, dest: Path, index_url: str | None = None, progress: Progress | None = None) -> Report:
-    spec = _spec(policy)
+def sync(policy: Policy, dest: Path, index_url: str | None = None, progress: Progress | None = None,
+         requested: Sequence[str] = ()) -> Report:
+    """``requested``: approved package requests (NAME or NAME==VERSION), resolved and audited as the policy's own."""
+    spec = _spec(policy, requested)
     say = progress or (lambda _m: None)
     feed = policy.local_path(spec.vulnerabilities) if spec.vulnerabilities else None
     if feed is None or not feed.exists():
@@ -114,15 +116,18 @@ def _alone(dest: Path) -> Iterator[None]:
         yield
 
 
-def _spec(policy: Policy) -> Packages:
+def _spec(policy: Policy, requested: Sequence[str] = ()) -> Packages:
     if policy.model.packages is None:
         raise UsageError(f"{policy.path.name} has no `packages:` section; see docs/packages.md")
-    for text in policy.model.packages.requirements + policy.model.packages.deny:
+    spec = policy.model.packages
+    extra = [r for r in dict.fromkeys(requested) if r not in spec.requirements]
+    spec = spec.model_copy(update={"requirements": [*spec.requirements, *extra]})
+    for text in spec.requirements + spec.deny:
         try:
             Requirement(text)
         except InvalidRequirement as exc:
             raise UsageError(f"`{text}` is not a valid requirement: {exc}") from None
-    return policy.model.packages
+    return spec
 
 
 def _keep_failure(dest: Path, report: Report, exc: SaferoomError) -> None:

@@ -145,6 +145,7 @@ class Policy:
         self._check_roles()
         self._check_builds()
         self._check_rooms()
+        self._check_reviews()
         self._check_secrets()
         if self._problems:
             raise PolicyError.of(self._problems, file=str(self.path))
@@ -256,6 +257,13 @@ class Policy:
             if name != "default" and name not in self.model.roles:
                 self._note(f"`rooms:` names `{name}`, which is neither `default` nor a role under `roles:`; "
                            f"{expected(name, ['default', *self.model.roles])}", "rooms", name)
+
+    def _check_reviews(self) -> None:
+        for kind, rule in self.model.reviews:
+            for role in rule.roles if rule else []:
+                if role not in self.model.roles:
+                    self._note(f"`reviews.{kind}` names role `{role}`, which is not under `roles:`; "
+                               f"{expected(role, list(self.model.roles))}", "reviews", kind, "roles")
 
     def source_url(self, name: str) -> str:
         """The connection URL of a source that is a server (PostgreSQL)."""

@@ -198,6 +198,24 @@ class Packages(Strict):
     fallback_max_age_days: int = Field(default=365, ge=1, description="How old a fallback release may be.")
 
 
+class ReviewRule(Strict):
+    """Who reviews one kind of request, and how many must approve."""
+
+    roles: list[str] = Field(min_length=1, description="Roles whose users may review (approve, reject, return) this kind.")
+    approvals: int | None = Field(default=None, ge=1, le=10, description="Approvals needed, each from a different "
+                                  "reviewer, never the requester (default: 2 for release, 1 for access and packages).")
+    max_duration: str | None = Field(default=None, pattern=r"^[0-9]+[smhdw]$",
+                                     description="access: the longest grant that may be asked for, e.g. 8h (default 7d).")
+
+
+class Reviews(Strict):
+    """The request engine's reviewers; a kind not listed here has no reviewers, so its requests wait (fail closed)."""
+
+    release: ReviewRule | None = None
+    access: ReviewRule | None = None
+    packages: ReviewRule | None = None
+
+
 class PolicyModel(Strict):
     """A saferoom policy: sources, threat model, classification, users and roles."""
 
@@ -215,6 +233,7 @@ class PolicyModel(Strict):
     packages: Packages | None = None
     rooms: dict[str, RoomLimits] = Field(
         default_factory=dict, description="role (or `default`, for every role) -> the limits of its rooms.")
+    reviews: Reviews = Field(default_factory=Reviews, description="Who reviews release, access and package requests.")
     includes: list[str] = Field(
         default_factory=list, description="Policy fragments (sources, tags, threats, tables) to merge, e.g. from a build."
     )

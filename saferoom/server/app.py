@@ -21,6 +21,7 @@ from saferoom.engines.base import Cancel
 from saferoom.errors import AccessDenied, AuthError, NotFound, SaferoomError, TooLarge, UsageError
 from saferoom.server.gateway import Gateway, Running
 from saferoom.server.pages import MAX_PAGE_ROWS, PAGE_ROWS
+from saferoom.server.requests_api import UPLOAD, add_request_routes
 from saferoom.server.streams import BODIES, MEDIA, Outcome, error_body, json_body, vectors_body
 from saferoom.server.workers import QueryThread
 
@@ -69,7 +70,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     def whoami(authorization: Auth = None, role: str | None = None) -> dict[str, Any]:
         identity = gateway.identify(authorization)
         session = gateway.session(identity, role)
-        roles = gateway.policy.user(identity.user).roles
+        roles = session.policy.user(identity.user).roles  # with the roles granted for a while
         return {"user": session.user, "role": session.role, "roles": roles, "audit": gateway.may_audit(session),
                 "dialect": session.dialect}
 
@@ -153,6 +154,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         content, media = static[name]
         return Response(content, media_type=media, headers={"Content-Security-Policy": PAGE_POLICY})
 
+    add_request_routes(app, gateway)
     app.add_middleware(_BodyLimit, limit=body_limit(gateway.max_sql_bytes))
     app.add_middleware(_SecurityHeaders)
     return app
@@ -174,6 +176,9 @@ class _BodyLimit:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "PUT" and UPLOAD.match(scope["path"]):  # an upload: its route streams it to disk, capped
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
@@ -226,8 +231,9 @@ async def _no_body() -> dict[str, Any]:
 # The web page may run only the gateway's own scripts (no inline script, no eval), and talk only to this gateway.
 # Inline styles are allowed: the editor sets its own.
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
-               "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+               "img-src 'self' data: blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+          "requests.js": "text/javascript; charset=utf-8",
           "editor.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
           "editor.LICENSES.txt": "text/plain; charset=utf-8"}
 

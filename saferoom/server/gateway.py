@@ -17,11 +17,21 @@ from pathlib import Path
 from saferoom.audit import now
 from saferoom.decision import MAX_SQL_BYTES, Decision, refused
 from saferoom.engines.base import Cancel, Engine
-from saferoom.errors import AccessDenied, LimitExceeded, PolicyError, QueryCancelled, SaferoomError, TooLarge
+from saferoom.errors import (
+    AccessDenied,
+    LimitExceeded,
+    PolicyError,
+    QueryCancelled,
+    QueryRejected,
+    SaferoomError,
+    TooLarge,
+)
+from saferoom.guard import GuardedQuery
 from saferoom.identity import Authenticator, Identity, JWTVerifier
 from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import gateway_limits
 from saferoom.privacy import StoreLedger
+from saferoom.requests import Limits, Requests, command, granted_policy
 from saferoom.result import Result
 from saferoom.server.pages import Pages
 from saferoom.session import Session, open_engine
@@ -58,13 +68,15 @@ class Room:
 
     policy: Policy
     engine: Engine
-    sessions: dict[tuple[str, str | None], Session]
+    sessions: dict[tuple[str, str | None, tuple[str, ...]], Session]  # user, role, the access grants in force
     stamp: tuple[float, ...]  # when the policy file and the fragments it includes were last written
 
 
 class Gateway:
     def __init__(self, policy_path: Path, state: Path | Store, jwt: JWTVerifier | None = None, packages: Path | None = None,
-                 max_sql_bytes: int = MAX_SQL_BYTES, *, audit: AuditWriter | None = None) -> None:
+                 max_sql_bytes: int = MAX_SQL_BYTES, *, audit: AuditWriter | None = None, outbox: Path | None = None,
+                 webhooks: tuple[str, ...] = (), request_limits: Limits | None = None,
+                 requests_folder: Path | None = None) -> None:
         self.policy_path = policy_path.resolve()
         self.packages = packages
         self.store = FileStore(state) if isinstance(state, Path) else state
@@ -80,6 +92,7 @@ class Gateway:
         self.max_sql_bytes = max_sql_bytes
         self._active: dict[str, Cancel] = {}
         self._draining = False
+        self.requests = _requests(self, requests_folder, outbox, packages, request_limits, webhooks)
 
     # policy ----------------------------------------------------------------
     def _load(self) -> Room:
@@ -113,28 +126,37 @@ class Gateway:
         return self.auth.identify(authorization)
 
     def session(self, identity: Identity, role: str | None = None) -> Session:
+        """The user's session as the role asked for, with the access grants in force at this moment."""
         if identity.role and role and role != identity.role:
             raise AccessDenied(f"this token acts as role `{identity.role}`; it cannot act as `{role}`")
         room = self._room
-        key = (identity.user, role or identity.role)
+        grants = self.requests.access.grants(identity.user) if self.requests else []
+        key = (identity.user, role or identity.role, tuple(sorted(g.id for g in grants)))
         with self._lock:
             existing = room.sessions.get(key)
         if existing is not None:
             return existing
+        policy = granted_policy(room.policy, identity.user, grants)
         # opened outside the lock (it starts a worker process), so no other request waits behind it
-        opened = self._open_session(room, identity.user, key[1])
+        opened = self._open_session(room, policy, identity.user, key[1])
         with self._lock:
             kept = room.sessions.setdefault(key, opened)
-        if kept is not opened:  # another request of the same user opened one meanwhile
-            opened.close()
+            stale = [k for k in room.sessions if k[:2] == key[:2] and k != key]  # opened under grants since changed
+            closing = [room.sessions.pop(k) for k in stale]
+        for session in [*closing, *([opened] if kept is not opened else [])]:
+            session.close()
         return kept
 
-    def _open_session(self, room: Room, user: str, role: str | None) -> Session:
+    def _open_session(self, room: Room, policy: Policy, user: str, role: str | None) -> Session:
         """An embedded engine is opened per user, each query in a process of its own, so that user's memory,
         threads and processor time are theirs alone (see :mod:`saferoom.engines.isolated`)."""
-        limits = gateway_limits(room.policy.role_for(user, role)[1])
+        try:
+            limits = gateway_limits(policy.role_for(user, role)[1])
+        except AccessDenied as exc:
+            known = role in policy.model.roles and user in policy.model.users
+            raise AccessDenied(f"{exc}. To ask for it for a while: {command(role=role)}" if known else str(exc)) from None
         engine = None if room.engine.spec.per_user else room.engine
-        return Session(room.policy, user, role, engine=engine, limits=limits, isolated=True, ledger=self.ledger)
+        return Session(policy, user, role, engine=engine, limits=limits, isolated=True, ledger=self.ledger)
 
     def may_audit(self, session: Session) -> bool:
         return session.policy.model.roles[session.role].audit
@@ -145,7 +167,7 @@ class Gateway:
         event = {"event": "decision", "request_id": uuid.uuid4().hex, "time": now(), "method": identity.method}
         try:
             self._admissible(sql)
-            decision = session.decide(sql, session.guard(sql), limit=self.max_sql_bytes)
+            decision = session.decide(sql, _asking(session, sql), limit=self.max_sql_bytes)
             self._admit(session, cancel, event["request_id"])
         except SaferoomError as exc:
             self.audit.append({**event, **refused(session.user, session.role, sql, exc, limit=self.max_sql_bytes).to_dict()})
@@ -241,8 +263,33 @@ class Gateway:
         for session in list(self._room.sessions.values()):
             session.close()
         self.pages.close()
+        if self.requests:
+            self.requests.close()
         self.audit.close()
         self.store.close()
+
+
+def _asking(session: Session, sql: str) -> GuardedQuery:
+    """The guard's verdict; a column refused names the command that asks for it for a while."""
+    try:
+        return session.guard(sql)
+    except QueryRejected as exc:
+        if exc.column is None or "saferoom access request" in exc.message:
+            raise
+        raise QueryRejected(f"{exc.message} To ask for it for a while: {command(column=exc.column)}", column=exc.column,
+                            tag=exc.tag, threats=exc.threats, allowed_roles=exc.allowed_roles) from None
+
+
+def _requests(gateway: Gateway, folder: Path | None, outbox: Path | None, packages: Path | None,
+              limits: Limits | None, webhooks: tuple[str, ...]) -> Requests | None:
+    """The request engine, keeping its files in ``folder`` (the state folder's ``requests`` by default); with
+    PostgreSQL state and no folder given, none: release, access and package requests need a folder every
+    gateway shares, and the routes say so."""
+    root = folder or (gateway.store.folder / "requests" if isinstance(gateway.store, FileStore) else None)
+    if root is None:
+        return None
+    return Requests(root, gateway.audit, lambda: gateway.policy, outbox=outbox or root.parent / "outbox",
+                    snapshots=packages, limits=limits, webhooks=webhooks)
 
 
 def _stamp(path: Path, policy: Policy) -> tuple[float, ...]:

@@ -18,6 +18,7 @@ from saferoom.decision import MAX_SQL_BYTES
 from saferoom.errors import UsageError
 from saferoom.files import socket_path_problem
 from saferoom.identity import JWTSettings, JWTVerifier
+from saferoom.requests import Limits
 from saferoom.server.app import create_app
 from saferoom.server.gateway import Gateway
 from saferoom.store import AuditWriter, Store, open_store
@@ -30,12 +31,15 @@ log = logging.getLogger("saferoom.gateway")
 def serve(policy: Path, state: str | Path, *, host: str = "127.0.0.1", port: int = 8470,
           tls_cert: Path | None = None, tls_key: Path | None = None, jwt: JWTSettings | None = None,
           packages: Path | None = None, audit_key: AuditKey | None = None, audit_forward: Sequence[str] = (),
-          max_sql_bytes: int = MAX_SQL_BYTES, socket_path: Path | None = None) -> None:
+          max_sql_bytes: int = MAX_SQL_BYTES, socket_path: Path | None = None, outbox: Path | None = None,
+          webhooks: Sequence[str] = (), request_limits: Limits | None = None,
+          requests_folder: Path | None = None) -> None:
     """Serve on ``host:port``, or on the Unix socket ``socket_path`` instead (what rooms reach the gateway through)."""
     _check_tls(host, tls_cert, tls_key)
     if socket_path is not None:
         _check_socket(socket_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs each URL whole, and a webhook's URL can hold a token
     store = open_store(state)
     try:
         audit = _audit_log(store, audit_key, audit_forward)
@@ -43,7 +47,9 @@ def serve(policy: Path, state: str | Path, *, host: str = "127.0.0.1", port: int
         store.close()
         raise
     try:
-        gateway = Gateway(policy, store, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes, audit=audit)
+        gateway = Gateway(policy, store, JWTVerifier(jwt) if jwt else None, packages, max_sql_bytes, audit=audit,
+                          outbox=outbox, webhooks=tuple(webhooks), request_limits=request_limits,
+                          requests_folder=requests_folder)
     except BaseException:
         audit.close()
         store.close()
@@ -152,3 +158,8 @@ def _watch(gateway: Gateway, stop: threading.Event) -> None:
     while not stop.wait(WATCH_SECONDS):
         gateway.reload_if_changed()
         gateway.pages.sweep()  # kept results past their time go even when nobody asks for one
+        try:
+            if gateway.requests:
+                gateway.requests.sweep()  # grants past their time are marked expired (they stopped working at their time)
+        except Exception:
+            log.exception("the request sweep failed")

@@ -69,6 +69,7 @@ async function signIn() {
     $("audit-section").classList.toggle("hidden", !me.audit);
     startEditor();
     await showCatalog();
+    await loadRequests();  // requests.js
   } catch (e) {
     signedOut("Sign-in failed: " + e.message);
   }
@@ -100,6 +101,7 @@ function signedOut(message) {
   $("error").textContent = "";
   $("output").classList.add("hidden");
   current = null;
+  forgetRequests();  // requests.js
 }
 
 // -- the catalog --------------------------------------------------------------------------------------------
