@@ -126,6 +126,12 @@ def test_a_token_revoked_is_refused_by_every_gateway(cluster: list[Server], stat
     assert [t["revoked"] for t in listed] == [True]
 
 
+def test_requests_without_a_shared_folder_say_how_to_turn_them_on(cluster: list[Server]) -> None:
+    token = cluster[0].token("alice")
+    answer = httpx.get(f"{cluster[0].url}/v1/requests", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert answer.status_code == 400 and "`--requests DIR`" in answer.text  # never a request area on one host only
+
+
 def test_a_users_concurrent_query_limit_holds_across_gateways(cluster: list[Server], state_url: str) -> None:
     token = cluster[0].token("lee")  # role `limited`: max_concurrent 1, each query stopped after 1 s
     held: list[int] = []
