@@ -92,3 +92,20 @@ def test_plain_names_are_taken(name: str) -> None:
 def test_other_names_are_refused(name: str) -> None:
     with pytest.raises(RequestRefused):
         safe_name(name)
+
+
+def test_a_grant_approved_through_another_gateway_on_the_folder_is_taken_in_by_the_sweep(tmp_path: Path) -> None:
+    first, audit = make(tmp_path)
+    policy = parse_policy(POLICY.format(database=tmp_path / "prod.duckdb"), tmp_path / "saferoom.yaml")
+    other_audit = AuditLog(tmp_path / "other-state")
+    second = Requests(tmp_path / "state" / "requests", other_audit, lambda: policy, outbox=tmp_path / "outbox")
+    try:
+        asked = first.access.request(who("ana"), "a fraud case", "1h", column="prod.people.email")
+        first.engine.review(asked.id, who("boss"), Verdict.APPROVE, {})
+        assert [g.id for g in first.access.grants("ana")] == [asked.id]
+        assert second.access.grants("ana") == []  # not yet seen by the other gateway
+        second.sweep()
+        assert [g.id for g in second.access.grants("ana")] == [asked.id]
+    finally:
+        for opened in (first, second, audit, other_audit):
+            opened.close()

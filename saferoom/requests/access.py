@@ -48,7 +48,10 @@ class Access:
         return [g for g in self._active if g.requester == user and g.expires and datetime.fromisoformat(g.expires) > moment]
 
     def sweep(self) -> None:
-        """Mark the grants past their time expired (they stopped working at their time already)."""
+        """Mark the grants past their time expired (they stopped working at their time already), and take in
+        grants another gateway sharing the folder approved."""
+        if self.engine.store.stamp() != self._seen:
+            self._refresh()
         moment = datetime.now(UTC)
         for grant in [g for g in self._active if g.expires and datetime.fromisoformat(g.expires) <= moment]:
             with self.engine.store.locked():
@@ -66,6 +69,7 @@ class Access:
         self._refresh()
 
     def _refresh(self) -> None:
+        self._seen = self.engine.store.stamp()
         self._active = [r for r in self.engine.store.all() if r.kind is Kind.ACCESS and r.state is State.APPROVED]
 
     def _seconds(self, duration: str) -> int:

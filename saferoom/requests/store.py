@@ -31,6 +31,8 @@ class RequestStore(Protocol):
 
     def folder(self, request_id: str) -> Path: ...
 
+    def stamp(self) -> int: ...
+
 
 class FileStore:
     """Records in ``ROOT/records/<id>.json`` (written whole, atomically); files in ``ROOT/files/<id>/``.
@@ -63,6 +65,10 @@ class FileStore:
         with self._thread_lock, (self.root / ".lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
+
+    def stamp(self) -> int:
+        """Changes whenever a record is written (by any process sharing the folder): a record is renamed in."""
+        return (self.root / "records").stat().st_mtime_ns
 
     def folder(self, request_id: str) -> Path:
         if not _valid(request_id):
