@@ -61,7 +61,8 @@ GROUPED = "WITH o AS (SELECT *, order_id % {groups} AS g FROM orders) "
 PLAIN = GROUPED + "SELECT g, count(*) AS n, sum(amount) AS revenue FROM o GROUP BY g"
 EXACT = PLAIN + " HAVING count(DISTINCT customer_id) >= 10"
 CERTIFIED = GROUPED + """, c AS MATERIALIZED (
-    SELECT g, count(*) AS n, sum(amount) AS revenue, bit_or(1::UBIGINT << (hash(customer_id) & 63)) AS b
+    SELECT g, count(*) AS n, sum(amount) AS revenue, bit_or(1::UBIGINT << (hash(customer_id) & 63))
+      FILTER (WHERE customer_id IS NOT NULL) AS b
     FROM o GROUP BY g HAVING count(customer_id) >= 10),
   recounted AS (SELECT g FROM o WHERE g IN (SELECT g FROM c WHERE bit_count(b) < 10)
     GROUP BY g HAVING count(DISTINCT customer_id) >= 10)
