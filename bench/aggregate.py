@@ -3,14 +3,14 @@
 Prints ratios against baselines measured in the same run, on the same DuckDB file, through saferoom
 sessions that differ only in their role:
 
-* an aggregate-only group-by over the orders (each group's distinct customers counted in HAVING) against
+* an aggregate-only group-by over the orders (each group's distinct customers certified, see below) against
   the same group-by for a role without ``aggregate:`` (target ≤ 1.3×);
 * a DP count over the orders (each customer's rows bounded to one, then OpenDP's Laplace noise) against the
   plain count (target ≤ 1.5×), and the same over the customers table, which holds one row per customer
   and so needs no bounding.
 
-Then, on the engine directly (not yet the guard's rewrite), a plan for the per-group entity minimum that
-counts distinct customers only where a cheap certificate cannot settle it: each group's customers hashed
+Then, on the engine directly and at 3, 100k and 1M groups, the plan the guard uses for the per-group
+entity minimum, which counts distinct customers only where a cheap certificate cannot settle it: each group's customers hashed
 into 64 buckets and OR-ed into one UBIGINT, whose popcount is a lower bound on its distinct customers (two
 buckets are two customers), so a popcount of ``min_group`` or more shows the group; the groups left (fewer
 set bits, at least ``min_group`` keys) are recounted exactly from their own rows, reached by a semi-join.
