@@ -152,6 +152,12 @@ def test_what_an_aggregate_only_role_may_not_ask(mo, sql: str, says: str) -> Non
     assert "may only aggregate by segment" in refused.value.message  # and says what is allowed instead
 
 
+def test_the_hidden_certificate_columns_cannot_be_named(mo) -> None:
+    """An output named like the certificate would let its popcount pass a small group: the name is refused."""
+    with pytest.raises(QueryRejected, match="reserved for saferoom"):
+        mo.query("select region, count(*) * 1023 as __saferoom_b0 from orders group by region")
+
+
 @pytest.mark.parametrize(("sql", "expected"), [
     # count(distinct) of the identifier is the group's entity count: shown only where that is 10 or more
     ("select region, count(distinct customer_id) from orders group by region", [("EU", 100), ("R10", 10)]),
