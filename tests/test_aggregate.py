@@ -7,9 +7,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import sqlglot
+from sqlglot import exp
 
 import saferoom
 from saferoom.errors import PolicyError, QueryRejected
+from saferoom.guard.aggregate_certified import certified
 from saferoom.policy import parse_policy
 
 POLICY = """\
@@ -147,6 +150,12 @@ def test_what_an_aggregate_only_role_may_not_ask(mo, sql: str, says: str) -> Non
         mo.query(sql)
     assert says in refused.value.message, refused.value.message
     assert "may only aggregate by segment" in refused.value.message  # and says what is allowed instead
+
+
+def test_the_hidden_certificate_columns_cannot_be_named(mo) -> None:
+    """An output named like the certificate would let its popcount pass a small group: the name is refused."""
+    with pytest.raises(QueryRejected, match="reserved for saferoom"):
+        mo.query("select region, count(*) * 1023 as __saferoom_b0 from orders group by region")
 
 
 @pytest.mark.parametrize(("sql", "expected"), [
@@ -314,3 +323,25 @@ def test_a_dominance_rule_off_duckdb_refuses_rather_than_answers_unchecked(folde
     with pytest.raises(QueryRejected, match="checks on DuckDB sources only"):
         Guard(policy, "fay", "finance", spec, catalog).rewrite(DOMINATED)
     assert "HAVING COUNT(DISTINCT" in Guard(policy, "mo", "marketing", spec, catalog).rewrite(DOMINATED).sql
+
+
+def test_the_certified_minimum_is_exact_at_the_edges() -> None:
+    """Ten customers hashed into at most five buckets are recounted and shown; nine customers of many rows
+    each plus rows without a customer, and one customer of fifty rows, are suppressed; the groups match the
+    exact ``count(DISTINCT …)``."""
+    con = duckdb.connect()
+    con.execute("""CREATE TABLE orders AS
+        SELECT 'collide' AS region, i AS customer_id FROM (SELECT i FROM range(100000) t(i)
+          WHERE hash(i) & 63 < 5 LIMIT 10), range(3)
+        UNION ALL SELECT 'nine', i FROM range(9) t(i), range(20)
+        UNION ALL SELECT 'nine', NULL FROM range(5)
+        UNION ALL SELECT 'one', 7 FROM range(50)
+        UNION ALL SELECT 'big', i FROM range(100) t(i)""")
+    buckets = "bit_count(bit_or(1::UBIGINT << (hash(customer_id) & 63)) FILTER (WHERE customer_id IS NOT NULL))"
+    assert con.execute(f"SELECT {buckets} FROM orders WHERE region = 'collide'").fetchone() <= (5,)
+    sql = "select region, count(*) as n from orders group by region"
+    select = sqlglot.parse_one(sql + " having count(customer_id) >= 10", dialect="duckdb")
+    rewritten = certified(select, [exp.column("customer_id")], 10).sql("duckdb")
+    exact = con.execute(sql + " having count(distinct customer_id) >= 10 order by 1").fetchall()
+    assert sorted(con.execute(rewritten).fetchall()) == exact == [("big", 100), ("collide", 30)]
+    assert [d[0] for d in con.execute(rewritten).description] == ["region", "n"]

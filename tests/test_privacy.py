@@ -7,11 +7,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
+import sqlglot
+from sqlglot import exp
 
 import saferoom
 from saferoom.client import RemoteSession
 from saferoom.errors import LimitExceeded, QueryRejected, SaferoomError, UsageError
+from saferoom.guard.aggregate_dp import bound_contributions
+from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.privacy import BUDGETS, StoreLedger
 from saferoom.store import FileStore
 from tests.gateway_helpers import Server, free_port
@@ -59,6 +64,21 @@ def test_what_one_entity_adds_is_bounded(dana) -> None:
     assert "LEAST(GREATEST(" in sql
     means = answer(dana, "select region, avg(amount) from orders group by region")
     assert set(means) == set(EXACT) and all(isinstance(v, float) for v in means.values())
+
+
+@pytest.mark.parametrize("most", [1, 2, 3])
+def test_each_entity_and_the_null_key_bring_at_most_m_rows(most: int) -> None:
+    """Four orders of customer 1, one of customer 2, three without a customer: the NULL key is one partition."""
+    con = duckdb.connect()
+    con.execute("create table orders as select * from (values (1, 1), (1, 2), (1, 3), (1, 4), (2, 5), "
+                "(NULL, 6), (NULL, 7), (NULL, 8)) t(customer_id, order_id)")
+    tree = sqlglot.parse_one("select count(*), count(distinct order_id) from orders o")
+    table = tree.find(exp.Table)
+    assert table is not None
+    table.meta[POLICY_TABLE] = "prod.orders"
+    bound_contributions([(table, "customer_id")], most)
+    expected = min(4, most) + 1 + min(3, most)
+    assert con.execute(tree.sql("duckdb")).fetchone() == (expected, expected)
 
 
 @pytest.mark.parametrize(("sql", "says"), [
