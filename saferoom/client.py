@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from saferoom.decision import Decision, TableInfo
 from saferoom.errors import AuthError, EngineError, SaferoomError, UsageError, from_fields
+from saferoom.files import atomic_write
 from saferoom.result import Result
 
 CHUNK = 1 << 20
@@ -37,11 +38,7 @@ def save_credentials(url: str, token: str) -> Path:
     """What `saferoom login` writes: readable by its owner only."""
     path = credentials_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(".credentials.json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump({"url": url, "token": token}, out)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"url": url, "token": token}).encode())  # mode 0600
     return path
 
 
