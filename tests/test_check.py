@@ -354,6 +354,9 @@ ISSUE_16 = [
     ('{"api_key": "Zx9kQ2vL7mN4pR8sT1wY6bC3dF5gH0jK"}', "generic-api-key"),
     ('os.environ["GITHUB_TOKEN"] = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"', "github-pat"),
     ('connect(password="Xy7#kP2$mQ9!vL4w")', "saferoom-quoted-password"),
+    ('app_secret: sq0csp-Rk4mZ8qW2nX7vB1cT9pL3sY6hJ0dF5gA_uE-oI2kM8r', "saferoom-square-oauth-secret"),
+    ('{"type": "service_account", "project_id": "analytics-1"}', "saferoom-gcp-service-account"),
+    ('sq0csp-tooshort', None),
     ("AKIAIOSFODNN7EXAMPLE", None), ("AKIAXXXXXXXXXXXXXXXX", None), ("-----BEGIN RSA PRIVATE KEY-----", None),
 ]
 

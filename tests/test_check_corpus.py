@@ -26,7 +26,7 @@ LEVELS = {
     "ip-address": (0.95, 0),
     "phone": (0.95, 0),
     "ssn": (0.95, 0),
-    "secret": (0.97, 0),
+    "secret": (1.0, 0),
 }
 
 
