@@ -130,6 +130,11 @@ def test_entities_follow_joins(mo) -> None:
     ("select (select count(*) from orders where customer_id = 3), count(*) from orders", "subqueries are not allowed"),
     ("select count(*) from orders o, lateral (select o.amount) t", "LATERAL is not allowed"),
     ("select count(*) filter (where customer_id = 3) from orders", "FILTER (WHERE …)"),
+    ("select region, sum(amount) from orders tablesample system (1%) group by region", "sampling"),
+    ("select region, sum(amount) from orders using sample 10 rows group by region", "sampling"),
+    ("select region, count(*) from orders group by region using sample 50%", "sampling"),
+    ("select c.segment, count(*) from orders o join customers c tablesample bernoulli (5%) "
+     "on o.customer_id = c.customer_id group by c.segment", "sampling"),
     ("select sum(case when region = 'R9' then amount end) from orders", "takes a column as it is"),
     ("select sum(amount * (customer_id = 3)::int) from orders", "takes a column as it is"),
     ("select count(*) from orders where customer_id = 3", "direct identifier"),

@@ -10,6 +10,8 @@ Each refusal closes a way of getting one person's value out past the group minim
 - ``FILTER (WHERE …)``, CASE or arithmetic inside an aggregate narrows it to rows the group's count does not
   describe (``sum(CASE WHEN id = 7 THEN amount END)``);
 - GROUPING SETS, ROLLUP and CUBE return subtotals whose differences are single groups;
+- a sample (USING SAMPLE, TABLESAMPLE) is drawn anew each time the table is read, so the minimum's exact
+  recount could vouch for rows other than the ones the answer comes from;
 - a filter, key or join on a direct identifier (an entity key, a tokenized column) singles a person out.
 
 >>> import sqlglot
@@ -90,6 +92,10 @@ def _check_nodes(select: exp.Select) -> None:
                                 "or subtotals the group minimum does not cover")
         if isinstance(node, exp.Filter):
             raise QueryRejected("FILTER (WHERE …) on an aggregate narrows it below the group's minimum; use WHERE")
+        if isinstance(node, exp.TableSample):  # the minimum's recount would read another draw than the answer
+            raise QueryRejected("sampling (USING SAMPLE, TABLESAMPLE) is not allowed for an aggregate-only role: a "
+                                "group's minimum must be counted on the very rows its aggregates come from; "
+                                "aggregate the whole table")
         if isinstance(node, exp.AggFunc):  # in HAVING and ORDER BY too: an order by max(x) tells max(x)
             _check_aggregate(node)
 
