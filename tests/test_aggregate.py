@@ -350,3 +350,19 @@ def test_the_certified_minimum_is_exact_at_the_edges() -> None:
     exact = con.execute(sql + " having count(distinct customer_id) >= 10 order by 1").fetchall()
     assert sorted(con.execute(rewritten).fetchall()) == exact == [("big", 100), ("collide", 30)]
     assert [d[0] for d in con.execute(rewritten).description] == ["region", "n"]
+
+
+
+def test_a_null_group_the_buckets_cannot_certify_is_recounted_and_shown() -> None:
+    """A NULL group key is a group: ten customers hashed into at most five buckets under region NULL are
+    recounted (matched IS NOT DISTINCT FROM, since ``NULL IN (…)`` finds nothing) and shown; nine are not."""
+    con = duckdb.connect()
+    con.execute("""CREATE TABLE orders AS
+        SELECT NULL::VARCHAR AS region, i AS customer_id FROM (SELECT i FROM range(100000) t(i)
+          WHERE hash(i) & 63 < 5 LIMIT 10), range(3)
+        UNION ALL SELECT 'nine', i FROM range(9) t(i), range(20)""")
+    sql = "select region, count(*) as n from orders group by region"
+    select = sqlglot.parse_one(sql + " having count(customer_id) >= 10", dialect="duckdb")
+    rewritten = certified(select, [exp.column("customer_id")], 10).sql("duckdb")
+    assert con.execute(rewritten).fetchall() == con.execute(sql + " having count(distinct customer_id) >= 10").fetchall()
+    assert con.execute(rewritten).fetchall() == [(None, 30)]

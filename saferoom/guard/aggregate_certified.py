@@ -16,6 +16,8 @@ outer query keeps the groups that pass, with the CTE's own column names (``* EXC
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlglot import exp
 
 from saferoom.guard.aggregate_shape import group_expressions
@@ -64,19 +66,33 @@ def _popcount(i: int) -> exp.Expr:
 
 
 def _recount(select: exp.Select, groups: list[exp.Expr], key: exp.Column, i: int, minimum: int) -> exp.Expr:
-    """``popcount >= m OR (group keys) IN (the uncertified groups whose exact count reaches m)``."""
+    """``popcount >= m OR EXISTS (the group among the uncertified ones whose exact count reaches m)``.
+
+    Groups are matched with IS NOT DISTINCT FROM: a NULL group key is a group too, and ``IN`` would never
+    find it."""
     number = exp.Literal.number(minimum)
-    hidden = exp.Tuple(expressions=[exp.column(f"__saferoom_g{g}") for g in range(len(groups))])
-    uncertified = exp.select(*hidden.expressions).from_(GROUPS).where(exp.LT(this=_popcount(i), expression=number))
-    own = exp.Tuple(expressions=[g.copy() for g in groups])
-    exact = exp.Select(expressions=[g.copy() for g in groups]).from_(select.args["from_"].copy(), copy=False)
+    uncertified = exp.select(*[exp.column(f"__saferoom_g{n}") for n in range(len(groups))]).from_(GROUPS).where(
+        exp.LT(this=_popcount(i), expression=number))
+    own = _same(groups, lambda n: exp.column(f"__saferoom_g{n}", "__saferoom_u"))
+    exact = exp.Select(expressions=[exp.alias_(g.copy(), f"__saferoom_g{n}") for n, g in enumerate(groups)])
+    exact = exact.from_(select.args["from_"].copy(), copy=False)
     for join in select.args.get("joins") or []:
         exact.append("joins", join.copy())
-    rows = exp.In(this=own, query=exp.Subquery(this=uncertified))
+    exact = exact.join(exp.Subquery(this=uncertified, alias=exp.TableAlias(this=exp.to_identifier("__saferoom_u"))),
+                       on=own, copy=False)
     where = select.args.get("where")
-    exact.set("where", exp.Where(this=exp.and_(where.this.copy(), rows) if where is not None else rows))
+    if where is not None:
+        exact.set("where", where.copy())
     distinct = exp.Count(this=exp.Distinct(expressions=[key.copy()]))
     exact = exact.group_by(*[g.copy() for g in groups], copy=False).having(
         exp.GTE(this=distinct, expression=number), copy=False)
-    shown = exp.In(this=hidden.copy(), query=exp.Subquery(this=exact))
+    recounted = exp.select("1").from_(exp.Subquery(this=exact, alias=exp.TableAlias(this=exp.to_identifier("__saferoom_r"))))
+    found = [exp.NullSafeEQ(this=exp.column(f"__saferoom_g{n}", "__saferoom_r"), expression=exp.column(f"__saferoom_g{n}", GROUPS))
+             for n in range(len(groups))]
+    shown = exp.Exists(this=recounted.where(exp.and_(*found), copy=False))
     return exp.or_(exp.GTE(this=_popcount(i), expression=number.copy()), shown, copy=False)
+
+
+def _same(groups: list[exp.Expr], other: Callable[[int], exp.Expr]) -> exp.Expr:
+    """Each group expression IS NOT DISTINCT FROM its counterpart."""
+    return exp.and_(*[exp.NullSafeEQ(this=g.copy(), expression=other(n)) for n, g in enumerate(groups)])
