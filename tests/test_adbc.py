@@ -15,8 +15,11 @@ import pytest
 import saferoom
 import saferoom.adbc
 from saferoom.audit import read
+from saferoom.identity import Identity
 from saferoom.server import flight_sql_messages as messages
-from tests.gateway_helpers import SERVE, Server, eventually, free_port, gateway_policy
+from saferoom.server.flight_sql import Tickets
+from saferoom.server.gateway import Gateway
+from tests.gateway_helpers import SERVE, Server, eventually, free_port, gateway_policy, self_signed
 
 SQL = "select order_id, customer_id, amount, region, created_at from orders order by order_id"
 SINGLE = """  single:
@@ -31,7 +34,7 @@ def server(room, tmp_path_factory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("adbc")
     policy = gateway_policy(room, folder)
     text = policy.read_text().replace("roles:\n", "roles:\n" + SINGLE, 1)
-    policy.write_text(text.replace("users:\n", "users:\n  una: {roles: [single]}\n", 1))
+    policy.write_text(text.replace("users:\n", "users:\n  una: {roles: [single, investigator]}\n", 1))
     running = Server(policy, folder / "state", free_port(), folder / "server.log",
                      extra=["--flight-sql", str(free_port())]).start()
     yield running
@@ -138,6 +141,16 @@ def test_unknown_commands_are_refused_by_name(server: Server, alice_token: str, 
         client.get_flight_info(flight.FlightDescriptor.for_command(wrapped), options)
 
 
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"\x0a\xff\xff\xff\x0f", messages.any_of("CommandStatementQuery", b"\x0a\x7f")])
+def test_malformed_messages_are_refused_without_a_traceback(server: Server, alice_token: str, payload: bytes) -> None:
+    client, options = raw_client(server, alice_token)
+    with pytest.raises(flight.FlightServerError, match="not a Flight SQL message") as caught:
+        client.get_flight_info(flight.FlightDescriptor.for_command(payload), options)
+    assert "Traceback" not in str(caught.value)
+    with pytest.raises(flight.FlightServerError, match="not a Flight SQL message|not a ticket this gateway gave out"):
+        client.do_get(flight.Ticket(payload), options).read_all()
+
+
 def test_actions_uploads_and_paths_are_refused(server: Server, alice_token: str) -> None:
     client, options = raw_client(server, alice_token)
     with pytest.raises(pa.ArrowNotImplementedError, match="not served"):  # unimplemented: the driver goes on unprepared
@@ -207,3 +220,93 @@ def test_errors_carry_the_structured_refusal(server: Server, alice_token: str) -
         client.get_flight_info(descriptor, options)
     detail = json.loads(caught.value.extra_info)["error"]
     assert (detail["type"], detail["column"]) == ("QueryRejected", "prod.cards.pan")
+
+
+def test_get_table_schema_has_the_columns_as_the_role_receives_them(adbc) -> None:
+    schema = adbc.adbc_get_table_schema("customers", db_schema_filter="prod")
+    assert "name" in schema.names and schema.field("customer_id").type == pa.string()  # tokenized for analysts
+    with pytest.raises(adbc_driver_manager.Error):
+        adbc.adbc_get_table_schema("no_such_table", db_schema_filter="prod")
+
+
+def test_a_role_is_chosen_per_connection(server: Server) -> None:
+    token = server.token("una")
+    sql = "select pan from cards order by card_id limit 1"
+    default = saferoom.adbc.connect(server.url, token)
+    investigating = saferoom.adbc.connect(server.url, token, role="investigator")
+    try:
+        with pytest.raises(pd.errors.DatabaseError, match="pan"):
+            pd.read_sql(sql, default)
+        assert pd.read_sql(sql, investigating)["pan"].str.contains(r"\*").all()  # masked for investigators
+    finally:
+        default.close()
+        investigating.close()
+    alice_token = server.token("alice")
+    with pytest.raises(saferoom.AccessDenied, match="investigator"):
+        saferoom.adbc.connect(server.url, alice_token, role="investigator")  # asked of the gateway first
+    alice = saferoom.adbc.connect(endpoint(server, alice_token), alice_token, role="investigator")
+    try:
+        with pytest.raises(pd.errors.DatabaseError, match="does not hold role `investigator`"):
+            pd.read_sql("select 1 as x", alice)  # and by the endpoint on every call
+    finally:
+        alice.close()
+
+
+def test_tickets_never_fetched_are_cancelled_and_free_their_slot(room, tmp_path) -> None:
+    text = gateway_policy(room, tmp_path).read_text().replace("roles:\n", "roles:\n" + SINGLE, 1)
+    policy = tmp_path / "saferoom.yaml"
+    policy.write_text(text.replace("users:\n", "users:\n  una: {roles: [single]}\n", 1))
+    gateway = Gateway(policy, tmp_path / "state")
+    try:
+        una = Identity("una", None, "token")
+        session = gateway.session(una)
+        tickets = Tickets(gateway, seconds=0)
+        handle = tickets.add("una", gateway.start(session, MANY_ROWS, una))
+        with pytest.raises(saferoom.LimitExceeded, match="max_concurrent"):
+            gateway.start(session, "select 1 as x", una)  # her one slot is taken
+        tickets.sweep()
+        with pytest.raises(saferoom.NotFound):
+            tickets.take(handle, "una")
+        running = gateway.start(session, "select 1 as x", una)  # the slot came back
+        gateway.finish(running, rows=0, size=0)
+    finally:
+        gateway.close()
+    ended = [r for r in read(tmp_path / "state") if r["event"] == "result"]
+    assert [r["status"] for r in ended] == ["cancelled", "completed"]
+
+
+def test_tls_serves_verified_clients_only(room, tmp_path) -> None:
+    cert, key = self_signed(tmp_path)
+    running = Server(gateway_policy(room, tmp_path), tmp_path / "state", free_port(), tmp_path / "server.log",
+                     extra=["--flight-sql", str(free_port()), "--tls-cert", str(cert), "--tls-key", str(key)])
+    try:
+        _start_tls(running, cert)
+        token = running.token("alice")
+        url = f"https://127.0.0.1:{running.port}"
+        assert saferoom.adbc.flight_sql_uri(url, token, verify=str(cert)).startswith("grpc+tls://127.0.0.1:")
+        with saferoom.adbc.connect(url, token, verify=str(cert)) as connection:
+            assert pd.read_sql("select count(*) as n from prod.orders", connection)["n"].tolist()[0] > 0
+        uri = saferoom.adbc.flight_sql_uri(url, token, verify=str(cert))
+        with saferoom.adbc.connect(uri, token) as unverified:  # the system's CAs do not vouch for it
+            with pytest.raises(pd.errors.DatabaseError):
+                pd.read_sql("select 1 as x", unverified)
+    finally:
+        running.stop()
+
+
+def _start_tls(server: Server, cert) -> None:
+    """Server.start polls plain HTTP; a TLS gateway is polled over TLS."""
+    import os
+    import ssl
+    import subprocess
+    import sys
+
+    from tests.gateway_helpers import answers
+
+    server.process = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "serve", "-p", str(server.policy), "--state", str(server.state), "--port",
+         str(server.port), *server.extra], stdout=server.log.open("ab"), stderr=subprocess.STDOUT, env=dict(os.environ))
+    url = f"https://127.0.0.1:{server.port}"
+    eventually(lambda: answers(url, verify=ssl.create_default_context(cafile=str(cert))) or server.process.poll() is not None,
+               "the gateway to start")
+    assert server.process.poll() is None, server.log.read_text()[-2000:]

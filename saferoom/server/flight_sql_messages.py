@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+
+from saferoom.errors import UsageError
 
 PACKAGE = "arrow.flight.protocol.sql"
 TYPE_PREFIX = "type.googleapis.com/"
@@ -51,16 +54,21 @@ MESSAGES: dict[str, type[Any]] = {
 
 def command_name(payload: bytes) -> tuple[str, bytes]:
     """The command's message name (``CommandGetTables``) and its bytes, from a descriptor's ``google.protobuf.Any``."""
-    wrapper = any_pb2.Any()
-    wrapper.ParseFromString(payload)
+    wrapper = _parsed(any_pb2.Any(), payload)
     prefix = f"{TYPE_PREFIX}{PACKAGE}."
     name = wrapper.type_url[len(prefix):] if wrapper.type_url.startswith(prefix) else ""
     return name, wrapper.value
 
 
 def parse(name: str, payload: bytes) -> Any:
-    message = MESSAGES[name]()
-    message.ParseFromString(payload)
+    return _parsed(MESSAGES[name](), payload)
+
+
+def _parsed(message: Any, payload: bytes) -> Any:
+    try:
+        message.ParseFromString(payload)
+    except DecodeError:
+        raise UsageError("not a Flight SQL message: send commands as the Flight SQL protocol defines them") from None
     return message
 
 
