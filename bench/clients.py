@@ -1,12 +1,16 @@
-"""pandas.read_sql through the SQLAlchemy dialect, and an R data.frame through the R package, against the Python
-client's to_pandas(), same query, same run.
+"""pandas.read_sql through the SQLAlchemy dialect and through ADBC (the gateway's Flight SQL endpoint), and an R
+data.frame through the R package, against the Python client's to_pandas(), same query, same run.
 
 1M rows x 6 columns. read_sql embedded and through a gateway on this machine: each median and the speed of
 read_sql as a fraction of to_pandas() (target >= 0.8), from pairs timed back to back (bench/timing.py).
 R through the same gateway (clients/r, DBI's dbGetQuery over the gateway's `vectors` body, timed inside
 Rscript) against to_pandas() in alternating rounds: R's throughput as a fraction of to_pandas() (target >= 0.5).
 
-Uses the data of bench/guard.py (built on first run). Usage: python bench/clients.py [--repeat 5] [--rows N]
+Uses the data of bench/guard.py (built on first run).
+Usage: python bench/clients.py [--repeat 5] [--rows N] [--paths embedded,gateway,adbc,r]
+
+ADBC (read_sql over saferoom.adbc.connect(), pandas' Arrow path): 1.58 and 1.27 of to_pandas() in two runs,
+with the SQLAlchemy path through the same gateway at 0.37 and 0.23 in those runs (load average 14).
 
 On the 2-core development machine: embedded 0.15, gateway 0.25. read_sql cannot reach to_pandas() through
 PEP 249: pandas builds its frame from a million Python row tuples (DataFrame.from_records alone takes longer
