@@ -310,3 +310,20 @@ def _start_tls(server: Server, cert) -> None:
     eventually(lambda: answers(url, verify=ssl.create_default_context(cafile=str(cert))) or server.process.poll() is not None,
                "the gateway to start")
     assert server.process.poll() is None, server.log.read_text()[-2000:]
+
+
+@pytest.mark.parametrize("blocked, code, says", [
+    ("adbc_driver_flightsql", "import saferoom.adbc; saferoom.adbc.connect('grpc://127.0.0.1:1', 'sr_x_y')",
+     "saferoom.adbc needs the adbc extra"),
+    ("google.protobuf", "from saferoom.server.run import _flight_sql_module; _flight_sql_module()",
+     "--flight-sql needs the adbc extra"),
+])
+def test_a_missing_extra_says_which_to_install(blocked: str, code: str, says: str) -> None:
+    import subprocess
+    import sys
+
+    script = (f"import sys; sys.modules[{blocked!r}] = None\n"
+              "from saferoom.errors import UsageError\n"
+              f"try:\n    {code}\nexcept UsageError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert says in done.stdout and "pip install 'saferoom[adbc]'" in done.stdout

@@ -122,6 +122,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         super().__init__(location, tls_certificates=certificates or [], middleware={"auth": _Authenticate(gateway)})
         self.gateway = gateway
         self.tickets = Tickets(gateway)
+        self.stopping = threading.Event()
 
     def get_flight_info(self, context: Any, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
         with _translated():
@@ -164,6 +165,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         return self.gateway.session(caller.identity, caller.role)
 
     def shutdown(self) -> None:
+        self.stopping.set()
         self.tickets.close()
         super().shutdown()
 
@@ -394,6 +396,5 @@ def start(gateway: Gateway, host: str, port: int, tls: tuple[Path, Path] | None 
 
 
 def _sweeping(server: FlightSqlServer) -> None:
-    while True:
-        time.sleep(1.0)
+    while not server.stopping.wait(1.0):
         server.tickets.sweep()
