@@ -327,3 +327,15 @@ def test_a_missing_extra_says_which_to_install(blocked: str, code: str, says: st
               f"try:\n    {code}\nexcept UsageError as exc:\n    print(exc)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert says in done.stdout and "pip install 'saferoom[adbc]'" in done.stdout
+
+
+def test_nothing_secret_in_the_log_or_the_audit_log(adbc, server: Server, alice_token: str) -> None:
+    from tests.gateway_helpers import CANARY_DB_PASSWORD
+
+    with pytest.raises(pd.errors.DatabaseError) as caught:
+        pd.read_sql("select pan from cards", adbc)
+    secret = alice_token.split("_")[-1]
+    log = server.log.read_text()
+    assert "Flight SQL (ADBC) at grpc+tcp://127.0.0.1:" in log  # the log is the gateway's, and is read
+    for text in (str(caught.value), log, json.dumps(read(server.state))):
+        assert secret not in text and CANARY_DB_PASSWORD not in text
