@@ -240,6 +240,9 @@ def serve(
     requests: Annotated[Path | None, typer.Option(help="Where release, access and package requests are kept (default: STATE/requests); with PostgreSQL state, a folder every gateway shares.")] = None,
     max_upload_bytes: Annotated[int, typer.Option(min=1, help="The largest file a release request may hold.")] = 256 << 20,
     max_request_bytes: Annotated[int, typer.Option(min=1, help="The most a release request may hold in all.")] = 1 << 30,
+    flight_sql: Annotated[int | None, typer.Option(
+        "--flight-sql", min=0, max=65535, metavar="PORT",
+        help="Also serve Arrow Flight SQL on --host at this port (ADBC: pandas.read_sql at Arrow speed); TLS as the HTTP server. Needs saferoom[adbc].")] = None,
 ) -> None:
     """Run the gateway: it holds the credentials and the policy; people hold personal tokens.
 
@@ -253,7 +256,7 @@ def serve(
     run_server(policy, state, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, jwt=jwt, packages=packages,
                audit_key=_audit_key(audit_key), audit_forward=audit_forward or (), max_sql_bytes=max_sql_bytes, socket_path=socket,
                outbox=outbox, webhooks=webhook or (), request_limits=Limits(max_upload_bytes, max_request_bytes),
-               requests_folder=requests)
+               requests_folder=requests, flight_sql_port=flight_sql)
 
 
 @token_app.command("create")

@@ -20,6 +20,8 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sqlglot import exp
+
 from saferoom import display
 from saferoom.errors import SaferoomError
 
@@ -55,6 +57,16 @@ class TableInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def no_rows_sql(self, dialect: str) -> str | None:
+        """A query of the columns the role may read that returns no rows: its result's schema is what the role
+        receives (None when it may read none)."""
+        visible = [c.name for c in self.columns if c.action != "deny"]
+        if not visible:
+            return None
+        schema, _, name = self.name.rpartition(".")
+        table = exp.table_(name, db=schema or None, quoted=True)
+        return exp.select(*(exp.column(c, quoted=True) for c in visible)).from_(table).limit(0).sql(dialect=dialect)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TableInfo:

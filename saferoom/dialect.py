@@ -17,7 +17,6 @@ from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
-from sqlglot import exp
 
 from saferoom.errors import UsageError
 
@@ -143,8 +142,7 @@ class SaferoomDialect(default.DefaultDialect):
             from sqlalchemy.exc import NoSuchTableError
 
             raise NoSuchTableError(f"{schema}.{table_name}" if schema else table_name)
-        visible = [c.name for c in table.columns if c.action != "deny"]
-        received = _received_types(connection, table.name, visible)
+        received = _received_types(connection, table)
         return [{"name": f.name, "type": sql_type(f.type), "nullable": True, "default": None} for f in received]
 
     def _find(self, connection: Any, table_name: str, schema: str | None, **kw: Any) -> TableInfo | None:
@@ -182,15 +180,13 @@ def _split(name: str) -> tuple[str, str]:
     return schema, table
 
 
-def _received_types(connection: Any, table: str, columns: list[str]) -> pa.Schema:
-    """The schema a query of ``columns`` of ``table`` returns, read from a query of no rows."""
-    if not columns:
-        return pa.schema([])
+def _received_types(connection: Any, table: TableInfo) -> pa.Schema:
+    """The schema of the columns of ``table`` the role may read, as they are received (a query of no rows tells)."""
     session = _session(connection)
-    schema, name = _split(table)
-    select = exp.select(*(exp.column(c, quoted=True) for c in columns)).from_(exp.table_(name, db=schema or None, quoted=True))
-    select = select.limit(0)
-    result = session.query(select.sql(dialect=session.dialect))
+    sql = table.no_rows_sql(session.dialect)
+    if sql is None:
+        return pa.schema([])
+    result = session.query(sql)
     result.close()
     return result.schema
 

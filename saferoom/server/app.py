@@ -72,7 +72,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         session = gateway.session(identity, role)
         roles = session.policy.user(identity.user).roles  # with the roles granted for a while
         return {"user": session.user, "role": session.role, "roles": roles, "audit": gateway.may_audit(session),
-                "dialect": session.dialect}
+                "dialect": session.dialect, "flight_sql": gateway.flight_sql_port}
 
     @app.get("/v1/tables", summary="The catalog as the caller sees it")
     def tables(authorization: Auth = None, role: str | None = None) -> list[dict[str, Any]]:

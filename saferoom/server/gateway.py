@@ -92,6 +92,7 @@ class Gateway:
         self.max_sql_bytes = max_sql_bytes
         self._active: dict[str, Cancel] = {}
         self._draining = False
+        self.flight_sql_port: int | None = None  # where ADBC clients reach its Flight SQL endpoint, when served
         self.requests = _requests(self, requests_folder, outbox, packages, request_limits, webhooks)
 
     # policy ----------------------------------------------------------------

@@ -9,7 +9,7 @@ import ssl
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 
 import uvicorn
 
@@ -33,9 +33,11 @@ def serve(policy: Path, state: str | Path, *, host: str = "127.0.0.1", port: int
           packages: Path | None = None, audit_key: AuditKey | None = None, audit_forward: Sequence[str] = (),
           max_sql_bytes: int = MAX_SQL_BYTES, socket_path: Path | None = None, outbox: Path | None = None,
           webhooks: Sequence[str] = (), request_limits: Limits | None = None,
-          requests_folder: Path | None = None) -> None:
-    """Serve on ``host:port``, or on the Unix socket ``socket_path`` instead (what rooms reach the gateway through)."""
+          requests_folder: Path | None = None, flight_sql_port: int | None = None) -> None:
+    """Serve on ``host:port``, or on the Unix socket ``socket_path`` instead (what rooms reach the gateway through);
+    with ``flight_sql_port``, Arrow Flight SQL on ``host:flight_sql_port`` too (ADBC clients)."""
     _check_tls(host, tls_cert, tls_key)
+    flight_sql = _flight_sql_module() if flight_sql_port is not None else None
     if socket_path is not None:
         _check_socket(socket_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -66,13 +68,29 @@ def serve(policy: Path, state: str | Path, *, host: str = "127.0.0.1", port: int
                             ssl_certfile=str(tls_cert) if tls_cert else None,
                             ssl_keyfile=str(tls_key) if tls_key else None, timeout_graceful_shutdown=DRAIN_SECONDS)
     previous = {sig: signal.signal(sig, _stopping) for sig in (signal.SIGINT, signal.SIGTERM)}
+    flight = None
     try:
+        if flight_sql is not None and flight_sql_port is not None:
+            tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+            flight = flight_sql.start(gateway, host, flight_sql_port, tls)
         _Server(config, gateway).run()
     finally:
         stop.set()
+        if flight is not None:
+            gateway.drain()  # its running queries end first, so its shutdown does not wait for them
+            flight.shutdown()
         gateway.close()  # every queued audit record is written before the process ends
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _flight_sql_module() -> ModuleType:
+    """The Flight SQL endpoint, which needs the ``adbc`` extra (protobuf, for its messages)."""
+    try:
+        from saferoom.server import flight_sql
+    except ImportError as exc:
+        raise UsageError(f"--flight-sql needs the adbc extra: pip install 'saferoom[adbc]' ({exc.name} is missing)") from None
+    return flight_sql
 
 
 def _check_socket(path: Path) -> None:
