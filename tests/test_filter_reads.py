@@ -336,3 +336,22 @@ def test_postgres_answers_are_the_same(pg_policy: Path, user: str, sql: str) -> 
 def test_postgres_queries_cannot_reach_into_the_filter(pg_policy: Path, sql: str) -> None:
     with saferoom.connect(pg_policy, user="tom") as session:
         assert len(rows(session, sql)) == 1
+
+
+# ---- the worked example in docs/policy.md shows the SQL the guard makes
+
+
+def test_the_docs_show_the_view_the_guard_builds() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "policy.md").read_text()
+    section = docs[docs.index("### Filters that read other tables"):]
+    example = section[section.index("```yaml\n") + 8:section.index("```\n")]
+    shown = section[section.index("<!-- filter-reads-view -->\n```sql\n") + 34:].split("\n```")[0]
+    header = ("version: 1\nsources: {bank: {engine: duckdb, path: bank.duckdb}}\nsecrets: {token_key: env:SAFEROOM_DOCS_KEY}\n"
+              "tags: {pii: {}, internal: {}, pci: {}, key: {}}\n")
+    os.environ.setdefault("SAFEROOM_DOCS_KEY", "a key only this test uses, long enough")
+    policy = parse_policy(header + example)
+    assert policy.filter_reads("teller", "bank.cards") == ("bank.team_customers",)
+    types = {"order_id": "BIGINT", "customer_id": "BIGINT", "amount": "DOUBLE", "region": "VARCHAR", "created_at": "TIMESTAMP"}
+    view = build_view(policy, "analyst", {"region": "EU"}, policy.tables["bank.orders"], types, DUCKDB,
+                      keep=frozenset({"order_id", "amount"}))
+    assert view.sql("duckdb") == shown

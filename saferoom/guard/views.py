@@ -58,13 +58,15 @@ def build_view(
         check_filter(policy, role, table.key, spec)
     if predicate is not None and not user_filters and placeholders(predicate):
         predicate = None
+    reads = bool(predicate is not None and read_tables(predicate))
     if predicate is not None:
+        predicate = _raw_reads(policy, predicate, spec)  # before binding: a binder may add tables of its own
         bound = _qualify(binder(predicate) if binder else bind_filter(predicate, attributes))
     else:
         bound = None
     shown = [(rule, kind) for rule, kind in visible_columns(policy, role, table.key, types) if keep is None or rule.column in keep]
-    if bound is not None and read_tables(bound):
-        return _verdict_view(policy, table, shown, _raw_reads(policy, bound, spec), spec)
+    if bound is not None and reads and not isinstance(bound, exp.Boolean):  # FALSE: a user without the attribute
+        return _verdict_view(table, shown, bound, spec)
     return _view(_projections(shown, bound, spec), _physical(table, spec), bound)
 
 
@@ -80,7 +82,7 @@ def _view(projections: list[exp.Expr], source: exp.Expr, where: exp.Expr | None)
     return select.where(where, copy=False) if where is not None else select
 
 
-def _verdict_view(policy: Policy, table: TableRef, shown: list[tuple[ColumnRule, str]], bound: exp.Expr,
+def _verdict_view(table: TableRef, shown: list[tuple[ColumnRule, str]], bound: exp.Expr,
                   spec: EngineSpec) -> exp.Select:
     """``SELECT CASE WHEN ok THEN <masked> END … FROM (SELECT <raw columns>, <filter> AS ok FROM raw) WHERE ok``."""
     raw = [exp.alias_(exp.column(rule.column, table=INNER_ALIAS, quoted=True), exp.to_identifier(rule.column, quoted=True))
@@ -92,7 +94,8 @@ def _verdict_view(policy: Policy, table: TableRef, shown: list[tuple[ColumnRule,
 
 
 def _raw_reads(policy: Policy, predicate: exp.Expr, spec: EngineSpec) -> exp.Expr:
-    """The tables a filter reads, by the engine's name for the raw table, under the filter's own aliases."""
+    """The tables a filter reads (named by their policy key), by the engine's name for the raw table, under the
+    filter's own aliases."""
     for table in list(predicate.find_all(exp.Table)):
         physical = _physical(policy.tables[table.name], spec)
         physical.set("alias", table.args["alias"].copy())
