@@ -54,6 +54,7 @@ users:
   tom: {roles: [teller], attributes: {team: fx}}
   rae: {roles: [teller], attributes: {team: rates}}
   nobody: {roles: [analyst]}
+  eve: {roles: [teller], attributes: {team: "fx' OR 'x' = 'x"}}
 roles:
   analyst:
     columns: {pii: deny, internal: deny}
@@ -75,6 +76,7 @@ EXPECTED = {
     ("rae", "select account_id, owner, balance from accounts order by account_id"): [(101, "Bob", 20), (103, "Di", 40)],
     ("alice", "select count(*) from orders o join customers c using (customer_id)"): [(3,)],
     ("tom", "select sum(balance) from accounts"): [(10,)],
+    ("eve", "select account_id from accounts"): [],  # her attribute is one quoted value, never SQL
 }
 
 
@@ -100,7 +102,7 @@ def policy(folder: Path) -> Policy:
 
 @pytest.fixture(scope="module")
 def sessions(folder: Path) -> Iterator[dict[str, saferoom.Session]]:
-    opened = {user: saferoom.connect(folder / "saferoom.yaml", user=user) for user in ("alice", "tom", "rae", "nobody")}
+    opened = {user: saferoom.connect(folder / "saferoom.yaml", user=user) for user in ("alice", "tom", "rae", "nobody", "eve")}
     try:
         yield opened
     finally:
@@ -355,3 +357,43 @@ def test_the_docs_show_the_view_the_guard_builds() -> None:
     view = build_view(policy, "analyst", {"region": "EU"}, policy.tables["bank.orders"], types, DUCKDB,
                       keep=frozenset({"order_id", "amount"}))
     assert view.sql("duckdb") == shown
+
+
+# ---- Spark: the same kind of filter over the demo's lake
+
+
+def test_spark_answers_a_filter_that_reads_another_table(spark_room: Path, room: object, tmp_path: Path) -> None:
+    from tests import policies
+
+    policy = policies.load(spark_room)
+    policy["roles"]["analyst"]["rows"]["lake.orders"] = (
+        "region = {user.region} AND customer_id IN (SELECT customer_id FROM lake.customers WHERE segment = 'retail')")
+    path = policies.write(policy, tmp_path / "saferoom.yaml", "spark")
+    expected = room.raw("select count(*), count(distinct customer_id) from orders where region = 'EU' and customer_id in "  # type: ignore[attr-defined]
+                        "(select customer_id from customers where segment = 'retail')")[0]
+    with saferoom.connect(path, user="alice") as spark:
+        found = spark.query("select count(*) as n, count(distinct customer_id) as c from orders").to_pylist()
+        assert found == [{"n": expected[0], "c": expected[1]}]
+        with pytest.raises(QueryRejected):
+            spark.query("with customers as (select 1 as customer_id, 'retail' as segment) select pan from cards")
+
+
+def test_compiled_postgres_views_filter_through_the_mapping_table(pg_room: object, pg_policy: Path) -> None:
+    import psycopg
+
+    from saferoom import compile as compiler
+    from tests.test_postgres import psql
+
+    server = pg_room.server  # type: ignore[attr-defined]
+    policy = load_policy(pg_policy)
+    with psycopg.connect(server.admin_uri(), autocommit=True) as admin:
+        admin.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tom') THEN "
+                      "CREATE ROLE tom LOGIN PASSWORD 'tom-db-pass'; END IF; END $$")
+    compiler.apply(policy, server.admin_uri("prod"), None)
+    try:
+        shown = psql(pg_room, "tom", "tom-db-pass", "select account_id, balance from saferoom_teller.fr_accounts order by 1")
+        assert (shown.returncode, shown.stdout.split()) == (0, ["100|10"]), shown.stderr
+        for forbidden in ("select * from public.fr_team_accounts", "select team from saferoom_teller.fr_team_accounts"):
+            assert psql(pg_room, "tom", "tom-db-pass", forbidden).returncode != 0, forbidden
+    finally:
+        compiler.apply(policy, server.admin_uri("prod"), None, drop=True)
