@@ -53,21 +53,25 @@ def build_view(
     A build has no user: with ``user_filters=False`` a filter that needs a user
     attribute is left out (the analytics database's own policy carries it).
     """
-    predicate = policy.row_filter(role, table.key)
-    if predicate is not None:
-        check_filter(policy, role, table.key, spec)
-    if predicate is not None and not user_filters and placeholders(predicate):
-        predicate = None
-    reads = bool(predicate is not None and read_tables(predicate))
-    if predicate is not None:
-        predicate = _raw_reads(policy, predicate, spec)  # before binding: a binder may add tables of its own
-        bound = _qualify(binder(predicate) if binder else bind_filter(predicate, attributes))
-    else:
-        bound = None
+    bound, reads = _bound_filter(policy, role, attributes, table, spec, user_filters, binder)
     shown = [(rule, kind) for rule, kind in visible_columns(policy, role, table.key, types) if keep is None or rule.column in keep]
     if bound is not None and reads and not isinstance(bound, exp.Boolean):  # FALSE: a user without the attribute
         return _verdict_view(table, shown, bound, spec)
     return _view(_projections(shown, bound, spec), _physical(table, spec), bound)
+
+
+def _bound_filter(policy: Policy, role: str, attributes: dict[str, Attribute], table: TableRef, spec: EngineSpec,
+                  user_filters: bool, binder: Callable[[exp.Expr], exp.Expr] | None) -> tuple[exp.Expr | None, bool]:
+    """The role's filter on the table with the user's attributes bound, and whether it reads other tables."""
+    predicate = policy.row_filter(role, table.key)
+    if predicate is None:
+        return None, False
+    check_filter(policy, role, table.key, spec)
+    if not user_filters and placeholders(predicate):
+        return None, False
+    reads = bool(read_tables(predicate))
+    predicate = _raw_reads(policy, predicate, spec)  # before binding: a binder may add tables of its own
+    return _qualify(binder(predicate) if binder else bind_filter(predicate, attributes)), reads
 
 
 def _projections(shown: list[tuple[ColumnRule, str]], guard: exp.Expr | None, spec: EngineSpec) -> list[exp.Expr]:
