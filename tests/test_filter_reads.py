@@ -11,6 +11,7 @@ from __future__ import annotations
 import doctest
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,6 +241,7 @@ ATTACKS = {
     "select (select count(*) from accounts where accounts.account_id = t.account_id) from team_accounts t order by 1": [(0,), (0,), (0,), (1,)],
     "select count(*) from accounts where exists (select 1 from team_accounts m where m.account_id = accounts.account_id)": [(1,)],
     "select a.account_id from team_accounts m join accounts a on a.account_id = m.account_id": [(100,)],
+    "select a.account_id from team_accounts t, lateral (select account_id from accounts where accounts.account_id = t.account_id) a": [(100,)],
     # no row the filter removes reaches an early-evaluated predicate
     "select count(*) from accounts where 100 / (balance - 20) <> 7": [(1,)],
 }
@@ -280,6 +282,7 @@ def test_errors_do_not_show_the_filter(sessions: dict[str, saferoom.Session], sq
         rows(sessions["tom"], sql)
     except SaferoomError as exc:
         assert_silent(str(exc))
+        assert not {"Bob", "Cy", "Di"} & set(re.findall(r"\w+", str(exc)))  # owners of the accounts tom may not see
 
 
 @pytest.mark.parametrize("sql", [
