@@ -300,11 +300,23 @@ def test_result_column_names_and_explain_do_not_show_the_filter(sessions: dict[s
 
 
 @pytest.fixture(scope="module")
-def pg_policy(pg_room: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pg_policy(pg_room: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tables on the suite's server, beside the demo's; dropped again, so other tests see the server they expect."""
     import psycopg
 
     server = pg_room.server  # type: ignore[attr-defined]
-    with psycopg.connect(server.admin_uri("prod"), autocommit=True) as admin:
+    try:
+        yield _pg_tables(server, tmp_path_factory)
+    finally:
+        with psycopg.connect(server.admin_uri("prod"), autocommit=True) as admin:
+            for table in ROWS:
+                admin.execute(f"DROP TABLE IF EXISTS fr_{table}")
+
+
+def _pg_tables(server: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import psycopg
+
+    with psycopg.connect(server.admin_uri("prod"), autocommit=True) as admin:  # type: ignore[attr-defined]
         for table, (columns, data) in ROWS.items():
             name = f"fr_{table}"
             admin.execute(f"DROP TABLE IF EXISTS {name}")
@@ -314,7 +326,7 @@ def pg_policy(pg_room: object, tmp_path_factory: pytest.TempPathFactory) -> Path
                     copy.write_row(row)
             admin.execute(f"GRANT SELECT ON {name} TO reader")
     text = POLICY.replace("{prod: {engine: duckdb, path: prod.duckdb}}",
-                          f"{{prod: {{engine: postgres, url: '{server.reader_url()}', password: env:SAFEROOM_TEST_PG_PASSWORD}}}}")
+                          f"{{prod: {{engine: postgres, url: '{server.reader_url()}', password: env:SAFEROOM_TEST_PG_PASSWORD}}}}")  # type: ignore[attr-defined]
     for table in ROWS:
         text = text.replace(f"prod.{table}:", f"prod.fr_{table}:").replace(f"prod.{table} ", f"prod.fr_{table} ")
         text = text.replace(f"prod.{table})", f"prod.fr_{table})")
