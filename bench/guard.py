@@ -9,9 +9,11 @@ shared and noisy; absolute times drift):
   a saferoom session, for a small aggregate over 1M rows and a 10M-row scan;
 * TPC-H (22 queries) and TPC-DS (99) at scale factor ``--sf``, under a role that
   allows everything: per query guarded/direct (median and worst over the
-  queries) and the cold guard pass against sqlglot's parse + generate.
+  queries) and the cold guard pass against sqlglot's parse + generate;
+* a row filter that reads a mapping table (orders of customers in my region)
+  against the same query with the equivalent join written by hand.
 
-Usage: python bench/guard.py [--rows 10000000] [--repeat 7] [--sf 1] [--only tpc]
+Usage: python bench/guard.py [--rows 10000000] [--repeat 7] [--sf 1] [--only tpc|guard|filters]
 """
 
 from __future__ import annotations
@@ -178,14 +180,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sf", type=float, default=1.0, help="TPC-H and TPC-DS scale factor")
-    parser.add_argument("--only", choices=["guard", "tpc"], help="run one part")
+    parser.add_argument("--only", choices=["guard", "tpc", "filters"], help="run one part")
     parser.add_argument("--tpc", default="tpch,tpcds", help="which TPC benchmarks, comma-separated")
     parser.add_argument("--queries", default="", help="only these query numbers, comma-separated")
     args = parser.parse_args()
     print(f"saferoom {saferoom.__version__}, sqlglot {sqlglot.__version__}, duckdb {duckdb.__version__}, python {sys.version.split()[0]}")
-    if args.only != "tpc":
+    if args.only in (None, "guard"):
         overhead(args)
-    if args.only != "guard":
+    if args.only in (None, "filters"):
+        filter_reads(args)
+    if args.only in (None, "tpc"):
         numbers = [int(n) for n in args.queries.split(",") if n]
         tpc_benchmarks(args.sf, max(3, args.repeat // 2), args.tpc.split(","), numbers)
 
@@ -214,6 +218,63 @@ def overhead(args: argparse.Namespace) -> None:
         direct_s, guarded_s = end_to_end(policy, user, sql, direct_sql, repeat)
         print(f"{label:<40}{direct_s * 1e3:>8.0f} ms{guarded_s * 1e3:>8.0f} ms{guarded_s / direct_s:>7.2f}×")
     print("\nThe tokenized scan computes HMAC-SHA256 per row; direct returns the raw key (a cost of the policy, not the guard).")
+
+
+FILTER_POLICY = """\
+version: 1
+sources: {bench: {engine: duckdb, path: filters.duckdb}}
+tags: {internal: {}}
+tables:
+  bench.orders: {order_id: public, customer_id: public, amount: public}
+  bench.customers: {customer_id: public, region: internal}
+  bench.team_customers: {team: internal, customer_id: public}
+users:
+  ana: {roles: [regional], attributes: {region: EU}}
+  tom: {roles: [team], attributes: {team: t7}}
+roles:
+  regional:
+    columns: {internal: deny}
+    rows: {bench.orders: "customer_id IN (SELECT customer_id FROM bench.customers WHERE region = {user.region})"}
+  team:
+    columns: {internal: deny}
+    rows: {bench.orders: "EXISTS (SELECT 1 FROM bench.team_customers AS m WHERE m.customer_id = orders.customer_id AND m.team = {user.team})"}
+"""
+
+
+def build_filters(rows: int) -> Path:
+    """Orders of 200,000 customers in three regions, and a mapping of 50 teams to the customers they own."""
+    folder = DATA / f"filters-{rows}"
+    if not (folder / "filters.duckdb").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with duckdb.connect(str(folder / "filters.duckdb")) as con:
+            con.execute(f"create table orders as select range as order_id, (range * 7919) % 200000 as customer_id, "
+                        f"round((hash(range) % 100000) / 100.0, 2)::decimal(12, 2) as amount from range({rows})")
+            con.execute("create table customers as select range as customer_id, ['EU', 'US', 'APAC'][1 + (range % 3)::int] "
+                        "as region from range(200000)")
+            con.execute("create table team_customers as select 't' || (range % 50) as team, range as customer_id from range(200000)")
+    (folder / "saferoom.yaml").write_text(FILTER_POLICY)
+    return folder / "saferoom.yaml"
+
+
+def filter_reads(args: argparse.Namespace) -> None:
+    policy = build_filters(args.rows)
+    print("\nRow filter reading a mapping table vs the same join written by hand (median)")
+    print(f"{'workload':<40}{'by hand':>11}{'guarded':>11}{'ratio':>8}")
+    region = "from bench.orders o join bench.customers c on c.customer_id = o.customer_id where c.region = 'EU'"
+    team = "from bench.orders o join bench.team_customers m on m.customer_id = o.customer_id where m.team = 't7'"
+    million = f"{args.rows / 1e6:.0f}M"
+    cases = [
+        (f"aggregate {million} rows, region via customers", "ana", "select count(*), sum(amount) from orders",
+         f"select count(*), sum(o.amount) {region}"),
+        (f"scan {million} rows, region via customers", "ana", "select order_id, amount from orders",
+         f"select o.order_id, o.amount {region}"),
+        (f"aggregate {million} rows, team via mapping", "tom", "select count(*), sum(amount) from orders",
+         f"select count(*), sum(o.amount) {team}"),
+    ]
+    for label, user, sql, by_hand in cases:
+        repeat = args.repeat * (1 if "scan" in label else 5)
+        direct_s, guarded_s = end_to_end(policy, user, sql, by_hand, repeat)
+        print(f"{label:<40}{direct_s * 1e3:>8.0f} ms{guarded_s * 1e3:>8.0f} ms{guarded_s / direct_s:>7.2f}×")
 
 
 if __name__ == "__main__":

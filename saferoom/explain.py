@@ -7,6 +7,7 @@ from saferoom.engines import registry
 from saferoom.errors import EngineError
 from saferoom.guard import Guard, GuardedQuery
 from saferoom.guard.outputs import Outputs
+from saferoom.notices import filter_description
 from saferoom.policy import Action, ColumnRule
 
 # the record's column and table types are named here too: the build's plan (saferoom.split) imports them from here
@@ -38,6 +39,11 @@ def _exists(guard: Guard, table: str) -> bool:
 
 
 def _row_filter(guard: Guard, table: str) -> str | None:
+    """The filter as the policy writes it (placeholders, not the user's values); one that reads other tables is
+    described by the tables it reads, not quoted: its text is the policy's, not the role's, to read."""
+    read = guard.policy.filter_reads(guard.role, table)
+    if read:
+        return filter_description(read)
     return guard.policy.model.roles[guard.role].rows.get(table)
 
 

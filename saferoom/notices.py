@@ -31,10 +31,18 @@ def row_filter_notice(policy: Policy, role: str, attributes: dict[str, Attribute
     if missing:
         return (f"no rows of {table} are visible to you: its filter for role {role} needs the user attribute "
                 f"{', '.join(missing)}, which you do not have")
+    read = policy.filter_reads(role, table)
+    if read:
+        return f"rows of {table} are filtered for role {role} by {filter_description(read)}"
     if not _shown_in_the_clear(policy, role, table, predicate):
         return f"rows of {table} are filtered for role {role} by a rule on columns this role does not see"
     bound = bind_filter(predicate, attributes).sql(dialect=policy.dialect(table))
     return f"rows of {table} are filtered for role {role}: {bound}"
+
+
+def filter_description(read: tuple[str, ...]) -> str:
+    """A filter that reads other tables, said without its text or the values bound into it."""
+    return f"a condition that reads {', '.join(read)}"
 
 
 def cut_notice(max_rows: int, role: str) -> str:

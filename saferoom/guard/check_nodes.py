@@ -130,7 +130,7 @@ def check_filters(policy: Policy, spec: EngineSpec) -> None:
 
 def check_filter(policy: Policy, role: str, table: str, spec: EngineSpec) -> None:
     """A :class:`PolicyError` naming the line of a row filter that calls what the engine's allowlist does not have."""
-    predicate = policy.row_filter(role, table)
+    predicate = policy.written_filter(role, table)  # as written: its qualified form holds reserved names
     if predicate is None:
         return
     bound = bind_filter(predicate, {name: "" for name in placeholders(predicate)})

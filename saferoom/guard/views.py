@@ -21,10 +21,12 @@ from sqlglot import exp
 from saferoom.engines.base import ColumnTypes, EngineSpec
 from saferoom.guard.check_nodes import check_filter
 from saferoom.policy import Action, ColumnRule, Policy, TableRef
+from saferoom.policy.filter_reads import FILTERED, read_tables
 from saferoom.policy.filters import bind_filter, placeholders
 from saferoom.policy.model import Attribute
 
-INNER_ALIAS = "__saferoom_t"
+INNER_ALIAS = FILTERED
+VERDICT = "__saferoom_ok"  # the inner query's column holding a filter's verdict on its row
 REDACTED = "REDACTED"
 
 
@@ -51,25 +53,58 @@ def build_view(
     A build has no user: with ``user_filters=False`` a filter that needs a user
     attribute is left out (the analytics database's own policy carries it).
     """
+    bound, reads = _bound_filter(policy, role, attributes, table, spec, user_filters, binder)
+    shown = [(rule, kind) for rule, kind in visible_columns(policy, role, table.key, types) if keep is None or rule.column in keep]
+    if bound is not None and reads and not isinstance(bound, exp.Boolean):  # FALSE: a user without the attribute
+        return _verdict_view(table, shown, bound, spec)
+    return _view(_projections(shown, bound, spec), _physical(table, spec), bound)
+
+
+def _bound_filter(policy: Policy, role: str, attributes: dict[str, Attribute], table: TableRef, spec: EngineSpec,
+                  user_filters: bool, binder: Callable[[exp.Expr], exp.Expr] | None) -> tuple[exp.Expr | None, bool]:
+    """The role's filter on the table with the user's attributes bound, and whether it reads other tables."""
     predicate = policy.row_filter(role, table.key)
-    if predicate is not None:
-        check_filter(policy, role, table.key, spec)
-    if predicate is not None and not user_filters and placeholders(predicate):
-        predicate = None
-    if predicate is not None:
-        bound = _qualify(binder(predicate) if binder else bind_filter(predicate, attributes))
-    else:
-        bound = None
-    projections = [
-        exp.alias_(_guarded(masked(rule, kind, spec), bound), exp.to_identifier(rule.column, quoted=True))
-        for rule, kind in visible_columns(policy, role, table.key, types)
-        if keep is None or rule.column in keep
-    ]
-    if not projections:  # every kept column is denied: still a valid, empty-handed view
-        projections = [exp.alias_(exp.Null(), exp.to_identifier(INNER_ALIAS + "_none", quoted=True))]
-    physical = _physical(table, spec)
-    select = exp.Select(expressions=projections).from_(physical, copy=False)
-    return select.where(bound, copy=False) if bound is not None else select
+    if predicate is None:
+        return None, False
+    check_filter(policy, role, table.key, spec)
+    if not user_filters and placeholders(predicate):
+        return None, False
+    reads = bool(read_tables(predicate))
+    predicate = _raw_reads(policy, predicate, spec)  # before binding: a binder may add tables of its own
+    return _qualify(binder(predicate) if binder else bind_filter(predicate, attributes)), reads
+
+
+def _projections(shown: list[tuple[ColumnRule, str]], guard: exp.Expr | None, spec: EngineSpec) -> list[exp.Expr]:
+    projections = [exp.alias_(_guarded(masked(rule, kind, spec), guard), exp.to_identifier(rule.column, quoted=True))
+                   for rule, kind in shown]
+    # every kept column is denied: still a valid, empty-handed view
+    return projections or [exp.alias_(exp.Null(), exp.to_identifier(INNER_ALIAS + "_none", quoted=True))]
+
+
+def _view(projections: list[exp.Expr], source: exp.Expr, where: exp.Expr | None) -> exp.Select:
+    select = exp.Select(expressions=projections).from_(source, copy=False)
+    return select.where(where, copy=False) if where is not None else select
+
+
+def _verdict_view(table: TableRef, shown: list[tuple[ColumnRule, str]], bound: exp.Expr,
+                  spec: EngineSpec) -> exp.Select:
+    """``SELECT CASE WHEN ok THEN <masked> END … FROM (SELECT <raw columns>, <filter> AS ok FROM raw) WHERE ok``."""
+    raw = [exp.alias_(exp.column(rule.column, table=INNER_ALIAS, quoted=True), exp.to_identifier(rule.column, quoted=True))
+           for rule, _ in shown]
+    inner = exp.Select(expressions=[*raw, exp.alias_(bound, exp.to_identifier(VERDICT))]).from_(_physical(table, spec), copy=False)
+    verdict = exp.column(VERDICT, table=INNER_ALIAS)
+    source = exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(INNER_ALIAS)))
+    return _view(_projections(shown, verdict, spec), source, verdict.copy())
+
+
+def _raw_reads(policy: Policy, predicate: exp.Expr, spec: EngineSpec) -> exp.Expr:
+    """The tables a filter reads (named by their policy key), by the engine's name for the raw table, under the
+    filter's own aliases."""
+    for table in list(predicate.find_all(exp.Table)):
+        physical = _physical(policy.tables[table.name], spec)
+        physical.set("alias", table.args["alias"].copy())
+        table.replace(physical)
+    return predicate
 
 
 def _physical(table: TableRef, spec: EngineSpec) -> exp.Table:

@@ -11,6 +11,7 @@ from sqlglot import exp
 from saferoom import secrets
 from saferoom.errors import AccessDenied, PolicyError, Problem
 from saferoom.policy.aggregate import Aggregate, entity_key
+from saferoom.policy.filter_reads import cycle, qualify_filter, read_tables, reads
 from saferoom.policy.filters import parse_filter, raw_columns
 from saferoom.policy.loader import LineMap, policy_hash, read_policy_bytes, read_policy_file
 from saferoom.policy.model import PUBLIC, Action, ActionSpec, PolicyModel, PostgresSource, Role, User
@@ -70,6 +71,7 @@ class Policy:
         self.lines = lines
         self.hash = digest
         self.tables: dict[str, TableRef] = {}
+        self._filters: dict[tuple[str, str], exp.Expr | None] = {}
         self._problems: list[Problem] = []
         self._check()
 
@@ -118,8 +120,30 @@ class Policy:
         return [(role, action) for role, action in rules if action is not Action.DENY]
 
     def row_filter(self, role: str, table: str) -> exp.Expr | None:
+        """A role's filter on a table, parsed; one that reads other tables has every column pinned to its table
+        (see :mod:`saferoom.policy.filter_reads`). Worked out once; each call gets its own copy."""
+        key = (role, table)
+        if key not in self._filters:
+            self._filters[key] = self._parsed_filter(role, table)
+        found = self._filters[key]
+        return found.copy() if found is not None else None
+
+    def written_filter(self, role: str, table: str) -> exp.Expr | None:
+        """A role's filter on a table as written (its subqueries' tables as the policy names them)."""
         text = self.model.roles[role].rows.get(table)
         return parse_filter(text, self.dialect(table)) if text else None
+
+    def filter_reads(self, role: str, table: str) -> tuple[str, ...]:
+        """The policy tables a role's filter on a table reads in its subqueries (none for most filters)."""
+        predicate = self.row_filter(role, table)
+        return read_tables(predicate) if predicate is not None else ()
+
+    def _parsed_filter(self, role: str, table: str) -> exp.Expr | None:
+        predicate = self.written_filter(role, table)
+        if predicate is None or not reads(predicate):
+            return predicate
+        listed = {key: list(self.columns(key)) for key in self.tables}
+        return qualify_filter(predicate, table, listed, self.dialect(table))
 
     def dialect(self, table: str) -> str:
         """The SQL dialect of a table's row filters: its source's."""
@@ -199,6 +223,7 @@ class Policy:
                                f"{expected(tag, list(self.model.tags))}", "roles", name, "columns", tag)
             for table in role.rows:
                 self._check_filter(name, table)
+            self._check_filter_cycles(name)
             if role.aggregate is not None:
                 self._check_aggregate(name, role.aggregate)
 
@@ -232,9 +257,35 @@ class Policy:
         except ValueError as exc:
             self._note(f"row filter for `{table}`: {exc}", *loc)
             return
+        if predicate is not None and reads(predicate):
+            self._check_filter_sources(table, read_tables(predicate), loc)
+            return
         unknown = raw_columns(predicate) - set(self.columns(table)) if predicate else set()
         if unknown:
             self._note(f"row filter for `{table}` uses column(s) {', '.join(sorted(unknown))} that the table does not list", *loc)
+
+    def _check_filter_sources(self, table: str, read: tuple[str, ...], loc: tuple[str, ...]) -> None:
+        """A filter runs inside the one query that reads its table, so it reads only tables of the same source."""
+        source = self.tables[table].source
+        for other in (t for t in read if self.tables[t].source != source):
+            self._note(f"row filter for `{table}` reads `{other}` of source `{self.tables[other].source}`; a filter may "
+                       f"read only tables of its own table's source (`{source}`), which one query can reach", *loc)
+
+    def _check_filter_cycles(self, role: str) -> None:
+        """Filters that read each other's tables in a loop are refused: each would be defined by the other."""
+        rows = self.model.roles[role].rows
+        checked = [t for t in rows if t in self.tables and self._filter_ok(role, t)]
+        loop = cycle({t: self.filter_reads(role, t) for t in checked})
+        if loop:
+            self._note(f"the row filters of role `{role}` read each other in a loop: {' → '.join(loop)}; "
+                       "a filter may read a table whose own filter does not lead back to it", "roles", role, "rows")
+
+    def _filter_ok(self, role: str, table: str) -> bool:
+        try:
+            self.row_filter(role, table)
+        except ValueError:
+            return False
+        return True
 
     def _check_builds(self) -> None:
         for name, build in self.model.builds.items():

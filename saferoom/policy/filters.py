@@ -1,5 +1,6 @@
 """Row filters: SQL predicates over a raw table with ``{user.<attribute>}`` placeholders.
 
+A filter may read other policy tables in subqueries (see :mod:`saferoom.policy.filter_reads`).
 The policy checks a filter's shape here, knowing no engine; which functions
 a filter may call depends on the engine and is checked by the guard.
 
@@ -34,8 +35,9 @@ def parse_filter(text: str, dialect: str) -> exp.Expr:
     if not isinstance(select, exp.Select) or {k for k, v in select.args.items() if v} != {"expressions", "where"}:
         raise ValueError("a row filter must be one SQL predicate, like region = {user.region}")
     predicate: exp.Expr = select.args["where"].this
-    if any(isinstance(n, (exp.Query, exp.Table)) for n in predicate.walk()):
-        raise ValueError("a row filter may not contain subqueries; write a predicate over the table's own columns")
+    if any(isinstance(n, exp.Table) and n.find_ancestor(exp.Query) is select for n in predicate.walk()):
+        raise ValueError("a row filter reads other tables only in a subquery, like "
+                         "customer_id IN (SELECT customer_id FROM prod.customers WHERE region = {user.region})")
     return predicate
 
 
