@@ -358,16 +358,18 @@ def state_migrate(
 
     Stop the gateway first. Example: saferoom state migrate --from /var/lib/saferoom --to postgresql://saferoom@db/saferoom
     """
+    from saferoom.requests.pgstore import copier
     from saferoom.store import is_url
     from saferoom.store.migrate import migrate
     from saferoom.store.postgres import redacted
 
     if not is_url(target):
         raise UsageError(f"--to {target!r}: give a postgresql:// URL")
-    done = migrate(source, target, _audit_key(key))
+    done = migrate(source, target, _audit_key(key), also=[copier(source / "requests")])
     kept = f" ({done.kept} were there already: the same chain)" if done.kept else ""
-    out.print(f"Moved {done.records} audit records{kept}, {done.tokens} tokens and {done.namespaces} record "
-              f"namespaces into PostgreSQL; the chain verifies there. Start the gateways with --state {redacted(target)!r}.")
+    out.print(f"Moved {done.records} audit records{kept}, {done.tokens} tokens, {done.namespaces} record namespaces "
+              f"and {done.also[0]} requests with their files into PostgreSQL; the chain verifies there. Start the "
+              f"gateways with --state {redacted(target)!r} (and --outbox DIR for releases).")
 
 
 @audit_app.command("public-key")

@@ -115,11 +115,32 @@ function notebookView(shown, findings) {
   shown.cells.forEach((cell, i) => {
     const part = el("div", null, "nb-cell nb-" + cell.type);
     part.appendChild(el("pre", cell.source));
-    cell.outputs.forEach(o => part.appendChild(el("pre", o.image ? "[an image output]" : o.text, "nb-output")));
+    cell.outputs.forEach(o => part.appendChild(outputView(o)));
     findings.filter(f => new RegExp("^cell " + (i + 1) + "\\b").test(f.location)).forEach(f => mark(part, f));
     box.appendChild(part);
   });
   return box;
+}
+
+// A notebook output: text as text; a PNG or JPEG the gateway checked as a data: image (the page's CSP allows
+// data: for images only); an SVG as its source text, never drawn (it could hold script).
+const OUTPUT_IMAGES = ["image/png", "image/jpeg"];
+
+function outputView(o) {
+  if (o.svg !== undefined) {
+    const box = el("div", null, "nb-output");
+    box.appendChild(el("p", "an SVG output, shown as its text:", "nb-note"));
+    box.appendChild(el("pre", o.svg, "nb-svg"));
+    return box;
+  }
+  if (o.image && OUTPUT_IMAGES.includes(o.image.type) && /^[A-Za-z0-9+/=]+$/.test(o.image.base64)) {
+    const img = el("img", null, "request-image nb-image");
+    img.src = "data:" + o.image.type + ";base64," + o.image.base64;
+    img.alt = "an image output of the notebook";
+    return img;
+  }
+  if (o.note) return el("pre", "[" + o.note + "]", "nb-output");
+  return el("pre", o.text, "nb-output");
 }
 
 function mark(node, finding) {
