@@ -40,10 +40,10 @@ def records(url: str) -> list[dict]:
         return [json.loads(line) for (line,) in db.execute("SELECT line FROM saferoom_audit ORDER BY seq")]
 
 
-@pytest.fixture
-def cluster(room, state_url: str, tmp_path: Path) -> Iterator[list[Server]]:
-    policy = gateway_policy(room, tmp_path)
-    servers = [Server(policy, state_url, free_port(), tmp_path / f"gateway{n}.log") for n in range(3)]  # type: ignore[arg-type]
+def three(policy: Path, state_url: str, folder: Path, *extra: str) -> Iterator[list[Server]]:
+    """Three gateways on one PostgreSQL state, each stopped however the test ends."""
+    servers = [Server(policy, state_url, free_port(), folder / f"gateway{n}.log", extra=list(extra))  # type: ignore[arg-type]
+               for n in range(3)]
     try:
         for server in servers:
             server.start()
@@ -51,6 +51,11 @@ def cluster(room, state_url: str, tmp_path: Path) -> Iterator[list[Server]]:
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def cluster(room, state_url: str, tmp_path: Path) -> Iterator[list[Server]]:
+    yield from three(gateway_policy(room, tmp_path), state_url, tmp_path)
 
 
 class Load:
@@ -137,15 +142,7 @@ def reviewed(room, state_url: str, tmp_path: Path) -> Iterator[list[Server]]:
     policy = gateway_policy(room, tmp_path)
     text = policy.read_text().replace("roles:\n", "roles:\n  reviewer: {columns: {}}\n", 1)
     policy.write_text(text.replace("users:\n", "users:\n" + REVIEWERS[0], 1) + REVIEWERS[1])
-    servers = [Server(policy, state_url, free_port(), tmp_path / f"gateway{n}.log",  # type: ignore[arg-type]
-                      extra=["--outbox", str(tmp_path / "outbox")]) for n in range(3)]
-    try:
-        for server in servers:
-            server.start()
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
+    yield from three(policy, state_url, tmp_path, "--outbox", str(tmp_path / "outbox"))
 
 
 def ok(server: Server, token: str, method: str, path: str, **kwargs: object) -> dict:
