@@ -66,12 +66,10 @@ def _cell(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def _image(data: dict[str, Any]) -> dict[str, Any]:
-    """An output's image, as the page may show it: PNG or JPEG bytes it checked, SVG as text, or a note why not."""
-    if "image/svg+xml" in data:
-        return {"svg": _joined(data["image/svg+xml"])[:CHARS]}
+    """An output's image, as the page may show it: PNG or JPEG bytes it checked, else SVG as text, or a note why not."""
     kind = next((k for k in MAGIC if k in data), None)
     if kind is None:
-        return {"image": None}
+        return {"svg": _joined(data["image/svg+xml"])[:CHARS]} if "image/svg+xml" in data else {"image": None}
     encoded = "".join(_joined(data[kind]).split())
     if len(encoded) > IMAGE_BYTES * 4 // 3 + 4:
         return {"image": None, "note": f"an image output over {IMAGE_BYTES:,} bytes, not shown; download the notebook"}
