@@ -410,8 +410,9 @@ def packages_sync(
     dest: Annotated[Path, typer.Option("--dest", help="Where snapshots go: DEST/<date>/ and DEST/latest.")],
     policy: PolicyOpt = POLICY,
     index_url: Annotated[str | None, typer.Option(help="Upstream PEP 503 index (default: the public one pip uses).")] = None,
-    requested: Annotated[Path | None, typer.Option(help="Approved package requests, one a line: the gateway keeps them "
-                                                        "in STATE/requests/approved-packages.txt.")] = None,
+    requested: Annotated[str | None, typer.Option(help="Approved package requests: a file, one a line (the gateway keeps "
+                                                       "it in STATE/requests/approved-packages.txt), or the gateways' "
+                                                       "postgresql:// state, read directly.")] = None,
 ) -> None:
     """Resolve, download, audit and publish a dated snapshot of the approved packages.
 
@@ -425,13 +426,24 @@ def packages_sync(
 
     with err.status("Resolving and auditing packages...") as status:
         report = sync(load_policy(policy), dest, index_url, progress=lambda message: status.update(escape(message)),
-                      requested=_lines(requested))
+                      requested=_requested(requested))
     _print_snapshot(report)
     out.print(f"report: {dest / str(report.snapshot) / 'report.json'}")
     out.print(f"pip install --isolated --index-url file://{dest.absolute() / 'latest' / 'simple'} <package>")
     if report.refused_requirements:
         names = ", ".join(r["requirement"] for r in report.refused_requirements)
         raise PackagesRefused(f"published without {names}: refused (reasons above and in report.json)")
+
+
+def _requested(source: str | None) -> list[str]:
+    """Approved package requests, from a file or from the gateways' PostgreSQL state."""
+    from saferoom.store import is_url
+
+    if source is not None and is_url(source):
+        from saferoom.requests.pgstore import approved_packages
+
+        return approved_packages(source)
+    return _lines(Path(source) if source is not None else None)
 
 
 def _lines(path: Path | None) -> list[str]:

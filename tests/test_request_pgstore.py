@@ -63,6 +63,7 @@ def test_a_release_made_on_one_gateway_is_reviewed_on_two_others_and_lands_whole
     done = three.engine.review(asked.id, who("rev2"), Verdict.APPROVE, submitted.hashes)
     assert done.state is State.RELEASED
     assert (gateways.outbox / asked.id / "model.bin").read_bytes() == BIG
+    assert not three.store.folder(asked.id).exists()  # the gateway that released it keeps no copy
     import psycopg
 
     with psycopg.connect(state_url) as db:
@@ -114,3 +115,14 @@ def test_a_grant_approved_on_one_gateway_is_taken_in_by_anothers_sweep(gateways:
     assert one.access.grants("ana") == []  # not seen yet
     one.sweep()
     assert [g.id for g in one.access.grants("ana")] == [asked.id]
+
+
+def test_approved_packages_are_read_from_postgresql_for_the_next_sync(gateways: Gateways, state_url: str) -> None:
+    from saferoom.requests.pgstore import approved_packages
+
+    one, two, _ = gateways.engines
+    wanted = one.packages.request(who("ana"), "Zeta_Lib==1.0", "for models")
+    one.packages.request(who("bob"), "other", "not yet reviewed")
+    assert approved_packages(state_url) == []
+    two.engine.review(wanted.id, who("boss"), Verdict.APPROVE, {})
+    assert approved_packages(state_url) == ["zeta-lib==1.0"]

@@ -4,7 +4,8 @@
 - Files: ``saferoom_request_files``, each file in chunks of :data:`CHUNK` bytes of bytea, written and read
   chunk by chunk (a file is never whole in memory); the caps on uploads are the engine's, as with folders.
   A gateway works on a file through a local copy named by its content hash, brought from PostgreSQL when
-  first asked, so a copy is never of a version other than the one the record names.
+  first asked, so a copy is never of a version other than the one the record names. Copies go when the
+  request is done on that gateway (released, rejected, withdrawn) and all of them when it stops.
 - The lock: a PostgreSQL advisory lock, held by whichever gateway changes a request.
 - Changes seen elsewhere: :meth:`PgRequests.stamp` is the sum of the records' versions, which grows on every
   write by any gateway; the gateway's sweep (every second) compares it, so a grant approved on one gateway
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from saferoom.errors import NotFound
 from saferoom.files import fsync_dir
-from saferoom.requests.model import File, Request
+from saferoom.requests.model import File, Request, State
 from saferoom.requests.store import REPORT, valid
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 NAMESPACE = "requests"
 REQUESTS_LOCK = 0x5AFE_0010
 CHUNK = 1 << 20
+DONE = frozenset({State.RELEASED, State.REJECTED, State.WITHDRAWN})  # no file of theirs is read again
 
 
 class PgRequests:
@@ -56,11 +58,11 @@ class PgRequests:
         """Written under ``locked`` (every engine change is), so the version read is the one replaced."""
         found = self.store.get(NAMESPACE, request.id)
         self.store.put(NAMESPACE, request.id, request.to_dict(), 0 if found is None else found.version)
+        if request.state in DONE:
+            shutil.rmtree(self.folder(request.id), ignore_errors=True)  # this gateway's copies are not read again
 
     def all(self) -> list[Request]:
-        with self.store.db.transaction() as db:
-            rows = db.execute("SELECT value FROM saferoom_records WHERE namespace = %s", (NAMESPACE,)).fetchall()
-        return sorted((Request.from_dict(dict(row[0])) for row in rows), key=lambda r: r.created)
+        return stored(self.store)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -135,6 +137,25 @@ class PgRequests:
             fsync_dir(local.parent)
         finally:
             part.unlink(missing_ok=True)
+
+
+def stored(store: PostgresStore) -> list[Request]:
+    """Every request ``store`` holds, oldest first."""
+    with store.db.transaction() as db:
+        rows = db.execute("SELECT value FROM saferoom_records WHERE namespace = %s", (NAMESPACE,)).fetchall()
+    return sorted((Request.from_dict(dict(row[0])) for row in rows), key=lambda r: r.created)
+
+
+def approved_packages(url: str) -> list[str]:
+    """The requirements approved package requests in the PostgreSQL state at ``url`` add to the next sync."""
+    from saferoom.requests.packages import requirements
+    from saferoom.store.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    try:
+        return requirements(stored(store))
+    finally:
+        store.close()
 
 
 def write_chunks(db: psycopg.Connection[Any], request_id: str, name: str, sha256: str, source: Any) -> None:
