@@ -94,3 +94,26 @@ def test_notebook_image_outputs_are_drawn_and_svg_stays_text(browser, gateway) -
     assert browser.execute_script("return window.svgRan") is None  # its script never ran
     assert "says it is image/png but is not" in browser.find_element(By.CSS_SELECTOR, ".notebook").text
     shot(browser, "request-notebook-images")
+
+
+def test_a_reviewer_delivers_again_a_release_the_outbox_refused(browser, gateway) -> None:  # noqa: F811
+    outbox = gateway.outbox
+    aside = outbox.with_name("outbox-aside")
+    outbox.rename(aside)
+    outbox.write_bytes(b"")  # a file where the outbox should be
+    try:
+        request = gateway.release("ana", {"late.csv": b"a,b\n1,2\n"})
+        gateway.review("rev1", request)
+        assert gateway.review("rev2", request).json()["state"] == "delivery-failed"
+    finally:
+        outbox.unlink()
+        aside.rename(outbox)
+    wait = sign_in(browser, gateway.server, gateway.tokens["rev1"])
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f"tr.request-row[data-id='{request['id']}']"))
+    browser.find_element(By.CSS_SELECTOR, f"tr.request-row[data-id='{request['id']}']").click()
+    wait.until(lambda b: "delivery-failed" in b.find_element(By.ID, "request-title").text)
+    assert not browser.find_element(By.ID, "review-controls").is_displayed()
+    browser.find_element(By.ID, "deliver").click()
+    wait.until(lambda b: "delivered: the request is released" in b.find_element(By.ID, "review-status").text)
+    assert (outbox / request["id"] / "late.csv").read_bytes() == b"a,b\n1,2\n"
+    assert not browser.find_element(By.ID, "deliver-controls").is_displayed()

@@ -33,6 +33,7 @@ async function openRequestView(id) {
     request.approvals.length + " of " + request.approvals_needed;
   $("review-status").textContent = "";
   $("review-controls").classList.toggle("hidden", !(request.may_review && request.state === "submitted"));
+  $("deliver-controls").classList.toggle("hidden", !(request.may_review && request.state === "delivery-failed"));
   $("request-detail").replaceChildren(...detailLines(request));
   const findings = (request.check && request.check.findings) || [];
   $("request-findings").replaceChildren(findingsView(findings));
@@ -162,11 +163,20 @@ async function reviewOpen(verdict) {
   const comments = {};
   document.querySelectorAll(".file-comment").forEach(box => { if (box.value.trim()) comments[box.dataset.name] = box.value.trim(); });
   const files = Object.fromEntries(openRequest.files.map(f => [f.name, f.sha256]));  // the versions on screen
+  await act("review", {headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({verdict, files, comment: $("review-comment").value, comments})}, verdict + " recorded");
+}
+
+async function deliverOpen() {
+  if (openRequest) await act("deliver", {}, "delivered");
+}
+
+// POST one action on the open request, then show it again with what became of it (or why not).
+async function act(action, options, said) {
   try {
-    const done = await call("/v1/requests/" + encodeURIComponent(openRequest.id) + "/review", {method: "POST",
-      headers: {"Content-Type": "application/json"}, body: JSON.stringify({verdict, files, comment: $("review-comment").value, comments})});
+    const done = await call("/v1/requests/" + encodeURIComponent(openRequest.id) + "/" + action, {method: "POST", ...options});
     await openRequestView(done.id);
-    $("review-status").textContent = verdict + " recorded: the request is " + done.state;
+    $("review-status").textContent = said + ": the request is " + done.state;
     await loadRequests();
   } catch (e) {
     $("review-status").textContent = e.message;
@@ -184,3 +194,4 @@ $("load-requests").addEventListener("click", loadRequests);
 $("approve").addEventListener("click", () => reviewOpen("approve"));
 $("return").addEventListener("click", () => reviewOpen("return"));
 $("reject").addEventListener("click", () => reviewOpen("reject"));
+$("deliver").addEventListener("click", deliverOpen);
