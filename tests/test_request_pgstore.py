@@ -126,3 +126,20 @@ def test_approved_packages_are_read_from_postgresql_for_the_next_sync(gateways: 
     assert approved_packages(state_url) == []
     two.engine.review(wanted.id, who("boss"), Verdict.APPROVE, {})
     assert approved_packages(state_url) == ["zeta-lib==1.0"]
+
+
+def test_a_file_past_the_cap_is_refused_as_it_arrives_and_nothing_reaches_postgresql(gateways: Gateways, state_url: str) -> None:
+    import psycopg
+
+    from saferoom.errors import TooLarge
+    from saferoom.requests import Limits
+
+    one = gateways.engines[0]
+    one.engine.limits = Limits(max_file_bytes=CHUNK)
+    asked = one.release.request(who("ana"), "a model")
+    with pytest.raises(TooLarge):
+        one.release.upload(asked.id, who("ana"), "model.bin", iter([BIG[:CHUNK], BIG[CHUNK:CHUNK + 1]]))
+    with psycopg.connect(state_url) as db:
+        assert db.execute("SELECT count(*) FROM saferoom_request_files").fetchone() == (0,)
+    assert one.engine.show(asked.id, who("ana")).files == []
+    assert os.listdir(one.store.folder(asked.id)) == []  # the part file is gone too
