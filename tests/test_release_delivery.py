@@ -31,10 +31,10 @@ def requests(tmp_path: Path):
     audit.close()
 
 
-def approved(requests: Requests) -> Request:
-    asked = requests.release.request(who("ana"), "q3 report")
-    requests.release.upload(asked.id, who("ana"), "summary.csv", [CSV])
-    submitted = requests.release.submit(asked.id, who("ana"))
+def approved(requests: Requests, requester: str = "ana") -> Request:
+    asked = requests.release.request(who(requester), "q3 report")
+    requests.release.upload(asked.id, who(requester), "summary.csv", [CSV])
+    submitted = requests.release.submit(asked.id, who(requester))
     requests.engine.review(asked.id, who("rev1"), Verdict.APPROVE, submitted.hashes)
     return requests.engine.review(asked.id, who("rev2"), Verdict.APPROVE, submitted.hashes)
 
@@ -99,6 +99,18 @@ def test_delivering_what_the_outbox_already_holds_only_records_it(requests: Requ
     written = (target / "summary.csv").stat()
     assert requests.release.deliver(request.id, who("rev2")).state is State.RELEASED
     assert (target / "summary.csv").stat().st_ino == written.st_ino  # not written twice
+
+
+def test_a_reviewer_does_not_deliver_their_own_release(requests: Requests) -> None:
+    outbox = requests.release.outbox
+    shutil.rmtree(outbox)
+    outbox.write_bytes(b"")
+    request = approved(requests, requester="rev3")  # rev3 reviews releases too
+    outbox.unlink()
+    outbox.mkdir()
+    with pytest.raises(RequestRefused, match="not its requester"):
+        requests.release.deliver(request.id, who("rev3"))
+    assert os.listdir(outbox) == []
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")

@@ -1,8 +1,9 @@
 """The airlock: files uploaded into the request area, checked, reviewed, and written to the outbox once approved.
 
 Uploads are streamed to disk and hashed as they arrive (nothing holds a file in memory), with a cap per
-file and per request, then kept by the request store (the folder, or the gateway's PostgreSQL state). Names are a flat allowlist: no folders, no `..`, no NUL, nothing hidden. Files are
-opened with O_NOFOLLOW and O_EXCL, so a link planted in the request area is never followed.
+file and per request, then kept by the request store (the folder, or the gateway's PostgreSQL state).
+Names are a flat allowlist: no folders, no `..`, no NUL, nothing hidden. Files are opened with O_NOFOLLOW
+and O_EXCL, so a link planted in the request area is never followed.
 
 Delivery to the outbox is all or nothing: the files are written to a hidden folder beside their place and
 renamed into it. When that fails (a full disk, an outbox that cannot be written) the request becomes
@@ -145,8 +146,8 @@ class Airlock:
         """Write an approved release the outbox did not take, again; a reviewer of releases asks for it."""
         with self.engine.store.locked():
             request = self.engine.show(request_id, who)
-            if self.engine.reviewer_role(request.kind, who) is None:
-                raise RequestRefused("a reviewer of releases delivers a release again; ask one")
+            if self.engine.reviewer_role(request.kind, who) is None or who.user == request.requester:
+                raise RequestRefused("a reviewer of releases, not its requester, delivers a release again; ask one")
             if request.kind is not Kind.RELEASE or request.state not in (State.APPROVED, State.DELIVERY_FAILED):
                 raise RequestRefused(f"request {request.id} is {request.state}: only an approved release whose "
                                      "delivery failed is delivered again")
@@ -196,11 +197,10 @@ def _delivered(target: Path, request: Request) -> bool:
     """Whether ``target`` already holds this release, as approved (its manifest names the same files)."""
     try:
         manifest = json.loads((target / MANIFEST).read_text())
-    except (OSError, ValueError):
+        listed = {f["name"]: f["sha256"] for f in manifest["files"]}
+        return bool(manifest["request"] == request.id and listed == request.hashes)
+    except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not one of ours: not delivered
         return False
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
-        return False
-    return bool(manifest.get("request") == request.id and {f["name"]: f["sha256"] for f in manifest["files"]} == request.hashes)
 
 
 class Upload:
