@@ -235,9 +235,9 @@ def serve(
              "a query whose record cannot be sent does not run.")] = None,
     max_sql_bytes: Annotated[int, typer.Option(min=1024, help="The longest query text accepted, in bytes.")] = 256 * 1024,
     socket: Annotated[Path | None, typer.Option(help="Listen on this Unix socket instead of --host/--port (rooms reach the gateway so).")] = None,
-    outbox: Annotated[Path | None, typer.Option(help="Where approved releases are written (default: STATE/outbox); outside every room.")] = None,
+    outbox: Annotated[Path | None, typer.Option(help="Where approved releases are written (default: STATE/outbox; with PostgreSQL state, required for releases: one folder every gateway shares); outside every room.")] = None,
     webhook: Annotated[list[str] | None, typer.Option(help="POST a JSON notice of each request's state change here (repeatable).")] = None,
-    requests: Annotated[Path | None, typer.Option(help="Where release, access and package requests are kept (default: STATE/requests); with PostgreSQL state, a folder every gateway shares.")] = None,
+    requests: Annotated[Path | None, typer.Option(help="Keep release, access and package requests in this folder (default: in the state: STATE/requests, or PostgreSQL); with PostgreSQL state, a folder every gateway shares.")] = None,
     max_upload_bytes: Annotated[int, typer.Option(min=1, help="The largest file a release request may hold.")] = 256 << 20,
     max_request_bytes: Annotated[int, typer.Option(min=1, help="The most a release request may hold in all.")] = 1 << 30,
 ) -> None:
