@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,9 +34,9 @@ def requests(tmp_path: Path):
     audit.close()
 
 
-def approved(requests: Requests, requester: str = "ana") -> Request:
+def approved(requests: Requests, requester: str = "ana", content: bytes = CSV) -> Request:
     asked = requests.release.request(who(requester), "q3 report")
-    requests.release.upload(asked.id, who(requester), "summary.csv", [CSV])
+    requests.release.upload(asked.id, who(requester), "summary.csv", [content])
     submitted = requests.release.submit(asked.id, who(requester))
     requests.engine.review(asked.id, who("rev1"), Verdict.APPROVE, submitted.hashes)
     return requests.engine.review(asked.id, who("rev2"), Verdict.APPROVE, submitted.hashes)
@@ -123,3 +126,28 @@ def test_a_read_only_outbox(requests: Requests) -> None:
     finally:
         outbox.chmod(0o700)
     assert requests.release.deliver(request.id, who("rev1")).state is State.RELEASED
+
+
+@contextmanager
+def full_disk(folder: Path, size: str) -> Iterator[None]:
+    """A tmpfs of ``size`` mounted on ``folder`` (root only, as CI runs), unmounted however the block ends."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root: " + mounted.stderr.decode(errors="replace")[:200])
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_under_the_outbox(requests: Requests) -> None:
+    outbox = requests.release.outbox
+    big = b"region,total\n" + b"EU,1200\n" * 40_000  # 320 kB, onto a 64 kB disk
+    with full_disk(outbox, "64k"):
+        request = approved(requests, content=big)
+        assert request.state is State.DELIVERY_FAILED
+        assert os.listdir(outbox) == []  # the part written before the disk filled is gone
+        assert trail(requests, request.id)[-1]["problem"] == "No space left on device"
+    delivered = requests.release.deliver(request.id, who("rev1"))  # the disk has room again
+    assert delivered.state is State.RELEASED and (outbox / request.id / "summary.csv").read_bytes() == big
