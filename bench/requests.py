@@ -2,7 +2,11 @@
 (upload streamed to the gateway, hashed, checked with `saferoom check`, submitted), against `saferoom check`
 alone on the same file, in alternating pairs of the same run. Target: <= 1.2x.
 
-Usage: python bench/requests.py [--mb 100] [--repeat 5]
+With --postgresql, also the same release on a gateway whose state (requests and their files included) is
+in PostgreSQL, started for the run, against the same release on a gateway with folder state, in
+alternating pairs.
+
+Usage: python bench/requests.py [--mb 100] [--repeat 5] [--postgresql]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -54,15 +59,22 @@ def parquet(mb: int) -> Path:
     return path
 
 
-def gateway(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway(folder: Path, state: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A gateway on ``state`` (default: a folder under ``folder``), writing releases to ``folder``/outbox."""
+    folder.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(folder / "prod.duckdb")) as con:
         con.execute("create table t as select 1 as x")
     (folder / "saferoom.yaml").write_text(POLICY.format(database=folder / "prod.duckdb"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-c", "from saferoom.cli import main; main()", "serve", "-p",
-                               str(folder / "saferoom.yaml"), "--state", str(folder / "state"), "--port", str(port)],
+                               str(folder / "saferoom.yaml"), "--state", state or str(folder / "state"), "--port", str(port),
+                               "--outbox", str(folder / "outbox")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     while server.poll() is None:
@@ -74,26 +86,65 @@ def gateway(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the gateway did not start")
 
 
+def releaser(url: str, token: str, path: Path, uploads: list[float] | None = None) -> Callable[[], None]:
+    """One release request of ``path``, from its first byte to submitted (ready for review)."""
+    client = RequestsClient(RemoteSession(url, token))
+
+    def release() -> None:
+        request = client.session.call("POST", "/v1/requests/release", json={"reason": "bench"})
+        start = time.perf_counter()
+        client.upload(request["id"], path)
+        if uploads is not None:
+            uploads.append(time.perf_counter() - start)
+        client.session.call("POST", f"/v1/requests/{request['id']}/submit")
+
+    return release
+
+
+def on_postgresql(path: Path, repeat: int) -> None:
+    """The same release on PostgreSQL state and on folder state, in alternating pairs of one run."""
+    from saferoom.store.postgres import PostgresStore
+    from tests import pg
+
+    database = pg.start(free_port(), durable=True)
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        url = pg.fresh_database(database)
+        with tempfile.TemporaryDirectory() as tmp:
+            (pg_server, pg_url), (files_server, files_url) = gateway(Path(tmp) / "pg", url), gateway(Path(tmp) / "files")
+            servers += [pg_server, files_server]
+            store = PostgresStore(url)
+            pg_token = store.tokens.create("ana")[0]
+            store.close()
+            files_token, _ = TokenStore(Path(tmp) / "files" / "state").create("ana")
+            on_pg, on_files, ratio = paired_medians(releaser(pg_url, pg_token, path), releaser(files_url, files_token, path),
+                                                    repeat)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
+        database.stop()
+    print(f"{'release, PostgreSQL state':<40}{on_pg:>8.2f} s")
+    print(f"{'release, folder state':<40}{on_files:>8.2f} s")
+    print(f"PostgreSQL state / folder state: {ratio:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--postgresql", action="store_true", help="also: PostgreSQL state against folder state")
     args = parser.parse_args()
     path = parquet(args.mb)
+    if args.postgresql:
+        on_postgresql(path, args.repeat)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         server, url = gateway(Path(tmp))
         try:
             token, _ = TokenStore(Path(tmp) / "state").create("ana")
-            client = RequestsClient(RemoteSession(url, token))
             uploads: list[float] = []
-
-            def release() -> None:
-                request = client.session.call("POST", "/v1/requests/release", json={"reason": "bench"})
-                start = time.perf_counter()
-                client.upload(request["id"], path)
-                uploads.append(time.perf_counter() - start)
-                client.session.call("POST", f"/v1/requests/{request['id']}/submit")
-
+            release = releaser(url, token, path, uploads)
             requested, checked, ratio = paired_medians(release, lambda: airlock.check(path), args.repeat)
         finally:
             server.terminate()

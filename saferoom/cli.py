@@ -235,9 +235,9 @@ def serve(
              "a query whose record cannot be sent does not run.")] = None,
     max_sql_bytes: Annotated[int, typer.Option(min=1024, help="The longest query text accepted, in bytes.")] = 256 * 1024,
     socket: Annotated[Path | None, typer.Option(help="Listen on this Unix socket instead of --host/--port (rooms reach the gateway so).")] = None,
-    outbox: Annotated[Path | None, typer.Option(help="Where approved releases are written (default: STATE/outbox); outside every room.")] = None,
+    outbox: Annotated[Path | None, typer.Option(help="Where approved releases are written (default: STATE/outbox; with PostgreSQL state, required for releases: one folder every gateway shares); outside every room.")] = None,
     webhook: Annotated[list[str] | None, typer.Option(help="POST a JSON notice of each request's state change here (repeatable).")] = None,
-    requests: Annotated[Path | None, typer.Option(help="Where release, access and package requests are kept (default: STATE/requests); with PostgreSQL state, a folder every gateway shares.")] = None,
+    requests: Annotated[Path | None, typer.Option(help="Keep release, access and package requests in this folder (default: in the state: STATE/requests, or PostgreSQL); with PostgreSQL state, a folder every gateway shares.")] = None,
     max_upload_bytes: Annotated[int, typer.Option(min=1, help="The largest file a release request may hold.")] = 256 << 20,
     max_request_bytes: Annotated[int, typer.Option(min=1, help="The most a release request may hold in all.")] = 1 << 30,
     flight_sql: Annotated[int | None, typer.Option(
@@ -361,16 +361,18 @@ def state_migrate(
 
     Stop the gateway first. Example: saferoom state migrate --from /var/lib/saferoom --to postgresql://saferoom@db/saferoom
     """
+    from saferoom.requests.pgstore import copier
     from saferoom.store import is_url
     from saferoom.store.migrate import migrate
     from saferoom.store.postgres import redacted
 
     if not is_url(target):
         raise UsageError(f"--to {target!r}: give a postgresql:// URL")
-    done = migrate(source, target, _audit_key(key))
+    done = migrate(source, target, _audit_key(key), also=[copier(source / "requests")])
     kept = f" ({done.kept} were there already: the same chain)" if done.kept else ""
-    out.print(f"Moved {done.records} audit records{kept}, {done.tokens} tokens and {done.namespaces} record "
-              f"namespaces into PostgreSQL; the chain verifies there. Start the gateways with --state {redacted(target)!r}.")
+    out.print(f"Moved {done.records} audit records{kept}, {done.tokens} tokens, {done.namespaces} record namespaces "
+              f"and {done.also[0]} requests with their files into PostgreSQL; the chain verifies there. Start the "
+              f"gateways with --state {redacted(target)!r} (and --outbox DIR for releases).")
 
 
 @audit_app.command("public-key")
@@ -411,8 +413,9 @@ def packages_sync(
     dest: Annotated[Path, typer.Option("--dest", help="Where snapshots go: DEST/<date>/ and DEST/latest.")],
     policy: PolicyOpt = POLICY,
     index_url: Annotated[str | None, typer.Option(help="Upstream PEP 503 index (default: the public one pip uses).")] = None,
-    requested: Annotated[Path | None, typer.Option(help="Approved package requests, one a line: the gateway keeps them "
-                                                        "in STATE/requests/approved-packages.txt.")] = None,
+    requested: Annotated[str | None, typer.Option(help="Approved package requests: a file, one a line (the gateway keeps "
+                                                       "it in STATE/requests/approved-packages.txt), or the gateways' "
+                                                       "postgresql:// state, read directly.")] = None,
 ) -> None:
     """Resolve, download, audit and publish a dated snapshot of the approved packages.
 
@@ -426,13 +429,24 @@ def packages_sync(
 
     with err.status("Resolving and auditing packages...") as status:
         report = sync(load_policy(policy), dest, index_url, progress=lambda message: status.update(escape(message)),
-                      requested=_lines(requested))
+                      requested=_requested(requested))
     _print_snapshot(report)
     out.print(f"report: {dest / str(report.snapshot) / 'report.json'}")
     out.print(f"pip install --isolated --index-url file://{dest.absolute() / 'latest' / 'simple'} <package>")
     if report.refused_requirements:
         names = ", ".join(r["requirement"] for r in report.refused_requirements)
         raise PackagesRefused(f"published without {names}: refused (reasons above and in report.json)")
+
+
+def _requested(source: str | None) -> list[str]:
+    """Approved package requests, from a file or from the gateways' PostgreSQL state."""
+    from saferoom.store import is_url
+
+    if source is not None and is_url(source):
+        from saferoom.requests.pgstore import approved_packages
+
+        return approved_packages(source)
+    return _lines(Path(source) if source is not None else None)
 
 
 def _lines(path: Path | None) -> list[str]:

@@ -136,6 +136,13 @@ def requests_return(request_id: RequestId, comment: Comment = "", file_comment: 
     _review(request_id, "return", comment, file_comment, as_json)
 
 
+@requests_app.command("deliver")
+def requests_deliver(request_id: RequestId, as_json: Json = False) -> None:
+    """Write an approved release to the outbox again, after its delivery failed (a full disk, say); a reviewer
+    of releases runs it. Safe to repeat: a release the outbox holds already is only recorded as released."""
+    _said(_client().deliver(request_id), as_json)
+
+
 @requests_app.command("withdraw")
 def requests_withdraw(request_id: RequestId, as_json: Json = False) -> None:
     """Withdraw a request of your own."""

@@ -40,10 +40,10 @@ def records(url: str) -> list[dict]:
         return [json.loads(line) for (line,) in db.execute("SELECT line FROM saferoom_audit ORDER BY seq")]
 
 
-@pytest.fixture
-def cluster(room, state_url: str, tmp_path: Path) -> Iterator[list[Server]]:
-    policy = gateway_policy(room, tmp_path)
-    servers = [Server(policy, state_url, free_port(), tmp_path / f"gateway{n}.log") for n in range(3)]  # type: ignore[arg-type]
+def three(policy: Path, state_url: str, folder: Path, *extra: str) -> Iterator[list[Server]]:
+    """Three gateways on one PostgreSQL state, each stopped however the test ends."""
+    servers = [Server(policy, state_url, free_port(), folder / f"gateway{n}.log", extra=list(extra))  # type: ignore[arg-type]
+               for n in range(3)]
     try:
         for server in servers:
             server.start()
@@ -51,6 +51,11 @@ def cluster(room, state_url: str, tmp_path: Path) -> Iterator[list[Server]]:
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def cluster(room, state_url: str, tmp_path: Path) -> Iterator[list[Server]]:
+    yield from three(gateway_policy(room, tmp_path), state_url, tmp_path)
 
 
 class Load:
@@ -126,10 +131,64 @@ def test_a_token_revoked_is_refused_by_every_gateway(cluster: list[Server], stat
     assert [t["revoked"] for t in listed] == [True]
 
 
-def test_requests_without_a_shared_folder_say_how_to_turn_them_on(cluster: list[Server]) -> None:
+REVIEWERS = ("  rev1: {roles: [reviewer]}\n  rev2: {roles: [reviewer]}\n",
+             "reviews:\n  release: {roles: [reviewer]}\n  access: {roles: [security]}\n")
+EMAIL = "select email from prod.customers order by customer_id limit 1"
+
+
+@pytest.fixture
+def reviewed(room, state_url: str, tmp_path: Path) -> Iterator[list[Server]]:
+    """Three gateways on one PostgreSQL state with reviewers in the policy, writing releases to one outbox."""
+    policy = gateway_policy(room, tmp_path)
+    text = policy.read_text().replace("roles:\n", "roles:\n  reviewer: {columns: {}}\n", 1)
+    policy.write_text(text.replace("users:\n", "users:\n" + REVIEWERS[0], 1) + REVIEWERS[1])
+    yield from three(policy, state_url, tmp_path, "--outbox", str(tmp_path / "outbox"))
+
+
+def ok(server: Server, token: str, method: str, path: str, **kwargs: object) -> dict:
+    answer = httpx.request(method, f"{server.url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=120,
+                           **kwargs)  # type: ignore[arg-type]
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def test_a_release_requested_on_one_gateway_and_approved_on_two_others_lands_in_the_outbox(
+        reviewed: list[Server], state_url: str, tmp_path: Path) -> None:
+    one, two, three = reviewed
+    tokens = {user: one.token(user) for user in ("alice", "rev1", "rev2")}
+    content = b"region,total\n" + b"".join(b"EU,%d\n" % n for n in range(300_000))  # several chunks in PostgreSQL
+    asked = ok(one, tokens["alice"], "POST", "/v1/requests/release", json={"reason": "q3 totals"})
+    ok(one, tokens["alice"], "PUT", f"/v1/requests/{asked['id']}/files/totals.csv", content=content)
+    submitted = ok(one, tokens["alice"], "POST", f"/v1/requests/{asked['id']}/submit")
+    seen = {f["name"]: f["sha256"] for f in submitted["files"]}
+    review = {"verdict": "approve", "files": seen}
+    assert ok(two, tokens["rev1"], "POST", f"/v1/requests/{asked['id']}/review", json=review)["state"] == "submitted"
+    assert ok(three, tokens["rev2"], "POST", f"/v1/requests/{asked['id']}/review", json=review)["state"] == "released"
+    released = tmp_path / "outbox" / asked["id"]
+    assert (released / "totals.csv").read_bytes() == content
+    assert {r["user"] for r in json.loads((released / "manifest.json").read_text())["reviewers"]} == {"rev1", "rev2"}
+    assert ok(one, tokens["alice"], "GET", f"/v1/requests/{asked['id']}")["state"] == "released"  # seen everywhere
+    trail = [r["state"] for r in records(state_url) if r.get("request_id") == asked["id"] and r["action"] == "state"]
+    assert trail == ["submitted", "submitted", "approved", "released"]  # one chain, whichever gateway wrote
+
+
+def test_an_access_grant_approved_on_one_gateway_works_on_another(reviewed: list[Server]) -> None:
+    one, two, three = reviewed
+    alice, sam = one.token("alice"), one.token("sam")
+    assert "@" not in json.dumps(post(three, alice, EMAIL).json())  # tokenized for an analyst
+    asked = ok(one, alice, "POST", "/v1/requests/access",
+               json={"column": "prod.customers.email", "duration": "1h", "reason": "fraud case 1142"})
+    assert ok(two, sam, "POST", f"/v1/requests/{asked['id']}/review", json={"verdict": "approve"})["state"] == "approved"
+    eventually(lambda: "@" in json.dumps(post(three, alice, EMAIL).json()),  # within the sweep's second
+               "the grant approved on gateway 2 in force on gateway 3")
+
+
+def test_releases_without_an_outbox_say_how_to_turn_them_on(cluster: list[Server]) -> None:
     token = cluster[0].token("alice")
-    answer = httpx.get(f"{cluster[0].url}/v1/requests", headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    assert answer.status_code == 400 and "`--requests DIR`" in answer.text  # never a request area on one host only
+    assert ok(cluster[0], token, "GET", "/v1/requests") == []  # requests are kept: in PostgreSQL
+    answer = httpx.post(f"{cluster[0].url}/v1/requests/release", json={"reason": "q3"}, timeout=60,
+                        headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 400 and "`--outbox DIR`" in answer.text  # never an outbox on one host only, by default
 
 
 def test_a_users_concurrent_query_limit_holds_across_gateways(cluster: list[Server], state_url: str) -> None:
@@ -165,6 +224,9 @@ def test_migrate_a_state_folder_into_postgresql(room, state_url: str, tmp_path: 
     server = Server(policy, folder, free_port(), tmp_path / "files.log").start()
     token = server.token("alice")
     assert all(post(server, token).status_code == 200 for _ in range(3))
+    asked = ok(server, token, "POST", "/v1/requests/release", json={"reason": "q3 totals"})
+    ok(server, token, "PUT", f"/v1/requests/{asked['id']}/files/totals.csv", content=b"region,total\nEU,3\n")
+    submitted = ok(server, token, "POST", f"/v1/requests/{asked['id']}/submit")
     server.stop()
     before = [json.loads(line) for line in (folder / "audit.log").read_text().splitlines()]
 
@@ -184,6 +246,11 @@ def test_migrate_a_state_folder_into_postgresql(room, state_url: str, tmp_path: 
     shared = Server(policy, state_url, free_port(), tmp_path / "pg.log").start()  # type: ignore[arg-type]
     try:
         assert post(shared, token).status_code == 200  # the token moved with the chain
+        moved = ok(shared, token, "GET", f"/v1/requests/{asked['id']}")  # the request, its files and its report too
+        assert (moved["state"], moved["files"], moved["check"]) == ("submitted", submitted["files"], submitted["check"])
+        kept = httpx.get(f"{shared.url}/v1/requests/{asked['id']}/files/totals.csv", timeout=60,
+                         headers={"Authorization": f"Bearer {token}"})
+        assert kept.content == b"region,total\nEU,3\n"
     finally:
         shared.stop()
     after = records(state_url)

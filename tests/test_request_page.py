@@ -66,3 +66,54 @@ def test_an_image_is_shown_from_the_page_own_fetch(browser, gateway) -> None:  #
     browser.find_element(By.CSS_SELECTOR, f"tr.request-row[data-id='{request['id']}']").click()
     wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "img.request-image"))
     wait.until(lambda b: b.execute_script("return document.querySelector('img.request-image').naturalWidth") == 1)
+
+
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8ffff3f0005fe02fea7d6a4"
+                    "5e0000000049454e44ae426082")
+SVG = ('<svg xmlns="http://www.w3.org/2000/svg" onload="window.svgRan = 1"><script>window.svgRan = 2</script>'
+       '<circle r="5"/></svg>')
+
+
+def test_notebook_image_outputs_are_drawn_and_svg_stays_text(browser, gateway) -> None:  # noqa: F811
+    import base64
+
+    outputs = [{"output_type": "display_data", "data": {"image/png": base64.b64encode(PNG).decode(), "text/plain": "<Figure>"}},
+               {"output_type": "display_data", "data": {"image/svg+xml": SVG}},
+               {"output_type": "display_data", "data": {"image/png": base64.b64encode(b"<script>x</script>").decode()}}]
+    notebook = {**NOTEBOOK, "cells": [{"cell_type": "code", "source": ["plot()"], "outputs": outputs}]}
+    request = gateway.release("ana", {"plots.ipynb": json.dumps(notebook).encode()})
+    wait = sign_in(browser, gateway.server, gateway.tokens["rev1"])
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f"tr.request-row[data-id='{request['id']}']"))
+    browser.find_element(By.CSS_SELECTOR, f"tr.request-row[data-id='{request['id']}']").click()
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".notebook img.nb-image"))
+    wait.until(lambda b: b.execute_script("return document.querySelector('.notebook img.nb-image').naturalWidth") == 1)
+    images = browser.find_elements(By.CSS_SELECTOR, ".notebook img")
+    assert len(images) == 1 and images[0].get_attribute("src").startswith("data:image/png;base64,")  # the PNG only
+    assert SVG in browser.find_element(By.CSS_SELECTOR, ".notebook pre.nb-svg").text  # its source, as text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#request-files svg")
+    assert browser.execute_script("return window.svgRan") is None  # its script never ran
+    assert "says it is image/png but is not" in browser.find_element(By.CSS_SELECTOR, ".notebook").text
+    shot(browser, "request-notebook-images")
+
+
+def test_a_reviewer_delivers_again_a_release_the_outbox_refused(browser, gateway) -> None:  # noqa: F811
+    outbox = gateway.outbox
+    aside = outbox.with_name("outbox-aside")
+    outbox.rename(aside)
+    outbox.write_bytes(b"")  # a file where the outbox should be
+    try:
+        request = gateway.release("ana", {"late.csv": b"a,b\n1,2\n"})
+        gateway.review("rev1", request)
+        assert gateway.review("rev2", request).json()["state"] == "delivery-failed"
+    finally:
+        outbox.unlink()
+        aside.rename(outbox)
+    wait = sign_in(browser, gateway.server, gateway.tokens["rev1"])
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f"tr.request-row[data-id='{request['id']}']"))
+    browser.find_element(By.CSS_SELECTOR, f"tr.request-row[data-id='{request['id']}']").click()
+    wait.until(lambda b: "delivery-failed" in b.find_element(By.ID, "request-title").text)
+    assert not browser.find_element(By.ID, "review-controls").is_displayed()
+    browser.find_element(By.ID, "deliver").click()
+    wait.until(lambda b: "delivered: the request is released" in b.find_element(By.ID, "review-status").text)
+    assert (outbox / request["id"] / "late.csv").read_bytes() == b"a,b\n1,2\n"
+    assert not browser.find_element(By.ID, "deliver-controls").is_displayed()

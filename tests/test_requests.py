@@ -201,3 +201,29 @@ def test_a_user_cannot_flood_the_request_area_with_open_requests(small) -> None:
 
 def test_an_oversized_reason_is_refused(small) -> None:
     assert small.call("ana", "POST", "/v1/requests/release", json={"reason": "r" * 5000}).status_code == 422
+
+
+def test_a_release_the_outbox_refused_is_delivered_again_by_a_reviewer(gateway) -> None:
+    outbox = gateway.outbox
+    aside = outbox.with_name("outbox-aside")
+    outbox.rename(aside)
+    outbox.write_bytes(b"")  # a file where the outbox should be: nobody writes into it, root included
+    try:
+        request = gateway.release("ana", {"late.csv": CSV})
+        assert gateway.review("rev1", request).json()["state"] == "submitted"
+        failed = gateway.review("rev2", request)
+        assert failed.status_code == 200 and failed.json()["state"] == "delivery-failed"  # the approval is kept
+        again = gateway.cli("rev1", "requests", "deliver", request["id"])
+        assert again.returncode == 14 and "still not delivered" in " ".join((again.stdout + again.stderr).split())
+        assert gateway.call("ana", "POST", f"/v1/requests/{request['id']}/deliver").status_code == 409  # reviewers only
+    finally:
+        outbox.unlink()
+        aside.rename(outbox)
+    done = gateway.cli("rev1", "requests", "deliver", request["id"], "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "released"
+    assert (outbox / request["id"] / "late.csv").read_bytes() == CSV
+    assert not [p for p in outbox.iterdir() if p.name.startswith(".")]  # no staging left behind
+    trail = [r for r in audit(gateway, request["id"]) if r["action"] == "state"]
+    assert [r["state"] for r in trail][-4:] == ["approved", "delivery-failed", "delivery-failed", "released"]
+    assert trail[-2]["problem"] == "Not a directory"

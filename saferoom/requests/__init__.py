@@ -24,14 +24,16 @@ __all__ = ["Access", "Airlock", "Engine", "File", "FileStore", "Kind", "Limits",
 
 
 class Requests:
-    """The gateway's request engine: ``root`` keeps the requests, ``outbox`` receives approved releases,
+    """The gateway's request engine: ``store`` keeps the requests (by default a folder store on ``root``, where
+    the approved packages list is written too), ``outbox`` receives approved releases,
     ``snapshots`` is where package syncs publish (to tell requesters their package landed)."""
 
-    def __init__(self, root: Path, audit: AuditWriter, policy: Callable[[], Policy], *, outbox: Path,
+    def __init__(self, root: Path, audit: AuditWriter, policy: Callable[[], Policy], *, outbox: Path | None,
                  snapshots: Path | None = None, limits: Limits | None = None, webhooks: Sequence[str] = (),
                  store: RequestStore | None = None) -> None:
         self.webhooks = Webhooks(webhooks)
-        self.engine = Engine(store or FileStore(root), audit, policy, limits=limits, notify=self.webhooks)
+        self.store = store or FileStore(root)
+        self.engine = Engine(self.store, audit, policy, limits=limits, notify=self.webhooks)
         self.release = Airlock(self.engine, outbox)
         self.access = Access(self.engine)
         self.packages = PackageRequests(self.engine, root, snapshots)
@@ -43,3 +45,4 @@ class Requests:
 
     def close(self) -> None:
         self.webhooks.close()
+        self.store.close()

@@ -79,6 +79,10 @@ class RequestsClient:
         withdrawn: dict[str, Any] = self.session.call("POST", f"/v1/requests/{quote(request_id, safe='')}/withdraw")
         return withdrawn
 
+    def deliver(self, request_id: str) -> dict[str, Any]:
+        delivered: dict[str, Any] = self.session.call("POST", f"/v1/requests/{quote(request_id, safe='')}/deliver")
+        return delivered
+
 
 def _chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:

@@ -1,7 +1,8 @@
 """A request as data, and the one state machine every kind of request follows.
 
     draft ──submit──► submitted ──approve (enough)──► approved ──► released (release) / landed (packages)
-      │                  │  ▲                            │
+      │                  │  ▲                            │ └──► delivery-failed (release: outbox not written)
+      │                  │  │                            │          └─deliver again──► released
       │                  │  └─update files── returned    └──► expired (access, at its time)
       │                  ├──return──────────► returned
       │                  └──reject──────────► rejected
@@ -31,6 +32,7 @@ class State(StrEnum):
     SUBMITTED = "submitted"
     RETURNED = "returned"
     APPROVED = "approved"
+    DELIVERY_FAILED = "delivery-failed"
     REJECTED = "rejected"
     RELEASED = "released"
     LANDED = "landed"
@@ -43,7 +45,8 @@ MOVES: dict[State, frozenset[State]] = {
     State.DRAFT: frozenset({State.SUBMITTED, State.WITHDRAWN}),
     State.SUBMITTED: frozenset({State.SUBMITTED, State.APPROVED, State.REJECTED, State.RETURNED, State.WITHDRAWN}),
     State.RETURNED: frozenset({State.SUBMITTED, State.WITHDRAWN}),
-    State.APPROVED: frozenset({State.RELEASED, State.LANDED, State.EXPIRED}),
+    State.APPROVED: frozenset({State.RELEASED, State.DELIVERY_FAILED, State.LANDED, State.EXPIRED}),
+    State.DELIVERY_FAILED: frozenset({State.RELEASED, State.DELIVERY_FAILED}),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -36,8 +37,7 @@ class PackageRequests:
                                                                 "project": name, "version": version}, State.SUBMITTED)
 
     def requirements(self) -> list[str]:
-        kept = (r for r in self.engine.store.all() if r.kind is Kind.PACKAGES and r.state in (State.APPROVED, State.LANDED))
-        return sorted({str(r.detail["requirement"]) for r in kept})
+        return requirements(self.engine.store.all())
 
     def sweep(self) -> None:
         """Mark approved packages landed once a newly published snapshot admits them."""
@@ -67,6 +67,12 @@ class PackageRequests:
         self._seen = (stat.st_mtime, stat.st_ino)
         return [(canonicalize_name(str(e.get("project"))), str(e.get("version"))) for e in admitted]
 
-    def _changed(self, request: Request) -> None:
+    def _changed(self, request: Request) -> None:  # with PostgreSQL state, `packages sync --requested URL` reads them
         if request.kind is Kind.PACKAGES and request.state is State.APPROVED:
             atomic_write(self.file, "".join(f"{r}\n" for r in self.requirements()).encode(), 0o644)
+
+
+def requirements(requests: Iterable[Request]) -> list[str]:
+    """The requirements approved package requests add to the next sync, each once."""
+    kept = (r for r in requests if r.kind is Kind.PACKAGES and r.state in (State.APPROVED, State.LANDED))
+    return sorted({str(r.detail["requirement"]) for r in kept})

@@ -2,10 +2,17 @@
 
 Values go out as JSON strings; the page writes them as text, never as markup. Previews are bounded
 (rows, characters), so a huge file cannot make a huge page.
+
+A notebook's PNG and JPEG outputs go out as base64 (each at most :data:`IMAGE_BYTES`, and only when the
+bytes start as that format does), for the page to show as a ``data:`` image, which its CSP allows for
+images alone; an SVG output goes out as its text, shown as text: an SVG can hold script, so it is never
+drawn.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +22,8 @@ import polars as pl
 ROWS = 200
 CHARS = 200_000
 IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+IMAGE_BYTES = 2 << 20
+MAGIC = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
 
 
 def preview(path: Path) -> dict[str, Any]:
@@ -52,8 +61,25 @@ def _cell(cell: dict[str, Any]) -> dict[str, Any]:
     for out in cell.get("outputs", []):
         data = out.get("data", {})
         text = out.get("text") or data.get("text/plain") or ""
-        outputs.append({"text": _joined(text)[:CHARS], "image": "image/png" in data})
+        outputs.append({"text": _joined(text)[:CHARS], **_image(data)})
     return {"type": str(cell.get("cell_type", "code")), "source": _joined(cell.get("source", ""))[:CHARS], "outputs": outputs}
+
+
+def _image(data: dict[str, Any]) -> dict[str, Any]:
+    """An output's image, as the page may show it: PNG or JPEG bytes it checked, else SVG as text, or a note why not."""
+    kind = next((k for k in MAGIC if k in data), None)
+    if kind is None:
+        return {"svg": _joined(data["image/svg+xml"])[:CHARS]} if "image/svg+xml" in data else {"image": None}
+    encoded = "".join(_joined(data[kind]).split())
+    if len(encoded) > IMAGE_BYTES * 4 // 3 + 4:
+        return {"image": None, "note": f"an image output over {IMAGE_BYTES:,} bytes, not shown; download the notebook"}
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if not raw.startswith(MAGIC[kind]):
+        return {"image": None, "note": f"an output that says it is {kind} but is not, not shown"}
+    return {"image": {"type": kind, "base64": base64.b64encode(raw).decode()}}
 
 
 def _joined(text: str | list[str]) -> str:

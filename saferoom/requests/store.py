@@ -1,7 +1,9 @@
-"""Where requests are kept: one JSON record per request, and each request's files, under the gateway's state.
+"""Where requests are kept: one record per request, and each request's files, in the gateway's state.
 
-The engine speaks to :class:`RequestStore` only (records and a lock); a store on another backend
-(a database shared by several gateways) implements the same few methods.
+The engine speaks to :class:`RequestStore` only. :class:`FileStore` keeps them under a folder (the state
+folder's ``requests``, or ``serve --requests DIR``); :class:`saferoom.requests.pgstore.PgRequests` keeps
+them in the gateway's PostgreSQL state, for several gateways. Either way a file is worked on through a
+local path (``path``): the folder itself, or a copy a gateway brings from PostgreSQL when first asked.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from saferoom.files import atomic_write
-from saferoom.requests.model import Request
+from saferoom.files import atomic_write, fsync_dir
+from saferoom.requests.model import File, Request
 
 ID_CHARS = frozenset("rq_0123456789abcdef")
 
@@ -29,9 +32,28 @@ class RequestStore(Protocol):
 
     def locked(self) -> contextlib.AbstractContextManager[None]: ...
 
-    def folder(self, request_id: str) -> Path: ...
-
     def stamp(self) -> int: ...
+
+    def folder(self, request_id: str) -> Path:
+        """This gateway's working folder for the request: uploads arrive here before they are kept."""
+        ...
+
+    def keep(self, request_id: str, part: Path, file: File) -> None:
+        """Make the upload at ``part`` (in ``folder``) the request's file ``file.name``, durably."""
+        ...
+
+    def path(self, request_id: str, file: File) -> Path:
+        """The file, in exactly the version ``file`` names when the store holds one per version, on local disk."""
+        ...
+
+    def save_report(self, request_id: str, data: bytes) -> None: ...
+
+    def load_report(self, request_id: str) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
+REPORT = "check.json"
 
 
 class FileStore:
@@ -46,7 +68,7 @@ class FileStore:
         self._thread_lock = threading.Lock()
 
     def get(self, request_id: str) -> Request | None:
-        if not _valid(request_id):
+        if not valid(request_id):
             return None  # an id that could be a path is no id
         try:
             return Request.from_dict(json.loads((self.root / "records" / f"{request_id}.json").read_text()))
@@ -71,10 +93,29 @@ class FileStore:
         return (self.root / "records").stat().st_mtime_ns
 
     def folder(self, request_id: str) -> Path:
-        if not _valid(request_id):
+        if not valid(request_id):
             raise ValueError("not a request id")
         return self.root / "files" / request_id
 
+    def keep(self, request_id: str, part: Path, file: File) -> None:
+        os.replace(part, self.folder(request_id) / file.name)
+        fsync_dir(self.folder(request_id))
 
-def _valid(request_id: str) -> bool:
+    def path(self, request_id: str, file: File) -> Path:
+        return self.folder(request_id) / file.name  # one version per name: the caller checks its hash
+
+    def save_report(self, request_id: str, data: bytes) -> None:
+        atomic_write(self.folder(request_id) / REPORT, data)
+
+    def load_report(self, request_id: str) -> bytes | None:
+        try:
+            return (self.folder(request_id) / REPORT).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def close(self) -> None:
+        """Nothing is held open between calls."""
+
+
+def valid(request_id: str) -> bool:
     return request_id.startswith("rq_") and len(request_id) == 23 and set(request_id) <= ID_CHARS

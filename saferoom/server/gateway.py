@@ -7,6 +7,7 @@ everything that decides or records lives here.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 import uuid
@@ -32,10 +33,12 @@ from saferoom.policy import Policy, load_policy
 from saferoom.policy.limits import gateway_limits
 from saferoom.privacy import StoreLedger
 from saferoom.requests import Limits, Requests, command, granted_policy
+from saferoom.requests.pgstore import PgRequests
 from saferoom.result import Result
 from saferoom.server.pages import Pages
 from saferoom.session import Session, open_engine
 from saferoom.store import AuditWriter, FileStore, Store
+from saferoom.store.postgres import PostgresStore
 
 log = logging.getLogger("saferoom.gateway")
 
@@ -283,14 +286,19 @@ def _asking(session: Session, sql: str) -> GuardedQuery:
 
 def _requests(gateway: Gateway, folder: Path | None, outbox: Path | None, packages: Path | None,
               limits: Limits | None, webhooks: tuple[str, ...]) -> Requests | None:
-    """The request engine, keeping its files in ``folder`` (the state folder's ``requests`` by default); with
-    PostgreSQL state and no folder given, none: release, access and package requests need a folder every
-    gateway shares, and the routes say so."""
-    root = folder or (gateway.store.folder / "requests" if isinstance(gateway.store, FileStore) else None)
-    if root is None:
+    """The request engine, keeping requests in the gateway's store: the state folder's ``requests`` (or
+    ``folder`` when given), or its PostgreSQL state, files included (then ``outbox`` must be given for
+    releases, and a local folder of its own holds uploads and copies of files as they are read)."""
+    store = gateway.store
+    root = folder or (store.folder / "requests" if isinstance(store, FileStore) else None)
+    if root is not None:
+        return Requests(root, gateway.audit, lambda: gateway.policy, outbox=outbox or root.parent / "outbox",
+                        snapshots=packages, limits=limits, webhooks=webhooks)
+    if not isinstance(store, PostgresStore):
         return None
-    return Requests(root, gateway.audit, lambda: gateway.policy, outbox=outbox or root.parent / "outbox",
-                    snapshots=packages, limits=limits, webhooks=webhooks)
+    cache = Path(tempfile.mkdtemp(prefix="saferoom-requests-"))
+    return Requests(cache, gateway.audit, lambda: gateway.policy, outbox=outbox, snapshots=packages, limits=limits,
+                    webhooks=webhooks, store=PgRequests(store, cache))
 
 
 def _stamp(path: Path, policy: Policy) -> tuple[float, ...]:

@@ -111,6 +111,10 @@ def add_request_routes(app: FastAPI, gateway: Gateway) -> None:
         asked = engine.review(request_id, gateway.identify(authorization), body.verdict, body.files, body.comment, body.comments)
         return shown(asked, authorization)
 
+    @app.post("/v1/requests/{request_id}/deliver", summary="Write an approved release whose delivery failed, again")
+    def deliver(request_id: str, authorization: Auth = None) -> dict[str, Any]:
+        return shown(requests.release.deliver(request_id, gateway.identify(authorization)), authorization)
+
     @app.post("/v1/requests/{request_id}/withdraw", summary="Withdraw your own request")
     def withdraw(request_id: str, authorization: Auth = None) -> dict[str, Any]:
         return engine.withdraw(request_id, gateway.identify(authorization)).to_dict()
@@ -126,9 +130,9 @@ def add_request_routes(app: FastAPI, gateway: Gateway) -> None:
 
 
 def _say_why_not(app: FastAPI) -> None:
-    """With PostgreSQL state and no requests folder, every request route says how to turn the engine on."""
+    """With a state that keeps no requests, every request route says how to turn the engine on."""
 
     @app.api_route("/v1/requests{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
     def unavailable(rest: str) -> None:
-        raise UsageError("this gateway keeps its state in PostgreSQL and was started without `--requests DIR`: "
-                         "release, access and package requests need a folder every gateway shares")
+        raise UsageError("this gateway's state keeps no requests; start it with `--requests DIR` (a folder every "
+                         "gateway shares) or with `--state` a folder or a postgresql:// URL")

@@ -4,13 +4,15 @@ The folder's chain is verified first (a broken one is refused: it would be passe
 copied, then verified again as PostgreSQL holds it, inside the same transaction: if anything differs
 nothing is committed. A target that already holds records is refused unless they are the beginning of
 the same chain (a migration run again after the folder grew); tokens and records already there are kept,
-a revocation on either side stays revoked.
+a revocation on either side stays revoked. What later capabilities keep in the folder their own way
+(requests and their files) is copied by the ``also`` steps the caller passes, in the same transaction.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +34,13 @@ class Migrated:
     kept: int  # already in PostgreSQL, the same records
     tokens: int
     namespaces: int
+    also: tuple[int, ...] = ()  # what each of the ``also`` steps copied
 
 
-def migrate(folder: Path, url: str, key: AuditKey | None = None) -> Migrated:
+Step = Callable[["psycopg.Connection[Any]"], int]
+
+
+def migrate(folder: Path, url: str, key: AuditKey | None = None, also: Sequence[Step] = ()) -> Migrated:
     """Move the state in ``folder`` into the database ``url`` (see the module's docstring)."""
     if not (folder / LOG).exists() and not (folder / TOKENS).exists():
         raise UsageError(f"no gateway state in {folder} (no audit.log, no tokens.json); give the folder "
@@ -52,10 +58,11 @@ def migrate(folder: Path, url: str, key: AuditKey | None = None) -> Migrated:
             _copy_chain(connection, lines[kept:], key)
             tokens = _copy_tokens(connection, folder)
             namespaces = _copy_records(connection, folder)
+            copied = tuple(step(connection) for step in also)
             _verify_arrival(connection, key, len(lines))
     finally:
         store.close()
-    return Migrated(len(lines) - kept, kept, tokens, namespaces)
+    return Migrated(len(lines) - kept, kept, tokens, namespaces, copied)
 
 
 def _lines(folder: Path) -> list[str]:

@@ -2,7 +2,9 @@
 
 Tables (made on first use, all named ``saferoom_*``): ``saferoom_tokens``; the audit chain
 ``saferoom_audit`` and its head ``saferoom_audit_head`` (:mod:`saferoom.store.pgaudit`); query slots
-``saferoom_slots``; generic records ``saferoom_records`` (today's bytes are its namespace ``bytes``).
+``saferoom_slots``; generic records ``saferoom_records`` (today's bytes are its namespace ``bytes``, requests
+its namespace ``requests``); the files of release requests ``saferoom_request_files``
+(:mod:`saferoom.requests.pgstore`).
 
 - Revocation: a gateway keeps a token's record for at most :data:`TOKEN_CACHE_SECONDS`, so a token revoked
   anywhere is refused by every gateway within that bound (plus one round trip).
@@ -59,6 +61,8 @@ SCHEMA = (
     "expires timestamptz NOT NULL)",
     "CREATE TABLE IF NOT EXISTS saferoom_records (namespace text NOT NULL, key text NOT NULL, version bigint NOT NULL, "
     "value jsonb NOT NULL, PRIMARY KEY (namespace, key))",
+    "CREATE TABLE IF NOT EXISTS saferoom_request_files (request_id text NOT NULL, name text NOT NULL, "
+    "sha256 text NOT NULL, n int NOT NULL, chunk bytea NOT NULL, PRIMARY KEY (request_id, name, n))",
 )
 _PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
 

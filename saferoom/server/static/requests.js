@@ -33,6 +33,7 @@ async function openRequestView(id) {
     request.approvals.length + " of " + request.approvals_needed;
   $("review-status").textContent = "";
   $("review-controls").classList.toggle("hidden", !(request.may_review && request.state === "submitted"));
+  $("deliver-controls").classList.toggle("hidden", !(request.may_review && request.state === "delivery-failed"));
   $("request-detail").replaceChildren(...detailLines(request));
   const findings = (request.check && request.check.findings) || [];
   $("request-findings").replaceChildren(findingsView(findings));
@@ -115,11 +116,32 @@ function notebookView(shown, findings) {
   shown.cells.forEach((cell, i) => {
     const part = el("div", null, "nb-cell nb-" + cell.type);
     part.appendChild(el("pre", cell.source));
-    cell.outputs.forEach(o => part.appendChild(el("pre", o.image ? "[an image output]" : o.text, "nb-output")));
+    cell.outputs.forEach(o => part.appendChild(outputView(o)));
     findings.filter(f => new RegExp("^cell " + (i + 1) + "\\b").test(f.location)).forEach(f => mark(part, f));
     box.appendChild(part);
   });
   return box;
+}
+
+// A notebook output: text as text; a PNG or JPEG the gateway checked as a data: image (the page's CSP allows
+// data: for images only); an SVG as its source text, never drawn (it could hold script).
+const OUTPUT_IMAGES = ["image/png", "image/jpeg"];
+
+function outputView(o) {
+  if (o.svg !== undefined) {
+    const box = el("div", null, "nb-output");
+    box.appendChild(el("p", "an SVG output, shown as its text:", "nb-note"));
+    box.appendChild(el("pre", o.svg, "nb-svg"));
+    return box;
+  }
+  if (o.image && OUTPUT_IMAGES.includes(o.image.type) && /^[A-Za-z0-9+/=]+$/.test(o.image.base64)) {
+    const img = el("img", null, "request-image nb-image");
+    img.src = "data:" + o.image.type + ";base64," + o.image.base64;
+    img.alt = "an image output of the notebook";
+    return img;
+  }
+  if (o.note) return el("pre", "[" + o.note + "]", "nb-output");
+  return el("pre", o.text, "nb-output");
 }
 
 function mark(node, finding) {
@@ -141,11 +163,20 @@ async function reviewOpen(verdict) {
   const comments = {};
   document.querySelectorAll(".file-comment").forEach(box => { if (box.value.trim()) comments[box.dataset.name] = box.value.trim(); });
   const files = Object.fromEntries(openRequest.files.map(f => [f.name, f.sha256]));  // the versions on screen
+  await act("review", {headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({verdict, files, comment: $("review-comment").value, comments})}, verdict + " recorded");
+}
+
+async function deliverOpen() {
+  if (openRequest) await act("deliver", {}, "delivered");
+}
+
+// POST one action on the open request, then show it again with what became of it (or why not).
+async function act(action, options, said) {
   try {
-    const done = await call("/v1/requests/" + encodeURIComponent(openRequest.id) + "/review", {method: "POST",
-      headers: {"Content-Type": "application/json"}, body: JSON.stringify({verdict, files, comment: $("review-comment").value, comments})});
+    const done = await call("/v1/requests/" + encodeURIComponent(openRequest.id) + "/" + action, {method: "POST", ...options});
     await openRequestView(done.id);
-    $("review-status").textContent = verdict + " recorded: the request is " + done.state;
+    $("review-status").textContent = said + ": the request is " + done.state;
     await loadRequests();
   } catch (e) {
     $("review-status").textContent = e.message;
@@ -163,3 +194,4 @@ $("load-requests").addEventListener("click", loadRequests);
 $("approve").addEventListener("click", () => reviewOpen("approve"));
 $("return").addEventListener("click", () => reviewOpen("return"));
 $("reject").addEventListener("click", () => reviewOpen("reject"));
+$("deliver").addEventListener("click", deliverOpen);
