@@ -3,15 +3,23 @@
 Results arrive as an Arrow IPC stream and are decoded batch by batch as the
 bytes come in; nothing buffers the whole body. Errors arrive as the same
 exception classes, with the same explanations, as in embedded mode.
+
+Over the gateway's Unix socket (a room's only way out), a result is read with the standard library's HTTP
+client: each block Arrow asks for is filled straight from the socket, with no copy but the kernel's and no
+Python work per network read, which is what the socket's throughput rests on (see bench/room.py). The JSON
+routes, and everything over TCP (TLS, proxies), go through httpx.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
+import socket as sockets
 import ssl
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -25,6 +33,7 @@ from saferoom.files import atomic_write
 from saferoom.result import Result
 
 CHUNK = 1 << 20
+CONNECT_SECONDS = 30.0
 ARROW = "application/vnd.apache.arrow.stream"  # the gateway's result media type
 SOCKET_BASE = "http://saferoom.socket"
 
@@ -68,8 +77,10 @@ class RemoteSession:
         # over a socket the host name is only a label in the request line: the socket alone says where it goes,
         # and no TLS is spoken on it, so no certificate store is loaded (a tenth of a second of every room's start)
         transport = httpx.HTTPTransport(uds=str(socket), verify=False) if socket else None
-        self._http = httpx.Client(base_url=SOCKET_BASE if socket else self.url, transport=transport,
-                                  headers={"Authorization": f"Bearer {token}"},
+        self._socket = str(socket) if socket else None
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._streams: weakref.WeakSet[_SocketConnection] = weakref.WeakSet()  # results still streaming, closed with the session
+        self._http = httpx.Client(base_url=SOCKET_BASE if socket else self.url, transport=transport, headers=self._headers,
                                   timeout=httpx.Timeout(30.0, read=None), verify=trust)
         me = self._json("GET", "/v1/whoami", params=_role(role))
         self.user: str = me["user"]
@@ -78,9 +89,27 @@ class RemoteSession:
         self.requested_role = role
 
     def query(self, sql: str) -> Result:
-        request = self._http.build_request("POST", "/v1/query", json={"sql": sql, "role": self.requested_role})
-        response = self._send(request, stream=True)
-        return RemoteResult(response)
+        payload = {"sql": sql, "role": self.requested_role}
+        if self._socket is not None:
+            return self._socket_query(self._socket, json.dumps(payload).encode())
+        response = self._send(self._http.build_request("POST", "/v1/query", json=payload), stream=True)
+        return RemoteResult(_ResponseFile(response.iter_raw()), response.close, response.headers.get("X-Saferoom-Request"))
+
+    def _socket_query(self, path: str, payload: bytes) -> RemoteResult:
+        """The query over the socket with http.client, whose body is read straight into Arrow's blocks."""
+        connection = _SocketConnection(path)
+        self._streams.add(connection)
+        try:
+            connection.request("POST", "/v1/query", body=payload, headers={**self._headers, "Content-Type": "application/json"})
+            response = connection.getresponse()
+            problem = self._problem(response.status, response.getheader("content-type", ""), response.read, ARROW)
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise UsageError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        if problem is not None:
+            connection.close()
+            raise problem
+        return RemoteResult(_SocketBody(response), connection.close, response.getheader("X-Saferoom-Request"))
 
     def tables(self) -> list[TableInfo]:
         return [TableInfo.from_dict(t) for t in self._json("GET", "/v1/tables", params=_role(self.requested_role))]
@@ -97,6 +126,8 @@ class RemoteSession:
         return self._json(method, path, **kwargs)
 
     def close(self) -> None:
+        for connection in list(self._streams):  # a result still streaming ends: the gateway cancels its query
+            connection.close()
         self._http.close()
 
     def __enter__(self) -> Self:
@@ -117,27 +148,35 @@ class RemoteSession:
             response = self._http.send(request, stream=stream)
         except httpx.HTTPError as exc:
             raise UsageError(f"cannot reach the gateway at {self.url}: {exc}") from None
-        if response.status_code >= 400:
-            if stream:
-                response.read()
-            raise _error(response)
         expected = ARROW if request.url.path.endswith("/v1/query") else "application/json"
-        if not response.headers.get("content-type", "").startswith(expected):
-            response.close()  # a proxy's login page or another server: nothing of it is read as data
-            raise UsageError(f"{self.url} did not answer as a saferoom gateway (it sent "
-                             f"{response.headers.get('content-type', 'no content type')}); check the URL or SAFEROOM_URL (or the socket)")
+        problem = self._problem(response.status_code, response.headers.get("content-type", ""), response.read, expected)
+        if problem is not None:
+            response.close()
+            raise problem
         return response
+
+    def _problem(self, status: int, kind: str, body: Callable[[], bytes], expected: str) -> SaferoomError | None:
+        """The error a response is (its body read), or one that is not the gateway's kind of answer."""
+        if status >= 400:
+            return _error(status, body())
+        if not kind.startswith(expected):  # a proxy's login page or another server: nothing of it is read as data
+            return UsageError(f"{self.url} did not answer as a saferoom gateway (it sent {kind or 'no content type'}); "
+                              "check the URL or SAFEROOM_URL (or the socket)")
+        return None
 
 
 class RemoteResult(Result):
     """Batches decoded as the stream arrives; the trailer says whether the result was cut, and its notices."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self._body = _ResponseFile(response.iter_raw())
-        reader = pa.ipc.open_stream(self._body)
+    def __init__(self, body: io.RawIOBase, close: Callable[[], None], request_id: str | None) -> None:
+        self._body, self._close = body, close
+        try:
+            reader = pa.ipc.open_stream(body)
+        except BaseException:
+            close()
+            raise
         super().__init__(pa.RecordBatchReader.from_batches(reader.schema, self._receive(reader)), max_rows=None)
-        self.request_id = response.headers.get("X-Saferoom-Request")
+        self.request_id = request_id
 
     def _receive(self, reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
         try:
@@ -148,7 +187,7 @@ class RemoteResult(Result):
             if "error" in status:
                 raise from_fields(status["error"]["type"], status["error"]["message"], status["error"])
         finally:
-            self._response.close()
+            self._close()
 
 
 class _ResponseFile(io.RawIOBase):
@@ -192,16 +231,70 @@ class _ResponseFile(io.RawIOBase):
             except StopIteration:
                 return False
             except httpx.HTTPError as exc:
-                raise EngineError(f"the gateway closed the stream before the end of the result ({exc}); what arrived is "
-                                  "incomplete: run the query again") from None
+                raise _cut(exc) from None
         return True
 
 
-def _error(response: httpx.Response) -> SaferoomError:
+class _SocketConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to the gateway's Unix socket; the host name is only a label in the request."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(SOCKET_BASE.removeprefix("http://"), timeout=CONNECT_SECONDS)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+        try:
+            sock.settimeout(CONNECT_SECONDS)
+            sock.connect(self._path)
+            sock.settimeout(None)  # a result takes as long as its query: no read timeout, as over httpx
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _SocketBody(io.RawIOBase):
+    """An http.client response body whose ``read(n)`` fills one buffer of n bytes straight from the socket
+    (http.client decodes the chunks; past its small buffer, its reads go into ours)."""
+
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        try:
+            while filled < len(view) and (got := self._response.readinto(view[filled:])):
+                filled += got
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise _cut(exc) from None
+        return filled
+
+    def read(self, size: int = -1) -> bytes | bytearray:
+        if size < 0:
+            try:
+                return self._response.read()
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                raise _cut(exc) from None
+        block = bytearray(size)
+        filled = self.readinto(block)
+        return block if filled == size else block[:filled]
+
+
+def _cut(exc: Exception) -> EngineError:
+    return EngineError(f"the gateway closed the stream before the end of the result ({exc!r}); what arrived is "
+                       "incomplete: run the query again")
+
+
+def _error(status: int, body: bytes) -> SaferoomError:
     try:
-        error = response.json()["error"]
+        error = json.loads(body)["error"]
     except (ValueError, KeyError, TypeError):
-        return SaferoomError(f"the gateway answered {response.status_code}: {response.text[:200]}")
+        return SaferoomError(f"the gateway answered {status}: {body[:200].decode(errors='replace')}")
     return from_fields(error.get("type", "SaferoomError"), error.get("message", ""), error)
 
 
