@@ -4,33 +4,36 @@ Results arrive as an Arrow IPC stream and are decoded batch by batch as the
 bytes come in; nothing buffers the whole body. Errors arrive as the same
 exception classes, with the same explanations, as in embedded mode.
 
-Over the gateway's Unix socket (a room's only way out), a result is read with the standard library's HTTP
-client: each block Arrow asks for is filled straight from the socket, with no copy but the kernel's and no
-Python work per network read, which is what the socket's throughput rests on (see bench/room.py). The JSON
-routes, and everything over TCP (TLS, proxies), go through httpx.
+Over the gateway's Unix socket (a room's only way out), whoami and queries go through the standard library's
+HTTP client: each block Arrow asks for is filled straight from the socket, with no copy but the kernel's and no
+Python work per network read, which is what the socket's throughput rests on (see bench/room.py). The other
+JSON routes, and everything over TCP (TLS, proxies), go through httpx, loaded when first needed: a room's start
+(whoami, then nothing) loads neither httpx nor Arrow.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
-import io
 import json
 import os
 import socket as sockets
 import ssl
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
-
-import httpx
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Self
 
 from saferoom.decision import Decision, TableInfo
-from saferoom.errors import AuthError, EngineError, SaferoomError, UsageError, from_fields
+from saferoom.errors import AuthError, SaferoomError, UsageError, from_fields
 from saferoom.files import atomic_write
-from saferoom.result import Result
+
+if TYPE_CHECKING:
+    import httpx
+
+    from saferoom.result import Result
 
 CHUNK = 1 << 20
 CONNECT_SECONDS = 30.0
@@ -71,45 +74,57 @@ class RemoteSession:
             raise UsageError("give the gateway's url or its socket, not both")
         self.url = f"unix:{socket}" if socket else str(url).rstrip("/")
         try:
-            trust = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify  # a CA bundle's path
+            self._trust = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify  # a CA bundle's path
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"the CA bundle {verify} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
-        # over a socket the host name is only a label in the request line: the socket alone says where it goes,
-        # and no TLS is spoken on it, so no certificate store is loaded (a tenth of a second of every room's start)
-        transport = httpx.HTTPTransport(uds=str(socket), verify=False) if socket else None
         self._socket = str(socket) if socket else None
         self._headers = {"Authorization": f"Bearer {token}"}
         self._streams: weakref.WeakSet[_SocketConnection] = weakref.WeakSet()  # results still streaming, closed with the session
-        self._http = httpx.Client(base_url=SOCKET_BASE if socket else self.url, transport=transport, headers=self._headers,
-                                  timeout=httpx.Timeout(30.0, read=None), verify=trust)
-        me = self._json("GET", "/v1/whoami", params=_role(role))
+        me = self._whoami(role)
         self.user: str = me["user"]
         self.role: str = me["role"]
         self.dialect: str = me.get("dialect") or "duckdb"  # a gateway from before it said so ran DuckDB
         self.requested_role = role
 
     def query(self, sql: str) -> Result:
+        from saferoom.streamed import ChunksFile, RemoteResult, SocketBody  # Arrow: loaded by the first query
+
         payload = {"sql": sql, "role": self.requested_role}
         if self._socket is not None:
-            return self._socket_query(self._socket, json.dumps(payload).encode())
+            connection, answer = self._over_socket("POST", "/v1/query", json.dumps(payload).encode(), ARROW)
+            return RemoteResult(SocketBody(answer), connection.close, answer.getheader("X-Saferoom-Request"))
         response = self._send(self._http.build_request("POST", "/v1/query", json=payload), stream=True)
-        return RemoteResult(_ResponseFile(response.iter_raw()), response.close, response.headers.get("X-Saferoom-Request"))
+        return RemoteResult(ChunksFile(_chunks(response)), response.close, response.headers.get("X-Saferoom-Request"))
 
-    def _socket_query(self, path: str, payload: bytes) -> RemoteResult:
-        """The query over the socket with http.client, whose body is read straight into Arrow's blocks."""
-        connection = _SocketConnection(path)
-        self._streams.add(connection)
+    def _whoami(self, role: str | None) -> Any:
+        if self._socket is None:
+            return self._json("GET", "/v1/whoami", params=_role(role))
+        connection, answer = self._over_socket("GET", f"/v1/whoami?{urllib.parse.urlencode(_role(role))}", None, "application/json")
         try:
-            connection.request("POST", "/v1/query", body=payload, headers={**self._headers, "Content-Type": "application/json"})
-            response = connection.getresponse()
-            problem = self._problem(response.status, response.getheader("content-type", ""), response.read, ARROW)
+            return json.loads(answer.read())
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise UsageError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        finally:
+            connection.close()
+
+    def _over_socket(self, method: str, target: str, payload: bytes | None,
+                     expected: str) -> tuple[_SocketConnection, http.client.HTTPResponse]:
+        """A request on a connection of its own to the socket, with http.client; its answer checked, its body unread."""
+        assert self._socket is not None
+        connection = _SocketConnection(self._socket)
+        self._streams.add(connection)
+        headers = {**self._headers, **({"Content-Type": "application/json"} if payload is not None else {})}
+        try:
+            connection.request(method, target, body=payload, headers=headers)
+            answer = connection.getresponse()
+            problem = self._problem(answer.status, answer.getheader("content-type", ""), answer.read, expected)
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise UsageError(f"cannot reach the gateway at {self.url}: {exc}") from None
         if problem is not None:
             connection.close()
             raise problem
-        return RemoteResult(_SocketBody(response), connection.close, response.getheader("X-Saferoom-Request"))
+        return connection, answer
 
     def tables(self) -> list[TableInfo]:
         return [TableInfo.from_dict(t) for t in self._json("GET", "/v1/tables", params=_role(self.requested_role))]
@@ -128,7 +143,8 @@ class RemoteSession:
     def close(self) -> None:
         for connection in list(self._streams):  # a result still streaming ends: the gateway cancels its query
             connection.close()
-        self._http.close()
+        if "_http" in self.__dict__:  # made by a route that needed it
+            self._http.close()
 
     def __enter__(self) -> Self:
         return self
@@ -139,11 +155,24 @@ class RemoteSession:
     def __repr__(self) -> str:
         return f"<RemoteSession user={self.user!r} role={self.role!r} url={self.url!r}>"
 
+    @functools.cached_property
+    def _http(self) -> httpx.Client:
+        """httpx, for the JSON routes and for results over TCP. Over a socket the host name is only a label in the
+        request line: the socket alone says where it goes, and no TLS is spoken on it, so no certificate store is
+        loaded."""
+        import httpx
+
+        transport = httpx.HTTPTransport(uds=self._socket, verify=False) if self._socket else None
+        return httpx.Client(base_url=SOCKET_BASE if self._socket else self.url, transport=transport, headers=self._headers,
+                            timeout=httpx.Timeout(CONNECT_SECONDS, read=None), verify=self._trust)
+
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._send(self._http.build_request(method, path, **kwargs))
         return response.json()
 
     def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
+        import httpx
+
         try:
             response = self._http.send(request, stream=stream)
         except httpx.HTTPError as exc:
@@ -165,76 +194,6 @@ class RemoteSession:
         return None
 
 
-class RemoteResult(Result):
-    """Batches decoded as the stream arrives; the trailer says whether the result was cut, and its notices."""
-
-    def __init__(self, body: io.RawIOBase, close: Callable[[], None], request_id: str | None) -> None:
-        self._body, self._close = body, close
-        try:
-            reader = pa.ipc.open_stream(body)
-        except BaseException:
-            close()
-            raise
-        super().__init__(pa.RecordBatchReader.from_batches(reader.schema, self._receive(reader)), max_rows=None)
-        self.request_id = request_id
-
-    def _receive(self, reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
-        try:
-            yield from reader
-            status = json.loads(self._body.read() or b"{}")
-            self._truncated = bool(status.get("truncated"))
-            self._notices = tuple(str(n) for n in status.get("notices") or ())  # the cut's among them, if any
-            if "error" in status:
-                raise from_fields(status["error"]["type"], status["error"]["message"], status["error"])
-        finally:
-            self._close()
-
-
-class _ResponseFile(io.RawIOBase):
-    """The response body as a file whose ``read(n)`` returns exactly n bytes (Arrow expects it).
-
-    Each byte is copied once, from the network chunk into the block Arrow asked for.
-    """
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._chunk = memoryview(b"")
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes | bytearray:
-        if size < 0:
-            return b"".join([bytes(self._chunk[self._at:]), *self._chunks])
-        if len(self._chunk) - self._at >= size:
-            self._at += size
-            return self._chunk[self._at - size : self._at].tobytes()
-        out = bytearray(size)
-        filled = 0
-        while filled < size and self._more():
-            take = min(size - filled, len(self._chunk) - self._at)
-            out[filled : filled + take] = self._chunk[self._at : self._at + take]
-            self._at += take
-            filled += take
-        return out if filled == size else out[:filled]
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def _more(self) -> bool:
-        while self._at >= len(self._chunk):
-            try:
-                self._chunk, self._at = memoryview(next(self._chunks)), 0
-            except StopIteration:
-                return False
-            except httpx.HTTPError as exc:
-                raise _cut(exc) from None
-        return True
-
-
 class _SocketConnection(http.client.HTTPConnection):
     """HTTP/1.1 to the gateway's Unix socket; the host name is only a label in the request."""
 
@@ -254,40 +213,16 @@ class _SocketConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class _SocketBody(io.RawIOBase):
-    """An http.client response body whose ``read(n)`` fills one buffer of n bytes straight from the socket
-    (http.client decodes the chunks; past its small buffer, its reads go into ours)."""
+def _chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The body's chunks as httpx reads them; a stream that ends early raises :func:`saferoom.streamed.cut`."""
+    import httpx
 
-    def __init__(self, response: http.client.HTTPResponse) -> None:
-        self._response = response
+    from saferoom.streamed import cut
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        filled = 0
-        try:
-            while filled < len(view) and (got := self._response.readinto(view[filled:])):
-                filled += got
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            raise _cut(exc) from None
-        return filled
-
-    def read(self, size: int = -1) -> bytes | bytearray:
-        if size < 0:
-            try:
-                return self._response.read()
-            except (OSError, ValueError, http.client.HTTPException) as exc:
-                raise _cut(exc) from None
-        block = bytearray(size)
-        filled = self.readinto(block)
-        return block if filled == size else block[:filled]
-
-
-def _cut(exc: Exception) -> EngineError:
-    return EngineError(f"the gateway closed the stream before the end of the result ({exc!r}); what arrived is "
-                       "incomplete: run the query again")
+    try:
+        yield from response.iter_raw()
+    except httpx.HTTPError as exc:
+        raise cut(exc) from None
 
 
 def _error(status: int, body: bytes) -> SaferoomError:
