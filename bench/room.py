@@ -5,7 +5,9 @@
 * throughput: a query's whole result read inside a room through the gateway's Unix socket, against the
   same query in an embedded session, and against an Arrow Flight ``do_get`` of the same result (a Flight
   server in a process of its own, holding the result already made, over TCP on 127.0.0.1), as rows per
-  second and their ratios.
+  second and their ratios. The socket runs the query each time and Flight only sends it, so a second Flight
+  line runs the query in the Flight server for each ``do_get`` (an embedded session, its batches sent as
+  DuckDB makes them): transport against transport, each with its engine's work.
 
 Usage: python bench/room.py [--rows 2000000] [--repeat 5]
 """
@@ -124,15 +126,18 @@ def throughput(server: Server, space: Path, env: dict[str, str], rows: int, repe
             session.query(QUERY).to_arrow()
             embedded.append(time.perf_counter() - start)
     embedded_seconds = statistics.median(embedded)
-    flight_seconds = flight_get(server.policy, rows, repeat)
+    made, querying = flight_get(server.policy, rows, repeat)
     print(f"throughput {rows:,} rows  embedded {rows / embedded_seconds / 1e6:6.2f} M rows/s   "
           f"room's socket {rows / socket_seconds / 1e6:6.2f} M rows/s   ratio {embedded_seconds / socket_seconds:.2f}")
-    print(f"           Arrow Flight do_get {rows / flight_seconds / 1e6:6.2f} M rows/s   "
-          f"room's socket / Flight {flight_seconds / socket_seconds:.2f} (target >= 1)")
+    print(f"           Arrow Flight do_get of the made result {rows / made / 1e6:6.2f} M rows/s   "
+          f"room's socket / Flight {made / socket_seconds:.2f} (target >= 1)")
+    print(f"           Arrow Flight do_get running the query  {rows / querying / 1e6:6.2f} M rows/s   "
+          f"room's socket / Flight {querying / socket_seconds:.2f}")
 
 
-def flight_get(policy: Path, rows: int, repeat: int) -> float:
-    """Median seconds of a Flight ``do_get`` of the query's result, served by a process of its own."""
+def flight_get(policy: Path, rows: int, repeat: int) -> tuple[float, float]:
+    """Median seconds of a Flight ``do_get`` of the query's result made beforehand, and of one that runs the query,
+    served by a process of its own."""
     context = multiprocessing.get_context("spawn")
     port, ready = free_port(), context.Event()
     process = context.Process(target=_serve_flight, args=(str(policy), port, ready), daemon=True)
@@ -141,24 +146,27 @@ def flight_get(policy: Path, rows: int, repeat: int) -> float:
         if not ready.wait(120):
             raise SystemExit("the Flight server did not start")
         client = flight.connect(f"grpc://127.0.0.1:{port}")
-        seconds = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            assert client.do_get(flight.Ticket(b"result")).read_all().num_rows == rows
-            seconds.append(time.perf_counter() - start)
-        return statistics.median(seconds)
+
+        def get(ticket: bytes) -> None:
+            assert client.do_get(flight.Ticket(ticket)).read_all().num_rows == rows
+
+        made, querying, _ = paired_medians(lambda: get(b"result"), lambda: get(b"query"), repeat)
+        return made, querying
     finally:
         process.terminate()
         process.join()
 
 
 def _serve_flight(policy: str, port: int, ready: object) -> None:
-    with saferoom.connect(Path(policy), user="bench") as session:
-        table = session.query(QUERY).to_arrow()
+    session = saferoom.connect(Path(policy), user="bench")
+    table = session.query(QUERY).to_arrow()
 
     class Serve(flight.FlightServerBase):  # type: ignore[misc]
-        def do_get(self, context: object, ticket: object) -> flight.RecordBatchStream:
-            return flight.RecordBatchStream(table)
+        def do_get(self, context: object, ticket: flight.Ticket) -> flight.FlightDataStream:
+            if ticket.ticket == b"result":
+                return flight.RecordBatchStream(table)
+            result = session.query(QUERY)
+            return flight.GeneratorStream(result.schema, result.stream())
 
     server = Serve(f"grpc://127.0.0.1:{port}")
     ready.set()  # type: ignore[attr-defined]
