@@ -3,19 +3,24 @@ or a dead gateway said, and a client that leaves cancelling its query. Real gate
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
+import os
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import saferoom
+from saferoom import priority
 from saferoom.audit import read
 from saferoom.client import RemoteSession
-from tests.gateway_helpers import Server, eventually, table_gateway
+from saferoom.server.workers import QueryThread
+from tests.gateway_helpers import HUNG, Server, eventually, table_gateway
 
 ROWS = 3_000_000  # tens of MB: the result outlasts every buffer between the worker and the client
 CREATE = (f"create table events as select range as id, case when range % 7 = 0 then null else random() end as x, "
@@ -135,3 +140,44 @@ def test_an_answer_on_the_socket_that_is_not_arrow_is_refused_not_read(tmp_path:
         finally:
             server.shutdown()
             thread.join()
+
+
+# --- the gateway's thread that passes a result on -----------------------------------------------------
+
+
+def spin(seconds: float) -> int:
+    """Use ``seconds`` of this thread's processor time; its native id."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+    return threading.get_native_id()
+
+
+def wait(seconds: float) -> int:
+    """Pass ``seconds`` using no processor time; this thread's native id."""
+    time.sleep(seconds)
+    return threading.get_native_id()
+
+
+def test_a_query_thread_that_waits_keeps_its_priority_and_one_that_computes_loses_it() -> None:
+    """On a busy machine every query takes long; only one that computes in the gateway is lowered (SCHED_IDLE),
+    so a thread passing Arrow bytes on is never starved behind everyone else's work."""
+
+    async def scenario() -> tuple[int, int]:
+        waiting, computing = QueryThread(), QueryThread()
+        try:
+            idle_tid = await waiting.run(wait, 4 * priority.SHORT_SECONDS)
+            await asyncio.sleep(2 * priority.SHORT_SECONDS)  # the watch looks again meanwhile
+            kept = os.sched_getscheduler(idle_tid)
+            busy_tid = await computing.run(spin, 2 * priority.SHORT_SECONDS)
+            deadline = time.monotonic() + HUNG
+            while os.sched_getscheduler(busy_tid) != os.SCHED_IDLE:  # the watch sees it at its next look
+                assert time.monotonic() < deadline, "a thread that used a long query's processor time was never lowered"
+                await asyncio.sleep(0.05)
+            return kept, os.sched_getscheduler(busy_tid)
+        finally:
+            waiting.close()
+            computing.close()
+
+    kept, lowered = asyncio.run(scenario())
+    assert kept == os.SCHED_OTHER and lowered == os.SCHED_IDLE
