@@ -3,28 +3,40 @@
 Results arrive as an Arrow IPC stream and are decoded batch by batch as the
 bytes come in; nothing buffers the whole body. Errors arrive as the same
 exception classes, with the same explanations, as in embedded mode.
+
+Over the gateway's Unix socket (a room's only way out), whoami and queries go through the standard library's
+HTTP client: each block Arrow asks for is filled straight from the socket, with no copy but the kernel's and no
+Python work per network read, which is what the socket's throughput rests on (see bench/room.py). The other
+JSON routes, and everything over TCP (TLS, proxies), go through httpx, loaded when first needed: a room's start
+(whoami, then nothing) loads neither httpx nor Arrow.
 """
 
 from __future__ import annotations
 
-import io
+import functools
+import http.client
 import json
 import os
+import socket as sockets
 import ssl
-from collections.abc import Iterator
+import urllib.parse
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
-
-import httpx
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Self
 
 from saferoom.decision import Decision, TableInfo
-from saferoom.errors import AuthError, EngineError, SaferoomError, UsageError, from_fields
+from saferoom.errors import AuthError, SaferoomError, UsageError, from_fields
 from saferoom.files import atomic_write
-from saferoom.result import Result
+
+if TYPE_CHECKING:
+    import httpx
+
+    from saferoom.result import Result
 
 CHUNK = 1 << 20
+CONNECT_SECONDS = 30.0
 ARROW = "application/vnd.apache.arrow.stream"  # the gateway's result media type
 SOCKET_BASE = "http://saferoom.socket"
 
@@ -62,25 +74,57 @@ class RemoteSession:
             raise UsageError("give the gateway's url or its socket, not both")
         self.url = f"unix:{socket}" if socket else str(url).rstrip("/")
         try:
-            trust = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify  # a CA bundle's path
+            self._trust = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify  # a CA bundle's path
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"the CA bundle {verify} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
-        # over a socket the host name is only a label in the request line: the socket alone says where it goes,
-        # and no TLS is spoken on it, so no certificate store is loaded (a tenth of a second of every room's start)
-        transport = httpx.HTTPTransport(uds=str(socket), verify=False) if socket else None
-        self._http = httpx.Client(base_url=SOCKET_BASE if socket else self.url, transport=transport,
-                                  headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx.Timeout(30.0, read=None), verify=trust)
-        me = self._json("GET", "/v1/whoami", params=_role(role))
+        self._socket = str(socket) if socket else None
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._streams: weakref.WeakSet[_SocketConnection] = weakref.WeakSet()  # results still streaming, closed with the session
+        me = self._whoami(role)
         self.user: str = me["user"]
         self.role: str = me["role"]
         self.dialect: str = me.get("dialect") or "duckdb"  # a gateway from before it said so ran DuckDB
         self.requested_role = role
 
     def query(self, sql: str) -> Result:
-        request = self._http.build_request("POST", "/v1/query", json={"sql": sql, "role": self.requested_role})
-        response = self._send(request, stream=True)
-        return RemoteResult(response)
+        from saferoom.streamed import ChunksFile, RemoteResult, SocketBody  # Arrow: loaded by the first query
+
+        payload = {"sql": sql, "role": self.requested_role}
+        if self._socket is not None:
+            connection, answer = self._over_socket("POST", "/v1/query", json.dumps(payload).encode(), ARROW)
+            return RemoteResult(SocketBody(answer), connection.close, answer.getheader("X-Saferoom-Request"))
+        response = self._send(self._http.build_request("POST", "/v1/query", json=payload), stream=True)
+        return RemoteResult(ChunksFile(_chunks(response)), response.close, response.headers.get("X-Saferoom-Request"))
+
+    def _whoami(self, role: str | None) -> Any:
+        if self._socket is None:
+            return self._json("GET", "/v1/whoami", params=_role(role))
+        connection, answer = self._over_socket("GET", f"/v1/whoami?{urllib.parse.urlencode(_role(role))}", None, "application/json")
+        try:
+            return json.loads(answer.read())
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise UsageError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        finally:
+            connection.close()
+
+    def _over_socket(self, method: str, target: str, payload: bytes | None,
+                     expected: str) -> tuple[_SocketConnection, http.client.HTTPResponse]:
+        """A request on a connection of its own to the socket, with http.client; its answer checked, its body unread."""
+        assert self._socket is not None
+        connection = _SocketConnection(self._socket)
+        self._streams.add(connection)
+        headers = {**self._headers, **({"Content-Type": "application/json"} if payload is not None else {})}
+        try:
+            connection.request(method, target, body=payload, headers=headers)
+            answer = connection.getresponse()
+            problem = self._problem(answer.status, answer.getheader("content-type", ""), answer.read, expected)
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise UsageError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        if problem is not None:
+            connection.close()
+            raise problem
+        return connection, answer
 
     def tables(self) -> list[TableInfo]:
         return [TableInfo.from_dict(t) for t in self._json("GET", "/v1/tables", params=_role(self.requested_role))]
@@ -97,7 +141,10 @@ class RemoteSession:
         return self._json(method, path, **kwargs)
 
     def close(self) -> None:
-        self._http.close()
+        for connection in list(self._streams):  # a result still streaming ends: the gateway cancels its query
+            connection.close()
+        if "_http" in self.__dict__:  # made by a route that needed it
+            self._http.close()
 
     def __enter__(self) -> Self:
         return self
@@ -108,100 +155,81 @@ class RemoteSession:
     def __repr__(self) -> str:
         return f"<RemoteSession user={self.user!r} role={self.role!r} url={self.url!r}>"
 
+    @functools.cached_property
+    def _http(self) -> httpx.Client:
+        """httpx, for the JSON routes and for results over TCP. Over a socket the host name is only a label in the
+        request line: the socket alone says where it goes, and no TLS is spoken on it, so no certificate store is
+        loaded."""
+        import httpx
+
+        transport = httpx.HTTPTransport(uds=self._socket, verify=False) if self._socket else None
+        return httpx.Client(base_url=SOCKET_BASE if self._socket else self.url, transport=transport, headers=self._headers,
+                            timeout=httpx.Timeout(CONNECT_SECONDS, read=None), verify=self._trust)
+
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._send(self._http.build_request(method, path, **kwargs))
         return response.json()
 
     def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
+        import httpx
+
         try:
             response = self._http.send(request, stream=stream)
         except httpx.HTTPError as exc:
             raise UsageError(f"cannot reach the gateway at {self.url}: {exc}") from None
-        if response.status_code >= 400:
-            if stream:
-                response.read()
-            raise _error(response)
         expected = ARROW if request.url.path.endswith("/v1/query") else "application/json"
-        if not response.headers.get("content-type", "").startswith(expected):
-            response.close()  # a proxy's login page or another server: nothing of it is read as data
-            raise UsageError(f"{self.url} did not answer as a saferoom gateway (it sent "
-                             f"{response.headers.get('content-type', 'no content type')}); check the URL or SAFEROOM_URL (or the socket)")
+        problem = self._problem(response.status_code, response.headers.get("content-type", ""), response.read, expected)
+        if problem is not None:
+            response.close()
+            raise problem
         return response
 
+    def _problem(self, status: int, kind: str, body: Callable[[], bytes], expected: str) -> SaferoomError | None:
+        """The error a response is (its body read), or one that is not the gateway's kind of answer."""
+        if status >= 400:
+            return _error(status, body())
+        if not kind.startswith(expected):  # a proxy's login page or another server: nothing of it is read as data
+            return UsageError(f"{self.url} did not answer as a saferoom gateway (it sent {kind or 'no content type'}); "
+                              "check the URL or SAFEROOM_URL (or the socket)")
+        return None
 
-class RemoteResult(Result):
-    """Batches decoded as the stream arrives; the trailer says whether the result was cut, and its notices."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self._body = _ResponseFile(response.iter_raw())
-        reader = pa.ipc.open_stream(self._body)
-        super().__init__(pa.RecordBatchReader.from_batches(reader.schema, self._receive(reader)), max_rows=None)
-        self.request_id = response.headers.get("X-Saferoom-Request")
+class _SocketConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to the gateway's Unix socket; the host name is only a label in the request."""
 
-    def _receive(self, reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
+    def __init__(self, path: str) -> None:
+        super().__init__(SOCKET_BASE.removeprefix("http://"), timeout=CONNECT_SECONDS)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
         try:
-            yield from reader
-            status = json.loads(self._body.read() or b"{}")
-            self._truncated = bool(status.get("truncated"))
-            self._notices = tuple(str(n) for n in status.get("notices") or ())  # the cut's among them, if any
-            if "error" in status:
-                raise from_fields(status["error"]["type"], status["error"]["message"], status["error"])
-        finally:
-            self._response.close()
+            sock.settimeout(CONNECT_SECONDS)
+            sock.connect(self._path)
+            sock.settimeout(None)  # a result takes as long as its query: no read timeout, as over httpx
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
 
-class _ResponseFile(io.RawIOBase):
-    """The response body as a file whose ``read(n)`` returns exactly n bytes (Arrow expects it).
+def _chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The body's chunks as httpx reads them; a stream that ends early raises :func:`saferoom.streamed.cut`."""
+    import httpx
 
-    Each byte is copied once, from the network chunk into the block Arrow asked for.
-    """
+    from saferoom.streamed import cut
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._chunk = memoryview(b"")
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes | bytearray:
-        if size < 0:
-            return b"".join([bytes(self._chunk[self._at:]), *self._chunks])
-        if len(self._chunk) - self._at >= size:
-            self._at += size
-            return self._chunk[self._at - size : self._at].tobytes()
-        out = bytearray(size)
-        filled = 0
-        while filled < size and self._more():
-            take = min(size - filled, len(self._chunk) - self._at)
-            out[filled : filled + take] = self._chunk[self._at : self._at + take]
-            self._at += take
-            filled += take
-        return out if filled == size else out[:filled]
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def _more(self) -> bool:
-        while self._at >= len(self._chunk):
-            try:
-                self._chunk, self._at = memoryview(next(self._chunks)), 0
-            except StopIteration:
-                return False
-            except httpx.HTTPError as exc:
-                raise EngineError(f"the gateway closed the stream before the end of the result ({exc}); what arrived is "
-                                  "incomplete: run the query again") from None
-        return True
-
-
-def _error(response: httpx.Response) -> SaferoomError:
     try:
-        error = response.json()["error"]
+        yield from response.iter_raw()
+    except httpx.HTTPError as exc:
+        raise cut(exc) from None
+
+
+def _error(status: int, body: bytes) -> SaferoomError:
+    try:
+        error = json.loads(body)["error"]
     except (ValueError, KeyError, TypeError):
-        return SaferoomError(f"the gateway answered {response.status_code}: {response.text[:200]}")
+        return SaferoomError(f"the gateway answered {status}: {body[:200].decode(errors='replace')}")
     return from_fields(error.get("type", "SaferoomError"), error.get("message", ""), error)
 
 

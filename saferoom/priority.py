@@ -25,12 +25,21 @@ LOW = 10  # CFS gives a nice-10 thread about a tenth of a nice-0 thread's share 
 
 def cpu_seconds(pid: int) -> float:
     """Processor time a process has used, all its threads together; 0 where there is no /proc to tell."""
+    return _seconds(Path(f"/proc/{pid}/stat"))
+
+
+def _seconds(stat_file: Path) -> float:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        stat = stat_file.read_bytes()
     except OSError:
         return 0.0
     fields = stat[stat.rfind(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime (proc(5)), in clock ticks
+
+
+def thread_cpu_seconds(thread_id: int) -> float:
+    """Processor time one thread of this process has used; 0 where there is no /proc to tell (or it has ended)."""
+    return _seconds(Path(f"/proc/self/task/{thread_id}/stat"))
 
 
 def lower(thread_id: int | None = None) -> None:

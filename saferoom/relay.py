@@ -28,7 +28,7 @@ from types import TracebackType
 from saferoom.errors import RoomError, UsageError
 
 CONNECT_SECONDS = 30.0
-CHUNK = 1 << 16
+CHUNK = 1 << 20  # a result crosses in large reads, each into the same buffer
 
 
 class _Door:
@@ -155,24 +155,26 @@ class Opening(_Door):
 def _pump(one: socket.socket, other: socket.socket) -> None:
     """Copy both ways on one thread until either side ends: a TLS socket must not be read on one thread while
     written on another, and HTTP needs no half-open connection."""
+    buffer = memoryview(bytearray(CHUNK))  # one direction at a time, on this one thread
     with selectors.DefaultSelector() as selector:
         selector.register(one, selectors.EVENT_READ, other)
         selector.register(other, selectors.EVENT_READ, one)
         while True:
             for key, _ in selector.select():
-                if not _forward(key.fileobj, key.data):  # type: ignore[arg-type]
+                if not _forward(key.fileobj, key.data, buffer):  # type: ignore[arg-type]
                     return
 
 
-def _forward(source: socket.socket, target: socket.socket) -> bool:
+def _forward(source: socket.socket, target: socket.socket, buffer: memoryview) -> bool:
     """Move what ``source`` has (for TLS, also what it decrypted past one read) to ``target``; False at its end."""
     try:
-        data = source.recv(CHUNK)
-        if not data:
+        got = source.recv_into(buffer)
+        if not got:
             return False
-        target.sendall(data)
+        target.sendall(buffer[:got])
         while isinstance(source, ssl.SSLSocket) and source.pending():
-            target.sendall(source.recv(source.pending()))
+            got = source.recv_into(buffer, min(source.pending(), len(buffer)))
+            target.sendall(buffer[:got])
         return True
     except OSError:
         return False

@@ -40,15 +40,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from saferoom import cgroup, seccomp
 from saferoom.client import RemoteSession
 from saferoom.errors import RoomError, SaferoomError, UsageError
 from saferoom.files import socket_path_problem
 from saferoom.identity import TokenStore
-from saferoom.policy import Policy
 from saferoom.policy.limits import ROOM_DEFAULTS, RoomBounds, room_bounds
 from saferoom.secrets import Secret
+
+if TYPE_CHECKING:
+    from saferoom.policy import Policy
 
 SOCKET = "/run/saferoom/gateway.sock"  # where the gateway's socket is inside every room
 HUB = "/run/saferoom/hub.sock"  # a JupyterHub's API, for a notebook server in the room

@@ -142,8 +142,9 @@ def gateway_policy(room, folder: Path) -> Path:
 
 
 def table_gateway(folder: Path, source: str, table: str, create: str, users: list[str], role: str = "{}",
-                  extra: tuple[str, ...] = ()) -> Server:
-    """A started gateway over one DuckDB table (made by ``create``, all columns public), every user an analyst."""
+                  extra: tuple[str, ...] = (), socket: Path | None = None) -> Server:
+    """A started gateway over one DuckDB table (made by ``create``, all columns public), every user an analyst;
+    on the Unix socket ``socket`` instead of a port, when given."""
     database = folder / f"{source}.duckdb"
     with duckdb.connect(str(database)) as con:
         con.execute(create)
@@ -156,7 +157,8 @@ tags: {{}}
 users: {{{", ".join(f"{u}: {{roles: [analyst]}}" for u in users)}}}
 roles: {{analyst: {role}}}
 """)
-    return Server(folder / "saferoom.yaml", folder / "state", free_port(), folder / "server.log", extra=list(extra)).start()
+    return Server(folder / "saferoom.yaml", folder / "state", free_port(), folder / "server.log", extra=list(extra),
+                  socket=socket).start()
 
 
 # a user with two roles, for what changes with the role a request acts as

@@ -1,0 +1,126 @@
+"""A gateway's result as it streams in: an Arrow IPC stream decoded batch by batch, then the status line.
+
+The client (:mod:`saferoom.client`) hands :class:`RemoteResult` a file over the response body: over the
+gateway's Unix socket, :class:`SocketBody`, whose every block is read straight from the socket by the standard
+library's HTTP client; over TCP, :class:`ChunksFile` over httpx's chunks. Kept apart from the client so that
+what only asks the gateway questions (a room's start asks whose token it is) never loads Arrow.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from saferoom.errors import EngineError, from_fields
+from saferoom.result import Result
+
+
+class RemoteResult(Result):
+    """Batches decoded as the stream arrives; the trailer says whether the result was cut, and its notices."""
+
+    def __init__(self, body: io.RawIOBase, close: Callable[[], None], request_id: str | None) -> None:
+        self._body, self._close = body, close
+        try:
+            reader = pa.ipc.open_stream(body)
+        except BaseException:
+            close()
+            raise
+        super().__init__(pa.RecordBatchReader.from_batches(reader.schema, self._receive(reader)), max_rows=None)
+        self.request_id = request_id
+
+    def _receive(self, reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from reader
+            status = json.loads(self._body.read() or b"{}")
+            self._truncated = bool(status.get("truncated"))
+            self._notices = tuple(str(n) for n in status.get("notices") or ())  # the cut's among them, if any
+            if "error" in status:
+                raise from_fields(status["error"]["type"], status["error"]["message"], status["error"])
+        finally:
+            self._close()
+
+
+class SocketBody(io.RawIOBase):
+    """An http.client response body whose ``read(n)`` fills one buffer of n bytes straight from the socket
+    (http.client decodes the chunks; past its small buffer, its reads go into ours): no copy but the kernel's."""
+
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        try:
+            while filled < len(view) and (got := self._response.readinto(view[filled:])):
+                filled += got
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise cut(exc) from None
+        return filled
+
+    def read(self, size: int = -1) -> bytes | bytearray:
+        if size < 0:
+            try:
+                return self._response.read()
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                raise cut(exc) from None
+        block = bytearray(size)
+        filled = self.readinto(block)
+        return block if filled == size else block[:filled]
+
+
+class ChunksFile(io.RawIOBase):
+    """Chunks as a file whose ``read(n)`` returns exactly n bytes (Arrow expects it).
+
+    Each byte is copied once, from the network chunk into the block Arrow asked for. The chunks raise
+    :func:`cut` if the stream ends early.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._chunk = memoryview(b"")
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes | bytearray:
+        if size < 0:
+            return b"".join([bytes(self._chunk[self._at:]), *self._chunks])
+        if len(self._chunk) - self._at >= size:
+            self._at += size
+            return self._chunk[self._at - size : self._at].tobytes()
+        out = bytearray(size)
+        filled = 0
+        while filled < size and self._more():
+            take = min(size - filled, len(self._chunk) - self._at)
+            out[filled : filled + take] = self._chunk[self._at : self._at + take]
+            self._at += take
+            filled += take
+        return out if filled == size else out[:filled]
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _more(self) -> bool:
+        while self._at >= len(self._chunk):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return False
+            self._chunk, self._at = memoryview(chunk), 0
+        return True
+
+
+def cut(exc: Exception) -> EngineError:
+    """The error of a stream that ended before its result did."""
+    return EngineError(f"the gateway closed the stream before the end of the result ({exc!r}); what arrived is "
+                       "incomplete: run the query again")
