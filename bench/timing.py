@@ -19,10 +19,16 @@ def median_seconds(fn: Callable[[], object], repeat: int) -> float:
 def paired_medians(first: Callable[[], object], second: Callable[[], object], repeat: int) -> tuple[float, float, float]:
     """Median seconds of each, and the median of first/second over pairs timed back to back, alternating which
     goes first: on a shared machine the load drifts, and the two halves of a pair see nearly the same load."""
+    pairs = paired_runs(first, second, repeat)
+    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(a / b for a, b in pairs))
+
+
+def paired_runs(first: Callable[[], object], second: Callable[[], object], repeat: int) -> list[tuple[float, float]]:
+    """Seconds of each, in ``repeat`` pairs timed back to back, alternating which goes first."""
     pairs = []
     for i in range(repeat):
         order = (first, second) if i % 2 == 0 else (second, first)
         timed = {fn: median_seconds(fn, 1) for fn in order}
         pairs.append((timed[first], timed[second]))
-    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
-            statistics.median(a / b for a, b in pairs))
+    return pairs

@@ -87,6 +87,7 @@ class Guard:
         self._catalog = catalog
         self._given = (policy, user, role, spec, Resolver(policy, spec.default_schema, spec), self.columns, self.view)
         self._columns: dict[str, Columns] = {}
+        self._listed: dict[str, tuple[str, ...]] = {}
         self._views: dict[tuple[str, frozenset[str] | None], str] = {}
         self._rewrites: OrderedDict[str, GuardedQuery] = OrderedDict()
         self._lock = threading.Lock()
@@ -127,8 +128,14 @@ class Guard:
         return Context(*self._given, touched=Touched(), text=text)  # twice as fast as dataclasses.replace
 
     def _reached(self, tables: tuple[str, ...], names: frozenset[str] | None, whole: set[str]) -> tuple[tuple[str, str], ...]:
-        listed = ((t, c) for t in tables for c in self.policy.columns(t))
+        listed = ((t, c) for t in tables for c in self._listed_columns(t))
         return tuple((t, c) for t, c in listed if names is None or t in whole or c in names)
+
+    def _listed_columns(self, table: str) -> tuple[str, ...]:
+        """The policy's columns of a table, once per guard (the policy builds them afresh on each call)."""
+        if table not in self._listed:
+            self._listed[table] = tuple(self.policy.columns(table))
+        return self._listed[table]
 
     def view(self, table: str, names: frozenset[str] | None = None) -> exp.Var:
         """The policy view of a table for this user and role, cut to ``names``; rendered once."""
@@ -171,6 +178,5 @@ def _columns(policy: Policy, role: str, table: str, types: ColumnTypes) -> Colum
 def _keep(types: dict[str, str], names: frozenset[str], visible: frozenset[str]) -> frozenset[str]:
     """The visible columns a query names; at least one, since a view cannot be empty. Only visible columns
     count: a view cut to a hidden column would fail otherwise than one cut for a name that does not exist."""
-    shown = [c for c in types if c in visible]
-    keep = frozenset(c for c in shown if c in names)
-    return keep or frozenset((shown or list(types))[:1])
+    keep = frozenset(c for c in names & visible if c in types)  # sets meet faster than every column is listed
+    return keep or frozenset(([c for c in types if c in visible] or list(types))[:1])

@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from saferoom.engines.base import EngineSpec
 from saferoom.errors import QueryRejected, UsageError
+from saferoom.guard.render import dialect_of
 
 
 def parse(sql: str, spec: EngineSpec) -> exp.Expr:
@@ -26,7 +27,7 @@ def parse(sql: str, spec: EngineSpec) -> exp.Expr:
     if not isinstance(sql, str) or not sql.strip():
         raise UsageError("the query is empty; write one SELECT statement")
     try:
-        statements = [s for s in sqlglot.parse(sql, read=spec.dialect) if s is not None]
+        statements = [s for s in sqlglot.parse(sql, read=dialect_of(spec.dialect)) if s is not None]
     except sqlglot.errors.SqlglotError as exc:
         raise UsageError(f"the query is not valid SQL: {_syntax(exc)}. Correct it and send it again") from None
     except RecursionError:

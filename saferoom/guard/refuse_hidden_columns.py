@@ -37,8 +37,9 @@ saferoom.errors.QueryRejected: unknown column `crad_id`. Did you mean `card_id`?
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
@@ -51,6 +52,7 @@ from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import Action, ColumnRule
 
 Source = exp.Table | Scope
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def _binding(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidden 
     name = column.name.lower()
     if column.table:
         return _qualified(column, levels, shapes)
-    if any(name in _aliases(level) or name in _sources(level) or _pivoted(level) for level in levels):
+    if any(name in shapes.aliases(level) or name in shapes.sources(level) or shapes.pivoted(level) for level in levels):
         return None  # a select alias, a table used as a value, or a column a PIVOT makes
     seen, hidden = _reach(name, levels, shapes)
     if seen:
@@ -152,7 +154,7 @@ def _qualified(column: exp.Column, levels: list[Scope], shapes: Shapes) -> Hidde
     """``q.name`` where ``q`` is a source in reach; if ``q`` may also be a column, it may be a struct field."""
     qualifier, name = column.table.lower(), column.name.lower()
     for level in levels:
-        source = _sources(level).get(qualifier)
+        source = shapes.sources(level).get(qualifier)
         if source is not None:
             shape = shapes.of(source)
             if shape is None or name in shape.visible or _reach(qualifier, levels, shapes)[0]:
@@ -165,8 +167,8 @@ def _nearby(levels: list[Scope], shapes: Shapes) -> frozenset[str]:
     """The names an unqualified column could have meant: what the sources in reach show, and select aliases."""
     nearby: set[str] = set()
     for level in levels:
-        nearby |= _aliases(level)
-        for source in _sources(level).values():
+        nearby |= shapes.aliases(level)
+        for source in shapes.sources(level).values():
             shape = shapes.of(source)
             nearby |= shape.visible if shape is not None else set()
     return frozenset(nearby)
@@ -179,7 +181,7 @@ def _reach(name: str, levels: list[Scope], shapes: Shapes) -> tuple[bool, Hidden
     """
     hidden = None
     for level in levels:
-        for source in (s for s in _sources(level).values() if not any(s is inner for inner in levels)):
+        for source in (s for s in shapes.sources(level).values() if not any(s is inner for inner in levels)):
             shape = shapes.of(source)
             if shape is None or name in shape.visible:
                 return True, None
@@ -194,7 +196,7 @@ def _using(scope: Scope, names: frozenset[str], shapes: Shapes) -> Iterator[Hidd
         sides = [join.this, first.this] if i == 0 and first else [join.this]
         used = {u.name.lower() for u in join.args.get("using") or []} & names
         for side, name in ((side, name) for side in sides for name in sorted(used)):
-            shape = shapes.of(_sources(scope).get(side.alias_or_name.lower()))
+            shape = shapes.of(shapes.sources(scope).get(side.alias_or_name.lower()))
             if shape is not None and name not in shape.visible and name in shape.hidden:
                 yield shape.hidden[name]
 
@@ -220,11 +222,24 @@ def _sources(scope: Scope) -> dict[str, Source]:
 
 
 class Shapes:
-    """The columns each source offers, worked out once per query; ``None`` when unknown."""
+    """The columns each source offers, worked out once per query; ``None`` when unknown. Also each scope's
+    sources, select aliases and whether it reads a PIVOT, asked for every column in reach: worked out once."""
 
     def __init__(self, context: Context) -> None:
         self._context = context
         self._scopes: dict[int, Columns | None] = {}
+        self._sources: dict[int, dict[str, Source]] = {}
+        self._aliases: dict[int, set[str]] = {}
+        self._pivoted: dict[int, bool] = {}
+
+    def sources(self, scope: Scope) -> dict[str, Source]:
+        return _once(self._sources, scope, _sources)
+
+    def aliases(self, scope: Scope) -> set[str]:
+        return _once(self._aliases, scope, _aliases)
+
+    def pivoted(self, scope: Scope) -> bool:
+        return _once(self._pivoted, scope, _pivoted)
 
     def of(self, source: Source | None) -> Columns | None:
         if isinstance(source, exp.Table):
@@ -256,13 +271,19 @@ class Shapes:
     def _projection(self, projection: exp.Expr, scope: Scope) -> Columns | None:
         if isinstance(projection, exp.Star):
             plain = not any(projection.args.get(k) for k in ("except_", "replace", "rename", "ilike"))
-            return _merge([self.of(s) for s in _sources(scope).values()]) if plain else None
+            return _merge([self.of(s) for s in self.sources(scope).values()]) if plain else None
         if isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star):
             plain = not any(projection.this.args.values())
-            return self.of(_sources(scope).get(projection.table.lower())) if plain else None
+            return self.of(self.sources(scope).get(projection.table.lower())) if plain else None
         if isinstance(projection, (exp.Alias, exp.Column)):
             return Columns(frozenset({projection.alias_or_name.lower()}), {})
         return None  # the engine names it
+
+
+def _once(cache: dict[int, T], scope: Scope, work: Callable[[Scope], T]) -> T:
+    if id(scope) not in cache:
+        cache[id(scope)] = work(scope)
+    return cache[id(scope)]
 
 
 def _merge(shapes: list[Columns | None]) -> Columns | None:

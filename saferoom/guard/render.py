@@ -10,7 +10,10 @@ costs nothing, where deep-copying the view's tree dominated a guard pass.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 
 
 def rendered(sql: str) -> exp.Var:
@@ -21,4 +24,10 @@ def rendered(sql: str) -> exp.Var:
 def render(tree: exp.Expr, dialect: str, *, copy: bool = True) -> str:
     """``copy=False`` for a tree no one reads afterwards: sqlglot's generator then spares a deep copy of it
     (its transforms may change the tree they are given)."""
-    return tree.sql(dialect=dialect, comments=False, copy=copy)
+    return tree.sql(dialect=dialect_of(dialect), comments=False, copy=copy)
+
+
+@lru_cache(maxsize=16)
+def dialect_of(name: str) -> Dialect:
+    """One instance per dialect name: sqlglot otherwise looks the name up and builds a new one on every call."""
+    return Dialect.get_or_raise(name)

@@ -26,30 +26,58 @@ POLICY_TABLE = "saferoom_table"  # the meta key that marks a table node as a pol
 
 
 def resolve_tables(expression: exp.Expr, context: Context) -> exp.Expr:
-    _visit(expression, frozenset(), context)
+    # The tables are found by sqlglot's own walk and each climbs to the root for the CTE names in its reach,
+    # rather than by recursing over every node in Python: on long queries that recursion cost as much as
+    # parsing. They are resolved in the order a depth-first visit with each WITH first meets them, so the
+    # tables recorded, and the first unknown name refused, are those of the query as written.
+    found = [(_order(table, expression), table) for table in expression.find_all(exp.Table) if _outermost(table, expression)]
+    for _, table in sorted(found, key=lambda pair: pair[0]):
+        _resolve(table, _ctes(table, expression), context)
     return expression
 
 
-def _visit(node: exp.Expr, ctes: frozenset[str], context: Context) -> None:
-    with_ = node.args.get("with_")
-    if isinstance(with_, exp.With):
-        ctes = _visit_ctes(with_, ctes, context)
-    for child in node.iter_expressions():
-        if child is with_:
-            continue
-        if isinstance(child, exp.Table):
-            _resolve(child, ctes, context)
-        else:
-            _visit(child, ctes, context)
+def _outermost(table: exp.Table, root: exp.Expr) -> bool:
+    """Not inside another table node (a generator's arguments, say), which is checked as a whole."""
+    parent = table.parent
+    while parent is not None and parent is not root:
+        if isinstance(parent, exp.Table):
+            return False
+        parent = parent.parent
+    return True
 
 
-def _visit_ctes(with_: exp.With, ctes: frozenset[str], context: Context) -> frozenset[str]:
-    recursive = bool(with_.args.get("recursive"))
-    for cte in with_.expressions:
-        name = cte.alias_or_name.lower()
-        _visit(cte.this, ctes | {name} if recursive else ctes, context)
-        ctes = ctes | {name}
-    return ctes
+def _order(node: exp.Expr, root: exp.Expr) -> tuple[tuple[int, int], ...]:
+    """Where a depth-first visit that takes each WITH before the rest of its node meets ``node``."""
+    steps = []
+    while node is not root and node.parent is not None:
+        parent, key = node.parent, node.arg_key
+        steps.append((-1 if key == "with_" else list(parent.args).index(key or ""), node.index or 0))
+        node = parent
+    return tuple(reversed(steps))
+
+
+def _ctes(node: exp.Expr, root: exp.Expr) -> frozenset[str]:
+    """The CTE names a table reference can mean: all of each WITH around it, and of a WITH whose CTE holds it
+    those defined before that CTE (and that CTE itself, when RECURSIVE)."""
+    names: set[str] = set()
+    path: list[exp.Expr] = [node]
+    while node is not root and node.parent is not None:
+        node = node.parent
+        with_ = node.args.get("with_")
+        if isinstance(with_, exp.With):
+            names |= _defined(with_, path[-2] if len(path) > 1 and path[-1] is with_ else None)
+        path.append(node)
+    return frozenset(names)
+
+
+def _defined(with_: exp.With, within: exp.Expr | None) -> set[str]:
+    """The names ``with_`` defines that a reference inside CTE ``within`` (None: after the WITH) can mean."""
+    ctes = with_.expressions
+    if within is None or not any(cte is within for cte in ctes):
+        return {cte.alias_or_name.lower() for cte in ctes}
+    index = next(i for i, cte in enumerate(ctes) if cte is within)
+    reach = index + 1 if with_.args.get("recursive") else index
+    return {cte.alias_or_name.lower() for cte in ctes[:reach]}
 
 
 def _resolve(table: exp.Table, ctes: frozenset[str], context: Context) -> None:

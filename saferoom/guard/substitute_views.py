@@ -26,7 +26,7 @@ def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
     names, tables, whole = _scan(expression)
     context.touched.names = names
     for table in tables:
-        alias = table.args.get("alias") or exp.TableAlias(this=table.this.copy())
+        alias = table.args.get("alias") or exp.TableAlias(this=_named(table))
         # `t(a, b)` names the columns by position: a view cut to the names used would shift them onto other
         # columns (a silent wrong answer), so such a table keeps every column the role sees, in order
         kept = alias.args.get("columns") or names is None or id(table) in whole
@@ -36,6 +36,12 @@ def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
         view = context.view(table.meta[POLICY_TABLE], None if kept else names)
         table.replace(exp.Subquery(this=view, alias=alias, sample=table.args.get("sample")))
     return expression
+
+
+def _named(table: exp.Table) -> exp.Identifier:
+    """The table's own name as the alias of its view (a new leaf: a deep copy of the old one, meta and all,
+    cost more than the rest of the substitution)."""
+    return exp.Identifier(this=table.name, quoted=table.this.args.get("quoted"))
 
 
 def _scan(tree: exp.Expr) -> tuple[frozenset[str] | None, list[exp.Table], set[int]]:
