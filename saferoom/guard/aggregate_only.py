@@ -25,7 +25,7 @@ Suppressed groups are dropped, not folded into a remainder group (see docs/aggre
 >>> rewritten.args["with_"].expressions[0].this.args["having"].sql()
 'HAVING COUNT("orders"."customer_id") >= 10'
 >>> rewritten.args["where"].sql()[:66]
-'WHERE BIT_COUNT(__saferoom_b0) >= 10 OR (__saferoom_g0) IN (SELECT'
+'WHERE BIT_COUNT(__saferoom_b0) >= 10 OR EXISTS(SELECT 1 FROM (SELE'
 """
 
 from __future__ import annotations
