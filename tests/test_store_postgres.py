@@ -40,9 +40,8 @@ def _hammer(writers: list, per_thread: int) -> None:
         thread.join()
 
 
-@pytest.mark.parametrize("chain", ["lock", "serializable"])
-def test_several_writers_make_one_chain(state_url: str, chain: str) -> None:
-    stores = [PostgresStore(state_url, chain=chain) for _ in range(3)]
+def test_several_writers_make_one_chain(state_url: str) -> None:
+    stores = [PostgresStore(state_url) for _ in range(3)]
     writers = [store.open_audit() for store in stores]
     _hammer(writers, 20)
     for writer, store in zip(writers, stores, strict=True):

@@ -59,6 +59,18 @@ SCHEMA = (
     "expires timestamptz NOT NULL)",
     "CREATE TABLE IF NOT EXISTS saferoom_records (namespace text NOT NULL, key text NOT NULL, version bigint NOT NULL, "
     "value jsonb NOT NULL, PRIMARY KEY (namespace, key))",
+    # a slot taken in one statement (one round trip): the user's lock, expired leases dropped, count, insert
+    """CREATE OR REPLACE FUNCTION saferoom_take_slot_v1(lock_id int, who text, slot_id text, gateway_id text,
+        most bigint, lease float8) RETURNS boolean LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(lock_id, hashtext(who));
+        DELETE FROM saferoom_slots WHERE username = who AND expires < now();
+        IF (SELECT count(*) FROM saferoom_slots WHERE username = who) >= most THEN
+            RETURN false;
+        END IF;
+        INSERT INTO saferoom_slots VALUES (slot_id, who, gateway_id, now() + lease * interval '1 second');
+        RETURN true;
+    END $$""",
 )
 _PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
 
@@ -83,12 +95,23 @@ class Connections:
     @contextlib.contextmanager
     def transaction(self, serializable: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """A connection inside one transaction, committed when the block ends; PostgreSQL's failures are AuditError."""
+        with self._using() as connection, connection.transaction():
+            if serializable:
+                connection.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            yield connection
+
+    def run(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement as its own transaction (autocommit): one round trip, prepared on each connection."""
+        with self._using() as connection:
+            cursor = connection.execute(sql, args, prepare=True)  # our fixed texts only, values bound
+            return cursor.fetchall() if cursor.description is not None else []
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for the block; given back after it, or dropped when PostgreSQL failed under it."""
         connection = self._take()
         try:
-            with connection.transaction():
-                if serializable:
-                    connection.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                yield connection
+            yield connection
         except (self._psycopg.errors.SerializationFailure, self._psycopg.errors.UniqueViolation):  # the caller retries
             self._give(connection)
             raise
@@ -179,17 +202,19 @@ def token_row(record: TokenRecord) -> tuple[Any, ...]:
 class PostgresStore:
     """The gateway's state in the PostgreSQL database ``url`` names (see the module's docstring)."""
 
-    def __init__(self, url: str, *, chain: str = "lock", lease: float = LEASE_SECONDS) -> None:
-        self.url, self.chain, self.lease = url, chain, lease
+    def __init__(self, url: str, *, lease: float = LEASE_SECONDS) -> None:
+        self.url, self.lease = url, lease
         self.db = Connections(url)
         self.gateway = uuid.uuid4().hex[:12]  # whose slots are whose, for their leases
         self.tokens = PgTokens(self.db)
         self._results: Path | None = None
         self._renewing: threading.Thread | None = None
         self._stop = threading.Event()
+        from saferoom.store.pgaudit import AUDIT_SCHEMA
+
         with self.db.transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))  # gateways starting together
-            for statement in SCHEMA:
+            for statement in (*SCHEMA, *AUDIT_SCHEMA):
                 db.execute(statement)  # fixed text, no values
 
     def __str__(self) -> str:
@@ -204,7 +229,7 @@ class PostgresStore:
                              "table off the database's host (logical replication, or a scheduled `saferoom audit "
                              "verify` against it)")
         self._start_renewing()
-        return PgAudit(self.db, key, serializable=self.chain == "serializable")
+        return PgAudit(self.db, key)
 
     def read_audit(self, limit: int | None = None) -> list[dict[str, Any]]:
         from saferoom.store.pgaudit import read_lines
@@ -227,26 +252,24 @@ class PostgresStore:
     def take_slot(self, user: str, slot: str, limit: int | None) -> bool:
         if not limit:
             return True
-        with self.db.transaction() as db:
-            db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SLOTS_LOCK, user))
-            db.execute("DELETE FROM saferoom_slots WHERE username = %s AND expires < now()", (user,))
-            held = db.execute("SELECT count(*) FROM saferoom_slots WHERE username = %s", (user,)).fetchone()
-            if held is not None and held[0] >= limit:
-                return False
-            db.execute("INSERT INTO saferoom_slots VALUES (%s, %s, %s, now() + %s * interval '1 second')",
-                       (slot, user, self.gateway, self.lease))
-        return True
+        rows = self.db.run("SELECT saferoom_take_slot_v1(%s, %s, %s, %s, %s, %s)",
+                           (SLOTS_LOCK, user, slot, self.gateway, limit, self.lease))
+        return bool(rows[0][0])
 
     def give_slot(self, user: str, slot: str) -> None:
-        with self.db.transaction() as db:
-            db.execute("DELETE FROM saferoom_slots WHERE slot = %s", (slot,))
+        self.db.run("DELETE FROM saferoom_slots WHERE slot = %s", (slot,))
 
     def bytes_today(self, user: str) -> int:
         found = self.get("bytes", f"{user}/{today()}")
         return 0 if found is None else int(found.value["total"])
 
     def add_bytes(self, user: str, size: int) -> None:
-        self.spend("bytes", f"{user}/{today()}", size)
+        """Today's counter up by ``size``, made on first use: one statement (a query's end waits for it)."""
+        from psycopg.types.json import Jsonb
+
+        self.db.run("INSERT INTO saferoom_records VALUES ('bytes', %s, 1, %s) ON CONFLICT (namespace, key) DO UPDATE "
+                    "SET version = saferoom_records.version + 1, value = jsonb_build_object('total', "
+                    "(saferoom_records.value->>'total')::float8 + %s)", (f"{user}/{today()}", Jsonb({"total": size}), size))
 
     def _start_renewing(self) -> None:
         if self._renewing is None:
