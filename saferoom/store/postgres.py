@@ -193,6 +193,16 @@ class PgTokens:
 
 
 _TOKEN_COLUMNS = "id, username, role, created, expires, revoked, secret_sha256"
+_ADD_BYTES = ("INSERT INTO saferoom_records VALUES ('bytes', %s, 1, %s) ON CONFLICT (namespace, key) DO UPDATE "
+              "SET version = saferoom_records.version + 1, value = jsonb_build_object('total', "
+              "(saferoom_records.value->>'total')::float8 + %s)")  # today's counter, made on first use
+_END_QUERY = "WITH given AS (DELETE FROM saferoom_slots WHERE slot = %s) " + _ADD_BYTES
+
+
+def _total(size: int) -> Any:
+    from psycopg.types.json import Jsonb
+
+    return Jsonb({"total": size})
 
 
 def token_row(record: TokenRecord) -> tuple[Any, ...]:
@@ -264,12 +274,11 @@ class PostgresStore:
         return 0 if found is None else int(found.value["total"])
 
     def add_bytes(self, user: str, size: int) -> None:
-        """Today's counter up by ``size``, made on first use: one statement (a query's end waits for it)."""
-        from psycopg.types.json import Jsonb
+        self.db.run(_ADD_BYTES, (f"{user}/{today()}", _total(size), size))
 
-        self.db.run("INSERT INTO saferoom_records VALUES ('bytes', %s, 1, %s) ON CONFLICT (namespace, key) DO UPDATE "
-                    "SET version = saferoom_records.version + 1, value = jsonb_build_object('total', "
-                    "(saferoom_records.value->>'total')::float8 + %s)", (f"{user}/{today()}", Jsonb({"total": size}), size))
+    def end_query(self, user: str, slot: str, size: int) -> None:
+        """The slot given back and today's bytes counted in one statement: a query's end waits for it."""
+        self.db.run(_END_QUERY, (slot, f"{user}/{today()}", _total(size), size))
 
     def _start_renewing(self) -> None:
         if self._renewing is None:
