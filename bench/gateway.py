@@ -14,7 +14,8 @@
     p99: the decision record's wait) for file state and for one, two and three writer processes on
     PostgreSQL (each group commit one call of the chain's server-side function). PostgreSQL runs with fsync
     on, as the file state's log is fsynced. Targets: one gateway on PostgreSQL >= 0.8x the requests/s on
-    file state, commit p99 (one writer) <= 2x file state's.
+    file state, commit p99 (one writer) <= 2x file state's; each ratio is the median of the rounds' ratios
+    (in a round the two ran one right after the other).
 
 Uses the data of bench/guard.py (built on first run).
 Usage: python bench/gateway.py [--rows N] [--audit-only] [--only-flood] [--only-page] [--only-state]
@@ -202,7 +203,7 @@ def main() -> None:
     parser.add_argument("--audit-only", action="store_true", help="Only (d).")
     parser.add_argument("--only-page", action="store_true", help="Only (f).")
     parser.add_argument("--only-state", action="store_true", help="Only (g).")
-    parser.add_argument("--state-rounds", type=int, default=3)
+    parser.add_argument("--state-rounds", type=int, default=5)
     args = parser.parse_args()
     if args.only_state:
         print_state(*state_figures(build(args.rows), args))
@@ -316,8 +317,11 @@ STATE_CONFIGS = ("files", "pg1", "pg2", "pg3")
 COMMIT_THREADS, COMMIT_RECORDS = 8, 200  # per writer process: threads appending, records each
 
 
-def state_figures(policy: Path, args: argparse.Namespace) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """Requests/s per configuration (median of alternating rounds) and commit latency p50/p99 (ms) per writer setup."""
+Rounds = dict[str, list[float]]  # a figure per configuration, one per round
+
+
+def state_figures(policy: Path, args: argparse.Namespace) -> tuple[Rounds, dict[str, list[tuple[float, float]]]]:
+    """Requests/s per configuration and commit latency p50/p99 (ms) per writer setup, one of each per round."""
     from tests import pg
 
     server = pg.start(free_port(), durable=True)
@@ -332,8 +336,8 @@ def state_figures(policy: Path, args: argparse.Namespace) -> tuple[dict[str, flo
 LATENCY_CONFIGS = ("files", "pg1", "pg2", "pg3")
 
 
-def _latencies(server: Any, rounds: int) -> dict[str, tuple[float, float]]:
-    """Median p50 and p99 (ms) per writer setup over ``rounds`` alternating rounds (the machine's load drifts)."""
+def _latencies(server: Any, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """p50 and p99 (ms) per writer setup in each of ``rounds`` alternating rounds (the machine's load drifts)."""
     from tests import pg
 
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in LATENCY_CONFIGS}
@@ -345,11 +349,10 @@ def _latencies(server: Any, rounds: int) -> dict[str, tuple[float, float]]:
                 samples[name].append(_latency("files" if name == "files" else "pg", targets[name], writers))
                 print(f"    commit latency p50/p99 ms, {name}: {samples[name][-1][0]:.2f} / {samples[name][-1][1]:.2f}",
                       flush=True)
-    return {name: (statistics.median(x[0] for x in got), statistics.median(x[1] for x in got))
-            for name, got in samples.items()}
+    return samples
 
 
-def _state_rates(policy: Path, server: Any, args: argparse.Namespace) -> dict[str, float]:
+def _state_rates(policy: Path, server: Any, args: argparse.Namespace) -> Rounds:
     from tests import pg
 
     url = pg.fresh_database(server)
@@ -373,7 +376,7 @@ def _state_rates(policy: Path, server: Any, args: argparse.Namespace) -> dict[st
         finally:
             for gateway in [files, *shared]:
                 gateway.stop()
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return rates
 
 
 def _latency(kind: str, target: str, writers: int) -> tuple[float, float]:
@@ -413,19 +416,28 @@ def _appending(kind: str, target: str, results: Any) -> None:
 RATE_TARGET, P99_TARGET = 0.8, 2.0  # issue #18: PostgreSQL state against file state, one gateway
 
 
-def print_state(rates: dict[str, float], latencies: dict[str, tuple[float, float]]) -> None:
-    base = rates["files"]
-    ratio = rates["pg1"] / base
-    print(f"(g) small-query requests/s: one gateway on file state {base:,.0f}; on PostgreSQL state one "
-          f"{rates['pg1']:,.0f} (ratio {ratio:.2f}, target >= {RATE_TARGET}: {_met(ratio >= RATE_TARGET)}), "
-          f"two {rates['pg2']:,.0f} ({rates['pg2'] / base:.2f}), three {rates['pg3']:,.0f} ({rates['pg3'] / base:.2f})")
-    p50, p99 = latencies["files"]
-    ratio = latencies["pg1"][1] / p99
-    print(f"    audit commit latency ({COMMIT_THREADS} threads per writer, medians of the rounds): file state p50 {p50:.2f} ms, p99 {p99:.2f} ms")
-    figures = ", ".join(f"{n} writer{'s' * (n > 1)} p50 {latencies[f'pg{n}'][0]:.2f} / p99 {latencies[f'pg{n}'][1]:.2f} ms"
-                        for n in (1, 2, 3))
+def print_state(rounds: Rounds, latencies: dict[str, list[tuple[float, float]]]) -> None:
+    """Medians of the rounds, and each target's ratio as the median of its rounds' ratios: in a round the two
+    configurations compared ran one right after the other, so a drift in the machine's load cancels out."""
+    rates = {name: statistics.median(values) for name, values in rounds.items()}
+    ratios = {name: paired(rounds[name], rounds["files"]) for name in STATE_CONFIGS}
+    print(f"(g) small-query requests/s, median of {len(rounds['files'])} alternating rounds: one gateway on file state "
+          f"{rates['files']:,.0f}; on PostgreSQL state one {rates['pg1']:,.0f} (ratio {ratios['pg1']:.2f}, target >= "
+          f"{RATE_TARGET}: {_met(ratios['pg1'] >= RATE_TARGET)}), two {rates['pg2']:,.0f} ({ratios['pg2']:.2f}), three "
+          f"{rates['pg3']:,.0f} ({ratios['pg3']:.2f})")
+    p50 = {name: statistics.median(x[0] for x in got) for name, got in latencies.items()}
+    p99 = {name: statistics.median(x[1] for x in got) for name, got in latencies.items()}
+    ratio = paired([x[1] for x in latencies["pg1"]], [x[1] for x in latencies["files"]])
+    print(f"    audit commit latency ({COMMIT_THREADS} threads per writer): file state p50 {p50['files']:.2f} ms, "
+          f"p99 {p99['files']:.2f} ms")
+    figures = ", ".join(f"{n} writer{'s' * (n > 1)} p50 {p50[f'pg{n}']:.2f} / p99 {p99[f'pg{n}']:.2f} ms" for n in (1, 2, 3))
     print(f"    PostgreSQL: {figures}; p99 ratio to files (1 writer) {ratio:.2f}, target <= {P99_TARGET}: "
           f"{_met(ratio <= P99_TARGET)}")
+
+
+def paired(values: list[float], base: list[float]) -> float:
+    """The median of the rounds' ratios ``values[i] / base[i]``."""
+    return statistics.median(v / b for v, b in zip(values, base, strict=True))
 
 
 def _met(met: bool) -> str:

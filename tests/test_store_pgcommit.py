@@ -130,3 +130,12 @@ def test_a_commit_is_durable_before_append_returns(store: PostgresStore, state_u
         row = other.execute("SELECT hash FROM saferoom_audit WHERE seq = %s", (written["seq"],)).fetchone()
     writer.close()
     assert row == (written["hash"],)
+
+
+def test_a_commit_waits_for_the_disk_even_where_the_database_says_not_to(store: PostgresStore) -> None:
+    with store.db.transaction() as connection:  # synchronous_commit off: COMMIT would answer before the WAL is flushed
+        connection.execute("SET LOCAL synchronous_commit = off")
+        connection.execute(pgaudit.COMMIT_SQL, (pgaudit.CHAIN_LOCK, 0, "0" * 64, None, [1], ["0" * 64], ["a" * 64],
+                                                ['{"event": "decision"}'], None, 0, 0))
+        setting = connection.execute("SHOW synchronous_commit").fetchone()
+    assert setting == ("on",) and store.db.run("SELECT seq FROM saferoom_audit") == [(1,)]

@@ -60,6 +60,9 @@ AUDIT_SCHEMA = (
         head saferoom_audit_head%ROWTYPE;
         n int := cardinality(seqs);
     BEGIN
+        IF current_setting('synchronous_commit') = 'off' THEN  -- a database set so would answer before the disk
+            PERFORM set_config('synchronous_commit', 'on', true);
+        END IF;
         PERFORM pg_advisory_xact_lock(lock_id);
         SELECT * INTO head FROM saferoom_audit_head WHERE id = 1 FOR UPDATE;
         IF NOT FOUND THEN
