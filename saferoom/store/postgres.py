@@ -63,6 +63,8 @@ SCHEMA = (
     """CREATE OR REPLACE FUNCTION saferoom_take_slot_v1(lock_id int, who text, slot_id text, gateway_id text,
         most bigint, lease float8) RETURNS boolean LANGUAGE plpgsql AS $$
     BEGIN
+        -- no wait for the disk: the query's decision, committed after this, waits for the WAL up to it
+        PERFORM set_config('synchronous_commit', 'off', true);
         PERFORM pg_advisory_xact_lock(lock_id, hashtext(who));
         DELETE FROM saferoom_slots WHERE username = who AND expires < now();
         IF (SELECT count(*) FROM saferoom_slots WHERE username = who) >= most THEN
@@ -70,6 +72,17 @@ SCHEMA = (
         END IF;
         INSERT INTO saferoom_slots VALUES (slot_id, who, gateway_id, now() + lease * interval '1 second');
         RETURN true;
+    END $$""",
+    # a query's end: its slot given back and today's bytes counted, without waiting for the disk (a crash
+    # may lose the last fraction of a second of these: a slot then frees when its lease runs out)
+    """CREATE OR REPLACE FUNCTION saferoom_end_query_v1(slot_id text, day_key text, size bigint) RETURNS void
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM set_config('synchronous_commit', 'off', true);
+        DELETE FROM saferoom_slots WHERE slot = slot_id;
+        INSERT INTO saferoom_records VALUES ('bytes', day_key, 1, jsonb_build_object('total', size))
+        ON CONFLICT (namespace, key) DO UPDATE SET version = saferoom_records.version + 1,
+            value = jsonb_build_object('total', (saferoom_records.value->>'total')::float8 + size);
     END $$""",
 )
 _PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
@@ -117,6 +130,8 @@ class Connections:
             raise
         except self._psycopg.Error as exc:
             connection.close()
+            if connection.broken:  # the server went away: the idle connections went with it
+                self.close()
             raise AuditError(f"the gateway's state in PostgreSQL ({redacted(self.url)}) cannot be reached or written "
                              f"({type(exc).__name__}); nothing runs until it is back") from None
         except BaseException:
@@ -196,7 +211,6 @@ _TOKEN_COLUMNS = "id, username, role, created, expires, revoked, secret_sha256"
 _ADD_BYTES = ("INSERT INTO saferoom_records VALUES ('bytes', %s, 1, %s) ON CONFLICT (namespace, key) DO UPDATE "
               "SET version = saferoom_records.version + 1, value = jsonb_build_object('total', "
               "(saferoom_records.value->>'total')::float8 + %s)")  # today's counter, made on first use
-_END_QUERY = "WITH given AS (DELETE FROM saferoom_slots WHERE slot = %s) " + _ADD_BYTES
 
 
 def _total(size: int) -> Any:
@@ -216,6 +230,7 @@ class PostgresStore:
         self.url, self.lease = url, lease
         self.db = Connections(url)
         self.gateway = uuid.uuid4().hex[:12]  # whose slots are whose, for their leases
+        self._held: set[str] = set()  # the slots this gateway's running queries hold: only these are renewed
         self.tokens = PgTokens(self.db)
         self._results: Path | None = None
         self._renewing: threading.Thread | None = None
@@ -262,11 +277,15 @@ class PostgresStore:
     def take_slot(self, user: str, slot: str, limit: int | None) -> bool:
         if not limit:
             return True
+        self._held.add(slot)  # before: a slot taken by a call whose answer is lost is still renewed, then given back
         rows = self.db.run("SELECT saferoom_take_slot_v1(%s, %s, %s, %s, %s, %s)",
                            (SLOTS_LOCK, user, slot, self.gateway, limit, self.lease))
+        if not rows[0][0]:
+            self._held.discard(slot)
         return bool(rows[0][0])
 
     def give_slot(self, user: str, slot: str) -> None:
+        self._held.discard(slot)
         self.db.run("DELETE FROM saferoom_slots WHERE slot = %s", (slot,))
 
     def bytes_today(self, user: str) -> int:
@@ -278,7 +297,8 @@ class PostgresStore:
 
     def end_query(self, user: str, slot: str, size: int) -> None:
         """The slot given back and today's bytes counted in one statement: a query's end waits for it."""
-        self.db.run(_END_QUERY, (slot, f"{user}/{today()}", _total(size), size))
+        self._held.discard(slot)  # given back or not, no longer renewed: its lease runs out by itself
+        self.db.run("SELECT saferoom_end_query_v1(%s, %s, %s)", (slot, f"{user}/{today()}", size))
 
     def _start_renewing(self) -> None:
         if self._renewing is None:
@@ -286,12 +306,13 @@ class PostgresStore:
             self._renewing.start()
 
     def _renew(self) -> None:
-        """Keep this gateway's slots leased while it lives; a failed renewal is tried again next time."""
+        """Keep the slots of this gateway's running queries leased; a failed renewal is tried again next time.
+
+        Only those: a slot whose giving back failed (PostgreSQL away as its query ended) frees by its lease."""
         while not self._stop.wait(self.lease / 3):
             try:
-                with self.db.transaction() as db:
-                    db.execute("UPDATE saferoom_slots SET expires = now() + %s * interval '1 second' WHERE gateway = %s",
-                               (self.lease, self.gateway))
+                self.db.run("UPDATE saferoom_slots SET expires = now() + %s * interval '1 second' WHERE gateway = %s "
+                            "AND slot = ANY(%s)", (self.lease, self.gateway, list(self._held.copy())))
             except AuditError as exc:
                 log.error("query slot leases not renewed: %s", exc)
 
