@@ -2,7 +2,10 @@
 
 Tables (made on first use, all named ``saferoom_*``): ``saferoom_tokens``; the audit chain
 ``saferoom_audit`` and its head ``saferoom_audit_head`` (:mod:`saferoom.store.pgaudit`); query slots
-``saferoom_slots``; generic records ``saferoom_records`` (today's bytes are its namespace ``bytes``).
+``saferoom_slots``; generic records ``saferoom_records`` (today's bytes are its namespace ``bytes``); and
+the functions that make the gateway's frequent changes one statement each (one round trip):
+``saferoom_take_slot_v1``, ``saferoom_end_query_v1`` and the chain's ``saferoom_audit_commit_v1``. Their
+names carry a version: a later release adds a new one beside them while this release's gateways run.
 
 - Revocation: a gateway keeps a token's record for at most :data:`TOKEN_CACHE_SECONDS`, so a token revoked
   anywhere is refused by every gateway within that bound (plus one round trip).
