@@ -109,11 +109,9 @@ class Connections:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def transaction(self, serializable: bool = False) -> Iterator[psycopg.Connection[Any]]:
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection inside one transaction, committed when the block ends; PostgreSQL's failures are AuditError."""
         with self._using() as connection, connection.transaction():
-            if serializable:
-                connection.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
             yield connection
 
     def run(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -128,9 +126,6 @@ class Connections:
         connection = self._take()
         try:
             yield connection
-        except (self._psycopg.errors.SerializationFailure, self._psycopg.errors.UniqueViolation):  # the caller retries
-            self._give(connection)
-            raise
         except self._psycopg.Error as exc:
             connection.close()
             if connection.broken:  # the server went away: the idle connections went with it
