@@ -69,3 +69,11 @@ def test_file_slots_hold_the_limit(tmp_path: Path) -> None:
     assert store.take_slot("bob", "q4", 2)
     store.give_slot("alice", "q1")
     assert store.take_slot("alice", "q3", 2)
+
+
+def test_a_query_that_ends_gives_its_slot_back_and_counts_its_bytes(store: Store) -> None:
+    assert store.take_slot("alice", "q1", 1) and not store.take_slot("alice", "q2", 1)
+    store.end_query("alice", "q1", 700)
+    store.end_query("alice", "q-gone", 300)  # a slot already given back (or whose lease ran out): still counted
+    assert store.take_slot("alice", "q2", 1)
+    assert store.bytes_today("alice") == 1000 and store.bytes_today("bob") == 0

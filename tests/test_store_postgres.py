@@ -40,9 +40,8 @@ def _hammer(writers: list, per_thread: int) -> None:
         thread.join()
 
 
-@pytest.mark.parametrize("chain", ["lock", "serializable"])
-def test_several_writers_make_one_chain(state_url: str, chain: str) -> None:
-    stores = [PostgresStore(state_url, chain=chain) for _ in range(3)]
+def test_several_writers_make_one_chain(state_url: str) -> None:
+    stores = [PostgresStore(state_url) for _ in range(3)]
     writers = [store.open_audit() for store in stores]
     _hammer(writers, 20)
     for writer, store in zip(writers, stores, strict=True):
@@ -154,3 +153,29 @@ def test_bytes_per_day_are_counted_across_gateways(stores: list[PostgresStore]) 
     stores[0].add_bytes("alice", 1000)
     stores[1].add_bytes("alice", 500)
     assert stores[2].bytes_today("alice") == 1500 and stores[2].bytes_today("bob") == 0
+
+
+def test_a_slot_not_given_back_while_the_database_was_away_frees_by_its_lease(state_url: str, state_server) -> None:
+    store = PostgresStore(state_url, lease=1.0)
+    writer = store.open_audit()  # the gateway lives on, renewing the leases of its running queries
+    try:
+        assert store.take_slot("bob", "running", 1) and store.take_slot("alice", "ending", 1)  # taken without
+        writer.append({"event": "decision"})  # waiting for the disk, but this commit waits for the WAL up to them
+        state_server.crash()
+        try:
+            with pytest.raises(AuditError):
+                store.end_query("alice", "ending", 10)  # the query ends while PostgreSQL is away
+        finally:
+            state_server.resume()
+        other = PostgresStore(state_url)
+        try:
+            back = other.db.run("SELECT now()")[0][0]
+            renewed = "SELECT expires >= %s + interval '1 second' FROM saferoom_slots WHERE slot = %s"
+            eventually(lambda: other.db.run(renewed, (back, "running")) == [(True,)], "bob's lease renewed since")
+            assert other.db.run(renewed, (back, "ending")) == [(False,)]  # alice's, not given back, was not
+            eventually(lambda: other.take_slot("alice", "next", 1), "alice's slot free again once its lease ran out")
+        finally:
+            other.close()
+    finally:
+        writer.close()
+        store.close()

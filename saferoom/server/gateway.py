@@ -200,8 +200,7 @@ class Gateway:
         decision = running.decision
         with self._lock:
             self._active.pop(running.request_id, None)
-        self.release(decision.user, running.request_id)
-        self._add_bytes(decision.user, size)
+        self.release(decision.user, running.request_id, size)
         self.audit.append_later({"event": "result", "request_id": running.request_id, "time": now(),
                                  "user": decision.user, "role": decision.role, "status": running.status(error),
                                  "rows": rows, "bytes": size, "truncated": truncated,
@@ -247,20 +246,20 @@ class Gateway:
                                         "(the gateway's default when the role sets none); wait for one to finish")
                 self._freed[user].wait(min(left, 0.25))  # a slice at a time: a client that hangs up stops waiting
 
-    def release(self, user: str, slot: str) -> None:
+    def release(self, user: str, slot: str, size: int | None = None) -> None:
+        """Give the query's slot back and, once its result ended, count the ``size`` bytes that left.
+
+        A store that cannot do it now is logged: with PostgreSQL state the slot's lease runs out by itself,
+        and the result record still holds the bytes."""
         try:
-            self.store.give_slot(user, slot)
-        except SaferoomError as exc:  # PostgreSQL state: the slot's lease runs out by itself
-            log.error("a query slot of %s was not given back: %s", user, exc)
+            if size is None:
+                self.store.give_slot(user, slot)
+            else:
+                self.store.end_query(user, slot, size)
+        except SaferoomError as exc:
+            log.error("a query slot of %s was not given back, or its bytes not counted: %s", user, exc)
         with self._lock:
             self._freed[user].notify()
-
-    def _add_bytes(self, user: str, size: int) -> None:
-        """Count what left; a store that cannot count now is logged (the result record still holds the bytes)."""
-        try:
-            self.store.add_bytes(user, size)
-        except SaferoomError as exc:
-            log.error("today's bytes of %s were not counted: %s", user, exc)
 
     def close(self) -> None:
         self.drain()

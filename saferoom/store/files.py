@@ -79,6 +79,10 @@ class FileStore:
         with self._lock:
             self._bytes[(user, today())] += size
 
+    def end_query(self, user: str, slot: str, size: int) -> None:
+        self.give_slot(user, slot)
+        self.add_bytes(user, size)
+
     def _count_bytes_today(self) -> None:
         """Today's bytes per user, from the log's tail: records are in time order, so reading stops at yesterday
         (a day back, in case a record was queued across midnight)."""

@@ -4,7 +4,10 @@ Tables (made on first use, all named ``saferoom_*``): ``saferoom_tokens``; the a
 ``saferoom_audit`` and its head ``saferoom_audit_head`` (:mod:`saferoom.store.pgaudit`); query slots
 ``saferoom_slots``; generic records ``saferoom_records`` (today's bytes are its namespace ``bytes``, requests
 its namespace ``requests``); the files of release requests ``saferoom_request_files``
-(:mod:`saferoom.requests.pgstore`).
+(:mod:`saferoom.requests.pgstore`); and the functions that make the gateway's frequent changes one
+statement each (one round trip): ``saferoom_take_slot_v1``, ``saferoom_end_query_v1`` and the chain's
+``saferoom_audit_commit_v1``. Their names carry a version: a later release adds a new one beside them while
+this release's gateways run.
 
 - Revocation: a gateway keeps a token's record for at most :data:`TOKEN_CACHE_SECONDS`, so a token revoked
   anywhere is refused by every gateway within that bound (plus one round trip).
@@ -63,6 +66,31 @@ SCHEMA = (
     "value jsonb NOT NULL, PRIMARY KEY (namespace, key))",
     "CREATE TABLE IF NOT EXISTS saferoom_request_files (request_id text NOT NULL, name text NOT NULL, "
     "sha256 text NOT NULL, n int NOT NULL, chunk bytea NOT NULL, PRIMARY KEY (request_id, name, n))",
+    # a slot taken in one statement (one round trip): the user's lock, expired leases dropped, count, insert
+    """CREATE OR REPLACE FUNCTION saferoom_take_slot_v1(lock_id int, who text, slot_id text, gateway_id text,
+        most bigint, lease float8) RETURNS boolean LANGUAGE plpgsql AS $$
+    BEGIN
+        -- no wait for the disk: the query's decision, committed after this, waits for the WAL up to it
+        PERFORM set_config('synchronous_commit', 'off', true);
+        PERFORM pg_advisory_xact_lock(lock_id, hashtext(who));
+        DELETE FROM saferoom_slots WHERE username = who AND expires < now();
+        IF (SELECT count(*) FROM saferoom_slots WHERE username = who) >= most THEN
+            RETURN false;
+        END IF;
+        INSERT INTO saferoom_slots VALUES (slot_id, who, gateway_id, now() + lease * interval '1 second');
+        RETURN true;
+    END $$""",
+    # a query's end: its slot given back and today's bytes counted, without waiting for the disk (a crash
+    # may lose the last fraction of a second of these: a slot then frees when its lease runs out)
+    """CREATE OR REPLACE FUNCTION saferoom_end_query_v1(slot_id text, day_key text, size bigint) RETURNS void
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM set_config('synchronous_commit', 'off', true);
+        DELETE FROM saferoom_slots WHERE slot = slot_id;
+        INSERT INTO saferoom_records VALUES ('bytes', day_key, 1, jsonb_build_object('total', size))
+        ON CONFLICT (namespace, key) DO UPDATE SET version = saferoom_records.version + 1,
+            value = jsonb_build_object('total', (saferoom_records.value->>'total')::float8 + size);
+    END $$""",
 )
 _PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
 
@@ -85,19 +113,27 @@ class Connections:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def transaction(self, serializable: bool = False) -> Iterator[psycopg.Connection[Any]]:
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection inside one transaction, committed when the block ends; PostgreSQL's failures are AuditError."""
+        with self._using() as connection, connection.transaction():
+            yield connection
+
+    def run(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement as its own transaction (autocommit): one round trip, prepared on each connection."""
+        with self._using() as connection:
+            cursor = connection.execute(sql, args, prepare=True)  # our fixed texts only, values bound
+            return cursor.fetchall() if cursor.description is not None else []
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for the block; given back after it, or dropped when PostgreSQL failed under it."""
         connection = self._take()
         try:
-            with connection.transaction():
-                if serializable:
-                    connection.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                yield connection
-        except (self._psycopg.errors.SerializationFailure, self._psycopg.errors.UniqueViolation):  # the caller retries
-            self._give(connection)
-            raise
+            yield connection
         except self._psycopg.Error as exc:
             connection.close()
+            if connection.broken:  # the server went away: the idle connections went with it
+                self.close()
             raise AuditError(f"the gateway's state in PostgreSQL ({redacted(self.url)}) cannot be reached or written "
                              f"({type(exc).__name__}); nothing runs until it is back") from None
         except BaseException:
@@ -174,6 +210,15 @@ class PgTokens:
 
 
 _TOKEN_COLUMNS = "id, username, role, created, expires, revoked, secret_sha256"
+_ADD_BYTES = ("INSERT INTO saferoom_records VALUES ('bytes', %s, 1, %s) ON CONFLICT (namespace, key) DO UPDATE "
+              "SET version = saferoom_records.version + 1, value = jsonb_build_object('total', "
+              "(saferoom_records.value->>'total')::float8 + %s)")  # today's counter, made on first use
+
+
+def _total(size: int) -> Any:
+    from psycopg.types.json import Jsonb
+
+    return Jsonb({"total": size})
 
 
 def token_row(record: TokenRecord) -> tuple[Any, ...]:
@@ -183,17 +228,20 @@ def token_row(record: TokenRecord) -> tuple[Any, ...]:
 class PostgresStore:
     """The gateway's state in the PostgreSQL database ``url`` names (see the module's docstring)."""
 
-    def __init__(self, url: str, *, chain: str = "lock", lease: float = LEASE_SECONDS) -> None:
-        self.url, self.chain, self.lease = url, chain, lease
+    def __init__(self, url: str, *, lease: float = LEASE_SECONDS) -> None:
+        self.url, self.lease = url, lease
         self.db = Connections(url)
         self.gateway = uuid.uuid4().hex[:12]  # whose slots are whose, for their leases
+        self._held: set[str] = set()  # the slots this gateway's running queries hold: only these are renewed
         self.tokens = PgTokens(self.db)
         self._results: Path | None = None
         self._renewing: threading.Thread | None = None
         self._stop = threading.Event()
+        from saferoom.store.pgaudit import AUDIT_SCHEMA
+
         with self.db.transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))  # gateways starting together
-            for statement in SCHEMA:
+            for statement in (*SCHEMA, *AUDIT_SCHEMA):
                 db.execute(statement)  # fixed text, no values
 
     def __str__(self) -> str:
@@ -208,7 +256,7 @@ class PostgresStore:
                              "table off the database's host (logical replication, or a scheduled `saferoom audit "
                              "verify` against it)")
         self._start_renewing()
-        return PgAudit(self.db, key, serializable=self.chain == "serializable")
+        return PgAudit(self.db, key)
 
     def read_audit(self, limit: int | None = None) -> list[dict[str, Any]]:
         from saferoom.store.pgaudit import read_lines
@@ -231,26 +279,28 @@ class PostgresStore:
     def take_slot(self, user: str, slot: str, limit: int | None) -> bool:
         if not limit:
             return True
-        with self.db.transaction() as db:
-            db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SLOTS_LOCK, user))
-            db.execute("DELETE FROM saferoom_slots WHERE username = %s AND expires < now()", (user,))
-            held = db.execute("SELECT count(*) FROM saferoom_slots WHERE username = %s", (user,)).fetchone()
-            if held is not None and held[0] >= limit:
-                return False
-            db.execute("INSERT INTO saferoom_slots VALUES (%s, %s, %s, now() + %s * interval '1 second')",
-                       (slot, user, self.gateway, self.lease))
-        return True
+        self._held.add(slot)  # before: a slot taken by a call whose answer is lost is still renewed, then given back
+        rows = self.db.run("SELECT saferoom_take_slot_v1(%s, %s, %s, %s, %s, %s)",
+                           (SLOTS_LOCK, user, slot, self.gateway, limit, self.lease))
+        if not rows[0][0]:
+            self._held.discard(slot)
+        return bool(rows[0][0])
 
     def give_slot(self, user: str, slot: str) -> None:
-        with self.db.transaction() as db:
-            db.execute("DELETE FROM saferoom_slots WHERE slot = %s", (slot,))
+        self._held.discard(slot)
+        self.db.run("DELETE FROM saferoom_slots WHERE slot = %s", (slot,))
 
     def bytes_today(self, user: str) -> int:
         found = self.get("bytes", f"{user}/{today()}")
         return 0 if found is None else int(found.value["total"])
 
     def add_bytes(self, user: str, size: int) -> None:
-        self.spend("bytes", f"{user}/{today()}", size)
+        self.db.run(_ADD_BYTES, (f"{user}/{today()}", _total(size), size))
+
+    def end_query(self, user: str, slot: str, size: int) -> None:
+        """The slot given back and today's bytes counted in one statement: a query's end waits for it."""
+        self._held.discard(slot)  # given back or not, no longer renewed: its lease runs out by itself
+        self.db.run("SELECT saferoom_end_query_v1(%s, %s, %s)", (slot, f"{user}/{today()}", size))
 
     def _start_renewing(self) -> None:
         if self._renewing is None:
@@ -258,12 +308,13 @@ class PostgresStore:
             self._renewing.start()
 
     def _renew(self) -> None:
-        """Keep this gateway's slots leased while it lives; a failed renewal is tried again next time."""
+        """Keep the slots of this gateway's running queries leased; a failed renewal is tried again next time.
+
+        Only those: a slot whose giving back failed (PostgreSQL away as its query ended) frees by its lease."""
         while not self._stop.wait(self.lease / 3):
             try:
-                with self.db.transaction() as db:
-                    db.execute("UPDATE saferoom_slots SET expires = now() + %s * interval '1 second' WHERE gateway = %s",
-                               (self.lease, self.gateway))
+                self.db.run("UPDATE saferoom_slots SET expires = now() + %s * interval '1 second' WHERE gateway = %s "
+                            "AND slot = ANY(%s)", (self.lease, self.gateway, list(self._held.copy())))
             except AuditError as exc:
                 log.error("query slot leases not renewed: %s", exc)
 
