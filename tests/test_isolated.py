@@ -304,3 +304,29 @@ def test_long_work_is_slowed_not_starved_while_short_work_never_stops() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_stop_outliving_its_worker_ends_and_never_signals_the_pid_again() -> None:
+    """A stop repeats until its query is done or its worker is gone. Once the worker is reaped its pid may be
+    another process's, or a thread's of this one (a signal to a thread's id reaches its whole process: it
+    once stopped the test run), so the stop goes through a pidfd and its loop ends."""
+    import time
+
+    from saferoom.engines import isolated
+    from saferoom.engines.base import until_done
+
+    parent, child = isolated._CONTEXT.Pipe()
+    process = isolated._CONTEXT.Process(target=time.sleep, args=(600,), daemon=True)
+    process.start()
+    child.close()
+    worker = isolated._Worker(process, parent, None)
+    assert worker._pidfd is not None and worker.alive()
+    worker.kill()  # reaped: its pid is free for the system to hand out again
+    assert not worker.alive() and process.exitcode == -signal.SIGKILL
+    worker.interrupt()  # refused by the kernel for a reaped process, whatever now holds the number
+    sent: list[int] = []
+    until_done(lambda: sent.append(1), threading.Event(), alive=worker.alive)()  # never done: only its end stops it
+    for stop in [t for t in threading.enumerate() if t.name == "saferoom-cancel"]:
+        stop.join(10)
+    assert sent == [] and not any(t.name == "saferoom-cancel" and t.is_alive() for t in threading.enumerate())
+    parent.close()

@@ -198,12 +198,14 @@ class Cancel:
         return self.reason == self.TIMEOUT
 
 
-def until_done(stop: Callable[[], object], done: threading.Event, every: float = 0.05) -> Callable[[], None]:
-    """A stop that repeats until ``done`` is set: engines drop a stop that arrives just before a query starts
-    (DuckDB's interrupt, PostgreSQL's cancel request), so one alone could miss the query it was meant for."""
+def until_done(stop: Callable[[], object], done: threading.Event, every: float = 0.05,
+               alive: Callable[[], bool] | None = None) -> Callable[[], None]:
+    """A stop that repeats until ``done`` is set (or what it stops is no longer ``alive``): engines drop a stop
+    that arrives just before a query starts (DuckDB's interrupt, PostgreSQL's cancel request), so one alone
+    could miss the query it was meant for."""
 
     def repeat() -> None:
-        while True:
+        while alive is None or alive():
             with contextlib.suppress(Exception):  # stopping a statement that already ended is not an error
                 stop()
             if done.wait(every):

@@ -28,6 +28,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -170,6 +171,9 @@ class _Worker:
 
     def __init__(self, process: Any, conn: Connection, spill: str | None) -> None:
         self.process, self.conn, self.spill = process, conn, spill
+        self._pidfd = _pidfd(process.pid)  # signals through it never reach a process that reused the pid
+        if self._pidfd is not None:  # closed with the worker object: a stop still sending holds the object
+            weakref.finalize(self, os.close, self._pidfd)
         self.reusable, self.lowered = True, False
         self.ran_long = False  # its query used a short one's processor time
         self.stopping = False  # its query is being stopped (hang-up, timeout, shutdown)
@@ -222,8 +226,16 @@ class _Worker:
         return json.loads(message[1:])
 
     def interrupt(self) -> None:
+        """Ask the worker to stop its query. Through a pidfd: once the worker is reaped its pid may be another
+        process's, or a thread's of this one (``kill`` of a thread's id signals its whole process)."""
         with contextlib.suppress(OSError):
-            os.kill(self.process.pid, signal.SIGUSR1)
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGUSR1)
+            elif self.process.exitcode is None:
+                os.kill(self.process.pid, signal.SIGUSR1)
+
+    def alive(self) -> bool:
+        return bool(self.process.exitcode is None)
 
     def lower(self) -> None:
         """Low priority for every thread of the process, which is stopped while short work runs; it is not
@@ -357,7 +369,7 @@ class _Query:
                 threading.Thread(target=self.worker.kill, daemon=True).start()
                 return
             self.worker.resume()
-        until_done(self.worker.interrupt, self.done)()
+        until_done(self.worker.interrupt, self.done, alive=self.worker.alive)()
         killer = threading.Timer(KILL_AFTER_SECONDS, lambda: None if self.done.is_set() else self.worker.kill())
         killer.daemon = True
         killer.start()
@@ -477,3 +489,11 @@ def _stream(conn: Connection, engine: DuckDBEngine, sql: str, batch_size: int, r
 
 def _json(value: object) -> bytes:
     return json.dumps(value).encode()
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for the worker process, taken while it runs (its pid cannot have been reused yet)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # an old kernel: os.kill, while the process has not been reaped
+        return None
