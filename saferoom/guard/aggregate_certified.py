@@ -16,8 +16,6 @@ outer query keeps the groups that pass, with the CTE's own column names (``* EXC
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from sqlglot import exp
 
 from saferoom.guard.aggregate_shape import group_expressions
@@ -70,29 +68,37 @@ def _recount(select: exp.Select, groups: list[exp.Expr], key: exp.Column, i: int
 
     Groups are matched with IS NOT DISTINCT FROM: a NULL group key is a group too, and ``IN`` would never
     find it."""
+    exact = _exact(select, groups, key, i, minimum)
+    recounted = exp.select("1").from_(exp.Subquery(this=exact, alias=exp.TableAlias(this=exp.to_identifier("__saferoom_r"))))
+    found = _same(_hidden(len(groups), "__saferoom_r"), _hidden(len(groups), GROUPS))
+    shown = exp.Exists(this=recounted.where(found, copy=False))
+    return exp.or_(exp.GTE(this=_popcount(i), expression=exp.Literal.number(minimum)), shown, copy=False)
+
+
+def _exact(select: exp.Select, groups: list[exp.Expr], key: exp.Column, i: int, minimum: int) -> exp.Select:
+    """The uncertified groups whose exact ``count(DISTINCT key)`` reaches ``minimum``, over their own rows only
+    (the query's FROM, joins and WHERE, joined to those groups)."""
     number = exp.Literal.number(minimum)
-    uncertified = exp.select(*[exp.column(f"__saferoom_g{n}") for n in range(len(groups))]).from_(GROUPS).where(
-        exp.LT(this=_popcount(i), expression=number))
-    own = _same(groups, lambda n: exp.column(f"__saferoom_g{n}", "__saferoom_u"))
+    uncertified = exp.select(*_hidden(len(groups))).from_(GROUPS).where(exp.LT(this=_popcount(i), expression=number))
     exact = exp.Select(expressions=[exp.alias_(g.copy(), f"__saferoom_g{n}") for n, g in enumerate(groups)])
     exact = exact.from_(select.args["from_"].copy(), copy=False)
     for join in select.args.get("joins") or []:
         exact.append("joins", join.copy())
     exact = exact.join(exp.Subquery(this=uncertified, alias=exp.TableAlias(this=exp.to_identifier("__saferoom_u"))),
-                       on=own, copy=False)
+                       on=_same(groups, _hidden(len(groups), "__saferoom_u")), copy=False)
     where = select.args.get("where")
     if where is not None:
         exact.set("where", where.copy())
     distinct = exp.Count(this=exp.Distinct(expressions=[key.copy()]))
-    exact = exact.group_by(*[g.copy() for g in groups], copy=False).having(
-        exp.GTE(this=distinct, expression=number), copy=False)
-    recounted = exp.select("1").from_(exp.Subquery(this=exact, alias=exp.TableAlias(this=exp.to_identifier("__saferoom_r"))))
-    found = [exp.NullSafeEQ(this=exp.column(f"__saferoom_g{n}", "__saferoom_r"), expression=exp.column(f"__saferoom_g{n}", GROUPS))
-             for n in range(len(groups))]
-    shown = exp.Exists(this=recounted.where(exp.and_(*found), copy=False))
-    return exp.or_(exp.GTE(this=_popcount(i), expression=number.copy()), shown, copy=False)
+    return exact.group_by(*[g.copy() for g in groups], copy=False).having(
+        exp.GTE(this=distinct, expression=number.copy()), copy=False)
 
 
-def _same(groups: list[exp.Expr], other: Callable[[int], exp.Expr]) -> exp.Expr:
-    """Each group expression IS NOT DISTINCT FROM its counterpart."""
-    return exp.and_(*[exp.NullSafeEQ(this=g.copy(), expression=other(n)) for n, g in enumerate(groups)])
+def _hidden(count: int, table: str | None = None) -> list[exp.Expr]:
+    """The hidden group-key columns ``__saferoom_g0``…, of ``table`` if given."""
+    return [exp.column(f"__saferoom_g{n}", table) for n in range(count)]
+
+
+def _same(left: list[exp.Expr], right: list[exp.Expr]) -> exp.Expr:
+    """Each expression of ``left`` IS NOT DISTINCT FROM its counterpart in ``right``."""
+    return exp.and_(*[exp.NullSafeEQ(this=a.copy(), expression=b) for a, b in zip(left, right, strict=True)])
