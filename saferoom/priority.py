@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 
 SHORT_SECONDS = 0.25  # work that has used this much processor time is long: it is lowered, so that short work keeps it
@@ -65,6 +66,36 @@ def lower_process(pid: int) -> None:
         lower(thread)
 
 
+class Process:
+    """Another process, signalled through a pidfd taken while it runs: once it is reaped its pid may name a
+    stranger's process, or a thread of this one (``kill`` of a thread's id signals its whole process), and
+    the kernel refuses a signal through the pidfd however the number was handed on.
+
+    Where there are no pidfds (an old kernel) signals go by pid, so the caller must not signal a process it
+    has reaped. The pidfd is closed when the object is collected."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pidfd = _pidfd(pid)
+        if self.pidfd is not None:
+            weakref.finalize(self, os.close, self.pidfd)
+
+    def signal(self, signum: signal.Signals) -> None:
+        """Send ``signum``; nothing happens when the process has ended."""
+        with contextlib.suppress(OSError):  # already ended: nothing to stop, continue or interrupt
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # an old kernel, or the process has ended already
+        return None
+
+
 class Background:
     """Processes of long work, stopped while short work runs and continued once none has run for a moment.
 
@@ -75,30 +106,30 @@ class Background:
     short wants it. So that it is slowed but never starved, it also runs ``SHARE_SECONDS`` of every
     ``SHARE_EVERY`` however busy the server is.
 
-    The caller adds a process only while it is its child and not yet reaped, and discards it before reaping
-    it, so a pid here never names a stranger's process."""
+    Processes are signalled through their pidfds (:class:`Process`), so a process reaped while still here
+    (one that died by itself) is never mistaken for whatever takes its pid next."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._pids: set[int] = set()
+        self._processes: set[Process] = set()
         self._short = 0
         self._paused = False
         self._paused_at = self._share_ends = 0.0
         self._thread: threading.Thread | None = None
 
-    def add(self, pid: int) -> None:
-        """``pid`` now runs long work: stopped at once if long work is paused."""
+    def add(self, process: Process) -> None:
+        """``process`` now runs long work: stopped at once if long work is paused."""
         with self._cond:
-            self._pids.add(pid)
+            self._processes.add(process)
             if self._paused:
-                _signal(pid, signal.SIGSTOP)
+                process.signal(signal.SIGSTOP)
 
-    def discard(self, pid: int) -> None:
-        """``pid`` is ending (or must hear a stop): it runs again and is no longer managed."""
+    def discard(self, process: Process) -> None:
+        """``process`` is ending (or must hear a stop): it runs again and is no longer managed."""
         with self._cond:
-            if pid in self._pids:
-                self._pids.remove(pid)
-                _signal(pid, signal.SIGCONT)
+            if process in self._processes:
+                self._processes.remove(process)
+                process.signal(signal.SIGCONT)
 
     def enter(self) -> None:
         """Short work starts: long work pauses (unless it is having its share)."""
@@ -151,13 +182,8 @@ class Background:
         self._send(signal.SIGCONT)
 
     def _send(self, signum: signal.Signals) -> None:
-        for pid in self._pids:
-            _signal(pid, signum)
-
-
-def _signal(pid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(OSError):  # already ended: nothing to stop or continue
-        os.kill(pid, signum)
+        for process in self._processes:
+            process.signal(signum)
 
 
 BACKGROUND = Background()  # one per server process: short work anywhere in it pauses long work everywhere in it

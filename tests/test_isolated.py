@@ -141,11 +141,11 @@ def test_a_long_query_yields_the_processor_and_its_worker_is_not_reused(engine: 
         time.sleep(0.05)
     threads = os.listdir(f"/proc/{worker.process.pid}/task")
     assert all(os.getpriority(os.PRIO_PROCESS, int(t)) == priority.LOW for t in threads)
-    assert worker.process.pid in priority.BACKGROUND._pids  # stopped whenever a short query runs
+    assert worker.handle in priority.BACKGROUND._processes  # stopped whenever a short query runs
     cancel("done")
     thread.join()
     assert worker not in engine._idle and not worker.process.is_alive()
-    assert worker.process.pid not in priority.BACKGROUND._pids
+    assert worker.handle not in priority.BACKGROUND._processes
 
 
 def test_a_user_with_a_long_query_running_starts_the_next_as_long_work(engine: ProcessEngine) -> None:
@@ -186,8 +186,9 @@ def test_long_work_is_stopped_while_short_work_runs_and_continues_after() -> Non
 
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     background = priority.Background()
+    handle = priority.Process(child.pid)
     try:
-        background.add(child.pid)
+        background.add(handle)
         background.enter()
         background.enter()  # two short queries at once
         deadline = time.monotonic() + 600
@@ -201,11 +202,11 @@ def test_long_work_is_stopped_while_short_work_runs_and_continues_after() -> Non
             assert time.monotonic() < deadline, "the long process was never continued"
             time.sleep(0.01)
         background.enter()
-        background.discard(child.pid)  # ending (or told to stop): it runs, whatever else runs
+        background.discard(handle)  # ending (or told to stop): it runs, whatever else runs
         while state(child.pid) == "T":
             assert time.monotonic() < deadline, "a discarded process stayed stopped"
             time.sleep(0.01)
-        background.add(child.pid)  # added while short work runs: stopped at once
+        background.add(handle)  # added while short work runs: stopped at once
         while state(child.pid) != "T":
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -293,8 +294,9 @@ def test_long_work_is_slowed_not_starved_while_short_work_never_stops() -> None:
 
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     background = priority.Background()
+    handle = priority.Process(child.pid)
     try:
-        background.add(child.pid)
+        background.add(handle)
         background.enter()  # and never leaves
         deadline = time.monotonic() + 600
         for wanted in ("T", "R", "T"):  # stopped, its share, stopped again
@@ -320,7 +322,7 @@ def test_a_stop_outliving_its_worker_ends_and_never_signals_the_pid_again() -> N
     process.start()
     child.close()
     worker = isolated._Worker(process, parent, None)
-    assert worker._pidfd is not None and worker.alive()
+    assert worker.handle.pidfd is not None and worker.alive()
     worker.kill()  # reaped: its pid is free for the system to hand out again
     assert not worker.alive() and process.exitcode == -signal.SIGKILL
     worker.interrupt()  # refused by the kernel for a reaped process, whatever now holds the number
@@ -330,3 +332,24 @@ def test_a_stop_outliving_its_worker_ends_and_never_signals_the_pid_again() -> N
         stop.join(10)
     assert sent == [] and not any(t.name == "saferoom-cancel" and t.is_alive() for t in threading.enumerate())
     parent.close()
+
+
+def test_a_reaped_process_in_the_background_is_never_signalled_by_its_old_pid() -> None:
+    """The background scheduler stops and continues long work by signals. A worker that died by itself may be
+    reaped (multiprocessing reaps ended children when it starts another) while still registered; its pid is
+    then free to name anything, so the scheduler signals through the pidfd the kernel refuses for it."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    handle = priority.Process(child.pid)
+    child.wait()  # reaped: the number is free for the system to hand out again
+    assert handle.pidfd is not None
+    with pytest.raises(ProcessLookupError):
+        signal.pidfd_send_signal(handle.pidfd, 0)
+    background = priority.Background()
+    background.add(handle)
+    background.enter()  # pauses long work: a SIGSTOP through the pidfd, refused and ignored
+    background.leave()
+    background.discard(handle)
+    assert handle not in background._processes

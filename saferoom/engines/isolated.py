@@ -28,7 +28,6 @@ import socket
 import struct
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -171,9 +170,7 @@ class _Worker:
 
     def __init__(self, process: Any, conn: Connection, spill: str | None) -> None:
         self.process, self.conn, self.spill = process, conn, spill
-        self._pidfd = _pidfd(process.pid)  # signals through it never reach a process that reused the pid
-        if self._pidfd is not None:  # closed with the worker object: a stop still sending holds the object
-            weakref.finalize(self, os.close, self._pidfd)
+        self.handle = priority.Process(process.pid)  # taken while it runs: never signals a process that reused the pid
         self.reusable, self.lowered = True, False
         self.ran_long = False  # its query used a short one's processor time
         self.stopping = False  # its query is being stopped (hang-up, timeout, shutdown)
@@ -228,11 +225,8 @@ class _Worker:
     def interrupt(self) -> None:
         """Ask the worker to stop its query. Through a pidfd: once the worker is reaped its pid may be another
         process's, or a thread's of this one (``kill`` of a thread's id signals its whole process)."""
-        with contextlib.suppress(OSError):
-            if self._pidfd is not None:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGUSR1)
-            elif self.process.exitcode is None:
-                os.kill(self.process.pid, signal.SIGUSR1)
+        if self.handle.pidfd is not None or self.process.exitcode is None:
+            self.handle.signal(signal.SIGUSR1)
 
     def alive(self) -> bool:
         return bool(self.process.exitcode is None)
@@ -242,7 +236,7 @@ class _Worker:
         reused after this query."""
         self.reusable, self.lowered = False, True
         priority.lower_process(self.process.pid)
-        priority.BACKGROUND.add(self.process.pid)
+        priority.BACKGROUND.add(self.handle)
 
     @property
     def heavy(self) -> bool:
@@ -252,7 +246,7 @@ class _Worker:
 
     def resume(self) -> None:
         """Let the process run (a stopped one must, to hear a stop or a close); it leaves the background."""
-        priority.BACKGROUND.discard(self.process.pid)
+        priority.BACKGROUND.discard(self.handle)
 
     def stop(self) -> None:
         """End the worker and close its pipe; only the thread that holds the worker calls this."""
@@ -489,11 +483,3 @@ def _stream(conn: Connection, engine: DuckDBEngine, sql: str, batch_size: int, r
 
 def _json(value: object) -> bytes:
     return json.dumps(value).encode()
-
-
-def _pidfd(pid: int) -> int | None:
-    """A pidfd for the worker process, taken while it runs (its pid cannot have been reused yet)."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):  # an old kernel: os.kill, while the process has not been reaped
-        return None
