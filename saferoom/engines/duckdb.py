@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
+from saferoom import scratch
 from saferoom.engines.base import (
     Cancel,
     Catalog,
@@ -168,7 +167,7 @@ class DuckDBEngine:
     def close(self) -> None:
         self._conn.close()
         if self._spill is not None:
-            shutil.rmtree(self._spill, ignore_errors=True)
+            scratch.remove(self._spill)
 
     @contextlib.contextmanager
     def _errors(self, cancel: Cancel | None = None, timeout: float | None = None) -> Iterator[None]:
@@ -193,9 +192,13 @@ def no_progress_bar(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute("SET enable_progress_bar = false")
 
 
+SPILL_PREFIX = "saferoom-spill-"
+
+
 def spill_folder(limits: Limits) -> str | None:
-    """A new folder for one engine's spill files, when its limits allow spilling; whoever makes it removes it."""
-    return tempfile.mkdtemp(prefix="saferoom-spill-") if limits.temp_limit else None
+    """A new folder for one engine's spill files, when its limits allow spilling; whoever makes it removes it
+    (with :func:`saferoom.scratch.remove`; if that process is killed, the next one to make a spill folder does)."""
+    return str(scratch.make(SPILL_PREFIX)) if limits.temp_limit else None
 
 
 def _bound(conn: duckdb.DuckDBPyConnection, limits: Limits, spill: str | None) -> None:

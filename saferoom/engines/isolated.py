@@ -22,7 +22,6 @@ import ctypes
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -36,7 +35,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from saferoom import priority
+from saferoom import priority, scratch
 from saferoom.engines.base import FORWARDED, Cancel, Catalog, IpcMessages, stopped, until_done
 from saferoom.engines.duckdb import DUCKDB, Attachment, DuckDBEngine, spill_folder
 from saferoom.errors import EngineError, SaferoomError, from_fields
@@ -266,7 +265,7 @@ class _Worker:
             self.process.kill()
         self.process.join()
         if self.spill is not None:  # what it spilled may be rows of the data: none stays on disk
-            shutil.rmtree(self.spill, ignore_errors=True)
+            scratch.remove(self.spill)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saferoom import scratch
 from saferoom.errors import NotFound
 from saferoom.files import fsync_dir
 from saferoom.requests.model import File, Request, State
@@ -110,7 +111,7 @@ class PgRequests:
         return None if row is None else bytes(row[0])
 
     def close(self) -> None:
-        shutil.rmtree(self.cache, ignore_errors=True)
+        scratch.remove(self.cache)
 
     def _local(self, request_id: str, file: File) -> Path:
         return self.folder(request_id) / file.sha256 / file.name

@@ -7,7 +7,6 @@ everything that decides or records lives here.
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
 import uuid
@@ -15,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from saferoom import scratch
 from saferoom.audit import now
 from saferoom.decision import MAX_SQL_BYTES, Decision, refused
 from saferoom.engines.base import Cancel, Engine
@@ -295,7 +295,7 @@ def _requests(gateway: Gateway, folder: Path | None, outbox: Path | None, packag
                         snapshots=packages, limits=limits, webhooks=webhooks)
     if not isinstance(store, PostgresStore):
         return None
-    cache = Path(tempfile.mkdtemp(prefix="saferoom-requests-"))
+    cache = scratch.make("saferoom-requests-")  # uploads under review: gone even if this gateway is killed
     return Requests(cache, gateway.audit, lambda: gateway.policy, outbox=outbox, snapshots=packages, limits=limits,
                     webhooks=webhooks, store=PgRequests(store, cache))
 
