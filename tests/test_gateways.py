@@ -264,3 +264,36 @@ def test_migrate_a_state_folder_into_postgresql(room, state_url: str, tmp_path: 
     foreign = saferoom("state", "migrate", "--from", str(other), "--to", state_url)
     assert foreign.returncode != 0 and "another audit chain" in " ".join((foreign.stdout + foreign.stderr).split())
     assert records(state_url) == after
+
+
+def test_a_gateway_killed_mid_upload_leaves_no_part_of_the_file_anywhere(reviewed: list[Server], state_url: str) -> None:
+    """kill -9 while a file streams in: PostgreSQL holds no chunk of it, no gateway lists it, the killed
+    gateway's local copy goes when it starts again, and the upload made again on another gateway is whole."""
+    import tempfile
+
+    one, two, _ = reviewed
+    alice = one.token("alice")
+    asked = ok(one, alice, "POST", "/v1/requests/release", json={"reason": "q3 totals"})
+    sent = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b"region,total\n" + b"EU,1\n" * 400_000  # past one chunk of PostgreSQL's
+        sent.set()
+        one.kill9()  # the gateway dies with the upload half read
+        yield b"EU,2\n" * 400_000
+
+    with pytest.raises(httpx.HTTPError):
+        httpx.put(f"{one.url}/v1/requests/{asked['id']}/files/totals.csv", content=body(), timeout=120,
+                  headers={"Authorization": f"Bearer {alice}"})
+    assert sent.is_set()
+    left = [p for p in Path(tempfile.gettempdir()).glob("saferoom-requests-*") if (p / asked["id"]).exists()]
+    assert ok(two, alice, "GET", f"/v1/requests/{asked['id']}")["files"] == []
+    with psycopg.connect(state_url) as db:
+        assert db.execute("SELECT count(*) FROM saferoom_request_files WHERE request_id = %s",
+                          (asked["id"],)).fetchone() == (0,)
+    one.start()  # its scratch folder is swept as it makes a new one
+    assert left and not any(p.exists() for p in left), left
+    content = b"region,total\nEU,3\n"
+    ok(two, alice, "PUT", f"/v1/requests/{asked['id']}/files/totals.csv", content=content)
+    submitted = ok(one, alice, "POST", f"/v1/requests/{asked['id']}/submit")
+    assert [f["name"] for f in submitted["files"]] == ["totals.csv"]
