@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import re
-import tempfile
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saferoom import scratch
 from saferoom.audit import AuditKey, PublicKey, Verification
 from saferoom.errors import AuditError, LimitExceeded, StateConflict, UsageError
 from saferoom.identity import TokenRecord, check_token, new_token
@@ -272,7 +272,7 @@ class PostgresStore:
     def results_folder(self) -> Path:
         """Kept results stay on the gateway that made them (the web page's pages): a folder of its own."""
         if self._results is None:
-            self._results = Path(tempfile.mkdtemp(prefix="saferoom-results-"))
+            self._results = scratch.make("saferoom-results-")  # rows: gone even if this gateway is killed
         return self._results
 
     # limits --------------------------------------------------------------------------
@@ -360,6 +360,4 @@ class PostgresStore:
             self._renewing.join()
         self.db.close()
         if self._results is not None:
-            import shutil
-
-            shutil.rmtree(self._results, ignore_errors=True)
+            scratch.remove(self._results)
