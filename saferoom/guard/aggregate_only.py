@@ -73,7 +73,7 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     if rules.dp is not None:
         limited = _limited(expression, context, rules)
         bound_contributions(limited, rules.dp.max_contributions)
-    return certified(expression, keys, rules.min_group) if fast else expression
+    return certified(expression, keys, rules.min_group, _integers(expression, context, rules)) if fast else expression
 
 
 def _with_noise(select: exp.Select, context: Context, rules: Aggregate, dp: DP) -> NoisePlan:
@@ -139,6 +139,14 @@ def entity_columns(select: exp.Select, context: Context, rules: Aggregate) -> li
                                 f"`aggregate.keys`")
         columns.append(exp.column(key, table=exp.to_identifier(table.alias_or_name, quoted=True), quoted=True))
     return columns
+
+
+def _integers(select: exp.Select, context: Context, rules: Aggregate) -> frozenset[int]:
+    """Positions, among the keys :func:`entity_columns` lists, of those the role sees whole and of an integer type."""
+    covered = [t.meta[POLICY_TABLE] for t in _sources(select) if rules.covers(t.meta[POLICY_TABLE])]
+    keys = [(entity_key(rules, name, context.policy.columns(name)) or "").lower() for name in covered]
+    return frozenset(i for i, (name, key) in enumerate(zip(covered, keys, strict=True))
+                     if key in context.columns(name).integers)
 
 
 def _one_row_each(select: exp.Select, rules: Aggregate) -> bool:
