@@ -107,8 +107,9 @@ def bound_contributions(limited: list[tuple[exp.Table, str]], most: int,
     under its own alias, so one entity brings at most ``most`` of its rows (which ones is the engine's choice).
 
     ``cols`` are ``kept(table)`` and the key, or ``*`` without ``kept`` or when the alias names the columns by
-    position (``t(a, b)``). The window carries every column it is given: over 10M orders, a DP count that
-    carried all four took 3.1 s and one that carried the key alone 2.0 s, the same rows either way."""
+    position (``t(a, b)``). The window carries every column it is given: over 10M orders of four columns, a
+    DP count or sum carrying only what it names took 0.83-0.86x the time of one carrying the whole row (and
+    kept the same rows)."""
     for table, key in limited:
         alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(table.name))
         inner = table.copy()
@@ -125,5 +126,5 @@ def _carried(table: exp.Table, alias: exp.TableAlias, key: str,
              kept: Callable[[exp.Table], list[str]] | None) -> list[exp.Expr]:
     if kept is None or alias.args.get("columns"):
         return [exp.Star()]
-    names = dict.fromkeys([key, *kept(table)], None)  # the key first, each once
-    return [exp.column(name, quoted=True) for name in names]
+    others = [name for name in kept(table) if name.lower() != key.lower()]
+    return [exp.column(name, quoted=True) for name in [key, *others]]
