@@ -366,3 +366,45 @@ def test_a_null_group_the_buckets_cannot_certify_is_recounted_and_shown() -> Non
     rewritten = certified(select, [exp.column("customer_id")], 10).sql("duckdb")
     assert con.execute(rewritten).fetchall() == con.execute(sql + " having count(distinct customer_id) >= 10").fetchall()
     assert con.execute(rewritten).fetchall() == [(None, 30)]
+
+
+@pytest.mark.parametrize("kind", ["BIGINT", "INTEGER", "SMALLINT", "UBIGINT"])
+def test_whole_integer_keys_bucketed_by_residue_are_exact_at_the_edges(kind: str) -> None:
+    """Integer keys are bucketed by their six low bits, with no hash. Ten customers that are all multiples of 64
+    (one bucket) are recounted and shown; ten negative keys (or, unsigned, ten consecutive ones) are certified;
+    nine customers plus rows without a customer, one customer of fifty rows, and rows whose keys are all NULL
+    are suppressed; the groups match the exact ``count(DISTINCT …)``."""
+    con = duckdb.connect()
+    spread = "-i - 1" if kind != "UBIGINT" else "i + 1000"
+    con.execute(f"""CREATE TABLE orders AS
+        SELECT 'collide' AS region, (i * 64)::{kind} AS customer_id FROM range(10) t(i), range(3)
+        UNION ALL SELECT 'spread', ({spread})::{kind} FROM range(10) t(i)
+        UNION ALL SELECT 'nine', i::{kind} FROM range(9) t(i), range(20)
+        UNION ALL SELECT 'nine', NULL FROM range(5)
+        UNION ALL SELECT 'nulls', NULL FROM range(20)
+        UNION ALL SELECT 'one', 7::{kind} FROM range(50)
+        UNION ALL SELECT 'big', i::{kind} FROM range(100) t(i)""")
+    sql = "select region, count(*) as n from orders group by region"
+    select = sqlglot.parse_one(sql + " having count(customer_id) >= 10", dialect="duckdb")
+    rewritten = certified(select, [exp.column("customer_id")], 10, integers=frozenset({0})).sql("duckdb")
+    assert "HASH" not in rewritten
+    exact = con.execute(sql + " having count(distinct customer_id) >= 10 order by 1").fetchall()
+    assert sorted(con.execute(rewritten).fetchall()) == exact == [("big", 100), ("collide", 30), ("spread", 10)]
+    buckets = "bit_count(bit_or(9223372036854775808::UBIGINT >> (customer_id & 63)))"
+    popcounts = dict(con.execute(f"SELECT region, {buckets} FROM orders GROUP BY region").fetchall())
+    assert popcounts["collide"] == 1 and popcounts["spread"] == 10  # one recounted, the other certified
+    assert popcounts["nulls"] is None  # NULL keys set no bit, with no FILTER
+
+
+def test_the_guard_buckets_whole_integer_keys_and_hashes_tokens(folder: Path) -> None:
+    """mo sees customer_id whole (a BIGINT): bucketed by residue. A role that sees it as tokens (text) gets the
+    hashed buckets, and the same groups: nine customers suppressed, ten shown."""
+    policy = POLICY.replace("  ann: {roles: [reader]}", "  ann: {roles: [reader]}\n  tom: {roles: [tokens]}") + (
+        "  tokens:\n    columns: {key: tokenize, pii: tokenize, quasi: allow}\n"
+        "    aggregate: {min_group: 10, entity: prod.customers.customer_id}\n")
+    (folder / "tokens.yaml").write_text(policy)
+    sql = "select region, count(*) as n from orders group by region"
+    with saferoom.connect(folder / "saferoom.yaml", user="mo") as mo, saferoom.connect(folder / "tokens.yaml", user="tom") as tom:
+        assert ">> (" in mo.guard(sql).sql and "HASH(" not in mo.guard(sql).sql
+        assert "HASH(" in tom.guard(sql).sql and ">> (" not in tom.guard(sql).sql
+        assert rows(mo, sql) == rows(tom, sql) == [("EU", 100), ("R10", 10)]

@@ -66,6 +66,19 @@ def test_what_one_entity_adds_is_bounded(dana) -> None:
     assert set(means) == set(EXACT) and all(isinstance(v, float) for v in means.values())
 
 
+def test_the_bounded_rows_carry_only_the_columns_the_query_uses(dana) -> None:
+    """The window that bounds each customer's orders carries the key and the columns named, not the whole row;
+    a join through it still finds its columns, and a table whose alias names its columns by position keeps
+    them all, in order (a cut list would shift the names onto other columns)."""
+    sql = dana.guard("select region, sum(amount) from orders group by region").sql
+    assert 'SELECT "customer_id", "amount", "region" FROM' in sql and "order_id" not in sql
+    joined = ("select c.segment, count(*) as n from orders o join customers c on o.customer_id = c.customer_id "
+              "group by c.segment")
+    assert set(answer(dana, joined)) == {"big", "ten"}
+    renamed = "select r, count(*) from orders as o(i, k, a, r) group by r"
+    assert "SELECT * FROM" in dana.guard(renamed).sql
+
+
 @pytest.mark.parametrize("most", [1, 2, 3])
 def test_each_entity_and_the_null_key_bring_at_most_m_rows(most: int) -> None:
     """Four orders of customer 1, one of customer 2, three without a customer: the NULL key is one partition."""

@@ -31,7 +31,7 @@ from saferoom.guard.aggregate_only import aggregate_only
 from saferoom.guard.bound_sizes import bound_sizes
 from saferoom.guard.check_nodes import check_nodes
 from saferoom.guard.check_statement import check_statement
-from saferoom.guard.context import Columns, Context, Hidden, Touched
+from saferoom.guard.context import INTEGERS, Columns, Context, Hidden, Touched
 from saferoom.guard.explain_tokens import explain_tokens
 from saferoom.guard.name_outputs import name_outputs
 from saferoom.guard.outputs import Outputs, outputs
@@ -167,12 +167,14 @@ def _columns(policy: Policy, role: str, table: str, types: ColumnTypes) -> Colum
     declares that the database no longer has (a column a split removed). Unclassified ones are not listed at
     all, so a query naming one fails exactly as for a column that does not exist (its existence is not disclosed)."""
     listed = policy.columns(table)
-    shown = [rule for rule, _ in visible_columns(policy, role, table, types)]
+    typed = visible_columns(policy, role, table, types)
+    shown = [rule for rule, _ in typed]
     visible = frozenset(rule.column for rule in shown)
     rules = (policy.rule(role, table, c) for c in listed if c not in visible)
     hidden = {r.column.lower(): Hidden(table, r.column, r) for r in rules if r.action is Action.DENY}
     tokenized = frozenset(r.column.lower() for r in shown if r.action is Action.TOKENIZE)
-    return Columns(visible, hidden, tokenized)
+    integers = frozenset(r.column.lower() for r, kind in typed if r.action is Action.ALLOW and kind.upper() in INTEGERS)
+    return Columns(visible, hidden, tokenized, integers)
 
 
 def _keep(types: dict[str, str], names: frozenset[str], visible: frozenset[str]) -> frozenset[str]:

@@ -10,6 +10,13 @@ recounted exactly over their own rows, reached by a semi-join, so the decision s
 exactly ``min_group`` entities whose hashes collide is still shown. NULL keys set no bucket (DuckDB's
 ``hash(NULL)`` is a number).
 
+A key the role sees whole and of an integer type is bucketed by its six low bits, with no hash: two
+different residues are two different keys, so the bound is as sound, and keys that share residues (all
+multiples of 64, say) only fall to the exact recount. The bit is ``2**63 >> (key & 63)``: a right shift is
+cheaper on DuckDB than a left one (no overflow check), and a NULL key gives a NULL that ``bit_or`` skips,
+so no FILTER is needed. At three groups over 10M orders this took the certificate from about 2.2× to
+1.35× a plain group-by (docs/aggregate.md).
+
 The user's query becomes a materialized CTE with hidden columns (its group keys and buckets), and the
 outer query keeps the groups that pass, with the CTE's own column names (``* EXCLUDE`` the hidden ones).
 """
@@ -34,8 +41,9 @@ def upper_bound(key: exp.Column, minimum: int) -> exp.Expr:
     return exp.GTE(this=exp.Count(this=key.copy()), expression=exp.Literal.number(minimum))
 
 
-def certified(select: exp.Select, keys: list[exp.Column], minimum: int) -> exp.Select:
-    """``select`` (its HAVING already holding :func:`upper_bound` for each key) wrapped as described above."""
+def certified(select: exp.Select, keys: list[exp.Column], minimum: int, integers: frozenset[int] = frozenset()) -> exp.Select:
+    """``select`` (its HAVING already holding :func:`upper_bound` for each key) wrapped as described above;
+    ``integers``: the positions in ``keys`` of whole integer keys, bucketed without a hash."""
     groups = group_expressions(select)
     recount = [_recount(select, groups, key, i, minimum) for i, key in enumerate(keys)]
     hidden = [f"__saferoom_g{i}" for i in range(len(groups))] + [f"__saferoom_b{i}" for i in range(len(keys))]
@@ -43,7 +51,7 @@ def certified(select: exp.Select, keys: list[exp.Column], minimum: int) -> exp.S
     for i, group in enumerate(groups):
         inner.append("expressions", exp.alias_(group.copy(), f"__saferoom_g{i}"))
     for i, key in enumerate(keys):
-        inner.append("expressions", exp.alias_(_buckets(key), f"__saferoom_b{i}"))
+        inner.append("expressions", exp.alias_(_residues(key) if i in integers else _buckets(key), f"__saferoom_b{i}"))
     star = exp.Star(except_=[exp.column(h) for h in hidden])
     outer = exp.select(star).from_(GROUPS).where(exp.and_(*recount, copy=False), copy=False)
     cte = exp.CTE(this=inner, alias=exp.TableAlias(this=exp.to_identifier(GROUPS)), materialized=True)
@@ -57,6 +65,13 @@ def _buckets(key: exp.Column) -> exp.Expr:
                                    this=exp.func("hash", key.copy()), expression=exp.Literal.number(63))))
     present = exp.Not(this=exp.Is(this=key.copy(), expression=exp.Null()))
     return exp.Filter(this=exp.func("bit_or", bit), expression=exp.Where(this=present))
+
+
+def _residues(key: exp.Column) -> exp.Expr:
+    """``bit_or(2**63 >> (key & 63))``: one bit per residue of an integer key mod 64; NULL sets none."""
+    top = exp.cast(exp.Literal.number(1 << 63), exp.DataType.build("UBIGINT", dialect="duckdb"))
+    low = exp.Paren(this=exp.BitwiseAnd(this=key.copy(), expression=exp.Literal.number(63)))
+    return exp.func("bit_or", exp.BitwiseRightShift(this=top, expression=low))
 
 
 def _popcount(i: int) -> exp.Expr:

@@ -30,6 +30,8 @@ Suppressed groups are dropped, not folded into a remainder group (see docs/aggre
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlglot import exp
 
 from saferoom.errors import QueryRejected
@@ -72,8 +74,8 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     expression.set("having", exp.Having(this=exp.and_(*everything, copy=False)))
     if rules.dp is not None:
         limited = _limited(expression, context, rules)
-        bound_contributions(limited, rules.dp.max_contributions)
-    return certified(expression, keys, rules.min_group) if fast else expression
+        bound_contributions(limited, rules.dp.max_contributions, _used_columns(expression, context))
+    return certified(expression, keys, rules.min_group, _integers(expression, context, rules)) if fast else expression
 
 
 def _with_noise(select: exp.Select, context: Context, rules: Aggregate, dp: DP) -> NoisePlan:
@@ -90,6 +92,17 @@ def _limited(select: exp.Select, context: Context, rules: Aggregate) -> list[tup
         if rules.covers(name) and name != rules.entity_table and key is not None:
             found.append((table, key))
     return found
+
+
+def _used_columns(select: exp.Select, context: Context) -> Callable[[exp.Table], list[str]]:
+    """For a table of the query, its visible columns whose names the query uses (under any qualifier: one
+    too many costs a little, one too few would be an error)."""
+    used = {c.name.lower() for c in select.find_all(exp.Column)}
+
+    def kept(table: exp.Table) -> list[str]:
+        visible = context.columns(table.meta[POLICY_TABLE]).visible
+        return sorted(c for c in visible if c.lower() in used)
+    return kept
 
 
 def _sources(select: exp.Select) -> list[exp.Table]:
@@ -139,6 +152,14 @@ def entity_columns(select: exp.Select, context: Context, rules: Aggregate) -> li
                                 f"`aggregate.keys`")
         columns.append(exp.column(key, table=exp.to_identifier(table.alias_or_name, quoted=True), quoted=True))
     return columns
+
+
+def _integers(select: exp.Select, context: Context, rules: Aggregate) -> frozenset[int]:
+    """Positions, among the keys :func:`entity_columns` lists, of those the role sees whole and of an integer type."""
+    covered = [t.meta[POLICY_TABLE] for t in _sources(select) if rules.covers(t.meta[POLICY_TABLE])]
+    keys = [(entity_key(rules, name, context.policy.columns(name)) or "").lower() for name in covered]
+    return frozenset(i for i, (name, key) in enumerate(zip(covered, keys, strict=True))
+                     if key in context.columns(name).integers)
 
 
 def _one_row_each(select: exp.Select, rules: Aggregate) -> bool:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from saferoom.guard.aggregate_dp import NoisePlan
 
 ViewFor = Callable[[str, frozenset[str] | None], exp.Expr]
+# integer types of at most 64 bits, as the engine names them: a key of one of these can be bucketed by its
+# low bits with no hash (saferoom.guard.aggregate_certified)
+INTEGERS = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Columns:
     visible: frozenset[str]
     hidden: Mapping[str, Hidden]
     tokenized: frozenset[str] = frozenset()  # visible columns that hold tokens for the role, lower-cased
+    integers: frozenset[str] = frozenset()  # visible columns the role sees whole and of a 64-bit integer type
 
 
 @dataclass
