@@ -51,6 +51,7 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
         return expression
     try:
         check_shape(expression, identifiers(context, rules))
+        _refuse_renamed_columns(expression)
     except QueryRejected as exc:
         raise QueryRejected(f"{exc.message}. Role `{context.role}` may only {rules.allowed_instead()}",
                             column=exc.column) from None
@@ -76,6 +77,19 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
         limited = _limited(expression, context, rules)
         bound_contributions(limited, rules.dp.max_contributions, _used_columns(expression, context))
     return certified(expression, keys, rules.min_group, _integers(expression, context, rules)) if fast else expression
+
+
+def _refuse_renamed_columns(select: exp.Expr) -> None:
+    """Columns renamed by position (``orders AS o(i, k, a, r)``) hide which one is the entity key, which the
+    rewrite must name; refused with what to write instead (never an engine error)."""
+    if not isinstance(select, exp.Select):
+        return
+    for table in _sources(select):
+        alias = table.args.get("alias")
+        if isinstance(alias, exp.TableAlias) and alias.columns:
+            names = ", ".join(c.name for c in alias.columns)
+            raise QueryRejected(f"columns renamed by position in `{alias.name}({names})` hide which one is the entity "
+                                f"key that each group's count needs: rename them in the select list (`customer_id AS k`)")
 
 
 def _with_noise(select: exp.Select, context: Context, rules: Aggregate, dp: DP) -> NoisePlan:
