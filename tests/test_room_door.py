@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import socketserver
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from saferoom.client import DOOR, RemoteSession
 from saferoom.decision import MAX_SQL_BYTES
 from saferoom.server.app import body_limit
 from tests.gateway_helpers import Server, eventually
-from tests.test_room_io import QUERY, ROWS, socket_gateway
+from tests.test_room_io import QUERY, ROWS, impostor, socket_gateway
 
 SLOW = "select count(*) as n from events a, events b where a.id < b.id"  # runs until it is stopped
 
@@ -181,13 +180,6 @@ class _CutDoor(socketserver.BaseRequestHandler):
 
 
 def test_a_door_stream_without_its_status_line_is_an_error_not_a_short_result(tmp_path: Path) -> None:
-    path = tmp_path / "cut.sock"
-    with socketserver.ThreadingUnixStreamServer(str(path), _CutDoor) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            with RemoteSession(None, "sr_x", socket=path) as remote, pytest.raises(saferoom.EngineError, match="before the end"):
-                remote.query("select 1").to_arrow()
-        finally:
-            server.shutdown()
-            thread.join()
+    with impostor(tmp_path / "cut.sock", _CutDoor) as path, RemoteSession(None, "sr_x", socket=path) as remote, \
+            pytest.raises(saferoom.EngineError, match="before the end"):
+        remote.query("select 1").to_arrow()
