@@ -2,7 +2,8 @@
 
 * start-up: ``python -c pass`` in a room (``saferoom room --socket ... -- python -c pass``: the gateway asked
   whose token it is, the sandbox made, the limits set) against the same command run plainly;
-* throughput: a query's whole result read inside a room through the gateway's Unix socket, against the
+* throughput: a query's whole result read inside a room through the gateway's Unix socket (its result door:
+  Arrow with no HTTP around it; and, alternating with it, the HTTP route on the same socket), against the
   same query in an embedded session, and against an Arrow Flight ``do_get`` of the same result (a Flight
   server in a process of its own, holding the result already made, over TCP on 127.0.0.1), as rows per
   second and their ratios. The socket runs the query each time and Flight only sends it, so a second Flight
@@ -128,16 +129,19 @@ def throughput(server: Server, space: Path, env: dict[str, str], rows: int, repe
     inside = textwrap.dedent(f"""
         import json, time, saferoom
         s = saferoom.connect()
-        runs = []
+        assert s._door  # the gateway's result door on its socket
+        runs = {{"door": [], "http": []}}
         for _ in range({repeat}):
-            start = time.perf_counter()
-            n = s.query({QUERY!r}).to_arrow().num_rows
-            runs.append(time.perf_counter() - start)
+            for way in runs:  # alternating: the same load for both
+                s._door = way == "door"  # the HTTP route on the same socket, as a gateway without the door
+                start = time.perf_counter()
+                n = s.query({QUERY!r}).to_arrow().num_rows
+                runs[way].append(time.perf_counter() - start)
         print(json.dumps({{"rows": n, "runs": runs}}))
     """)
     found = json.loads(run(room_command(server, space, sys.executable, "-c", inside), env).strip().splitlines()[-1])
     assert found["rows"] == rows, found
-    socket_seconds = statistics.median(found["runs"])
+    socket_seconds, http_seconds = statistics.median(found["runs"]["door"]), statistics.median(found["runs"]["http"])
     with saferoom.connect(server.policy, user="bench") as session:
         embedded = []
         for _ in range(repeat):
@@ -152,6 +156,8 @@ def throughput(server: Server, space: Path, env: dict[str, str], rows: int, repe
           f"room's socket / Flight {made / socket_seconds:.2f} (target >= 1)")
     print(f"           Arrow Flight do_get running the query  {rows / querying / 1e6:6.2f} M rows/s   "
           f"room's socket / Flight {querying / socket_seconds:.2f}")
+    print(f"           the socket's HTTP route (no door)       {rows / http_seconds / 1e6:6.2f} M rows/s   "
+          f"door / HTTP {http_seconds / socket_seconds:.2f}")
 
 
 def flight_get(policy: Path, rows: int, repeat: int) -> tuple[float, float]:
