@@ -183,3 +183,15 @@ def test_a_door_stream_without_its_status_line_is_an_error_not_a_short_result(tm
     with impostor(tmp_path / "cut.sock", _CutDoor) as path, RemoteSession(None, "sr_x", socket=path) as remote, \
             pytest.raises(saferoom.EngineError, match="before the end"):
         remote.query("select 1").to_arrow()
+
+
+def test_connections_that_never_send_their_request_hold_no_query_and_stop_no_one(gateway: Server) -> None:
+    """A flood of half-open requests at the door: each holds a socket, not a thread or a query slot."""
+    stalled = [knock(gateway, DOOR + b'{"sql": "select 1"') for _ in range(100)]
+    try:
+        assert gateway.socket is not None
+        with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
+            assert remote.query("select 42 as n").to_arrow().column("n").to_pylist() == [42]
+    finally:
+        for sock in stalled:
+            sock.close()

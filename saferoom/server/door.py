@@ -99,20 +99,14 @@ TASKS: set[asyncio.Task[None]] = set()  # the doors' connections being served (a
 
 
 async def serve(gateway: Gateway, sock: socket.socket, head: bytes) -> None:
-    """One connection of the door: its request read, its query answered, its socket closed."""
-    loop, cancel, worker, ended = asyncio.get_running_loop(), Cancel(), QueryThread(), threading.Event()
+    """One connection of the door: its request read (holding no thread: a connection that never sends it costs
+    a socket until ``REQUEST_SECONDS``), its query answered, its socket closed."""
+    loop = asyncio.get_running_loop()
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         payload = await asyncio.wait_for(_request(loop, sock, head, body_limit(gateway.max_sql_bytes)), REQUEST_SECONDS)
-        loop.add_reader(sock.fileno(), _watch, sock, cancel, ended, loop)
-        try:
-            await worker.run(answer, gateway, sock, payload, cancel, ended)
-        except BaseException:  # the gateway stopping: the query ends with the connection
-            cancel(HUNG_UP)
-            raise
-        finally:
-            loop.remove_reader(sock.fileno())
+        await _answering(loop, gateway, sock, payload)
     except (TimeoutError, OSError):
         pass  # the client left, or never said what it wanted: nothing ran
     except SaferoomError as exc:
@@ -121,8 +115,22 @@ async def serve(gateway: Gateway, sock: socket.socket, head: bytes) -> None:
     except Exception:  # a fault of the gateway's: logged, and the client sees its stream cut
         log.exception("the result door failed")
     finally:
-        worker.close()
         sock.close()
+
+
+async def _answering(loop: asyncio.AbstractEventLoop, gateway: Gateway, sock: socket.socket,
+                     payload: tuple[QueryRequest, str | None]) -> None:
+    """The query on a thread of its own, while the loop watches for the client hanging up."""
+    cancel, worker, ended = Cancel(), QueryThread(), threading.Event()
+    loop.add_reader(sock.fileno(), _watch, sock, cancel, ended, loop)
+    try:
+        await worker.run(answer, gateway, sock, payload, cancel, ended)
+    except BaseException:  # the gateway stopping, or a fault: the query ends with the connection
+        cancel(HUNG_UP)
+        raise
+    finally:
+        loop.remove_reader(sock.fileno())
+        worker.close()
 
 
 async def _request(loop: asyncio.AbstractEventLoop, sock: socket.socket, head: bytes,
