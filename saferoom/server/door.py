@@ -68,8 +68,8 @@ def door_protocol(gateway: Gateway) -> type[asyncio.Protocol]:
             if self._head.startswith(PREAMBLE):
                 self._take()
             elif not PREAMBLE.startswith(self._head):
-                self._deciding = False
-                self._http.data_received(self._head)
+                head, self._head, self._deciding = self._head, b"", False
+                self._http.data_received(head)
 
         def _take(self) -> None:
             """The socket leaves the event loop's transport (which closes its own descriptor only) for the door."""
