@@ -2,8 +2,9 @@
 
 The client (:mod:`saferoom.client`) hands :class:`RemoteResult` a file over the response body: over the
 gateway's Unix socket, :class:`SocketBody`, whose every block is read straight from the socket (through the
-result door, :class:`DoorSource`; by the standard library's HTTP client from a gateway without it); over TCP, :class:`ChunksFile` over httpx's chunks. Kept apart from the client so that
-what only asks the gateway questions (a room's start asks whose token it is) never loads Arrow.
+result door, :class:`DoorSource`; by the standard library's HTTP client from a gateway without it); over TCP,
+:class:`ChunksFile` over httpx's chunks. Kept apart from the client so that what only asks the gateway
+questions (a room's start asks whose token it is) never loads Arrow.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class RemoteResult(Result):
 
 
 class Readable(Protocol):
+    """What :class:`SocketBody` reads: an http.client response, or a :class:`DoorSource`."""
+
     def readinto(self, buffer: Any) -> int: ...
 
     def read(self) -> bytes: ...
