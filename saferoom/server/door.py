@@ -182,12 +182,13 @@ def answer(gateway: Gateway, sock: socket.socket, request: tuple[QueryRequest, s
 def _send(sock: socket.socket, data: Any) -> None:
     """All of ``data``, waiting while the client's buffer is full (the descriptor is shared with the event loop's
     watch, which keeps it non-blocking)."""
-    view = memoryview(data).cast("B")
+    view, writable = memoryview(data).cast("B"), select.poll()  # poll: a gateway's descriptors can pass select's 1024
+    writable.register(sock, select.POLLOUT)
     while view:
         try:
             view = view[sock.send(view):]
         except BlockingIOError:
-            select.select([], [sock], [])
+            writable.poll()
 
 
 def _watch(sock: socket.socket, cancel: Cancel, ended: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
