@@ -2,7 +2,8 @@
 
 * start-up: ``python -c pass`` in a room (``saferoom room --socket ... -- python -c pass``: the gateway asked
   whose token it is, the sandbox made, the limits set) against the same command run plainly;
-* throughput: a query's whole result read inside a room through the gateway's Unix socket, against the
+* throughput: a query's whole result read inside a room through the gateway's Unix socket (its result door:
+  Arrow with no HTTP around it; and, alternating with it, the HTTP route on the same socket), against the
   same query in an embedded session, and against an Arrow Flight ``do_get`` of the same result (a Flight
   server in a process of its own, holding the result already made, over TCP on 127.0.0.1), as rows per
   second and their ratios. The socket runs the query each time and Flight only sends it, so a second Flight
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import saferoom
 from saferoom import cgroup, seccomp
 from saferoom import room as rooms
+from saferoom.client import RemoteSession
 from saferoom.policy.limits import ROOM_DEFAULTS
 from tests.gateway_helpers import SERVE, Server, free_port
 
@@ -128,16 +130,19 @@ def throughput(server: Server, space: Path, env: dict[str, str], rows: int, repe
     inside = textwrap.dedent(f"""
         import json, time, saferoom
         s = saferoom.connect()
-        runs = []
+        assert s._door  # the gateway's result door on its socket
+        runs = {{"door": [], "http": []}}
         for _ in range({repeat}):
-            start = time.perf_counter()
-            n = s.query({QUERY!r}).to_arrow().num_rows
-            runs.append(time.perf_counter() - start)
+            for way in runs:  # alternating: the same load for both
+                s._door = way == "door"  # the HTTP route on the same socket, as a gateway without the door
+                start = time.perf_counter()
+                n = s.query({QUERY!r}).to_arrow().num_rows
+                runs[way].append(time.perf_counter() - start)
         print(json.dumps({{"rows": n, "runs": runs}}))
     """)
     found = json.loads(run(room_command(server, space, sys.executable, "-c", inside), env).strip().splitlines()[-1])
     assert found["rows"] == rows, found
-    socket_seconds = statistics.median(found["runs"])
+    socket_seconds, http_seconds = statistics.median(found["runs"]["door"]), statistics.median(found["runs"]["http"])
     with saferoom.connect(server.policy, user="bench") as session:
         embedded = []
         for _ in range(repeat):
@@ -152,6 +157,37 @@ def throughput(server: Server, space: Path, env: dict[str, str], rows: int, repe
           f"room's socket / Flight {made / socket_seconds:.2f} (target >= 1)")
     print(f"           Arrow Flight do_get running the query  {rows / querying / 1e6:6.2f} M rows/s   "
           f"room's socket / Flight {querying / socket_seconds:.2f}")
+    print(f"           the socket's HTTP route (no door)       {rows / http_seconds / 1e6:6.2f} M rows/s   "
+          f"door / HTTP {http_seconds / socket_seconds:.2f}")
+
+
+def processor_cost(server: Server, rows: int, repeat: int) -> None:
+    """Processor time a result costs the gateway process (its threads; the query's worker is a process of its
+    own) and the reading client, through the door and through the HTTP route of the same socket, alternating.
+    Read from this process, outside a room (the gateway's /proc is not visible inside one): on a busy host the
+    wall time mostly says how long each waited for a processor, the processor time what the transport costs."""
+    assert server.socket is not None and server.process is not None
+    session = RemoteSession(None, server.token("bench"), socket=server.socket)
+    used: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    try:
+        for _ in range(repeat):
+            for door in (True, False):
+                session._door = door  # the HTTP route on the same socket, as a gateway without the door
+                gateway, client = _process_seconds(server.process.pid), time.process_time()
+                assert session.query(QUERY).to_arrow().num_rows == rows
+                used[door].append((_process_seconds(server.process.pid) - gateway, time.process_time() - client))
+    finally:
+        session.close()
+    (door_gw, door_client), (http_gw, http_client) = ((statistics.median(g for g, _ in used[way]),
+                                                       statistics.median(c for _, c in used[way])) for way in (True, False))
+    print(f"           processor time a result   gateway: door {door_gw * 1000:5.0f} ms, HTTP {http_gw * 1000:5.0f} ms "
+          f"(door / HTTP {door_gw / http_gw:.2f});   client: door {door_client * 1000:5.0f} ms, HTTP {http_client * 1000:5.0f} ms")
+
+
+def _process_seconds(pid: int) -> float:
+    """User and system time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def flight_get(policy: Path, rows: int, repeat: int) -> tuple[float, float]:
@@ -207,6 +243,7 @@ def main() -> None:
         startup(server, space, env, args.repeat)
         walls(args.repeat)
         throughput(server, space, env, args.rows, args.repeat)
+        processor_cost(server, args.rows, args.repeat)
     finally:
         server.stop()
         shutil.rmtree(folder)

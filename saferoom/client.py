@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from saferoom.result import Result
 
 CHUNK = 1 << 20
+DOOR = b"SAFEROOM-ARROW/1 "  # opens a request to the gateway's result door; no HTTP method looks like it
+ANSWER_LINE = 1 << 16  # the door's answer line is short: an id, or an error and its explanation
 CONNECT_SECONDS = 30.0
 ARROW = "application/vnd.apache.arrow.stream"  # the gateway's result media type
 SOCKET_BASE = "http://saferoom.socket"
@@ -85,11 +87,15 @@ class RemoteSession:
         self.role: str = me["role"]
         self.dialect: str = me.get("dialect") or "duckdb"  # a gateway from before it said so ran DuckDB
         self.requested_role = role
+        self._door = bool(me.get("door")) and self._socket is not None  # the gateway's result door on this socket
 
     def query(self, sql: str) -> Result:
         from saferoom.streamed import ChunksFile, RemoteResult, SocketBody  # Arrow: loaded by the first query
 
         payload = {"sql": sql, "role": self.requested_role}
+        if self._door:
+            connection, body, request_id = self._through_door(payload)
+            return RemoteResult(SocketBody(body), connection.close, request_id)
         if self._socket is not None:
             connection, answer = self._over_socket("POST", "/v1/query", json.dumps(payload).encode(), ARROW)
             return RemoteResult(SocketBody(answer), connection.close, answer.getheader("X-Saferoom-Request"))
@@ -125,6 +131,31 @@ class RemoteSession:
             connection.close()
             raise problem
         return connection, answer
+
+    def _through_door(self, payload: dict[str, Any]) -> tuple[_SocketConnection, Any, str | None]:
+        """A query through the gateway's result door (saferoom/server/door.py): one request line, one answer line,
+        then the Arrow stream read straight from the socket, no HTTP framing to undo."""
+        assert self._socket is not None
+        from saferoom.streamed import DoorSource
+
+        connection = _SocketConnection(self._socket)
+        self._streams.add(connection)
+        request = {**payload, "authorization": self._headers["Authorization"]}
+        try:
+            connection.connect()
+            connection.sock.sendall(DOOR + json.dumps(request).encode() + b"\n")
+            line, ahead = _answer_line(connection.sock)
+            answer = json.loads(line or b"null")
+        except (OSError, ValueError) as exc:
+            connection.close()
+            raise UsageError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        if not isinstance(answer, dict) or "error" in answer:
+            connection.close()
+            error = answer.get("error") if isinstance(answer, dict) else None
+            if not isinstance(error, dict):
+                raise UsageError(f"{self.url} did not answer as a saferoom gateway's result door; check the socket")
+            raise from_fields(error.get("type", "SaferoomError"), error.get("message", ""), error)
+        return connection, DoorSource(connection.sock, ahead), answer.get("request")
 
     def tables(self) -> list[TableInfo]:
         return [TableInfo.from_dict(t) for t in self._json("GET", "/v1/tables", params=_role(self.requested_role))]
@@ -211,6 +242,18 @@ class _SocketConnection(http.client.HTTPConnection):
             sock.close()
             raise
         self.sock = sock
+
+
+def _answer_line(sock: sockets.socket) -> tuple[bytes, bytes]:
+    """The door's answer line, and what arrived after it (the stream's first bytes)."""
+    received = b""
+    while b"\n" not in received:
+        got = sock.recv(ANSWER_LINE)
+        if not got or len(received) > ANSWER_LINE:
+            raise ValueError("the answer line did not arrive whole")
+        received += got
+    line, ahead = received.split(b"\n", 1)
+    return line, ahead
 
 
 def _chunks(response: httpx.Response) -> Iterator[bytes]:

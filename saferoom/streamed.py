@@ -1,9 +1,10 @@
 """A gateway's result as it streams in: an Arrow IPC stream decoded batch by batch, then the status line.
 
 The client (:mod:`saferoom.client`) hands :class:`RemoteResult` a file over the response body: over the
-gateway's Unix socket, :class:`SocketBody`, whose every block is read straight from the socket by the standard
-library's HTTP client; over TCP, :class:`ChunksFile` over httpx's chunks. Kept apart from the client so that
-what only asks the gateway questions (a room's start asks whose token it is) never loads Arrow.
+gateway's Unix socket, :class:`SocketBody`, whose every block is read straight from the socket (through the
+result door, :class:`DoorSource`; by the standard library's HTTP client from a gateway without it); over TCP,
+:class:`ChunksFile` over httpx's chunks. Kept apart from the client so that what only asks the gateway
+questions (a room's start asks whose token it is) never loads Arrow.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import socket
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -36,7 +38,10 @@ class RemoteResult(Result):
     def _receive(self, reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
         try:
             yield from reader
-            status = json.loads(self._body.read() or b"{}")
+            line = self._body.read()
+            if not line:  # every stream ends with its status line: without it, it was cut at a batch's edge
+                raise cut(EOFError("no status line"))
+            status = json.loads(line)
             self._truncated = bool(status.get("truncated"))
             self._notices = tuple(str(n) for n in status.get("notices") or ())  # the cut's among them, if any
             if "error" in status:
@@ -45,11 +50,42 @@ class RemoteResult(Result):
             self._close()
 
 
-class SocketBody(io.RawIOBase):
-    """An http.client response body whose ``read(n)`` fills one buffer of n bytes straight from the socket
-    (http.client decodes the chunks; past its small buffer, its reads go into ours): no copy but the kernel's."""
+class Readable(Protocol):
+    """What :class:`SocketBody` reads: an http.client response, or a :class:`DoorSource`."""
 
-    def __init__(self, response: http.client.HTTPResponse) -> None:
+    def readinto(self, buffer: Any) -> int: ...
+
+    def read(self) -> bytes: ...
+
+
+class DoorSource:
+    """The socket past the result door's answer line (see saferoom/server/door.py): the bytes that arrived with
+    that line first, then the socket's, each read straight into the buffer Arrow asked for."""
+
+    def __init__(self, sock: socket.socket, ahead: bytes) -> None:
+        self._sock, self._ahead = sock, memoryview(ahead)
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._ahead:
+            return self._sock.recv_into(buffer)
+        size = min(len(buffer), len(self._ahead))
+        buffer[:size], self._ahead = self._ahead[:size], self._ahead[size:]
+        return size
+
+    def read(self) -> bytes:
+        """The rest, to the end of the stream."""
+        block, chunks = bytearray(1 << 16), []
+        while got := self.readinto(block):
+            chunks.append(bytes(block[:got]))
+        return b"".join(chunks)
+
+
+class SocketBody(io.RawIOBase):
+    """A body whose ``read(n)`` fills one buffer of n bytes straight from the socket: an http.client response
+    (which decodes the chunks; past its small buffer, its reads go into ours) or the result door's stream. No
+    copy but the kernel's."""
+
+    def __init__(self, response: Readable) -> None:
         self._response = response
 
     def readable(self) -> bool:

@@ -4,6 +4,7 @@ or a dead gateway said, and a client that leaves cancelling its query. Real gate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import os
@@ -128,18 +129,23 @@ class _NotAGateway(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_an_answer_on_the_socket_that_is_not_arrow_is_refused_not_read(tmp_path: Path) -> None:
-    path = tmp_path / "other.sock"
-    with socketserver.ThreadingUnixStreamServer(str(path), _NotAGateway) as server:
+@contextlib.contextmanager
+def impostor(path: Path, handler: type[socketserver.BaseRequestHandler]) -> Iterator[Path]:
+    """A server on the Unix socket ``path`` that is not a gateway, stopped however the test ends."""
+    with socketserver.ThreadingUnixStreamServer(str(path), handler) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
-            with RemoteSession(None, "sr_x", socket=path) as remote, \
-                    pytest.raises(saferoom.UsageError, match="did not answer as a saferoom gateway.*text/html"):
-                remote.query("select 1")
+            yield path
         finally:
             server.shutdown()
             thread.join()
+
+
+def test_an_answer_on_the_socket_that_is_not_arrow_is_refused_not_read(tmp_path: Path) -> None:
+    with impostor(tmp_path / "other.sock", _NotAGateway) as path, RemoteSession(None, "sr_x", socket=path) as remote, \
+            pytest.raises(saferoom.UsageError, match="did not answer as a saferoom gateway.*text/html"):
+        remote.query("select 1")
 
 
 # --- the gateway's thread that passes a result on -----------------------------------------------------

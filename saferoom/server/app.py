@@ -43,7 +43,8 @@ class ExplainRequest(BaseModel):
     role: str | None = None
 
 
-def create_app(gateway: Gateway) -> FastAPI:
+def create_app(gateway: Gateway, door: bool = False) -> FastAPI:
+    """The routes over ``gateway``; ``door``: served on a Unix socket whose result door (server/door.py) clients may use."""
     app = FastAPI(title="saferoom gateway", version=__version__, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
 
@@ -72,7 +73,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         session = gateway.session(identity, role)
         roles = session.policy.user(identity.user).roles  # with the roles granted for a while
         return {"user": session.user, "role": session.role, "roles": roles, "audit": gateway.may_audit(session),
-                "dialect": session.dialect, "flight_sql": gateway.flight_sql_port}
+                "dialect": session.dialect, "flight_sql": gateway.flight_sql_port, "door": door}
 
     @app.get("/v1/tables", summary="The catalog as the caller sees it")
     def tables(authorization: Auth = None, role: str | None = None) -> list[dict[str, Any]]:
@@ -89,7 +90,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         kind = _format(payload.format, accept)
         cancel, worker = Cancel(), QueryThread()
         try:
-            running, stream = await _watching(request, cancel, worker, lambda: _begin(gateway, payload, authorization, kind, cancel))
+            running, stream = await _watching(request, cancel, worker, lambda: begin(gateway, payload, authorization, kind, cancel))
         except BaseException:
             worker.close()
             raise
@@ -289,7 +290,7 @@ async def _hang_up(request: Request, cancel: Cancel) -> None:
     cancel("the client hung up")
 
 
-def _begin(gateway: Gateway, payload: QueryRequest, authorization: str | None, kind: str,
+def begin(gateway: Gateway, payload: QueryRequest, authorization: str | None, kind: str,
            cancel: Cancel) -> tuple[Running, Generator[bytes, None, None]]:
     identity = gateway.identify(authorization)
     session = gateway.session(identity, payload.role)

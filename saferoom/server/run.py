@@ -20,6 +20,7 @@ from saferoom.files import socket_path_problem
 from saferoom.identity import JWTSettings, JWTVerifier
 from saferoom.requests import Limits
 from saferoom.server.app import create_app
+from saferoom.server.door import door_protocol
 from saferoom.server.gateway import Gateway
 from saferoom.store import AuditWriter, Store, open_store
 
@@ -63,7 +64,10 @@ def serve(policy: Path, state: str | Path, *, host: str = "127.0.0.1", port: int
     # the audit log is the request log: every query, who asked, what left; no second, weaker copy
     # a socket is made readable and writable by every account (uvicorn's 0666), like a port on loopback:
     # rooms run as their users' own accounts, and a token, not the file's mode, says who may ask what
-    config = uvicorn.Config(create_app(gateway), host=host, port=port, uds=str(socket_path) if socket_path else None,
+    # on a socket (without TLS), a room's results may leave through the result door, as Arrow with no HTTP around them
+    door = socket_path is not None and tls_cert is None
+    config = uvicorn.Config(create_app(gateway, door=door), host=host, port=port,
+                            uds=str(socket_path) if socket_path else None, http=door_protocol(gateway) if door else "auto",
                             log_level="info", access_log=False,
                             ssl_certfile=str(tls_cert) if tls_cert else None,
                             ssl_keyfile=str(tls_key) if tls_key else None, timeout_graceful_shutdown=DRAIN_SECONDS)

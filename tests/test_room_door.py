@@ -1,0 +1,197 @@
+"""The result door on the gateway's Unix socket (saferoom/server/door.py): a query answered as plain Arrow,
+audited before its first byte, hostile requests refused with an explanation, a client that leaves cancelling
+its query, and HTTP still served on the same socket. Real gateways on real sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+
+import saferoom
+from saferoom.audit import read
+from saferoom.client import DOOR, RemoteSession
+from saferoom.decision import MAX_SQL_BYTES
+from saferoom.server.app import body_limit
+from tests.gateway_helpers import Server, eventually
+from tests.test_room_io import QUERY, ROWS, impostor, socket_gateway
+
+SLOW = "select count(*) as n from events a, events b where a.id < b.id"  # runs until it is stopped
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = socket_gateway(tmp_path_factory.mktemp("roomdoor"), "{max_concurrent: 1}")
+    yield server
+    server.stop()
+
+
+def knock(server: Server, request: bytes) -> socket.socket:
+    """A connection to the door with ``request`` sent on it."""
+    assert server.socket is not None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(server.socket))
+    sock.sendall(request)
+    return sock
+
+
+def ask(server: Server, fields: dict[str, object], user: str = "alice") -> socket.socket:
+    return knock(server, DOOR + json.dumps({"authorization": f"Bearer {server.token(user)}", **fields}).encode() + b"\n")
+
+
+def answer_line(sock: socket.socket) -> tuple[dict[str, object], bytes]:
+    received = b""
+    while b"\n" not in received:
+        got = sock.recv(1 << 16)
+        assert got, f"the door closed without an answer line: {received!r}"
+        received += got
+    line, rest = received.split(b"\n", 1)
+    return json.loads(line), rest
+
+
+def error_of(sock: socket.socket) -> dict[str, object]:
+    with sock:
+        answer, rest = answer_line(sock)
+        assert sock.recv(1) == b"" and rest == b""  # nothing after the error: the door closes
+    error = answer["error"]
+    assert isinstance(error, dict)
+    return error
+
+
+def results(server: Server, request_id: object) -> list[dict[str, object]]:
+    return [r for r in read(server.state) if r.get("event") == "result" and r.get("request_id") == request_id]
+
+
+def test_the_client_reads_through_the_door_and_http_still_answers_on_the_same_socket(gateway: Server) -> None:
+    assert gateway.socket is not None
+    with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
+        through_door = remote.query(f"{QUERY} order by id limit 1000").to_arrow()
+    transport = httpx.HTTPTransport(uds=str(gateway.socket))
+    with httpx.Client(transport=transport, base_url="http://gateway", headers={"Authorization": f"Bearer {gateway.token('alice')}"}) as http:
+        assert http.get("/v1/whoami").json()["door"] is True  # what tells the client the door is there
+        response = http.post("/v1/query", json={"sql": f"{QUERY} order by id limit 1000"})
+    assert response.headers["content-type"].startswith("application/vnd.apache.arrow.stream")
+    assert pa.ipc.open_stream(response.content).read_all().equals(through_door) and through_door.num_rows == 1000
+
+
+def test_a_door_query_is_audited_before_its_first_byte_and_streams_arrow(gateway: Server) -> None:
+    with ask(gateway, {"sql": QUERY}) as sock:
+        answer, ahead = answer_line(sock)
+        decisions = [r for r in read(gateway.state) if r.get("request_id") == answer["request"]]
+        assert [r["event"] for r in decisions] == ["decision"] and decisions[0]["query"] == QUERY
+        stream = ahead + b"".join(iter(lambda: sock.recv(1 << 20), b""))
+    source = pa.BufferReader(stream)
+    reader = pa.ipc.open_stream(source)
+    assert reader.read_all().num_rows == ROWS
+    status = json.loads(stream[source.tell():])
+    assert status["rows"] == ROWS and not status["truncated"]
+    eventually(lambda: results(gateway, answer["request"]), "the result record")
+    assert results(gateway, answer["request"])[0]["status"] == "completed"
+
+
+def test_a_refusal_at_the_door_is_the_embedded_error_and_its_explanation(gateway: Server) -> None:
+    error = error_of(ask(gateway, {"sql": "select * from secrets"}))
+    with saferoom.connect(gateway.policy, user="alice") as embedded, pytest.raises(saferoom.SaferoomError) as near:
+        embedded.query("select * from secrets")
+    assert error["type"] == type(near.value).__name__ and error["message"] == str(near.value)
+
+
+@pytest.mark.parametrize(("request_line", "kind", "says"), [
+    (b"not json\n", "UsageError", "one JSON line"),
+    (b'{"role": "analyst"}\n', "UsageError", "one JSON line"),
+    (b'{"sql": ["select 1"]}\n', "UsageError", "one JSON line"),
+    (b'{"sql": "select 1", "authorization": 7}\n', "UsageError", "authorization"),
+    (b'{"sql": "select 1", "authorization": "Bearer sr_forged"}\n', "AuthError", "token"),
+    (b'{"sql": "select 1"}\n', "AuthError", "token"),
+])
+def test_a_hostile_request_at_the_door_is_refused_with_an_explanation(gateway: Server, request_line: bytes, kind: str,
+                                                                      says: str) -> None:
+    error = error_of(knock(gateway, DOOR + request_line))
+    assert error["type"] == kind and says in str(error["message"]) and "sr_forged" not in str(error["message"])
+
+
+def test_a_request_past_the_size_limit_is_refused_unread(gateway: Server) -> None:
+    """The door holds at most the HTTP route's body limit of a request in memory."""
+    limit = body_limit(MAX_SQL_BYTES)  # the gateway's (started without --max-sql-bytes)
+    sock = knock(gateway, DOOR + b'{"sql": "')
+    with sock:
+        try:
+            sock.sendall(b"x" * (limit + (1 << 20)))  # no line end: the door stops reading at its limit
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused while it was still sending
+        answer, _ = answer_line(sock)
+    assert answer["error"]["type"] == "TooLarge"  # type: ignore[index]
+
+
+def test_a_preamble_in_pieces_still_opens_the_door(gateway: Server) -> None:
+    sock = knock(gateway, DOOR[:3])
+    with sock:
+        sock.sendall(DOOR[3:] + json.dumps({"authorization": f"Bearer {gateway.token('alice')}", "sql": "select 1 as one"}).encode())
+        sock.sendall(b"\n")
+        answer, ahead = answer_line(sock)
+        stream = ahead + b"".join(iter(lambda: sock.recv(1 << 16), b""))
+    assert "request" in answer and pa.ipc.open_stream(stream).read_all().column("one").to_pylist() == [1]
+
+
+def test_a_client_leaving_before_the_first_byte_cancels_its_query_and_frees_its_slot(gateway: Server) -> None:
+    """max_concurrent is 1: a query that never ends by itself holds the slot until its hang-up is seen."""
+    with ask(gateway, {"sql": SLOW}):
+        eventually(lambda: decided(gateway, SLOW), "the slow query's decision record")  # decided and running
+    request = decided(gateway, SLOW)[-1]
+    assert gateway.socket is not None
+    with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
+        eventually(lambda: _runs(remote), "the abandoned query's slot to come back")
+    eventually(lambda: results(gateway, request), "the abandoned query's result record")
+    assert results(gateway, request)[0]["status"] == "cancelled"
+
+
+def decided(server: Server, sql: str) -> list[object]:
+    return [r["request_id"] for r in read(server.state) if r.get("event") == "decision" and r.get("query") == sql]
+
+
+def _runs(remote: RemoteSession) -> bool:
+    try:
+        return remote.query("select 1 as one").to_arrow().num_rows == 1
+    except saferoom.SaferoomError as exc:  # the slot is still taken
+        assert "concurrent" in str(exc) or "at a time" in str(exc), exc
+        return False
+
+
+class _CutDoor(socketserver.BaseRequestHandler):
+    """A gateway whose door sends a result's batches and then closes, without the status line."""
+
+    def handle(self) -> None:
+        first = self.request.recv(1 << 16)
+        if first.startswith(DOOR):
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, pa.schema([("one", pa.int64())])) as writer:
+                writer.write_batch(pa.record_batch([pa.array([1, 2, 3])], names=["one"]))
+            self.request.sendall(b'{"request": "cut"}\n' + sink.getvalue().to_pybytes())
+            return
+        body = json.dumps({"user": "alice", "role": "analyst", "door": True}).encode()
+        self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+
+def test_a_door_stream_without_its_status_line_is_an_error_not_a_short_result(tmp_path: Path) -> None:
+    with impostor(tmp_path / "cut.sock", _CutDoor) as path, RemoteSession(None, "sr_x", socket=path) as remote, \
+            pytest.raises(saferoom.EngineError, match="before the end"):
+        remote.query("select 1").to_arrow()
+
+
+def test_connections_that_never_send_their_request_hold_no_query_and_stop_no_one(gateway: Server) -> None:
+    """A flood of half-open requests at the door: each holds a socket, not a thread or a query slot."""
+    stalled = [knock(gateway, DOOR + b'{"sql": "select 1"') for _ in range(100)]
+    try:
+        assert gateway.socket is not None
+        with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
+            assert remote.query("select 42 as n").to_arrow().column("n").to_pylist() == [42]
+    finally:
+        for sock in stalled:
+            sock.close()
