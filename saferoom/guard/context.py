@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from saferoom.guard.aggregate_dp import NoisePlan
 
 ViewFor = Callable[[str, frozenset[str] | None], exp.Expr]
+ItselfFor = Callable[[str], "exp.Table | None"]
+
+
+def _never(table: str) -> exp.Table | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class Context:
     view: ViewFor  # the policy view of a table, cut to the names given
     touched: Touched = field(default_factory=Touched)
     text: str = ""  # the query as written, to quote the user's own words back in refusals
+    itself: ItselfFor = _never  # the table itself, when its view would be exactly the table (see Guard.itself)
 
 
 EXAMPLE_POLICY = ("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}, pii: {}}, "
