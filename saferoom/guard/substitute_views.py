@@ -16,6 +16,9 @@ query renames by position (``t(a, b)``) is not cut: positions must not move.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sqlglot import exp
 
 from saferoom.guard.context import Context
@@ -72,46 +75,71 @@ def _scan(tree: exp.Expr) -> tuple[frozenset[str] | None, list[exp.Table], set[i
     """The policy tables; every name the query could use to reach a view column (None: it may need them all);
     and the tables a `*` expands, which keep every column (by id). A `*` needs only the tables of its own
     SELECT: one anywhere else (`EXISTS (SELECT * …)`, a CTE read by name) no longer keeps every table whole.
-    Last, the names used as columns (with USING's), the qualifiers of columns, and the names of relations."""
+    Last, the names used as columns (with USING's), the qualifiers of columns, and the names of relations.
+
+    One walk over every node of the query, dispatched on the node's exact class (sqlglot's classes used here
+    have no subclasses but Column's Pseudocolumn, listed): this walk is a large part of a guard pass."""
     names: set[str] = set()
-    aliases: set[str] = set()
-    single: set[str] = set()
-    tables: list[exp.Table] = []
-    whole: set[int] = set()
-    named: Named = (set(), set(), set())
-    everything = False
+    scan = _Scan()
     for node in tree.walk():
-        if isinstance(node, exp.Identifier):
-            names.add(node.name.lower())
-            _identifier(node, named)
-        elif isinstance(node, (exp.Star, exp.Columns)) and not isinstance(node.parent, exp.Count):
-            whole |= _expanded(node)
-        elif isinstance(node, exp.Table):
-            aliases.add(node.alias_or_name.lower())
-            if POLICY_TABLE in node.meta:
-                tables.append(node)
-                if isinstance(node.parent, exp.Pivot):
-                    whole.add(id(node))  # PIVOT groups by, and UNPIVOT keeps, every column it does not name
-        elif isinstance(node, exp.Var):
-            named[1].add(node.name.lower())  # a bare word (`year` in EXTRACT) the engine might bind: held as strictly
-        if isinstance(node, exp.Column) and not node.args.get("table"):
-            single.add(node.name.lower())
-        elif isinstance(node, exp.Join) and str(node.args.get("method") or "").upper() == "NATURAL":
-            everything = True
-    everything = everything or bool(single & aliases)  # a table used as a value needs its whole row
-    return (None if everything else frozenset(names)), tables, whole, named
+        kind = type(node)
+        if kind is exp.Identifier:
+            name = node.this.lower()
+            names.add(name)
+            scan.identifier(node, name)
+        elif kind in _VISIT:
+            _VISIT[kind](scan, node)
+    everything = scan.everything or bool(scan.single & scan.aliases)  # a table used as a value needs its whole row
+    return (None if everything else frozenset(names)), scan.tables, scan.whole, scan.named
 
 
-def _identifier(node: exp.Identifier, named: Named) -> None:
-    """Files a name by its role: a column's own name, one of its qualifiers, a USING column, or a relation's
-    name or alias (a table's, a subquery's, a CTE's); any other identifier (a select alias) binds no column."""
-    parent, key = node.parent, node.arg_key
-    if isinstance(parent, exp.Column):
-        named[0 if key == "this" else 1].add(node.name.lower())
-    elif isinstance(parent, exp.Join):
-        named[0].add(node.name.lower())
-    elif isinstance(parent, (exp.Table, exp.TableAlias)):
-        named[2].add(node.name.lower())
+class _Scan:
+    """What one walk of :func:`_scan` gathers."""
+
+    def __init__(self) -> None:
+        self.aliases: set[str] = set()
+        self.single: set[str] = set()
+        self.tables: list[exp.Table] = []
+        self.whole: set[int] = set()
+        self.named: Named = (set(), set(), set())
+        self.everything = False
+
+    def identifier(self, node: exp.Expr, name: str) -> None:
+        """Files a name by its role: a column's own name, one of its qualifiers, a USING column, or a
+        relation's name or alias (a table's, a subquery's, a CTE's); any other (a select alias) binds no column."""
+        parent = type(node.parent)
+        if parent is exp.Column or parent is exp.Pseudocolumn:
+            self.named[0 if node.arg_key == "this" else 1].add(name)
+        elif parent is exp.Join:
+            self.named[0].add(name)
+        elif parent is exp.Table or parent is exp.TableAlias:
+            self.named[2].add(name)
+
+    def star(self, node: exp.Expr) -> None:
+        if not isinstance(node.parent, exp.Count):
+            self.whole |= _expanded(node)
+
+    def table(self, node: exp.Table) -> None:
+        self.aliases.add(node.alias_or_name.lower())
+        if POLICY_TABLE in node.meta:
+            self.tables.append(node)
+            if isinstance(node.parent, exp.Pivot):
+                self.whole.add(id(node))  # PIVOT groups by, and UNPIVOT keeps, every column it does not name
+
+    def var(self, node: exp.Var) -> None:
+        self.named[1].add(node.name.lower())  # a bare word (`year` in EXTRACT) the engine might bind: held as strictly
+
+    def column(self, node: exp.Column) -> None:
+        if not node.args.get("table"):
+            self.single.add(node.name.lower())
+
+    def join(self, node: exp.Join) -> None:
+        if str(node.args.get("method") or "").upper() == "NATURAL":
+            self.everything = True
+
+
+_VISIT: dict[type[exp.Expr], Callable[[_Scan, Any], None]] = {exp.Star: _Scan.star, exp.Columns: _Scan.star, exp.Table: _Scan.table, exp.Var: _Scan.var,
+          exp.Column: _Scan.column, exp.Pseudocolumn: _Scan.column, exp.Join: _Scan.join}
 
 
 def _expanded(star: exp.Expr) -> set[int]:
