@@ -8,7 +8,7 @@ query reads and which names it uses, kept for the audit log and the decision.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -67,10 +67,13 @@ def nodes_of(expression: exp.Expr, context: Context, kind: type[E] | tuple[type[
     any rule adds a node read them from the list check_nodes made on its own walk; each walk of a long query
     costs as much as a third of parsing it. A rule that adds nodes calls :func:`changed`; then, or for another
     tree, the tree is walked."""
+    return [node for node in all_nodes(expression, context) if isinstance(node, kind)]
+
+
+def all_nodes(expression: exp.Expr, context: Context) -> Iterable[exp.Expr]:
+    """Every node of the query, from check_nodes' list while it holds (see :func:`nodes_of`), else walked."""
     known = context.touched.nodes
-    if known is None or known[0] != id(expression):
-        return list(expression.find_all(kind))  # type: ignore[arg-type]
-    return [node for node in known[1] if isinstance(node, kind)]
+    return known[1] if known is not None and known[0] == id(expression) else expression.walk()
 
 
 def changed(context: Context) -> None:

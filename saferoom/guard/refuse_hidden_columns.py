@@ -70,6 +70,7 @@ def refuse_hidden_columns(expression: exp.Expr, context: Context) -> exp.Expr:
     # with no policy table every column name is suspect: `select user` or `current_schema` would otherwise reach
     # the engine, which reads them as its session's functions, past the allowlist
     named, columns = _suspects(nodes_of(expression, context, (exp.Identifier, exp.Column)), names, visible)
+    columns = _past_own_aliases(columns, names)
     if not named and not columns:
         return expression  # the common case: every name the query uses is a column it may see
     root = scope_of(expression, context)
@@ -96,6 +97,25 @@ def _suspects(nodes: list[exp.Expr], hidden: frozenset[str], visible: frozenset[
             if type(name) is exp.Identifier and ((lowered := name.this.lower()) in hidden or lowered not in visible):
                 columns.append(node)  # type: ignore[arg-type]  # its class is Column's
     return named, columns
+
+
+def _past_own_aliases(columns: list[exp.Column], hidden: frozenset[str]) -> list[exp.Column]:
+    """Leaves out each unqualified column that names a select alias of its own SELECT (`ORDER BY revenue`), not
+    a hidden column: the scopes would pass it as an alias (see _binding), and a query whose only unseen names
+    are such aliases, as most long ones, needs no scopes built."""
+    aliases: dict[int, set[str]] = {}
+    return [c for c in columns if c.args.get("table") or c.name.lower() in hidden or not _own_alias(c, aliases)]
+
+
+def _own_alias(column: exp.Column, aliases: dict[int, set[str]]) -> bool:
+    node = column.parent
+    while node is not None and not isinstance(node, exp.Query):
+        node = node.parent
+    if not isinstance(node, exp.Select):
+        return False  # a set operation's ORDER BY, say: left to the scopes
+    if id(node) not in aliases:
+        aliases[id(node)] = {p.alias.lower() for p in node.expressions if isinstance(p, exp.Alias)}
+    return column.name.lower() in aliases[id(node)]
 
 
 def _unseen(column: exp.Column, visible: frozenset[str]) -> bool:

@@ -16,17 +16,17 @@ query renames by position (``t(a, b)``) is not cut: positions must not move.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlglot import exp
 
-from saferoom.guard.context import Context
+from saferoom.guard.context import Context, all_nodes
 from saferoom.guard.resolve_tables import POLICY_TABLE
 
 
 def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
-    names, tables, whole, named = _scan(expression)
+    names, tables, whole, named = _scan(all_nodes(expression, context))
     context.touched.names = names
     bare = _only_columns(named, context)
     for table in tables:
@@ -71,17 +71,17 @@ def _named(table: exp.Table) -> exp.Identifier:
 Named = tuple[set[str], set[str], set[str]]
 
 
-def _scan(tree: exp.Expr) -> tuple[frozenset[str] | None, list[exp.Table], set[int], Named]:
+def _scan(nodes: Iterable[exp.Expr]) -> tuple[frozenset[str] | None, list[exp.Table], set[int], Named]:
     """The policy tables; every name the query could use to reach a view column (None: it may need them all);
     and the tables a `*` expands, which keep every column (by id). A `*` needs only the tables of its own
     SELECT: one anywhere else (`EXISTS (SELECT * …)`, a CTE read by name) no longer keeps every table whole.
     Last, the names used as columns (with USING's), the qualifiers of columns, and the names of relations.
 
-    One walk over every node of the query, dispatched on the node's exact class (sqlglot's classes used here
-    have no subclasses but Column's Pseudocolumn, listed): this walk is a large part of a guard pass."""
+    One pass over every node of the query, dispatched on the node's exact class (sqlglot's classes used here
+    have no subclasses but Column's Pseudocolumn, listed): this pass is a large part of a guard pass."""
     names: set[str] = set()
     scan = _Scan()
-    for node in tree.walk():
+    for node in nodes:
         kind = type(node)
         if kind is exp.Identifier:
             name = node.this.lower()
