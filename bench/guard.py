@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["guard", "tpc", "filters"], help="run one part")
     parser.add_argument("--tpc", default="tpch,tpcds", help="which TPC benchmarks, comma-separated")
     parser.add_argument("--queries", default="", help="only these query numbers, comma-separated")
-    parser.add_argument("--budget", type=float, default=1.0, help="seconds of guarded/direct pairs per TPC query (at least five pairs)")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of guarded/direct pairs per TPC query (at least five pairs)")
     args = parser.parse_args()
     print(f"saferoom {saferoom.__version__}, sqlglot {sqlglot.__version__}, duckdb {duckdb.__version__}, python {sys.version.split()[0]}")
     if args.only in (None, "guard"):
