@@ -78,6 +78,11 @@ ATTACKS = [
     "select open_t from open_t",
     "select part_t from part_t",
     "select * from unl_t",
+    # a PIVOT written after the table, and sampling
+    "select * from open_t pivot (sum(v) for s in ('a', 'b'))",
+    "select * from part_t pivot (sum(v) for id in (1, 3))",
+    "select count(*) from open_t using sample 100 percent (bernoulli, 7)",
+    "select count(*) from open_t tablesample 100 percent",
     # hidden and unclassified columns named outright
     "select secret from part_t",
     "select note from unl_t",

@@ -36,7 +36,7 @@ def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
         kept = alias.args.get("columns") or names is None or id(table) in whole
         if kept:
             context.touched.whole.add(table.meta[POLICY_TABLE])  # the audit records every column as reached
-        itself = context.itself(table.meta[POLICY_TABLE]) if bare else None
+        itself = context.itself(table.meta[POLICY_TABLE]) if bare and _plain(table) else None
         if itself is not None:  # the view would be the table: read it bare, under the query's own alias
             _rename(table, itself, alias)
             continue
@@ -44,6 +44,15 @@ def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
         view = context.view(table.meta[POLICY_TABLE], None if kept else names)
         table.replace(exp.Subquery(this=view, alias=alias, sample=table.args.get("sample")))
     return expression
+
+
+# a table reference with nothing attached but a name, an alias and a sample: its view replaces exactly these
+# (a `PIVOT` written after the table, say, is left to the view's path)
+_PLAIN = frozenset({"this", "db", "catalog", "alias", "sample"})
+
+
+def _plain(table: exp.Table) -> bool:
+    return all(key in _PLAIN for key, value in table.args.items() if value)
 
 
 def _rename(table: exp.Table, itself: exp.Table, alias: exp.TableAlias) -> None:
