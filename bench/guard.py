@@ -14,6 +14,7 @@ shared and noisy; absolute times drift):
   against the same query with the equivalent join written by hand.
 
 Usage: python bench/guard.py [--rows 10000000] [--repeat 7] [--sf 1] [--only tpc|guard|filters]
+       [--tpc tpch,tpcds] [--queries 95,16] [--budget 1.0]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import duckdb
 import sqlglot
 import tpc
 from sqlglot.optimizer.qualify_tables import qualify_tables
-from timing import median_seconds, paired_medians, paired_runs
+from timing import median_seconds, paired_for
 
 import saferoom
 
@@ -137,7 +138,7 @@ def end_to_end(policy: Path, user: str, sql: str, direct_sql: str, repeat: int) 
     return statistics.median(plain), statistics.median(guarded)
 
 
-def tpc_benchmarks(sf: float, repeat: int, names: list[str], numbers: list[int]) -> None:
+def tpc_benchmarks(sf: float, budget: float, names: list[str], numbers: list[int]) -> None:
     """Each TPC query guarded and direct, timed in pairs on the session's own connection (the direct text has
     its tables qualified with the attached source, as the guard's views name them)."""
     folder = DATA / f"tpc-sf{sf:g}"
@@ -148,23 +149,24 @@ def tpc_benchmarks(sf: float, repeat: int, names: list[str], numbers: list[int])
         policy.write_text(tpc.policy(benchmark, folder / "token.key"))
         with saferoom.connect(policy, user="ana") as session:
             chosen = sorted((n, sql) for n, sql in benchmark.queries.items() if not numbers or n in numbers)
-            runs = [_tpc_query(session, benchmark.name, n, sql, repeat) for n, sql in chosen]
+            runs = [_tpc_query(session, benchmark.name, n, sql, budget) for n, sql in chosen]
         _tpc_summary(benchmark.name, sf, runs)
 
 
-def _tpc_query(session: saferoom.Session, source: str, number: int, sql: str, repeat: int) -> tuple[int, float, float, float]:
-    """(query, end-to-end guarded/direct, cold guard / parse + generate as a median of pairs, and as best of
-    runs)."""
+def _tpc_query(session: saferoom.Session, source: str, number: int, sql: str, budget: float) -> tuple[int, float, float, float]:
+    """(query, end-to-end guarded/direct as the median of pairs, cold guard / parse + generate as a median of
+    pairs, and as best of runs). Every query gets pairs for at least ``budget`` seconds and at least five pairs:
+    a 15 ms query gets dozens, so no single pair that shared its time slice with another process decides it."""
     conn = session._engine._conn
     direct_sql = qualify_tables(sqlglot.parse_one(sql, read="duckdb"), db="main", catalog=source).sql("duckdb")
     guarded, direct = (lambda: session.query(sql).to_arrow()), (lambda: conn.sql(direct_sql).to_arrow_table())
     guarded(), direct()  # warm both
-    ratio = paired_medians(guarded, direct, repeat)[2]
+    ratio = statistics.median(g / d for g, d in paired_for(guarded, direct, budget))
     # The cold pass and its baseline in alternating pairs too. A pass takes about a millisecond, less than a
     # scheduler's time slice, so on a loaded machine many runs of either side include another process's
     # turn: the best of runs (timeit's advice) is shown next to the median of pairs.
-    pairs = paired_runs(lambda: session._guard._rewrite(sql),
-                        lambda: sqlglot.parse_one(sql, read="duckdb").sql("duckdb"), max(repeat * 5, 15))
+    pairs = paired_for(lambda: session._guard._rewrite(sql),
+                       lambda: sqlglot.parse_one(sql, read="duckdb").sql("duckdb"), budget / 2, least=15)
     best = min(c for c, _ in pairs) / min(b for _, b in pairs)
     return number, ratio, statistics.median(c / b for c, b in pairs), best
 
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["guard", "tpc", "filters"], help="run one part")
     parser.add_argument("--tpc", default="tpch,tpcds", help="which TPC benchmarks, comma-separated")
     parser.add_argument("--queries", default="", help="only these query numbers, comma-separated")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of guarded/direct pairs per TPC query (at least five pairs)")
     args = parser.parse_args()
     print(f"saferoom {saferoom.__version__}, sqlglot {sqlglot.__version__}, duckdb {duckdb.__version__}, python {sys.version.split()[0]}")
     if args.only in (None, "guard"):
@@ -196,7 +199,7 @@ def main() -> None:
         filter_reads(args)
     if args.only in (None, "tpc"):
         numbers = [int(n) for n in args.queries.split(",") if n]
-        tpc_benchmarks(args.sf, max(3, args.repeat // 2), args.tpc.split(","), numbers)
+        tpc_benchmarks(args.sf, args.budget, args.tpc.split(","), numbers)
 
 
 def overhead(args: argparse.Namespace) -> None:

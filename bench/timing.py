@@ -32,3 +32,16 @@ def paired_runs(first: Callable[[], object], second: Callable[[], object], repea
         timed = {fn: median_seconds(fn, 1) for fn in order}
         pairs.append((timed[first], timed[second]))
     return pairs
+
+
+def paired_for(first: Callable[[], object], second: Callable[[], object], seconds: float,
+               least: int = 5, most: int = 10_000) -> list[tuple[float, float]]:
+    """Seconds of each in pairs timed back to back, alternating which goes first, until the pairs have taken
+    ``seconds`` and there are at least ``least`` of them: a short query gets many pairs, so one unlucky turn of
+    the scheduler moves its median of ratios little; a long one at least ``least``."""
+    pairs: list[tuple[float, float]] = []
+    spent = 0.0
+    while len(pairs) < most and (spent < seconds or len(pairs) < least):
+        pairs += paired_runs(first, second, 2)  # both orders, so neither side always goes first
+        spent += sum(a + b for a, b in pairs[-2:])
+    return pairs

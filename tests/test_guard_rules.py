@@ -186,3 +186,26 @@ def test_the_audit_records_every_column_of_a_table_a_star_expands(policy) -> Non
     reached = set(guard.rewrite("select c.*, o.region from orders o join cards c on true").columns)
     assert {("prod.cards", c) for c in ("card_id", "customer_id", "pan")} <= reached
     assert ("prod.orders", "region") in reached and ("prod.orders", "amount") not in reached
+
+
+@pytest.mark.parametrize("sql, expected", cases("bare_tables.sql"))
+def test_a_table_its_view_would_equal_is_read_bare(policy, sql: str, expected: str) -> None:
+    guard = Guard(policy, "ivan", "investigator", DUCKDB, CATALOG, frozenset(CATALOG))
+
+    def run() -> str:
+        context = replace(guard.context(sql), view=lambda table, names: stub_view(table))
+        return through(RULES[-1].__name__, sql, context).sql("duckdb")
+
+    expect(expected, run)
+
+
+def test_a_table_is_read_bare_only_when_the_catalog_proves_its_columns_fixed(policy) -> None:
+    """Without the engine's word that the columns cannot change (a live PostgreSQL table can gain one), or for
+    a role the view shows less to, the table stays a view."""
+    sql = "SELECT order_id, amount FROM orders"
+    assert '"prod"."main"."orders" AS orders' in Guard(policy, "ivan", "investigator", DUCKDB, CATALOG, frozenset(CATALOG)).rewrite(sql).sql
+    for guard in (Guard(policy, "ivan", "investigator", DUCKDB, CATALOG),
+                  Guard(policy, "alice", "analyst", DUCKDB, CATALOG, frozenset(CATALOG))):
+        assert "__saferoom_t" in guard.rewrite(sql).sql
+    moved = {**CATALOG, ("prod", "main", "orders"): {"amount": "DOUBLE", "order_id": "BIGINT", "region": "VARCHAR"}}
+    assert "__saferoom_t" in Guard(policy, "ivan", "investigator", DUCKDB, moved, frozenset(moved)).rewrite(sql).sql

@@ -60,6 +60,7 @@ class EngineSpec:
     per_user: bool = False  # cheap to open per user, so each user's limits (memory, threads) bound only them
     physical: str | None = None  # a template for the engine's own name of a table, e.g. "__saferoom_{source}_{name}"
     constructs: frozenset[str] = frozenset()  # query structure only some engines have (PIVOT, sampling, generators)
+    pseudo_columns: frozenset[str] = frozenset()  # names a table answers to beyond its columns (DuckDB's rowid)
 
     @functools.cached_property
     def allowed_nodes(self) -> frozenset[str]:

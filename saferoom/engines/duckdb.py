@@ -64,6 +64,7 @@ DUCKDB = EngineSpec(
     text_types=("VARCHAR", "TEXT", "STRING", "CHAR", "BPCHAR"),
     max_value_bytes=1 << 20,
     per_user=True,
+    pseudo_columns=frozenset({"rowid"}),
 )
 
 CLOSED_CONFIG: dict[str, str | bool | int | float | list[str]] = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
@@ -131,6 +132,9 @@ class DuckDBEngine:
 
     def catalog(self) -> Catalog:
         return read_catalog(self._conn)
+
+    def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
+        return fixed_tables(self._conn)
 
     def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
                cancel: Cancel | None = None) -> pa.RecordBatchReader:
@@ -246,6 +250,17 @@ def attach_sql(path: Path | str, name: str, *, read_only: bool) -> str:
         this=exp.alias_(exp.Literal.string(str(path)), exp.to_identifier(name, quoted=True)), expressions=options
     )
     return statement.sql("duckdb")
+
+
+def fixed_tables(conn: duckdb.DuckDBPyConnection) -> frozenset[tuple[str, str, str]]:
+    """The base tables of read-only attached database files, as (database, schema, table) lower-cased: their
+    columns cannot change while the connection lasts (a view over Parquet files can: it reads them afresh)."""
+    rows = conn.execute(
+        "SELECT t.database_name, t.schema_name, t.table_name FROM duckdb_tables() AS t "
+        "JOIN duckdb_databases() AS d ON d.database_name = t.database_name "
+        "WHERE d.readonly AND NOT t.internal AND NOT t.temporary"
+    ).fetchall()
+    return frozenset((d.lower(), s.lower(), t.lower()) for d, s, t in rows)
 
 
 def read_catalog(conn: duckdb.DuckDBPyConnection) -> Catalog:

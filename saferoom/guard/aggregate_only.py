@@ -39,7 +39,7 @@ from saferoom.guard.aggregate_certified import certifiable, certified, upper_bou
 from saferoom.guard.aggregate_dominance import dominance_condition
 from saferoom.guard.aggregate_dp import NoisePlan, bound_contributions, plan_noise
 from saferoom.guard.aggregate_shape import check_shape, group_keys
-from saferoom.guard.context import Context
+from saferoom.guard.context import Context, changed
 from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import Action
 from saferoom.policy.aggregate import DP, Aggregate, entity_key
@@ -49,6 +49,7 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     rules = context.policy.model.roles[context.role].aggregate
     if rules is None or not any(rules.covers(t) for t in context.touched.tables):
         return expression
+    changed(context)  # the query gains conditions: the rules after walk it afresh
     try:
         check_shape(expression, identifiers(context, rules))
         _refuse_renamed_columns(expression)

@@ -20,7 +20,7 @@ import re
 from sqlglot import exp
 
 from saferoom.errors import QueryRejected
-from saferoom.guard.context import Context
+from saferoom.guard.context import Context, changed, nodes_of
 
 # printf's `*` and fmt's nested `{}` take a width from an argument; seven digits is a width of a megabyte or more
 _WIDE_FORMAT = re.compile(r"%[-+ #0]*\*|\{[^}]*\{|\d{7,}")
@@ -32,10 +32,12 @@ def bound_sizes(expression: exp.Expr, context: Context) -> exp.Expr:
     cap = context.spec.max_value_bytes
     if cap is None:
         return expression
-    for node in list(expression.find_all(exp.Repeat, exp.Pad, exp.Format, exp.Anonymous)):
+    for node in nodes_of(expression, context, (exp.Repeat, exp.Pad, exp.Format, exp.Anonymous)):
         if isinstance(node, exp.Repeat):
+            changed(context)
             _wrap(node, "times", exp.func("greatest", exp.Length(this=node.this.copy()), exp.Literal.number(1)), cap)
         elif isinstance(node, exp.Pad):
+            changed(context)
             _wrap(node, "expression", exp.Literal.number(4), cap)  # a character is at most four bytes
         elif isinstance(node, exp.Format) or node.name.upper() in _FORMATS:
             _check_format(node, cap)

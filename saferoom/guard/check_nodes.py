@@ -40,14 +40,17 @@ LITERAL = (exp.Literal, exp.Null, exp.Boolean, exp.Cast, exp.DataType, exp.DataT
 
 def check_nodes(expression: exp.Expr, context: Context) -> exp.Expr:
     """Refuse any node that is not query structure or an allowlisted function."""
-    return allowed_nodes(expression, context.spec, context.text)
+    nodes = list(expression.walk())
+    allowed_nodes(expression, context.spec, context.text, nodes)
+    context.touched.nodes = (id(expression), nodes)  # for the rules after, until one adds nodes (see nodes_of)
+    return expression
 
 
-def allowed_nodes(tree: exp.Expr, spec: EngineSpec, text: str = "") -> exp.Expr:
+def allowed_nodes(tree: exp.Expr, spec: EngineSpec, text: str = "", nodes: list[exp.Expr] | None = None) -> exp.Expr:
     """``text`` is the query as written, to quote a refused function as the user wrote it (sqlglot parses
-    ``time_bucket`` into ``DateBin``)."""
+    ``time_bucket`` into ``DateBin``). ``nodes``: the tree's, when already listed."""
     allowed = spec.allowed_nodes
-    for node in tree.walk():
+    for node in tree.walk() if nodes is None else nodes:
         kind = type(node)
         name = kind.__name__
         if name == "Anonymous":

@@ -8,9 +8,9 @@ query reads and which names it uses, kept for the audit log and the decision.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
@@ -23,10 +23,16 @@ from saferoom.policy import ColumnRule, Policy
 if TYPE_CHECKING:
     from saferoom.guard.aggregate_dp import NoisePlan
 
+E = TypeVar("E", bound=exp.Expr)
 ViewFor = Callable[[str, frozenset[str] | None], exp.Expr]
 # integer types of at most 64 bits, as the engine names them: a key of one of these can be bucketed by its
 # low bits with no hash (saferoom.guard.aggregate_certified)
 INTEGERS = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"})
+ItselfFor = Callable[[str], "exp.Table | None"]
+
+
+def _never(table: str) -> exp.Table | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,26 @@ class Touched:
     whole: set[str] = field(default_factory=set)  # policy tables a `*` (or PIVOT, or `t(a, b)`) reads every column of
     scopes: dict[int, Scope | None] = field(default_factory=dict)  # the tree's scopes, worked out once (see scope_of)
     noise: NoisePlan | None = None  # an aggregate-only role with differential privacy: what the session noises
+    nodes: tuple[int, list[exp.Expr]] | None = None  # the tree's nodes as check_nodes met them (see nodes_of)
+
+
+def nodes_of(expression: exp.Expr, context: Context, kind: type[E] | tuple[type[E], ...]) -> list[E]:
+    """The nodes of ``kind`` in the query, as sqlglot's breadth-first walk meets them. The rules that run before
+    any rule adds a node read them from the list check_nodes made on its own walk; each walk of a long query
+    costs as much as a third of parsing it. A rule that adds nodes calls :func:`changed`; then, or for another
+    tree, the tree is walked."""
+    return [node for node in all_nodes(expression, context) if isinstance(node, kind)]
+
+
+def all_nodes(expression: exp.Expr, context: Context) -> Iterable[exp.Expr]:
+    """Every node of the query, from check_nodes' list while it holds (see :func:`nodes_of`), else walked."""
+    known = context.touched.nodes
+    return known[1] if known is not None and known[0] == id(expression) else expression.walk()
+
+
+def changed(context: Context) -> None:
+    """The tree has nodes check_nodes did not meet: the rules after walk it afresh."""
+    context.touched.nodes = None
 
 
 def scope_of(expression: exp.Expr, context: Context) -> Scope | None:
@@ -82,6 +108,7 @@ class Context:
     view: ViewFor  # the policy view of a table, cut to the names given
     touched: Touched = field(default_factory=Touched)
     text: str = ""  # the query as written, to quote the user's own words back in refusals
+    itself: ItselfFor = _never  # the table itself, when its view would be exactly the table (see Guard.itself)
 
 
 EXAMPLE_POLICY = ("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}, pii: {}}, "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from saferoom.guard.context import Context
+from saferoom.guard.context import Context, changed
 from saferoom.guard.outputs import NAME_CHARS, first_select
 
 
@@ -28,6 +28,7 @@ def name_outputs(expression: exp.Expr, context: Context) -> exp.Expr:
         if not projection.alias and _holds_a_query(projection):
             name = projection.sql(context.spec.dialect)[:NAME_CHARS]
             projection.replace(exp.alias_(projection.copy(), exp.to_identifier(name, quoted=True)))
+            changed(context)
     return expression
 
 

@@ -46,7 +46,7 @@ from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.scope import Scope
 
 from saferoom.errors import QueryRejected, did_you_mean
-from saferoom.guard.context import Columns, Context, Hidden, scope_of
+from saferoom.guard.context import Columns, Context, Hidden, nodes_of, scope_of
 from saferoom.guard.outputs import first_select
 from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import Action, ColumnRule
@@ -69,11 +69,13 @@ def refuse_hidden_columns(expression: exp.Expr, context: Context) -> exp.Expr:
     visible = frozenset().union(*(table.visible for table in tables))
     # with no policy table every column name is suspect: `select user` or `current_schema` would otherwise reach
     # the engine, which reads them as its session's functions, past the allowlist
-    if not _suspect(expression, names, visible):
+    named, columns = _suspects(nodes_of(expression, context, (exp.Identifier, exp.Column)), names, visible)
+    columns = _past_own_aliases(columns, names)
+    if not named and not columns:
         return expression  # the common case: every name the query uses is a column it may see
     root = scope_of(expression, context)
     try:
-        hit = next(_references(root, names, visible, Shapes(context)), None) if root else None
+        hit = next(_references(root, names, columns, Shapes(context)), None) if root else None
     except OptimizeError:
         return expression  # e.g. one alias used twice: the engine's own error says it better
     if hit is not None:
@@ -81,12 +83,39 @@ def refuse_hidden_columns(expression: exp.Expr, context: Context) -> exp.Expr:
     return expression
 
 
-def _suspect(expression: exp.Expr, hidden: frozenset[str], visible: frozenset[str]) -> bool:
-    """Whether the query uses a hidden name, or a column name no policy table it reads shows."""
-    return any(
-        (isinstance(n, exp.Identifier) and n.name.lower() in hidden) or (isinstance(n, exp.Column) and _unseen(n, visible))
-        for n in expression.walk()
-    )
+def _suspects(nodes: list[exp.Expr], hidden: frozenset[str], visible: frozenset[str]) -> tuple[bool, list[exp.Column]]:
+    """Whether the query uses a hidden name anywhere (USING's too), and the columns that are hidden or that no
+    policy table it reads shows: the only ones the scopes need to explain. Dispatched on the node's exact class
+    (Column's one subclass listed): it runs for every query."""
+    named, columns = False, list[exp.Column]()
+    for node in nodes:
+        kind = type(node)
+        if kind is exp.Identifier:
+            named = named or node.this.lower() in hidden
+        elif kind is exp.Column or kind is exp.Pseudocolumn:
+            name = node.this
+            if type(name) is exp.Identifier and ((lowered := name.this.lower()) in hidden or lowered not in visible):
+                columns.append(node)  # type: ignore[arg-type]  # its class is Column's
+    return named, columns
+
+
+def _past_own_aliases(columns: list[exp.Column], hidden: frozenset[str]) -> list[exp.Column]:
+    """Leaves out each unqualified column that names a select alias of its own SELECT (`ORDER BY revenue`), not
+    a hidden column: the scopes would pass it as an alias (see _binding), and a query whose only unseen names
+    are such aliases, as most long ones, needs no scopes built."""
+    aliases: dict[int, set[str]] = {}
+    return [c for c in columns if c.args.get("table") or c.name.lower() in hidden or not _own_alias(c, aliases)]
+
+
+def _own_alias(column: exp.Column, aliases: dict[int, set[str]]) -> bool:
+    node = column.parent
+    while node is not None and not isinstance(node, exp.Query):
+        node = node.parent
+    if not isinstance(node, exp.Select):
+        return False  # a set operation's ORDER BY, say: left to the scopes
+    if id(node) not in aliases:
+        aliases[id(node)] = {p.alias.lower() for p in node.expressions if isinstance(p, exp.Alias)}
+    return column.name.lower() in aliases[id(node)]
 
 
 def _unseen(column: exp.Column, visible: frozenset[str]) -> bool:
@@ -94,14 +123,31 @@ def _unseen(column: exp.Column, visible: frozenset[str]) -> bool:
     return isinstance(column.this, exp.Identifier) and column.this.name.lower() not in visible
 
 
-def _references(root: Scope, names: frozenset[str], visible: frozenset[str], shapes: Shapes) -> Iterator[Hidden | Unknown]:
+def _references(root: Scope, names: frozenset[str], suspects: list[exp.Column], shapes: Shapes) -> Iterator[Hidden | Unknown]:
     """Each hidden or unknown column the query provably names, innermost scope first."""
-    for scope in root.traverse():
+    scopes = list(root.traverse())
+    found = _by_scope(scopes, suspects)
+    for scope in scopes:
         levels = list(_levels(scope))
-        for column in scope.find_all(exp.Column):
-            if (column.name.lower() in names or _unseen(column, visible)) and (hit := _binding(column, levels, shapes)):
+        for column in found.get(id(scope), ()):
+            if hit := _binding(column, levels, shapes):
                 yield hit
         yield from _using(scope, names, shapes)
+
+
+def _by_scope(scopes: list[Scope], columns: list[exp.Column]) -> dict[int, list[exp.Column]]:
+    """Each column under the scope it is in: the nearest enclosing node that is a scope's expression (a column
+    in none is put under the outermost scope, the last). Climbing from the few suspect columns spares a walk of
+    every scope for all of its columns."""
+    expressions = {id(scope.expression): scope for scope in scopes}
+    found: dict[int, list[exp.Column]] = {}
+    for column in columns:
+        node: exp.Expr | None = column.parent
+        while node is not None and id(node) not in expressions:
+            node = node.parent
+        scope = expressions[id(node)] if node is not None else scopes[-1]
+        found.setdefault(id(scope), []).append(column)
+    return found
 
 
 def _levels(scope: Scope) -> Iterator[Scope]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from saferoom.guard.context import Context
+from saferoom.guard.context import Context, nodes_of
 
 POLICY_TABLE = "saferoom_table"  # the meta key that marks a table node as a policy table
 
@@ -30,7 +30,7 @@ def resolve_tables(expression: exp.Expr, context: Context) -> exp.Expr:
     # rather than by recursing over every node in Python: on long queries that recursion cost as much as
     # parsing. They are resolved in the order a depth-first visit with each WITH first meets them, so the
     # tables recorded, and the first unknown name refused, are those of the query as written.
-    found = [(_order(table, expression), table) for table in expression.find_all(exp.Table) if _outermost(table, expression)]
+    found = [(_order(table, expression), table) for table in nodes_of(expression, context, exp.Table) if _outermost(table, expression)]
     for _, table in sorted(found, key=lambda pair: pair[0]):
         _resolve(table, _ctes(table, expression), context)
     return expression

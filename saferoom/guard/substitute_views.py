@@ -16,15 +16,19 @@ query renames by position (``t(a, b)``) is not cut: positions must not move.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from sqlglot import exp
 
-from saferoom.guard.context import Context
+from saferoom.guard.context import Context, all_nodes
 from saferoom.guard.resolve_tables import POLICY_TABLE
 
 
 def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
-    names, tables, whole = _scan(expression)
+    names, tables, whole, named = _scan(all_nodes(expression, context))
     context.touched.names = names
+    bare = _only_columns(named, context)
     for table in tables:
         alias = table.args.get("alias") or exp.TableAlias(this=_named(table))
         # `t(a, b)` names the columns by position: a view cut to the names used would shift them onto other
@@ -32,10 +36,39 @@ def substitute_views(expression: exp.Expr, context: Context) -> exp.Expr:
         kept = alias.args.get("columns") or names is None or id(table) in whole
         if kept:
             context.touched.whole.add(table.meta[POLICY_TABLE])  # the audit records every column as reached
+        itself = context.itself(table.meta[POLICY_TABLE]) if bare and _plain(table) else None
+        if itself is not None:  # the view would be the table: read it bare, under the query's own alias
+            _rename(table, itself, alias)
+            continue
         # TABLESAMPLE samples the view's rows: the filtered, masked ones
         view = context.view(table.meta[POLICY_TABLE], None if kept else names)
         table.replace(exp.Subquery(this=view, alias=alias, sample=table.args.get("sample")))
     return expression
+
+
+# a table reference with nothing attached but a name, an alias and a sample: its view replaces exactly these
+# (a `PIVOT` written after the table, say, is left to the view's path)
+_PLAIN = frozenset({"this", "db", "catalog", "alias", "sample"})
+
+
+def _plain(table: exp.Table) -> bool:
+    return all(key in _PLAIN for key, value in table.args.items() if value)
+
+
+def _rename(table: exp.Table, itself: exp.Table, alias: exp.TableAlias) -> None:
+    for part in ("this", "db", "catalog"):
+        table.set(part, itself.args.get(part))
+    table.set("alias", alias)
+
+
+def _only_columns(named: tuple[set[str], set[str], set[str]], context: Context) -> bool:
+    """Whether every name the query uses as a column is a column the role sees of a policy table it reads (and
+    no pseudo-column such as `rowid`, which a table answers to and its view does not). Only then can a table
+    be read bare: no other name can bind to something of the table its view would not show."""
+    columns, qualifiers, relations = named
+    visible = frozenset().union(*(context.columns(t).visible for t in context.touched.tables))
+    allowed = visible - context.spec.pseudo_columns
+    return columns <= allowed and qualifiers <= allowed | relations
 
 
 def _named(table: exp.Table) -> exp.Identifier:
@@ -44,33 +77,78 @@ def _named(table: exp.Table) -> exp.Identifier:
     return exp.Identifier(this=table.name, quoted=table.this.args.get("quoted"))
 
 
-def _scan(tree: exp.Expr) -> tuple[frozenset[str] | None, list[exp.Table], set[int]]:
+Named = tuple[set[str], set[str], set[str]]
+
+
+def _scan(nodes: Iterable[exp.Expr]) -> tuple[frozenset[str] | None, list[exp.Table], set[int], Named]:
     """The policy tables; every name the query could use to reach a view column (None: it may need them all);
     and the tables a `*` expands, which keep every column (by id). A `*` needs only the tables of its own
-    SELECT: one anywhere else (`EXISTS (SELECT * …)`, a CTE read by name) no longer keeps every table whole."""
+    SELECT: one anywhere else (`EXISTS (SELECT * …)`, a CTE read by name) no longer keeps every table whole.
+    Last, the names used as columns (with USING's), the qualifiers of columns, and the names of relations.
+
+    One pass over every node of the query, dispatched on the node's exact class (sqlglot's classes used here
+    have no subclasses but Column's Pseudocolumn, listed): this pass is a large part of a guard pass."""
     names: set[str] = set()
-    aliases: set[str] = set()
-    single: set[str] = set()
-    tables: list[exp.Table] = []
-    whole: set[int] = set()
-    everything = False
-    for node in tree.walk():
-        if isinstance(node, exp.Identifier):
-            names.add(node.name.lower())
-        elif isinstance(node, (exp.Star, exp.Columns)) and not isinstance(node.parent, exp.Count):
-            whole |= _expanded(node)
-        elif isinstance(node, exp.Table):
-            aliases.add(node.alias_or_name.lower())
-            if POLICY_TABLE in node.meta:
-                tables.append(node)
-                if isinstance(node.parent, exp.Pivot):
-                    whole.add(id(node))  # PIVOT groups by, and UNPIVOT keeps, every column it does not name
-        elif isinstance(node, exp.Column) and not node.args.get("table"):
-            single.add(node.name.lower())
-        elif isinstance(node, exp.Join) and str(node.args.get("method") or "").upper() == "NATURAL":
-            everything = True
-    everything = everything or bool(single & aliases)  # a table used as a value needs its whole row
-    return (None if everything else frozenset(names)), tables, whole
+    scan = _Scan()
+    for node in nodes:
+        kind = type(node)
+        if kind is exp.Identifier:
+            name = node.this.lower()
+            names.add(name)
+            scan.identifier(node, name)
+        elif kind in _VISIT:
+            _VISIT[kind](scan, node)
+    everything = scan.everything or bool(scan.single & scan.aliases)  # a table used as a value needs its whole row
+    return (None if everything else frozenset(names)), scan.tables, scan.whole, scan.named
+
+
+class _Scan:
+    """What one walk of :func:`_scan` gathers."""
+
+    def __init__(self) -> None:
+        self.aliases: set[str] = set()
+        self.single: set[str] = set()
+        self.tables: list[exp.Table] = []
+        self.whole: set[int] = set()
+        self.named: Named = (set(), set(), set())
+        self.everything = False
+
+    def identifier(self, node: exp.Expr, name: str) -> None:
+        """Files a name by its role: a column's own name, one of its qualifiers, a USING column, or a
+        relation's name or alias (a table's, a subquery's, a CTE's); any other (a select alias) binds no column."""
+        parent = type(node.parent)
+        if parent is exp.Column or parent is exp.Pseudocolumn:
+            self.named[0 if node.arg_key == "this" else 1].add(name)
+        elif parent is exp.Join:
+            self.named[0].add(name)
+        elif parent is exp.Table or parent is exp.TableAlias:
+            self.named[2].add(name)
+
+    def star(self, node: exp.Expr) -> None:
+        if not isinstance(node.parent, exp.Count):
+            self.whole |= _expanded(node)
+
+    def table(self, node: exp.Table) -> None:
+        self.aliases.add(node.alias_or_name.lower())
+        if POLICY_TABLE in node.meta:
+            self.tables.append(node)
+            if isinstance(node.parent, exp.Pivot):
+                self.whole.add(id(node))  # PIVOT groups by, and UNPIVOT keeps, every column it does not name
+
+    def var(self, node: exp.Var) -> None:
+        self.named[1].add(node.name.lower())  # a bare word (`year` in EXTRACT) the engine might bind: held as strictly
+
+    def column(self, node: exp.Column) -> None:
+        if not node.args.get("table"):
+            self.single.add(node.name.lower())
+
+    def join(self, node: exp.Join) -> None:
+        if str(node.args.get("method") or "").upper() == "NATURAL":
+            self.everything = True
+
+
+_VISIT: dict[type[exp.Expr], Callable[[_Scan, Any], None]] = {exp.Star: _Scan.star, exp.Columns: _Scan.star, exp.Table: _Scan.table, exp.Var: _Scan.var,
+          exp.Column: _Scan.column, exp.Pseudocolumn: _Scan.column, exp.Join: _Scan.join}
 
 
 def _expanded(star: exp.Expr) -> set[int]:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from saferoom.guard.context import Context
+from saferoom.guard.context import Context, nodes_of
 
 
 def unqualify_columns(expression: exp.Expr, context: Context) -> exp.Expr:
-    for column in expression.find_all(exp.Column):
+    for column in nodes_of(expression, context, exp.Column):
         if column.args.get("db") and context.resolver.names_table(column):
             column.set("catalog", None)
             column.set("db", None)

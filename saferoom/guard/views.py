@@ -109,15 +109,20 @@ def _raw_reads(policy: Policy, predicate: exp.Expr, spec: EngineSpec) -> exp.Exp
 
 def _physical(table: TableRef, spec: EngineSpec) -> exp.Table:
     """The engine's own name for a policy table, aliased so only the view can see it."""
-    alias = exp.TableAlias(this=exp.to_identifier(INNER_ALIAS))
+    physical = physical_table(table, spec)
+    physical.set("alias", exp.TableAlias(this=exp.to_identifier(INNER_ALIAS)))
+    return physical
+
+
+def physical_table(table: TableRef, spec: EngineSpec) -> exp.Table:
+    """The engine's own name for a policy table."""
     if spec.physical:
         name = spec.physical.format(source=table.source, schema=table.schema or "", name=table.name).lower()
-        return exp.Table(this=exp.to_identifier(name, quoted=True), alias=alias)
+        return exp.Table(this=exp.to_identifier(name, quoted=True))
     return exp.Table(
         this=exp.to_identifier(table.name, quoted=True),
         db=exp.to_identifier(table.schema or spec.default_schema, quoted=True),
         catalog=exp.to_identifier(table.source, quoted=True) if spec.catalog_in_names else None,
-        alias=alias,
     )
 
 
