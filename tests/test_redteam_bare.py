@@ -34,6 +34,7 @@ READ_BARE = [
     "select * from open_t",
     "select a.id from open_t a, open_t b where a.id = b.id and a.v <> b.v",
     "select id from open_t where id in (select id from part_t)",
+    "select id, v as value from open_t order by value desc",  # a whole ORDER BY term naming a select alias
 ]
 
 ATTACKS = [
@@ -48,6 +49,14 @@ ATTACKS = [
     "select id from open_t join part_t using (rowid)",
     "with x as (select 1 as rowid) select rowid from open_t, x",
     "select 1 as rowid, id from open_t order by rowid",
+    "select id as rowid from open_t order by rowid desc",
+    "select id as rowid from open_t order by rowid + 0",
+    "select id as rowid from open_t order by -rowid",
+    "select id as w from open_t order by w, rowid",
+    "select id as rowid from open_t union all select id from open_t order by rowid",
+    "select id as w, row_number() over (order by w) from open_t",
+    "select id as w from open_t where rowid = 0 order by w",
+    "select (select id as rowid from part_t order by rowid limit 1) from open_t",
     "select rowid from part_t",
     # correlated subqueries: an unqualified name binds to the nearest source that has it
     "select id from open_t where exists (select 1 from part_t where part_t.id = open_t.id and secret = 's-one')",

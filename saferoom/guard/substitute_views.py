@@ -61,14 +61,15 @@ def _rename(table: exp.Table, itself: exp.Table, alias: exp.TableAlias) -> None:
     table.set("alias", alias)
 
 
-def _only_columns(named: tuple[set[str], set[str], set[str]], context: Context) -> bool:
+def _only_columns(named: Named, context: Context) -> bool:
     """Whether every name the query uses as a column is a column the role sees of a policy table it reads (and
     no pseudo-column such as `rowid`, which a table answers to and its view does not). Only then can a table
-    be read bare: no other name can bind to something of the table its view would not show."""
-    columns, qualifiers, relations = named
+    be read bare: no other name can bind to something of the table its view would not show. A whole ORDER BY
+    term naming a select alias binds to the alias; it passes too, unless it is named like a pseudo-column."""
+    columns, qualifiers, relations, ordered = named
     visible = frozenset().union(*(context.columns(t).visible for t in context.touched.tables))
     allowed = visible - context.spec.pseudo_columns
-    return columns <= allowed and qualifiers <= allowed | relations
+    return columns <= allowed and qualifiers <= allowed | relations and not ordered & context.spec.pseudo_columns
 
 
 def _named(table: exp.Table) -> exp.Identifier:
@@ -77,7 +78,7 @@ def _named(table: exp.Table) -> exp.Identifier:
     return exp.Identifier(this=table.name, quoted=table.this.args.get("quoted"))
 
 
-Named = tuple[set[str], set[str], set[str]]
+Named = tuple[set[str], set[str], set[str], set[str]]  # columns, qualifiers, relations, ORDER BY aliases
 
 
 def _scan(nodes: Iterable[exp.Expr]) -> tuple[frozenset[str] | None, list[exp.Table], set[int], Named]:
@@ -110,7 +111,7 @@ class _Scan:
         self.single: set[str] = set()
         self.tables: list[exp.Table] = []
         self.whole: set[int] = set()
-        self.named: Named = (set(), set(), set())
+        self.named: Named = (set(), set(), set(), set())
         self.everything = False
 
     def identifier(self, node: exp.Expr, name: str) -> None:
@@ -118,7 +119,8 @@ class _Scan:
         relation's name or alias (a table's, a subquery's, a CTE's); any other (a select alias) binds no column."""
         parent = type(node.parent)
         if parent is exp.Column or parent is exp.Pseudocolumn:
-            self.named[0 if node.arg_key == "this" else 1].add(name)
+            ordered = node.arg_key == "this" and _orders_by_alias(node.parent, name)
+            self.named[3 if ordered else 0 if node.arg_key == "this" else 1].add(name)
         elif parent is exp.Join:
             self.named[0].add(name)
         elif parent is exp.Table or parent is exp.TableAlias:
@@ -145,6 +147,19 @@ class _Scan:
     def join(self, node: exp.Join) -> None:
         if str(node.args.get("method") or "").upper() == "NATURAL":
             self.everything = True
+
+
+def _orders_by_alias(column: exp.Expr | None, name: str) -> bool:
+    """Whether ``column`` is a whole ORDER BY term naming a select alias of its own SELECT (`ORDER BY value`
+    after `… AS value`): DuckDB binds such a term to the alias before any column of a table, so it reaches
+    nothing of one (inside an expression, `ORDER BY value + 0`, a table's column comes first: not this)."""
+    if column is None:
+        return False
+    ordered = column.parent
+    if column.args.get("table") or type(ordered) is not exp.Ordered or column.arg_key != "this":
+        return False
+    select = ordered.parent.parent if type(ordered.parent) is exp.Order else None
+    return type(select) is exp.Select and any(p.alias.lower() == name for p in select.expressions)
 
 
 _VISIT: dict[type[exp.Expr], Callable[[_Scan, Any], None]] = {exp.Star: _Scan.star, exp.Columns: _Scan.star, exp.Table: _Scan.table, exp.Var: _Scan.var,
