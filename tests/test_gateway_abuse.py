@@ -134,6 +134,31 @@ def test_a_query_past_its_time_is_stopped_and_recorded_as_timed_out(tmp_path: Pa
     assert result["status"] == "timed_out"
 
 
+def test_a_client_that_stops_reading_its_result_has_its_query_ended_and_its_slot_freed(tmp_path: Path) -> None:
+    """A client that keeps its connection but takes no more bytes would hold its query, its slot and its worker
+    for ever: past the query's timeout without a byte taken, the gateway ends the query and drops the connection."""
+    server = open_gateway(tmp_path, role="{columns: {}, timeout_seconds: 2, max_concurrent: 1}")
+    bob = server.token("bob")
+    body = json.dumps({"sql": "select a.id, b.id, a.amount from shop.orders a, shop.orders b", "format": "arrow"}).encode()
+    head = (f"POST /v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {bob}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    stalled = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 12)
+        stalled.sendall(head + body)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += stalled.recv(1 << 12)
+        assert received.startswith(b"HTTP/1.1 200")  # the result streams; from here on nothing is read
+        eventually(lambda: ask(server, bob, SMALL).status_code == 200, "the stalled query's slot given back")
+        allowed, results = outcomes(server)
+        stalled_id = next(iter(allowed))  # the first query of the log
+        assert results[stalled_id]["status"] in {"cancelled", "timed_out"}
+    finally:
+        stalled.close()
+        server.stop()
+
+
 @pytest.mark.parametrize("sql", [
     "select length(repeat('x', 2000000000))",
     "select length(lpad('', 2000000000, 'x'))",

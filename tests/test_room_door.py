@@ -18,6 +18,7 @@ import saferoom
 from saferoom.audit import read
 from saferoom.client import DOOR, RemoteSession
 from saferoom.decision import MAX_SQL_BYTES
+from saferoom.errors import SaferoomError
 from saferoom.server.app import body_limit
 from tests.gateway_helpers import Server, eventually
 from tests.test_room_io import QUERY, ROWS, impostor, socket_gateway
@@ -195,3 +196,27 @@ def test_connections_that_never_send_their_request_hold_no_query_and_stop_no_one
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_a_client_that_stops_reading_has_its_query_ended_and_its_slot_freed(tmp_path: Path) -> None:
+    """Through the door too: a client that keeps its connection but takes no byte for the query's timeout has
+    its query ended and its slot given back (without that, it would hold both, and a worker, for ever)."""
+    server = socket_gateway(tmp_path, "{max_concurrent: 1, timeout_seconds: 2}")
+    try:
+        sock = ask(server, {"sql": QUERY})
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 12)
+        answer, _ = answer_line(sock)  # the query runs; from here on nothing is read
+        assert server.socket is not None
+
+        def slot_free() -> bool:
+            with RemoteSession(None, server.token("alice"), socket=server.socket) as remote:
+                try:
+                    return remote.query("select count(*) as n from events").to_arrow().num_rows == 1
+                except SaferoomError:
+                    return False  # still over the user's one slot
+        eventually(slot_free, "the stalled query's slot given back")
+        eventually(lambda: results(server, answer["request"]), "the stalled query's result record")
+        assert results(server, answer["request"])[0]["status"] in {"cancelled", "timed_out"}
+        sock.close()
+    finally:
+        server.stop()

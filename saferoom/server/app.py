@@ -104,7 +104,7 @@ def create_app(gateway: Gateway, door: bool = False) -> FastAPI:
         if rest is None:  # a small result is already whole: send it without streaming machinery
             await body.aclose()
             return Response(first or b"", media_type=MEDIA[kind], headers=headers)
-        return _ClosingStream(body.then([first or b"", rest]), media_type=MEDIA[kind], headers=headers)
+        return _ClosingStream(body.then([first or b"", rest]), running.stall, media_type=MEDIA[kind], headers=headers)
 
     @app.get("/v1/results/{result_id}", summary="A page of a result kept for the web page (format page)")
     def result_page(result_id: str, authorization: Auth = None, role: str | None = None,
@@ -333,6 +333,9 @@ class _Body:
             raise StopAsyncIteration
         return chunk
 
+    def stalled(self) -> None:
+        self._cancel("the client stopped reading its result")
+
     async def aclose(self) -> None:
         if not self._done:
             self._cancel("the client hung up")
@@ -341,13 +344,24 @@ class _Body:
 
 
 class _ClosingStream(StreamingResponse):
-    def __init__(self, body: _Body, **kwargs: Any) -> None:
+    """A streamed result whose body is closed however the response ends, and whose client must take each chunk
+    within ``stall`` seconds: one that stops reading (but keeps its connection) would otherwise hold its query,
+    its slot and its worker for ever. Its query is then cancelled and the connection dropped."""
+
+    def __init__(self, body: _Body, stall: float, **kwargs: Any) -> None:
         super().__init__(body, **kwargs)
-        self._body = body
+        self._body, self._stall = body, stall
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def bounded(message: Any) -> None:
+            with anyio.fail_after(self._stall):
+                await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, bounded)
+        except TimeoutError:
+            self._body.stalled()  # the connection is dropped: the response cannot end well
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await self._body.aclose()

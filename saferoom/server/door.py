@@ -34,7 +34,7 @@ from saferoom.client import DOOR as PREAMBLE
 from saferoom.engines.base import Cancel
 from saferoom.errors import SaferoomError, TooLarge, UsageError
 from saferoom.server.app import QueryRequest, begin, body_limit
-from saferoom.server.gateway import Gateway
+from saferoom.server.gateway import STALL_SECONDS, Gateway
 from saferoom.server.streams import error_body
 from saferoom.server.workers import QueryThread
 
@@ -164,31 +164,33 @@ def answer(gateway: Gateway, sock: socket.socket, request: tuple[QueryRequest, s
     try:
         running, body = begin(gateway, request[0], request[1], "arrow", cancel)
     except SaferoomError as exc:  # refused, or not let in: the explanation, as the HTTP route's
-        _send(sock, _line(error_body(exc)))
+        _send(sock, _line(error_body(exc)), STALL_SECONDS)
         return
     try:
         ready: Any = _line({"request": running.request_id})
         for chunk in body:
-            _send(sock, ready)  # the worker's IPC message as it came: no copy in this process
+            _send(sock, ready, running.stall)  # the worker's IPC message as it came: no copy in this process
             ready = chunk
         ended.set()
-        _send(sock, ready)
-    except OSError:
+        _send(sock, ready, running.stall)
+    except OSError:  # a hang-up, or a client that stopped reading (TimeoutError)
         cancel(HUNG_UP)
     finally:
         body.close()  # the result record, the user's slot given back
 
 
-def _send(sock: socket.socket, data: Any) -> None:
+def _send(sock: socket.socket, data: Any, stall: float) -> None:
     """All of ``data``, waiting while the client's buffer is full (the descriptor is shared with the event loop's
-    watch, which keeps it non-blocking)."""
+    watch, which keeps it non-blocking); a client that takes no byte for ``stall`` seconds has left: without
+    that, one that stops reading would hold its query, its slot and its worker for ever."""
     view, writable = memoryview(data).cast("B"), select.poll()  # poll: a gateway's descriptors can pass select's 1024
     writable.register(sock, select.POLLOUT)
     while view:
         try:
             view = view[sock.send(view):]
         except BlockingIOError:
-            writable.poll()
+            if not writable.poll(stall * 1000):
+                raise TimeoutError(f"the client took no byte of its result for {stall:g} s") from None
 
 
 def _watch(sock: socket.socket, cancel: Cancel, ended: threading.Event, loop: asyncio.AbstractEventLoop) -> None:

@@ -44,6 +44,7 @@ log = logging.getLogger("saferoom.gateway")
 
 
 QUEUE_SECONDS = 2.0  # how long a query waits for one of its user's slots before it is refused
+STALL_SECONDS = 300.0  # a client that takes no byte of its result for this long has left (or the query's timeout)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Running:
     cancel: Cancel
     started: float
     result: Result | None = None
+    stall: float = STALL_SECONDS  # seconds the client may take no byte before its query is ended as abandoned
 
     def status(self, error: SaferoomError | None) -> str:
         """How it ended, for the result record: completed, cancelled, timed_out or failed."""
@@ -176,7 +178,8 @@ class Gateway:
         except SaferoomError as exc:
             self.audit.append({**event, **refused(session.user, session.role, sql, exc, limit=self.max_sql_bytes).to_dict()})
             raise
-        running = Running(event["request_id"], decision, cancel or Cancel(), time.perf_counter())
+        running = Running(event["request_id"], decision, cancel or Cancel(), time.perf_counter(),
+                          stall=session.timeout or STALL_SECONDS)
         try:
             self.audit.append({**event, **decision.to_dict()})  # durable before any result byte exists
             with self._lock:
