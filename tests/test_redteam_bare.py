@@ -276,7 +276,6 @@ ATTACKS = [
     # a whole row, ORDER BY aliases that shadow columns
     "select id from open_t using sample 50 percent (bernoulli, 7)",
     "select id from open_t using sample 50 percent (system, 7)",
-    "select id from open_t using sample 2 rows",
     "select id from open_t using sample 2 (reservoir, 42)",
     "select id from open_t tablesample bernoulli (50 percent) repeatable (3)",
     "select id from open_t tablesample reservoir (67 percent) repeatable (3)",
