@@ -303,6 +303,21 @@ ATTACKS = [
     "select id from open_t where id in (select id as w from part_t order by w)",
     "select max(id) as w from open_t group by v order by w",
     "select (select count(*) from part_t where part_t.v < o.v) as w from open_t as o order by w",
+    # ORDER BY aliases inside aggregates and WITHIN GROUP, swapped and quoted aliases, qualified alias names
+    "select string_agg(s, ',' order by w), max(id) as w from open_t",
+    "select list(s order by w), max(id) as w from open_t",
+    "select array_agg(s order by w) as w from open_t",
+    "select quantile_cont(v, 0.5 order by w), max(id) as w from open_t",
+    "select percentile_cont(0.5) within group (order by w), max(id) as w from open_t",
+    "select first(s order by w desc), max(id) as w from open_t",
+    "select id as s, s as id from open_t order by s, id",
+    "select id as w, row_number() over (order by id) as r from open_t order by r",
+    "select id as w from open_t order by w limit (select count(*) from part_t)",
+    "select id as w from open_t order by w, (select max(v) from part_t where part_t.id = w)",
+    "select id as w from open_t order by w desc, w asc",
+    'select id as "W" from open_t order by w',
+    'select id as w from open_t order by "W"',
+    "select id as w from open_t order by open_t.w",
 ]
 
 
