@@ -156,6 +156,11 @@ def test_views_are_rendered_once_and_spliced_whole(policy) -> None:
     ("select o.*, c.card_id from orders o join cards c on true", None),
     ("select c.* from orders o join cards c on true", {"order_id"}),
     ("select * from (select amount from orders) s", {"amount"}),
+    ("select s.* from (select amount from orders) s", {"amount"}),
+    # `o.*` naming no source of its own SELECT expands over an outer table, whole: nothing may be cut
+    ("select l.* from orders o, lateral (select o.*) l", None),
+    ("select l.* from orders o join lateral (select o.* exclude (amount)) l on true", None),
+    ("select (select concat(*columns(o.*))) from orders o", None),
     # PIVOT groups by every column it does not name
     ("select * from (pivot orders on region in ('EU') using sum(amount))", None),
 ])

@@ -65,11 +65,14 @@ def _only_columns(named: Named, context: Context) -> bool:
     """Whether every name the query uses as a column is a column the role sees of a policy table it reads (and
     no pseudo-column such as `rowid`, which a table answers to and its view does not). Only then can a table
     be read bare: no other name can bind to something of the table its view would not show. A whole ORDER BY
-    term naming a select alias binds to the alias; it passes too, unless it is named like a pseudo-column."""
-    columns, qualifiers, relations, ordered = named
+    term naming a select alias binds to the alias; it passes too. No name at all may be spelled like a
+    pseudo-column, whatever sqlglot takes it for (a lambda's parameter, an alias, a relation): DuckDB's binder,
+    not sqlglot's tree, decides what it reaches."""
+    columns, qualifiers, relations, ordered, others = named
     visible = frozenset().union(*(context.columns(t).visible for t in context.touched.tables))
-    allowed = visible - context.spec.pseudo_columns
-    return columns <= allowed and qualifiers <= allowed | relations and not ordered & context.spec.pseudo_columns
+    pseudo = context.spec.pseudo_columns
+    allowed = visible - pseudo
+    return columns <= allowed and qualifiers <= allowed | relations and not (relations | ordered | others) & pseudo
 
 
 def _named(table: exp.Table) -> exp.Identifier:
@@ -78,7 +81,7 @@ def _named(table: exp.Table) -> exp.Identifier:
     return exp.Identifier(this=table.name, quoted=table.this.args.get("quoted"))
 
 
-Named = tuple[set[str], set[str], set[str], set[str]]  # columns, qualifiers, relations, ORDER BY aliases
+Named = tuple[set[str], set[str], set[str], set[str], set[str]]  # columns, qualifiers, relations, ORDER BY aliases, others
 
 
 def _scan(nodes: Iterable[exp.Expr]) -> tuple[frozenset[str] | None, list[exp.Table], set[int], Named]:
@@ -111,12 +114,13 @@ class _Scan:
         self.single: set[str] = set()
         self.tables: list[exp.Table] = []
         self.whole: set[int] = set()
-        self.named: Named = (set(), set(), set(), set())
+        self.named: Named = (set(), set(), set(), set(), set())
         self.everything = False
 
     def identifier(self, node: exp.Expr, name: str) -> None:
         """Files a name by its role: a column's own name, one of its qualifiers, a USING column, or a
-        relation's name or alias (a table's, a subquery's, a CTE's); any other (a select alias) binds no column."""
+        relation's name or alias (a table's, a subquery's, a CTE's); any other (a select alias, a lambda's
+        parameter, a window's name) binds no column, and is filed apart."""
         parent = type(node.parent)
         if parent is exp.Column or parent is exp.Pseudocolumn:
             ordered = node.arg_key == "this" and _orders_by_alias(node.parent, name)
@@ -125,10 +129,16 @@ class _Scan:
             self.named[0].add(name)
         elif parent is exp.Table or parent is exp.TableAlias:
             self.named[2].add(name)
+        else:
+            self.named[4].add(name)
 
     def star(self, node: exp.Expr) -> None:
         if not isinstance(node.parent, exp.Count):
-            self.whole |= _expanded(node)
+            expanded = _expanded(node)
+            if expanded is None:  # `t.*` of an outer query's table (LATERAL, correlated): keep every column
+                self.everything = True
+            else:
+                self.whole |= expanded
 
     def table(self, node: exp.Table) -> None:
         self.aliases.add(node.alias_or_name.lower())
@@ -166,13 +176,16 @@ _VISIT: dict[type[exp.Expr], Callable[[_Scan, Any], None]] = {exp.Star: _Scan.st
           exp.Column: _Scan.column, exp.Pseudocolumn: _Scan.column, exp.Join: _Scan.join}
 
 
-def _expanded(star: exp.Expr) -> set[int]:
+def _expanded(star: exp.Expr) -> set[int] | None:
     """The tables of the SELECT a `*` (or `t.*`, or COLUMNS()) stands in; none inside EXISTS, whose select list
-    is never read."""
+    is never read. None for a `t.*` naming no source of its own SELECT: DuckDB expands it over a table of an
+    outer query (`FROM t, LATERAL (SELECT t.*)`), which this pass cannot tell apart, so no view may be cut."""
     select = star.find_ancestor(exp.Select)
     if select is None or isinstance(select.parent, exp.Exists):
         return set()
     qualifier = star.parent.table.lower() if isinstance(star.parent, exp.Column) and star.parent.table else None
-    sources = [select.args.get("from_"), *select.args.get("joins", [])]
-    found = (t for s in sources if s is not None for t in [s.this] if isinstance(t, exp.Table))
-    return {id(t) for t in found if qualifier is None or t.alias_or_name.lower() == qualifier}
+    joined = [select.args.get("from_"), *select.args.get("joins", [])]
+    sources = [s.this for s in joined if s is not None]
+    if qualifier is not None and all(s.alias_or_name.lower() != qualifier for s in sources):
+        return None
+    return {id(t) for t in sources if isinstance(t, exp.Table) and (qualifier is None or t.alias_or_name.lower() == qualifier)}
