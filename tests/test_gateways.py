@@ -4,6 +4,7 @@ revocation and limits that hold across gateways, and a state folder migrated in.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -266,13 +267,20 @@ def test_migrate_a_state_folder_into_postgresql(room, state_url: str, tmp_path: 
     assert records(state_url) == after
 
 
+def scratch_folders(pid: int) -> list[Path]:
+    """The scratch folders (saferoom/scratch.py) a process holds: those whose lock file it has open."""
+    links = (Path(os.readlink(fd)) for fd in Path(f"/proc/{pid}/fd").iterdir() if fd.is_symlink())
+    return [link.parent for link in links if link.name == ".held"]
+
+
 def test_a_gateway_killed_mid_upload_leaves_no_part_of_the_file_anywhere(reviewed: list[Server], state_url: str) -> None:
     """kill -9 while a file streams in: PostgreSQL holds no chunk of it, no gateway lists it, the killed
     gateway's local copy goes when it starts again, and the upload made again on another gateway is whole."""
-    import tempfile
-
     one, two, _ = reviewed
     alice = one.token("alice")
+    assert one.process is not None
+    held = [f for f in scratch_folders(one.process.pid) if f.name.startswith("saferoom-requests-")]  # its local copies
+    assert held
     asked = ok(one, alice, "POST", "/v1/requests/release", json={"reason": "q3 totals"})
     sent = threading.Event()
 
@@ -286,13 +294,13 @@ def test_a_gateway_killed_mid_upload_leaves_no_part_of_the_file_anywhere(reviewe
         httpx.put(f"{one.url}/v1/requests/{asked['id']}/files/totals.csv", content=body(), timeout=120,
                   headers={"Authorization": f"Bearer {alice}"})
     assert sent.is_set()
-    left = [p for p in Path(tempfile.gettempdir()).glob("saferoom-requests-*") if (p / asked["id"]).exists()]
+    assert all(folder.exists() for folder in held)  # kill -9: the gateway removed nothing
     assert ok(two, alice, "GET", f"/v1/requests/{asked['id']}")["files"] == []
     with psycopg.connect(state_url) as db:
         assert db.execute("SELECT count(*) FROM saferoom_request_files WHERE request_id = %s",
                           (asked["id"],)).fetchone() == (0,)
     one.start()  # its scratch folder is swept as it makes a new one
-    assert left and not any(p.exists() for p in left), left
+    assert not any(folder.exists() for folder in held), held
     content = b"region,total\nEU,3\n"
     ok(two, alice, "PUT", f"/v1/requests/{asked['id']}/files/totals.csv", content=content)
     submitted = ok(one, alice, "POST", f"/v1/requests/{asked['id']}/submit")
