@@ -70,9 +70,7 @@ class Session:
         self.timeout = self.limits.timeout_seconds
         self._owns_engine = engine is None
         self._engine = engine or open_engine(policy, backend, self.limits, isolated=isolated)
-        # only an engine that can prove a table's columns fixed offers any (see Guard.itself)
-        fixed: frozenset[tuple[str, str, str]] = getattr(self._engine, "fixed_tables", frozenset)()
-        self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog(), fixed)
+        self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog(), self._engine.fixed_tables())
         self._filter_notices: dict[str, str | None] = {}
         self._ledger = ledger or MemoryLedger()  # privacy budgets; the gateway's are kept in its state
 

@@ -117,6 +117,11 @@ class Engine(Protocol):
 
     def catalog(self) -> Catalog: ...
 
+    def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
+        """The catalog's tables (by catalog key) whose columns cannot change while the engine is open, so the
+        guard may read them bare (see Guard.itself); none where the engine cannot prove it."""
+        ...
+
     def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
                cancel: Cancel | None = None) -> pa.RecordBatchReader: ...
 

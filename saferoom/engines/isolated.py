@@ -82,6 +82,9 @@ class ProcessEngine:
             raise
         self._release(worker)
 
+    def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
+        return frozenset()  # a worker's attachments are not this process's to inspect: views kept
+
     def catalog(self) -> Catalog:
         return self._catalog
 

@@ -170,6 +170,9 @@ class PostgresEngine:
             with contextlib.suppress(Exception):
                 each.close()  # type: ignore[attr-defined]
 
+    def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
+        return frozenset()  # a live table can gain a column at any moment: views kept
+
     def catalog(self) -> Catalog:
         sql = ("SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
                "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_schema NOT LIKE 'pg\\_%temp\\_%' "  # sessions' keys

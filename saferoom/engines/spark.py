@@ -160,6 +160,9 @@ class SparkEngine:
             raise EngineError(f"source `{self.name}`: table {table} has no files at {spec.path}")
         return self.session.read.format(spec.format).load(str(path))
 
+    def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
+        return frozenset()  # tables are views over files read afresh: views kept
+
     def catalog(self) -> Catalog:
         catalog: Catalog = {}
         for view in self.session.catalog.listTables():
