@@ -57,7 +57,8 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
         raise QueryRejected(f"{exc.message}. Role `{context.role}` may only {rules.allowed_instead()}",
                             column=exc.column) from None
     assert isinstance(expression, exp.Select)  # check_shape refused anything else
-    keys = entity_columns(expression, context, rules)
+    owned = entity_columns(expression, context, rules)
+    keys = [key for _, key in owned]
     if rules.dp is not None:
         context.touched.noise = _with_noise(expression, context, rules, rules.dp)
     unique = _one_row_each(expression, rules)
@@ -77,7 +78,7 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     if rules.dp is not None:
         limited = _limited(expression, context, rules)
         bound_contributions(limited, rules.dp.max_contributions, _used_columns(expression, context))
-    return certified(expression, keys, rules.min_group, _integers(expression, context, rules)) if fast else expression
+    return certified(expression, keys, rules.min_group, _integers(owned, context)) if fast else expression
 
 
 def _refuse_renamed_columns(select: exp.Expr) -> None:
@@ -153,8 +154,8 @@ def identifiers(context: Context, rules: Aggregate) -> frozenset[str]:
     return frozenset(names)
 
 
-def entity_columns(select: exp.Select, context: Context, rules: Aggregate) -> list[exp.Column]:
-    """Each covered table's entity key, as a column of the query (``alias.customer_id``)."""
+def entity_columns(select: exp.Select, context: Context, rules: Aggregate) -> list[tuple[str, exp.Column]]:
+    """Each covered table's entity key, as a column of the query (``alias.customer_id``), with its policy table."""
     columns = []
     for table in _sources(select):
         name = table.meta[POLICY_TABLE]
@@ -165,16 +166,13 @@ def entity_columns(select: exp.Select, context: Context, rules: Aggregate) -> li
             raise QueryRejected(f"table {name} has no column holding the {rules.entity} it is about, so its groups "
                                 f"cannot be counted; ask the security team to declare it under the role's "
                                 f"`aggregate.keys`")
-        columns.append(exp.column(key, table=exp.to_identifier(table.alias_or_name, quoted=True), quoted=True))
+        columns.append((name, exp.column(key, table=exp.to_identifier(table.alias_or_name, quoted=True), quoted=True)))
     return columns
 
 
-def _integers(select: exp.Select, context: Context, rules: Aggregate) -> frozenset[int]:
+def _integers(owned: list[tuple[str, exp.Column]], context: Context) -> frozenset[int]:
     """Positions, among the keys :func:`entity_columns` lists, of those the role sees whole and of an integer type."""
-    covered = [t.meta[POLICY_TABLE] for t in _sources(select) if rules.covers(t.meta[POLICY_TABLE])]
-    keys = [(entity_key(rules, name, context.policy.columns(name)) or "").lower() for name in covered]
-    return frozenset(i for i, (name, key) in enumerate(zip(covered, keys, strict=True))
-                     if key in context.columns(name).integers)
+    return frozenset(i for i, (name, key) in enumerate(owned) if key.name.lower() in context.columns(name).integers)
 
 
 def _one_row_each(select: exp.Select, rules: Aggregate) -> bool:

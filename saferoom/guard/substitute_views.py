@@ -17,6 +17,7 @@ query renames by position (``t(a, b)``) is not cut: positions must not move.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlglot import exp
@@ -68,11 +69,11 @@ def _only_columns(named: Named, context: Context) -> bool:
     term naming a select alias binds to the alias; it passes too. No name at all may be spelled like a
     pseudo-column, whatever sqlglot takes it for (a lambda's parameter, an alias, a relation): DuckDB's binder,
     not sqlglot's tree, decides what it reaches."""
-    columns, qualifiers, relations, ordered, others = named
     visible = frozenset().union(*(context.columns(t).visible for t in context.touched.tables))
     pseudo = context.spec.pseudo_columns
     allowed = visible - pseudo
-    return columns <= allowed and qualifiers <= allowed | relations and not (relations | ordered | others) & pseudo
+    return (named.columns <= allowed and named.qualifiers <= allowed | named.relations
+            and not (named.relations | named.ordered | named.others) & pseudo)
 
 
 def _named(table: exp.Table) -> exp.Identifier:
@@ -81,7 +82,15 @@ def _named(table: exp.Table) -> exp.Identifier:
     return exp.Identifier(this=table.name, quoted=table.this.args.get("quoted"))
 
 
-Named = tuple[set[str], set[str], set[str], set[str], set[str]]  # columns, qualifiers, relations, ORDER BY aliases, others
+@dataclass
+class Named:
+    """The names a query uses, by what they name (see :meth:`_Scan.identifier`)."""
+
+    columns: set[str] = field(default_factory=set)  # a column's own name, or a USING column
+    qualifiers: set[str] = field(default_factory=set)  # a column's table (or schema) qualifier, and bare words
+    relations: set[str] = field(default_factory=set)  # a table's, subquery's or CTE's name or alias
+    ordered: set[str] = field(default_factory=set)  # a whole ORDER BY term naming a select alias of its SELECT
+    others: set[str] = field(default_factory=set)  # a select alias, a lambda's parameter, a window's name
 
 
 def _scan(nodes: Iterable[exp.Expr]) -> tuple[frozenset[str] | None, list[exp.Table], set[int], Named]:
@@ -114,7 +123,7 @@ class _Scan:
         self.single: set[str] = set()
         self.tables: list[exp.Table] = []
         self.whole: set[int] = set()
-        self.named: Named = (set(), set(), set(), set(), set())
+        self.named = Named()
         self.everything = False
 
     def identifier(self, node: exp.Expr, name: str) -> None:
@@ -123,14 +132,18 @@ class _Scan:
         parameter, a window's name) binds no column, and is filed apart."""
         parent = type(node.parent)
         if parent is exp.Column or parent is exp.Pseudocolumn:
-            ordered = node.arg_key == "this" and _orders_by_alias(node.parent, name)
-            self.named[3 if ordered else 0 if node.arg_key == "this" else 1].add(name)
+            if node.arg_key != "this":
+                self.named.qualifiers.add(name)
+            elif _orders_by_alias(node.parent, name):
+                self.named.ordered.add(name)
+            else:
+                self.named.columns.add(name)
         elif parent is exp.Join:
-            self.named[0].add(name)
+            self.named.columns.add(name)
         elif parent is exp.Table or parent is exp.TableAlias:
-            self.named[2].add(name)
+            self.named.relations.add(name)
         else:
-            self.named[4].add(name)
+            self.named.others.add(name)
 
     def star(self, node: exp.Expr) -> None:
         if not isinstance(node.parent, exp.Count):
@@ -148,7 +161,7 @@ class _Scan:
                 self.whole.add(id(node))  # PIVOT groups by, and UNPIVOT keeps, every column it does not name
 
     def var(self, node: exp.Var) -> None:
-        self.named[1].add(node.name.lower())  # a bare word (`year` in EXTRACT) the engine might bind: held as strictly
+        self.named.qualifiers.add(node.name.lower())  # a bare word (`year` in EXTRACT) the engine might bind: held as strictly
 
     def column(self, node: exp.Column) -> None:
         if not node.args.get("table"):
