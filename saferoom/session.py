@@ -70,7 +70,8 @@ class Session:
         self.timeout = self.limits.timeout_seconds
         self._owns_engine = engine is None
         self._engine = engine or open_engine(policy, backend, self.limits, isolated=isolated)
-        self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog(), self._engine.fixed_tables())
+        self._guard = Guard(policy, user, self.role, self._engine.spec, self._engine.catalog(), self._engine.fixed_tables(),
+                            self._engine.key_rows)
         self._filter_notices: dict[str, str | None] = {}
         self._ledger = ledger or MemoryLedger()  # privacy budgets; the gateway's are kept in its state
 

@@ -399,15 +399,127 @@ def test_whole_integer_keys_bucketed_by_residue_are_exact_at_the_edges(kind: str
     assert popcounts["nulls"] is None  # NULL keys set no bit, with no FILTER
 
 
-def test_the_guard_buckets_whole_integer_keys_and_hashes_tokens(folder: Path) -> None:
-    """mo sees customer_id whole (a BIGINT): bucketed by residue. A role that sees it as tokens (text) gets the
-    hashed buckets, and the same groups: nine customers suppressed, ten shown."""
+def test_the_guard_counts_rows_of_one_fixed_table_buckets_whole_integer_keys_and_hashes_tokens(folder: Path) -> None:
+    """mo sees customer_id whole in a read-only file: a query of orders alone is certified by its rows (no
+    customer has more than 10 orders, so 100 keys are 10 customers); joined to customers, bucketed by residue.
+    A role that sees the key as tokens (text) gets the hashed buckets. All give the same groups."""
     policy = POLICY.replace("  ann: {roles: [reader]}", "  ann: {roles: [reader]}\n  tom: {roles: [tokens]}") + (
         "  tokens:\n    columns: {key: tokenize, pii: tokenize, quasi: allow}\n"
         "    aggregate: {min_group: 10, entity: prod.customers.customer_id}\n")
     (folder / "tokens.yaml").write_text(policy)
     sql = "select region, count(*) as n from orders group by region"
+    joined = ("select o.region, count(*) as n from orders o join customers c on o.customer_id = c.customer_id "
+              "group by o.region")
     with saferoom.connect(folder / "saferoom.yaml", user="mo") as mo, saferoom.connect(folder / "tokens.yaml", user="tom") as tom:
-        assert ">> (" in mo.guard(sql).sql and "HASH(" not in mo.guard(sql).sql
+        alone = mo.guard(sql).sql
+        assert 'COUNT("orders"."customer_id") AS __saferoom_b0' in alone and "__saferoom_b0 >= 100" in alone
+        assert ">> (" not in alone and "HASH(" not in alone
+        assert ">> (" in mo.guard(joined).sql and "HASH(" not in mo.guard(joined).sql
         assert "HASH(" in tom.guard(sql).sql and ">> (" not in tom.guard(sql).sql
-        assert rows(mo, sql) == rows(tom, sql) == [("EU", 100), ("R10", 10)]
+        assert rows(mo, sql) == rows(mo, joined) == rows(tom, sql) == [("EU", 100), ("R10", 10)]
+
+
+def test_groups_certified_by_their_rows_are_exact_at_the_edges() -> None:
+    """No customer has more than 3 rows, so 30 non-NULL keys are 10 customers. Ten customers of three rows are
+    certified; ten of one row each are recounted and shown; nine of three rows padded with NULL keys past 30
+    rows, and one customer's three rows, are suppressed. The groups match the exact ``count(DISTINCT …)``."""
+    con = duckdb.connect()
+    con.execute("""CREATE TABLE orders AS
+        SELECT 'thirty' AS region, i AS customer_id FROM range(10) t(i), range(3)
+        UNION ALL SELECT 'ten', 100 + i FROM range(10) t(i)
+        UNION ALL SELECT 'padded', 200 + i FROM range(9) t(i), range(3)
+        UNION ALL SELECT 'padded', NULL FROM range(20)
+        UNION ALL SELECT 'one', 300 FROM range(3)""")
+    from saferoom.engines.duckdb import key_rows_sql
+
+    ((most, _),) = con.execute(key_rows_sql(("memory", "main", "orders"), "customer_id")).fetchall()
+    assert most == 3
+    sql = "select region, count(*) as n from orders group by region"
+    select = sqlglot.parse_one(sql + " having count(customer_id) >= 10", dialect="duckdb")
+    rewritten = certified(select, [exp.column("customer_id")], 10, most=[most]).sql("duckdb")
+    assert "__saferoom_b0 >= 30" in rewritten and "BIT_COUNT" not in rewritten
+    exact = con.execute(sql + " having count(distinct customer_id) >= 10 order by 1").fetchall()
+    assert sorted(con.execute(rewritten).fetchall()) == exact == [("ten", 10), ("thirty", 30)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_certified_groups_match_the_exact_count_on_random_data(seed: int) -> None:
+    """Skewed random orders (some customers with many rows, some NULL keys), grouped three ways and with no
+    GROUP BY: the rows certificate, the residues and the hashed buckets each keep exactly the groups that
+    ``count(DISTINCT customer_id) >= 10`` keeps."""
+    con = duckdb.connect()
+    con.execute(f"""SELECT setseed(0.{seed}); CREATE TABLE orders AS
+        SELECT i AS order_id, CASE WHEN random() < 0.05 THEN NULL ELSE (random() * random() * 300)::BIGINT END AS customer_id,
+          (random() * 40)::INT AS g FROM range(3000) t(i)""")
+    from saferoom.engines.duckdb import key_rows_sql
+
+    ((most, _),) = con.execute(key_rows_sql(("memory", "main", "orders"), "customer_id")).fetchall()
+    for sql in ("select g, count(*) from orders group by g", "select g % 7, sum(order_id) from orders group by 1",
+                "select count(*) from orders where g < 3", "select count(*) from orders"):
+        exact = sorted(con.execute(sql + " having count(distinct customer_id) >= 10").fetchall(), key=repr)
+        select = sqlglot.parse_one(sql + " having count(customer_id) >= 10", dialect="duckdb")
+        for integers, rows_most in ((frozenset(), []), (frozenset({0}), []), (frozenset(), [most])):
+            rewritten = certified(select.copy(), [exp.column("customer_id")], 10, integers, rows_most).sql("duckdb")
+            assert sorted(con.execute(rewritten).fetchall(), key=repr) == exact, (sql, integers, rows_most)
+
+
+def test_the_engine_proves_most_rows_only_for_read_only_base_tables(folder: Path) -> None:
+    """Orders of a read-only file: customer 120's ten. The gateway's isolated engine (its workers hold the
+    files) proves nothing, so its queries keep the buckets, with the same groups."""
+    from saferoom.policy import load_policy
+    from saferoom.session import Session
+
+    sql = "select region, count(*) as n from orders group by region"
+    with saferoom.connect(folder / "saferoom.yaml", user="mo") as mo:
+        engine = mo._engine
+        assert engine.key_rows(("prod", "main", "orders"), "customer_id").most == 10
+        assert engine.key_rows(("prod", "main", "orders"), "CUSTOMER_ID").most == 10  # kept once, by lower-cased name
+        assert engine.key_rows(("prod", "main", "customers"), "customer_id").most == 1
+        assert engine.key_rows(("prod", "main", "nowhere"), "customer_id") is None
+    with Session(load_policy(folder / "saferoom.yaml"), "mo", isolated=True) as isolated:
+        assert isolated._engine.key_rows(("prod", "main", "orders"), "customer_id") is None
+        assert ">> (" in isolated.guard(sql).sql
+        assert rows(isolated, sql) == [("EU", 100), ("R10", 10)]
+
+
+def test_a_zero_group_query_is_certified_and_exact(mo) -> None:
+    """With no GROUP BY the whole result is one group. Read whole, the table's 120 customers are known (no
+    condition at all); with a WHERE its rows are counted: the nine of R9 and the ten orders of SOLO (one
+    customer's) are suppressed."""
+    assert "HAVING" not in mo.guard("select count(*) as n from orders").sql
+    assert rows(mo, "select count(*) as n from orders") == [(129,)]
+    assert "__saferoom_b0 >= 100" in mo.guard("select count(*) as n from orders where region = 'R9'").sql
+    assert rows(mo, "select count(*) as n from orders where region = 'R9'") == []
+    assert rows(mo, "select count(*) as n from orders where region = 'SOLO'") == []
+    assert rows(mo, "select count(*) as n from orders where region = 'EU'") == [(100,)]
+
+
+def test_a_table_read_whole_is_shown_only_with_enough_entities_and_no_row_filter(folder: Path) -> None:
+    """120 customers under a minimum of 200: the whole table is suppressed without reading it (HAVING FALSE).
+    A role with a row filter on orders never takes the table's own count: its rows are counted."""
+    (folder / "large.yaml").write_text(POLICY.replace("aggregate: {min_group: 10, entity: prod.customers.customer_id}\n",
+                                                      "aggregate: {min_group: 200, entity: prod.customers.customer_id}\n", 1))
+    with saferoom.connect(folder / "large.yaml", user="mo") as large:
+        assert "HAVING FALSE" in large.guard("select count(*) as n from orders").sql
+        assert rows(large, "select count(*) as n from orders") == []
+    filtered = POLICY.replace("    aggregate: {min_group: 10, entity: prod.customers.customer_id}\n",
+                              "    aggregate: {min_group: 10, entity: prod.customers.customer_id}\n"
+                              "    rows: {prod.orders: \"region = 'R9'\"}\n", 1)
+    (folder / "filtered.yaml").write_text(filtered)
+    with saferoom.connect(folder / "filtered.yaml", user="mo") as nine:
+        assert "__saferoom_b0 >= 100" in nine.guard("select count(*) as n from orders").sql
+        assert rows(nine, "select count(*) as n from orders") == []
+
+
+def test_dp_bounding_is_left_out_only_where_it_would_drop_no_row(folder: Path) -> None:
+    """No customer has more than 10 orders: with ``max_contributions: 10`` the window that bounds them is
+    proven to drop nothing and is left out; with 9 it stays. The noise is scaled to the bound either way."""
+    for most, bounded in ((10, False), (9, True)):
+        policy = POLICY.replace("bounds: {amount: [0, 100]}}", f"bounds: {{amount: [0, 100]}}, max_contributions: {most}}}")
+        assert policy != POLICY
+        (folder / f"dp{most}.yaml").write_text(policy)
+        with saferoom.connect(folder / f"dp{most}.yaml", user="dana") as dana:
+            guarded = dana.guard("select region, count(*) as n from orders group by region")
+            assert ("QUALIFY" in guarded.sql) is bounded
+            assert guarded.noise is not None and guarded.noise.rows_per_entity == most
+            assert {r["region"] for r in dana.query("select region, count(*) as n from orders group by region").to_pylist()} == {"EU", "R10"}

@@ -110,6 +110,14 @@ ColumnTypes = dict[str, str]
 Catalog = dict[tuple[str, str, str], ColumnTypes]
 
 
+@dataclass(frozen=True)
+class KeyRows:
+    """What a fixed table's rows are, by one column's values (an entity key)."""
+
+    most: int  # the most rows that share one non-NULL value
+    values: int  # distinct non-NULL values
+
+
 class Engine(Protocol):
     """A connection that runs the guard's SQL and streams Arrow back."""
 
@@ -120,6 +128,12 @@ class Engine(Protocol):
     def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
         """The catalog's tables (by catalog key) whose columns cannot change while the engine is open, so the
         guard may read them bare (see Guard.itself); none where the engine cannot prove it."""
+        ...
+
+    def key_rows(self, table: tuple[str, str, str], column: str) -> KeyRows | None:
+        """How the rows of ``table`` (a fixed table, by catalog key) share the values of ``column``, worked out
+        once and kept; None where the engine cannot prove the table fixed. The aggregate rules use it to
+        certify groups by their row counts (saferoom.guard.aggregate_certified)."""
         ...
 
     def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,

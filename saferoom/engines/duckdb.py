@@ -26,6 +26,7 @@ from saferoom.engines.base import (
     Cancel,
     Catalog,
     EngineSpec,
+    KeyRows,
     Templates,
     policy_names_only,
     stopped,
@@ -109,7 +110,9 @@ class DuckDBEngine:
                  spill: Path | None = None) -> None:
         """``spill``: the folder for spill files, kept by the caller (who removes it even if this process is
         killed); by default a private one, removed on close."""
-        self._lock = threading.Lock()
+        self._lock, self._facts = threading.Lock(), threading.Lock()
+        self._keys: dict[tuple[tuple[str, str, str], str], KeyRows] = {}
+        self._fixed: frozenset[tuple[str, str, str]] | None = None
         self._paths = {name: str(source.path) for name, source in sources.items()}
         self._conn = duckdb.connect(":memory:", config=CLOSED_CONFIG)
         self._spill: str | None = None  # the private spill folder this engine removes on close
@@ -135,6 +138,23 @@ class DuckDBEngine:
 
     def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
         return fixed_tables(self._conn)
+
+    def key_rows(self, table: tuple[str, str, str], column: str) -> KeyRows | None:
+        """One GROUP BY over the key, once per (table, column) while the engine lives: the file is attached
+        read-only, so what it proves stays true (about 0.7 s for 10M rows, then a dictionary lookup)."""
+        with self._facts:
+            if self._fixed is None:
+                self._fixed = self.fixed_tables()
+            if table not in self._fixed:
+                return None
+            found = (table, column.lower())
+            if found not in self._keys:
+                with self._lock:
+                    cursor = self._conn.cursor()
+                with self._errors():
+                    ((most, values),) = cursor.execute(key_rows_sql(table, column)).fetchall()
+                self._keys[found] = KeyRows(int(most or 0), int(values))
+            return self._keys[found]
 
     def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
                cancel: Cancel | None = None) -> pa.RecordBatchReader:
@@ -261,6 +281,19 @@ def fixed_tables(conn: duckdb.DuckDBPyConnection) -> frozenset[tuple[str, str, s
         "WHERE d.readonly AND NOT t.internal AND NOT t.temporary"
     ).fetchall()
     return frozenset((d.lower(), s.lower(), t.lower()) for d, s, t in rows)
+
+
+def key_rows_sql(table: tuple[str, str, str], column: str) -> str:
+    """The most rows of one key, and the keys: NULL keys make one group of 0 rows, which counts as neither.
+
+    >>> key_rows_sql(("prod", "main", "orders"), "customer_id")
+    'SELECT MAX(n), COUNT(*) FILTER(WHERE n > 0) FROM (SELECT COUNT("customer_id") AS n FROM "prod"."main"."orders" GROUP BY "customer_id")'
+    """
+    key = exp.column(column, quoted=True)
+    source = exp.table_(table[2], db=table[1], catalog=table[0], quoted=True)
+    counts = exp.select(exp.alias_(exp.Count(this=key.copy()), "n")).from_(source).group_by(key.copy())
+    values = exp.Filter(this=exp.Count(this=exp.Star()), expression=exp.Where(this=exp.column("n") > 0))
+    return exp.select(exp.func("max", exp.column("n")), values).from_(counts.subquery()).sql("duckdb")
 
 
 def read_catalog(conn: duckdb.DuckDBPyConnection) -> Catalog:

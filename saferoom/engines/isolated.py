@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from saferoom import priority, scratch
-from saferoom.engines.base import FORWARDED, Cancel, Catalog, IpcMessages, stopped, until_done
+from saferoom.engines.base import FORWARDED, Cancel, Catalog, IpcMessages, KeyRows, stopped, until_done
 from saferoom.engines.duckdb import DUCKDB, Attachment, DuckDBEngine, spill_folder
 from saferoom.errors import EngineError, SaferoomError, from_fields
 from saferoom.policy.limits import Limits
@@ -84,6 +84,9 @@ class ProcessEngine:
 
     def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
         return frozenset()  # a worker's attachments are not this process's to inspect: views kept
+
+    def key_rows(self, table: tuple[str, str, str], column: str) -> KeyRows | None:
+        return None  # a worker's attachments are not this process's to inspect: nothing to prove once
 
     def catalog(self) -> Catalog:
         return self._catalog

@@ -22,7 +22,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pyarrow as pa
 from sqlglot import exp
 
-from saferoom.engines.base import Cancel, Catalog, EngineSpec, Templates, policy_names_only, until_done, without_values
+from saferoom.engines.base import (
+    Cancel,
+    Catalog,
+    EngineSpec,
+    KeyRows,
+    Templates,
+    policy_names_only,
+    until_done,
+    without_values,
+)
 from saferoom.errors import EngineError, LimitExceeded, QueryCancelled
 from saferoom.secrets import Secret, hmac_pads
 
@@ -172,6 +181,9 @@ class PostgresEngine:
 
     def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
         return frozenset()  # a live table can gain a column at any moment: views kept
+
+    def key_rows(self, table: tuple[str, str, str], column: str) -> KeyRows | None:
+        return None  # a live table's rows change at any moment: nothing to prove once
 
     def catalog(self) -> Catalog:
         sql = ("SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "

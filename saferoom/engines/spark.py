@@ -35,6 +35,7 @@ from saferoom.engines.base import (
     Cancel,
     Catalog,
     EngineSpec,
+    KeyRows,
     Templates,
     policy_names_only,
     stopped,
@@ -162,6 +163,9 @@ class SparkEngine:
 
     def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
         return frozenset()  # tables are views over files read afresh: views kept
+
+    def key_rows(self, table: tuple[str, str, str], column: str) -> KeyRows | None:
+        return None  # tables are files read afresh: nothing to prove once
 
     def catalog(self) -> Catalog:
         catalog: Catalog = {}

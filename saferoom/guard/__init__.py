@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
-from saferoom.engines.base import Catalog, ColumnTypes, EngineSpec
+from saferoom.engines.base import Catalog, ColumnTypes, EngineSpec, KeyRows
 from saferoom.errors import EngineError, QueryRejected
 from saferoom.guard.aggregate_dp import NoisePlan
 from saferoom.guard.aggregate_only import aggregate_only
@@ -49,6 +49,7 @@ from saferoom.policy import Action, Policy
 __all__ = ["RULES", "Context", "Guard", "GuardedQuery", "Rule"]
 
 Rule = Callable[[exp.Expr, Context], exp.Expr]
+KeyRowsOf = Callable[[tuple[str, str, str], str], "KeyRows | None"]
 
 RULES: tuple[Rule, ...] = (
     check_statement,
@@ -82,11 +83,12 @@ class Guard:
     """Rewrites queries for one user acting as one role."""
 
     def __init__(self, policy: Policy, user: str, role: str, spec: EngineSpec, catalog: Catalog,
-                 fixed: frozenset[tuple[str, str, str]] = frozenset()) -> None:
-        """``fixed``: the catalog's tables whose columns cannot change while the guard lives (by catalog key)."""
+                 fixed: frozenset[tuple[str, str, str]] = frozenset(), key_rows: KeyRowsOf | None = None) -> None:
+        """``fixed``: the catalog's tables whose columns cannot change while the guard lives (by catalog key);
+        ``key_rows``: the engine's :meth:`~saferoom.engines.base.Engine.key_rows`, for those tables."""
         self.policy, self.user, self.role, self.spec = policy, user, role, spec
         self._attributes = policy.user(user).attributes
-        self._catalog, self._fixed = catalog, fixed
+        self._catalog, self._fixed, self._key_rows = catalog, fixed, key_rows
         self._itself: dict[str, exp.Table | None] = {}
         self._given = (policy, user, role, spec, Resolver(policy, spec.default_schema, spec), self.columns, self.view)
         self._columns: dict[str, Columns] = {}
@@ -128,7 +130,8 @@ class Guard:
 
     def context(self, text: str = "") -> Context:
         """A fresh context for one query (``text``): what the rules know, and an empty record of what it touches."""
-        return Context(*self._given, touched=Touched(), text=text, itself=self.itself)  # faster than dataclasses.replace
+        return Context(*self._given, touched=Touched(), text=text, itself=self.itself,  # faster than dataclasses.replace
+                       key_rows=self.key_rows)
 
     def _reached(self, tables: tuple[str, ...], names: frozenset[str] | None, whole: set[str]) -> tuple[tuple[str, str], ...]:
         listed = ((t, c) for t in tables for c in self._listed_columns(t))
@@ -171,6 +174,17 @@ class Guard:
         if any(self.policy.rule(self.role, table, column).action is not Action.ALLOW for column in types):
             return None
         return physical_table(self.policy.tables[table], self.spec)
+
+    def key_rows(self, table: str, column: str) -> KeyRows | None:
+        """How the rows of the policy table ``table`` share the values of ``column``, when the engine proves the
+        table fixed and the role sees the column whole (a masked or tokenized value may merge or split keys);
+        None otherwise. Its ``most`` bounds the role's view too (a row filter only removes rows); its
+        ``values`` counts the role's entities only where no row filter applies."""
+        if self._key_rows is None or self._key(table) not in self._fixed:
+            return None
+        if column.lower() not in self.types(table) or self.policy.rule(self.role, table, column).action is not Action.ALLOW:
+            return None
+        return self._key_rows(self._key(table), column.lower())
 
     def _key(self, table: str) -> tuple[str, str, str]:
         ref = self.policy.tables[table]

@@ -1,5 +1,5 @@
 """The per-group entity minimum of an aggregate-only role, counted distinct only where a certificate cannot
-settle it (DuckDB sources, grouped queries without ORDER BY, LIMIT or DISTINCT).
+settle it (DuckDB sources, queries without ORDER BY, LIMIT or DISTINCT; no GROUP BY is one group).
 
 An exact ``count(DISTINCT key)`` per group hashes every (group, entity) pair: about 40 times a plain
 three-group sum over 10M orders. Instead, each group's entity keys are hashed into 64 buckets and OR-ed
@@ -17,11 +17,19 @@ cheaper on DuckDB than a left one (no overflow check), and a NULL key gives a NU
 so no FILTER is needed. At three groups over 10M orders this took the certificate from about 2.2× to
 1.35× a plain group-by (docs/aggregate.md).
 
+Where no entity has more than ``most`` rows in the query's one table (proven once for a read-only file, see
+``Guard.key_rows``), the certificate is the group's count of non-NULL keys: ``min_group * most`` of them
+are ``min_group`` entities. DuckDB answers that count with the query's own ``count(*)`` when the file
+shows no NULL keys, so a certified group then costs nothing.
+
 The user's query becomes a materialized CTE with hidden columns (its group keys and buckets), and the
 outer query keeps the groups that pass, with the CTE's own column names (``* EXCLUDE`` the hidden ones).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlglot import exp
 
@@ -31,9 +39,9 @@ GROUPS = "__saferoom_c"
 
 
 def certifiable(select: exp.Select, dialect: str) -> bool:
-    """Whether the rewrite applies: DuckDB, a GROUP BY, and nothing that orders, cuts or dedups the rows."""
-    return (dialect == "duckdb" and select.args.get("group") is not None
-            and not any(select.args.get(a) for a in ("order", "limit", "offset", "distinct", "with_")))
+    """Whether the rewrite applies: DuckDB, and nothing that orders, cuts or dedups the rows (a query without
+    GROUP BY is one group)."""
+    return dialect == "duckdb" and not any(select.args.get(a) for a in ("order", "limit", "offset", "distinct", "with_"))
 
 
 def upper_bound(key: exp.Column, minimum: int) -> exp.Expr:
@@ -41,22 +49,49 @@ def upper_bound(key: exp.Column, minimum: int) -> exp.Expr:
     return exp.GTE(this=exp.Count(this=key.copy()), expression=exp.Literal.number(minimum))
 
 
-def certified(select: exp.Select, keys: list[exp.Column], minimum: int, integers: frozenset[int] = frozenset()) -> exp.Select:
+def certified(select: exp.Select, keys: list[exp.Column], minimum: int, integers: frozenset[int] = frozenset(),
+              most: Sequence[int | None] = ()) -> exp.Select:
     """``select`` (its HAVING already holding :func:`upper_bound` for each key) wrapped as described above;
-    ``integers``: the positions in ``keys`` of whole integer keys, bucketed without a hash."""
+    ``integers``: the positions in ``keys`` of whole integer keys, bucketed without a hash; ``most``: for each
+    key, the most rows one entity has in the query's one table, where proven (then its rows are counted)."""
     groups = group_expressions(select)
-    recount = [_recount(select, groups, key, i, minimum) for i, key in enumerate(keys)]
+    proofs = [_proof(key, i, i in integers, most[i] if i < len(most) else None, minimum) for i, key in enumerate(keys)]
+    recount = [_recount(select, groups, key, proof, minimum) for key, proof in zip(keys, proofs, strict=True)]
     hidden = [f"__saferoom_g{i}" for i in range(len(groups))] + [f"__saferoom_b{i}" for i in range(len(keys))]
     inner = select.copy()
     for i, group in enumerate(groups):
         inner.append("expressions", exp.alias_(group.copy(), f"__saferoom_g{i}"))
-    for i, key in enumerate(keys):
-        inner.append("expressions", exp.alias_(_residues(key) if i in integers else _buckets(key), f"__saferoom_b{i}"))
+    for i, proof in enumerate(proofs):
+        inner.append("expressions", exp.alias_(proof.bound, f"__saferoom_b{i}"))
     star = exp.Star(except_=[exp.column(h) for h in hidden])
     outer = exp.select(star).from_(GROUPS).where(exp.and_(*recount, copy=False), copy=False)
     cte = exp.CTE(this=inner, alias=exp.TableAlias(this=exp.to_identifier(GROUPS)), materialized=True)
     outer.set("with_", exp.With(expressions=[cte]))
     return outer
+
+
+@dataclass(frozen=True)
+class _Proof:
+    """Key ``i``'s hidden aggregate, and the measure of it that proves a group's minimum once it reaches
+    ``threshold``."""
+
+    bound: exp.Expr
+    measure: exp.Expr
+    threshold: int
+
+    def proven(self) -> exp.Expr:
+        return exp.GTE(this=self.measure.copy(), expression=exp.Literal.number(self.threshold))
+
+    def unproven(self) -> exp.Expr:
+        return exp.LT(this=self.measure.copy(), expression=exp.Literal.number(self.threshold))
+
+
+def _proof(key: exp.Column, i: int, integer: bool, most: int | None, minimum: int) -> _Proof:
+    """``minimum * most`` non-NULL keys where no entity has more than ``most`` rows, else ``minimum`` set buckets."""
+    if most is not None:
+        return _Proof(exp.Count(this=key.copy()), exp.column(f"__saferoom_b{i}"), minimum * max(most, 1))
+    bound = _residues(key) if integer else _buckets(key)
+    return _Proof(bound, exp.func("bit_count", exp.column(f"__saferoom_b{i}")), minimum)
 
 
 def _buckets(key: exp.Column) -> exp.Expr:
@@ -74,28 +109,24 @@ def _residues(key: exp.Column) -> exp.Expr:
     return exp.func("bit_or", exp.BitwiseRightShift(this=top, expression=low))
 
 
-def _popcount(i: int) -> exp.Expr:
-    return exp.func("bit_count", exp.column(f"__saferoom_b{i}"))
-
-
-def _recount(select: exp.Select, groups: list[exp.Expr], key: exp.Column, i: int, minimum: int) -> exp.Expr:
-    """``popcount >= m OR EXISTS (the group among the uncertified ones whose exact count reaches m)``.
+def _recount(select: exp.Select, groups: list[exp.Expr], key: exp.Column, proof: _Proof, minimum: int) -> exp.Expr:
+    """``proven OR EXISTS (the group among the uncertified ones whose exact count reaches m)``.
 
     Groups are matched with IS NOT DISTINCT FROM: a NULL group key is a group too, and ``IN`` would never
     find it."""
-    exact = _exact(select, groups, key, i, minimum)
+    exact = _exact(select, groups, key, proof, minimum)
     recounted = exp.select("1").from_(exp.Subquery(this=exact, alias=exp.TableAlias(this=exp.to_identifier("__saferoom_r"))))
     found = _same(_hidden(len(groups), "__saferoom_r"), _hidden(len(groups), GROUPS))
     shown = exp.Exists(this=recounted.where(found, copy=False))
-    return exp.or_(exp.GTE(this=_popcount(i), expression=exp.Literal.number(minimum)), shown, copy=False)
+    return exp.or_(proof.proven(), shown, copy=False)
 
 
-def _exact(select: exp.Select, groups: list[exp.Expr], key: exp.Column, i: int, minimum: int) -> exp.Select:
+def _exact(select: exp.Select, groups: list[exp.Expr], key: exp.Column, proof: _Proof, minimum: int) -> exp.Select:
     """The uncertified groups whose exact ``count(DISTINCT key)`` reaches ``minimum``, over their own rows only
     (the query's FROM, joins and WHERE, joined to those groups)."""
     number = exp.Literal.number(minimum)
-    uncertified = exp.select(*_hidden(len(groups))).from_(GROUPS).where(exp.LT(this=_popcount(i), expression=number))
-    exact = exp.Select(expressions=[exp.alias_(g.copy(), f"__saferoom_g{n}") for n, g in enumerate(groups)])
+    uncertified = exp.select(*_hidden(len(groups)) or [exp.Literal.number(1)]).from_(GROUPS).where(proof.unproven())
+    exact = exp.Select(expressions=[exp.alias_(g.copy(), f"__saferoom_g{n}") for n, g in enumerate(groups)] or [exp.Literal.number(1)])
     exact = exact.from_(select.args["from_"].copy(), copy=False)
     for join in select.args.get("joins") or []:
         exact.append("joins", join.copy())
@@ -105,7 +136,8 @@ def _exact(select: exp.Select, groups: list[exp.Expr], key: exp.Column, i: int, 
     if where is not None:
         exact.set("where", where.copy())
     distinct = exp.Count(this=exp.Distinct(expressions=[key.copy()]))
-    return exact.group_by(*[g.copy() for g in groups], copy=False).having(
+    exact = exact.group_by(*[g.copy() for g in groups], copy=False) if groups else exact
+    return exact.having(
         exp.GTE(this=distinct, expression=number.copy()), copy=False)
 
 
@@ -115,5 +147,7 @@ def _hidden(count: int, table: str | None = None) -> list[exp.Expr]:
 
 
 def _same(left: list[exp.Expr], right: list[exp.Expr]) -> exp.Expr:
-    """Each expression of ``left`` IS NOT DISTINCT FROM its counterpart in ``right``."""
+    """Each expression of ``left`` IS NOT DISTINCT FROM its counterpart in ``right`` (TRUE for none)."""
+    if not left:
+        return exp.true()
     return exp.and_(*[exp.NullSafeEQ(this=a.copy(), expression=b) for a, b in zip(left, right, strict=True)])

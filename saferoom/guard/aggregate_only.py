@@ -11,9 +11,11 @@ both), so ten orders of one customer count as one entity.
 A query with a WHERE must also leave at least ``min_group`` entities out (the query-set restriction):
 otherwise the total minus its answer would be the answer for the few it leaves out.
 
-On DuckDB, a grouped query without ORDER BY, LIMIT or DISTINCT counts distinct entities only for the
-groups a cheap certificate cannot settle (:mod:`saferoom.guard.aggregate_certified`): same groups, far
-less work. Other queries keep ``count(DISTINCT key)`` in the HAVING.
+On DuckDB, a query without ORDER BY, LIMIT or DISTINCT counts distinct entities only for the groups a
+cheap certificate cannot settle (:mod:`saferoom.guard.aggregate_certified`): same groups, far less work.
+Where the engine proves how a table's rows share the key (a read-only file: see ``Guard.key_rows``), a
+query of that table alone is certified by its row counts, one that reads it whole needs no count at all,
+and a DP bound no entity exceeds is left out. Other queries keep ``count(DISTINCT key)`` in the HAVING.
 
 Suppressed groups are dropped, not folded into a remainder group (see docs/aggregate.md for why).
 
@@ -34,6 +36,7 @@ from collections.abc import Callable
 
 from sqlglot import exp
 
+from saferoom.engines.base import KeyRows
 from saferoom.errors import QueryRejected
 from saferoom.guard.aggregate_certified import certifiable, certified, upper_bound
 from saferoom.guard.aggregate_dominance import dominance_condition
@@ -61,10 +64,16 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     keys = [key for _, key in owned]
     if rules.dp is not None:
         context.touched.noise = _with_noise(expression, context, rules, rules.dp)
+    facts = _key_rows(expression, owned, context)
+    whole = _read_whole(expression, owned, context, facts)
     unique = _one_row_each(expression, rules)
-    fast = rules.dp is None and not unique and bool(keys) and certifiable(expression, context.spec.dialect)
-    conditions = [upper_bound(k, rules.min_group) if fast else _at_least(_entities(k, unique), rules.min_group)
-                  for k in keys]
+    fast = whole is None and not unique and bool(keys) and certifiable(expression, context.spec.dialect)
+    conditions: list[exp.Expr]
+    if whole is not None:  # known without reading a key
+        conditions = [] if whole >= rules.min_group else [exp.false()]
+    else:
+        conditions = [upper_bound(k, rules.min_group) if fast else _at_least(_entities(k, unique), rules.min_group)
+                      for k in keys]
     if expression.args.get("where") is not None:
         conditions += [_at_least(_left_out(expression, k, unique), rules.min_group) for k in keys]
     if rules.dominance and context.spec.dialect != "duckdb":  # its condition is written in DuckDB's list functions
@@ -74,11 +83,15 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     conditions += [dominated] if dominated is not None else []
     having = expression.args.get("having")
     everything = [having.this, *conditions] if having is not None else conditions
-    expression.set("having", exp.Having(this=exp.and_(*everything, copy=False)))
+    if everything:
+        expression.set("having", exp.Having(this=exp.and_(*everything, copy=False)))
     if rules.dp is not None:
-        limited = _limited(expression, context, rules)
-        bound_contributions(limited, rules.dp.max_contributions, _used_columns(expression, context))
-    return certified(expression, keys, rules.min_group, _integers(owned, context)) if fast else expression
+        most = rules.dp.max_contributions
+        limited = [(t, k) for t, k in _limited(expression, context, rules) if not _within(context, t, k, most)]
+        bound_contributions(limited, most, _used_columns(expression, context))
+    if not fast:
+        return expression
+    return certified(expression, keys, rules.min_group, _integers(owned, context), [f.most if f else None for f in facts])
 
 
 def _refuse_renamed_columns(select: exp.Expr) -> None:
@@ -173,6 +186,31 @@ def entity_columns(select: exp.Select, context: Context, rules: Aggregate) -> li
 def _integers(owned: list[tuple[str, exp.Column]], context: Context) -> frozenset[int]:
     """Positions, among the keys :func:`entity_columns` lists, of those the role sees whole and of an integer type."""
     return frozenset(i for i, (name, key) in enumerate(owned) if key.name.lower() in context.columns(name).integers)
+
+
+def _key_rows(select: exp.Select, owned: list[tuple[str, exp.Column]], context: Context) -> list[KeyRows | None]:
+    """For a query of one table, how its rows share the entity key, where proven (see Guard.key_rows): a
+    group's non-NULL keys over the most rows one entity has are then enough entities. Not for a join, which
+    may repeat a row."""
+    if len(_sources(select)) != 1:
+        return [None] * len(owned)
+    return [context.key_rows(name, key.name) for name, key in owned]
+
+
+def _read_whole(select: exp.Select, owned: list[tuple[str, exp.Column]], context: Context,
+                facts: list[KeyRows | None]) -> int | None:
+    """The entities of a query that reads one fixed table whole (no WHERE, no GROUP BY, no row filter of the
+    role's): its one group rests on all of them, a number proven once (see Guard.key_rows)."""
+    if len(facts) != 1 or facts[0] is None or any(select.args.get(a) for a in ("where", "group")):
+        return None
+    return facts[0].values if context.policy.row_filter(context.role, owned[0][0]) is None else None
+
+
+def _within(context: Context, table: exp.Table, key: str, most: int) -> bool:
+    """Whether no entity has more than ``most`` rows in ``table`` (proven, see Guard.key_rows): bounding its
+    rows would drop none, so the table is read as it is. The noise is still scaled to the bound."""
+    found = context.key_rows(table.meta[POLICY_TABLE], key)
+    return found is not None and found.most <= most
 
 
 def _one_row_each(select: exp.Select, rules: Aggregate) -> bool:

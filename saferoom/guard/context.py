@@ -16,7 +16,7 @@ from sqlglot import exp
 from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.scope import Scope, build_scope
 
-from saferoom.engines.base import EngineSpec
+from saferoom.engines.base import EngineSpec, KeyRows
 from saferoom.guard.resolver import Resolver
 from saferoom.policy import ColumnRule, Policy
 
@@ -29,6 +29,11 @@ ViewFor = Callable[[str, frozenset[str] | None], exp.Expr]
 # low bits with no hash (saferoom.guard.aggregate_certified)
 INTEGERS = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"})
 ItselfFor = Callable[[str], "exp.Table | None"]
+KeyRowsFor = Callable[[str, str], "KeyRows | None"]  # of a policy table and a column (see Guard.key_rows)
+
+
+def _unknown(table: str, column: str) -> KeyRows | None:
+    return None
 
 
 def _never(table: str) -> exp.Table | None:
@@ -109,6 +114,7 @@ class Context:
     touched: Touched = field(default_factory=Touched)
     text: str = ""  # the query as written, to quote the user's own words back in refusals
     itself: ItselfFor = _never  # the table itself, when its view would be exactly the table (see Guard.itself)
+    key_rows: KeyRowsFor = _unknown  # how a table's rows share a key's values, where proven (see Guard.key_rows)
 
 
 EXAMPLE_POLICY = ("{version: 1, sources: {prod: {engine: duckdb, path: prod.duckdb}}, tags: {pci: {}, pii: {}}, "
