@@ -116,6 +116,7 @@ class KeyRows:
 
     most: int  # the most rows that share one non-NULL value
     values: int  # distinct non-NULL values
+    rows: int  # rows with a non-NULL value
 
 
 class Engine(Protocol):

@@ -152,8 +152,8 @@ class DuckDBEngine:
                 with self._lock:
                     cursor = self._conn.cursor()
                 with self._errors():
-                    ((most, values),) = cursor.execute(key_rows_sql(table, column)).fetchall()
-                self._keys[found] = KeyRows(int(most or 0), int(values))
+                    ((most, values, rows),) = cursor.execute(key_rows_sql(table, column)).fetchall()
+                self._keys[found] = KeyRows(int(most or 0), int(values), int(rows or 0))
             return self._keys[found]
 
     def stream(self, sql: str, batch_size: int = 65536, timeout: float | None = None,
@@ -284,16 +284,18 @@ def fixed_tables(conn: duckdb.DuckDBPyConnection) -> frozenset[tuple[str, str, s
 
 
 def key_rows_sql(table: tuple[str, str, str], column: str) -> str:
-    """The most rows of one key, and the keys: NULL keys make one group of 0 rows, which counts as neither.
+    """The most rows of one key, the keys, and their rows: NULL keys make one group of 0 rows, which counts as
+    none of them.
 
     >>> key_rows_sql(("prod", "main", "orders"), "customer_id")
-    'SELECT MAX(n), COUNT(*) FILTER(WHERE n > 0) FROM (SELECT COUNT("customer_id") AS n FROM "prod"."main"."orders" GROUP BY "customer_id")'
+    'SELECT MAX(n), COUNT(*) FILTER(WHERE n > 0), SUM(n) FROM (SELECT COUNT("customer_id") AS n FROM "prod"."main"."orders" GROUP BY "customer_id")'
     """
     key = exp.column(column, quoted=True)
     source = exp.table_(table[2], db=table[1], catalog=table[0], quoted=True)
     counts = exp.select(exp.alias_(exp.Count(this=key.copy()), "n")).from_(source).group_by(key.copy())
     values = exp.Filter(this=exp.Count(this=exp.Star()), expression=exp.Where(this=exp.column("n") > 0))
-    return exp.select(exp.func("max", exp.column("n")), values).from_(counts.subquery()).sql("duckdb")
+    total = exp.Sum(this=exp.column("n"))
+    return exp.select(exp.func("max", exp.column("n")), values, total).from_(counts.subquery()).sql("duckdb")
 
 
 def read_catalog(conn: duckdb.DuckDBPyConnection) -> Catalog:

@@ -41,7 +41,7 @@ from saferoom.errors import QueryRejected
 from saferoom.guard.aggregate_certified import certifiable, certified, upper_bound
 from saferoom.guard.aggregate_dominance import dominance_condition
 from saferoom.guard.aggregate_dp import NoisePlan, bound_contributions, plan_noise
-from saferoom.guard.aggregate_shape import check_shape, group_keys
+from saferoom.guard.aggregate_shape import check_shape, group_expressions, group_keys
 from saferoom.guard.context import Context, changed
 from saferoom.guard.resolve_tables import POLICY_TABLE
 from saferoom.policy import Action
@@ -91,7 +91,8 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
         bound_contributions(limited, most, _used_columns(expression, context))
     if not fast:
         return expression
-    return certified(expression, keys, rules.min_group, _integers(owned, context), [f.most if f else None for f in facts])
+    by_rows = _by_rows(expression, owned, context, facts, rules.min_group)
+    return certified(expression, keys, rules.min_group, _integers(owned, context), by_rows)
 
 
 def _refuse_renamed_columns(select: exp.Expr) -> None:
@@ -195,6 +196,29 @@ def _key_rows(select: exp.Select, owned: list[tuple[str, exp.Column]], context: 
     if len(_sources(select)) != 1:
         return [None] * len(owned)
     return [context.key_rows(name, key.name) for name, key in owned]
+
+
+def _by_rows(select: exp.Select, owned: list[tuple[str, exp.Column]], context: Context, facts: list[KeyRows | None],
+             minimum: int) -> list[int | None]:
+    """For each key, the most rows of one entity when its groups are to be certified by their rows: where that
+    is proven and the groups are expected large (on average at least twice the rows that prove a minimum).
+    Otherwise most groups would fall to the exact recount, which costs far more than the buckets: 9x against
+    1.3x a plain group-by at 100,000 groups of 100 orders."""
+    groups = _most_groups(select, owned[0][0], context) if len(owned) == 1 else None
+    return [f.most if f is not None and groups is not None and f.rows >= 2 * minimum * max(f.most, 1) * groups
+            else None for f in facts]
+
+
+def _most_groups(select: exp.Select, table: str, context: Context) -> int | None:
+    """At most how many groups a query of ``table`` makes: the product of its GROUP BY columns' distinct values
+    (and a NULL each), as proven for the table; None when a key is not a plain column or nothing is proven."""
+    count = 1
+    for key in group_expressions(select):
+        found = context.key_rows(table, key.name) if isinstance(key, exp.Column) else None
+        if found is None:
+            return None
+        count *= found.values + 1
+    return count
 
 
 # what a query that reads its table whole may have (an allowlist: a sample, a WHERE, a join, a GROUP BY... each
