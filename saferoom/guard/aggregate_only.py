@@ -53,12 +53,7 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     if rules is None or not any(rules.covers(t) for t in context.touched.tables):
         return expression
     changed(context)  # the query gains conditions: the rules after walk it afresh
-    try:
-        check_shape(expression, identifiers(context, rules))
-        _refuse_renamed_columns(expression)
-    except QueryRejected as exc:
-        raise QueryRejected(f"{exc.message}. Role `{context.role}` may only {rules.allowed_instead()}",
-                            column=exc.column) from None
+    _check(expression, context, rules)
     assert isinstance(expression, exp.Select)  # check_shape refused anything else
     owned = entity_columns(expression, context, rules)
     keys = [key for _, key in owned]
@@ -68,23 +63,8 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     whole = _read_whole(expression, owned, context, facts)
     unique = _one_row_each(expression, rules)
     fast = whole is None and not unique and bool(keys) and certifiable(expression, context.spec.dialect)
-    conditions: list[exp.Expr]
-    if whole is not None:  # known without reading a key
-        conditions = [] if whole >= rules.min_group else [exp.false()]
-    else:
-        conditions = [upper_bound(k, rules.min_group) if fast else _at_least(_entities(k, unique), rules.min_group)
-                      for k in keys]
-    if expression.args.get("where") is not None:
-        conditions += [_at_least(_left_out(expression, k, unique), rules.min_group) for k in keys]
-    if rules.dominance and context.spec.dialect != "duckdb":  # its condition is written in DuckDB's list functions
-        raise QueryRejected(f"role `{context.role}` has a dominance rule, which saferoom checks on DuckDB sources "
-                            f"only; ask the security team (this {context.spec.dialect} source cannot answer it)")
-    dominated = dominance_condition(expression, keys[0], rules.dominance) if rules.dominance and keys else None
-    conditions += [dominated] if dominated is not None else []
-    having = expression.args.get("having")
-    everything = [having.this, *conditions] if having is not None else conditions
-    if everything:
-        expression.set("having", exp.Having(this=exp.and_(*everything, copy=False)))
+    _add_having(expression, [*_entity_conditions(keys, rules.min_group, whole, fast, unique),
+                             *_other_conditions(expression, context, rules, keys, unique)])
     if rules.dp is not None:
         most = rules.dp.max_contributions
         limited = [(t, k) for t, k in _limited(expression, context, rules) if not _within(context, t, k, most)]
@@ -93,6 +73,42 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
         return expression
     by_rows = _by_rows(expression, owned, context, facts, rules.min_group)
     return certified(expression, keys, rules.min_group, _integers(owned, context), by_rows)
+
+
+def _check(expression: exp.Expr, context: Context, rules: Aggregate) -> None:
+    """The query's shape (:mod:`saferoom.guard.aggregate_shape`), refused in the role's words."""
+    try:
+        check_shape(expression, identifiers(context, rules))
+        _refuse_renamed_columns(expression)
+    except QueryRejected as exc:
+        raise QueryRejected(f"{exc.message}. Role `{context.role}` may only {rules.allowed_instead()}",
+                            column=exc.column) from None
+
+
+def _entity_conditions(keys: list[exp.Column], minimum: int, whole: int | None, fast: bool, unique: bool) -> list[exp.Expr]:
+    """Each group's minimum: known for a table read whole, a cheap upper bound where the groups are then
+    certified, else the exact count."""
+    if whole is not None:
+        return [] if whole >= minimum else [exp.false()]
+    return [upper_bound(k, minimum) if fast else _at_least(_entities(k, unique), minimum) for k in keys]
+
+
+def _other_conditions(select: exp.Select, context: Context, rules: Aggregate, keys: list[exp.Column],
+                      unique: bool) -> list[exp.Expr]:
+    """The query-set restriction of a WHERE, and the dominance rule."""
+    conditions = [_at_least(_left_out(select, k, unique), rules.min_group) for k in keys] if select.args.get("where") else []
+    if rules.dominance and context.spec.dialect != "duckdb":  # its condition is written in DuckDB's list functions
+        raise QueryRejected(f"role `{context.role}` has a dominance rule, which saferoom checks on DuckDB sources "
+                            f"only; ask the security team (this {context.spec.dialect} source cannot answer it)")
+    dominated = dominance_condition(select, keys[0], rules.dominance) if rules.dominance and keys else None
+    return conditions + ([dominated] if dominated is not None else [])
+
+
+def _add_having(select: exp.Select, conditions: list[exp.Expr]) -> None:
+    having = select.args.get("having")
+    everything = [having.this, *conditions] if having is not None else conditions
+    if everything:
+        select.set("having", exp.Having(this=exp.and_(*everything, copy=False)))
 
 
 def _refuse_renamed_columns(select: exp.Expr) -> None:
