@@ -371,6 +371,32 @@ def test_a_dp_self_join_on_the_key_stays_within_the_noise_s_rows(sessions, folde
         assert contributions(sessions["ivan"], joined, ["p.customer_id", "q.customer_id"]) <= guarded.noise.rows_per_entity
 
 
+@pytest.mark.parametrize("sql", [
+    "select p.g, count(*) from padded p join padded q on p.g = q.g group by p.g",
+    "select p.g, count(*) from padded p, padded q group by p.g",
+    "select c.segment, count(*) from customers c, orders o group by 1",
+    "select o.region, count(*) from orders o join customers c on o.region = c.segment group by 1",
+    "select o.region, count(*) from orders o join accounts a on o.customer_id = a.account_id group by 1",
+    "select o.region, count(*) from orders o join customers c on o.customer_id = c.customer_id "
+    "join orders o2 on o2.region = o.region group by 1",
+])
+def test_a_dp_join_that_does_not_tie_each_row_to_one_entity_is_refused(sessions, folder: Path, sql: str) -> None:
+    """A join on anything but the entity keys pairs one customer's row with many others': the result's rows
+    one customer is behind are far more than the m ** t the noise is scaled to."""
+    with dp_session(folder, 20) as dana, pytest.raises(QueryRejected, match="join on the entity key"):
+        dana.guard(sql)
+
+
+def test_dp_joins_on_the_entity_key_are_answered(folder: Path) -> None:
+    with dp_session(folder, 20) as dana:
+        for sql in ("select c.segment, count(*) from orders o join customers c on o.customer_id = c.customer_id group by 1",
+                    "select c.segment, count(*) from customers c join orders o on c.customer_id = o.customer_id "
+                    "join accounts a on a.customer_id = o.customer_id and a.branch = o.region group by 1",
+                    "select c.segment, count(*) from orders o left join customers c on c.customer_id = o.customer_id group by 1"):
+            guarded = dana.guard(sql)
+            assert guarded.noise is not None
+
+
 # --- what the shortcuts could tell: explain, refusals ----------------------------------------------------------
 
 @pytest.mark.parametrize("sql", [

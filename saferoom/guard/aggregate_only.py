@@ -63,6 +63,7 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     owned = entity_columns(expression, context, rules)
     keys = [key for _, key in owned]
     if rules.dp is not None:
+        _refuse_unkeyed_joins(expression, owned, rules)
         context.touched.noise = _with_noise(expression, context, rules, rules.dp)
     facts = _key_rows(expression, owned, context)
     whole = _read_whole(expression, owned, context, facts)
@@ -105,6 +106,36 @@ def _refuse_renamed_columns(select: exp.Expr) -> None:
             names = ", ".join(c.name for c in alias.columns)
             raise QueryRejected(f"columns renamed by position in `{alias.name}({names})` hide which one is the entity "
                                 f"key that each group's count needs: rename them in the select list (`customer_id AS k`)")
+
+
+def _refuse_unkeyed_joins(select: exp.Select, owned: list[tuple[str, exp.Column]], rules: Aggregate) -> None:
+    """With DP, each joined table must equate its entity key with an earlier table's: every row of the join is
+    then one entity's, at most ``max_contributions ** tables`` of them, which the noise is scaled to. A join on
+    anything else (or none, or a table without a key) pairs one entity's row with many others' rows."""
+    sources = _sources(select)
+    if len(sources) == 1:
+        return
+    keyed = [(key.table.lower(), key.name.lower()) for _, key in owned]
+    for i, join in enumerate(select.args.get("joins") or [], start=1):
+        pairs = [_names(eq) for eq in _conjuncts(join.args.get("on"))]
+        if len(keyed) != len(sources) or not any(keyed[i] in pair and pair & set(keyed[:i]) for pair in pairs):
+            raise QueryRejected(f"with differential privacy each JOIN must be a join on the entity key of the tables it "
+                                f"pairs (`ON a.{rules.entity_column} = b.{rules.entity_column}`, other conditions may "
+                                f"follow with AND): any other join pairs one {rules.entity_column}'s rows with many "
+                                f"others', past the rows one entity adds that the noise is scaled to")
+
+
+def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
+    if condition is None:
+        return []
+    condition = condition.unnest()
+    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+
+
+def _names(condition: exp.Expr) -> set[tuple[str, str]]:
+    """The (qualifier, column) pairs a condition ``a.x = b.y`` equates, lower-cased (none for anything else)."""
+    sides = (condition.this, condition.expression) if isinstance(condition, exp.EQ) else ()
+    return {(s.table.lower(), s.name.lower()) for s in sides if isinstance(s, exp.Column)}
 
 
 def _with_noise(select: exp.Select, context: Context, rules: Aggregate, dp: DP) -> NoisePlan:
