@@ -485,3 +485,24 @@ def test_guarded_answers_equal_the_exact_distinct_count_on_random_data(tmp_path:
             saferoom.connect(folder / "saferoom.yaml", user="ivan") as ivan:
         for sql, where in SHAPES:
             assert rows(mo, sql) == exact(ivan, sql, "customer_id", "padded", where), sql
+
+
+# --- an entity table whose key is not unique ---------------------------------------------------------------
+
+def test_an_entity_table_the_file_shows_repeating_keys_is_counted_distinct_and_bounded(tmp_path: Path) -> None:
+    """The entity is pointed at padded, where each customer has up to 20 rows (the docs ask for the primary
+    key). Counting its keys without DISTINCT would show nine customers' 180 rows as a group; the file proves
+    the keys repeat, so the groups are the exact ones, and a DP role bounds that table like any other."""
+    policy = red_policy().replace("entity: prod.customers.customer_id", "entity: prod.padded.customer_id")
+    folder = red_folder(tmp_path, policy.replace("bounds: {amount: [0, 100]}}", "bounds: {amount: [0, 100]}, max_contributions: 2}"))
+    sql = "select g, count(*) from padded group by g"
+    with saferoom.connect(folder / "saferoom.yaml", user="mo") as mo, saferoom.connect(folder / "saferoom.yaml", user="ivan") as ivan:
+        assert rows(mo, sql) == exact(ivan, sql, "customer_id", "padded")
+        where = "g in ('nine_full', 'whale')"
+        assert rows(mo, f"select count(*) from padded where {where}") == exact(ivan, f"select count(*) from padded where {where}", "customer_id", "padded", where)
+        assert rows(mo, "select count(*) from padded where g = 'nine_full'") == []
+    with saferoom.connect(folder / "saferoom.yaml", user="dana") as dana:
+        guarded = dana.guard(sql)
+        assert "QUALIFY" in guarded.sql and guarded.noise is not None and guarded.noise.rows_per_entity == 2
+        joined = dana.guard("select c.segment, count(*) from padded p join customers c on c.customer_id = p.customer_id group by 1")
+        assert joined.noise is not None and joined.noise.rows_per_entity == 4  # 2 rows of each table, both bounded

@@ -67,7 +67,7 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
         context.touched.noise = _with_noise(expression, context, rules, rules.dp)
     facts = _key_rows(expression, owned, context)
     whole = _read_whole(expression, owned, context, facts)
-    unique = _one_row_each(expression, rules)
+    unique = _one_row_each(expression, context, rules)
     fast = whole is None and not unique and bool(keys) and certifiable(expression, context.spec.dialect)
     conditions: list[exp.Expr]
     if whole is not None:  # known without reading a key
@@ -144,12 +144,13 @@ def _with_noise(select: exp.Select, context: Context, rules: Aggregate, dp: DP) 
 
 
 def _limited(select: exp.Select, context: Context, rules: Aggregate) -> list[tuple[exp.Table, str]]:
-    """The covered tables other than the entity's own (which holds one row per entity), with their keys."""
+    """The covered tables other than the entity's own (which holds one row per entity, unless the engine proves
+    otherwise), with their keys."""
     found = []
     for table in _sources(select):
         name = table.meta[POLICY_TABLE]
         key = entity_key(rules, name, context.policy.columns(name))
-        if rules.covers(name) and name != rules.entity_table and key is not None:
+        if rules.covers(name) and key is not None and (name != rules.entity_table or _repeats(context, name, key)):
             found.append((table, key))
     return found
 
@@ -252,11 +253,19 @@ def _within(context: Context, table: exp.Table, key: str, most: int) -> bool:
     return found is not None and found.most <= most
 
 
-def _one_row_each(select: exp.Select, rules: Aggregate) -> bool:
+def _one_row_each(select: exp.Select, context: Context, rules: Aggregate) -> bool:
     """Whether the query reads the entity's own table alone, whose rows are one per entity (its key is the
     primary key: docs/aggregate.md), so that counting keys counts entities without a costly DISTINCT."""
     sources = _sources(select)
-    return len(sources) == 1 and sources[0].meta[POLICY_TABLE] == rules.entity_table
+    return (len(sources) == 1 and sources[0].meta[POLICY_TABLE] == rules.entity_table
+            and not _repeats(context, rules.entity_table, rules.entity_column))
+
+
+def _repeats(context: Context, table: str, key: str) -> bool:
+    """Whether the engine proves some entity has more rows than one in ``table`` (see Guard.key_rows): an entity
+    table whose key is not its primary key, which is then counted and bounded as any other table."""
+    found = context.key_rows(table, key)
+    return found is not None and found.most > 1
 
 
 def _entities(key: exp.Column, unique: bool) -> exp.Expr:
