@@ -22,6 +22,7 @@ import duckdb
 import pytest
 
 import saferoom
+from saferoom.engines.base import KeyRows
 from saferoom.errors import QueryRejected
 from tests.test_aggregate import POLICY, SETUP, rows
 
@@ -506,3 +507,29 @@ def test_an_entity_table_the_file_shows_repeating_keys_is_counted_distinct_and_b
         assert "QUALIFY" in guarded.sql and guarded.noise is not None and guarded.noise.rows_per_entity == 2
         joined = dana.guard("select c.segment, count(*) from padded p join customers c on c.customer_id = p.customer_id group by 1")
         assert joined.noise is not None and joined.noise.rows_per_entity == 4  # 2 rows of each table, both bounded
+
+
+# --- the one-time GROUP BY under the role's limits ------------------------------------------------------------
+
+def test_a_table_too_large_to_group_under_the_memory_limit_is_counted_exactly(tmp_path: Path) -> None:
+    """1.5M customers under a 16MB memory_limit and a 1MB spill: the one GROUP BY that would prove the table's
+    rows runs out of memory. The queries that need far less (a count, three groups) are still answered, with
+    the exact groups, and the engine is not asked again on each query."""
+    policy = red_policy().replace("  marketing:\n", "  marketing:\n    memory_limit: 16MB\n    temp_limit: 1MB\n", 1)
+    policy = policy.replace("  prod.padded: {", "  prod.huge: {customer_id: key, g: public}\n  prod.padded: {")
+    folder = red_folder(tmp_path, policy)
+    with duckdb.connect(str(folder / "prod.duckdb")) as con:
+        con.execute("CREATE TABLE huge AS SELECT i AS customer_id, (i % 3)::INT AS g FROM range(1500000) t(i)")
+    with saferoom.connect(folder / "saferoom.yaml", user="mo") as mo:
+        asked = []
+        engine_key_rows = mo._guard._key_rows
+        assert engine_key_rows is not None
+
+        def counted(table: tuple[str, str, str], column: str) -> KeyRows | None:
+            asked.append(table)
+            return engine_key_rows(table, column)
+        mo._guard._key_rows = counted
+        for _ in range(2):
+            assert rows(mo, "select g, count(*) from huge group by g") == [(0, 500000), (1, 500000), (2, 500000)]
+            assert rows(mo, "select count(*) from huge") == [(1500000,)]
+        assert asked == [("prod", "main", "huge")]
