@@ -172,6 +172,10 @@ SMALL = [
     ("select count(distinct g), avg(amount), stddev(amount) from padded", "customer_id", "padded", None),
     ("select g, count(distinct customer_id) from padded group by g", "customer_id", "padded", None),
     ("select g, count(padded) from padded group by g", "customer_id", "padded", None),
+    # group keys that are conditions: the recount must match the whole key, not its last comparison
+    ("select g <> 'exact10' and amount > 0 as t, count(*) from padded group by 1", "customer_id", "padded", None),
+    ("select g = 'exact10' or amount < 0 as t, count(*) from padded group by 1", "customer_id", "padded", None),
+    ("select (amount > 0) = (g = 'exact10') as t, count(*) from padded group by 1", "customer_id", "padded", None),
     # no key, no rows
     ("select g, count(*) from nullkeys group by g", "customer_id", "nullkeys", None),
     ("select count(*) from nullkeys", "customer_id", "nullkeys", None),
