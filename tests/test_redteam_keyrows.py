@@ -618,3 +618,21 @@ def test_a_table_too_large_to_group_under_the_memory_limit_is_counted_exactly(tm
             assert rows(mo, "select g, count(*) from huge group by g") == [(0, 500000), (1, 500000), (2, 500000)]
             assert rows(mo, "select count(*) from huge") == [(1500000,)]
         assert asked == [("prod", "main", "huge")]
+
+
+@pytest.mark.parametrize("sql", [
+    "select g, count(*) from padded group by g",
+    "select g, sum(amount) from padded where amount > 0 group by g",
+    "select count(*) from padded where g = 'whale'",
+    "select count(*) from padded",
+])
+def test_dp_groups_left_unbounded_are_the_exact_ones(sessions, folder: Path, sql: str) -> None:
+    """With max_contributions 20 no window bounds padded (no customer has more): the groups a DP answer shows
+    (its values are noised) are exactly those of ``count(DISTINCT customer_id) >= 10``."""
+    pytest.importorskip("opendp")
+    where = sql.split(" where ")[1].split(" group by")[0] if " where " in sql else None
+    expected = {r[0] for r in exact(sessions["ivan"], sql, "customer_id", "padded", where)}
+    with dp_session(folder, 20) as dana:
+        assert "QUALIFY" not in dana.guard(sql).sql
+        shown = {tuple(r.values())[0] for r in dana.query(sql).to_pylist()}
+    assert shown == expected if " group by " in sql else len(shown) == len(expected)
