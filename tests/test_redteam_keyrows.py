@@ -490,6 +490,20 @@ def test_a_role_without_aggregate_rules_never_groups_a_table_once(sessions) -> N
     assert ivan._engine._keys == {}
 
 
+@pytest.mark.parametrize("sql", [
+    "select g + 1, count(*) from padded group by g + 1",
+    "select count(*) from padded where g > 1 group by g + 1",
+    "select count(*) from padded where amount > 'x'",
+    "select count(*) from padded p semi join padded q on p.customer_id = q.customer_id",
+])
+def test_engine_errors_of_a_certified_query_do_not_echo_its_thresholds(sessions, sql: str) -> None:
+    """The engine fails on the rewritten query (the certified CTE and its recount, with `>= 200` in them);
+    what the user reads of the error names neither the hidden columns nor the threshold."""
+    with pytest.raises(saferoom.EngineError) as failed:
+        sessions["mo"].query(sql)
+    assert "__saferoom" not in failed.value.message and "200" not in failed.value.message, failed.value.message
+
+
 # --- a cached fact against a file that changes --------------------------------------------------------------
 
 WRITE = """
