@@ -656,3 +656,11 @@ def test_dp_groups_left_unbounded_are_the_exact_ones(sessions, folder: Path, sql
         assert "QUALIFY" not in dana.guard(sql).sql
         shown = {tuple(r.values())[0] for r in dana.query(sql).to_pylist()}
     assert shown == expected if " group by " in sql else len(shown) == len(expected)
+
+
+@pytest.mark.parametrize("column", ["CustID", "custid", "CUSTID", "G", "g"])
+def test_key_rows_of_a_column_named_in_any_case(sessions, column: str) -> None:
+    """mixed names its columns `CustID` and `G`: the guard's question about either, in any case (as a query
+    writes it, quoted or not), has the same answer, never a KeyError."""
+    found = sessions["mo"]._guard.key_rows("prod.mixed", column)
+    assert found is not None and (found.most, found.values) == ((10, 9) if column.lower() == "custid" else (45, 2))

@@ -183,9 +183,10 @@ class Guard:
         ``values`` counts the role's entities only where no row filter applies."""
         if self._key_rows is None or self._key(table) not in self._fixed:
             return None
-        if column.lower() not in self.types(table) or self.policy.rule(self.role, table, column).action is not Action.ALLOW:
+        column = column.lower()  # as the catalog and the policy key their columns; a query may write `"CustID"`
+        if column not in self.types(table) or self.policy.rule(self.role, table, column).action is not Action.ALLOW:
             return None
-        asked = (self._key(table), column.lower())
+        asked = (self._key(table), column)
         if asked in self._unproven:
             return None
         try:
