@@ -25,7 +25,7 @@ import sqlglot
 from sqlglot import exp
 
 from saferoom.engines.base import Catalog, ColumnTypes, EngineSpec, KeyRows
-from saferoom.errors import EngineError, QueryRejected
+from saferoom.errors import EngineError, LimitExceeded, QueryRejected
 from saferoom.guard.aggregate_dp import NoisePlan
 from saferoom.guard.aggregate_only import aggregate_only
 from saferoom.guard.bound_sizes import bound_sizes
@@ -90,6 +90,7 @@ class Guard:
         self._attributes = policy.user(user).attributes
         self._catalog, self._fixed, self._key_rows = catalog, fixed, key_rows
         self._itself: dict[str, exp.Table | None] = {}
+        self._unproven: set[tuple[tuple[str, str, str], str]] = set()  # the engine could not work these out
         self._given = (policy, user, role, spec, Resolver(policy, spec.default_schema, spec), self.columns, self.view)
         self._columns: dict[str, Columns] = {}
         self._listed: dict[str, tuple[str, ...]] = {}
@@ -182,9 +183,17 @@ class Guard:
         ``values`` counts the role's entities only where no row filter applies."""
         if self._key_rows is None or self._key(table) not in self._fixed:
             return None
-        if column.lower() not in self.types(table) or self.policy.rule(self.role, table, column).action is not Action.ALLOW:
+        column = column.lower()  # as the catalog and the policy key their columns; a query may write `"CustID"`
+        if column not in self.types(table) or self.policy.rule(self.role, table, column).action is not Action.ALLOW:
             return None
-        return self._key_rows(self._key(table), column.lower())
+        asked = (self._key(table), column)
+        if asked in self._unproven:
+            return None
+        try:
+            return self._key_rows(*asked)
+        except (EngineError, LimitExceeded):  # its GROUP BY can need more than the query (memory_limit): count exactly
+            self._unproven.add(asked)
+            return None
 
     def _key(self, table: str) -> tuple[str, str, str]:
         ref = self.policy.tables[table]

@@ -147,7 +147,9 @@ def _hidden(count: int, table: str | None = None) -> list[exp.Expr]:
 
 
 def _same(left: list[exp.Expr], right: list[exp.Expr]) -> exp.Expr:
-    """Each expression of ``left`` IS NOT DISTINCT FROM its counterpart in ``right`` (TRUE for none)."""
+    """Each expression of ``left`` IS NOT DISTINCT FROM its counterpart in ``right`` (TRUE for none). A group key
+    that is a condition is parenthesized: ``a OR b IS NOT DISTINCT FROM g`` would compare ``b`` alone."""
     if not left:
         return exp.true()
-    return exp.and_(*[exp.NullSafeEQ(this=a.copy(), expression=b) for a, b in zip(left, right, strict=True)])
+    return exp.and_(*[exp.NullSafeEQ(this=a.copy() if isinstance(a, exp.Column) else exp.paren(a.copy(), copy=False),
+                                     expression=b) for a, b in zip(left, right, strict=True)])

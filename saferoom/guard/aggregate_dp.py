@@ -6,7 +6,8 @@ GROUP BY keys. The guard makes each entity's influence on them bounded, which is
 - each summed or averaged value is clamped to its column's ``dp.bounds`` (a column without bounds cannot
   be summed: its sensitivity would be unbounded);
 - each table other than the entity's own keeps at most ``dp.max_contributions`` rows of one entity (the
-  entity table holds one row per entity), so an entity adds at most ``m ** tables`` rows to the result;
+  entity table holds one row per entity), and every join equates the tables' entity keys (the rule
+  refuses any other), so an entity adds at most ``m ** tables`` rows to the result;
 - ``avg(col)`` is computed as its sum and its count, each noised, and divided after the noise.
 
 The :class:`NoisePlan` says which output columns get noise and their sensitivity (L1, over every group of

@@ -58,10 +58,11 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     owned = entity_columns(expression, context, rules)
     keys = [key for _, key in owned]
     if rules.dp is not None:
+        _refuse_unkeyed_joins(expression, owned, rules)
         context.touched.noise = _with_noise(expression, context, rules, rules.dp)
     facts = _key_rows(expression, owned, context)
     whole = _read_whole(expression, owned, context, facts)
-    unique = _one_row_each(expression, rules)
+    unique = _one_row_each(expression, context, rules)
     fast = whole is None and not unique and bool(keys) and certifiable(expression, context.spec.dialect)
     _add_having(expression, [*_entity_conditions(keys, rules.min_group, whole, fast, unique),
                              *_other_conditions(expression, context, rules, keys, unique)])
@@ -124,18 +125,49 @@ def _refuse_renamed_columns(select: exp.Expr) -> None:
                                 f"key that each group's count needs: rename them in the select list (`customer_id AS k`)")
 
 
+def _refuse_unkeyed_joins(select: exp.Select, owned: list[tuple[str, exp.Column]], rules: Aggregate) -> None:
+    """With DP, each joined table must equate its entity key with an earlier table's: every row of the join is
+    then one entity's, at most ``max_contributions ** tables`` of them, which the noise is scaled to. A join on
+    anything else (or none, or a table without a key) pairs one entity's row with many others' rows."""
+    sources = _sources(select)
+    if len(sources) == 1:
+        return
+    keyed = [(key.table.lower(), key.name.lower()) for _, key in owned]
+    for i, join in enumerate(select.args.get("joins") or [], start=1):
+        pairs = [_names(eq) for eq in _conjuncts(join.args.get("on"))]
+        if len(keyed) != len(sources) or not any(keyed[i] in pair and pair & set(keyed[:i]) for pair in pairs):
+            raise QueryRejected(f"with differential privacy each JOIN must be a join on the entity key of the tables it "
+                                f"pairs (`ON a.{rules.entity_column} = b.{rules.entity_column}`, other conditions may "
+                                f"follow with AND): any other join pairs one {rules.entity_column}'s rows with many "
+                                f"others', past the rows one entity adds that the noise is scaled to")
+
+
+def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
+    if condition is None:
+        return []
+    condition = condition.unnest()
+    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+
+
+def _names(condition: exp.Expr) -> set[tuple[str, str]]:
+    """The (qualifier, column) pairs a condition ``a.x = b.y`` equates, lower-cased (none for anything else)."""
+    sides = (condition.this, condition.expression) if isinstance(condition, exp.EQ) else ()
+    return {(s.table.lower(), s.name.lower()) for s in sides if isinstance(s, exp.Column)}
+
+
 def _with_noise(select: exp.Select, context: Context, rules: Aggregate, dp: DP) -> NoisePlan:
     rows = dp.max_contributions ** len(_limited(select, context, rules))
     return plan_noise(select, dp, group_keys(select), rows_per_entity=rows)
 
 
 def _limited(select: exp.Select, context: Context, rules: Aggregate) -> list[tuple[exp.Table, str]]:
-    """The covered tables other than the entity's own (which holds one row per entity), with their keys."""
+    """The covered tables other than the entity's own (which holds one row per entity, unless the engine proves
+    otherwise), with their keys."""
     found = []
     for table in _sources(select):
         name = table.meta[POLICY_TABLE]
         key = entity_key(rules, name, context.policy.columns(name))
-        if rules.covers(name) and name != rules.entity_table and key is not None:
+        if rules.covers(name) and key is not None and (name != rules.entity_table or _repeats(context, name, key)):
             found.append((table, key))
     return found
 
@@ -261,11 +293,19 @@ def _within(context: Context, table: exp.Table, key: str, most: int) -> bool:
     return found is not None and found.most <= most
 
 
-def _one_row_each(select: exp.Select, rules: Aggregate) -> bool:
+def _one_row_each(select: exp.Select, context: Context, rules: Aggregate) -> bool:
     """Whether the query reads the entity's own table alone, whose rows are one per entity (its key is the
     primary key: docs/aggregate.md), so that counting keys counts entities without a costly DISTINCT."""
     sources = _sources(select)
-    return len(sources) == 1 and sources[0].meta[POLICY_TABLE] == rules.entity_table
+    return (len(sources) == 1 and sources[0].meta[POLICY_TABLE] == rules.entity_table
+            and not _repeats(context, rules.entity_table, rules.entity_column))
+
+
+def _repeats(context: Context, table: str, key: str) -> bool:
+    """Whether the engine proves some entity has more rows than one in ``table`` (see Guard.key_rows): an entity
+    table whose key is not its primary key, which is then counted and bounded as any other table."""
+    found = context.key_rows(table, key)
+    return found is not None and found.most > 1
 
 
 def _entities(key: exp.Column, unique: bool) -> exp.Expr:

@@ -11,7 +11,8 @@ Each refusal closes a way of getting one person's value out past the group minim
   describe (``sum(CASE WHEN id = 7 THEN amount END)``);
 - GROUPING SETS, ROLLUP and CUBE return subtotals whose differences are single groups;
 - a sample (USING SAMPLE, TABLESAMPLE) is drawn anew each time the table is read, so the minimum's exact
-  recount could vouch for rows other than the ones the answer comes from;
+  recount could vouch for rows other than the ones the answer comes from; so is ``random()``, the one
+  function on the engines' allowlists that DuckDB marks volatile (``WHERE g = 'nine' OR random() < 0.01``);
 - a filter, key or join on a direct identifier (an entity key, a tokenized column) singles a person out.
 
 >>> import sqlglot
@@ -96,6 +97,10 @@ def _check_nodes(select: exp.Select) -> None:
             raise QueryRejected("sampling (USING SAMPLE, TABLESAMPLE) is not allowed for an aggregate-only role: a "
                                 "group's minimum must be counted on the very rows its aggregates come from; "
                                 "aggregate the whole table")
+        if isinstance(node, exp.Rand):  # drawn anew by the recount and the left-out count, as a sample is
+            raise QueryRejected("random() is not allowed for an aggregate-only role: it is drawn anew each time the "
+                                "rows are read, so a group's minimum would be counted on other rows than its "
+                                "aggregates come from; filter and group on the columns")
         if isinstance(node, exp.AggFunc):  # in HAVING and ORDER BY too: an order by max(x) tells max(x)
             _check_aggregate(node)
 
