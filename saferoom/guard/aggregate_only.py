@@ -63,13 +63,13 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     facts = _key_rows(expression, owned, context)
     whole = _read_whole(expression, owned, context, facts)
     unique = _one_row_each(expression, context, rules)
-    fast = whole is None and not unique and bool(keys) and certifiable(expression, context.spec.dialect)
+    bounded = _bounded(expression, context, rules)
+    # a bounding window keeps rows of the engine's choice, which a recount would choose anew: one HAVING instead
+    fast = whole is None and not unique and not bounded and bool(keys) and certifiable(expression, context.spec.dialect)
     _add_having(expression, [*_entity_conditions(keys, rules.min_group, whole, fast, unique),
                              *_other_conditions(expression, context, rules, keys, unique)])
     if rules.dp is not None:
-        most = rules.dp.max_contributions
-        limited = [(t, k) for t, k in _limited(expression, context, rules) if not _within(context, t, k, most)]
-        bound_contributions(limited, most, _used_columns(expression, context))
+        bound_contributions(bounded, rules.dp.max_contributions, _used_columns(expression, context))
     if not fast:
         return expression
     by_rows = _by_rows(expression, owned, context, facts, rules.min_group)
@@ -284,6 +284,14 @@ def _read_whole(select: exp.Select, owned: list[tuple[str, exp.Column]], context
     source = select.args["from_"].this
     plain = {k for k, v in select.args.items() if v} <= WHOLE and {k for k, v in source.args.items() if v} <= NAMED
     return facts[0].values if plain and isinstance(source, exp.Table) else None
+
+
+def _bounded(select: exp.Select, context: Context, rules: Aggregate) -> list[tuple[exp.Table, str]]:
+    """With DP, the tables whose rows of one entity must be bounded by a window (see bound_contributions)."""
+    if rules.dp is None:
+        return []
+    most = rules.dp.max_contributions
+    return [(t, k) for t, k in _limited(select, context, rules) if not _within(context, t, k, most)]
 
 
 def _within(context: Context, table: exp.Table, key: str, most: int) -> bool:
