@@ -16,6 +16,7 @@ Usage: python bench/room.py [--rows 2000000] [--repeat 5]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -193,6 +195,37 @@ def _process_seconds(pid: int) -> float:
 def flight_get(policy: Path, rows: int, repeat: int) -> tuple[float, float]:
     """Median seconds of a Flight ``do_get`` of the query's result made beforehand, and of one that runs the query,
     served by a process of its own."""
+    with flight_server(policy) as client:
+        made, querying, _ = paired_medians(lambda: _get(client, b"result", rows), lambda: _get(client, b"query", rows), repeat)
+    return made, querying
+
+
+def door_and_flight(server: Server, rows: int, repeat: int) -> None:
+    """The door (read from this process, outside a room: the same socket and client) and the made result's Flight
+    ``do_get``, in pairs back to back: the ratio of each pair's two reads under the same load, where the lines
+    above time the room, the embedded session and Flight one after the other (the load drifts between them)."""
+    assert server.socket is not None
+    session = RemoteSession(None, server.token("bench"), socket=server.socket)
+    try:
+        with flight_server(server.policy) as client:
+            door, made, ratio = paired_medians(lambda: _door(session, rows), lambda: _get(client, b"result", rows), repeat)
+    finally:
+        session.close()
+    print(f"           door and Flight's made result, paired   door {rows / door / 1e6:6.2f} M rows/s   "
+          f"Flight {rows / made / 1e6:6.2f} M rows/s   door / Flight {1 / ratio:.2f} (median of pairs)")
+
+
+def _door(session: RemoteSession, rows: int) -> None:
+    assert session.query(QUERY).to_arrow().num_rows == rows
+
+
+def _get(client: flight.FlightClient, ticket: bytes, rows: int) -> None:
+    assert client.do_get(flight.Ticket(ticket)).read_all().num_rows == rows
+
+
+@contextlib.contextmanager
+def flight_server(policy: Path) -> Iterator[flight.FlightClient]:
+    """A client of a Flight server in a process of its own, which holds the query's result made already."""
     context = multiprocessing.get_context("spawn")
     port, ready = free_port(), context.Event()
     process = context.Process(target=_serve_flight, args=(str(policy), port, ready), daemon=True)
@@ -200,13 +233,7 @@ def flight_get(policy: Path, rows: int, repeat: int) -> tuple[float, float]:
     try:
         if not ready.wait(120):
             raise SystemExit("the Flight server did not start")
-        client = flight.connect(f"grpc://127.0.0.1:{port}")
-
-        def get(ticket: bytes) -> None:
-            assert client.do_get(flight.Ticket(ticket)).read_all().num_rows == rows
-
-        made, querying, _ = paired_medians(lambda: get(b"result"), lambda: get(b"query"), repeat)
-        return made, querying
+        yield flight.connect(f"grpc://127.0.0.1:{port}")
     finally:
         process.terminate()
         process.join()
@@ -244,6 +271,7 @@ def main() -> None:
         walls(args.repeat)
         throughput(server, space, env, args.rows, args.repeat)
         processor_cost(server, args.rows, args.repeat)
+        door_and_flight(server, args.rows, args.repeat)
     finally:
         server.stop()
         shutil.rmtree(folder)

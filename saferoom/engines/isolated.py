@@ -569,8 +569,8 @@ def _send_to(reader: pa.RecordBatchReader, fd: int, max_rows: int | None, stall:
             report["error"] = [type(exc).__name__, exc.message, exc.fields()]
         writer.close()  # the end-of-stream marker
         out.flush()
-    except OSError as exc:
-        report["left"] = _left(exc)
+    except _Left as exc:
+        report["left"] = str(exc)
     finally:
         out.sock.close()
         reader.close()
@@ -620,8 +620,15 @@ class _Out:
             self._small = bytearray()
 
     def _send(self, data: Any) -> None:
-        send_within(self.sock, data, self.stall)
+        try:
+            send_within(self.sock, data, self.stall)
+        except OSError as exc:  # raised through Arrow's writer as it is: the engine's failures are SaferoomErrors
+            raise _Left(_left(exc)) from None
         self.sent += len(data)
+
+
+class _Left(Exception):
+    """The client's socket took no more: it hung up, or took no byte for the stall limit."""
 
 
 def _json(value: object) -> bytes:
