@@ -28,6 +28,7 @@ from tests.test_privacy import EXACT, SUMS
 from tests.test_room_io import QUERY, ROWS, impostor, socket_gateway
 
 SLOW = "select count(*) as n from events a, events b where a.id < b.id"  # runs until it is stopped
+ENDLESS = "select a.id from events a, events b where a.id < b.id"  # streams rows until it is stopped
 
 
 @pytest.fixture(scope="module")
@@ -352,3 +353,21 @@ def test_a_noised_result_is_relayed_through_the_door_with_its_noise(tmp_path: Pa
     answers = [{row["region"]: row["total"] for row in rows} for rows in (first, second)]
     assert set(answers[0]) == set(answers[1]) == set(EXACT) and answers[0] != answers[1] and EXACT not in answers
     assert any("differential privacy" in n for n in notices)
+
+
+def test_a_query_past_its_timeout_ends_with_the_timeout_explained(tmp_path: Path) -> None:
+    """Stopped in its worker (which, having used a short query's processor time, runs as long work by then): the
+    stream still ends whole, its status line saying why, and the record says timed out."""
+    server = socket_gateway(tmp_path, "{timeout_seconds: 1}")
+    try:
+        assert server.socket is not None
+        with RemoteSession(None, server.token("alice"), socket=server.socket) as remote:
+            result = remote.query(ENDLESS)
+            with pytest.raises(saferoom.LimitExceeded, match="timeout_seconds"):
+                for _ in result.stream():  # read and dropped: the rows never end by themselves
+                    pass
+        request = decided(server, ENDLESS)[-1]
+        eventually(lambda: results(server, request), "the stopped query's result record")
+        assert results(server, request)[0]["status"] == "timed_out"
+    finally:
+        server.stop()

@@ -417,7 +417,9 @@ class _Query:
         still busy with it after KILL_AFTER_SECONDS is killed."""
         self.worker.reusable, self.worker.stopping = False, True  # no stray stop may reach its next query
         with self._lock:  # after a demotion under way, never before it
-            if self.worker.lowered:  # never reused: no reason to let it run until it hears the interrupt
+            # never reused: no reason to let it run until it hears the interrupt, unless it writes to the client,
+            # whose stream it then ends whole for the gateway's status line to say why
+            if self.worker.lowered and self.way != "socket":
                 threading.Thread(target=self.worker.kill, daemon=True).start()
                 return
             self.worker.resume()
