@@ -3,12 +3,17 @@
 * start-up: ``python -c pass`` in a room (``saferoom room --socket ... -- python -c pass``: the gateway asked
   whose token it is, the sandbox made, the limits set) against the same command run plainly;
 * throughput: a query's whole result read inside a room through the gateway's Unix socket (its result door:
-  Arrow with no HTTP around it; and, alternating with it, the HTTP route on the same socket), against the
-  same query in an embedded session, and against an Arrow Flight ``do_get`` of the same result (a Flight
-  server in a process of its own, holding the result already made, over TCP on 127.0.0.1), as rows per
-  second and their ratios. The socket runs the query each time and Flight only sends it, so a second Flight
-  line runs the query in the Flight server for each ``do_get`` (an embedded session, its batches sent as
-  DuckDB makes them): transport against transport, each with its engine's work.
+  Arrow with no HTTP around it, written to the socket by the query's worker process; and, alternating with
+  it, the HTTP route on the same socket, relayed by the gateway), against the same query in an embedded
+  session, and against an Arrow Flight ``do_get`` of the same result (a Flight server in a process of its
+  own, holding the result already made, over TCP on 127.0.0.1), as rows per second and their ratios. The
+  socket runs the query each time and Flight only sends it, so a second Flight line runs the query in the
+  Flight server for each ``do_get`` (an embedded session, its batches sent as DuckDB makes them): transport
+  against transport, each with its engine's work. Those lines are timed one after the other, and the load
+  of a shared machine drifts between them: a last line reads through the door (from this process, outside a
+  room: the same socket and client) and from the made result's Flight in pairs back to back, and gives the
+  median of the pairs' ratios. The processor time a result costs the gateway process and the client is
+  measured too (the worker's is its own process's).
 
 Usage: python bench/room.py [--rows 2000000] [--repeat 5]
 """

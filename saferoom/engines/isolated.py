@@ -560,7 +560,7 @@ def _stream(conn: Connection, engine: DuckDBEngine, sql: str, batch_size: int, r
         conn.send_bytes(SCHEMA + reader.schema.serialize().to_pybytes())
         way = conn.recv()
         if way[0] == "socket":
-            conn.send_bytes(SENT + _json(_send_to(reader, reduction.recv_handle(conn), *way[1:])))
+            conn.send_bytes(SENT + _json(_write_to(reduction.recv_handle(conn), reader, *way[1:])))
             return
         if way[0] != "pipe":
             raise _Closing
@@ -571,7 +571,7 @@ def _stream(conn: Connection, engine: DuckDBEngine, sql: str, batch_size: int, r
         running.remove(cancel)
 
 
-def _send_to(reader: pa.RecordBatchReader, fd: int, max_rows: int | None, stall: float) -> dict[str, Any]:
+def _write_to(fd: int, reader: pa.RecordBatchReader, max_rows: int | None, stall: float) -> dict[str, Any]:
     """The result as an Arrow IPC stream on the client's socket ``fd``, cut at ``max_rows``; the socket is closed
     here (it is the gateway's again) before the parent hears what was sent. An engine error ends the stream
     whole, its end-of-stream marker written: the gateway's status line carries the error."""
