@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from saferoom.client import DOOR as PREAMBLE
 from saferoom.engines.base import Cancel, Sent
+from saferoom.engines.isolated import HUNG_UP
 from saferoom.errors import SaferoomError, TooLarge, UsageError
 from saferoom.files import send_within
 from saferoom.server.app import QueryRequest, begin, body_limit
@@ -48,7 +49,6 @@ from saferoom.server.streams import Outcome, error_body, trailer
 from saferoom.server.workers import QueryThread
 
 REQUEST_SECONDS = 60.0  # a connection that has not sent its whole request by then is closed, holding nothing
-HUNG_UP = "the client hung up"
 SEND_BUFFER = 4 << 20  # a worker's message leaves in one or two writes, not dozens of waits on the client
 log = logging.getLogger(__name__)
 
