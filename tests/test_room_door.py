@@ -371,3 +371,16 @@ def test_a_query_past_its_timeout_ends_with_the_timeout_explained(tmp_path: Path
         assert results(server, request)[0]["status"] == "timed_out"
     finally:
         server.stop()
+
+
+def test_bytes_after_the_request_are_dropped_not_obeyed_while_the_worker_writes(gateway: Server) -> None:
+    """The worker only writes to the socket; what a client sends past its request (another request, say) is the
+    gateway's to read and drop: the one query is answered, whole, and the connection then closed."""
+    second = DOOR + json.dumps({"authorization": f"Bearer {gateway.token('alice')}", "sql": "select 2 as two"}).encode()
+    with ask(gateway, {"sql": f"{QUERY} limit 100000"}) as sock:
+        sock.sendall((second + b"\n") * 64)
+        answer, stream = _read_door(sock)
+    source = pa.BufferReader(stream)
+    assert pa.ipc.open_stream(source).read_all().column_names == ["id", "x", "note"]
+    assert json.loads(stream[source.tell():])["rows"] == 100_000  # then the end: no second answer
+    assert decided(gateway, "select 2 as two") == []
