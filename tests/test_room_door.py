@@ -22,7 +22,7 @@ from saferoom.client import DOOR, RemoteSession
 from saferoom.decision import MAX_SQL_BYTES
 from saferoom.errors import SaferoomError
 from saferoom.server.app import body_limit
-from tests.gateway_helpers import Server, eventually, free_port
+from tests.gateway_helpers import Server, eventually, free_port, table_gateway
 from tests.test_aggregate import small_groups
 from tests.test_privacy import EXACT, SUMS
 from tests.test_room_io import QUERY, ROWS, impostor, socket_gateway
@@ -384,3 +384,21 @@ def test_bytes_after_the_request_are_dropped_not_obeyed_while_the_worker_writes(
     assert pa.ipc.open_stream(source).read_all().column_names == ["id", "x", "note"]
     assert json.loads(stream[source.tell():])["rows"] == 100_000  # then the end: no second answer
     assert decided(gateway, "select 2 as two") == []
+
+
+def test_a_dictionary_column_streams_whole_from_the_worker(tmp_path: Path) -> None:
+    """An ENUM arrives as Arrow dictionaries over several batches: the worker's writer sends each dictionary with
+    the batches that use it, and the client's table is the embedded session's."""
+    create = ("create type mood as enum ('sad', 'ok', 'happy'); create table t as select range as id, "
+              "(['sad', 'ok', 'happy'])[range % 3 + 1]::mood as m from range(300000)")
+    server = table_gateway(tmp_path, "moods", "t", create, ["alice"], socket=tmp_path / "gateway.sock")
+    try:
+        assert server.socket is not None
+        with RemoteSession(None, server.token("alice"), socket=server.socket) as remote:
+            through_door = remote.query("select * from moods.t").to_arrow()
+        with saferoom.connect(server.policy, user="alice") as embedded:
+            expected = embedded.query("select * from moods.t").to_arrow()
+    finally:
+        server.stop()
+    assert pa.types.is_dictionary(through_door.schema.field("m").type) and through_door.num_rows == 300_000
+    assert through_door.equals(expected)
