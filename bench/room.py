@@ -3,12 +3,17 @@
 * start-up: ``python -c pass`` in a room (``saferoom room --socket ... -- python -c pass``: the gateway asked
   whose token it is, the sandbox made, the limits set) against the same command run plainly;
 * throughput: a query's whole result read inside a room through the gateway's Unix socket (its result door:
-  Arrow with no HTTP around it; and, alternating with it, the HTTP route on the same socket), against the
-  same query in an embedded session, and against an Arrow Flight ``do_get`` of the same result (a Flight
-  server in a process of its own, holding the result already made, over TCP on 127.0.0.1), as rows per
-  second and their ratios. The socket runs the query each time and Flight only sends it, so a second Flight
-  line runs the query in the Flight server for each ``do_get`` (an embedded session, its batches sent as
-  DuckDB makes them): transport against transport, each with its engine's work.
+  Arrow with no HTTP around it, written to the socket by the query's worker process; and, alternating with
+  it, the HTTP route on the same socket, relayed by the gateway), against the same query in an embedded
+  session, and against an Arrow Flight ``do_get`` of the same result (a Flight server in a process of its
+  own, holding the result already made, over TCP on 127.0.0.1), as rows per second and their ratios. The
+  socket runs the query each time and Flight only sends it, so a second Flight line runs the query in the
+  Flight server for each ``do_get`` (an embedded session, its batches sent as DuckDB makes them): transport
+  against transport, each with its engine's work. Those lines are timed one after the other, and the load
+  of a shared machine drifts between them: a last line reads through the door (from this process, outside a
+  room: the same socket and client) and from the made result's Flight in pairs back to back, and gives the
+  median of the pairs' ratios. The processor time a result costs the gateway process and the client is
+  measured too (the worker's is its own process's).
 
 Usage: python bench/room.py [--rows 2000000] [--repeat 5]
 """
@@ -16,6 +21,7 @@ Usage: python bench/room.py [--rows 2000000] [--repeat 5]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -28,6 +34,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -193,6 +200,47 @@ def _process_seconds(pid: int) -> float:
 def flight_get(policy: Path, rows: int, repeat: int) -> tuple[float, float]:
     """Median seconds of a Flight ``do_get`` of the query's result made beforehand, and of one that runs the query,
     served by a process of its own."""
+    with flight_server(policy) as client:
+        made, querying, _ = paired_medians(lambda: _get(client, b"result", rows), lambda: _get(client, b"query", rows), repeat)
+    return made, querying
+
+
+def door_and_flight(server: Server, rows: int, repeat: int) -> None:
+    """The door (read from this process, outside a room: the same socket and client) and the made result's Flight
+    ``do_get``, in pairs back to back: the ratio of each pair's two reads under the same load, where the lines
+    above time the room, the embedded session and Flight one after the other (the load drifts between them)."""
+    assert server.socket is not None
+    session = RemoteSession(None, server.token("bench"), socket=server.socket)
+    used: dict[str, list[float]] = {"door": [], "flight": []}
+
+    def timed(name: str, read: Callable[[], None]) -> None:
+        start = time.process_time()
+        read()
+        used[name].append(time.process_time() - start)
+
+    try:
+        with flight_server(server.policy) as client:
+            door, made, ratio = paired_medians(lambda: timed("door", lambda: _door(session, rows)),
+                                               lambda: timed("flight", lambda: _get(client, b"result", rows)), repeat)
+    finally:
+        session.close()
+    print(f"           door and Flight's made result, paired   door {rows / door / 1e6:6.2f} M rows/s   "
+          f"Flight {rows / made / 1e6:6.2f} M rows/s   door / Flight {1 / ratio:.2f} (median of pairs)")
+    print(f"           processor time of the reading client      door {statistics.median(used['door']) * 1000:5.0f} ms, "
+          f"Flight {statistics.median(used['flight']) * 1000:5.0f} ms")
+
+
+def _door(session: RemoteSession, rows: int) -> None:
+    assert session.query(QUERY).to_arrow().num_rows == rows
+
+
+def _get(client: flight.FlightClient, ticket: bytes, rows: int) -> None:
+    assert client.do_get(flight.Ticket(ticket)).read_all().num_rows == rows
+
+
+@contextlib.contextmanager
+def flight_server(policy: Path) -> Iterator[flight.FlightClient]:
+    """A client of a Flight server in a process of its own, which holds the query's result made already."""
     context = multiprocessing.get_context("spawn")
     port, ready = free_port(), context.Event()
     process = context.Process(target=_serve_flight, args=(str(policy), port, ready), daemon=True)
@@ -200,13 +248,7 @@ def flight_get(policy: Path, rows: int, repeat: int) -> tuple[float, float]:
     try:
         if not ready.wait(120):
             raise SystemExit("the Flight server did not start")
-        client = flight.connect(f"grpc://127.0.0.1:{port}")
-
-        def get(ticket: bytes) -> None:
-            assert client.do_get(flight.Ticket(ticket)).read_all().num_rows == rows
-
-        made, querying, _ = paired_medians(lambda: get(b"result"), lambda: get(b"query"), repeat)
-        return made, querying
+        yield flight.connect(f"grpc://127.0.0.1:{port}")
     finally:
         process.terminate()
         process.join()
@@ -244,6 +286,7 @@ def main() -> None:
         walls(args.repeat)
         throughput(server, space, env, args.rows, args.repeat)
         processor_cost(server, args.rows, args.repeat)
+        door_and_flight(server, args.rows, args.repeat)
     finally:
         server.stop()
         shutil.rmtree(folder)

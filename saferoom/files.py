@@ -1,14 +1,17 @@
-"""Files several processes share: exclusive locks, and flushes that make a rename survive a crash."""
+"""Files several processes share: exclusive locks, flushes that make a rename survive a crash, and writes to a
+socket a reader may stop taking bytes from."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import select
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def fsync_dir(folder: Path) -> None:
@@ -97,3 +100,17 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(out.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def send_within(sock: socket.socket, data: Any, stall: float) -> None:
+    """All of ``data`` on a non-blocking socket, waiting while the reader's buffer is full; a reader that takes no
+    byte for ``stall`` seconds has left (``TimeoutError``): without that, one that stops reading would hold
+    whatever writes to it for ever."""
+    view, writable = memoryview(data).cast("B"), select.poll()  # poll: a gateway's descriptors can pass select's 1024
+    writable.register(sock, select.POLLOUT)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            if not writable.poll(stall * 1000):
+                raise TimeoutError(f"the client took no byte of its result for {stall:g} s") from None

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from saferoom.display import result_html
-from saferoom.engines.base import FORWARDED
+from saferoom.engines.base import FORWARDED, SENDERS, Sent
 from saferoom.errors import EngineError, SaferoomError
 
 if TYPE_CHECKING:
+    import socket
+
     import pandas
     import polars
 
@@ -39,6 +41,7 @@ class Result:
         self._read = 0  # rows read from the engine so far
         self._truncated = False
         self._messages = FORWARDED.get(reader)
+        self._sender = SENDERS.get(reader)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Stream the record batches; a second call replays what was read."""
@@ -62,6 +65,20 @@ class Result:
         """The Arrow IPC message ``batch`` arrived in from the engine, when it did and is whole (not cut at
         ``max_rows``): a server sends it on as it is."""
         return self._messages.of(batch) if self._messages is not None else None
+
+    @property
+    def sendable(self) -> bool:
+        """Whether its engine's process can write it straight to a socket (:meth:`send_to`): nothing read yet."""
+        return self._sender is not None and self._reader is not None and not self._read and not self._batches
+
+    def send_to(self, sock: socket.socket, head: bytes, stall: float) -> Sent:
+        """``head``, then the whole result as an Arrow IPC stream, cut at ``max_rows``, written to ``sock`` by the
+        engine's process (a reader taking no byte for ``stall`` seconds has left); only when :attr:`sendable`."""
+        assert self._sender is not None and self.sendable
+        sent = self._sender(sock, head, self.max_rows, stall)
+        self._read, self._truncated = sent.rows, sent.truncated
+        self._finish()
+        return sent
 
     def _next(self) -> pa.RecordBatch | None:
         assert self._reader is not None

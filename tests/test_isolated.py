@@ -353,3 +353,46 @@ def test_a_reaped_process_in_the_background_is_never_signalled_by_its_old_pid() 
     background.leave()
     background.discard(handle)
     assert handle not in background._processes
+
+
+ENDLESS = "select range as n from range(1000000000000000)"  # rows for longer than any test
+
+
+def test_a_long_query_writing_to_a_socket_yields_the_processor_and_a_stop_ends_its_stream_whole(engine: ProcessEngine) -> None:
+    """The worker writes the result to the client's socket itself (the result door's way): demoted to long work, it
+    is still stopped and continued around short queries; stopped, it is interrupted (not killed) and ends the
+    stream with its end-of-stream marker, and what it reports is what the client read."""
+    import socket
+    import time
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)  # as the door's socket, which the gateway's event loop watches
+    cancel = Cancel()
+    result = Result(engine.stream(ENDLESS, cancel=cancel), max_rows=None)
+    assert result.sendable
+    read: dict[str, object] = {}
+
+    def client() -> None:
+        with theirs, theirs.makefile("rb") as source:
+            read["head"] = source.readline()
+            read["rows"] = sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+            read["rest"] = source.read()
+
+    sent: list[object] = []
+    threads = [threading.Thread(target=client), threading.Thread(target=lambda: sent.append(result.send_to(ours, b"head\n", 600)))]
+    for thread in threads:
+        thread.start()
+    worker = busy_worker(engine)
+    deadline = time.monotonic() + 600
+    while worker.handle not in priority.BACKGROUND._processes:
+        assert time.monotonic() < deadline, "the long query's process was never put in the background"
+        time.sleep(0.05)
+    assert engine.stream("select 4 as n").read_all().to_pylist() == [{"n": 4}]  # runs while the long one waits
+    cancel("done")
+    threads[1].join()
+    ours.close()  # the gateway's copy: the worker closed its own, so the client now sees the end
+    threads[0].join()
+    (report,) = sent
+    assert report.whole and isinstance(report.error, QueryCancelled)  # type: ignore[attr-defined]
+    assert read["head"] == b"head\n" and read["rest"] == b"" and report.rows == read["rows"] > 0  # type: ignore[attr-defined]
+    assert worker.handle not in priority.BACKGROUND._processes and worker not in engine._idle

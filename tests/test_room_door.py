@@ -4,7 +4,9 @@ its query, and HTTP still served on the same socket. Real gateways on real socke
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import socketserver
 from collections.abc import Iterator
@@ -20,10 +22,13 @@ from saferoom.client import DOOR, RemoteSession
 from saferoom.decision import MAX_SQL_BYTES
 from saferoom.errors import SaferoomError
 from saferoom.server.app import body_limit
-from tests.gateway_helpers import Server, eventually
+from tests.gateway_helpers import Server, eventually, free_port, table_gateway
+from tests.test_aggregate import small_groups
+from tests.test_privacy import EXACT, SUMS
 from tests.test_room_io import QUERY, ROWS, impostor, socket_gateway
 
 SLOW = "select count(*) as n from events a, events b where a.id < b.id"  # runs until it is stopped
+ENDLESS = "select a.id from events a, events b where a.id < b.id"  # streams rows until it is stopped
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +225,180 @@ def test_a_client_that_stops_reading_has_its_query_ended_and_its_slot_freed(tmp_
         sock.close()
     finally:
         server.stop()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes under ``pid`` (a gateway's fork server and its query workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue  # ended while listed
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        found += (more := children.get(todo.pop(), []))
+        todo += more
+    return found
+
+
+def _sockets(pid: int) -> set[str]:
+    """The sockets process ``pid`` holds, by inode."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:"):
+                held.add(target)
+    return held
+
+
+def _written(pid: int) -> int:
+    """Bytes process ``pid`` (all its threads) has written with write and send calls so far."""
+    return int(dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())["wchar"])
+
+
+def _read_door(sock: socket.socket) -> tuple[dict[str, object], bytes]:
+    """The answer line, and every byte after it until the door closes the connection."""
+    answer, ahead = answer_line(sock)
+    return answer, ahead + b"".join(iter(lambda: sock.recv(1 << 20), b""))
+
+
+def test_the_worker_writes_the_result_itself_and_leaves_the_socket_to_the_gateway(gateway: Server) -> None:
+    """The gateway copies none of the result's bytes: its process writes the answer line and the status line only
+    (its write count says so), the query's worker writes the rest, and holds no copy of the socket afterwards (the
+    client sees the end of the stream, and the warm worker's sockets are what they were)."""
+    assert gateway.process is not None
+    pid = gateway.process.pid
+    with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
+        assert remote.query("select 1 as one").to_arrow().num_rows == 1  # a warm worker, kept for the next query
+    before = {worker: _sockets(worker) for worker in _descendants(pid)}
+    written = _written(pid)
+    with ask(gateway, {"sql": QUERY}) as sock:
+        answer, stream = _read_door(sock)
+    copied = _written(pid) - written
+    source = pa.BufferReader(stream)
+    assert pa.ipc.open_stream(source).read_all().num_rows == ROWS
+    assert json.loads(stream[source.tell():])["rows"] == ROWS
+    assert len(stream) > 50 << 20 and copied < 1 << 20, copied  # tens of MB left; the gateway wrote a few lines
+    for worker, sockets in before.items():
+        with contextlib.suppress(FileNotFoundError):  # a spare worker stopped meanwhile
+            assert _sockets(worker) <= sockets, "a worker kept a copy of the client's socket"
+    eventually(lambda: results(gateway, answer["request"]), "the result record")
+    assert results(gateway, answer["request"])[0]["bytes"] == len(stream)  # the IPC stream and the status line
+
+
+def test_the_worker_cuts_at_max_rows_and_the_status_line_and_record_say_so(tmp_path: Path) -> None:
+    server = socket_gateway(tmp_path, "{max_rows: 100000}")
+    try:
+        with ask(server, {"sql": QUERY}) as sock:
+            answer, stream = _read_door(sock)
+        source = pa.BufferReader(stream)
+        table = pa.ipc.open_stream(source).read_all()
+        status = json.loads(stream[source.tell():])
+        with saferoom.connect(server.policy, user="alice") as embedded:
+            near = embedded.query(QUERY)
+            expected = near.to_arrow()
+        assert table.num_rows == 100_000 and table.equals(expected)
+        assert status["truncated"] and status["rows"] == 100_000 and status["notices"] == list(near.notices)
+        eventually(lambda: results(server, answer["request"]), "the result record")
+        record = results(server, answer["request"])[0]
+        assert (record["rows"], record["truncated"], record["bytes"], record["status"]) == (100_000, True, len(stream), "completed")
+        assert server.socket is not None
+        with RemoteSession(None, server.token("alice"), socket=server.socket) as remote:  # the client's view
+            result = remote.query(QUERY)
+            assert result.to_arrow().num_rows == 100_000 and result.truncated
+    finally:
+        server.stop()
+
+
+def test_a_client_hanging_up_mid_stream_cancels_the_query_the_worker_writes(gateway: Server) -> None:
+    with ask(gateway, {"sql": QUERY}) as sock:
+        answer, _ = answer_line(sock)
+        assert len(sock.recv(1 << 20)) > 0  # the stream has begun
+    eventually(lambda: results(gateway, answer["request"]), "the abandoned query's result record")
+    assert results(gateway, answer["request"])[0]["status"] == "cancelled"
+    assert gateway.socket is not None
+    with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
+        eventually(lambda: _runs(remote), "the abandoned query's slot to come back")
+
+
+def test_a_query_failing_as_the_worker_writes_ends_with_its_error_and_the_next_runs(gateway: Server) -> None:
+    failing = "select id, cast(case when id < 2500000 then '1' else 'x' end as integer) as n from events"
+    assert gateway.socket is not None
+    with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
+        with pytest.raises(saferoom.EngineError, match="Conversion"):
+            remote.query(failing).to_arrow()
+        assert remote.query("select 1 as one").to_arrow().num_rows == 1
+    request = decided(gateway, failing)[-1]
+    eventually(lambda: results(gateway, request), "the failed query's result record")
+    assert results(gateway, request)[0]["status"] == "failed"
+
+
+def test_a_noised_result_is_relayed_through_the_door_with_its_noise(tmp_path: Path) -> None:
+    """Noise is added in the gateway, so such a result never goes straight from the worker to the socket."""
+    (tmp_path / "privacy").mkdir()
+    folder = small_groups(tmp_path / "privacy")
+    server = Server(folder / "saferoom.yaml", tmp_path / "state", free_port(), tmp_path / "server.log",
+                    socket=tmp_path / "gateway.sock").start()
+    try:
+        assert server.socket is not None
+        with RemoteSession(None, server.token("dana"), socket=server.socket) as remote:
+            assert remote._door
+            first, second = (remote.query(SUMS).to_pylist() for _ in range(2))
+            notices = remote.query(SUMS).notices
+    finally:
+        server.stop()
+    answers = [{row["region"]: row["total"] for row in rows} for rows in (first, second)]
+    assert set(answers[0]) == set(answers[1]) == set(EXACT) and answers[0] != answers[1] and EXACT not in answers
+    assert any("differential privacy" in n for n in notices)
+
+
+def test_a_query_past_its_timeout_ends_with_the_timeout_explained(tmp_path: Path) -> None:
+    """Stopped in its worker (which, having used a short query's processor time, runs as long work by then): the
+    stream still ends whole, its status line saying why, and the record says timed out."""
+    server = socket_gateway(tmp_path, "{timeout_seconds: 1}")
+    try:
+        assert server.socket is not None
+        with RemoteSession(None, server.token("alice"), socket=server.socket) as remote:
+            result = remote.query(ENDLESS)
+            with pytest.raises(saferoom.LimitExceeded, match="timeout_seconds"):
+                for _ in result.stream():  # read and dropped: the rows never end by themselves
+                    pass
+        request = decided(server, ENDLESS)[-1]
+        eventually(lambda: results(server, request), "the stopped query's result record")
+        assert results(server, request)[0]["status"] == "timed_out"
+    finally:
+        server.stop()
+
+
+def test_bytes_after_the_request_are_dropped_not_obeyed_while_the_worker_writes(gateway: Server) -> None:
+    """The worker only writes to the socket; what a client sends past its request (another request, say) is the
+    gateway's to read and drop: the one query is answered, whole, and the connection then closed."""
+    second = DOOR + json.dumps({"authorization": f"Bearer {gateway.token('alice')}", "sql": "select 2 as two"}).encode()
+    with ask(gateway, {"sql": f"{QUERY} limit 100000"}) as sock:
+        sock.sendall((second + b"\n") * 64)
+        answer, stream = _read_door(sock)
+    source = pa.BufferReader(stream)
+    assert pa.ipc.open_stream(source).read_all().column_names == ["id", "x", "note"]
+    assert json.loads(stream[source.tell():])["rows"] == 100_000  # then the end: no second answer
+    assert decided(gateway, "select 2 as two") == []
+
+
+def test_a_dictionary_column_streams_whole_from_the_worker(tmp_path: Path) -> None:
+    """An ENUM arrives as Arrow dictionaries over several batches: the worker's writer sends each dictionary with
+    the batches that use it, and the client's table is the embedded session's."""
+    create = ("create type mood as enum ('sad', 'ok', 'happy'); create table t as select range as id, "
+              "(['sad', 'ok', 'happy'])[range % 3 + 1]::mood as m from range(300000)")
+    server = table_gateway(tmp_path, "moods", "t", create, ["alice"], socket=tmp_path / "gateway.sock")
+    try:
+        assert server.socket is not None
+        with RemoteSession(None, server.token("alice"), socket=server.socket) as remote:
+            through_door = remote.query("select * from moods.t").to_arrow()
+        with saferoom.connect(server.policy, user="alice") as embedded:
+            expected = embedded.query("select * from moods.t").to_arrow()
+    finally:
+        server.stop()
+    assert pa.types.is_dictionary(through_door.schema.field("m").type) and through_door.num_rows == 300_000
+    assert through_door.equals(expected)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -173,6 +174,26 @@ class IpcMessages:
 
 
 FORWARDED: weakref.WeakKeyDictionary[pa.RecordBatchReader, IpcMessages] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What an engine's process wrote of a result straight to its reader's socket (see ``SENDERS``): the rows
+    and bytes, whether the rows were cut at ``max_rows``, the error that ended the stream early, and whether the
+    stream is whole (its end-of-stream marker written, so the status line may follow)."""
+
+    rows: int
+    bytes: int
+    truncated: bool
+    error: SaferoomError | None
+    whole: bool
+
+
+# (the reader's socket, the line sent before the stream, max_rows, the reader's stall limit) -> what was sent
+Sender = Callable[[socket.socket, bytes, "int | None", float], Sent]
+# An engine whose results a process of its own makes (a worker) registers a reader it has not started reading here:
+# the worker can write the result straight to the client's socket, each byte copied once, by the kernel.
+SENDERS: weakref.WeakKeyDictionary[pa.RecordBatchReader, Sender] = weakref.WeakKeyDictionary()
 
 
 class Cancel:

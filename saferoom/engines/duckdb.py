@@ -196,7 +196,7 @@ class DuckDBEngine:
     def _errors(self, cancel: Cancel | None = None, timeout: float | None = None) -> Iterator[None]:
         try:
             yield
-        except (duckdb.Error, pa.ArrowException) as exc:
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:  # a failure mid-stream reaches Arrow's reader as an IOError
             if cancel is not None and cancel.reason is not None and "INTERRUPT" in str(exc).upper():
                 raise stopped(cancel, timeout) from None
             if isinstance(exc, duckdb.OutOfMemoryException):

@@ -11,14 +11,17 @@ low their CPU priority. A query in its own process shares nothing with the serve
   within ``KILL_AFTER_SECONDS`` (an allocation no interrupt reaches) is killed.
 - A query's memory is its process's: the server stays small, and whatever the kernel must kill is that.
 
-The parent speaks to each worker over a pipe: a request, then the schema, record batches as Arrow IPC
-messages, and an end or an error.
+The parent speaks to each worker over a pipe: a request, then the schema, then which way the rows go: back over
+the pipe, as Arrow IPC messages and an end or an error, or straight to a client's socket, passed to the worker
+(``ProcessEngine.stream``'s reader in ``SENDERS``): the worker writes the IPC stream there, cut at ``max_rows``,
+closes its copy of the socket and tells the parent what it sent. The gateway then copies no byte of the result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import multiprocessing
 import os
@@ -29,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -36,9 +40,10 @@ from typing import Any
 import pyarrow as pa
 
 from saferoom import priority, scratch
-from saferoom.engines.base import FORWARDED, Cancel, Catalog, IpcMessages, KeyRows, stopped, until_done
+from saferoom.engines.base import FORWARDED, SENDERS, Cancel, Catalog, IpcMessages, KeyRows, Sent, stopped, until_done
 from saferoom.engines.duckdb import DUCKDB, Attachment, DuckDBEngine, spill_folder
 from saferoom.errors import EngineError, SaferoomError, from_fields
+from saferoom.files import send_within
 from saferoom.policy.limits import Limits
 from saferoom.secrets import Secret
 
@@ -48,9 +53,13 @@ WATCH_SECONDS = 0.05  # how often a query not yet long is looked at again, at mo
 IDLE_SECONDS = 60.0  # a spare worker idle this long is stopped (one per user stays)
 # control messages start with a letter; every other message is an Arrow IPC message (which starts 0xFFFFFFFF)
 # sent as the buffer pyarrow wrote, so a batch is never copied to add a header
-SCHEMA, END, ERROR = b"S", b"Z", b"E"
+SCHEMA, END, ERROR, SENT = b"S", b"Z", b"E", b"D"
+HUNG_UP = "the client hung up"
+SMALL_WRITE = 1 << 16  # an IPC message's length, metadata and small buffers leave together, in one write
 SOCKET_BUFFER = 4 << 20  # fewer, larger writes and reads for a result that streams
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+KEEP_FREED = 32 << 20  # memory a worker's C heap keeps once freed, for the next batch (see _keep_freed_memory)
 # Workers are forked from a small server process that has imported this module once and runs no threads:
 # a worker starts in milliseconds, not the half second a fresh interpreter takes, and a threaded gateway
 # is never forked itself.
@@ -114,12 +123,30 @@ class ProcessEngine:
         messages = IpcMessages()
         reader = pa.RecordBatchReader.from_batches(schema, self._batches(query, schema, messages))
         FORWARDED[reader] = messages  # the gateway sends these bytes on as they came
+        SENDERS[reader] = functools.partial(self._send_to, query)  # or the worker writes them to the client itself
         return reader
 
     def _batches(self, query: _Query, schema: pa.Schema, messages: IpcMessages) -> Iterator[pa.RecordBatch]:
         try:
+            query.go(("pipe",))
             while (message := query.next()) is not None:
                 yield messages.read(message, schema)
+        finally:
+            query.end(self)
+
+    def _send_to(self, query: _Query, sock: socket.socket, head: bytes, max_rows: int | None, stall: float) -> Sent:
+        """``head``, then the worker writes the result to ``sock`` itself (see ``SENDERS``); a client that left
+        has its query cancelled before the worker is given back."""
+        try:
+            send_within(sock, head, stall)
+            query.go(("socket", max_rows, stall))
+            query.worker.send_handle(sock.fileno())
+            return query.sent()
+        except OSError as exc:  # the client left before its result began
+            query.cancel(_left(exc))
+            return Sent(0, 0, False, None, whole=False)
+        except SaferoomError as exc:  # the worker ended mid-stream (killed): the stream stops where it was
+            return Sent(0, 0, False, exc, whole=False)
         finally:
             query.end(self)
 
@@ -213,6 +240,14 @@ class _Worker:
             self.reusable = False
             raise EngineError(ENDED) from None
 
+    def send_handle(self, fd: int) -> None:
+        """A descriptor of this process's, given to the worker (SCM_RIGHTS: the pipe is a Unix socket pair)."""
+        try:
+            reduction.send_handle(self.conn, fd, self.process.pid)
+        except OSError:
+            self.reusable = False
+            raise EngineError(ENDED) from None
+
     def receive(self) -> bytes:
         try:
             return _read_message(self.conn.fileno())
@@ -285,6 +320,7 @@ class _Query:
 
     def __post_init__(self) -> None:
         self.done = threading.Event()
+        self.way: str | None = None  # where the rows go, once told: the pipe, or the client's socket
         self._lock = threading.Lock()
         self._short = self._ended = False
         self.cancel.on_cancel(self._stop)
@@ -340,8 +376,28 @@ class _Query:
         assert message is not None and message[:1] == SCHEMA
         return pa.ipc.read_schema(pa.py_buffer(message[1:]))
 
+    def go(self, way: tuple[Any, ...]) -> None:
+        """Tell the worker, waiting after the schema, where the rows go: once, to the pipe or to a socket."""
+        if self.way is not None:
+            raise EngineError(f"the query's rows already go to the {self.way}")
+        self.way = way[0]
+        self.worker.send(way)
+
     def next(self) -> bytes | None:
         return self._receive()
+
+    def sent(self) -> Sent:
+        """What the worker wrote to the client's socket; a client that left (hung up, or took no byte for its
+        stall limit) has its query cancelled, with that reason."""
+        message = self._receive()
+        assert message is not None and message[:1] == SENT
+        report = json.loads(message[1:])
+        if report["left"] is not None:
+            self.cancel(report["left"])
+        error = None if report["error"] is None else from_fields(*report["error"])
+        if error is not None and self.cancel.reason is not None:
+            error = stopped(self.cancel, self.timeout)
+        return Sent(report["rows"], report["bytes"], report["truncated"], error, whole=report["left"] is None)
 
     def _receive(self) -> bytes | None:
         try:
@@ -357,6 +413,8 @@ class _Query:
         if message[:1] == END:
             self.done.set()
             return None
+        if message[:1] == SENT:
+            self.done.set()
         return message
 
     def _stop(self) -> None:
@@ -364,7 +422,9 @@ class _Query:
         still busy with it after KILL_AFTER_SECONDS is killed."""
         self.worker.reusable, self.worker.stopping = False, True  # no stray stop may reach its next query
         with self._lock:  # after a demotion under way, never before it
-            if self.worker.lowered:  # never reused: no reason to let it run until it hears the interrupt
+            # never reused: no reason to let it run until it hears the interrupt, unless it writes to the client,
+            # whose stream it then ends whole for the gateway's status line to say why
+            if self.worker.lowered and self.way != "socket":
                 threading.Thread(target=self.worker.kill, daemon=True).start()
                 return
             self.worker.resume()
@@ -417,6 +477,11 @@ def _widen(conn: Connection) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
 
 
+def _left(exc: OSError) -> str:
+    """Why a client's socket took no more: it stopped reading (the stall limit's message), or hung up."""
+    return str(exc) if isinstance(exc, TimeoutError) else HUNG_UP
+
+
 def _error(message: bytes) -> SaferoomError:
     kind, text, fields = json.loads(message[1:])
     return from_fields(kind, text, fields)
@@ -428,6 +493,7 @@ def _error(message: bytes) -> SaferoomError:
 def _serve(conn: Connection) -> None:
     """A worker's life: open the engine, then answer requests one at a time until told to close."""
     _die_with_parent()
+    _keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is the server's; the parent stops us
     running: list[Cancel] = []
 
@@ -442,8 +508,9 @@ def _serve(conn: Connection) -> None:
         conn.send_bytes(ERROR + _json([type(exc).__name__, exc.message, exc.fields()]))
         return
     conn.send_bytes(END)
-    while (request := conn.recv())[0] != "close":
-        _answer(conn, engine, request, running)
+    with contextlib.suppress(_Closing):
+        while (request := conn.recv())[0] != "close":
+            _answer(conn, engine, request, running)
     engine.close()
 
 
@@ -454,6 +521,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent was already gone before the line above
         os._exit(1)
+
+
+def _keep_freed_memory() -> None:
+    """A result's batches are made and freed one after another. By default glibc gives each batch's memory back
+    to the kernel (blocks past its threshold are mapped and unmapped, the heap's top trimmed) and takes it again
+    for the next: a page fault and a page cleared for every 4 KB of the result, a tenth of the worker's time.
+    Up to ``KEEP_FREED`` bytes freed stay in the worker for its next batch (other C libraries: unchanged)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED // 2)
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED)
 
 
 def _open(setup: tuple[Any, ...]) -> DuckDBEngine:
@@ -473,17 +551,103 @@ def _answer(conn: Connection, engine: DuckDBEngine, request: tuple[Any, ...], ru
         conn.send_bytes(ERROR + _json([type(exc).__name__, exc.message, exc.fields()]))
 
 
+class _Closing(Exception):
+    """The parent closed the worker while a query waited to be told where its rows go."""
+
+
 def _stream(conn: Connection, engine: DuckDBEngine, sql: str, batch_size: int, running: list[Cancel]) -> None:
     cancel = Cancel()
     running.append(cancel)
     try:
         reader = engine.stream(sql, batch_size, cancel=cancel)
         conn.send_bytes(SCHEMA + reader.schema.serialize().to_pybytes())
+        way = conn.recv()
+        if way[0] == "socket":
+            conn.send_bytes(SENT + _json(_write_to(reduction.recv_handle(conn), reader, *way[1:])))
+            return
+        if way[0] != "pipe":
+            raise _Closing
         for batch in reader:
             conn.send_bytes(batch.serialize())
         conn.send_bytes(END)
     finally:
         running.remove(cancel)
+
+
+def _write_to(fd: int, reader: pa.RecordBatchReader, max_rows: int | None, stall: float) -> dict[str, Any]:
+    """The result as an Arrow IPC stream on the client's socket ``fd``, cut at ``max_rows``; the socket is closed
+    here (it is the gateway's again) before the parent hears what was sent. An engine error ends the stream
+    whole, its end-of-stream marker written: the gateway's status line carries the error."""
+    out = _Out(socket.socket(fileno=fd), stall)
+    report: dict[str, Any] = {"rows": 0, "truncated": False, "error": None, "left": None}
+    try:
+        writer = pa.ipc.new_stream(pa.PythonFile(out, mode="w"), reader.schema)
+        try:
+            _write(reader, writer, max_rows, report)
+        except SaferoomError as exc:
+            report["error"] = [type(exc).__name__, exc.message, exc.fields()]
+        writer.close()  # the end-of-stream marker
+        out.flush()
+    except _Left as exc:
+        report["left"] = str(exc)
+    finally:
+        out.sock.close()
+        reader.close()
+    return {**report, "bytes": out.sent}
+
+
+def _write(reader: pa.RecordBatchReader, writer: pa.ipc.RecordBatchStreamWriter, max_rows: int | None,
+           report: dict[str, Any]) -> None:
+    """Every batch, or the rows up to ``max_rows`` when there are more (as ``Result`` cuts them)."""
+    for batch in reader:
+        room = None if max_rows is None else max_rows - report["rows"]
+        if room is not None and (batch.num_rows > room or (room == 0 and batch.num_rows)):
+            report["truncated"] = True
+            if room:
+                writer.write_batch(batch.slice(0, room))
+            report["rows"] += room
+            return
+        writer.write_batch(batch)
+        report["rows"] += batch.num_rows
+
+
+class _Out:
+    """The client's socket as the file Arrow's IPC writer writes to: small writes (a message's length, its
+    metadata, small buffers) gathered and sent with the next large one; the large ones (the columns' buffers)
+    sent as they are, each byte counted."""
+
+    closed = False
+
+    def __init__(self, sock: socket.socket, stall: float) -> None:
+        self.sock, self.stall, self.sent = sock, stall, 0
+        self._small = bytearray()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if len(view) < SMALL_WRITE:
+            self._small += view
+            if len(self._small) >= SMALL_WRITE:  # many small batches in a row: never more than this held
+                self.flush()
+            return len(view)
+        self.flush()
+        self._send(view)
+        return len(view)
+
+    def flush(self) -> None:
+        if self._small:
+            self._send(self._small)
+            self._small = bytearray()
+
+    def _send(self, data: Any) -> None:
+        try:
+            send_within(self.sock, data, self.stall)
+        except OSError as exc:  # raised through Arrow's writer as it is: the engine's failures are SaferoomErrors
+            raise _Left(_left(exc)) from None
+        self.sent += len(data)
+
+
+class _Left(Exception):
+    """The client's socket took no more: it hung up, or took no byte for the stall limit."""
 
 
 def _json(value: object) -> bytes:

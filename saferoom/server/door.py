@@ -7,13 +7,21 @@ HTTP server, and its query is answered on the socket itself:
 
     client:  PREAMBLE {"authorization": "Bearer ...", "sql": "...", "role": null}\\n
     gateway: {"request": "<id>"}\\n  then the Arrow IPC stream and its status line, as the HTTP body's
-             (see streams.py), the worker's IPC messages written to the socket as they came
+             (see streams.py)
     or:      {"error": {"type", "message", ...}}\\n  and the connection closed
 
 Everything else is the HTTP route's: the token and the role checked, the decision made and its audit record
 committed before the first byte (``Gateway.start``), the same body, the same result record, the query on a
 thread of its own (``QueryThread``), and a client that hangs up has its query cancelled. Every other
 connection on the socket is HTTP as before (httpx, R, a relay's).
+
+The query's worker process writes the stream to the socket itself when nothing is done to its batches on
+the way (``Result.sendable``: a query in a worker, no noise added here): the gateway passes it the socket
+and copies no byte of the result. The worker cuts the rows at ``max_rows``, holds the stall limit as its own,
+closes its copy of the socket and says what it sent; the gateway writes the result record, then the status
+line. The worker never reads from the socket: what the client sends past its request is the gateway's to read
+and drop. Any other result (noised, or from an engine in the gateway's process) is relayed, each IPC message
+written to the socket as it came.
 """
 
 from __future__ import annotations
@@ -23,23 +31,24 @@ import contextlib
 import json
 import logging
 import os
-import select
 import socket
 import threading
+from collections.abc import Generator
 from typing import Any
 
 from pydantic import ValidationError
 
 from saferoom.client import DOOR as PREAMBLE
-from saferoom.engines.base import Cancel
+from saferoom.engines.base import Cancel, Sent
+from saferoom.engines.isolated import HUNG_UP
 from saferoom.errors import SaferoomError, TooLarge, UsageError
+from saferoom.files import send_within
 from saferoom.server.app import QueryRequest, begin, body_limit
-from saferoom.server.gateway import STALL_SECONDS, Gateway
-from saferoom.server.streams import error_body
+from saferoom.server.gateway import STALL_SECONDS, Gateway, Running
+from saferoom.server.streams import Outcome, error_body, trailer
 from saferoom.server.workers import QueryThread
 
 REQUEST_SECONDS = 60.0  # a connection that has not sent its whole request by then is closed, holding nothing
-HUNG_UP = "the client hung up"
 SEND_BUFFER = 4 << 20  # a worker's message leaves in one or two writes, not dozens of waits on the client
 log = logging.getLogger(__name__)
 
@@ -158,39 +167,54 @@ async def _request(loop: asyncio.AbstractEventLoop, sock: socket.socket, head: b
 
 def answer(gateway: Gateway, sock: socket.socket, request: tuple[QueryRequest, str | None], cancel: Cancel,
            ended: threading.Event) -> None:
-    """On the query's thread: the decision (and its audit record), then the body, sent as it is made. Each chunk
-    leaves once the next is made, so the last (the status line) leaves after the result record is written: a
-    client that closes as soon as it has read it is not taken for one that left early (``ended``)."""
+    """On the query's thread: the decision (and its audit record), then the result, written by the query's worker
+    or relayed. Either way the status line leaves after the result record is written: a client that closes as
+    soon as it has read it is not taken for one that left early (``ended``). The socket is non-blocking (shared
+    with the event loop's watch): each write waits for room, up to the stall limit (``send_within``)."""
     try:
         running, body = begin(gateway, request[0], request[1], "arrow", cancel)
     except SaferoomError as exc:  # refused, or not let in: the explanation, as the HTTP route's
-        _send(sock, _line(error_body(exc)), STALL_SECONDS)
+        send_within(sock, _line(error_body(exc)), STALL_SECONDS)
         return
+    head = _line({"request": running.request_id})
+    if running.result is not None and running.result.sendable:
+        _from_worker(gateway, sock, running, head, ended)  # the body, never started, holds nothing
+    else:
+        _relay(sock, running, (head, body), ended)
+
+
+def _from_worker(gateway: Gateway, sock: socket.socket, running: Running, head: bytes, ended: threading.Event) -> None:
+    """The worker writes the result to the socket; the result record, then the status line, once it is done."""
+    result, sent = running.result, Sent(0, 0, False, None, whole=False)
+    assert result is not None
     try:
-        ready: Any = _line({"request": running.request_id})
-        for chunk in body:
-            _send(sock, ready, running.stall)  # the worker's IPC message as it came: no copy in this process
+        sent = result.send_to(sock, head, running.stall)
+    finally:
+        outcome = Outcome()
+        outcome.rows, outcome.error = sent.rows, sent.error
+        status = trailer(result, outcome)
+        gateway.finish(running, rows=sent.rows, size=sent.bytes + (len(status) if sent.whole else 0),
+                       truncated=sent.truncated, error=sent.error)
+    if sent.whole:  # else the client left, or the stream stopped mid-message: it ends cut, with no status line
+        ended.set()
+        with contextlib.suppress(OSError):
+            send_within(sock, status, running.stall)
+
+
+def _relay(sock: socket.socket, running: Running, body: tuple[bytes, Generator[bytes, None, None]],
+           ended: threading.Event) -> None:
+    """Each chunk leaves once the next is made, so the last (the status line) leaves after the result record."""
+    ready: Any = body[0]
+    try:
+        for chunk in body[1]:
+            send_within(sock, ready, running.stall)  # the worker's IPC message as it came: no copy in this process
             ready = chunk
         ended.set()
-        _send(sock, ready, running.stall)
+        send_within(sock, ready, running.stall)
     except OSError:  # a hang-up, or a client that stopped reading (TimeoutError)
-        cancel(HUNG_UP)
+        running.cancel(HUNG_UP)
     finally:
-        body.close()  # the result record, the user's slot given back
-
-
-def _send(sock: socket.socket, data: Any, stall: float) -> None:
-    """All of ``data``, waiting while the client's buffer is full (the descriptor is shared with the event loop's
-    watch, which keeps it non-blocking); a client that takes no byte for ``stall`` seconds has left: without
-    that, one that stops reading would hold its query, its slot and its worker for ever."""
-    view, writable = memoryview(data).cast("B"), select.poll()  # poll: a gateway's descriptors can pass select's 1024
-    writable.register(sock, select.POLLOUT)
-    while view:
-        try:
-            view = view[sock.send(view):]
-        except BlockingIOError:
-            if not writable.poll(stall * 1000):
-                raise TimeoutError(f"the client took no byte of its result for {stall:g} s") from None
+        body[1].close()  # the result record, the user's slot given back
 
 
 def _watch(sock: socket.socket, cancel: Cancel, ended: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
