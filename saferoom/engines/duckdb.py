@@ -138,17 +138,18 @@ class DuckDBEngine:
         return read_catalog(self._conn)
 
     def fixed_tables(self) -> frozenset[tuple[str, str, str]]:
-        return fixed_tables(self._conn)
+        """Read once: the sources are attached, and the configuration locked, before the engine is used."""
+        if self._fixed is None:
+            self._fixed = fixed_tables(self._conn)
+        return self._fixed
 
     def key_rows(self, table: tuple[str, str, str], column: str) -> KeyRows | None:
         """One GROUP BY over the key, once per (table, column) while the engine lives: the file is attached
         read-only, so what it proves stays true (about 0.5 s for 10M rows, then a dictionary lookup). It runs
         under the engine's limits (memory, the role's timeout); when it fails the caller counts exactly."""
+        if table not in self.fixed_tables():
+            return None
         with self._facts:
-            if self._fixed is None:
-                self._fixed = self.fixed_tables()
-            if table not in self._fixed:
-                return None
             found = (table, column.lower())
             if found not in self._keys:
                 counted = self.stream(key_rows_sql(table, column), timeout=self._timeout).read_all()

@@ -57,13 +57,15 @@ def aggregate_only(expression: exp.Expr, context: Context) -> exp.Expr:
     assert isinstance(expression, exp.Select)  # check_shape refused anything else
     owned = entity_columns(expression, context, rules)
     keys = [key for _, key in owned]
+    bounded: list[tuple[exp.Table, str]] = []
     if rules.dp is not None:
         _refuse_unkeyed_joins(expression, owned, rules)
-        context.touched.noise = _with_noise(expression, context, rules, rules.dp)
+        limited = _limited(expression, context, rules)
+        context.touched.noise = _with_noise(expression, rules.dp, len(limited))
+        bounded = [(t, k) for t, k in limited if not _within(context, t, k, rules.dp.max_contributions)]
     facts = _key_rows(expression, owned, context)
     whole = _read_whole(expression, owned, context, facts)
     unique = _one_row_each(expression, context, rules)
-    bounded = _bounded(expression, context, rules)
     # a bounding window keeps rows of the engine's choice, which a recount would choose anew: one HAVING instead
     fast = whole is None and not unique and not bounded and bool(keys) and certifiable(expression, context.spec.dialect)
     _add_having(expression, [*_entity_conditions(keys, rules.min_group, whole, fast, unique),
@@ -155,9 +157,9 @@ def _names(condition: exp.Expr) -> set[tuple[str, str]]:
     return {(s.table.lower(), s.name.lower()) for s in sides if isinstance(s, exp.Column)}
 
 
-def _with_noise(select: exp.Select, context: Context, rules: Aggregate, dp: DP) -> NoisePlan:
-    rows = dp.max_contributions ** len(_limited(select, context, rules))
-    return plan_noise(select, dp, group_keys(select), rows_per_entity=rows)
+def _with_noise(select: exp.Select, dp: DP, limited: int) -> NoisePlan:
+    """The noise, scaled to the rows one entity adds: ``max_contributions`` from each of the ``limited`` tables."""
+    return plan_noise(select, dp, group_keys(select), rows_per_entity=dp.max_contributions ** limited)
 
 
 def _limited(select: exp.Select, context: Context, rules: Aggregate) -> list[tuple[exp.Table, str]]:
@@ -284,14 +286,6 @@ def _read_whole(select: exp.Select, owned: list[tuple[str, exp.Column]], context
     source = select.args["from_"].this
     plain = {k for k, v in select.args.items() if v} <= WHOLE and {k for k, v in source.args.items() if v} <= NAMED
     return facts[0].values if plain and isinstance(source, exp.Table) else None
-
-
-def _bounded(select: exp.Select, context: Context, rules: Aggregate) -> list[tuple[exp.Table, str]]:
-    """With DP, the tables whose rows of one entity must be bounded by a window (see bound_contributions)."""
-    if rules.dp is None:
-        return []
-    most = rules.dp.max_contributions
-    return [(t, k) for t, k in _limited(select, context, rules) if not _within(context, t, k, most)]
 
 
 def _within(context: Context, table: exp.Table, key: str, most: int) -> bool:
