@@ -33,6 +33,7 @@ from saferoom.files import atomic_write
 if TYPE_CHECKING:
     import httpx
 
+    from saferoom.chunks import MemoryFiles
     from saferoom.result import Result
 
 CHUNK = 1 << 20
@@ -95,7 +96,7 @@ class RemoteSession:
         payload = {"sql": sql, "role": self.requested_role}
         if self._door:
             connection, body, request_id = self._through_door(payload)
-            return RemoteResult(SocketBody(body), connection.close, request_id)
+            return RemoteResult(body if callable(body) else SocketBody(body), connection.close, request_id)
         if self._socket is not None:
             connection, answer = self._over_socket("POST", "/v1/query", json.dumps(payload).encode(), ARROW)
             return RemoteResult(SocketBody(answer), connection.close, answer.getheader("X-Saferoom-Request"))
@@ -136,11 +137,12 @@ class RemoteSession:
         """A query through the gateway's result door (saferoom/server/door.py): one request line, one answer line,
         then the Arrow stream read straight from the socket, no HTTP framing to undo."""
         assert self._socket is not None
+        from saferoom import chunks
         from saferoom.streamed import DoorSource
 
         connection = _SocketConnection(self._socket)
         self._streams.add(connection)
-        request = {**payload, "authorization": self._headers["Authorization"]}
+        request = {**payload, "authorization": self._headers["Authorization"], **({"memory": 1} if chunks.available() else {})}
         try:
             connection.connect()
             connection.sock.sendall(DOOR + json.dumps(request).encode() + b"\n")
@@ -155,6 +157,9 @@ class RemoteSession:
             if not isinstance(error, dict):
                 raise UsageError(f"{self.url} did not answer as a saferoom gateway's result door; check the socket")
             raise from_fields(error.get("type", "SaferoomError"), error.get("message", ""), error)
+        if answer.get("memory") == 1:  # the result in memory files this process gives (saferoom/chunks.py)
+            sock = connection.sock
+            return connection, lambda: chunks.ChunkReader(sock, self._memory, ahead), answer.get("request")
         return connection, DoorSource(connection.sock, ahead), answer.get("request")
 
     def tables(self) -> list[TableInfo]:
@@ -176,6 +181,8 @@ class RemoteSession:
             connection.close()
         if "_http" in self.__dict__:  # made by a route that needed it
             self._http.close()
+        if "_memory" in self.__dict__:
+            self._memory.close()
 
     def __enter__(self) -> Self:
         return self
@@ -185,6 +192,13 @@ class RemoteSession:
 
     def __repr__(self) -> str:
         return f"<RemoteSession user={self.user!r} role={self.role!r} url={self.url!r}>"
+
+    @functools.cached_property
+    def _memory(self) -> MemoryFiles:
+        """The memory files results through the door are read from, kept for the next result."""
+        from saferoom.chunks import MemoryFiles
+
+        return MemoryFiles()
 
     @functools.cached_property
     def _http(self) -> httpx.Client:

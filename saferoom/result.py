@@ -71,11 +71,12 @@ class Result:
         """Whether its engine's process can write it straight to a socket (:meth:`send_to`): nothing read yet."""
         return self._sender is not None and self._reader is not None and not self._read and not self._batches
 
-    def send_to(self, sock: socket.socket, head: bytes, stall: float) -> Sent:
+    def send_to(self, sock: socket.socket, head: bytes, stall: float, memory: bool = False) -> Sent:
         """``head``, then the whole result as an Arrow IPC stream, cut at ``max_rows``, written to ``sock`` by the
-        engine's process (a reader taking no byte for ``stall`` seconds has left); only when :attr:`sendable`."""
+        engine's process (a reader taking no byte for ``stall`` seconds has left), or into the reader's memory
+        files (``memory``: saferoom/chunks.py); only when :attr:`sendable`."""
         assert self._sender is not None and self.sendable
-        sent = self._sender(sock, head, self.max_rows, stall)
+        sent = self._sender(sock, head, self.max_rows, stall, memory)
         self._read, self._truncated = sent.rows, sent.truncated
         self._finish()
         return sent

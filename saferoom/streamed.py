@@ -13,32 +13,44 @@ import http.client
 import io
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import pyarrow as pa
 
+from saferoom.chunks import ChunkReader
 from saferoom.errors import EngineError, from_fields
 from saferoom.result import Result
 
 
 class RemoteResult(Result):
-    """Batches decoded as the stream arrives; the trailer says whether the result was cut, and its notices."""
+    """Batches decoded as the stream arrives (or read where they lie, from the result door's memory files);
+    the trailer says whether the result was cut, and its notices."""
 
-    def __init__(self, body: io.RawIOBase, close: Callable[[], None], request_id: str | None) -> None:
-        self._body, self._close = body, close
+    def __init__(self, body: io.RawIOBase | Callable[[], ChunkReader], close: Callable[[], None],
+                 request_id: str | None) -> None:
         try:
-            reader = pa.ipc.open_stream(body)
+            reader = body() if callable(body) else pa.ipc.open_stream(body)
+        except (OSError, EOFError) as exc:
+            close()
+            raise cut(exc) from None
         except BaseException:
             close()
             raise
+        if isinstance(reader, ChunkReader):
+            self._rest, self._close = reader.rest, _both(reader.close, close)
+        else:
+            self._rest, self._close = body.read, close  # type: ignore[union-attr]
         super().__init__(pa.RecordBatchReader.from_batches(reader.schema, self._receive(reader)), max_rows=None)
         self.request_id = request_id
 
-    def _receive(self, reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
+    def _receive(self, reader: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         try:
-            yield from reader
-            line = self._body.read()
+            try:
+                yield from reader
+            except (OSError, EOFError) as exc:
+                raise cut(exc) from None
+            line = self._rest()
             if not line:  # every stream ends with its status line: without it, it was cut at a batch's edge
                 raise cut(EOFError("no status line"))
             status = json.loads(line)
@@ -48,6 +60,16 @@ class RemoteResult(Result):
                 raise from_fields(status["error"]["type"], status["error"]["message"], status["error"])
         finally:
             self._close()
+
+
+def _both(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:
+    def close() -> None:
+        try:
+            first()
+        finally:
+            then()
+
+    return close
 
 
 class Readable(Protocol):

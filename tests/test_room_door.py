@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 import saferoom
+from saferoom import chunks
 from saferoom.audit import read
 from saferoom.client import DOOR, RemoteSession
 from saferoom.decision import MAX_SQL_BYTES
@@ -29,6 +30,15 @@ from tests.test_room_io import QUERY, ROWS, impostor, socket_gateway
 
 SLOW = "select count(*) as n from events a, events b where a.id < b.id"  # runs until it is stopped
 ENDLESS = "select a.id from events a, events b where a.id < b.id"  # streams rows until it is stopped
+NOTHING = "select a.id from events a, events b where a.id + b.id < 0"  # streams, but makes no row until it is stopped
+
+
+@pytest.fixture(params=["memory", "stream"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The client reads the worker's result from its memory files (saferoom/chunks.py), or as a stream."""
+    if request.param == "stream":
+        monkeypatch.setattr(chunks, "available", lambda: False)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +299,7 @@ def test_the_worker_writes_the_result_itself_and_leaves_the_socket_to_the_gatewa
     assert results(gateway, answer["request"])[0]["bytes"] == len(stream)  # the IPC stream and the status line
 
 
-def test_the_worker_cuts_at_max_rows_and_the_status_line_and_record_say_so(tmp_path: Path) -> None:
+def test_the_worker_cuts_at_max_rows_and_the_status_line_and_record_say_so(tmp_path: Path, transport: str) -> None:
     server = socket_gateway(tmp_path, "{max_rows: 100000}")
     try:
         with ask(server, {"sql": QUERY}) as sock:
@@ -324,7 +334,7 @@ def test_a_client_hanging_up_mid_stream_cancels_the_query_the_worker_writes(gate
         eventually(lambda: _runs(remote), "the abandoned query's slot to come back")
 
 
-def test_a_query_failing_as_the_worker_writes_ends_with_its_error_and_the_next_runs(gateway: Server) -> None:
+def test_a_query_failing_as_the_worker_writes_ends_with_its_error_and_the_next_runs(gateway: Server, transport: str) -> None:
     failing = "select id, cast(case when id < 2500000 then '1' else 'x' end as integer) as n from events"
     assert gateway.socket is not None
     with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
@@ -355,7 +365,7 @@ def test_a_noised_result_is_relayed_through_the_door_with_its_noise(tmp_path: Pa
     assert any("differential privacy" in n for n in notices)
 
 
-def test_a_query_past_its_timeout_ends_with_the_timeout_explained(tmp_path: Path) -> None:
+def test_a_query_past_its_timeout_ends_with_the_timeout_explained(tmp_path: Path, transport: str) -> None:
     """Stopped in its worker (which, having used a short query's processor time, runs as long work by then): the
     stream still ends whole, its status line saying why, and the record says timed out."""
     server = socket_gateway(tmp_path, "{timeout_seconds: 1}")
@@ -386,7 +396,7 @@ def test_bytes_after_the_request_are_dropped_not_obeyed_while_the_worker_writes(
     assert decided(gateway, "select 2 as two") == []
 
 
-def test_a_dictionary_column_streams_whole_from_the_worker(tmp_path: Path) -> None:
+def test_a_dictionary_column_streams_whole_from_the_worker(tmp_path: Path, transport: str) -> None:
     """An ENUM arrives as Arrow dictionaries over several batches: the worker's writer sends each dictionary with
     the batches that use it, and the client's table is the embedded session's."""
     create = ("create type mood as enum ('sad', 'ok', 'happy'); create table t as select range as id, "
@@ -402,3 +412,72 @@ def test_a_dictionary_column_streams_whole_from_the_worker(tmp_path: Path) -> No
         server.stop()
     assert pa.types.is_dictionary(through_door.schema.field("m").type) and through_door.num_rows == 300_000
     assert through_door.equals(expected)
+
+
+def test_a_memory_result_is_written_by_the_worker_and_the_gateway_copies_none_of_it(gateway: Server) -> None:
+    """The session asks for its result in memory files: the answer says so, the gateway's process writes a few
+    lines, the result is the embedded session's, and the record's bytes are the chunks' and the status line's."""
+    assert gateway.process is not None and gateway.socket is not None
+    pid = gateway.process.pid
+    with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
+        assert remote.query("select 1 as one").to_arrow().num_rows == 1  # a warm worker
+        written = _written(pid)
+        result = remote.query(QUERY)
+        table = result.to_arrow()
+        copied = _written(pid) - written
+        request = result.request_id
+    with saferoom.connect(gateway.policy, user="alice") as embedded:
+        assert table.equals(embedded.query(QUERY).to_arrow())
+    assert table.nbytes > 50 << 20 and copied < 1 << 20, copied
+    eventually(lambda: results(gateway, request), "the result record")
+    record = results(gateway, request)[0]
+    assert record["rows"] == ROWS and record["status"] == "completed" and record["bytes"] > table.nbytes
+
+
+def _memory_door(server: Server, sql: str) -> tuple[socket.socket, dict[str, object]]:
+    sock = ask(server, {"sql": sql, "memory": 1})
+    answer, ahead = answer_line(sock)
+    assert answer.get("memory") == 1 and ahead == b"", answer
+    return sock, answer
+
+
+def test_a_memory_client_that_leaves_while_its_query_runs_has_it_cancelled(gateway: Server) -> None:
+    """The gateway no longer reads the socket once it hands it over; the worker watches it: a client gone while
+    the query has yet to make a row has its query stopped there, not at its timeout."""
+    sock, answer = _memory_door(gateway, NOTHING)
+    socket.send_fds(sock, [chunks.MEMFD], [(files := chunks.MemoryFiles()).take(chunks.FIRST)[0]])
+    sock.close()
+    files.close()
+    eventually(lambda: results(gateway, answer["request"]), "the abandoned query's result record")
+    assert results(gateway, answer["request"])[0]["status"] == "cancelled"
+    assert gateway.socket is not None
+    with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
+        eventually(lambda: _runs(remote), "the abandoned query's slot to come back")
+
+
+@pytest.mark.parametrize("hostile", ["a regular file", "junk bytes", "nothing"])
+def test_a_memory_client_that_breaks_the_protocol_ends_its_own_query_only(tmp_path: Path, hostile: str) -> None:
+    """A file the worker may not map, bytes that are no file, or no file at all for the stall limit (the role's
+    timeout, here): the query ends as left by its client, its slot comes back, and the gateway serves the next."""
+    server = socket_gateway(tmp_path, "{max_concurrent: 1, timeout_seconds: 3}")
+    try:
+        sock, answer = _memory_door(server, QUERY)
+        if hostile == "a regular file":
+            (tmp_path / "f").write_bytes(b"\0" * (1 << 20))
+            with open(tmp_path / "f", "rb+") as file:
+                socket.send_fds(sock, [chunks.MEMFD], [file.fileno()])
+        elif hostile == "junk bytes":
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        eventually(lambda: results(server, answer["request"]), "the broken query's result record")
+        record = results(server, answer["request"])[0]
+        assert record["status"] in {"cancelled", "timed_out"} and record["rows"] == 0, record
+        try:  # closed, no byte of the result sent (a reset: the gateway closed with the client's bytes unread)
+            assert sock.recv(1 << 16) == b""
+        except ConnectionResetError:
+            pass
+        sock.close()
+        assert server.socket is not None
+        with RemoteSession(None, server.token("alice"), socket=server.socket) as remote:
+            eventually(lambda: _runs(remote), "the broken query's slot to come back")
+    finally:
+        server.stop()

@@ -189,8 +189,9 @@ class Sent:
     whole: bool
 
 
-# (the reader's socket, the line sent before the stream, max_rows, the reader's stall limit) -> what was sent
-Sender = Callable[[socket.socket, bytes, "int | None", float], Sent]
+# (the reader's socket, the line sent before the stream, max_rows, the reader's stall limit, whether into the
+# reader's memory files: saferoom/chunks.py) -> what was sent
+Sender = Callable[[socket.socket, bytes, "int | None", float, bool], Sent]
 # An engine whose results a process of its own makes (a worker) registers a reader it has not started reading here:
 # the worker can write the result straight to the client's socket, each byte copied once, by the kernel.
 SENDERS: weakref.WeakKeyDictionary[pa.RecordBatchReader, Sender] = weakref.WeakKeyDictionary()

@@ -30,16 +30,16 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
-from saferoom import priority, scratch
+from saferoom import chunks, priority, scratch
 from saferoom.engines.base import FORWARDED, SENDERS, Cancel, Catalog, IpcMessages, KeyRows, Sent, stopped, until_done
 from saferoom.engines.duckdb import DUCKDB, Attachment, DuckDBEngine, spill_folder
 from saferoom.errors import EngineError, SaferoomError, from_fields
@@ -134,12 +134,13 @@ class ProcessEngine:
         finally:
             query.end(self)
 
-    def _send_to(self, query: _Query, sock: socket.socket, head: bytes, max_rows: int | None, stall: float) -> Sent:
-        """``head``, then the worker writes the result to ``sock`` itself (see ``SENDERS``); a client that left
-        has its query cancelled before the worker is given back."""
+    def _send_to(self, query: _Query, sock: socket.socket, head: bytes, max_rows: int | None, stall: float,
+                 memory: bool = False) -> Sent:
+        """``head``, then the worker writes the result to ``sock`` itself (see ``SENDERS``): as a stream, or into
+        the client's memory files; a client that left has its query cancelled before the worker is given back."""
         try:
             send_within(sock, head, stall)
-            query.go(("socket", max_rows, stall))
+            query.go(("memory" if memory else "socket", max_rows, stall))
             query.worker.send_handle(sock.fileno())
             return query.sent()
         except OSError as exc:  # the client left before its result began
@@ -424,7 +425,7 @@ class _Query:
         with self._lock:  # after a demotion under way, never before it
             # never reused: no reason to let it run until it hears the interrupt, unless it writes to the client,
             # whose stream it then ends whole for the gateway's status line to say why
-            if self.worker.lowered and self.way != "socket":
+            if self.worker.lowered and self.way not in WRITERS:
                 threading.Thread(target=self.worker.kill, daemon=True).start()
                 return
             self.worker.resume()
@@ -562,8 +563,8 @@ def _stream(conn: Connection, engine: DuckDBEngine, sql: str, batch_size: int, r
         reader = engine.stream(sql, batch_size, cancel=cancel)
         conn.send_bytes(SCHEMA + reader.schema.serialize().to_pybytes())
         way = conn.recv()
-        if way[0] == "socket":
-            conn.send_bytes(SENT + _json(_write_to(reduction.recv_handle(conn), reader, *way[1:])))
+        if way[0] in WRITERS:
+            conn.send_bytes(SENT + _json(WRITERS[way[0]](reduction.recv_handle(conn), reader, *way[1:], cancel)))
             return
         if way[0] != "pipe":
             raise _Closing
@@ -574,7 +575,8 @@ def _stream(conn: Connection, engine: DuckDBEngine, sql: str, batch_size: int, r
         running.remove(cancel)
 
 
-def _write_to(fd: int, reader: pa.RecordBatchReader, max_rows: int | None, stall: float) -> dict[str, Any]:
+def _write_to(fd: int, reader: pa.RecordBatchReader, max_rows: int | None, stall: float,
+              cancel: Cancel) -> dict[str, Any]:
     """The result as an Arrow IPC stream on the client's socket ``fd``, cut at ``max_rows``; the socket is closed
     here (it is the gateway's again) before the parent hears what was sent. An engine error ends the stream
     whole, its end-of-stream marker written: the gateway's status line carries the error."""
@@ -596,7 +598,11 @@ def _write_to(fd: int, reader: pa.RecordBatchReader, max_rows: int | None, stall
     return {**report, "bytes": out.sent}
 
 
-def _write(reader: pa.RecordBatchReader, writer: pa.ipc.RecordBatchStreamWriter, max_rows: int | None,
+class _Writer(Protocol):
+    def write_batch(self, batch: pa.RecordBatch) -> None: ...
+
+
+def _write(reader: pa.RecordBatchReader, writer: _Writer, max_rows: int | None,
            report: dict[str, Any]) -> None:
     """Every batch, or the rows up to ``max_rows`` when there are more (as ``Result`` cuts them)."""
     for batch in reader:
@@ -609,6 +615,35 @@ def _write(reader: pa.RecordBatchReader, writer: pa.ipc.RecordBatchStreamWriter,
             return
         writer.write_batch(batch)
         report["rows"] += batch.num_rows
+
+
+def _write_chunks(fd: int, reader: pa.RecordBatchReader, max_rows: int | None, stall: float,
+                  cancel: Cancel) -> dict[str, Any]:
+    """The result in the client's memory files (saferoom/chunks.py), cut at ``max_rows``; the socket closed here
+    before the parent hears what was written. The worker reads the socket here (the gateway stopped), so it
+    also watches it for a hang-up while the query runs: a client that leaves has its query interrupted."""
+    sock = socket.socket(fileno=fd)
+    out = chunks.ChunkWriter(reader.schema, chunks.receiver(sock, stall), chunks.framer(sock, stall))
+    report: dict[str, Any] = {"rows": 0, "truncated": False, "error": None, "left": None}
+    unwatch = chunks.watch_hangup(sock, lambda: cancel(HUNG_UP))
+    try:
+        try:
+            _write(reader, out, max_rows, report)
+        except SaferoomError as exc:
+            if cancel.reason == HUNG_UP:
+                raise ConnectionResetError(HUNG_UP) from None
+            report["error"] = [type(exc).__name__, exc.message, exc.fields()]
+        out.close()
+    except chunks.Broken as exc:
+        report["left"] = str(exc)
+    except OSError as exc:
+        report["left"] = _left(exc)
+    finally:
+        unwatch()
+        out.abandon()
+        sock.close()
+        reader.close()
+    return {**report, "bytes": out.bytes}
 
 
 class _Out:
@@ -648,6 +683,9 @@ class _Out:
 
 class _Left(Exception):
     """The client's socket took no more: it hung up, or took no byte for the stall limit."""
+
+
+WRITERS: dict[str, Callable[..., dict[str, Any]]] = {"socket": _write_to, "memory": _write_chunks}  # the ways a worker writes a result to a client itself
 
 
 def _json(value: object) -> bytes:

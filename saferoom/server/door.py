@@ -5,9 +5,11 @@ into the server's write buffer, and decoded again by the client. On the socket (
 speak TLS), a connection that opens with :data:`PREAMBLE` instead of an HTTP request line is taken from the
 HTTP server, and its query is answered on the socket itself:
 
-    client:  PREAMBLE {"authorization": "Bearer ...", "sql": "...", "role": null}\\n
+    client:  PREAMBLE {"authorization": "Bearer ...", "sql": "...", "role": null, "memory": 1}\\n
     gateway: {"request": "<id>"}\\n  then the Arrow IPC stream and its status line, as the HTTP body's
              (see streams.py)
+    or:      {"request": "<id>", "memory": 1}\\n  then the result in the client's memory files (a client that
+             asked with "memory": see saferoom/chunks.py), then the status line
     or:      {"error": {"type", "message", ...}}\\n  and the connection closed
 
 Everything else is the HTTP route's: the token and the role checked, the decision made and its audit record
@@ -19,9 +21,10 @@ The query's worker process writes the stream to the socket itself when nothing i
 the way (``Result.sendable``: a query in a worker, no noise added here): the gateway passes it the socket
 and copies no byte of the result. The worker cuts the rows at ``max_rows``, holds the stall limit as its own,
 closes its copy of the socket and says what it sent; the gateway writes the result record, then the status
-line. The worker never reads from the socket: what the client sends past its request is the gateway's to read
-and drop. Any other result (noised, or from an engine in the gateway's process) is relayed, each IPC message
-written to the socket as it came.
+line. Writing a stream, the worker never reads from the socket: what the client sends past its request is the
+gateway's to read and drop. Writing into memory files, the worker reads them from the socket and watches it
+for a hang-up; the gateway stops reading it before it answers. Any other result (noised, or from an engine in
+the gateway's process) is relayed, each IPC message written to the socket as it came.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -128,12 +131,16 @@ async def serve(gateway: Gateway, sock: socket.socket, head: bytes) -> None:
 
 
 async def _answering(loop: asyncio.AbstractEventLoop, gateway: Gateway, sock: socket.socket,
-                     payload: tuple[QueryRequest, str | None]) -> None:
+                     payload: tuple[Asked, str | None]) -> None:
     """The query on a thread of its own, while the loop watches for the client hanging up."""
     cancel, worker, ended = Cancel(), QueryThread(), threading.Event()
     loop.add_reader(sock.fileno(), _watch, sock, cancel, ended, loop)
+
+    def unwatch() -> None:  # from the query's thread: the loop reads no more of the socket once this returns
+        asyncio.run_coroutine_threadsafe(_unwatch(loop, sock), loop).result()
+
     try:
-        await worker.run(answer, gateway, sock, payload, cancel, ended)
+        await worker.run(answer, gateway, sock, payload, cancel, ended, unwatch)
     except BaseException:  # the gateway stopping, or a fault: the query ends with the connection
         cancel(HUNG_UP)
         raise
@@ -142,8 +149,12 @@ async def _answering(loop: asyncio.AbstractEventLoop, gateway: Gateway, sock: so
         worker.close()
 
 
+async def _unwatch(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    loop.remove_reader(sock.fileno())
+
+
 async def _request(loop: asyncio.AbstractEventLoop, sock: socket.socket, head: bytes,
-                   limit: int) -> tuple[QueryRequest, str | None]:
+                   limit: int) -> tuple[Asked, str | None]:
     """The request line, at most ``limit`` bytes, as the HTTP route's request and its Authorization value."""
     while b"\n" not in head:
         if len(head) > limit:
@@ -155,7 +166,8 @@ async def _request(loop: asyncio.AbstractEventLoop, sock: socket.socket, head: b
     line = head.split(b"\n", 1)[0]
     try:
         fields = json.loads(line)
-        request = QueryRequest(sql=fields["sql"], role=fields.get("role"), format="arrow")
+        request = Asked(QueryRequest(sql=fields["sql"], role=fields.get("role"), format="arrow"),
+                        fields.get("memory") == 1)
         authorization = fields.get("authorization")
     except (ValueError, TypeError, KeyError, ValidationError):
         raise UsageError("the request is not what the socket's result door takes: one JSON line with sql, role and "
@@ -165,30 +177,41 @@ async def _request(loop: asyncio.AbstractEventLoop, sock: socket.socket, head: b
     return request, authorization
 
 
-def answer(gateway: Gateway, sock: socket.socket, request: tuple[QueryRequest, str | None], cancel: Cancel,
-           ended: threading.Event) -> None:
+class Asked(NamedTuple):
+    """A door's request: the HTTP route's, and whether the client reads its result from memory files."""
+
+    query: QueryRequest
+    memory: bool
+
+
+def answer(gateway: Gateway, sock: socket.socket, request: tuple[Asked, str | None], cancel: Cancel,
+           ended: threading.Event, unwatch: Callable[[], None]) -> None:
     """On the query's thread: the decision (and its audit record), then the result, written by the query's worker
     or relayed. Either way the status line leaves after the result record is written: a client that closes as
     soon as it has read it is not taken for one that left early (``ended``). The socket is non-blocking (shared
     with the event loop's watch): each write waits for room, up to the stall limit (``send_within``)."""
     try:
-        running, body = begin(gateway, request[0], request[1], "arrow", cancel)
+        running, body = begin(gateway, request[0].query, request[1], "arrow", cancel)
     except SaferoomError as exc:  # refused, or not let in: the explanation, as the HTTP route's
         send_within(sock, _line(error_body(exc)), STALL_SECONDS)
         return
+    if running.result is not None and running.result.sendable:  # the body, never started, holds nothing
+        if request[0].memory:
+            unwatch()
+        head = _line({"request": running.request_id, **({"memory": 1} if request[0].memory else {})})
+        _from_worker(gateway, sock, running, head, ended, request[0].memory)
+        return
     head = _line({"request": running.request_id})
-    if running.result is not None and running.result.sendable:
-        _from_worker(gateway, sock, running, head, ended)  # the body, never started, holds nothing
-    else:
-        _relay(sock, running, (head, body), ended)
+    _relay(sock, running, (head, body), ended)
 
 
-def _from_worker(gateway: Gateway, sock: socket.socket, running: Running, head: bytes, ended: threading.Event) -> None:
+def _from_worker(gateway: Gateway, sock: socket.socket, running: Running, head: bytes, ended: threading.Event,
+                 memory: bool) -> None:
     """The worker writes the result to the socket; the result record, then the status line, once it is done."""
     result, sent = running.result, Sent(0, 0, False, None, whole=False)
     assert result is not None
     try:
-        sent = result.send_to(sock, head, running.stall)
+        sent = result.send_to(sock, head, running.stall, memory)
     finally:
         outcome = Outcome()
         outcome.rows, outcome.error = sent.rows, sent.error
