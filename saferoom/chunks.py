@@ -125,11 +125,11 @@ class _Chunk:
 
     def __init__(self, fd: int, schema: pa.Schema) -> None:
         self._fd, self.size, self.batches = fd, os.fstat(fd).st_size, 0
-        self._map = mmap.mmap(fd, self.size, flags=mmap.MAP_SHARED | _POPULATE)
+        self._map = mmap.mmap(fd, self.size, flags=mmap.MAP_SHARED)
         self._sink: Any = pa.FixedSizeBufferWriter(pa.py_buffer(self._map))
-        self._sink.set_memcopy_threads(2)
         self._writer: Any = None
-        self._good = 0
+        self._good = self._ready = 0
+        self._prepare(SMALLEST)
         with contextlib.suppress(pa.ArrowException):
             self._writer = pa.ipc.new_stream(self._sink, schema)
             self._good = self._sink.tell()
@@ -137,8 +137,10 @@ class _Chunk:
     def put(self, batch: pa.RecordBatch) -> bool:
         """Whether ``batch`` went in whole. When not, the chunk still ends at the last batch that did: an IPC
         stream may end without its end-of-stream marker, and its reader reads no further than its length."""
-        if self._writer is None or self._good + pa.ipc.get_record_batch_size(batch) + 8 > self.size:
+        need = pa.ipc.get_record_batch_size(batch) + 8
+        if self._writer is None or self._good + need > self.size:
             return False
+        self._prepare(self._good + need)
         try:
             self._writer.write_batch(batch)
         except OSError as exc:  # its dictionaries did not fit ("Write out of bounds"): this writer is done
@@ -148,6 +150,15 @@ class _Chunk:
             return False
         self._good, self.batches = self._sink.tell(), self.batches + 1
         return True
+
+    def _prepare(self, end: int) -> None:
+        """The pages up to ``end`` made ready for writing in one call, not a fault per 4 KB, and only those: a
+        small result in a large file costs what it writes (kernels before 5.14: the faults, as they come)."""
+        end = min(self.size, -(-end // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if end > self._ready:
+            with contextlib.suppress(OSError):
+                self._map.madvise(MADV_POPULATE_WRITE, self._ready, end - self._ready)
+            self._ready = end
 
     def finish(self) -> int:
         """The chunk's length, its end-of-stream marker written where there is room; the memory file closed."""
@@ -267,9 +278,9 @@ class MemoryFiles:
     def take(self, size: int) -> tuple[int, int]:
         """A memory file of at least ``size`` bytes: a spare one, or a new one."""
         self._reclaim()
-        for i, (_fd, have) in enumerate(self._spare):
-            if have >= size:
-                return self._spare.pop(i)
+        fits = [i for i, (_, have) in enumerate(self._spare) if have >= size]
+        if fits:  # the smallest that will do: a small result maps little
+            return self._spare.pop(min(fits, key=lambda i: self._spare[i][1]))
         return _memfd(size), size
 
     def lend(self, fd: int, size: int, length: int) -> mmap.mmap:
@@ -424,3 +435,4 @@ def available() -> bool:
 F_ADD_SEALS, F_GET_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033), getattr(fcntl, "F_GET_SEALS", 1034)
 F_SEAL_WRITES = getattr(fcntl, "F_SEAL_WRITE", 8) | getattr(fcntl, "F_SEAL_FUTURE_WRITE", 16)
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # the page tables filled in one call, not a fault per 4 KB
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # <linux/mman.h>, Linux 5.14
