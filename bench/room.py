@@ -3,17 +3,18 @@
 * start-up: ``python -c pass`` in a room (``saferoom room --socket ... -- python -c pass``: the gateway asked
   whose token it is, the sandbox made, the limits set) against the same command run plainly;
 * throughput: a query's whole result read inside a room through the gateway's Unix socket (its result door:
-  Arrow with no HTTP around it, written to the socket by the query's worker process; and, alternating with
-  it, the HTTP route on the same socket, relayed by the gateway), against the same query in an embedded
-  session, and against an Arrow Flight ``do_get`` of the same result (a Flight server in a process of its
-  own, holding the result already made, over TCP on 127.0.0.1), as rows per second and their ratios. The
-  socket runs the query each time and Flight only sends it, so a second Flight line runs the query in the
-  Flight server for each ``do_get`` (an embedded session, its batches sent as DuckDB makes them): transport
-  against transport, each with its engine's work. Those lines are timed one after the other, and the load
-  of a shared machine drifts between them: a last line reads through the door (from this process, outside a
-  room: the same socket and client) and from the made result's Flight in pairs back to back, and gives the
-  median of the pairs' ratios. The processor time a result costs the gateway process and the client is
-  measured too (the worker's is its own process's).
+  Arrow with no HTTP around it, written by the query's worker process into memory files the client gave it
+  over the socket; and, alternating with it, the HTTP route on the same socket, relayed by the gateway),
+  against the same query in an embedded session, and against an Arrow Flight ``do_get`` of the same result
+  (a Flight server in a process of its own, holding the result already made, over TCP on 127.0.0.1), as rows
+  per second and their ratios. The socket runs the query each time and Flight only sends it, so a second
+  Flight line runs the query in the Flight server for each ``do_get`` (an embedded session, its batches sent
+  as DuckDB makes them): transport against transport, each with its engine's work. Those lines are timed one
+  after the other, and the load of a shared machine drifts between them: the last lines read through the door
+  (from this process, outside a room: the same socket and client) in pairs back to back with the made
+  result's Flight, and with the door's stream (a client that does not give memory files), for at least
+  ``PAIRED_SECONDS`` each, and give the median of the pairs' ratios. The processor time a result costs the
+  gateway process and the client is measured too (the worker's is its own process's).
 
 Usage: python bench/room.py [--rows 2000000] [--repeat 5]
 """
@@ -39,18 +40,19 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.flight as flight
-from timing import paired_medians
+from timing import paired_for, paired_medians
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import saferoom
-from saferoom import cgroup, seccomp
+from saferoom import cgroup, chunks, seccomp
 from saferoom import room as rooms
 from saferoom.client import RemoteSession
 from saferoom.policy.limits import ROOM_DEFAULTS
 from tests.gateway_helpers import SERVE, Server, free_port
 
 QUERY = "select * from bench.t"
+PAIRED_SECONDS = 3.0  # each paired line reads for at least this long: one unlucky pair moves its median little
 ACCOUNT = "nobody"  # started as root, a room runs as an unprivileged account
 
 
@@ -208,7 +210,8 @@ def flight_get(policy: Path, rows: int, repeat: int) -> tuple[float, float]:
 def door_and_flight(server: Server, rows: int, repeat: int) -> None:
     """The door (read from this process, outside a room: the same socket and client) and the made result's Flight
     ``do_get``, in pairs back to back: the ratio of each pair's two reads under the same load, where the lines
-    above time the room, the embedded session and Flight one after the other (the load drifts between them)."""
+    above time the room, the embedded session and Flight one after the other (the load drifts between them).
+    Then the door's two ways, memory files and the stream, paired the same way."""
     assert server.socket is not None
     session = RemoteSession(None, server.token("bench"), socket=server.socket)
     used: dict[str, list[float]] = {"door": [], "flight": []}
@@ -220,14 +223,39 @@ def door_and_flight(server: Server, rows: int, repeat: int) -> None:
 
     try:
         with flight_server(server.policy) as client:
-            door, made, ratio = paired_medians(lambda: timed("door", lambda: _door(session, rows)),
-                                               lambda: timed("flight", lambda: _get(client, b"result", rows)), repeat)
+            pairs = paired_for(lambda: timed("door", lambda: _door(session, rows)),
+                               lambda: timed("flight", lambda: _get(client, b"result", rows)), PAIRED_SECONDS, repeat)
+        streamed = paired_for(lambda: _door(session, rows), lambda: _streamed(session, rows), PAIRED_SECONDS, repeat)
     finally:
         session.close()
+    door, made, ratio = _medians(pairs)
     print(f"           door and Flight's made result, paired   door {rows / door / 1e6:6.2f} M rows/s   "
-          f"Flight {rows / made / 1e6:6.2f} M rows/s   door / Flight {1 / ratio:.2f} (median of pairs)")
+          f"Flight {rows / made / 1e6:6.2f} M rows/s   door / Flight {1 / ratio:.2f} (median of {len(pairs)} pairs)")
     print(f"           processor time of the reading client      door {statistics.median(used['door']) * 1000:5.0f} ms, "
           f"Flight {statistics.median(used['flight']) * 1000:5.0f} ms")
+    memory, stream, ratio = _medians(streamed)
+    print(f"           the door's memory files and its stream    memory {rows / memory / 1e6:6.2f} M rows/s   "
+          f"stream {rows / stream / 1e6:6.2f} M rows/s   memory / stream {1 / ratio:.2f} (median of {len(streamed)} pairs)")
+
+
+def _medians(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
+    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(a / b for a, b in pairs))
+
+
+def _streamed(session: RemoteSession, rows: int) -> None:
+    """The door read as a client that gives no memory files reads it: the worker writes the stream."""
+    with _no_memory_files():
+        _door(session, rows)
+
+
+@contextlib.contextmanager
+def _no_memory_files() -> Iterator[None]:
+    available, chunks.available = chunks.available, lambda: False
+    try:
+        yield
+    finally:
+        chunks.available = available
 
 
 def _door(session: RemoteSession, rows: int) -> None:
