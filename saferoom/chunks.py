@@ -34,6 +34,7 @@ import socket
 import stat
 import struct
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -274,6 +275,7 @@ class MemoryFiles:
     def __init__(self) -> None:
         self._spare: list[tuple[int, int]] = []
         self._lent: list[tuple[int, int, mmap.mmap]] = []
+        self.close = weakref.finalize(self, _close_all, self._spare, self._lent)  # also when never closed
 
     def take(self, size: int) -> tuple[int, int]:
         """A memory file of at least ``size`` bytes: a spare one, or a new one."""
@@ -294,12 +296,6 @@ class MemoryFiles:
         self._spare.append((fd, size))
         self._trim()
 
-    def close(self) -> None:
-        """Every file closed; a result still held keeps its mapping (its batches stay readable)."""
-        for fd in [fd for fd, _ in self._spare] + [fd for fd, _, _ in self._lent]:
-            os.close(fd)
-        self._spare, self._lent = [], []
-
     def _reclaim(self) -> None:
         """Files whose batches are all gone: the mapping closes (it refuses while any buffer still points in)."""
         held = []
@@ -310,7 +306,7 @@ class MemoryFiles:
                 held.append((fd, size, view))
                 continue
             self._spare.append((fd, size))
-        self._lent = held
+        self._lent[:] = held
         self._trim()
 
     def _trim(self) -> None:
@@ -322,7 +318,7 @@ class MemoryFiles:
                 continue
             kept.append((fd, size))
             total += size
-        self._spare = kept
+        self._spare[:] = kept
 
 
 class ChunkReader:
@@ -412,6 +408,14 @@ class ChunkReader:
             else:
                 self._files.give_back(fd, size)
         self._given = kept
+
+
+def _close_all(spare: list[tuple[int, int]], lent: list[tuple[int, int, mmap.mmap]]) -> None:
+    """Every file closed; a result still held keeps its mapping (its batches stay readable)."""
+    for fd in [fd for fd, _ in spare] + [fd for fd, _, _ in lent]:
+        os.close(fd)
+    spare.clear()
+    lent.clear()
 
 
 def _memfd(size: int) -> int:

@@ -92,7 +92,11 @@ def test_a_dictionary_column_arrives_with_each_chunk_its_dictionary(pair: tuple[
     assert pa.types.is_dictionary(got.schema.field("m").type)
 
 
-def test_a_session_keeps_its_files_for_the_next_result_and_closes_what_a_worker_may_still_write(tmp_path: Path) -> None:
+def test_a_session_keeps_its_files_for_the_next_result_and_closes_what_a_worker_may_still_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    memfd = chunks._memfd
+    monkeypatch.setattr(chunks, "_memfd", lambda size: made.append(size) or memfd(size))
     files = chunks.MemoryFiles()
     source = table(200_000)
     for _ in range(2):
@@ -101,23 +105,26 @@ def test_a_session_keeps_its_files_for_the_next_result_and_closes_what_a_worker_
             got, _ = roundtrip((client, worker), source, 65536, files)
             assert got.equals(source)
         del got
-    opened = _open_memfds()
+    first = len(made)
     client, worker = socket.socketpair()
     with client, worker:
         roundtrip((client, worker), source, 65536, files)  # its batches dropped at once: every file spare again
-    assert _open_memfds() <= opened, "a second result of the same size made new memory files"
+    assert len(made) == first, "a third result of the same size made new memory files"
     # a result abandoned after its first chunk: the files given ahead may still be written, so they are closed
     client, theirs = socket.socketpair()
     with client, theirs:
         given = _open_memfds()
         worker = Worker(theirs, table(1_000_000).to_batches(65536), source.schema)
         reader = chunks.ChunkReader(client, files, b"")
+        spare = {fd for fd, _ in files._spare}
         reader.close()
+        assert {fd for fd, _ in files._spare} <= spare, "a file given to an unfinished result came back as spare"
         client.shutdown(socket.SHUT_RDWR)
         worker.join()
     assert isinstance(worker.error, OSError | chunks.Broken)
+    del reader
     files.close()
-    assert _open_memfds() < given
+    assert not _open_memfds() & given, "the session's files outlived it"
 
 
 def _open_memfds() -> set[str]:
