@@ -245,7 +245,7 @@ def _checked(fd: int) -> int:
         raise Broken(f"a memory file for a result is between {SMALLEST:,} and {LARGEST:,} bytes")
     if not _taken(info):
         os.close(fd)
-        raise Broken("a memory file for a result has all its pages taken by the client (fallocate it)")
+        raise Broken("a memory file for a result has pages its client has not taken: fallocate it before sending it")
     return info.st_size
 
 
