@@ -65,7 +65,7 @@ class ChunkWriter:
 
     def __init__(self, schema: pa.Schema, receive: Callable[[int], int], frame: Callable[[int], None]) -> None:
         self.schema, self._receive, self._frame = schema, receive, frame
-        self.bytes, self._at = 0, 0
+        self.bytes, self.rows, self._at = 0, 0, 0  # what the client was told of: chunks framed, their rows
         self._chunk: _Chunk | None = None
         self._smallest = SMALLEST
 
@@ -113,8 +113,8 @@ class ChunkWriter:
             return
         chunk, self._chunk = self._chunk, None  # released by finish, even when it raises: never closed twice
         size = chunk.finish()
-        self.bytes += size
         self._frame(size)
+        self.bytes, self.rows = self.bytes + size, self.rows + chunk.rows
 
     def _ask(self, need: int) -> None:
         """A bigger memory file: the one in hand is given back unwritten (the client skips it too, being smaller
@@ -131,7 +131,7 @@ class _Chunk:
     """One memory file, mapped; an IPC stream written into it until a batch does not fit."""
 
     def __init__(self, fd: int, schema: pa.Schema) -> None:
-        self._fd, self.size, self.batches = fd, os.fstat(fd).st_size, 0
+        self._fd, self.size, self.batches, self.rows = fd, os.fstat(fd).st_size, 0, 0
         self._map = mmap.mmap(fd, self.size, flags=mmap.MAP_SHARED)
         self._sink: Any = pa.FixedSizeBufferWriter(pa.py_buffer(self._map))
         self._writer: Any = None
@@ -155,7 +155,7 @@ class _Chunk:
                 raise
             self._writer = None
             return False
-        self._good, self.batches = self._sink.tell(), self.batches + 1
+        self._good, self.batches, self.rows = self._sink.tell(), self.batches + 1, self.rows + batch.num_rows
         return True
 
     def _prepare(self, end: int) -> None:
