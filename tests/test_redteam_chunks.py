@@ -5,11 +5,13 @@ right, and a session never reads another result's bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -347,3 +349,38 @@ def test_a_sparse_file_through_the_gateway_is_never_filled_by_the_worker(gateway
     assert _blocks(fd) == 0 and results(gateway, answer["request"])[0]["status"] == "cancelled"
     os.close(fd)
     sock.close()
+
+
+def _holding(server: Server, name: str) -> list[str]:
+    """The files named ``name`` that the gateway or any of its processes holds open."""
+    assert server.process is not None
+    held = []
+    for pid in [server.process.pid, *_descendants(server.process.pid)]:
+        for fd in Path(f"/proc/{pid}/fd").glob("*") if Path(f"/proc/{pid}").exists() else []:
+            with contextlib.suppress(OSError):
+                if name in os.readlink(fd):
+                    held.append(f"{pid}/{fd.name}")
+    return held
+
+
+def test_a_flood_of_files_given_ahead_is_taken_as_needed_and_none_is_kept(gateway: Server) -> None:
+    """Hundreds of memory files sent at once: the worker takes what the result needs, the result completes with
+    its rows recorded, and once the connection closes neither the gateway nor a worker holds one of them."""
+    sock, answer = _memory_door(gateway, f"{QUERY} order by id limit 100000")
+    fds = [chunks._memfd(chunks.SMALLEST) for _ in range(300)]
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the result may be over before all are sent
+        for fd in fds:
+            socket.send_fds(sock, [chunks.MEMFD], [fd])
+    for fd in fds:
+        os.close(fd)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):  # the gateway closes with the files not taken unread: a reset
+        while got := sock.recv(1 << 16):
+            received += got
+    sock.close()
+    assert received.endswith(b"}\n") and b'"rows": 100000' in received, received[-200:]
+    request = answer["request"]
+    eventually(lambda: results(gateway, request), "the flooded query's record")
+    record = results(gateway, request)[0]
+    assert record["status"] == "completed" and record["rows"] == 100_000, record
+    eventually(lambda: not _holding(gateway, "memfd:saferoom-result"), "the gateway and its workers holding none of the files")
