@@ -19,8 +19,11 @@ the client decides how much may wait unread: the worker writes only into files i
 hold more of a result than the client let it. A client that gives nothing for the stall limit has left.
 
 The worker trusts nothing it is given: a file must be a sealed memory file (``F_SEAL_SHRINK``, so that it
-cannot shrink under the worker's mapping and kill it with SIGBUS) of a size between :data:`SMALLEST` and
-:data:`LARGEST`; anything else ends the query as a client that broke the protocol.
+cannot shrink under the worker's mapping and kill it with SIGBUS), open for writing, of a size between
+:data:`SMALLEST` and :data:`LARGEST`, and with all its pages taken (a hole the worker fills is a page charged
+to the worker); anything else ends the query as a client that broke the protocol. A client may still punch
+holes in a file once the worker has it: the chunk being written is then its last (the worker looks again
+when it ends), so what a client can make the worker hold for it is one chunk per query.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class ChunkWriter:
 
     def __init__(self, schema: pa.Schema, receive: Callable[[int], int], frame: Callable[[int], None]) -> None:
         self.schema, self._receive, self._frame = schema, receive, frame
-        self.bytes, self._at = 0, 0
+        self.bytes, self.rows, self._at = 0, 0, 0  # what the client was told of: chunks framed, their rows
         self._chunk: _Chunk | None = None
         self._smallest = SMALLEST
 
@@ -100,15 +103,19 @@ class ChunkWriter:
 
     def _start(self) -> None:
         fd = self._receive(self._smallest)
-        self._chunk = _Chunk(fd, self.schema)
+        try:
+            self._chunk = _Chunk(fd, self.schema)
+        except OSError:  # sealed against writes since it was checked: the file closed, not kept by the worker
+            os.close(fd)
+            raise Broken("the client sealed its memory file against writing once it was given") from None
 
     def _end_chunk(self) -> None:
         if self._chunk is None:
             return
-        size = self._chunk.finish()
-        self._chunk = None
-        self.bytes += size
+        chunk, self._chunk = self._chunk, None  # released by finish, even when it raises: never closed twice
+        size = chunk.finish()
         self._frame(size)
+        self.bytes, self.rows = self.bytes + size, self.rows + chunk.rows
 
     def _ask(self, need: int) -> None:
         """A bigger memory file: the one in hand is given back unwritten (the client skips it too, being smaller
@@ -125,13 +132,13 @@ class _Chunk:
     """One memory file, mapped; an IPC stream written into it until a batch does not fit."""
 
     def __init__(self, fd: int, schema: pa.Schema) -> None:
-        self._fd, self.size, self.batches = fd, os.fstat(fd).st_size, 0
+        self._fd, self.size, self.batches, self.rows = fd, os.fstat(fd).st_size, 0, 0
         self._map = mmap.mmap(fd, self.size, flags=mmap.MAP_SHARED)
         self._sink: Any = pa.FixedSizeBufferWriter(pa.py_buffer(self._map))
         self._writer: Any = None
         self._good = self._ready = 0
         self._prepare(SMALLEST)
-        with contextlib.suppress(pa.ArrowException):
+        with contextlib.suppress(pa.ArrowException, OSError):  # a schema larger than the file: "out of bounds"
             self._writer = pa.ipc.new_stream(self._sink, schema)
             self._good = self._sink.tell()
 
@@ -149,7 +156,7 @@ class _Chunk:
                 raise
             self._writer = None
             return False
-        self._good, self.batches = self._sink.tell(), self.batches + 1
+        self._good, self.batches, self.rows = self._sink.tell(), self.batches + 1, self.rows + batch.num_rows
         return True
 
     def _prepare(self, end: int) -> None:
@@ -164,13 +171,15 @@ class _Chunk:
     def finish(self) -> int:
         """The chunk's length, its end-of-stream marker written where there is room; the memory file closed."""
         if self._writer is not None:
-            with contextlib.suppress(pa.ArrowException):
+            with contextlib.suppress(pa.ArrowException, OSError):  # no room for the end-of-stream marker, or the schema
                 self._writer.close()
                 self._good = self._sink.tell()
-        size = self._good
+        size, whole = self._good, _taken(os.fstat(self._fd))
         self.release()
         if size == 0:
             raise Broken("the memory file given is too small for the result's schema")
+        if not whole:  # punched while written: the pages the worker put back are its own; one chunk, then no more
+            raise Broken("the client took pages out of a memory file while its result was written")
         return size
 
     def release(self) -> None:
@@ -223,16 +232,28 @@ def _next_memfd(sock: socket.socket, stall: float) -> int:
 def _checked(fd: int) -> int:
     """The memory file's size, when it is one a worker may map and write (see the module's docstring)."""
     try:
-        info, seals = os.fstat(fd), fcntl.fcntl(fd, F_GET_SEALS)
+        info, seals, mode = os.fstat(fd), fcntl.fcntl(fd, F_GET_SEALS), fcntl.fcntl(fd, fcntl.F_GETFL)
     except OSError:
-        seals, info = 0, None
+        seals, info, mode = 0, None, 0
     if info is None or not stat.S_ISREG(info.st_mode) or not seals & SEALS == SEALS or seals & F_SEAL_WRITES:
         os.close(fd)
         raise Broken("the client sent a file that is not a sealed memory file for its result")
+    if mode & os.O_ACCMODE != os.O_RDWR:  # a copy opened for reading only: the worker could not map it to write
+        os.close(fd)
+        raise Broken("a memory file for a result is sent open for reading and writing")
     if not SMALLEST <= info.st_size <= LARGEST:
         os.close(fd)
         raise Broken(f"a memory file for a result is between {SMALLEST:,} and {LARGEST:,} bytes")
+    if not _taken(info):
+        os.close(fd)
+        raise Broken("a memory file for a result has pages its client has not taken: fallocate it before sending it")
     return info.st_size
+
+
+def _taken(info: os.stat_result) -> bool:
+    """Whether every page of the file is there: a page the worker's write would add is charged to the worker,
+    not to the client (whose room's memory limit would then not hold it)."""
+    return info.st_blocks * 512 >= info.st_size
 
 
 def watch_hangup(sock: socket.socket, hung_up: Callable[[], None]) -> Callable[[], None]:
@@ -364,6 +385,8 @@ class ChunkReader:
         while (size := self._frame()) < 0:
             if -size > LARGEST:
                 raise EOFError("the gateway asked for a memory file larger than a worker takes")
+            if -size <= self._smallest:  # a worker asks for twice the size each time: never again for as much
+                raise EOFError("the gateway asked again for a memory file no larger than before")
             self._smallest = self._next_size = -size
             self._skip_small()
             self._give()

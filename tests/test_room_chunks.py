@@ -149,6 +149,8 @@ def _send(sock: socket.socket, fds: list[int], message: bytes = chunks.MEMFD) ->
 def _sealed(size: int, seals: int = chunks.SEALS) -> int:
     fd = os.memfd_create("hostile", os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, size)
+    if size <= chunks.LARGEST:  # its pages taken, as a client must (the one too large is refused by its size)
+        os.posix_fallocate(fd, 0, size)
     if seals:
         fcntl.fcntl(fd, chunks.F_ADD_SEALS, seals)
     return fd

@@ -643,6 +643,8 @@ def _write_chunks(fd: int, reader: pa.RecordBatchReader, max_rows: int | None, s
         out.abandon()
         sock.close()
         reader.close()
+    if report["left"] is not None:  # the rows of chunks never framed did not reach the client: not counted
+        report["rows"] = out.rows
     return {**report, "bytes": out.bytes}
 
 
