@@ -199,3 +199,21 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                        serialization.NoEncryption()))
     return folder / "cert.pem", folder / "key.pem"
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes under ``pid`` (a gateway's fork server and its query workers), as /proc lists them now."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # ended while listed
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found

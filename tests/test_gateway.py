@@ -28,6 +28,7 @@ from tests.gateway_helpers import (
     SERVE,
     Server,
     answers,
+    descendants,
     eventually,
     free_port,
     gateway_policy,
@@ -306,6 +307,11 @@ def test_a_full_disk_stops_queries_and_loses_no_answered_one(room, tmp_path: Pat
         assert "audit log" in refused.json()["error"]["message"] and b"order_id" not in refused.content
         again = post(server, token, "select 1")
         assert again.status_code == 503  # still full: still closed
+        assert server.process is not None
+        workers = len(descendants(server.process.pid))
+        for _ in range(5):  # each started while its record was written, then ended: no worker, no slot kept
+            assert post(server, token, "select order_id from prod.orders").status_code == 503
+        eventually(lambda: len(descendants(server.process.pid)) <= workers, "the refused queries' workers to end")
     finally:
         server.stop()
     assert verify(server.state).ok  # the torn write was cut back to the last whole record

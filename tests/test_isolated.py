@@ -223,22 +223,6 @@ def test_the_key_is_in_no_command_line_or_environment(engine: ProcessEngine, roo
             assert room.key.encode() not in Path(f"/proc/{pid}/{part}").read_bytes()
 
 
-def descendants(pid: int) -> set[int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def alive(pid: int) -> bool:
     """Running, not merely a zombie waiting for its parent to collect it."""
     try:
@@ -251,7 +235,7 @@ def alive(pid: int) -> bool:
 def test_no_worker_outlives_a_gateway_killed_with_sigkill(tmp_path: Path) -> None:
     import httpx
 
-    from tests.gateway_helpers import HUNG, eventually
+    from tests.gateway_helpers import HUNG, descendants, eventually
     from tests.test_gateway_abuse import RUNAWAY as ENDLESS
     from tests.test_gateway_abuse import open_gateway
 

@@ -19,9 +19,9 @@ import pytest
 import saferoom
 from saferoom import chunks
 from saferoom.client import RemoteSession
-from tests.gateway_helpers import Server, eventually
+from tests.gateway_helpers import Server, descendants, eventually
 from tests.test_room_chunks import Worker, table
-from tests.test_room_door import ENDLESS, _descendants, _memory_door, _runs, results
+from tests.test_room_door import ENDLESS, _memory_door, _runs, results
 from tests.test_room_io import QUERY, socket_gateway
 
 PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (<linux/falloc.h>)
@@ -273,7 +273,7 @@ def _gateway_counts(server: Server) -> tuple[int, int]:
     worker stopped leaves its pipes and pidfd open until Python's cycle collector frees it (see the report)."""
     assert server.process is not None
     pid = server.process.pid
-    return len(os.listdir(f"/proc/{pid}/task")), len(_descendants(pid))
+    return len(os.listdir(f"/proc/{pid}/task")), len(descendants(pid))
 
 
 def test_hostile_files_end_their_own_query_only_and_leave_nothing_behind(gateway: Server) -> None:
@@ -355,7 +355,7 @@ def _holding(server: Server, name: str) -> list[str]:
     """The files named ``name`` that the gateway or any of its processes holds open."""
     assert server.process is not None
     held = []
-    for pid in [server.process.pid, *_descendants(server.process.pid)]:
+    for pid in [server.process.pid, *descendants(server.process.pid)]:
         for fd in Path(f"/proc/{pid}/fd").glob("*") if Path(f"/proc/{pid}").exists() else []:
             with contextlib.suppress(OSError):
                 if name in os.readlink(fd):

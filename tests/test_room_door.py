@@ -23,7 +23,7 @@ from saferoom.client import DOOR, RemoteSession
 from saferoom.decision import MAX_SQL_BYTES
 from saferoom.errors import SaferoomError
 from saferoom.server.app import body_limit
-from tests.gateway_helpers import Server, eventually, free_port, table_gateway
+from tests.gateway_helpers import Server, descendants, eventually, free_port, table_gateway
 from tests.test_aggregate import small_groups
 from tests.test_privacy import EXACT, SUMS
 from tests.test_room_io import QUERY, ROWS, impostor, socket_gateway
@@ -237,23 +237,6 @@ def test_a_client_that_stops_reading_has_its_query_ended_and_its_slot_freed(tmp_
         server.stop()
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes under ``pid`` (a gateway's fork server and its query workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue  # ended while listed
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        found += (more := children.get(todo.pop(), []))
-        todo += more
-    return found
-
-
 def _sockets(pid: int) -> set[str]:
     """The sockets process ``pid`` holds, by inode."""
     held = set()
@@ -283,7 +266,7 @@ def test_the_worker_writes_the_result_itself_and_leaves_the_socket_to_the_gatewa
     pid = gateway.process.pid
     with RemoteSession(None, gateway.token("alice"), socket=gateway.socket) as remote:
         assert remote.query("select 1 as one").to_arrow().num_rows == 1  # a warm worker, kept for the next query
-    before = {worker: _sockets(worker) for worker in _descendants(pid)}
+    before = {worker: _sockets(worker) for worker in descendants(pid)}
     written = _written(pid)
     with ask(gateway, {"sql": QUERY}) as sock:
         answer, stream = _read_door(sock)

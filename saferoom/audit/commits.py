@@ -37,12 +37,21 @@ class GroupCommit:
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Write ``record`` durably and return it with seq, prev and hash."""
+        return self.settled(self.submit(record))
+
+    def submit(self, record: dict[str, Any]) -> Pending:
+        """Queue ``record`` for the next group commit; :meth:`settled` waits for it (work that produces nothing
+        yet may go on meanwhile)."""
         pending = Pending(dict(record))
         with self._cond:
             if self._closed:
                 raise AuditError("the audit log is closed; nothing runs without it")
             self._queue.append(pending)
             self._cond.notify()
+        return pending
+
+    def settled(self, pending: Pending) -> dict[str, Any]:
+        """The record :meth:`submit` queued, once durable, with seq, prev and hash; an error if it was not written."""
         pending.done.wait()
         if isinstance(pending.error, ForwardError | AuditError):
             raise AuditError(f"the query does not run: {pending.error}") from None

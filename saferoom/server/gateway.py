@@ -6,6 +6,7 @@ everything that decides or records lives here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from saferoom import scratch
 from saferoom.audit import now
+from saferoom.audit.commits import Pending
 from saferoom.decision import MAX_SQL_BYTES, Decision, refused
 from saferoom.engines.base import Cancel, Engine
 from saferoom.errors import (
@@ -180,18 +182,31 @@ class Gateway:
             raise
         running = Running(event["request_id"], decision, cancel or Cancel(), time.perf_counter(),
                           stall=session.timeout or STALL_SECONDS)
-        try:
-            self.audit.append({**event, **decision.to_dict()})  # durable before any result byte exists
+        decided = self.audit.submit({**event, **decision.to_dict()})  # durable before any result byte exists:
+        try:  # the query starts while its record is written, and nothing of it leaves before that is done
             with self._lock:
                 self._active[running.request_id] = running.cancel
             running.result = session.query(sql, running.cancel)
         except SaferoomError as exc:
+            self._decided(decided, running, session.user)
             self.finish(running, rows=0, size=0, error=exc)
             raise
         except BaseException:
             self.release(session.user, running.request_id)
             raise
+        self._decided(decided, running, session.user)
         return running
+
+    def _decided(self, decided: Pending, running: Running, user: str) -> None:
+        """The decision's record durable, or the query stopped, its slot given back, and the error raised."""
+        try:
+            self.audit.settled(decided)
+        except BaseException:
+            running.cancel("the audit log could not be written")
+            if running.result is not None:
+                _end_unread(running.result)
+            self.release(user, running.request_id)
+            raise
 
     def finish(self, running: Running, *, rows: int, size: int, truncated: bool = False,
                error: SaferoomError | None = None) -> None:
@@ -314,3 +329,12 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _end_unread(result: Result) -> None:
+    """A started query nobody will read, ended by its engine: its reader is begun (an engine ends a query when
+    its reader, once begun, is closed; a worker's query holds its worker until then) and closed at once."""
+    with contextlib.suppress(SaferoomError):
+        for _ in result.batches():
+            break
+    result.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from saferoom.audit import AuditKey, PublicKey, Verification
+from saferoom.audit.commits import Pending
 from saferoom.errors import UsageError
 from saferoom.identity import Tokens
 
@@ -38,6 +39,8 @@ class AuditWriter(Protocol):
     """The audit chain's writer: ``append`` returns once the record is durable, with its seq, prev and hash."""
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]: ...
+    def submit(self, record: dict[str, Any]) -> Pending: ...
+    def settled(self, pending: Pending) -> dict[str, Any]: ...
     def append_later(self, record: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
