@@ -349,6 +349,7 @@ class ChunkReader:
         self._sock, self._files, self._buffer = sock, files, bytearray(ahead)
         self._given: deque[tuple[int, int]] = deque()
         self._next_size, self._smallest, self._over = FIRST, SMALLEST, False
+        weakref.finalize(self, _close_given, self._given)  # a result dropped unread: its files closed, never kept
         try:
             for _ in range(AHEAD):
                 self._give()
@@ -430,7 +431,13 @@ class ChunkReader:
                 kept.append((fd, size))
             else:
                 self._files.give_back(fd, size)
-        self._given = kept
+        self._given.clear()
+        self._given.extend(kept)
+
+
+def _close_given(given: deque[tuple[int, int]]) -> None:
+    while given:
+        os.close(given.popleft()[0])
 
 
 def _close_all(spare: list[tuple[int, int]], lent: list[tuple[int, int, mmap.mmap]]) -> None:

@@ -241,3 +241,22 @@ def test_the_client_refuses_frames_its_files_cannot_hold(pair: tuple[socket.sock
     theirs.shutdown(socket.SHUT_WR)
     with pytest.raises(EOFError, match=match):
         chunks.ChunkReader(client, chunks.MemoryFiles(), b"")
+
+
+def test_a_result_dropped_unread_closes_the_files_it_gave(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Its worker may still write into them: they are closed, never kept for the next result."""
+    client, theirs = pair
+    files, opened = chunks.MemoryFiles(), []
+    reading = threading.Thread(target=lambda: opened.append(chunks.ChunkReader(client, files, b"")))
+    reading.start()
+    writer = chunks.ChunkWriter(table(1).schema, chunks.receiver(theirs, STALL), chunks.framer(theirs, STALL))
+    writer.write_batch(table(10).to_batches()[0])
+    writer._end_chunk()  # the first chunk framed: the reader opens; the worker takes no other file
+    reading.join(STALL)
+    given = [fd for fd, _ in opened[0]._given]
+    assert given
+    opened.clear()
+    for fd in given:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert not set(given) & {fd for fd, _ in files._spare}
