@@ -61,12 +61,12 @@ class Broken(Exception):
 
 
 class ChunkWriter:
-    """Batches written into the client's memory files, each chunk a whole IPC stream; ``frames`` says each one's
+    """Batches written into the client's memory files, each chunk a whole IPC stream; ``frame`` says each one's
     length on the socket. Memory files are taken from the socket as they are needed (``receive``)."""
 
     def __init__(self, schema: pa.Schema, receive: Callable[[int], int], frame: Callable[[int], None]) -> None:
         self.schema, self._receive, self._frame = schema, receive, frame
-        self.bytes, self.rows, self._at = 0, 0, 0  # what the client was told of: chunks framed, their rows
+        self.bytes, self.rows = 0, 0  # what the client was told of: the chunks framed, their rows
         self._chunk: _Chunk | None = None
         self._smallest = SMALLEST
 
