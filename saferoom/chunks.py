@@ -463,7 +463,7 @@ def _memfd(size: int) -> int:
 
 def available() -> bool:
     """Whether this process can make memory files (Linux): otherwise the door streams the result."""
-    return hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
+    return getattr(os, "memfd_create", None) is not None and getattr(socket, "send_fds", None) is not None
 
 
 F_ADD_SEALS, F_GET_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033), getattr(fcntl, "F_GET_SEALS", 1034)
