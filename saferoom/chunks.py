@@ -44,6 +44,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from saferoom.files import send_within
+
 MEMFD = b"m"  # the one byte each memory file travels with
 FRAME = struct.Struct("<q")
 SMALLEST, LARGEST = 1 << 16, 1 << 30  # the sizes of memory file a worker takes
@@ -204,8 +206,6 @@ def receiver(sock: socket.socket, stall: float) -> Callable[[int], int]:
 
 
 def framer(sock: socket.socket, stall: float) -> Callable[[int], None]:
-    from saferoom.files import send_within
-
     def frame(size: int) -> None:
         send_within(sock, FRAME.pack(size), stall)
 
@@ -218,36 +218,40 @@ def _next_memfd(sock: socket.socket, stall: float) -> int:
     if not readable.poll(stall * 1000):
         raise TimeoutError(f"the client gave no memory for its result for {stall:g} s")
     message, fds, flags, _ = socket.recv_fds(sock, 1, 2)
+    if message == MEMFD and len(fds) == 1 and not flags & socket.MSG_CTRUNC:
+        return fds[0]
+    for fd in fds:
+        os.close(fd)
     if not message:
-        for fd in fds:
-            os.close(fd)
         raise ConnectionResetError("the client hung up")
-    if message != MEMFD or len(fds) != 1 or flags & socket.MSG_CTRUNC:
-        for fd in fds:
-            os.close(fd)
-        raise Broken("the client sent something other than a memory file for its result")
-    return fds[0]
+    raise Broken("the client sent something other than a memory file for its result")
 
 
 def _checked(fd: int) -> int:
-    """The memory file's size, when it is one a worker may map and write (see the module's docstring)."""
+    """The memory file's size, when it is one a worker may map and write (see the module's docstring); else the
+    file is closed and the client has broken the protocol."""
+    problem, size = _problem(fd)
+    if problem is not None:
+        os.close(fd)
+        raise Broken(problem)
+    return size
+
+
+def _problem(fd: int) -> tuple[str | None, int]:
+    """What is wrong with the file the client sent, if anything, and its size."""
     try:
         info, seals, mode = os.fstat(fd), fcntl.fcntl(fd, F_GET_SEALS), fcntl.fcntl(fd, fcntl.F_GETFL)
     except OSError:
-        seals, info, mode = 0, None, 0
-    if info is None or not stat.S_ISREG(info.st_mode) or not seals & SEALS == SEALS or seals & F_SEAL_WRITES:
-        os.close(fd)
-        raise Broken("the client sent a file that is not a sealed memory file for its result")
+        return "the client sent a file that is not a sealed memory file for its result", 0
+    if not stat.S_ISREG(info.st_mode) or not seals & SEALS == SEALS or seals & F_SEAL_WRITES:
+        return "the client sent a file that is not a sealed memory file for its result", 0
     if mode & os.O_ACCMODE != os.O_RDWR:  # a copy opened for reading only: the worker could not map it to write
-        os.close(fd)
-        raise Broken("a memory file for a result is sent open for reading and writing")
+        return "a memory file for a result is sent open for reading and writing", 0
     if not SMALLEST <= info.st_size <= LARGEST:
-        os.close(fd)
-        raise Broken(f"a memory file for a result is between {SMALLEST:,} and {LARGEST:,} bytes")
+        return f"a memory file for a result is between {SMALLEST:,} and {LARGEST:,} bytes", 0
     if not _taken(info):
-        os.close(fd)
-        raise Broken("a memory file for a result has pages its client has not taken: fallocate it before sending it")
-    return info.st_size
+        return "a memory file for a result has pages its client has not taken: fallocate it before sending it", 0
+    return None, info.st_size
 
 
 def _taken(info: os.stat_result) -> bool:

@@ -506,7 +506,7 @@ def _serve(conn: Connection) -> None:
     try:
         engine = _open(conn.recv())
     except SaferoomError as exc:
-        conn.send_bytes(ERROR + _json([type(exc).__name__, exc.message, exc.fields()]))
+        conn.send_bytes(ERROR + _json(_described(exc)))
         return
     conn.send_bytes(END)
     with contextlib.suppress(_Closing):
@@ -549,7 +549,7 @@ def _answer(conn: Connection, engine: DuckDBEngine, request: tuple[Any, ...], ru
         else:
             _stream(conn, engine, request[1], request[2], running)
     except SaferoomError as exc:
-        conn.send_bytes(ERROR + _json([type(exc).__name__, exc.message, exc.fields()]))
+        conn.send_bytes(ERROR + _json(_described(exc)))
 
 
 class _Closing(Exception):
@@ -587,7 +587,7 @@ def _write_to(fd: int, reader: pa.RecordBatchReader, max_rows: int | None, stall
         try:
             _write(reader, writer, max_rows, report)
         except SaferoomError as exc:
-            report["error"] = [type(exc).__name__, exc.message, exc.fields()]
+            report["error"] = _described(exc)
         writer.close()  # the end-of-stream marker
         out.flush()
     except _Left as exc:
@@ -632,7 +632,7 @@ def _write_chunks(fd: int, reader: pa.RecordBatchReader, max_rows: int | None, s
         except SaferoomError as exc:
             if cancel.reason == HUNG_UP:
                 raise ConnectionResetError(HUNG_UP) from None
-            report["error"] = [type(exc).__name__, exc.message, exc.fields()]
+            report["error"] = _described(exc)
         out.close()
     except chunks.Broken as exc:
         report["left"] = str(exc)
@@ -688,6 +688,11 @@ class _Left(Exception):
 
 
 WRITERS: dict[str, Callable[..., dict[str, Any]]] = {"socket": _write_to, "memory": _write_chunks}  # the ways a worker writes a result to a client itself
+
+
+def _described(exc: SaferoomError) -> list[Any]:
+    """An error as it crosses the pipe: its type's name, message and fields (``from_fields`` on the other side)."""
+    return [type(exc).__name__, exc.message, exc.fields()]
 
 
 def _json(value: object) -> bytes:
